@@ -1,0 +1,1 @@
+"""Deployer hook files: each exports ``handlers = HookSet(...)``; enable in config."""

@@ -1,0 +1,99 @@
+"""XEP-0012: Last Activity — server uptime, and when a contact was last seen."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from pydantic import Field
+
+from xmppd.api import (
+    IqRequest,
+    Module,
+    ModuleContext,
+    Options,
+    Scope,
+    StanzaError,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import PresenceEvent, UserEvent
+from xmppd.api.stanza import Element, child_text, payload
+from xmppd.api.storage import Column, Float, String, Text, delete, select
+
+from modules.mod_roster import ROSTER
+
+
+class LastOptions(Options):
+    record_status: bool = Field(
+        True, description="Keep the status text of the last unavailable presence."
+    )
+
+
+module = Module(
+    "last",
+    "XEP-0012: Last Activity",
+    options=LastOptions,
+    depends=("roster",),
+    protocols=("XEP-0012 v2.0",),
+)
+Ctx = ModuleContext[LastOptions]
+
+seen: Final = module.table(
+    "seen",
+    Column("username", String(1023), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("status", Text, nullable=False, default=""),
+)
+
+
+def _query(seconds: int, status: str = "") -> Element:
+    query = payload(ns.LAST, "query", {"seconds": str(seconds)})
+    if status:
+        query.text = status
+    return query
+
+
+@module.iq("get", ns.LAST, "query", to=Scope.HOST)
+async def uptime(ctx: Ctx, req: IqRequest) -> Element:
+    return req.result(_query(int(ctx.uptime())))
+
+
+@module.iq("get", ns.LAST, "query", to=Scope.BARE)
+async def last_seen(ctx: Ctx, req: IqRequest) -> Element:
+    assert req.from_ is not None
+    user = req.to.bare
+    if not req.is_from_owner:
+        item = await ctx.service(ROSTER).item(user, req.from_.bare)
+        if item is None or not item.has_from:
+            raise StanzaError("forbidden", "only contacts subscribed to this account may ask")
+    if ctx.sessions.available(user):
+        return req.result(_query(0))
+    row = await ctx.db.fetch_one(
+        select(seen.c.at, seen.c.status).where(
+            seen.c.host == ctx.domain, seen.c.username == user.local
+        )
+    )
+    if row is None:
+        raise StanzaError("item-not-found")
+    return req.result(_query(max(0, int(time.time() - row.at)), row.status))
+
+
+@module.on(hooks.USER_UNAVAILABLE)
+async def remember(ctx: Ctx, event: PresenceEvent) -> None:
+    user = event.session.jid.bare
+    if ctx.sessions.available(user):
+        return  # another resource is still online
+    status = child_text(event.presence, "status") or "" if ctx.options.record_status else ""
+    await ctx.db.upsert(
+        seen,
+        {"host": ctx.domain, "username": user.local, "at": time.time(), "status": status},
+        ("host", "username"),
+    )
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    await ctx.db.execute(
+        delete(seen).where(seen.c.host == ctx.domain, seen.c.username == event.jid.local)
+    )

@@ -1,0 +1,291 @@
+"""RFC 6121 §3–4: Presence subscriptions, broadcast, probes and directed presence."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from xmppd.api import (
+    JID,
+    STOP,
+    Module,
+    ModuleContext,
+    NoOptions,
+    Session,
+    SessionKey,
+    Stop,
+    hooks,
+)
+from xmppd.api.hooks import PresenceEvent, SessionEvent, StanzaEvent
+from xmppd.api.stanza import Element, child_text, copy, element
+
+from modules.mod_roster import ROSTER, Roster, RosterItem
+
+module = Module(
+    "presence",
+    "RFC 6121: Presence and subscriptions",
+    depends=("roster",),
+    protocols=("RFC 6121 §3", "RFC 6121 §4"),
+)
+Ctx = ModuleContext[NoOptions]
+
+DIRECTED: SessionKey[frozenset[JID]] = SessionKey("presence.directed", frozenset())
+"""Entities this session sent directed available presence to (RFC 6121 §4.6)."""
+
+SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
+
+
+def _addressed(stanza: Element, to: JID, from_: JID | None = None) -> Element:
+    out = copy(stanza)
+    out.set("to", str(to))
+    if from_ is not None:
+        out.set("from", str(from_))
+    return out
+
+
+def _roster(ctx: Ctx) -> Roster:
+    return ctx.service(ROSTER)
+
+
+# ----------------------------------------------------------------------------- outbound
+
+
+@module.on(hooks.PRESENCE_OUT)
+async def outbound(ctx: Ctx, event: StanzaEvent) -> Stop | None:
+    stanza = event.stanza
+    ptype = stanza.get("type")
+    session = event.origin
+    if session is None:
+        return None
+    user = session.jid.bare
+    if stanza.get("to") is None:
+        if ptype is None:
+            await _broadcast_available(ctx, session, stanza)
+        elif ptype == "unavailable":
+            await _broadcast_unavailable(ctx, session, stanza)
+        return STOP
+    target = event.to
+    if ptype in SUBSCRIPTION_TYPES:
+        await _outbound_subscription(ctx, user, target.bare, stanza, ptype)
+        return STOP
+    if ptype == "probe":
+        return STOP  # clients do not probe (RFC 6121 §4.3); the server does
+    if ptype is None:
+        item = await _roster(ctx).item(user, target)
+        if item is None or not item.has_from:
+            session.set(DIRECTED, session.get(DIRECTED) | {target})
+    elif ptype == "unavailable":
+        session.set(DIRECTED, session.get(DIRECTED) - {target})
+    return None  # the core routes directed presence as is
+
+
+async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> None:
+    initial = session.presence is None
+    prio = child_text(stanza, "priority")
+    try:
+        session.priority = max(-128, min(127, int(prio))) if prio else 0
+    except ValueError:
+        session.priority = 0
+    session.presence = stanza
+    user = session.jid.bare
+    roster = _roster(ctx)
+    items = await roster.items(user)
+    for item in items.values():
+        if item.has_from:
+            await ctx.send(_addressed(stanza, item.contact))
+    for other in ctx.sessions.available(user):
+        await other.deliver(_addressed(stanza, other.jid))
+    if initial:
+        for item in items.values():
+            if item.has_to:
+                await _probe(ctx, user, item.contact, session)
+        for contact, status in await roster.pending(user):
+            request = element("presence", {"type": "subscribe", "from": str(contact), "to": str(user)})
+            if status:
+                request.append(element("status", text=status))
+            await session.deliver(request)
+        await ctx.run(hooks.USER_AVAILABLE, PresenceEvent(session, stanza))
+
+
+async def _probe(ctx: Ctx, user: JID, contact: JID, session: Session) -> None:
+    """Get a contact's current presence for a user who just came online."""
+    if ctx.is_local(contact):
+        for other in ctx.sessions.available(contact):
+            assert other.presence is not None
+            await session.deliver(_addressed(other.presence, session.jid, other.jid))
+        return
+    await ctx.send(element("presence", {"type": "probe", "from": str(user), "to": str(contact)}))
+
+
+async def _broadcast_unavailable(ctx: Ctx, session: Session, stanza: Element) -> None:
+    if session.presence is None:
+        return
+    session.presence = None
+    user = session.jid.bare
+    items = await _roster(ctx).items(user)
+    sent: set[JID] = set()
+    for item in items.values():
+        if item.has_from:
+            sent.add(item.contact)
+            await ctx.send(_addressed(stanza, item.contact))
+    for target in session.get(DIRECTED):
+        if target not in sent:
+            await ctx.send(_addressed(stanza, target))
+    session.set(DIRECTED, frozenset())
+    for other in ctx.sessions.available(user):
+        await other.deliver(_addressed(stanza, other.jid))
+    await session.deliver(_addressed(stanza, session.jid))
+    await ctx.run(hooks.USER_UNAVAILABLE, PresenceEvent(session, stanza))
+
+
+@module.on(hooks.RESOURCE_UNBOUND)
+async def gone(ctx: Ctx, event: SessionEvent) -> None:
+    session = event.session
+    if session.presence is None:
+        return
+    unavailable = element("presence", {"type": "unavailable", "from": str(session.jid)})
+    session.presence = None
+    user = session.jid.bare
+    items = await _roster(ctx).items(user)
+    sent: set[JID] = set()
+    for item in items.values():
+        if item.has_from:
+            sent.add(item.contact)
+            await ctx.send(_addressed(unavailable, item.contact))
+    for target in session.get(DIRECTED):
+        if target not in sent:
+            await ctx.send(_addressed(unavailable, target))
+    for other in ctx.sessions.available(user):
+        await other.deliver(_addressed(unavailable, other.jid))
+    await ctx.run(hooks.USER_UNAVAILABLE, PresenceEvent(session, unavailable))
+
+
+async def _outbound_subscription(
+    ctx: Ctx, user: JID, contact: JID, stanza: Element, ptype: str
+) -> None:
+    """RFC 6121 §3: the user's server updates the user's roster, then routes the stanza
+    stamped with the user's bare JID."""
+    roster = _roster(ctx)
+    item = await roster.item(user, contact)
+    out = _addressed(stanza, contact, user)
+    if ptype == "subscribe":
+        if item is None:
+            item = RosterItem(contact)
+        if not item.has_to and not item.ask:
+            await roster.save(user, replace(item, ask=True))
+        await ctx.send(out)
+    elif ptype == "subscribed":
+        if await roster.is_pending(user, contact):
+            base = item or RosterItem(contact)
+            sub = "both" if base.has_to else "from"
+            await roster.save(user, replace(base, subscription=sub, approved=False))
+            await roster.clear_pending(user, contact)
+            await ctx.send(out)
+            for session in ctx.sessions.available(user):
+                assert session.presence is not None
+                await ctx.send(_addressed(session.presence, contact, session.jid))
+        elif item is None or not item.has_from:
+            # Pre-approval (RFC 6121 §3.4).
+            await roster.save(user, replace(item or RosterItem(contact), approved=True))
+    elif ptype == "unsubscribe":
+        if item is not None and (item.has_to or item.ask):
+            sub = "from" if item.subscription == "both" else "none"
+            await roster.save(user, replace(item, subscription=sub, ask=False))
+        await ctx.send(out)
+    elif ptype == "unsubscribed":
+        was_pending = await roster.is_pending(user, contact)
+        if was_pending:
+            await roster.clear_pending(user, contact)
+        if item is not None and (item.has_from or item.approved):
+            sub = "to" if item.subscription == "both" else "none"
+            await roster.save(user, replace(item, subscription=sub, approved=False))
+            for session in ctx.sessions.available(user):
+                off = element("presence", {"type": "unavailable", "from": str(session.jid)})
+                await ctx.send(_addressed(off, contact))
+        if was_pending or (item is not None):
+            await ctx.send(out)
+
+
+# ----------------------------------------------------------------------------- inbound
+
+
+@module.on(hooks.PRESENCE_TO_FULL)
+async def inbound_full(ctx: Ctx, event: StanzaEvent) -> Stop | None:
+    ptype = event.stanza.get("type")
+    if ptype in SUBSCRIPTION_TYPES or ptype == "probe":
+        # RFC 6121 §3: subscription stanzas to a full JID are handled as if to the bare JID.
+        await _inbound_bare(ctx, event, event.to.bare)
+        return STOP
+    return None
+
+
+@module.on(hooks.PRESENCE_TO_BARE)
+async def inbound_bare(ctx: Ctx, event: StanzaEvent) -> Stop | None:
+    await _inbound_bare(ctx, event, event.to)
+    return STOP
+
+
+async def _deliver_to_available(ctx: Ctx, user: JID, stanza: Element) -> None:
+    for session in ctx.sessions.available(user):
+        await session.deliver(stanza)
+
+
+async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
+    stanza = event.stanza
+    ptype = stanza.get("type")
+    contact = event.from_.bare
+    roster = _roster(ctx)
+    if ptype is None or ptype in ("unavailable", "error"):
+        await _deliver_to_available(ctx, user, stanza)
+        return
+    if not await ctx.account_exists(user):
+        if ptype == "subscribe":
+            await ctx.send(element("presence", {"type": "unsubscribed", "from": str(user), "to": str(contact)}))
+        return
+    item = await roster.item(user, contact)
+    if ptype == "probe":
+        if item is not None and item.has_from:
+            for session in ctx.sessions.available(user):
+                assert session.presence is not None
+                await ctx.send(_addressed(session.presence, event.from_, session.jid))
+        return
+    if ptype == "subscribe":
+        if item is not None and item.has_from:
+            await ctx.send(element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)}))
+            return
+        if item is not None and item.approved:
+            sub = "both" if item.has_to else "from"
+            await roster.save(user, replace(item, subscription=sub, approved=False))
+            await ctx.send(element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)}))
+            for session in ctx.sessions.available(user):
+                assert session.presence is not None
+                await ctx.send(_addressed(session.presence, contact, session.jid))
+            return
+        await roster.add_pending(user, contact, child_text(stanza, "status") or "")
+        request = _addressed(stanza, user, contact)
+        for session in ctx.sessions.available(user):
+            if session.priority >= 0:
+                await session.deliver(request)
+        return
+    if ptype == "subscribed":
+        if item is not None and item.ask:
+            sub = "both" if item.has_from else "to"
+            await roster.save(user, replace(item, subscription=sub, ask=False))
+            await _deliver_to_available(ctx, user, _addressed(stanza, user, contact))
+        return
+    if ptype == "unsubscribe":
+        await roster.clear_pending(user, contact)
+        if item is not None and item.has_from:
+            sub = "to" if item.subscription == "both" else "none"
+            await roster.save(user, replace(item, subscription=sub, approved=False))
+            await _deliver_to_available(ctx, user, _addressed(stanza, user, contact))
+        return
+    if ptype == "unsubscribed":
+        if item is not None and (item.has_to or item.ask):
+            sub = "from" if item.subscription == "both" else "none"
+            await roster.save(user, replace(item, subscription=sub, ask=False))
+            await _deliver_to_available(ctx, user, _addressed(stanza, user, contact))
+            # The contact's presence no longer reaches the user: show it as offline.
+            for session in ctx.sessions.available(user):
+                off = element("presence", {"type": "unavailable", "from": str(contact)})
+                await session.deliver(_addressed(off, session.jid))
+        return

@@ -1,0 +1,147 @@
+"""XEP-0077: In-Band Registration — create an account, change its password, delete it."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from xmppd.api import (
+    JID,
+    AccountExists,
+    Duration,
+    InvalidJID,
+    IqRequest,
+    Module,
+    ModuleContext,
+    Options,
+    Scope,
+    StanzaError,
+    hooks,
+    ns,
+)
+from xmppd.api.stanza import Element, child, child_text, find_child, payload
+
+
+class RegisterOptions(Options):
+    allow_registration: bool = Field(
+        False, description="Let anyone create an account in-band (before logging in)."
+    )
+    min_password_length: int = Field(8, ge=1, le=1024)
+    registration_interval: Duration = Field(
+        600.0, ge=0, description="Minimum time between two registrations from one address."
+    )
+    interval_exempt: tuple[str, ...] = Field(
+        ("127.0.0.1", "::1"), description="Addresses the interval does not apply to."
+    )
+    allow_password_change: bool = True
+    allow_account_removal: bool = True
+
+
+module = Module(
+    "register",
+    "XEP-0077: In-Band Registration",
+    options=RegisterOptions,
+    protocols=("XEP-0077 v2.4",),
+)
+Ctx = ModuleContext[RegisterOptions]
+
+_last_registration: dict[tuple[str, str], float] = {}
+
+
+def _form(instructions: str) -> Element:
+    query = payload(ns.REGISTER, "query")
+    child(query, "instructions", text=instructions)
+    child(query, "username")
+    child(query, "password")
+    return query
+
+
+@module.fold(hooks.C2S_STREAM_FEATURES)
+async def advertise(
+    ctx: Ctx, features: tuple[Element, ...], fctx: hooks.FeaturesContext
+) -> tuple[Element, ...]:
+    if fctx.stage == "post-auth" or not ctx.options.allow_registration:
+        return features
+    return (*features, payload(ns.REGISTER_FEATURE, "register"))
+
+
+@module.iq("get", ns.REGISTER, "query", to=Scope.STREAM)
+async def registration_form(ctx: Ctx, req: IqRequest) -> Element:
+    if not ctx.options.allow_registration:
+        raise StanzaError("service-unavailable")
+    return req.result(_form("Choose a username and password."))
+
+
+@module.iq("set", ns.REGISTER, "query", to=Scope.STREAM)
+async def register(ctx: Ctx, req: IqRequest) -> Element:
+    if not ctx.options.allow_registration:
+        raise StanzaError("service-unavailable")
+    username = child_text(req.payload, "username", ns.REGISTER)
+    password = child_text(req.payload, "password", ns.REGISTER)
+    if find_child(req.payload, ns.REGISTER, "remove") is not None:
+        raise StanzaError("not-authorized", "log in to remove an account")
+    if not username or password is None:
+        raise StanzaError("not-acceptable", "username and password are required")
+    if len(password) < ctx.options.min_password_length:
+        raise StanzaError("not-acceptable", "password too short")
+    try:
+        jid = JID.create(username, ctx.domain)
+    except InvalidJID:
+        raise StanzaError("jid-malformed", "invalid username") from None
+    peer = req.origin.peer if req.origin is not None else ""
+    key = (ctx.domain, peer)
+    now = time.monotonic()
+    if peer not in ctx.options.interval_exempt:
+        last = _last_registration.get(key)
+        if last is not None and now - last < ctx.options.registration_interval:
+            raise StanzaError("resource-constraint", "too many registrations; try later")
+    try:
+        await ctx.register_user(jid, password)
+    except AccountExists:
+        raise StanzaError("conflict", "username taken") from None
+    _last_registration[key] = now
+    ctx.log.info("registered %s in-band from %s", jid, peer)
+    return req.result()
+
+
+@module.iq("get", ns.REGISTER, "query", to=Scope.BARE)
+async def registered(ctx: Ctx, req: IqRequest) -> Element:
+    if not req.is_from_owner:
+        raise StanzaError("forbidden")
+    query = payload(ns.REGISTER, "query")
+    child(query, "registered")
+    child(query, "username", text=req.to.local)
+    return req.result(query)
+
+
+@module.iq("set", ns.REGISTER, "query", to=Scope.BARE)
+async def change_or_remove(ctx: Ctx, req: IqRequest) -> Element | None:
+    if not req.is_from_owner:
+        raise StanzaError("forbidden")
+    user = req.to.bare
+    if find_child(req.payload, ns.REGISTER, "remove") is not None:
+        if not ctx.options.allow_account_removal:
+            raise StanzaError("not-allowed")
+        # Answer before the account (and this session) goes away.
+        if req.origin is not None:
+            req.origin.send_raw(req.result())
+        await ctx.remove_user(user)
+        ctx.log.info("account %s removed in-band", user)
+        return None
+    username = child_text(req.payload, "username", ns.REGISTER)
+    password = child_text(req.payload, "password", ns.REGISTER)
+    if not ctx.options.allow_password_change:
+        raise StanzaError("not-allowed")
+    if username is None or password is None:
+        raise StanzaError("bad-request", "username and password are required")
+    try:
+        same = JID.create(username, ctx.domain) == user
+    except InvalidJID:
+        same = False
+    if not same:
+        raise StanzaError("bad-request", "username does not match the account")
+    if len(password) < ctx.options.min_password_length:
+        raise StanzaError("not-acceptable", "password too short")
+    await ctx.set_password(user, password)
+    return req.result()

@@ -1,0 +1,358 @@
+"""RFC 6121 §2: Roster management, with versioning (§2.6) and pushes.
+
+Other modules (presence, last activity) use the roster through :data:`ROSTER`,
+the :class:`Roster` service this module provides on each host.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Final, Literal
+
+from pydantic import Field
+
+from xmppd.api import (
+    JID,
+    IqRequest,
+    Module,
+    ModuleContext,
+    Options,
+    Scope,
+    ServiceKey,
+    StanzaError,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import UserEvent
+from xmppd.api.stanza import Element, child, element, new_id, payload
+from xmppd.api.storage import Boolean, Column, Integer, String, Text, and_, delete, select
+
+Subscription = Literal["none", "to", "from", "both"]
+
+
+class RosterOptions(Options):
+    max_items: int = Field(1000, ge=1, description="Largest roster an account may have.")
+    versioning: bool = Field(True, description="Offer roster versioning (RFC 6121 §2.6).")
+
+
+module = Module(
+    "roster",
+    "RFC 6121: Roster management",
+    options=RosterOptions,
+    protocols=("RFC 6121 §2", "XEP-0237 v1.3"),
+)
+Ctx = ModuleContext[RosterOptions]
+
+items_table: Final = module.table(
+    "items",
+    Column("username", String(1023), primary_key=True),
+    Column("contact", String(3071), primary_key=True),
+    Column("name", Text, nullable=False, default=""),
+    Column("subscription", String(8), nullable=False, default="none"),
+    Column("ask", Boolean, nullable=False, default=False),
+    Column("approved", Boolean, nullable=False, default=False),
+    Column("groups", Text, nullable=False, default="[]"),
+)
+
+pending_table: Final = module.table(
+    "pending",
+    Column("username", String(1023), primary_key=True),
+    Column("contact", String(3071), primary_key=True),
+    Column("status", Text, nullable=False, default=""),
+)
+"""Inbound subscription requests waiting for the user's answer (RFC 6121 §3.1.3)."""
+
+versions_table: Final = module.table(
+    "versions",
+    Column("username", String(1023), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RosterItem:
+    contact: JID
+    name: str = ""
+    subscription: Subscription = "none"
+    ask: bool = False
+    """An outbound subscription request is pending."""
+    approved: bool = False
+    """The user pre-approved the contact's subscription (RFC 6121 §3.4)."""
+    groups: tuple[str, ...] = ()
+
+    @property
+    def has_from(self) -> bool:
+        """The contact receives the user's presence."""
+        return self.subscription in ("from", "both")
+
+    @property
+    def has_to(self) -> bool:
+        """The user receives the contact's presence."""
+        return self.subscription in ("to", "both")
+
+    def to_xml(self, parent: Element) -> Element:
+        attrs = {"jid": str(self.contact), "subscription": self.subscription}
+        if self.name:
+            attrs["name"] = self.name
+        if self.ask:
+            attrs["ask"] = "subscribe"
+        if self.approved:
+            attrs["approved"] = "true"
+        item = child(parent, "item", attrs)
+        for group in self.groups:
+            child(item, "group", text=group)
+        return item
+
+
+class Roster:
+    """Roster storage and pushes for one host (the ``ROSTER`` service)."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+
+    def _where(self, user: JID) -> object:
+        return and_(items_table.c.host == self._ctx.domain, items_table.c.username == user.local)
+
+    async def items(self, user: JID) -> dict[JID, RosterItem]:
+        rows = await self._ctx.db.fetch_all(
+            select(items_table).where(
+                items_table.c.host == self._ctx.domain, items_table.c.username == user.local
+            )
+        )
+        result = {}
+        for row in rows:
+            item = _from_row(row)
+            result[item.contact] = item
+        return result
+
+    async def item(self, user: JID, contact: JID) -> RosterItem | None:
+        row = await self._ctx.db.fetch_one(
+            select(items_table).where(
+                items_table.c.host == self._ctx.domain,
+                items_table.c.username == user.local,
+                items_table.c.contact == str(contact.bare),
+            )
+        )
+        return None if row is None else _from_row(row)
+
+    async def version(self, user: JID) -> int:
+        value = await self._ctx.db.fetch_value(
+            select(versions_table.c.version).where(
+                versions_table.c.host == self._ctx.domain,
+                versions_table.c.username == user.local,
+            )
+        )
+        return int(value or 0)
+
+    async def _bump(self, user: JID) -> int:
+        version = await self.version(user) + 1
+        await self._ctx.db.upsert(
+            versions_table,
+            {"host": self._ctx.domain, "username": user.local, "version": version},
+            ("host", "username"),
+        )
+        return version
+
+    async def save(self, user: JID, item: RosterItem, *, push: bool = True) -> None:
+        """Store ``item`` and push it to the user's interested resources."""
+        await self._ctx.db.upsert(
+            items_table,
+            {
+                "host": self._ctx.domain,
+                "username": user.local,
+                "contact": str(item.contact),
+                "name": item.name,
+                "subscription": item.subscription,
+                "ask": item.ask,
+                "approved": item.approved,
+                "groups": json.dumps(list(item.groups)),
+            },
+            ("host", "username", "contact"),
+        )
+        version = await self._bump(user)
+        if push:
+            await self.push(user, item, version)
+
+    async def remove(self, user: JID, contact: JID) -> None:
+        await self._ctx.db.execute(
+            delete(items_table).where(
+                items_table.c.host == self._ctx.domain,
+                items_table.c.username == user.local,
+                items_table.c.contact == str(contact.bare),
+            )
+        )
+        version = await self._bump(user)
+        await self.push(user, RosterItem(contact.bare), version, removed=True)
+
+    async def push(
+        self, user: JID, item: RosterItem, version: int, *, removed: bool = False
+    ) -> None:
+        """Send a roster push to every resource that requested the roster (§2.1.6)."""
+        for session in self._ctx.sessions.of(user.bare):
+            if not session.is_interested:
+                continue
+            iq = element("iq", {"type": "set", "id": new_id(), "to": str(session.jid)})
+            query = payload(ns.ROSTER, "query")
+            if self._ctx.options.versioning:
+                query.set("ver", str(version))
+            el = item.to_xml(query)
+            if removed:
+                el.attrib.clear()
+                el.set("jid", str(item.contact))
+                el.set("subscription", "remove")
+                for grp in list(el):
+                    el.remove(grp)
+            iq.append(query)
+            session.send_raw(iq)
+
+    # -- pending inbound subscription requests
+    async def pending(self, user: JID) -> list[tuple[JID, str]]:
+        rows = await self._ctx.db.fetch_all(
+            select(pending_table.c.contact, pending_table.c.status).where(
+                pending_table.c.host == self._ctx.domain, pending_table.c.username == user.local
+            )
+        )
+        return [(JID.parse(r.contact), r.status) for r in rows]
+
+    async def is_pending(self, user: JID, contact: JID) -> bool:
+        row = await self._ctx.db.fetch_one(
+            select(pending_table.c.contact).where(
+                pending_table.c.host == self._ctx.domain,
+                pending_table.c.username == user.local,
+                pending_table.c.contact == str(contact.bare),
+            )
+        )
+        return row is not None
+
+    async def add_pending(self, user: JID, contact: JID, status: str) -> None:
+        await self._ctx.db.upsert(
+            pending_table,
+            {
+                "host": self._ctx.domain,
+                "username": user.local,
+                "contact": str(contact.bare),
+                "status": status,
+            },
+            ("host", "username", "contact"),
+        )
+
+    async def clear_pending(self, user: JID, contact: JID) -> None:
+        await self._ctx.db.execute(
+            delete(pending_table).where(
+                pending_table.c.host == self._ctx.domain,
+                pending_table.c.username == user.local,
+                pending_table.c.contact == str(contact.bare),
+            )
+        )
+
+    async def forget_user(self, user: JID) -> None:
+        for table in (items_table, pending_table, versions_table):
+            await self._ctx.db.execute(
+                delete(table).where(table.c.host == self._ctx.domain, table.c.username == user.local)
+            )
+
+
+ROSTER: Final = ServiceKey[Roster]("roster")
+
+
+def _from_row(row: object) -> RosterItem:
+    return RosterItem(
+        contact=JID.parse(row.contact),  # type: ignore[attr-defined]
+        name=row.name,  # type: ignore[attr-defined]
+        subscription=row.subscription,  # type: ignore[attr-defined]
+        ask=bool(row.ask),  # type: ignore[attr-defined]
+        approved=bool(row.approved),  # type: ignore[attr-defined]
+        groups=tuple(json.loads(row.groups)),  # type: ignore[attr-defined]
+    )
+
+
+@module.on_load
+async def provide(ctx: Ctx) -> None:
+    ctx.provide(ROSTER, Roster(ctx))
+
+
+@module.fold(hooks.C2S_STREAM_FEATURES)
+async def advertise(
+    ctx: Ctx, features: tuple[Element, ...], fctx: hooks.FeaturesContext
+) -> tuple[Element, ...]:
+    if fctx.stage != "post-auth":
+        return features
+    extra = [payload(ns.PRESENCE_PREAPPROVAL, "sub")]
+    if ctx.options.versioning:
+        extra.append(payload(ns.ROSTER_VER_FEATURE, "ver"))
+    return (*features, *extra)
+
+
+@module.iq("get", ns.ROSTER, "query", to=Scope.BARE)
+async def roster_get(ctx: Ctx, req: IqRequest) -> Element | None:
+    if not req.is_from_owner:
+        raise StanzaError("forbidden", "a roster belongs to its owner")
+    roster = ctx.service(ROSTER)
+    user = req.to.bare
+    if req.origin is not None:
+        req.origin.is_interested = True
+    version = str(await roster.version(user))
+    if ctx.options.versioning and req.payload.get("ver") == version:
+        return req.result()
+    query = payload(ns.ROSTER, "query")
+    if ctx.options.versioning:
+        query.set("ver", version)
+    for item in (await roster.items(user)).values():
+        item.to_xml(query)
+    return req.result(query)
+
+
+@module.iq("set", ns.ROSTER, "query", to=Scope.BARE)
+async def roster_set(ctx: Ctx, req: IqRequest) -> Element:
+    if not req.is_from_owner:
+        raise StanzaError("forbidden", "a roster belongs to its owner")
+    items = req.payload.findall(f"{{{ns.ROSTER}}}item")
+    if len(items) != 1:
+        raise StanzaError("bad-request", "a roster set carries exactly one item")
+    el = items[0]
+    try:
+        contact = JID.parse(el.get("jid", ""))
+    except ValueError:
+        raise StanzaError("jid-malformed") from None
+    user = req.to.bare
+    if contact.bare == user:
+        raise StanzaError("not-allowed", "you cannot add yourself")
+    roster = ctx.service(ROSTER)
+    existing = await roster.item(user, contact)
+    if el.get("subscription") == "remove":
+        if existing is None:
+            raise StanzaError("item-not-found")
+        await _cancel_subscriptions(ctx, user, existing)
+        await roster.remove(user, contact)
+        await roster.clear_pending(user, contact)
+        return req.result()
+    groups = [(g.text or "").strip() for g in el.findall(f"{{{ns.ROSTER}}}group")]
+    if any(not g for g in groups):
+        raise StanzaError("not-acceptable", "empty group name")
+    if len(set(groups)) != len(groups):
+        raise StanzaError("bad-request", "duplicate group")
+    name = el.get("name", "")
+    if len(name) > 1024 or any(len(g) > 1024 for g in groups):
+        raise StanzaError("not-acceptable", "name too long")
+    if existing is None:
+        if len(await roster.items(user)) >= ctx.options.max_items:
+            raise StanzaError("not-allowed", "roster is full")
+        item = RosterItem(contact.bare, name=name, groups=tuple(groups))
+    else:
+        item = replace(existing, name=name, groups=tuple(groups))
+    await roster.save(user, item)
+    return req.result()
+
+
+async def _cancel_subscriptions(ctx: Ctx, user: JID, item: RosterItem) -> None:
+    """RFC 6121 §2.5.2: removing an item cancels subscriptions both ways."""
+    if item.has_to or item.ask:
+        await ctx.send(element("presence", {"type": "unsubscribe", "from": str(user), "to": str(item.contact)}))
+    if item.has_from:
+        await ctx.send(element("presence", {"type": "unsubscribed", "from": str(user), "to": str(item.contact)}))
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    await ctx.service(ROSTER).forget_user(event.jid)

@@ -1,0 +1,246 @@
+"""Start a real xmppd process on loopback for tests, with SQLite or PostgreSQL storage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("XMPPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (never one of this machine's service ports)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in FORBIDDEN_PORTS:
+            return port
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip a storage test whose service is missing; in CI that is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"service test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class XmppdServer:
+    """A running server: its ports, data directory and CA certificate for clients."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    config_path: Path
+    starttls_port: int
+    direct_tls_port: int
+    domain: str
+    backend: str
+    log_path: Path
+
+    @property
+    def cafile(self) -> Path:
+        return self.data_dir / "certs" / f"{self.domain}.crt"
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``xmppd --config ... <args>`` against this server's configuration."""
+        return subprocess.run(
+            [sys.executable, "-m", "xmppd", "--config", str(self.config_path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_config(
+    path: Path,
+    *,
+    data_dir: Path,
+    storage_url: str,
+    starttls_port: int,
+    direct_tls_port: int,
+    domain: str = "localhost",
+    modules: dict[str, dict[str, Any]] | None = None,
+    hooks: dict[str, dict[str, Any]] | None = None,
+    extra: str = "",
+) -> None:
+    lines = [
+        "[server]",
+        f"data_dir = {_toml_value(str(data_dir))}",
+        'log_level = "debug"',
+        "[storage]",
+        f"url = {_toml_value(storage_url)}",
+        "[auth]",
+        "failures_before_delay = 1000",
+        "[[listeners]]",
+        'address = "127.0.0.1"',
+        f"port = {starttls_port}",
+        'tls = "starttls"',
+        "[[listeners]]",
+        'address = "127.0.0.1"',
+        f"port = {direct_tls_port}",
+        'tls = "direct"',
+        f'[hosts."{domain}"]',
+    ]
+    if modules is not None:
+        lines.append("[modules]")
+        for name, opts in modules.items():
+            lines.append(f"{name} = {_toml_value(opts)}")
+    if hooks:
+        lines.append("[hooks]")
+        for name, opts in hooks.items():
+            lines.append(f"{name} = {_toml_value(opts)}")
+    path.write_text("\n".join(lines) + "\n" + extra)
+
+
+DEFAULT_TEST_MODULES: dict[str, dict[str, Any]] = {
+    "roster": {},
+    "presence": {},
+    "disco": {},
+    "ping": {},
+    "version": {},
+    "time": {},
+    "last": {},
+    "register": {"allow_registration": True, "min_password_length": 4},
+}
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one server; dropped afterwards."""
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:  # pragma: no cover
+        service_unavailable("asyncpg is not installed")
+    name = f"xmppd_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncio.TimeoutError) as exc:
+        service_unavailable(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def running_server(
+    tmp: Path,
+    *,
+    backend: str = "sqlite",
+    modules: dict[str, dict[str, Any]] | None = None,
+    hooks: dict[str, dict[str, Any]] | None = None,
+    extra: str = "",
+    domain: str = "localhost",
+) -> Iterator[XmppdServer]:
+    """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with _storage(tmp, backend) as url:
+        data_dir = tmp / "data"
+        config_path = tmp / "xmppd.toml"
+        p1, p2 = free_port(), free_port()
+        write_config(
+            config_path,
+            data_dir=data_dir,
+            storage_url=url,
+            starttls_port=p1,
+            direct_tls_port=p2,
+            domain=domain,
+            modules=DEFAULT_TEST_MODULES if modules is None else modules,
+            hooks=hooks,
+            extra=extra,
+        )
+        log_path = tmp / "xmppd.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        server = XmppdServer(proc, data_dir, config_path, p1, p2, domain, backend, log_path)
+        try:
+            _wait_listening(proc, (p1, p2), log_path)
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+
+
+@contextmanager
+def _storage(tmp: Path, backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp / 'xmppd.sqlite3'}"
+    elif backend == "postgresql":
+        with postgres_database() as url:
+            yield url
+    else:
+        raise ValueError(backend)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    pending = set(ports)
+    while pending:
+        if proc.poll() is not None:
+            raise RuntimeError(f"xmppd exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"xmppd did not start listening:\n{log.read_text()[-4000:]}")
+        for port in list(pending):
+            with socket.socket() as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    pending.discard(port)
+        if pending:
+            time.sleep(0.05)
+
+

@@ -1,0 +1,5 @@
+"""xmppd: an XMPP server in Python."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

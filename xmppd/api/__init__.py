@@ -1,0 +1,61 @@
+"""The public API for modules (``modules/``) and hook files (``hooks/``).
+
+Import only from here (and ``xmppd.api.*``); everything else in ``xmppd`` is
+private and may change. See docs/module-guide.md for a worked example.
+"""
+
+from __future__ import annotations
+
+from xmppd.api import hooks, ns
+from xmppd.auth.accounts import AccountExists, NoSuchAccount
+from xmppd.config import Duration, Size
+from xmppd.errors import StanzaError, StreamError
+from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
+from xmppd.host import IqRequest
+from xmppd.iqtracker import IqTimeout
+from xmppd.jid import JID, InvalidJID
+from xmppd.module import (
+    HookSet,
+    Identity,
+    Module,
+    ModuleContext,
+    NoOptions,
+    Options,
+    Scope,
+    ServiceKey,
+)
+from xmppd.sessions import Session, SessionKey
+from xmppd.stanza import Element
+
+__all__ = [
+    "DROP",
+    "STOP",
+    "JID",
+    "AccountExists",
+    "Drop",
+    "Duration",
+    "Element",
+    "EventHook",
+    "FoldHook",
+    "HookSet",
+    "Identity",
+    "InvalidJID",
+    "IqRequest",
+    "IqTimeout",
+    "Module",
+    "ModuleContext",
+    "NoOptions",
+    "NoSuchAccount",
+    "Options",
+    "Priority",
+    "Scope",
+    "ServiceKey",
+    "Session",
+    "SessionKey",
+    "Size",
+    "StanzaError",
+    "Stop",
+    "StreamError",
+    "hooks",
+    "ns",
+]

@@ -1,0 +1,5 @@
+"""Namespace constants."""
+
+from __future__ import annotations
+
+from xmppd.ns import *  # noqa: F403

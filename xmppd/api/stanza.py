@@ -1,0 +1,35 @@
+"""Stanza helpers for modules: build elements and replies without string formatting."""
+
+from __future__ import annotations
+
+from xmppd.stanza import (
+    Element,
+    child,
+    child_text,
+    copy,
+    element,
+    error_reply,
+    find_child,
+    iq_result,
+    jid_attr,
+    new_id,
+    payload,
+    serialize,
+    summary,
+)
+
+__all__ = [
+    "Element",
+    "child",
+    "child_text",
+    "copy",
+    "element",
+    "error_reply",
+    "find_child",
+    "iq_result",
+    "jid_attr",
+    "new_id",
+    "payload",
+    "serialize",
+    "summary",
+]

@@ -1,0 +1,51 @@
+"""Storage helpers for modules: declare tables with ``module.table(...)`` using these
+SQLAlchemy Core types, query through ``ctx.db`` (``fetch_all``, ``upsert``...)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from xmppd.storage.database import Database
+from xmppd.storage.keyval import KeyValueStore
+
+__all__ = [
+    "JSON",
+    "BigInteger",
+    "Boolean",
+    "Column",
+    "Database",
+    "Float",
+    "Index",
+    "Integer",
+    "KeyValueStore",
+    "LargeBinary",
+    "String",
+    "Text",
+    "and_",
+    "delete",
+    "func",
+    "insert",
+    "or_",
+    "sa",
+    "select",
+    "update",
+]

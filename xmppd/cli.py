@@ -1,0 +1,248 @@
+"""The ``xmppd`` command: run the server and manage accounts without a client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from xmppd import __version__
+from xmppd.auth.accounts import AccountExists, NoSuchAccount
+from xmppd.config import ConfigError, ServerConfig, load_config
+from xmppd.jid import JID, InvalidJID
+
+log = logging.getLogger("xmppd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xmppd", description="An XMPP server.")
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path(os.environ["XMPPD_CONFIG"]) if os.environ.get("XMPPD_CONFIG") else None,
+        help="TOML configuration file (default: $XMPPD_CONFIG, else built-in defaults: "
+        "host localhost, data in ./data)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the server in the foreground")
+    sub.add_parser("check-config", help="validate the configuration and exit")
+    sub.add_parser("version", help="print the version")
+    add = sub.add_parser("adduser", help="create an account")
+    add.add_argument("jid")
+    add.add_argument("--password", help="password (default: prompt, or stdin when not a tty)")
+    dele = sub.add_parser("deluser", help="delete an account and all its data")
+    dele.add_argument("jid")
+    pw = sub.add_parser("passwd", help="change an account's password")
+    pw.add_argument("jid")
+    pw.add_argument("--password")
+    users = sub.add_parser("users", help="list the accounts of a host (default: every host)")
+    users.add_argument("host", nargs="?")
+    imp = sub.add_parser("import-users", help="create accounts from a file of 'jid password' lines")
+    imp.add_argument("file", type=Path)
+    return p
+
+
+def _read_password(given: str | None) -> str:
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _jid(text: str, config: ServerConfig) -> JID:
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise SystemExit(f"invalid JID {text!r}: {exc}") from None
+    if not jid.local or jid.resource:
+        raise SystemExit(f"expected an account JID (user@host), got {text!r}")
+    if jid.domain not in config.hosts:
+        raise SystemExit(f"{jid.domain} is not a host of this server ({', '.join(config.hosts)})")
+    return jid
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"xmppd {__version__}")
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
+    if args.command == "check-config":
+        return _with_server(config, _check, listen=False)
+    if args.command == "run":
+        return _run(config)
+    cmd = args.command
+    if cmd == "adduser":
+        jid = _jid(args.jid, config)
+        password = _read_password(args.password)
+        return _with_server(config, lambda s: _adduser(s, jid, password), listen=False)
+    if cmd == "deluser":
+        jid = _jid(args.jid, config)
+        return _with_server(config, lambda s: _deluser(s, jid), listen=False)
+    if cmd == "passwd":
+        jid = _jid(args.jid, config)
+        password = _read_password(args.password)
+        return _with_server(config, lambda s: _passwd(s, jid, password), listen=False)
+    if cmd == "users":
+        return _with_server(config, lambda s: _users(s, args.host), listen=False)
+    if cmd == "import-users":
+        return _with_server(config, lambda s: _import(s, args.file, config), listen=False)
+    return 2
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _run(config: ServerConfig) -> int:
+    from xmppd.server import Server
+
+    _install_uvloop()
+
+    async def main_async() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = Server(config)
+        await server.start()
+        ports = ", ".join(f"{p} ({mode})" for mode, p in server.listening_ports)
+        log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(main_async())
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _with_server(
+    config: ServerConfig, action: Callable[..., Awaitable[int]], *, listen: bool
+) -> int:
+    from xmppd.server import Server
+
+    async def go() -> int:
+        server = Server(config)
+        await server.start(listen=listen)
+        try:
+            return await action(server)
+        finally:
+            await server.stop()
+
+    try:
+        return asyncio.run(go())
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+
+
+async def _check(_server: object) -> int:
+    print("configuration OK")
+    return 0
+
+
+async def _adduser(server: object, jid: JID, password: str) -> int:
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    try:
+        await server.register_user(jid, password)
+    except AccountExists:
+        print(f"{jid} already exists", file=sys.stderr)
+        return 1
+    print(f"created {jid}")
+    return 0
+
+
+async def _deluser(server: object, jid: JID) -> int:
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    if not await server.accounts.exists(jid):
+        print(f"{jid} does not exist", file=sys.stderr)
+        return 1
+    await server.remove_user(jid)
+    print(f"deleted {jid}")
+    return 0
+
+
+async def _passwd(server: object, jid: JID, password: str) -> int:
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    try:
+        await server.accounts.set_password(jid, password)
+    except NoSuchAccount:
+        print(f"{jid} does not exist", file=sys.stderr)
+        return 1
+    print(f"password of {jid} changed")
+    return 0
+
+
+async def _users(server: object, host: str | None) -> int:
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    for domain in [host] if host else list(server.hosts):
+        for username in await server.accounts.list(domain):
+            print(f"{username}@{domain}")
+    return 0
+
+
+async def _import(server: object, path: Path, config: ServerConfig) -> int:
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    lines = [ln.split(None, 1) for ln in path.read_text().splitlines() if ln.strip()]
+    sem = asyncio.Semaphore(os.cpu_count() or 2)
+    created = 0
+
+    async def one(jid_text: str, password: str) -> None:
+        nonlocal created
+        jid = _jid(jid_text, config)
+        async with sem:
+            try:
+                await server.register_user(jid, password)
+                created += 1
+            except AccountExists:
+                pass
+
+    await asyncio.gather(*(one(p[0], p[1] if len(p) > 1 else "") for p in lines))
+    print(f"created {created} of {len(lines)} accounts")
+    return 0

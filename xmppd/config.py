@@ -1,0 +1,232 @@
+"""The server configuration: one TOML file, validated by pydantic models.
+
+Every error names the file, the key path and what was expected, and stops
+start-up (``xmppd check-config`` runs the same validation without starting).
+Module and hook-file options are validated later, against each module's own
+``Options`` class, with the same error format.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KiB": 1024,
+    "k": 1024,
+    "K": 1024,
+    "KB": 1000,
+    "MiB": 1024**2,
+    "M": 1024**2,
+    "MB": 1000**2,
+    "GiB": 1024**3,
+    "G": 1024**3,
+    "GB": 1000**3,
+}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message is meant for the admin, as is."""
+
+
+def parse_duration(value: object) -> float:
+    """``30`` / ``"30s"`` / ``"5m"`` / ``"1d"`` → seconds (``"forever"`` → ``inf``)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', '5m' or '1d'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        if value.strip().lower() in ("forever", "never", "infinite"):
+            return float("inf")
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    raise ValueError("expected a duration such as '30s', '5m' or '1d'")
+
+
+def parse_size(value: object) -> int:
+    """``1024`` / ``"256KiB"`` / ``"10MiB"`` → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '256KiB' or '10MiB'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2) or "B"]
+    raise ValueError("expected a size such as '256KiB' or '10MiB'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds; accepts ``"30s"``, ``"5m"``, ``"1d"``, ``"forever"`` or a number."""
+Size = Annotated[int, BeforeValidator(parse_size)]
+"""Bytes; accepts ``"256KiB"``, ``"10MiB"`` or a number."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors; values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSection(Section):
+    data_dir: Path = Field(Path("data"), description="Where the database, keys and certificates live.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    module_paths: tuple[Path, ...] = Field(
+        (), description="Extra directories searched for mod_<name>.py module files."
+    )
+
+
+class StorageSection(Section):
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db. "
+        "Empty means <data_dir>/xmppd.sqlite3.",
+    )
+    pool_size: int = Field(10, ge=1, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("expected a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return v
+
+
+class AuthSection(Section):
+    scram_iterations: int = Field(4096, ge=4096, le=10_000_000)
+    allow_insecure_plain: bool = Field(
+        False, description="Offer PLAIN without TLS. Only for benchmarks on loopback."
+    )
+    failures_before_delay: int = Field(3, ge=1)
+    max_failure_delay: Duration = Field(10.0, ge=0)
+
+
+class ListenerSection(Section):
+    kind: Literal["c2s"] = "c2s"
+    address: str = "0.0.0.0"
+    port: int = Field(5222, ge=0, le=65535)
+    tls: Literal["starttls", "direct", "none"] = "starttls"
+    backlog: int = Field(1024, ge=1)
+
+
+class C2SSection(Section):
+    require_encryption: bool = True
+    max_stanza_size: Size = Field(256 * 1024, ge=1024)
+    connect_timeout: Duration = Field(60.0, gt=0, description="Time to authenticate and bind.")
+    max_write_buffer: Size = Field(
+        4 * 1024 * 1024, ge=65536, description="A peer that reads slower than this is cut off."
+    )
+
+
+class TlsSection(Section):
+    certificate: Path | None = Field(None, description="PEM chain; default: self-signed, generated.")
+    key: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class HostSection(Section):
+    certificate: Path | None = None
+    key: Path | None = None
+    modules: dict[str, dict[str, Any]] | None = Field(
+        None, description="Replaces the global [modules] table for this host when set."
+    )
+    hooks: dict[str, dict[str, Any]] | None = None
+
+
+class ServerConfig(Section):
+    """The whole configuration file."""
+
+    server: ServerSection = ServerSection()
+    storage: StorageSection = StorageSection()
+    auth: AuthSection = AuthSection()
+    c2s: C2SSection = C2SSection()
+    tls: TlsSection = TlsSection()
+    listeners: tuple[ListenerSection, ...] = (
+        ListenerSection(port=5222, tls="starttls"),
+        ListenerSection(port=5223, tls="direct"),
+    )
+    hosts: dict[str, HostSection] = Field(default_factory=lambda: {"localhost": HostSection()})
+    modules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True, description="File this was read from.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _at_least_one_host(cls, v: dict[str, HostSection]) -> dict[str, HostSection]:
+        if not v:
+            raise ValueError("at least one host is needed")
+        for name in v:
+            if name != name.lower() or "/" in name or "@" in name or not name:
+                raise ValueError(f"host {name!r}: expected a lowercase domain name")
+        return v
+
+    def storage_url(self) -> str:
+        if self.storage.url:
+            return self.storage.url
+        return f"sqlite+aiosqlite:///{self.server.data_dir.resolve() / 'xmppd.sqlite3'}"
+
+    def modules_for(self, host: str) -> Mapping[str, Mapping[str, Any]]:
+        section = self.hosts[host]
+        return section.modules if section.modules is not None else self.modules
+
+    def hooks_for(self, host: str) -> Mapping[str, Mapping[str, Any]]:
+        section = self.hosts[host]
+        return section.hooks if section.hooks is not None else self.hooks
+
+
+def format_validation_error(source: str, err: ValidationError, prefix: str = "") -> str:
+    """``file: a.b.c: what was expected`` lines, one per problem."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(p) for p in (*((prefix,) if prefix else ()), *problem["loc"]))
+        msg = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None) -> ServerConfig:
+    """Read and validate ``path`` (``None``: built-in defaults). Raises :class:`ConfigError`."""
+    if path is None:
+        return ServerConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, source=path)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
+    try:
+        config = ServerConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(source or "<config>"), exc)) from None
+    if source is not None:
+        base = source.parent
+        server = config.server
+        if not server.data_dir.is_absolute():
+            server = server.model_copy(update={"data_dir": base / server.data_dir})
+        config = config.model_copy(update={"source": source, "server": server})
+    return config

@@ -1,0 +1,220 @@
+"""A virtual host: its hook bus, IQ handler table, services, disco items, and the
+default RFC 6121 delivery of stanzas addressed to it or its accounts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from xmppd import hooks
+from xmppd.errors import StanzaError
+from xmppd.events import EventBus, EventHook
+from xmppd.hooks import StanzaEvent
+from xmppd.jid import JID
+from xmppd.module import Identity, Scope
+from xmppd.stanza import Element, iq_result, summary
+
+if TYPE_CHECKING:
+    from xmppd.server import Server
+    from xmppd.sessions import Session
+
+log = logging.getLogger(__name__)
+
+BoundIqHandler = Callable[["IqRequest"], Awaitable[Element | None]]
+
+_DELIVERY: Final[dict[tuple[str, str], EventHook[StanzaEvent]]] = {
+    ("message", "bare"): hooks.MESSAGE_TO_BARE,
+    ("message", "full"): hooks.MESSAGE_TO_FULL,
+    ("message", "host"): hooks.MESSAGE_TO_HOST,
+    ("presence", "bare"): hooks.PRESENCE_TO_BARE,
+    ("presence", "full"): hooks.PRESENCE_TO_FULL,
+    ("presence", "host"): hooks.PRESENCE_TO_HOST,
+    ("iq", "bare"): hooks.IQ_TO_BARE,
+    ("iq", "full"): hooks.IQ_TO_FULL,
+    ("iq", "host"): hooks.IQ_TO_HOST,
+}
+
+
+@dataclass(slots=True)
+class IqRequest:
+    """An IQ get/set being handled: the stanza, its parsed addresses, its payload."""
+
+    stanza: Element
+    to: JID
+    from_: JID | None
+    """Sender (full JID); ``None`` on a not-yet-authenticated stream (``Scope.STREAM``)."""
+    payload: Element
+    origin: Session | None
+
+    @property
+    def type(self) -> str:
+        return self.stanza.get("type", "")
+
+    @property
+    def id(self) -> str | None:
+        return self.stanza.get("id")
+
+    @property
+    def is_from_owner(self) -> bool:
+        """True when the sender is the account the IQ is addressed to."""
+        return self.from_ is not None and self.from_.bare == self.to.bare
+
+    def result(self, payload: Element | None = None) -> Element:
+        return iq_result(self.stanza, payload)
+
+
+class Host:
+    """One virtual host (``example.org``)."""
+
+    def __init__(self, server: Server, domain: str) -> None:
+        self.server = server
+        self.domain = domain
+        self.jid = JID.parse(domain)
+        self.bus = EventBus(f"host:{domain}", summarize=_summarize)
+        self.iq_handlers: dict[tuple[Scope, str, str], BoundIqHandler] = {}
+        self.services: dict[str, Any] = {}
+        self.features: dict[Scope, list[str]] = {Scope.HOST: [], Scope.BARE: []}
+        self.identities: list[Identity] = []
+        self.loaded_modules: list[str] = []
+
+    # ------------------------------------------------------------------ registration
+
+    def add_iq_handler(
+        self, scope: Scope, type: str, namespace: str, tag: str, handler: BoundIqHandler
+    ) -> None:
+        key = (scope, type, f"{{{namespace}}}{tag}")
+        if key in self.iq_handlers:
+            raise ValueError(f"{self.domain}: two handlers for IQ {type} {key[2]} ({scope.name})")
+        self.iq_handlers[key] = handler
+        feats = self.features.setdefault(scope, [])
+        if namespace not in feats:
+            feats.append(namespace)
+
+    def remove_iq_handler(self, scope: Scope, type: str, namespace: str, tag: str) -> None:
+        self.iq_handlers.pop((scope, type, f"{{{namespace}}}{tag}"), None)
+
+    # ------------------------------------------------------------------ delivery
+
+    async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        """Deliver a stanza whose ``to`` is on this host (after ``filter_packet``)."""
+        kind = stanza.tag
+        target = "host" if not to.local else ("full" if to.resource else "bare")
+        hook = _DELIVERY.get((kind, target))
+        if hook is None:
+            return
+        if self.bus.has_handlers(hook) and await self.bus.run(
+            hook, StanzaEvent(stanza, to, from_, origin)
+        ):
+            return
+        if kind == "message":
+            await self._message(stanza, to, from_, origin, target)
+        elif kind == "iq":
+            await self._iq(stanza, to, from_, origin, target)
+        elif target == "full":
+            session = self.server.sessions.get(to)
+            if session is not None:
+                await session.deliver(stanza)
+        elif target == "bare":
+            # Presence to a bare JID that no module handled: directed presence to every
+            # available resource (RFC 6121 §4.6); subscription handling lives in mod_presence.
+            for session in self.server.sessions.available(to):
+                await session.deliver(stanza)
+
+    async def _message(
+        self, stanza: Element, to: JID, from_: JID, origin: Session | None, target: str
+    ) -> None:
+        mtype = stanza.get("type", "normal")
+        sessions = self.server.sessions
+        if target == "full":
+            session = sessions.get(to)
+            if session is not None:
+                await session.deliver(stanza)
+                return
+            if mtype == "groupchat":
+                await self.server.bounce(stanza, StanzaError("service-unavailable"))
+                return
+            if mtype == "error":
+                return
+            # RFC 6121 §8.5.3.2.1: chat/normal/headline to an unknown resource: as bare.
+        elif target == "host":
+            return
+        if mtype == "error":
+            return
+        if mtype == "groupchat":
+            await self.server.bounce(stanza, StanzaError("service-unavailable"))
+            return
+        if mtype == "headline":
+            for session in sessions.available(to.bare):
+                if session.priority >= 0:
+                    await session.deliver(stanza)
+            return
+        targets = sessions.message_targets(to.bare)
+        if targets:
+            for session in targets:
+                await session.deliver(stanza)
+            return
+        event = StanzaEvent(stanza, to, from_, origin)
+        if await self.bus.run(hooks.OFFLINE_MESSAGE, event):
+            return
+        await self.server.bounce(stanza, StanzaError("service-unavailable"))
+
+    async def _iq(
+        self, stanza: Element, to: JID, from_: JID, origin: Session | None, target: str
+    ) -> None:
+        itype = stanza.get("type")
+        if target == "full":
+            session = self.server.sessions.get(to)
+            if session is not None:
+                await session.deliver(stanza)
+            else:
+                await self.server.bounce(stanza, StanzaError("service-unavailable"))
+            return
+        if itype in ("result", "error"):
+            if target == "host" or (to.bare == to and to.resource == ""):
+                self.server.iq_tracker.resolve(stanza, from_)
+            return
+        await self.dispatch_iq(
+            stanza, Scope.HOST if target == "host" else Scope.BARE, to, from_, origin
+        )
+
+    async def dispatch_iq(
+        self,
+        stanza: Element,
+        scope: Scope,
+        to: JID,
+        from_: JID | None,
+        origin: Session | None,
+    ) -> Element | None:
+        """Run the IQ handler for a get/set; returns the reply (already routed unless
+        ``scope`` is ``STREAM``, where the caller writes it)."""
+        payload = stanza[0] if len(stanza) == 1 else None
+        handler = None
+        if payload is not None and isinstance(payload.tag, str):
+            handler = self.iq_handlers.get((scope, stanza.get("type", ""), payload.tag))
+        if handler is None or payload is None:
+            reply = self.server.error_reply(stanza, StanzaError("service-unavailable"))
+        else:
+            request = IqRequest(stanza, to, from_, payload, origin)
+            try:
+                reply = await handler(request)
+            except StanzaError as err:
+                reply = self.server.error_reply(stanza, err)
+            except Exception:
+                log.exception("IQ handler crashed on %s", summary(stanza))
+                reply = self.server.error_reply(stanza, StanzaError("internal-server-error"))
+        if reply is not None and scope is not Scope.STREAM:
+            if reply.get("from") is None:
+                reply.set("from", str(to))
+            await self.server.router.route(reply, None)
+        return reply
+
+
+def _summarize(payload: object) -> str:
+    if isinstance(payload, StanzaEvent):
+        return payload.summary()
+    tag = getattr(payload, "tag", None)
+    if isinstance(tag, str):
+        return summary(payload)  # type: ignore[arg-type]
+    return type(payload).__name__

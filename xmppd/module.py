@@ -1,0 +1,330 @@
+"""The module API: ``Module`` records registrations; ``ModuleContext`` is a module's view
+of one host. The ModuleManager (``xmppd.modules``) binds and unbinds them."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
+from xmppd.storage.keyval import KeyValueStore
+from xmppd.storage.schema import METADATA
+
+if TYPE_CHECKING:
+    from xmppd.host import Host, IqRequest
+    from xmppd.jid import JID
+    from xmppd.sessions import SessionManager
+    from xmppd.stanza import Element
+    from xmppd.storage.database import Database
+
+E = TypeVar("E")
+V = TypeVar("V")
+C = TypeVar("C")
+T = TypeVar("T")
+O = TypeVar("O", bound="Options")
+
+
+class Options(BaseModel):
+    """Base class of a module's options: a frozen pydantic model, unknown keys rejected.
+
+    Declare each option with a default and ``Field(..., description=...)``; the
+    description is the option's documentation in ``docs/modules/``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(Options):
+    """For modules without options."""
+
+
+class Scope(enum.Enum):
+    """Whom an IQ handler answers for."""
+
+    HOST = "host"
+    """IQs addressed to the server itself (``to='example.org'``)."""
+    BARE = "bare"
+    """IQs addressed to an account's bare JID (including one's own, or no ``to``)."""
+    STREAM = "stream"
+    """IQs on a stream that has not authenticated yet (in-band registration)."""
+
+
+class ServiceKey(Generic[T]):
+    """A typed key under which a module provides an object to other modules on a host."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ServiceKey({self.name!r})"
+
+
+IqHandler = Callable[["ModuleContext[Any]", "IqRequest"], Awaitable["Element | None"]]
+
+
+@dataclass(frozen=True, slots=True)
+class IqRegistration:
+    type: str
+    namespace: str
+    tag: str
+    scope: Scope
+    handler: IqHandler
+
+
+@dataclass(frozen=True, slots=True)
+class HookRegistration:
+    hook: EventHook[Any] | FoldHook[Any, Any]
+    handler: Callable[..., Awaitable[Any]]
+    priority: int
+    fold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    category: str
+    type: str
+    name: str = ""
+
+
+@dataclass(slots=True)
+class Module(Generic[O]):
+    """A feature module. Create one per ``modules/mod_<name>.py`` file as ``module``.
+
+    Decorators record registrations; nothing is bound until the module is
+    loaded on a host, and everything is unbound when it is unloaded.
+    """
+
+    name: str
+    summary: str
+    options: type[O] = cast("type[O]", NoOptions)
+    protocols: tuple[str, ...] = ()
+    depends: tuple[str, ...] = ()
+    soft_depends: tuple[str, ...] = ()
+    iq_handlers: list[IqRegistration] = field(default_factory=list)
+    hook_handlers: list[HookRegistration] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    identities: list[Identity] = field(default_factory=list)
+    tables: list[sa.Table] = field(default_factory=list)
+    load_handlers: list[Callable[[ModuleContext[O]], Awaitable[None]]] = field(
+        default_factory=list
+    )
+    unload_handlers: list[Callable[[ModuleContext[O]], Awaitable[None]]] = field(
+        default_factory=list
+    )
+
+    def iq(
+        self, type: str, namespace: str, tag: str, *, to: Scope = Scope.HOST
+    ) -> Callable[[Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]]], Any]:
+        """Handle IQs of ``type`` (get/set) whose payload is ``{namespace}tag``.
+
+        The handler returns the result IQ (``req.result(payload)``) or raises
+        ``StanzaError``. Returning ``None`` means it answered by itself.
+        The namespace is advertised in disco#info of the matching entity.
+        """
+        if type not in ("get", "set"):
+            raise ValueError("IQ handlers are for 'get' or 'set'")
+
+        def deco(
+            fn: Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]],
+        ) -> Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]]:
+            self.iq_handlers.append(
+                IqRegistration(type, namespace, tag, to, cast(IqHandler, fn))
+            )
+            return fn
+
+        return deco
+
+    def on(
+        self, hook: EventHook[E], *, priority: int = Priority.DEFAULT
+    ) -> Callable[
+        [Callable[[ModuleContext[O], E], Awaitable[Stop | None]]],
+        Callable[[ModuleContext[O], E], Awaitable[Stop | None]],
+    ]:
+        """Handle an event hook: ``async def h(ctx, event) -> None | STOP``."""
+
+        def deco(
+            fn: Callable[[ModuleContext[O], E], Awaitable[Stop | None]],
+        ) -> Callable[[ModuleContext[O], E], Awaitable[Stop | None]]:
+            self.hook_handlers.append(HookRegistration(hook, fn, int(priority), False))
+            return fn
+
+        return deco
+
+    def fold(
+        self, hook: FoldHook[V, C], *, priority: int = Priority.DEFAULT
+    ) -> Callable[
+        [Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]]],
+        Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]],
+    ]:
+        """Handle a fold hook: ``async def h(ctx, value, context) -> value | DROP``."""
+
+        def deco(
+            fn: Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]],
+        ) -> Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]]:
+            self.hook_handlers.append(HookRegistration(hook, fn, int(priority), True))
+            return fn
+
+        return deco
+
+    def feature(self, *namespaces: str) -> None:
+        """Advertise extra disco#info features on the host (beyond IQ namespaces)."""
+        self.features.extend(namespaces)
+
+    def identity(self, category: str, type: str, name: str = "") -> None:
+        """Advertise a disco#info identity on the host."""
+        self.identities.append(Identity(category, type, name))
+
+    def table(self, name: str, *columns: sa.Column[Any], schema_version: int = 1) -> sa.Table:
+        """Declare a table ``mod_<module>__<name>``; a ``host`` column is put first.
+
+        Index and constraints may be passed among ``columns`` (``sa.Index``...).
+        """
+        table = sa.Table(
+            f"mod_{self.name}__{name}",
+            _MODULE_METADATA,
+            sa.Column("host", sa.String(255), primary_key=True),
+            *columns,
+            info={"schema_version": schema_version, "module": self.name},
+        )
+        self.tables.append(table)
+        return table
+
+    def on_load(
+        self, fn: Callable[[ModuleContext[O]], Awaitable[None]]
+    ) -> Callable[[ModuleContext[O]], Awaitable[None]]:
+        """Run when the module is loaded on a host (may raise to abort start-up)."""
+        self.load_handlers.append(fn)
+        return fn
+
+    def on_unload(
+        self, fn: Callable[[ModuleContext[O]], Awaitable[None]]
+    ) -> Callable[[ModuleContext[O]], Awaitable[None]]:
+        """Run when the module is unloaded from a host (server stop)."""
+        self.unload_handlers.append(fn)
+        return fn
+
+
+_MODULE_METADATA = METADATA
+"""All module tables, created or checked at start-up."""
+
+
+def module_metadata() -> sa.MetaData:
+    return _MODULE_METADATA
+
+
+class ModuleContext(Generic[O]):
+    """A module's view of one host: options, logger, storage, sessions, routing, timers."""
+
+    def __init__(self, module: Module[O], host: Host, options: O) -> None:
+        self.module = module
+        self.name = module.name
+        self.options: O = options
+        self._host = host
+        self.domain: str = host.domain
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"xmppd.mod.{module.name}"), {"host": host.domain}
+        )
+
+    @property
+    def host(self) -> Host:
+        """The host this context is bound to (see ``xmppd.api`` for what to use on it)."""
+        return self._host
+
+    @property
+    def jid(self) -> JID:
+        """The host's own JID."""
+        return self._host.jid
+
+    def provide(self, key: ServiceKey[T], value: T) -> None:
+        """Offer ``value`` to other modules on this host under ``key``."""
+        self._host.services[key.name] = value
+
+    def service(self, key: ServiceKey[T]) -> T:
+        """The object another module provided under ``key`` (``KeyError`` when absent)."""
+        return cast(T, self._host.services[key.name])
+
+    def optional_service(self, key: ServiceKey[T]) -> T | None:
+        return cast("T | None", self._host.services.get(key.name))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
+        """Run ``coro`` in the background, owned by the server (cancelled at stop)."""
+        self._host.server.spawn(coro, name=name or f"mod_{self.name}")
+
+    # -- routing
+    @property
+    def sessions(self) -> SessionManager:
+        """Bound client sessions of the whole server (look up by full or bare JID)."""
+        return self._host.server.sessions
+
+    async def send(self, stanza: Element) -> None:
+        """Route a stanza from the server (through ``filter_packet``)."""
+        await self._host.server.router.route(stanza, None)
+
+    async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
+        """Send an IQ get/set and await its result or error (``IqTimeout`` when none)."""
+        return await self._host.server.request(iq, timeout=timeout)
+
+    async def run(self, hook: EventHook[E], event: E) -> bool:
+        """Run an event hook on this host's bus (or the global bus for global hooks)."""
+        bus = self._host.server.bus if hook.scope == "global" else self._host.bus
+        return await bus.run(hook, event)
+
+    async def fold_hook(self, hook: FoldHook[V, C], value: V, context: C) -> V | Drop:
+        bus = self._host.server.bus if hook.scope == "global" else self._host.bus
+        return await bus.fold(hook, value, context)
+
+    # -- storage and accounts
+    @property
+    def db(self) -> Database:
+        """The server's database (tables declared with ``module.table``)."""
+        return self._host.server.db
+
+    def keyval(self, store: str) -> KeyValueStore:
+        """A per-user key/value store named ``store`` on this host."""
+        return KeyValueStore(self._host.server.db, self.domain, store)
+
+    async def account_exists(self, jid: JID) -> bool:
+        return await self._host.server.accounts.exists(jid.bare)
+
+    async def register_user(self, jid: JID, password: str) -> None:
+        """Create an account (raises ``AccountExists``) and run ``user_registered``."""
+        await self._host.server.register_user(jid, password)
+
+    async def remove_user(self, jid: JID) -> None:
+        """Delete an account and all its data (runs ``user_removed``)."""
+        await self._host.server.remove_user(jid)
+
+    async def set_password(self, jid: JID, password: str) -> None:
+        await self._host.server.accounts.set_password(jid.bare, password)
+
+    # -- server facts
+    def is_local(self, jid: JID) -> bool:
+        """True when ``jid`` belongs to one of this server's hosts."""
+        return jid.domain in self._host.server.hosts
+
+    def uptime(self) -> float:
+        """Seconds since the server started."""
+        return self._host.server.uptime()
+
+    def disco_info_for(self, scope: Scope) -> tuple[list[Identity], list[str]]:
+        """Identities and features registered on this host for ``scope``."""
+        return list(self._host.identities), list(self._host.features.get(scope, []))
+
+
+class HookSet(Module[O]):
+    """A deployer's hook file (``hooks/<name>.py``): a module with only hook handlers.
+
+    Export it as ``handlers``; enable it in config under ``[hooks.<name>]`` (the
+    table holds its options, if it declares an ``options`` class).
+    """
+
+    def __init__(self, name: str, *, summary: str = "", options: type[O] | None = None) -> None:
+        super().__init__(name, summary, options or cast("type[O]", NoOptions))

@@ -1,0 +1,206 @@
+"""The ModuleManager: finds modules and hook files, validates their options per host,
+orders them by dependencies, binds their registrations and unbinds them at stop."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import ValidationError
+
+from xmppd.config import ConfigError, format_validation_error
+from xmppd.events import EventBus, Registration
+from xmppd.module import HookSet, Module, ModuleContext, Options, Scope
+
+if TYPE_CHECKING:
+    from xmppd.host import Host
+    from xmppd.server import Server
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODULES: Final = (
+    "roster",
+    "presence",
+    "disco",
+    "ping",
+    "version",
+    "time",
+    "last",
+    "register",
+)
+"""Loaded on every host when the configuration has no ``[modules]`` table."""
+
+
+@dataclass(slots=True)
+class LoadedModule:
+    module: Module[Any]
+    context: ModuleContext[Any]
+    registrations: list[tuple[EventBus, Registration]] = field(default_factory=list)
+
+
+def import_module(name: str) -> Module[Any]:
+    """Import ``modules/mod_<name>.py`` and return its ``module`` object."""
+    try:
+        mod = importlib.import_module(f"modules.mod_{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name in (f"modules.mod_{name}", "modules"):
+            raise ConfigError(f"modules.{name}: no such module (modules/mod_{name}.py)") from None
+        raise
+    module = getattr(mod, "module", None)
+    if not isinstance(module, Module):
+        raise ConfigError(f"modules.{name}: modules/mod_{name}.py has no Module named 'module'")
+    return module
+
+
+def import_hookset(name: str) -> HookSet[Any]:
+    """Import ``hooks/<name>.py`` and return its ``handlers`` HookSet."""
+    try:
+        mod = importlib.import_module(f"hooks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name in (f"hooks.{name}", "hooks"):
+            raise ConfigError(f"hooks.{name}: no such hook file (hooks/{name}.py)") from None
+        raise
+    handlers = getattr(mod, "handlers", None)
+    if not isinstance(handlers, HookSet):
+        raise ConfigError(f"hooks.{name}: hooks/{name}.py has no HookSet named 'handlers'")
+    return handlers
+
+
+def validate_options(module: Module[Any], raw: Any, path: str, source: str) -> Options:
+    """Validate a module's options; errors name the config path."""
+    try:
+        return module.options.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc, prefix=path)) from None
+
+
+class ModuleManager:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._loaded: dict[str, list[LoadedModule]] = {}
+        self._global_bound: set[str] = set()
+        self._plan: dict[str, list[tuple[Module[Any], Options]]] = {}
+
+    def _module_table(self, domain: str) -> dict[str, Any]:
+        config = self._server.config
+        table = dict(config.modules_for(domain))
+        if not table and config.hosts[domain].modules is None:
+            table = {name: {} for name in DEFAULT_MODULES}
+            if domain == "localhost":
+                table["register"] = {"allow_registration": True}
+        return table
+
+    def import_all(self) -> None:
+        """Import and validate every module of every host (before tables are created)."""
+        config = self._server.config
+        source = str(config.source or "<config>")
+        for path in config.server.module_paths:
+            import modules as modules_pkg
+
+            if str(path) not in modules_pkg.__path__:
+                modules_pkg.__path__.append(str(path))
+        for domain in config.hosts:
+            plan: list[tuple[Module[Any], Options]] = []
+            table = self._module_table(domain)
+            prefix = "modules" if config.hosts[domain].modules is None else f"hosts.{domain}.modules"
+            chosen: dict[str, tuple[Module[Any], Options]] = {}
+            for name, raw in table.items():
+                module = import_module(name)
+                chosen[name] = (module, validate_options(module, raw, f"{prefix}.{name}", source))
+            for name in list(chosen):
+                self._add_dependencies(chosen, chosen[name][0], source)
+            for name in _dependency_order(chosen):
+                plan.append(chosen[name])
+            hook_prefix = "hooks" if config.hosts[domain].hooks is None else f"hosts.{domain}.hooks"
+            for name, raw in config.hooks_for(domain).items():
+                hookset = import_hookset(name)
+                plan.append(
+                    (hookset, validate_options(hookset, raw, f"{hook_prefix}.{name}", source))
+                )
+            self._plan[domain] = plan
+
+    def _add_dependencies(
+        self, chosen: dict[str, tuple[Module[Any], Options]], module: Module[Any], source: str
+    ) -> None:
+        for dep in module.depends:
+            if dep not in chosen:
+                dep_module = import_module(dep)
+                chosen[dep] = (dep_module, validate_options(dep_module, {}, f"modules.{dep}", source))
+                self._add_dependencies(chosen, dep_module, source)
+
+    async def load_all(self) -> None:
+        for domain, plan in self._plan.items():
+            host = self._server.hosts[domain]
+            for module, options in plan:
+                await self.load(host, module, options)
+
+    async def load(self, host: Host, module: Module[Any], options: Options) -> None:
+        ctx: ModuleContext[Any] = ModuleContext(module, host, options)
+        loaded = LoadedModule(module, ctx)
+        for iq in module.iq_handlers:
+            host.add_iq_handler(iq.scope, iq.type, iq.namespace, iq.tag, partial(iq.handler, ctx))
+        for reg in module.hook_handlers:
+            if reg.hook.scope == "global":
+                if module.name in self._global_bound:
+                    continue  # a global hook is bound once, with the first host's context
+                bus = self._server.bus
+            else:
+                bus = host.bus
+            handle = bus.add(reg.hook, partial(reg.handler, ctx), priority=reg.priority, owner=module.name)
+            loaded.registrations.append((bus, handle))
+        if any(r.hook.scope == "global" for r in module.hook_handlers):
+            self._global_bound.add(module.name)
+        for feature in module.features:
+            feats = host.features.setdefault(Scope.HOST, [])
+            if feature not in feats:
+                feats.append(feature)
+        host.identities.extend(module.identities)
+        for fn in module.load_handlers:
+            await fn(ctx)
+        host.loaded_modules.append(module.name)
+        self._loaded.setdefault(host.domain, []).append(loaded)
+        log.info("%s: loaded %s", host.domain, module.name)
+
+    async def unload_all(self) -> None:
+        for domain, loaded_list in self._loaded.items():
+            host = self._server.hosts[domain]
+            for loaded in reversed(loaded_list):
+                for fn in loaded.module.unload_handlers:
+                    try:
+                        await fn(loaded.context)
+                    except Exception:
+                        log.exception("%s: unloading %s failed", domain, loaded.module.name)
+                for bus, handle in loaded.registrations:
+                    bus.remove(handle)
+                for iq in loaded.module.iq_handlers:
+                    host.remove_iq_handler(iq.scope, iq.type, iq.namespace, iq.tag)
+        self._loaded.clear()
+        self._global_bound.clear()
+
+    def loaded(self, domain: str) -> list[str]:
+        return [lm.module.name for lm in self._loaded.get(domain, [])]
+
+
+def _dependency_order(chosen: dict[str, tuple[Module[Any], Options]]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ConfigError(f"modules: dependency cycle {' -> '.join((*trail, name))}")
+        state[name] = 1
+        module = chosen[name][0]
+        for dep in (*module.depends, *module.soft_depends):
+            if dep in chosen:
+                visit(dep, (*trail, name))
+        state[name] = 2
+        order.append(name)
+
+    for name in chosen:
+        visit(name, ())
+    return order

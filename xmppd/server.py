@@ -1,0 +1,184 @@
+"""The server: owns the configuration, storage, hosts, buses, router and listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from xmppd import hooks
+from xmppd.auth.accounts import Accounts
+from xmppd.auth.throttle import FailedLoginThrottle
+from xmppd.config import ServerConfig
+from xmppd.errors import StanzaError
+from xmppd.events import EventBus
+from xmppd.host import Host
+from xmppd.iqtracker import IqTimeout, IqTracker
+from xmppd.jid import JID
+from xmppd.router import Router
+from xmppd.sessions import SessionManager
+from xmppd.stanza import Element, error_reply, new_id
+from xmppd.storage.database import Database
+from xmppd.tls import TlsContexts, load_host_certificate
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """One xmppd process: a complete server (storage, hosts, modules, listeners)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.started_at = time.monotonic()
+        self.bus = EventBus("global")
+        self.sessions = SessionManager()
+        self.router = Router(self)
+        self.iq_tracker = IqTracker()
+        self.db = Database(config.storage_url(), pool_size=config.storage.pool_size)
+        self.accounts = Accounts(self.db, iterations=config.auth.scram_iterations)
+        self.throttle = FailedLoginThrottle(
+            free_failures=config.auth.failures_before_delay,
+            max_delay=config.auth.max_failure_delay,
+        )
+        self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.hosts}
+        self.tls: TlsContexts | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[asyncio.Server] = []
+        self._stopped = asyncio.Event()
+        from xmppd.modules import ModuleManager
+
+        self.modules = ModuleManager(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, listen: bool = True) -> None:
+        """Prepare storage, load modules on every host, then open the listeners."""
+        self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self.modules.import_all()
+        await self.db.start()
+        await self.modules.load_all()
+        if listen:
+            await self._load_tls()
+            from xmppd.transports.tcp import start_listeners
+
+            self._listeners = await start_listeners(self)
+        for host in self.hosts.values():
+            await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
+
+    async def _load_tls(self) -> None:
+        data_dir = self.config.server.data_dir
+        tls = self.config.tls
+
+        def load() -> TlsContexts:
+            certs = {}
+            for domain, section in self.config.hosts.items():
+                certs[domain] = load_host_certificate(
+                    domain,
+                    section.certificate or tls.certificate,
+                    section.key or tls.key,
+                    data_dir,
+                    min_version=tls.min_version,
+                )
+            return TlsContexts(certs)
+
+        self.tls = await asyncio.to_thread(load)
+
+    @property
+    def listening_ports(self) -> list[tuple[str, int]]:
+        """(tls mode, port) of each open listener, in config order."""
+        ports = []
+        for listener, section in zip(self._listeners, self.config.listeners, strict=False):
+            for sock in listener.sockets:
+                ports.append((section.tls, int(sock.getsockname()[1])))
+                break
+        return ports
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        await self.bus.run(hooks.SERVER_STOPPING, hooks.ServerEvent(reason))
+        for listener in self._listeners:
+            listener.close()
+        for session in list(self.sessions):
+            session.close("system-shutdown")
+        await self.modules.unload_all()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        await self.db.close()
+        self._stopped.set()
+
+    async def serve_until_stopped(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
+        """Run a background task owned by the server; it is cancelled at stop."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    # ------------------------------------------------------------------ stanzas
+
+    def error_reply(self, stanza: Element, err: StanzaError) -> Element | None:
+        return error_reply(stanza, err)
+
+    async def bounce(self, stanza: Element, err: StanzaError) -> None:
+        """Answer ``stanza`` with an error from its recipient (never for errors/results)."""
+        reply = error_reply(stanza, err)
+        if reply is not None and reply.get("to"):
+            await self.router.route(reply, None)
+
+    async def send(self, stanza: Element) -> None:
+        """Route a server-originated stanza."""
+        await self.router.route(stanza, None)
+
+    async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
+        """Send an IQ get/set and await the result or error (``IqTimeout`` if none)."""
+        iq_id = iq.get("id") or new_id()
+        iq.set("id", iq_id)
+        fut = self.iq_tracker.expect(iq_id, iq.get("to", ""))
+        try:
+            await self.router.route(iq, None)
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise IqTimeout(iq_id) from None
+        finally:
+            self.iq_tracker.forget(iq_id)
+
+    # ------------------------------------------------------------------ accounts
+
+    async def register_user(self, jid: JID, password: str) -> None:
+        """Create an account and announce it (``user_registered``)."""
+        await self.accounts.create(jid.bare, password)
+        host = self.hosts.get(jid.domain)
+        if host is not None:
+            await host.bus.run(hooks.USER_REGISTERED, hooks.UserEvent(jid.bare))
+
+    async def remove_user(self, jid: JID) -> bool:
+        """Delete an account and all its data; its sessions are closed."""
+        bare = jid.bare
+        host = self.hosts.get(bare.domain)
+        for session in self.sessions.of(bare):
+            session.close("not-authorized", "account removed")
+        if host is not None:
+            await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
+        return await self.accounts.delete(bare)
+
+
+__all__ = ["IqTimeout", "Server"]

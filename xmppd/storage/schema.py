@@ -1,0 +1,54 @@
+"""Core tables and the metadata every module table joins.
+
+Every table is keyed by ``host`` first (many virtual hosts share one database)
+and carries a schema version in ``Table.info``; ``xmppd_schema`` records the
+version each table was created at, so later releases can migrate.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+METADATA: Final = sa.MetaData()
+
+schema_versions: Final = sa.Table(
+    "xmppd_schema",
+    METADATA,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+accounts: Final = sa.Table(
+    "xmppd_accounts",
+    METADATA,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("username", sa.String(1023), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    info={"schema_version": 1},
+)
+
+scram_credentials: Final = sa.Table(
+    "xmppd_scram",
+    METADATA,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("username", sa.String(1023), primary_key=True),
+    sa.Column("hash_name", sa.String(16), primary_key=True),
+    sa.Column("salt", sa.LargeBinary, nullable=False),
+    sa.Column("iterations", sa.Integer, nullable=False),
+    sa.Column("stored_key", sa.LargeBinary, nullable=False),
+    sa.Column("server_key", sa.LargeBinary, nullable=False),
+    info={"schema_version": 1},
+)
+
+keyval: Final = sa.Table(
+    "xmppd_keyval",
+    METADATA,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("username", sa.String(1023), primary_key=True),
+    sa.Column("store", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(1023), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    info={"schema_version": 1},
+)

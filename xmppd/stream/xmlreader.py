@@ -1,0 +1,249 @@
+"""Incremental, restricted XML reader for one XMPP stream (RFC 6120 §11).
+
+The stream header is located by a small byte scanner and parsed on its own;
+stanzas are then read by one lxml pull parser fed a synthetic root that
+declares the header's prefixes but *no default namespace*. So stanzas come out
+stream-neutral (``message``, not ``{jabber:client}message``) without any
+renaming, and detaching them from the root leaves no stray declarations.
+
+Refused, as RFC 6120 §11 requires: DOCTYPE and entity declarations, comments and
+processing instructions (``restricted-xml``); malformed XML
+(``not-well-formed``); encodings other than UTF-8 (``unsupported-encoding``);
+a stanza larger than the configured limit (``policy-violation``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, NoReturn
+
+from lxml import etree
+
+from xmppd import ns
+from xmppd.errors import StreamError
+
+Element = etree._Element
+
+FEED_SLICE: Final = 16 * 1024
+"""Bytes handed to lxml at once, so an oversized stanza is caught within one slice."""
+
+_XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
+_ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_NAME = re.compile(rb"[A-Za-z_][-A-Za-z0-9_.:]*")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    """The peer's ``<stream:stream>`` opening tag."""
+
+    to: str | None
+    from_: str | None
+    version: str | None
+    id: str | None
+    lang: str | None
+    content_namespace: str | None
+
+
+def _hardened_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False, dtd_validation=False
+    )
+
+
+class XmlReader:
+    """Turns the bytes of one stream into a header, stanzas and the closing tag.
+
+    ``feed()`` returns the stanzas completed by the data (detached elements);
+    ``header`` is set once the opening tag has been read; ``closed`` once the
+    peer sent ``</stream:stream>``. Call ``reset()`` at each stream restart.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_depth",
+        "_parser",
+        "_since_boundary",
+        "closed",
+        "expected_namespace",
+        "header",
+        "max_header_size",
+        "max_stanza_size",
+    )
+
+    def __init__(
+        self, *, expected_namespace: str, max_stanza_size: int, max_header_size: int = 8192
+    ) -> None:
+        self.expected_namespace = expected_namespace
+        self.max_stanza_size = max_stanza_size
+        self.max_header_size = max_header_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything read so far (stream restart after STARTTLS or SASL)."""
+        self.header: StreamHeader | None = None
+        self.closed = False
+        self._buffer = b""
+        self._parser: etree.XMLPullParser | None = None
+        self._depth = 0
+        self._since_boundary = 0
+
+    def feed(self, data: bytes) -> list[Element]:
+        """Consume ``data``; returns completed stanzas. Raises :class:`StreamError`."""
+        if self.closed:
+            return []
+        if self._parser is None:
+            data = self._read_header(data)
+            if self._parser is None:
+                return []
+        stanzas: list[Element] = []
+        for start in range(0, len(data), FEED_SLICE):
+            chunk = data[start : start + FEED_SLICE]
+            self._since_boundary += len(chunk)
+            self._feed_chunk(chunk, stanzas)
+            if self.closed:
+                break
+            if self._depth > 0 and self._since_boundary > self.max_stanza_size:
+                raise StreamError("policy-violation", "stanza too large")
+        return stanzas
+
+    def _feed_chunk(self, chunk: bytes, stanzas: list[Element]) -> None:
+        parser = self._parser
+        assert parser is not None
+        try:
+            parser.feed(chunk)
+            for event, el in parser.read_events():
+                if event == "start":
+                    self._depth += 1
+                elif event == "end":
+                    self._depth -= 1
+                    if self._depth == 0:
+                        root = el.getparent()
+                        if root is not None:
+                            root.remove(el)
+                            root.text = None
+                        el.tail = None
+                        stanzas.append(el)
+                        self._since_boundary = 0
+                    elif self._depth < 0:
+                        self.closed = True
+                        return
+                else:  # comment or processing instruction
+                    raise StreamError("restricted-xml", "comments and processing instructions")
+        except etree.XMLSyntaxError:
+            if b"<!" in chunk and (b"<!DOCTYPE" in chunk or b"<!ENTITY" in chunk):
+                raise StreamError("restricted-xml", "DTDs are not allowed") from None
+            raise StreamError("not-well-formed") from None
+        if self._depth == 0:
+            self._since_boundary = 0
+
+    def _read_header(self, data: bytes) -> bytes:
+        buf = self._buffer + data
+        end = _find_header_end(buf, self.max_header_size)
+        if end is None:
+            self._buffer = buf
+            return b""
+        self._buffer = b""
+        head, rest = buf[:end], buf[end:]
+        self._parse_header(head)
+        return rest
+
+    def _parse_header(self, head: bytes) -> None:
+        decl = _XML_DECL.match(head.lstrip())
+        if decl is not None:
+            enc = _ENCODING.search(decl.group(0))
+            if enc is not None and enc.group(1).lower() not in (b"utf-8", b"utf8"):
+                raise StreamError("unsupported-encoding")
+        open_at = head.rfind(b"<")
+        name_match = _NAME.match(head, open_at + 1)
+        if name_match is None:
+            raise StreamError("not-well-formed")
+        qname = name_match.group(0)
+        try:
+            root = etree.fromstring(head + b"</" + qname + b">", _hardened_parser())
+        except etree.XMLSyntaxError:
+            raise StreamError("not-well-formed") from None
+        qn = etree.QName(root)
+        if qn.localname != "stream":
+            raise StreamError("invalid-namespace", "expected a stream header")
+        if qn.namespace != ns.STREAMS:
+            raise StreamError("invalid-namespace", "wrong stream namespace")
+        prefix = root.prefix
+        if prefix is None:
+            raise StreamError("bad-namespace-prefix")
+        content_ns = root.nsmap.get(None)
+        if content_ns != self.expected_namespace:
+            raise StreamError("invalid-namespace", "wrong content namespace")
+        self.header = StreamHeader(
+            to=root.get("to"),
+            from_=root.get("from"),
+            version=root.get("version"),
+            id=root.get("id"),
+            lang=root.get(f"{{{ns.XML}}}lang"),
+            content_namespace=content_ns,
+        )
+        prefixes = {p: uri for p, uri in root.nsmap.items() if p is not None}
+        synthetic = etree.tostring(etree.Element(f"{{{ns.STREAMS}}}stream", nsmap=prefixes))
+        parser = etree.XMLPullParser(
+            events=("start", "end", "comment", "pi"),
+            resolve_entities=False,
+            no_network=True,
+            huge_tree=False,
+            load_dtd=False,
+        )
+        parser.feed(synthetic[:-2] + b">")
+        list(parser.read_events())  # the synthetic root's own start event
+        self._parser = parser
+        self._depth = 0
+
+
+def _find_header_end(buf: bytes, limit: int) -> int | None:
+    """Index just past the stream header's closing ``>``; ``None`` if incomplete."""
+    pos = 0
+    n = len(buf)
+    while pos < n and buf[pos] in b" \t\r\n":
+        pos += 1
+    if buf.startswith(b"\xef\xbb\xbf", pos):
+        pos += 3
+    if pos < n and buf[pos] != 0x3C:  # not '<'
+        if buf[pos] in (0x00, 0xFE, 0xFF):
+            raise StreamError("unsupported-encoding")
+        raise StreamError("not-well-formed")
+    if buf.startswith(b"<?", pos):
+        decl = _XML_DECL.match(buf, pos)
+        if decl is None:
+            if b"?>" in buf[pos:] or len(buf) - pos > limit:
+                raise StreamError("restricted-xml", "processing instructions are not allowed")
+            return None
+        pos = decl.end()
+        while pos < n and buf[pos] in b" \t\r\n":
+            pos += 1
+    if n - pos < 2:
+        return None if n < limit else _too_long()
+    if buf.startswith(b"<!", pos):
+        raise StreamError("restricted-xml", "DTDs and comments are not allowed")
+    if buf.startswith(b"<?", pos):
+        raise StreamError("restricted-xml", "processing instructions are not allowed")
+    quote = 0
+    for i in range(pos + 1, n):
+        c = buf[i]
+        if quote:
+            if c == quote:
+                quote = 0
+        elif c in (0x22, 0x27):
+            quote = c
+        elif c == 0x3C:
+            raise StreamError("not-well-formed")
+        elif c == 0x3E:
+            if buf[i - 1] == 0x2F:  # '/>': a stream that closes at once
+                raise StreamError("not-well-formed", "empty stream")
+            return i + 1
+        if i > limit:
+            _too_long()
+    if n > limit:
+        _too_long()
+    return None
+
+
+def _too_long() -> NoReturn:
+    raise StreamError("policy-violation", "stream header too long")

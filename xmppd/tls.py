@@ -1,0 +1,136 @@
+"""TLS: certificates per host (self-signed on first run when none is configured),
+server contexts with SNI, and channel-binding data for SCRAM-PLUS."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HostCertificate:
+    domain: str
+    context: ssl.SSLContext
+    end_point_hash: bytes
+    """tls-server-end-point channel binding data (RFC 5929 §4.1)."""
+
+
+def generate_self_signed(domain: str, cert_path: Path, key_path: Path) -> None:
+    """Write a self-signed certificate for ``domain`` (and its subdomains)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName(domain)]
+    try:
+        alt = [x509.IPAddress(ipaddress.ip_address(domain))]
+    except ValueError:
+        alt.append(x509.DNSName(f"*.{domain}"))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    log.info("generated a self-signed certificate for %s in %s", domain, cert_path)
+
+
+def end_point_hash(cert_pem: bytes) -> bytes:
+    """Hash of the leaf certificate per RFC 5929 §4.1 (SHA-256 for MD5/SHA-1 signatures)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    algo = cert.signature_hash_algorithm
+    name = algo.name if algo is not None else "sha256"
+    if name in ("md5", "sha1"):
+        name = "sha256"
+    return hashlib.new(name, cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def server_context(cert_path: Path, key_path: Path, *, min_version: str = "1.2") -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    ctx.set_alpn_protocols(["xmpp-client"])
+    # Tickets would let a resumed session skip the certificate; keep handshakes simple.
+    ctx.options |= ssl.OP_NO_TICKET
+    return ctx
+
+
+def load_host_certificate(
+    domain: str,
+    cert_path: Path | None,
+    key_path: Path | None,
+    data_dir: Path,
+    *,
+    min_version: str = "1.2",
+) -> HostCertificate:
+    """The configured certificate, or ``<data_dir>/certs/<domain>.pem`` (generated)."""
+    if cert_path is None or key_path is None:
+        cert_path = data_dir / "certs" / f"{domain}.crt"
+        key_path = data_dir / "certs" / f"{domain}.key"
+        if not cert_path.exists() or not key_path.exists():
+            generate_self_signed(domain, cert_path, key_path)
+    ctx = server_context(cert_path, key_path, min_version=min_version)
+    return HostCertificate(domain, ctx, end_point_hash(cert_path.read_bytes()))
+
+
+class TlsContexts:
+    """Picks the host's certificate by SNI; the first host is the default."""
+
+    def __init__(self, certificates: dict[str, HostCertificate]) -> None:
+        if not certificates:
+            raise ValueError("no certificates")
+        self._by_domain = certificates
+        self._by_context = {id(c.context): c for c in certificates.values()}
+        self.default = next(iter(certificates.values()))
+        for cert in certificates.values():
+            cert.context.sni_callback = self._select
+
+    def _select(self, sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name is None:
+            return
+        name = name.lower().rstrip(".")
+        cert = self._by_domain.get(name)
+        if cert is None and "." in name:
+            cert = self._by_domain.get(name.split(".", 1)[1])
+        if cert is not None:
+            sslobj.context = cert.context
+
+    def for_object(self, sslobj: ssl.SSLObject | None) -> HostCertificate:
+        if sslobj is None:
+            return self.default
+        return self._by_context.get(id(sslobj.context), self.default)
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.default.context

@@ -1,0 +1,1 @@
+"""Transports: TCP with STARTTLS or direct TLS (WebSocket and BOSH come later)."""

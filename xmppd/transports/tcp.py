@@ -1,0 +1,118 @@
+"""TCP listeners for c2s: plain with STARTTLS (port 5222) and direct TLS (XEP-0368)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, cast
+
+from xmppd.stream.c2s import C2SStream
+
+if TYPE_CHECKING:
+    from xmppd.config import ListenerSection
+    from xmppd.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class C2SConnection(asyncio.Protocol):
+    """asyncio glue: one per TCP connection; feeds a :class:`C2SStream`."""
+
+    __slots__ = ("_server", "_tls_mode", "_transport", "is_secure", "peer", "stream")
+
+    def __init__(self, server: Server, tls_mode: str) -> None:
+        self._server = server
+        self._tls_mode = tls_mode
+        self._transport: asyncio.Transport | None = None
+        self.stream: C2SStream | None = None
+        self.peer = ""
+        self.is_secure = tls_mode == "direct"
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = self._transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self.stream = C2SStream(self._server, self, offer_starttls=self._tls_mode == "starttls")
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.stream.connection_lost()
+            self.stream = None
+        self._transport = None
+
+    def eof_received(self) -> bool:
+        return False
+
+    # Transport interface for the stream
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        if self._transport is None:
+            return None
+        obj: Any = self._transport.get_extra_info("ssl_object")
+        return obj if isinstance(obj, ssl.SSLObject) else None
+
+    async def start_tls(self) -> None:
+        tls = self._server.tls
+        if self._transport is None or tls is None:
+            raise ConnectionError("no transport")
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(30):
+            new = await loop.start_tls(self._transport, self, tls.context, server_side=True)
+        if new is None:
+            raise ConnectionError("TLS upgrade failed")
+        self._transport = new
+        self.is_secure = True
+
+
+async def start_listeners(server: Server) -> list[asyncio.Server]:
+    """Open every configured listener; returns the asyncio servers."""
+    loop = asyncio.get_running_loop()
+    opened = []
+    for section in server.config.listeners:
+        opened.append(await _listen(loop, server, section))
+    return opened
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop, server: Server, section: ListenerSection
+) -> asyncio.Server:
+    ssl_ctx = None
+    if section.tls == "direct":
+        assert server.tls is not None
+        ssl_ctx = server.tls.context
+    srv = await loop.create_server(
+        lambda: C2SConnection(server, section.tls),
+        host=section.address,
+        port=section.port,
+        ssl=ssl_ctx,
+        backlog=section.backlog,
+        reuse_address=True,
+        ssl_handshake_timeout=30 if ssl_ctx else None,
+    )
+    for sock in srv.sockets:
+        log.info("c2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
+    return srv
