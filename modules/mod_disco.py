@@ -6,7 +6,7 @@ import base64
 import hashlib
 
 from xmppd.api import (
-    DROP,
+    Drop,
     IqRequest,
     Module,
     ModuleContext,
@@ -19,7 +19,7 @@ from xmppd.api import (
 from xmppd.api.hooks import DiscoIdentity, DiscoInfo, DiscoItem, DiscoQuery
 from xmppd.api.stanza import Element, child, payload
 
-module = Module(
+module: Module[NoOptions] = Module(
     "disco",
     "XEP-0030: Service Discovery",
     protocols=("XEP-0030 v2.5", "XEP-0115 v1.6"),
@@ -48,7 +48,8 @@ async def build_info(ctx: Ctx, query: DiscoQuery, scope: Scope) -> DiscoInfo:
         feats = [ns.DISCO_INFO, ns.DISCO_ITEMS, *features]
         info = DiscoInfo((DiscoIdentity("account", "registered"),), tuple(dict.fromkeys(feats)))
     result = await ctx.fold_hook(hooks.DISCO_INFO, info, query)
-    info = info if result is DROP else result
+    if not isinstance(result, Drop):
+        info = result
     if query.node and not info.identities and not info.features:
         raise StanzaError("item-not-found")
     return info
@@ -80,7 +81,6 @@ def caps_hash(info: DiscoInfo) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-
 @module.iq("get", ns.DISCO_INFO, "query", to=Scope.HOST)
 async def host_info(ctx: Ctx, req: IqRequest) -> Element:
     node = req.payload.get("node")
@@ -104,7 +104,7 @@ async def _items(ctx: Ctx, query: DiscoQuery) -> Element:
     result = payload(ns.DISCO_ITEMS, "query")
     if query.node:
         result.set("node", query.node)
-    if items is not DROP:
+    if not isinstance(items, Drop):
         for item in items:
             assert isinstance(item, DiscoItem)
             attrs = {"jid": str(item.jid)}
@@ -141,4 +141,3 @@ async def advertise_caps(
     info = await build_info(ctx, DiscoQuery(ctx.jid, ctx.jid, None), Scope.HOST)
     caps = payload(ns.CAPS, "c", {"hash": "sha-1", "node": CAPS_NODE, "ver": caps_hash(info)})
     return (*features, caps)
-

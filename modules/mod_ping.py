@@ -33,9 +33,7 @@ class PingOptions(Options):
     )
 
 
-module = Module(
-    "ping", "XEP-0199: XMPP Ping", options=PingOptions, protocols=("XEP-0199 v2.0",)
-)
+module = Module("ping", "XEP-0199: XMPP Ping", options=PingOptions, protocols=("XEP-0199 v2.0",))
 Ctx = ModuleContext[PingOptions]
 
 

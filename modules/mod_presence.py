@@ -1,9 +1,10 @@
-"""RFC 6121 §3–4: Presence subscriptions, broadcast, probes and directed presence."""
+"""RFC 6121 §3-4: Presence subscriptions, broadcast, probes and directed presence."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from modules.mod_roster import ROSTER, Roster, RosterItem, Subscription
 from xmppd.api import (
     JID,
     STOP,
@@ -18,9 +19,7 @@ from xmppd.api import (
 from xmppd.api.hooks import PresenceEvent, SessionEvent, StanzaEvent
 from xmppd.api.stanza import Element, child_text, copy, element
 
-from modules.mod_roster import ROSTER, Roster, RosterItem
-
-module = Module(
+module: Module[NoOptions] = Module(
     "presence",
     "RFC 6121: Presence and subscriptions",
     depends=("roster",),
@@ -99,7 +98,9 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
             if item.has_to:
                 await _probe(ctx, user, item.contact, session)
         for contact, status in await roster.pending(user):
-            request = element("presence", {"type": "subscribe", "from": str(contact), "to": str(user)})
+            request = element(
+                "presence", {"type": "subscribe", "from": str(contact), "to": str(user)}
+            )
             if status:
                 request.append(element("status", text=status))
             await session.deliver(request)
@@ -176,7 +177,7 @@ async def _outbound_subscription(
     elif ptype == "subscribed":
         if await roster.is_pending(user, contact):
             base = item or RosterItem(contact)
-            sub = "both" if base.has_to else "from"
+            sub: Subscription = "both" if base.has_to else "from"
             await roster.save(user, replace(base, subscription=sub, approved=False))
             await roster.clear_pending(user, contact)
             await ctx.send(out)
@@ -239,7 +240,9 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
         return
     if not await ctx.account_exists(user):
         if ptype == "subscribe":
-            await ctx.send(element("presence", {"type": "unsubscribed", "from": str(user), "to": str(contact)}))
+            await ctx.send(
+                element("presence", {"type": "unsubscribed", "from": str(user), "to": str(contact)})
+            )
         return
     item = await roster.item(user, contact)
     if ptype == "probe":
@@ -250,12 +253,16 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
         return
     if ptype == "subscribe":
         if item is not None and item.has_from:
-            await ctx.send(element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)}))
+            await ctx.send(
+                element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)})
+            )
             return
         if item is not None and item.approved:
-            sub = "both" if item.has_to else "from"
+            sub: Subscription = "both" if item.has_to else "from"
             await roster.save(user, replace(item, subscription=sub, approved=False))
-            await ctx.send(element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)}))
+            await ctx.send(
+                element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)})
+            )
             for session in ctx.sessions.available(user):
                 assert session.presence is not None
                 await ctx.send(_addressed(session.presence, contact, session.jid))

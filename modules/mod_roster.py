@@ -249,7 +249,9 @@ class Roster:
     async def forget_user(self, user: JID) -> None:
         for table in (items_table, pending_table, versions_table):
             await self._ctx.db.execute(
-                delete(table).where(table.c.host == self._ctx.domain, table.c.username == user.local)
+                delete(table).where(
+                    table.c.host == self._ctx.domain, table.c.username == user.local
+                )
             )
 
 
@@ -348,9 +350,15 @@ async def roster_set(ctx: Ctx, req: IqRequest) -> Element:
 async def _cancel_subscriptions(ctx: Ctx, user: JID, item: RosterItem) -> None:
     """RFC 6121 §2.5.2: removing an item cancels subscriptions both ways."""
     if item.has_to or item.ask:
-        await ctx.send(element("presence", {"type": "unsubscribe", "from": str(user), "to": str(item.contact)}))
+        await ctx.send(
+            element("presence", {"type": "unsubscribe", "from": str(user), "to": str(item.contact)})
+        )
     if item.has_from:
-        await ctx.send(element("presence", {"type": "unsubscribed", "from": str(user), "to": str(item.contact)}))
+        await ctx.send(
+            element(
+                "presence", {"type": "unsubscribed", "from": str(user), "to": str(item.contact)}
+            )
+        )
 
 
 @module.on(hooks.USER_REMOVED)

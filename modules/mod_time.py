@@ -7,7 +7,7 @@ import datetime
 from xmppd.api import IqRequest, Module, ModuleContext, NoOptions, Scope, ns
 from xmppd.api.stanza import Element, child, payload
 
-module = Module("time", "XEP-0202: Entity Time", protocols=("XEP-0202 v2.0",))
+module: Module[NoOptions] = Module("time", "XEP-0202: Entity Time", protocols=("XEP-0202 v2.0",))
 
 
 @module.iq("get", ns.TIME, "time", to=Scope.HOST)

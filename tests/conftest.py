@@ -11,7 +11,9 @@ from tests.support.server import XmppdServer, running_server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[XmppdServer]:
     """xmppd with the default test modules, once per storage backend."""
     tmp: Path = tmp_path_factory.mktemp(f"xmppd-{request.param}")
     with running_server(tmp, backend=request.param) as srv:

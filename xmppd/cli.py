@@ -229,7 +229,8 @@ async def _import(server: object, path: Path, config: ServerConfig) -> int:
     from xmppd.server import Server
 
     assert isinstance(server, Server)
-    lines = [ln.split(None, 1) for ln in path.read_text().splitlines() if ln.strip()]
+    text = await asyncio.to_thread(path.read_text)
+    lines = [ln.split(None, 1) for ln in text.splitlines() if ln.strip()]
     sem = asyncio.Semaphore(os.cpu_count() or 2)
     created = 0
 

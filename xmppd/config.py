@@ -86,7 +86,9 @@ class Section(BaseModel):
 
 
 class ServerSection(Section):
-    data_dir: Path = Field(Path("data"), description="Where the database, keys and certificates live.")
+    data_dir: Path = Field(
+        Path("data"), description="Where the database, keys and certificates live."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     module_paths: tuple[Path, ...] = Field(
         (), description="Extra directories searched for mod_<name>.py module files."
@@ -96,8 +98,8 @@ class ServerSection(Section):
 class StorageSection(Section):
     url: str = Field(
         "",
-        description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db. "
-        "Empty means <data_dir>/xmppd.sqlite3.",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path or "
+        "postgresql+asyncpg://user@host/db. Empty means <data_dir>/xmppd.sqlite3.",
     )
     pool_size: int = Field(10, ge=1, le=1000)
 
@@ -136,7 +138,9 @@ class C2SSection(Section):
 
 
 class TlsSection(Section):
-    certificate: Path | None = Field(None, description="PEM chain; default: self-signed, generated.")
+    certificate: Path | None = Field(
+        None, description="PEM chain; default: self-signed, generated."
+    )
     key: Path | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
 

@@ -20,7 +20,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, Literal, TypeVar, final
+from typing import Any, Final, Generic, Literal, TypeVar, cast, final
 
 from xmppd.errors import StanzaError
 
@@ -194,8 +194,8 @@ class EventBus:
                 self._log_crash(reg, value)
                 continue
             if result is DROP:
-                return DROP
-            value = result
+                return result
+            value = cast(V, result)
         return value
 
     def _log_crash(self, reg: Registration, payload: object) -> None:

@@ -262,9 +262,7 @@ SERVER_STOPPING: Final = EventHook[ServerEvent](
 )
 
 ALL_HOOKS: Final[tuple[EventHook[object] | FoldHook[object, object], ...]] = tuple(
-    value
-    for value in list(globals().values())
-    if isinstance(value, EventHook | FoldHook)  # type: ignore[misc]
+    value for value in list(globals().values()) if isinstance(value, EventHook | FoldHook)
 )
 """Every hook of the catalogue, in declaration order (for the docs generator)."""
 

@@ -27,7 +27,7 @@ E = TypeVar("E")
 V = TypeVar("V")
 C = TypeVar("C")
 T = TypeVar("T")
-O = TypeVar("O", bound="Options")
+OptionsT = TypeVar("OptionsT", bound="Options")
 
 
 class Options(BaseModel):
@@ -95,7 +95,7 @@ class Identity:
 
 
 @dataclass(slots=True)
-class Module(Generic[O]):
+class Module(Generic[OptionsT]):
     """A feature module. Create one per ``modules/mod_<name>.py`` file as ``module``.
 
     Decorators record registrations; nothing is bound until the module is
@@ -104,7 +104,7 @@ class Module(Generic[O]):
 
     name: str
     summary: str
-    options: type[O] = cast("type[O]", NoOptions)
+    options: type[OptionsT] = cast("type[OptionsT]", NoOptions)  # noqa: RUF009
     protocols: tuple[str, ...] = ()
     depends: tuple[str, ...] = ()
     soft_depends: tuple[str, ...] = ()
@@ -113,16 +113,16 @@ class Module(Generic[O]):
     features: list[str] = field(default_factory=list)
     identities: list[Identity] = field(default_factory=list)
     tables: list[sa.Table] = field(default_factory=list)
-    load_handlers: list[Callable[[ModuleContext[O]], Awaitable[None]]] = field(
+    load_handlers: list[Callable[[ModuleContext[OptionsT]], Awaitable[None]]] = field(
         default_factory=list
     )
-    unload_handlers: list[Callable[[ModuleContext[O]], Awaitable[None]]] = field(
+    unload_handlers: list[Callable[[ModuleContext[OptionsT]], Awaitable[None]]] = field(
         default_factory=list
     )
 
     def iq(
         self, type: str, namespace: str, tag: str, *, to: Scope = Scope.HOST
-    ) -> Callable[[Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]]], Any]:
+    ) -> Callable[[Callable[[ModuleContext[OptionsT], IqRequest], Awaitable[Element | None]]], Any]:
         """Handle IQs of ``type`` (get/set) whose payload is ``{namespace}tag``.
 
         The handler returns the result IQ (``req.result(payload)``) or raises
@@ -133,11 +133,9 @@ class Module(Generic[O]):
             raise ValueError("IQ handlers are for 'get' or 'set'")
 
         def deco(
-            fn: Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]],
-        ) -> Callable[[ModuleContext[O], IqRequest], Awaitable[Element | None]]:
-            self.iq_handlers.append(
-                IqRegistration(type, namespace, tag, to, cast(IqHandler, fn))
-            )
+            fn: Callable[[ModuleContext[OptionsT], IqRequest], Awaitable[Element | None]],
+        ) -> Callable[[ModuleContext[OptionsT], IqRequest], Awaitable[Element | None]]:
+            self.iq_handlers.append(IqRegistration(type, namespace, tag, to, cast(IqHandler, fn)))
             return fn
 
         return deco
@@ -145,14 +143,14 @@ class Module(Generic[O]):
     def on(
         self, hook: EventHook[E], *, priority: int = Priority.DEFAULT
     ) -> Callable[
-        [Callable[[ModuleContext[O], E], Awaitable[Stop | None]]],
-        Callable[[ModuleContext[O], E], Awaitable[Stop | None]],
+        [Callable[[ModuleContext[OptionsT], E], Awaitable[Stop | None]]],
+        Callable[[ModuleContext[OptionsT], E], Awaitable[Stop | None]],
     ]:
         """Handle an event hook: ``async def h(ctx, event) -> None | STOP``."""
 
         def deco(
-            fn: Callable[[ModuleContext[O], E], Awaitable[Stop | None]],
-        ) -> Callable[[ModuleContext[O], E], Awaitable[Stop | None]]:
+            fn: Callable[[ModuleContext[OptionsT], E], Awaitable[Stop | None]],
+        ) -> Callable[[ModuleContext[OptionsT], E], Awaitable[Stop | None]]:
             self.hook_handlers.append(HookRegistration(hook, fn, int(priority), False))
             return fn
 
@@ -161,14 +159,14 @@ class Module(Generic[O]):
     def fold(
         self, hook: FoldHook[V, C], *, priority: int = Priority.DEFAULT
     ) -> Callable[
-        [Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]]],
-        Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]],
+        [Callable[[ModuleContext[OptionsT], V, C], Awaitable[V | Drop]]],
+        Callable[[ModuleContext[OptionsT], V, C], Awaitable[V | Drop]],
     ]:
         """Handle a fold hook: ``async def h(ctx, value, context) -> value | DROP``."""
 
         def deco(
-            fn: Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]],
-        ) -> Callable[[ModuleContext[O], V, C], Awaitable[V | Drop]]:
+            fn: Callable[[ModuleContext[OptionsT], V, C], Awaitable[V | Drop]],
+        ) -> Callable[[ModuleContext[OptionsT], V, C], Awaitable[V | Drop]]:
             self.hook_handlers.append(HookRegistration(hook, fn, int(priority), True))
             return fn
 
@@ -198,15 +196,15 @@ class Module(Generic[O]):
         return table
 
     def on_load(
-        self, fn: Callable[[ModuleContext[O]], Awaitable[None]]
-    ) -> Callable[[ModuleContext[O]], Awaitable[None]]:
+        self, fn: Callable[[ModuleContext[OptionsT]], Awaitable[None]]
+    ) -> Callable[[ModuleContext[OptionsT]], Awaitable[None]]:
         """Run when the module is loaded on a host (may raise to abort start-up)."""
         self.load_handlers.append(fn)
         return fn
 
     def on_unload(
-        self, fn: Callable[[ModuleContext[O]], Awaitable[None]]
-    ) -> Callable[[ModuleContext[O]], Awaitable[None]]:
+        self, fn: Callable[[ModuleContext[OptionsT]], Awaitable[None]]
+    ) -> Callable[[ModuleContext[OptionsT]], Awaitable[None]]:
         """Run when the module is unloaded from a host (server stop)."""
         self.unload_handlers.append(fn)
         return fn
@@ -220,13 +218,13 @@ def module_metadata() -> sa.MetaData:
     return _MODULE_METADATA
 
 
-class ModuleContext(Generic[O]):
+class ModuleContext(Generic[OptionsT]):
     """A module's view of one host: options, logger, storage, sessions, routing, timers."""
 
-    def __init__(self, module: Module[O], host: Host, options: O) -> None:
+    def __init__(self, module: Module[OptionsT], host: Host, options: OptionsT) -> None:
         self.module = module
         self.name = module.name
-        self.options: O = options
+        self.options: OptionsT = options
         self._host = host
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
@@ -319,12 +317,14 @@ class ModuleContext(Generic[O]):
         return list(self._host.identities), list(self._host.features.get(scope, []))
 
 
-class HookSet(Module[O]):
+class HookSet(Module[OptionsT]):
     """A deployer's hook file (``hooks/<name>.py``): a module with only hook handlers.
 
     Export it as ``handlers``; enable it in config under ``[hooks.<name>]`` (the
     table holds its options, if it declares an ``options`` class).
     """
 
-    def __init__(self, name: str, *, summary: str = "", options: type[O] | None = None) -> None:
-        super().__init__(name, summary, options or cast("type[O]", NoOptions))
+    def __init__(
+        self, name: str, *, summary: str = "", options: type[OptionsT] | None = None
+    ) -> None:
+        super().__init__(name, summary, options or cast("type[OptionsT]", NoOptions))

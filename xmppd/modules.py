@@ -72,7 +72,8 @@ def import_hookset(name: str) -> HookSet[Any]:
 def validate_options(module: Module[Any], raw: Any, path: str, source: str) -> Options:
     """Validate a module's options; errors name the config path."""
     try:
-        return module.options.model_validate(dict(raw or {}))
+        options: Options = module.options.model_validate(dict(raw or {}))
+        return options
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc, prefix=path)) from None
 
@@ -105,7 +106,9 @@ class ModuleManager:
         for domain in config.hosts:
             plan: list[tuple[Module[Any], Options]] = []
             table = self._module_table(domain)
-            prefix = "modules" if config.hosts[domain].modules is None else f"hosts.{domain}.modules"
+            prefix = (
+                "modules" if config.hosts[domain].modules is None else f"hosts.{domain}.modules"
+            )
             chosen: dict[str, tuple[Module[Any], Options]] = {}
             for name, raw in table.items():
                 module = import_module(name)
@@ -128,7 +131,10 @@ class ModuleManager:
         for dep in module.depends:
             if dep not in chosen:
                 dep_module = import_module(dep)
-                chosen[dep] = (dep_module, validate_options(dep_module, {}, f"modules.{dep}", source))
+                chosen[dep] = (
+                    dep_module,
+                    validate_options(dep_module, {}, f"modules.{dep}", source),
+                )
                 self._add_dependencies(chosen, dep_module, source)
 
     async def load_all(self) -> None:
@@ -149,7 +155,9 @@ class ModuleManager:
                 bus = self._server.bus
             else:
                 bus = host.bus
-            handle = bus.add(reg.hook, partial(reg.handler, ctx), priority=reg.priority, owner=module.name)
+            handle = bus.add(
+                reg.hook, partial(reg.handler, ctx), priority=reg.priority, owner=module.name
+            )
             loaded.registrations.append((bus, handle))
         if any(r.hook.scope == "global" for r in module.hook_handlers):
             self._global_bound.add(module.name)

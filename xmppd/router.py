@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from xmppd import hooks
 from xmppd.errors import StanzaError
-from xmppd.events import DROP
+from xmppd.events import Drop
 from xmppd.hooks import RouteInfo
 from xmppd.jid import JID, InvalidJID
 from xmppd.stanza import Element, summary
@@ -30,7 +30,7 @@ class Router:
         bus = server.bus
         if bus.has_handlers(hooks.FILTER_PACKET):
             result = await bus.fold(hooks.FILTER_PACKET, stanza, RouteInfo(origin))
-            if result is DROP:
+            if isinstance(result, Drop):
                 log.debug("dropped by filter_packet: %s", summary(stanza))
                 return
             stanza = result

@@ -88,7 +88,7 @@ class Server:
     @property
     def listening_ports(self) -> list[tuple[str, int]]:
         """(tls mode, port) of each open listener, in config order."""
-        ports = []
+        ports: list[tuple[str, int]] = []
         for listener, section in zip(self._listeners, self.config.listeners, strict=False):
             for sock in listener.sockets:
                 ports.append((section.tls, int(sock.getsockname()[1])))

@@ -38,9 +38,14 @@ def element(tag: str, attrs: dict[str, str] | None = None, *, text: str | None =
     return el
 
 
+def _default_ns(namespace: str) -> dict[str, str]:
+    # lxml takes None as the key of the default namespace; its stubs only allow str.
+    return {None: namespace}  # type: ignore[dict-item]
+
+
 def payload(namespace: str, tag: str, attrs: dict[str, str] | None = None) -> Element:
     """A detached payload element with ``namespace`` declared as its default namespace."""
-    return etree.Element(f"{{{namespace}}}{tag}", attrs or {}, nsmap={None: namespace})
+    return etree.Element(f"{{{namespace}}}{tag}", attrs or {}, nsmap=_default_ns(namespace))
 
 
 def child(
@@ -53,15 +58,16 @@ def child(
 ) -> Element:
     """Append a child. With ``namespace`` it is declared as default on the child unless
     the parent is already in it; without, the child takes the parent's namespace."""
+    parent_ns: str | None = etree.QName(parent).namespace
     if namespace is None:
-        parent_ns = etree.QName(parent).namespace
         namespace = parent_ns
     if namespace is None:
         el = etree.SubElement(parent, tag, attrs or {})
-    elif etree.QName(parent).namespace == namespace:
+    elif parent_ns == namespace:
         el = etree.SubElement(parent, f"{{{namespace}}}{tag}", attrs or {})
     else:
-        el = etree.SubElement(parent, f"{{{namespace}}}{tag}", attrs or {}, nsmap={None: namespace})
+        nsmap = _default_ns(namespace)
+        el = etree.SubElement(parent, f"{{{namespace}}}{tag}", attrs or {}, nsmap=nsmap)
     if text is not None:
         el.text = text
     return el
@@ -100,7 +106,7 @@ def summary(el: Element) -> str:
 
 def error_element(err: StanzaError, *, by: str | None = None) -> Element:
     """The ``<error/>`` child describing ``err`` (RFC 6120 §8.3.2)."""
-    attrs = {"type": err.type}
+    attrs: dict[str, str] = {"type": err.type}
     if by:
         attrs["by"] = by
     error = element("error", attrs)

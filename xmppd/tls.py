@@ -76,9 +76,7 @@ def end_point_hash(cert_pem: bytes) -> bytes:
 
 def server_context(cert_path: Path, key_path: Path, *, min_version: str = "1.2") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_path), str(key_path))
     ctx.set_alpn_protocols(["xmpp-client"])
     # Tickets would let a resumed session skip the certificate; keep handshakes simple.
@@ -116,7 +114,9 @@ class TlsContexts:
         for cert in certificates.values():
             cert.context.sni_callback = self._select
 
-    def _select(self, sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+    def _select(
+        self, sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
         if name is None:
             return
         name = name.lower().rstrip(".")

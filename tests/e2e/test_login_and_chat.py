@@ -18,9 +18,7 @@ async def new_user(server: XmppdServer, password: str = "s3cret-pw") -> str:
     return f"{name}@{server.domain}"
 
 
-@pytest.mark.parametrize(
-    "mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
-)
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
 async def test_login_with_each_mechanism(server: XmppdServer, mechanism: str) -> None:
     jid = await new_user(server)
     async with Slix(server, jid, "s3cret-pw", mechanism=mechanism) as client:
@@ -28,7 +26,9 @@ async def test_login_with_each_mechanism(server: XmppdServer, mechanism: str) ->
         assert client.xmpp.boundjid.resource
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"])
+@pytest.mark.parametrize(
+    "mechanism", ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"]
+)
 async def test_login_with_channel_binding(server: XmppdServer, mechanism: str) -> None:
     jid = await new_user(server)
     async with Slix(server, jid, "s3cret-pw", mechanism=mechanism, max_tls12=True) as client:

@@ -158,7 +158,7 @@ def postgres_database() -> Iterator[str]:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         service_unavailable(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
@@ -242,5 +242,3 @@ def _wait_listening(proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: 
                     pending.discard(port)
         if pending:
             time.sleep(0.05)
-
-

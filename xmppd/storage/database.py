@@ -62,20 +62,19 @@ class Database:
     async def fetch_all(self, stmt: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
         async with self.engine.connect() as conn:
             result = await conn.execute(stmt)
-            return result.all()
+            return list(result.all())
 
     async def fetch_one(self, stmt: sa.Select[Any]) -> sa.Row[Any] | None:
         async with self.engine.connect() as conn:
             result = await conn.execute(stmt)
-            return result.first()
+            row: sa.Row[Any] | None = result.first()
+            return row
 
     async def fetch_value(self, stmt: sa.Select[Any]) -> Any:
         async with self.engine.connect() as conn:
             return (await conn.execute(stmt)).scalar()
 
-    async def upsert(
-        self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
-    ) -> None:
+    async def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]) -> None:
         """Insert ``values`` or, when a row with the same ``keys`` exists, update it."""
         async with self.engine.begin() as conn:
             await self._upsert(conn, table, values, keys)

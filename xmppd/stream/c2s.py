@@ -18,7 +18,7 @@ from lxml import etree
 from xmppd import hooks, ns
 from xmppd.auth import sasl
 from xmppd.errors import StanzaError, StreamError
-from xmppd.events import DROP
+from xmppd.events import Drop
 from xmppd.hooks import FeaturesContext, PacketContext, StanzaEvent
 from xmppd.jid import JID, InvalidJID, resourceprep
 from xmppd.module import Scope
@@ -87,9 +87,7 @@ class C2SStream(SessionData):
         self.server = server
         self.transport = transport
         self.offer_starttls = offer_starttls
-        self.reader = XmlReader(
-            expected_namespace=ns.CLIENT, max_stanza_size=cfg.max_stanza_size
-        )
+        self.reader = XmlReader(expected_namespace=ns.CLIENT, max_stanza_size=cfg.max_stanza_size)
         self.host: Host | None = None
         self._jid: JID | None = None
         self._jid_str = ""
@@ -137,7 +135,7 @@ class C2SStream(SessionData):
         host = self.host
         if host is not None and host.bus.has_handlers(hooks.USER_RECEIVE_PACKET):
             result = await host.bus.fold(hooks.USER_RECEIVE_PACKET, stanza, PacketContext(self))
-            if result is DROP:
+            if isinstance(result, Drop):
                 return
             stanza = result
         self._write(serialize(stanza))
@@ -208,7 +206,7 @@ class C2SStream(SessionData):
                     if item is not None and item is not _CLOSE_MARK:
                         reply = error_reply(item, err)
                         if reply is not None:
-                            reply.attrib.pop("from", None)
+                            _drop_attr(reply, "from")
                             self.send_raw(reply)
                 except Exception:
                     log.exception("c2s %s: failed on %s", self.summary(), _describe(item))
@@ -247,7 +245,8 @@ class C2SStream(SessionData):
         attrs = {"id": self.stream_id, "version": "1.0", f"{{{ns.XML}}}lang": "en"}
         if domain:
             attrs["from"] = domain
-        root = etree.Element(_STREAM_TAG, attrs, nsmap={None: ns.CLIENT, "stream": ns.STREAMS})
+        nsmap = {None: ns.CLIENT, "stream": ns.STREAMS}
+        root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
         return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
 
     async def _send_features(self) -> None:
@@ -271,9 +270,11 @@ class C2SStream(SessionData):
             stage = "pre-auth"
             self._add_mechanisms(features)
         extra = await host.bus.fold(
-            hooks.C2S_STREAM_FEATURES, (), FeaturesContext(self, stage)  # type: ignore[arg-type]
+            hooks.C2S_STREAM_FEATURES,
+            (),
+            FeaturesContext(self, stage),  # type: ignore[arg-type]
         )
-        if extra is not DROP:
+        if not isinstance(extra, Drop):
             for el in extra:
                 features.append(el)
         self._write(etree.tostring(features))
@@ -296,7 +297,9 @@ class C2SStream(SessionData):
 
     def _add_mechanisms(self, features: Element) -> None:
         mechs = child(features, "mechanisms", namespace=ns.SASL)
-        for name in sasl.offered_mechanisms(tls=self._tls_channel(), allow_plain=self._allow_plain()):
+        for name in sasl.offered_mechanisms(
+            tls=self._tls_channel(), allow_plain=self._allow_plain()
+        ):
             child(mechs, "mechanism", text=name)
         channel = self._tls_channel()
         if channel is not None and channel.bindings:
@@ -314,7 +317,11 @@ class C2SStream(SessionData):
         if not self.is_authenticated:
             if tag == _STARTTLS and self.offer_starttls and not self.is_secure:
                 await self._starttls()
-            elif self.offer_starttls and not self.is_secure and self.server.config.c2s.require_encryption:
+            elif (
+                self.offer_starttls
+                and not self.is_secure
+                and self.server.config.c2s.require_encryption
+            ):
                 raise StreamError("policy-violation", "use STARTTLS first")
             elif tag in (_SASL_AUTH, _SASL_RESPONSE, _SASL_ABORT):
                 await self._on_sasl(el)
@@ -354,7 +361,7 @@ class C2SStream(SessionData):
             raise StanzaError("not-authorized", "use TLS")
         reply = await host.dispatch_iq(el, Scope.STREAM, host.jid, None, self)
         if reply is not None:
-            reply.attrib.pop("to", None)
+            _drop_attr(reply, "to")
             self.send_raw(reply)
 
     async def _on_sasl(self, el: Element) -> None:
@@ -432,10 +439,8 @@ class C2SStream(SessionData):
                 raise StanzaError("bad-request", "invalid resource") from None
         else:
             resource = secrets.token_hex(6)
-        result = await host.bus.fold(
-            hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self)
-        )
-        if result is DROP:
+        result = await host.bus.fold(hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self))
+        if isinstance(result, Drop):
             raise StanzaError("not-allowed")
         try:
             full = self._jid.bare.with_resource(result)
@@ -487,7 +492,7 @@ class C2SStream(SessionData):
         assert host is not None
         if host.bus.has_handlers(hooks.USER_SEND_PACKET):
             result = await host.bus.fold(hooks.USER_SEND_PACKET, el, PacketContext(self))
-            if result is DROP:
+            if isinstance(result, Drop):
                 return
             el = result
         if kind == "presence":
@@ -525,14 +530,19 @@ class C2SStream(SessionData):
             self.server.sessions.remove(self)
             host = self.host
             if host is not None:
-                self.server.spawn(
-                    host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(self)),  # type: ignore[arg-type]
-                    name="resource_unbound",
-                )
+                self.server.spawn(self._announce_unbound(host), name="resource_unbound")
+
+    async def _announce_unbound(self, host: Host) -> None:
+        await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(self))
 
 
 _CLOSE_MARK: Final = etree.Element("close-mark")
 """Queued when the peer closed its stream."""
+
+
+def _drop_attr(el: Element, name: str) -> None:
+    if name in el.attrib:
+        del el.attrib[name]
 
 
 def _describe(item: Element | None) -> str:

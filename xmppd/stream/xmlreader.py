@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final, NoReturn, cast
 
 from lxml import etree
 
@@ -47,7 +47,11 @@ class StreamHeader:
 
 def _hardened_parser() -> etree.XMLParser:
     return etree.XMLParser(
-        resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False, dtd_validation=False
+        resolve_entities=False,
+        no_network=True,
+        huge_tree=False,
+        load_dtd=False,
+        dtd_validation=False,
     )
 
 
@@ -100,19 +104,20 @@ class XmlReader:
         for start in range(0, len(data), FEED_SLICE):
             chunk = data[start : start + FEED_SLICE]
             self._since_boundary += len(chunk)
-            self._feed_chunk(chunk, stanzas)
-            if self.closed:
-                break
+            if self._feed_chunk(chunk, stanzas):
+                break  # the peer closed its stream
             if self._depth > 0 and self._since_boundary > self.max_stanza_size:
                 raise StreamError("policy-violation", "stanza too large")
         return stanzas
 
-    def _feed_chunk(self, chunk: bytes, stanzas: list[Element]) -> None:
+    def _feed_chunk(self, chunk: bytes, stanzas: list[Element]) -> bool:
+        """Parse one slice; ``True`` when it held the end of the stream."""
         parser = self._parser
         assert parser is not None
         try:
             parser.feed(chunk)
-            for event, el in parser.read_events():
+            for event, item in parser.read_events():
+                el = cast(Element, item)
                 if event == "start":
                     self._depth += 1
                 elif event == "end":
@@ -127,7 +132,7 @@ class XmlReader:
                         self._since_boundary = 0
                     elif self._depth < 0:
                         self.closed = True
-                        return
+                        return True
                 else:  # comment or processing instruction
                     raise StreamError("restricted-xml", "comments and processing instructions")
         except etree.XMLSyntaxError:
@@ -136,6 +141,7 @@ class XmlReader:
             raise StreamError("not-well-formed") from None
         if self._depth == 0:
             self._since_boundary = 0
+        return False
 
     def _read_header(self, data: bytes) -> bytes:
         buf = self._buffer + data
