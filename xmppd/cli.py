@@ -30,21 +30,28 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML configuration file (default: $XMPPD_CONFIG, else built-in defaults: "
         "host localhost, data in ./data)",
     )
+    # --config is accepted before or after the command (``xmppd run --config x.toml``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the server in the foreground")
-    sub.add_parser("check-config", help="validate the configuration and exit")
-    sub.add_parser("version", help="print the version")
-    add = sub.add_parser("adduser", help="create an account")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("run", "run the server in the foreground")
+    command("check-config", "validate the configuration and exit")
+    command("version", "print the version")
+    add = command("adduser", "create an account")
     add.add_argument("jid")
     add.add_argument("--password", help="password (default: prompt, or stdin when not a tty)")
-    dele = sub.add_parser("deluser", help="delete an account and all its data")
+    dele = command("deluser", "delete an account and all its data")
     dele.add_argument("jid")
-    pw = sub.add_parser("passwd", help="change an account's password")
+    pw = command("passwd", "change an account's password")
     pw.add_argument("jid")
     pw.add_argument("--password")
-    users = sub.add_parser("users", help="list the accounts of a host (default: every host)")
+    users = command("users", "list the accounts of a host (default: every host)")
     users.add_argument("host", nargs="?")
-    imp = sub.add_parser("import-users", help="create accounts from a file of 'jid password' lines")
+    imp = command("import-users", "create accounts from a file of 'jid password' lines")
     imp.add_argument("file", type=Path)
     return p
 

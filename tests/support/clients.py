@@ -118,7 +118,29 @@ async def _next(queue: asyncio.Queue[Any], predicate: Callable[[Any], bool], tim
 
 
 async def register_account(server: XmppdServer, username: str, password: str) -> None:
-    """Create an account with the CLI (no client needed)."""
+    """Create an account through in-band registration (XEP-0077) on a raw stream.
+
+    Much faster than the CLI (no process start); servers started by the test harness
+    allow registration. Falls back to ``xmppd adduser`` when the server refuses.
+    """
+    from tests.support.raw import RawClient, stanza_error
+
+    client = await RawClient(server).connect()
+    try:
+        await client.starttls()
+        await client.open_stream()
+        client.send(
+            "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>"
+            f"<username>{username}</username><password>{password}</password></query></iq>"
+        )
+        reply = await client.read_until(b"</iq>|<iq[^>]*/>")
+    finally:
+        await client.close()
+    condition = stanza_error(reply)
+    if condition is None:
+        return
+    if condition != "service-unavailable":
+        raise RuntimeError(f"registration of {username} failed: {condition}")
     result = await asyncio.to_thread(
         server.cli, "adduser", f"{username}@{server.domain}", "--password", password
     )

@@ -190,9 +190,13 @@ class XmlReader:
         )
         prefixes = {p: uri for p, uri in root.nsmap.items() if p is not None}
         synthetic = etree.tostring(etree.Element(f"{{{ns.STREAMS}}}stream", nsmap=prefixes))
+        # resolve_entities stays at its default (True) on purpose: no DTD can reach this
+        # parser (the header scanner refuses '<!' before the root, and the synthetic root
+        # has none), so only the five predefined entities exist, and with
+        # resolve_entities=False libxml2 silently swallows an undefined '&name;' and
+        # loses track of element ends instead of reporting not-well-formed.
         parser = etree.XMLPullParser(
             events=("start", "end", "comment", "pi"),
-            resolve_entities=False,
             no_network=True,
             huge_tree=False,
             load_dtd=False,
