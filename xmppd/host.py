@@ -14,7 +14,7 @@ from xmppd.events import EventBus, EventHook
 from xmppd.hooks import StanzaEvent
 from xmppd.jid import JID
 from xmppd.module import Identity, Scope
-from xmppd.stanza import Element, iq_result, summary
+from xmppd.stanza import Element, describe_payload, iq_result, summary
 
 if TYPE_CHECKING:
     from xmppd.server import Server
@@ -72,7 +72,7 @@ class Host:
         self.server = server
         self.domain = domain
         self.jid = JID.parse(domain)
-        self.bus = EventBus(f"host:{domain}", summarize=_summarize)
+        self.bus = EventBus(f"host:{domain}", summarize=describe_payload)
         self.iq_handlers: dict[tuple[Scope, str, str], BoundIqHandler] = {}
         self.services: dict[str, Any] = {}
         self.features: dict[Scope, list[str]] = {Scope.HOST: [], Scope.BARE: []}
@@ -209,12 +209,3 @@ class Host:
                 reply.set("from", str(to))
             await self.server.router.route(reply, None)
         return reply
-
-
-def _summarize(payload: object) -> str:
-    if isinstance(payload, StanzaEvent):
-        return payload.summary()
-    tag = getattr(payload, "tag", None)
-    if isinstance(tag, str):
-        return summary(payload)  # type: ignore[arg-type]
-    return type(payload).__name__

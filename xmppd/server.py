@@ -19,7 +19,7 @@ from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
 from xmppd.router import Router
 from xmppd.sessions import SessionManager
-from xmppd.stanza import Element, error_reply, new_id
+from xmppd.stanza import Element, describe_payload, error_reply, new_id
 from xmppd.storage.database import Database
 from xmppd.tls import TlsContexts, load_host_certificate
 
@@ -32,7 +32,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.started_at = time.monotonic()
-        self.bus = EventBus("global")
+        self.bus = EventBus("global", summarize=describe_payload)
         self.sessions = SessionManager()
         self.router = Router(self)
         self.iq_tracker = IqTracker()

@@ -104,6 +104,19 @@ def summary(el: Element) -> str:
     )
 
 
+def describe_payload(payload: object) -> str:
+    """One line for crash logs about a hook payload: a stanza summary when it is one."""
+    if isinstance(payload, etree._Element):
+        return summary(payload)
+    describe = getattr(payload, "summary", None)
+    if callable(describe):
+        return str(describe())
+    stanza = getattr(payload, "stanza", None)
+    if isinstance(stanza, etree._Element):
+        return summary(stanza)
+    return type(payload).__name__
+
+
 def error_element(err: StanzaError, *, by: str | None = None) -> Element:
     """The ``<error/>`` child describing ``err`` (RFC 6120 §8.3.2)."""
     attrs: dict[str, str] = {"type": err.type}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.clients import Slix, register_account
-from tests.support.raw import STREAM_HEADER, RawClient, stanza_error, stream_error
+from tests.support.rawstream import STREAM_HEADER, RawClient, stanza_error, stream_error
 from tests.support.server import XmppdServer
 
 PASSWORD = "bad-input-pw"

@@ -58,6 +58,8 @@ class Slix:
         self.presences: asyncio.Queue[Presence] = asyncio.Queue()
         self.roster_pushes: asyncio.Queue[Any] = asyncio.Queue()
         self.xmpp.add_event_handler("message", self.messages.put_nowait)
+        # slixmpp reports type='error' messages only as 'message_error'.
+        self.xmpp.add_event_handler("message_error", self.messages.put_nowait)
         self.xmpp.add_event_handler("presence", self.presences.put_nowait)
         self.xmpp.add_event_handler("roster_update", self.roster_pushes.put_nowait)
         self._started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -123,7 +125,7 @@ async def register_account(server: XmppdServer, username: str, password: str) ->
     Much faster than the CLI (no process start); servers started by the test harness
     allow registration. Falls back to ``xmppd adduser`` when the server refuses.
     """
-    from tests.support.raw import RawClient, stanza_error
+    from tests.support.rawstream import RawClient, stanza_error
 
     client = await RawClient(server).connect()
     try:
