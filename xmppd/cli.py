@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     users.add_argument("host", nargs="?")
     imp = command("import-users", "create accounts from a file of 'jid password' lines")
     imp.add_argument("file", type=Path)
+    docs = command("gen-docs", "regenerate docs/hooks.md and docs/modules/ from the code")
+    docs.add_argument("--check", action="store_true", help="only report stale files")
+    docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
     return p
 
 
@@ -84,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"xmppd {__version__}")
         return 0
+    if args.command == "gen-docs":
+        from xmppd.docgen import write
+
+        stale = write(args.docs_dir, check=args.check)
+        for path in stale:
+            print(f"{'stale' if args.check else 'wrote'}: {path}")
+        return 1 if args.check and stale else 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -75,7 +75,7 @@ def child(
 
 def serialize(el: Element) -> bytes:
     """Serialize a stanza for writing on a stream (UTF-8, no XML declaration)."""
-    return etree.tostring(el)
+    return etree.tostring(el, encoding="utf-8")
 
 
 def new_id() -> str:

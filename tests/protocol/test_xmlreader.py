@@ -1,0 +1,105 @@
+"""The restricted XML reader, fed bytes with no I/O (RFC 6120 §11)."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from xmppd.errors import StreamError
+from xmppd.stream.xmlreader import XmlReader
+
+HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>"
+)
+
+
+def reader(limit: int = 10_000) -> XmlReader:
+    return XmlReader(expected_namespace="jabber:client", max_stanza_size=limit)
+
+
+def test_header_then_stream_neutral_stanzas() -> None:
+    r = reader()
+    assert r.feed(HEADER) == []
+    assert r.header is not None and r.header.to == "example.org" and r.header.version == "1.0"
+    stanzas = r.feed(
+        b"<message to='a@b'><body>hi &amp; bye</body></message><iq type='get' id='1'/>"
+    )
+    assert [s.tag for s in stanzas] == ["message", "iq"]
+    assert etree.tostring(stanzas[0]) == b'<message to="a@b"><body>hi &amp; bye</body></message>'
+
+
+def test_bytes_split_anywhere_give_the_same_stanzas() -> None:
+    data = HEADER + b"<message to='a@b'><body>\xc3\xa9t\xc3\xa9</body></message></stream:stream>"
+    r = reader()
+    out = []
+    for i in range(len(data)):
+        out.extend(r.feed(data[i : i + 1]))
+    assert [etree.tostring(s, encoding="utf-8") for s in out] == [
+        '<message to="a@b"><body>été</body></message>'.encode()
+    ]
+    assert r.closed
+
+
+def test_payload_namespaces_are_kept_without_prefixes() -> None:
+    r = reader()
+    r.feed(HEADER)
+    (iq,) = r.feed(
+        b"<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='x@y'/></query></iq>"
+    )
+    assert iq[0].tag == "{jabber:iq:roster}query"
+    assert b"ns0" not in etree.tostring(iq)
+
+
+@pytest.mark.parametrize(
+    ("data", "condition"),
+    [
+        (b"<!DOCTYPE x>" + HEADER, "restricted-xml"),
+        (HEADER + b"<!-- c -->", "restricted-xml"),
+        (HEADER + b"<?pi x?>", "restricted-xml"),
+        (HEADER + b"<message><body>&ent;</body></message>", "not-well-formed"),
+        (HEADER + b"<message></iq>", "not-well-formed"),
+        (HEADER.replace(b"jabber:client", b"jabber:server"), "invalid-namespace"),
+        (HEADER.replace(b"etherx.jabber.org/streams", b"example.org/x"), "invalid-namespace"),
+        (b"<?xml version='1.0' encoding='ISO-8859-1'?>" + HEADER[21:], "unsupported-encoding"),
+        (b"hello", "not-well-formed"),
+        (b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>", "not-well-formed"),
+    ],
+)
+def test_refused_input(data: bytes, condition: str) -> None:
+    with pytest.raises(StreamError) as err:
+        reader().feed(data)
+    assert err.value.condition == condition
+
+
+def test_oversized_stanza_is_refused_while_small_ones_flow() -> None:
+    r = reader(limit=4096)
+    r.feed(HEADER)
+    for _ in range(100):  # many small stanzas are fine, whatever their total
+        assert len(r.feed(b"<message><body>" + b"x" * 1000 + b"</body></message>")) == 1
+    with pytest.raises(StreamError) as err:
+        r.feed(b"<message><body>" + b"x" * 40_000)
+    assert err.value.condition == "policy-violation"
+
+
+def test_oversized_header_is_refused() -> None:
+    with pytest.raises(StreamError) as err:
+        reader().feed(b"<stream:stream " + b"a='1' " * 5000)
+    assert err.value.condition == "policy-violation"
+
+
+def test_reset_reads_a_new_header() -> None:
+    r = reader()
+    r.feed(HEADER + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    r.reset()
+    assert r.header is None
+    r.feed(HEADER)
+    assert r.header is not None
+
+
+def test_whitespace_keepalives_do_not_accumulate() -> None:
+    r = reader(limit=2048)
+    r.feed(HEADER)
+    for _ in range(1000):
+        assert r.feed(b" \n") == []
+    assert len(r.feed(b"<presence/>")) == 1
