@@ -55,9 +55,8 @@ def hooks_markdown() -> str:
     for hook in core_hooks.ALL_HOOKS:
         kind = "fold" if isinstance(hook, FoldHook) else "event"
         const = names[id(hook)]
-        out.append(
-            f"| [`{hook.name}`](#{hook.name}) | {kind} | {hook.scope} | `{types.get(const, '')}` |\n"
-        )
+        payload = types.get(const, "")
+        out.append(f"| [`{hook.name}`](#{hook.name}) | {kind} | {hook.scope} | `{payload}` |\n")
     for hook in core_hooks.ALL_HOOKS:
         kind = "FoldHook" if isinstance(hook, FoldHook) else "EventHook"
         const = names[id(hook)]
