@@ -51,6 +51,7 @@ class XmppdServer:
     domain: str
     backend: str
     log_path: Path
+    storage_url: str
 
     @property
     def cafile(self) -> Path:
@@ -201,7 +202,7 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        server = XmppdServer(proc, data_dir, config_path, p1, p2, domain, backend, log_path)
+        server = XmppdServer(proc, data_dir, config_path, p1, p2, domain, backend, log_path, url)
         try:
             _wait_listening(proc, (p1, p2), log_path)
             yield server
