@@ -548,17 +548,20 @@ class PlainMechanism:
 # ----------------------------------------------------------------- selection
 
 
-def offered_mechanisms(*, tls: TlsChannel | None, allow_plain: bool) -> list[str]:
+def offered_mechanisms(
+    *, tls: TlsChannel | None, allow_plain: bool, insecure_plain: bool = False
+) -> list[str]:
     """Mechanism names to advertise, strongest first.
 
     SCRAM-SHA-512, -256 and -1 always; preceded by their -PLUS variants when the TLS
-    channel has binding data; followed by PLAIN when ``allow_plain`` and only over TLS.
+    channel has binding data; followed by PLAIN when ``allow_plain`` and only over TLS,
+    unless the admin explicitly allowed ``insecure_plain`` (loopback benchmarks).
     """
     names: list[str] = []
     if _available_bindings(tls):
         names.extend(f"SCRAM-{hash_name}-PLUS" for hash_name in _SCRAM_BY_STRENGTH)
     names.extend(f"SCRAM-{hash_name}" for hash_name in _SCRAM_BY_STRENGTH)
-    if tls is not None and allow_plain:
+    if allow_plain and (tls is not None or insecure_plain):
         names.append(PLAIN)
     return names
 
@@ -570,13 +573,16 @@ def create_mechanism(
     lookup: CredentialLookup,
     tls: TlsChannel | None,
     allow_plain: bool,
+    insecure_plain: bool = False,
 ) -> Mechanism | None:
     """Start an exchange for ``name``; ``None`` when that mechanism is not offered.
 
     ``domain`` is the server's domain, against which authorization identities are
     checked (it is prepared here; an invalid one raises :class:`InvalidJID`).
     """
-    if name not in offered_mechanisms(tls=tls, allow_plain=allow_plain):
+    if name not in offered_mechanisms(
+        tls=tls, allow_plain=allow_plain, insecure_plain=insecure_plain
+    ):
         return None
     prepared_domain = domainprep(domain)
     if name == PLAIN:

@@ -292,14 +292,15 @@ class C2SStream(SessionData):
                     bindings["tls-unique"] = unique
         return sasl.TlsChannel(bindings)
 
-    def _allow_plain(self) -> bool:
-        return self.is_secure or self.server.config.auth.allow_insecure_plain
+    def _insecure_plain(self) -> bool:
+        return self.server.config.auth.allow_insecure_plain
 
     def _add_mechanisms(self, features: Element) -> None:
         mechs = child(features, "mechanisms", namespace=ns.SASL)
-        for name in sasl.offered_mechanisms(
-            tls=self._tls_channel(), allow_plain=self._allow_plain()
-        ):
+        offered = sasl.offered_mechanisms(
+            tls=self._tls_channel(), allow_plain=True, insecure_plain=self._insecure_plain()
+        )
+        for name in offered:
             child(mechs, "mechanism", text=name)
         channel = self._tls_channel()
         if channel is not None and channel.bindings:
@@ -380,7 +381,8 @@ class C2SStream(SessionData):
                 domain=host.domain,
                 lookup=self.server.accounts.lookup_for(host.domain),
                 tls=self._tls_channel(),
-                allow_plain=self._allow_plain(),
+                allow_plain=True,
+                insecure_plain=self._insecure_plain(),
             )
             if mech is None:
                 self._sasl_failed(sasl.Failure("invalid-mechanism"), count=False)
