@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from xmppd import hooks
@@ -24,6 +25,28 @@ from xmppd.storage.database import Database
 from xmppd.tls import TlsContexts, load_host_certificate
 
 log = logging.getLogger(__name__)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def return_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``).
+
+    libxml2 parser state freed for idle sessions lies between live allocations, so
+    without this the RSS would not shrink even though the memory is free.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class Server:
@@ -66,6 +89,25 @@ class Server:
             self._listeners = await start_listeners(self)
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
+        if listen and self.config.c2s.idle_release > 0:
+            self.spawn(self._release_idle_memory(), name="idle-release")
+
+    async def _release_idle_memory(self) -> None:
+        """Every so often, let idle client streams free their parsers."""
+        idle_for = self.config.c2s.idle_release
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(idle_for / 2)
+            now = loop.time()
+            released = 0
+            for session in self.sessions:
+                release = getattr(session, "release_idle_memory", None)
+                if release is not None and release(now, idle_for):
+                    released += 1
+            if released:
+                log.debug("released the parsers of %d idle sessions", released)
+                if released >= 64:
+                    return_free_memory()
 
     async def _load_tls(self) -> None:
         data_dir = self.config.server.data_dir

@@ -53,8 +53,19 @@ class Session(Protocol):
 
     priority: int
     """Priority of the last available presence (0 before any)."""
-    presence: Element | None
-    """The last available presence broadcast, ``None`` while unavailable."""
+
+    @property
+    def presence(self) -> Element | None:
+        """A fresh copy of the last available presence broadcast (yours to change);
+        ``None`` while unavailable. Set it to record a new one, or ``None``."""
+
+    @presence.setter
+    def presence(self, stanza: Element | None) -> None: ...
+
+    @property
+    def is_available(self) -> bool:
+        """The session has sent available presence (cheap; does not build an element)."""
+
     is_interested: bool
     """True once the client has requested its roster (it receives roster pushes)."""
     last_activity: float
@@ -142,7 +153,7 @@ class SessionManager:
         resources = self._bare.get(bare)
         if not resources:
             return []
-        return [s for s in resources.values() if s.presence is not None]
+        return [s for s in resources.values() if s.is_available]
 
     def message_targets(self, bare: JID) -> list[Session]:
         """Recipients of a chat/normal message to a bare JID (RFC 6121 §8.5.2.1.1):
@@ -153,7 +164,7 @@ class SessionManager:
         best = -1
         chosen: list[Session] = []
         for s in resources.values():
-            if s.presence is None or s.priority < 0:
+            if not s.is_available or s.priority < 0:
                 continue
             if s.priority > best:
                 best = s.priority

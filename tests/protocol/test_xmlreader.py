@@ -103,3 +103,23 @@ def test_whitespace_keepalives_do_not_accumulate() -> None:
     for _ in range(1000):
         assert r.feed(b" \n") == []
     assert len(r.feed(b"<presence/>")) == 1
+
+
+def test_idle_parser_is_released_between_stanzas_and_rebuilt() -> None:
+    r = reader()
+    r.feed(HEADER + b"<presence/>")
+    assert r.release_if_idle()
+    assert not r.release_if_idle()  # nothing left to free
+    (msg,) = r.feed(b"<message to='a@b'><body>after</body></message>")
+    assert msg.findtext("body") == "after"
+
+
+def test_parser_is_kept_while_a_stanza_is_half_read() -> None:
+    r = reader()
+    r.feed(HEADER + b"<message><body>hal")
+    assert not r.release_if_idle()
+    r2 = reader()
+    r2.feed(HEADER + b"<presence/><mess")
+    assert not r2.release_if_idle()  # a start tag is half-fed
+    (msg,) = r.feed(b"f</body></message>")
+    assert msg.findtext("body") == "half"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Final
 
 import sqlalchemy as sa
 
@@ -112,16 +113,7 @@ class Accounts:
         self, domain: str, username: str, hash_name: str
     ) -> ScramCredentials | None:
         row = await self._db.fetch_one(
-            sa.select(
-                scram_credentials.c.salt,
-                scram_credentials.c.iterations,
-                scram_credentials.c.stored_key,
-                scram_credentials.c.server_key,
-            ).where(
-                scram_credentials.c.host == domain,
-                scram_credentials.c.username == username,
-                scram_credentials.c.hash_name == hash_name,
-            )
+            _SELECT_SCRAM, {"host": domain, "username": username, "hash_name": hash_name}
         )
         if row is None:
             return None
@@ -148,6 +140,19 @@ class HostCredentials:
 
     async def get_scram(self, username: str, hash_name: str) -> ScramCredentials | None:
         return await self._accounts.get_scram(self._domain, username, hash_name)
+
+
+_SELECT_SCRAM: Final = sa.select(
+    scram_credentials.c.salt,
+    scram_credentials.c.iterations,
+    scram_credentials.c.stored_key,
+    scram_credentials.c.server_key,
+).where(
+    scram_credentials.c.host == sa.bindparam("host"),
+    scram_credentials.c.username == sa.bindparam("username"),
+    scram_credentials.c.hash_name == sa.bindparam("hash_name"),
+)
+"""Built once: building a statement per login costs more than running it."""
 
 
 def _credential_row(jid: JID, c: ScramCredentials) -> dict[str, object]:

@@ -24,6 +24,8 @@ class Database:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+            kwargs["pool_size"] = 2
+            kwargs["max_overflow"] = 0
         else:
             kwargs["pool_size"] = pool_size
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -59,20 +61,28 @@ class Database:
             result = await conn.execute(stmt)
             return int(getattr(result, "rowcount", 0) or 0)
 
-    async def fetch_all(self, stmt: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
+    async def fetch_all(
+        self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
+    ) -> Sequence[sa.Row[Any]]:
+        """Rows of a query. On hot paths, build ``stmt`` once with ``sa.bindparam``
+        placeholders and pass ``params``: building a statement costs more than running it."""
         async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
+            result = await conn.execute(stmt, params)
             return list(result.all())
 
-    async def fetch_one(self, stmt: sa.Select[Any]) -> sa.Row[Any] | None:
+    async def fetch_one(
+        self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
+    ) -> sa.Row[Any] | None:
         async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
+            result = await conn.execute(stmt, params)
             row: sa.Row[Any] | None = result.first()
             return row
 
-    async def fetch_value(self, stmt: sa.Select[Any]) -> Any:
+    async def fetch_value(
+        self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
+    ) -> Any:
         async with self.engine.connect() as conn:
-            return (await conn.execute(stmt)).scalar()
+            return (await conn.execute(stmt, params)).scalar()
 
     async def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]) -> None:
         """Insert ``values`` or, when a row with the same ``keys`` exists, update it."""

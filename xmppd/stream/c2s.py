@@ -81,6 +81,34 @@ class Transport(Protocol):
 class C2SStream(SessionData):
     """One client connection, from stream header to close. Implements ``Session``."""
 
+    # Slots: one of these exists per connected client; a __dict__ would cost ~1 KB each.
+    __slots__ = (
+        "_awaiting_tls",
+        "_header_pending",
+        "_jid",
+        "_jid_str",
+        "_out",
+        "_paused",
+        "_presence",
+        "_queue",
+        "_sasl",
+        "_sasl_failures",
+        "_timeout",
+        "_worker",
+        "closed",
+        "host",
+        "is_authenticated",
+        "is_bound",
+        "is_interested",
+        "last_activity",
+        "offer_starttls",
+        "priority",
+        "reader",
+        "server",
+        "stream_id",
+        "transport",
+    )
+
     def __init__(self, server: Server, transport: Transport, *, offer_starttls: bool) -> None:
         super().__init__()
         cfg = server.config.c2s
@@ -95,11 +123,14 @@ class C2SStream(SessionData):
         self.is_authenticated = False
         self.is_bound = False
         self.priority = 0
-        self.presence: Element | None = None
+        # The last available presence, serialized: an lxml element would keep its whole
+        # parser (~27 KB of libxml2 state) alive for as long as the session lasts.
+        self._presence: bytes | None = None
         self.is_interested = False
         self.closed = False
         self.last_activity = asyncio.get_running_loop().time()
         self._queue: deque[Element | None] = deque()
+        self._out: list[bytes] = []
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._sasl: sasl.Mechanism | None = None
@@ -129,6 +160,18 @@ class C2SStream(SessionData):
     def is_secure(self) -> bool:
         return self.transport.is_secure
 
+    @property
+    def presence(self) -> Element | None:
+        return None if self._presence is None else etree.fromstring(self._presence)
+
+    @presence.setter
+    def presence(self, stanza: Element | None) -> None:
+        self._presence = None if stanza is None else serialize(stanza)
+
+    @property
+    def is_available(self) -> bool:
+        return self._presence is not None
+
     async def deliver(self, stanza: Element) -> None:
         if self.closed:
             return
@@ -150,8 +193,15 @@ class C2SStream(SessionData):
         if condition is not None:
             self._write(_stream_error(condition, text))
         self._write(b"</stream:stream>")
+        self._flush()
         self._shutdown()
         self.transport.close()
+
+    def release_idle_memory(self, now: float, idle_for: float) -> bool:
+        """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds."""
+        if not self.is_bound or self._queue or now - self.last_activity < idle_for:
+            return False
+        return self.reader.release_if_idle()
 
     def summary(self) -> str:
         return f"c2s {self._jid_str or self.peer}"
@@ -343,6 +393,7 @@ class C2SStream(SessionData):
     async def _starttls(self) -> None:
         self._awaiting_tls = True
         self._write(etree.tostring(payload(ns.TLS, "proceed")))
+        self._flush()  # <proceed/> must go out in the clear, before the handshake
         self.reader.reset()
         try:
             await self.transport.start_tls()
@@ -508,6 +559,19 @@ class C2SStream(SessionData):
     # ------------------------------------------------------------------ output and teardown
 
     def _write(self, data: bytes) -> None:
+        """Queue output; it is written once per event-loop turn (one syscall per burst,
+        not one per stanza)."""
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         transport = self.transport
         transport.write(data)
         if transport.write_buffer_size() > self.server.config.c2s.max_write_buffer:

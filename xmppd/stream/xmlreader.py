@@ -45,14 +45,10 @@ class StreamHeader:
     content_namespace: str | None
 
 
-def _hardened_parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        load_dtd=False,
-        dtd_validation=False,
-    )
+_HEADER_PARSER: Final = etree.XMLParser(
+    resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False
+)
+"""Parses stream headers (each closed artificially); shared, as the loop is single-threaded."""
 
 
 class XmlReader:
@@ -64,10 +60,12 @@ class XmlReader:
     """
 
     __slots__ = (
+        "_at_boundary",
         "_buffer",
         "_depth",
         "_parser",
         "_since_boundary",
+        "_synthetic_root",
         "closed",
         "expected_namespace",
         "header",
@@ -89,17 +87,48 @@ class XmlReader:
         self.closed = False
         self._buffer = b""
         self._parser: etree.XMLPullParser | None = None
+        self._synthetic_root = b""
+        self._at_boundary = True
         self._depth = 0
         self._since_boundary = 0
+
+    def release_if_idle(self) -> bool:
+        """Free the pull parser (several KB of libxml2 buffers) between stanzas.
+
+        Only when nothing is half-read; the next ``feed`` builds a fresh parser. Called
+        for idle sessions, so an idle connection costs little more than its socket.
+        """
+        if self._parser is None or self._depth != 0 or not self._at_boundary:
+            return False
+        self._parser = None
+        return True
+
+    def _new_parser(self) -> etree.XMLPullParser:
+        # resolve_entities stays at its default (True) on purpose: no DTD can reach this
+        # parser (the header scanner refuses '<!' before the root, and the synthetic root
+        # has none), so only the five predefined entities exist, and with
+        # resolve_entities=False libxml2 silently swallows an undefined '&name;' and
+        # loses track of element ends instead of reporting not-well-formed.
+        parser = etree.XMLPullParser(
+            events=("start", "end", "comment", "pi"),
+            no_network=True,
+            huge_tree=False,
+            load_dtd=False,
+        )
+        parser.feed(self._synthetic_root)
+        parser.read_events().__next__()  # the synthetic root's own start event
+        return parser
 
     def feed(self, data: bytes) -> list[Element]:
         """Consume ``data``; returns completed stanzas. Raises :class:`StreamError`."""
         if self.closed:
             return []
-        if self._parser is None:
+        if self.header is None:
             data = self._read_header(data)
             if self._parser is None:
                 return []
+        elif self._parser is None:
+            self._parser = self._new_parser()
         stanzas: list[Element] = []
         for start in range(0, len(data), FEED_SLICE):
             chunk = data[start : start + FEED_SLICE]
@@ -141,6 +170,10 @@ class XmlReader:
             raise StreamError("not-well-formed") from None
         if self._depth == 0:
             self._since_boundary = 0
+            tail = chunk.rstrip()
+            self._at_boundary = tail.endswith(b">") if tail else self._at_boundary
+        else:
+            self._at_boundary = False
         return False
 
     def _read_header(self, data: bytes) -> bytes:
@@ -166,7 +199,7 @@ class XmlReader:
             raise StreamError("not-well-formed")
         qname = name_match.group(0)
         try:
-            root = etree.fromstring(head + b"</" + qname + b">", _hardened_parser())
+            root = etree.fromstring(head + b"</" + qname + b">", _HEADER_PARSER)
         except etree.XMLSyntaxError:
             raise StreamError("not-well-formed") from None
         qn = etree.QName(root)
@@ -190,20 +223,8 @@ class XmlReader:
         )
         prefixes = {p: uri for p, uri in root.nsmap.items() if p is not None}
         synthetic = etree.tostring(etree.Element(f"{{{ns.STREAMS}}}stream", nsmap=prefixes))
-        # resolve_entities stays at its default (True) on purpose: no DTD can reach this
-        # parser (the header scanner refuses '<!' before the root, and the synthetic root
-        # has none), so only the five predefined entities exist, and with
-        # resolve_entities=False libxml2 silently swallows an undefined '&name;' and
-        # loses track of element ends instead of reporting not-well-formed.
-        parser = etree.XMLPullParser(
-            events=("start", "end", "comment", "pi"),
-            no_network=True,
-            huge_tree=False,
-            load_dtd=False,
-        )
-        parser.feed(synthetic[:-2] + b">")
-        list(parser.read_events())  # the synthetic root's own start event
-        self._parser = parser
+        self._synthetic_root = synthetic[:-2] + b">"
+        self._parser = self._new_parser()
         self._depth = 0
 
 
