@@ -106,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
     if args.command == "check-config":
-        return _with_server(config, _check, listen=False)
+        from xmppd.server import Server
+
+        try:
+            Server(config).check()
+        except ConfigError as exc:
+            print(f"configuration error:\n{exc}", file=sys.stderr)
+            return 2
+        print("configuration OK")
+        return 0
     if args.command == "run":
         return _run(config)
     cmd = args.command
@@ -186,11 +194,6 @@ def _with_server(
         return 2
 
 
-async def _check(_server: object) -> int:
-    print("configuration OK")
-    return 0
-
-
 async def _adduser(server: object, jid: JID, password: str) -> int:
     from xmppd.server import Server
 
@@ -223,6 +226,9 @@ async def _passwd(server: object, jid: JID, password: str) -> int:
     from xmppd.server import Server
 
     assert isinstance(server, Server)
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
     try:
         await server.accounts.set_password(jid, password)
     except NoSuchAccount:
@@ -243,17 +249,37 @@ async def _users(server: object, host: str | None) -> int:
 
 
 async def _import(server: object, path: Path, config: ServerConfig) -> int:
+    """Create accounts from ``jid password`` lines; every line is checked first."""
     from xmppd.server import Server
 
     assert isinstance(server, Server)
     text = await asyncio.to_thread(path.read_text)
-    lines = [ln.split(None, 1) for ln in text.splitlines() if ln.strip()]
+    accounts: list[tuple[JID, str]] = []
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split(None, 1)
+        password = fields[1].strip() if len(fields) > 1 else ""
+        try:
+            jid = JID.parse(fields[0])
+        except InvalidJID as exc:
+            problems.append(f"{path}:{number}: invalid JID: {exc}")
+            continue
+        if not jid.local or jid.resource or jid.domain not in config.hosts:
+            problems.append(f"{path}:{number}: not an account JID of this server")
+        elif not password:
+            problems.append(f"{path}:{number}: no password")
+        else:
+            accounts.append((jid, password))
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     sem = asyncio.Semaphore(os.cpu_count() or 2)
     created = 0
 
-    async def one(jid_text: str, password: str) -> None:
+    async def one(jid: JID, password: str) -> None:
         nonlocal created
-        jid = _jid(jid_text, config)
         async with sem:
             try:
                 await server.register_user(jid, password)
@@ -261,6 +287,6 @@ async def _import(server: object, path: Path, config: ServerConfig) -> int:
             except AccountExists:
                 pass
 
-    await asyncio.gather(*(one(p[0], p[1] if len(p) > 1 else "") for p in lines))
-    print(f"created {created} of {len(lines)} accounts")
+    await asyncio.gather(*(one(jid, password) for jid, password in accounts))
+    print(f"created {created} of {len(accounts)} accounts")
     return 0

@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -39,6 +40,9 @@ _SIZE_UNITS = {
     "G": 1024**3,
     "GB": 1000**3,
 }
+
+
+_PairT = TypeVar("_PairT", bound="_CertificatePair")
 
 
 class ConfigError(Exception):
@@ -143,17 +147,24 @@ class C2SSection(Section):
     )
 
 
-class TlsSection(Section):
+class _CertificatePair(Section):
     certificate: Path | None = Field(
-        None, description="PEM chain; default: self-signed, generated."
+        None, description="PEM certificate chain; default: self-signed, generated."
     )
-    key: Path | None = None
+    key: Path | None = Field(None, description="PEM private key of the certificate.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("set both certificate and key, or neither")
+        return self
+
+
+class TlsSection(_CertificatePair):
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
-class HostSection(Section):
-    certificate: Path | None = None
-    key: Path | None = None
+class HostSection(_CertificatePair):
     modules: dict[str, dict[str, Any]] | None = Field(
         None, description="Replaces the global [modules] table for this host when set."
     )
@@ -176,6 +187,18 @@ class ServerConfig(Section):
     modules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True, description="File this was read from.")
+
+    @model_validator(mode="after")
+    def _encryption_is_possible(self) -> Self:
+        if self.c2s.require_encryption:
+            for listener in self.listeners:
+                if listener.tls == "none":
+                    raise ValueError(
+                        f"listener on port {listener.port} has tls = 'none' but "
+                        "c2s.require_encryption is true: use 'starttls' or 'direct', or set "
+                        "c2s.require_encryption = false"
+                    )
+        return self
 
     @field_validator("hosts")
     @classmethod
@@ -234,9 +257,40 @@ def parse_config(raw: Mapping[str, Any], *, source: Path | None = None) -> Serve
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(source or "<config>"), exc)) from None
     if source is not None:
-        base = source.parent
-        server = config.server
-        if not server.data_dir.is_absolute():
-            server = server.model_copy(update={"data_dir": base / server.data_dir})
-        config = config.model_copy(update={"source": source, "server": server})
+        config = _resolve_paths(config, source)
     return config
+
+
+def _resolve_paths(config: ServerConfig, source: Path) -> ServerConfig:
+    """Relative paths in a config file are relative to the file's directory."""
+    base = source.parent
+
+    def rel(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else base / path
+
+    def pair(section: _PairT) -> _PairT:
+        update = {k: v for k in ("certificate", "key") if (v := rel(getattr(section, k)))}
+        return section.model_copy(update=update) if update else section
+
+    server = config.server
+    server = server.model_copy(
+        update={
+            "data_dir": rel(server.data_dir) or server.data_dir,
+            "module_paths": tuple(rel(p) or p for p in server.module_paths),
+        }
+    )
+    storage = config.storage
+    prefix = "sqlite+aiosqlite:///"
+    if storage.url.startswith(prefix) and not storage.url.startswith(prefix + "/"):
+        storage = storage.model_copy(
+            update={"url": prefix + str(base.resolve() / storage.url[len(prefix) :])}
+        )
+    return config.model_copy(
+        update={
+            "source": source,
+            "server": server,
+            "storage": storage,
+            "tls": pair(config.tls),
+            "hosts": {name: pair(host) for name, host in config.hosts.items()},
+        }
+    )

@@ -47,11 +47,11 @@ def import_module(name: str) -> Module[Any]:
         mod = importlib.import_module(f"modules.mod_{name}")
     except ModuleNotFoundError as exc:
         if exc.name in (f"modules.mod_{name}", "modules"):
-            raise ConfigError(f"modules.{name}: no such module (modules/mod_{name}.py)") from None
+            raise ConfigError(f"{name}: no such module (modules/mod_{name}.py)") from None
         raise
     module = getattr(mod, "module", None)
     if not isinstance(module, Module):
-        raise ConfigError(f"modules.{name}: modules/mod_{name}.py has no Module named 'module'")
+        raise ConfigError(f"{name}: modules/mod_{name}.py has no Module named 'module'")
     return module
 
 
@@ -111,7 +111,10 @@ class ModuleManager:
             )
             chosen: dict[str, tuple[Module[Any], Options]] = {}
             for name, raw in table.items():
-                module = import_module(name)
+                try:
+                    module = import_module(name)
+                except ConfigError as exc:
+                    raise ConfigError(f"{source}: {prefix}.{exc}") from None
                 chosen[name] = (module, validate_options(module, raw, f"{prefix}.{name}", source))
             for name in list(chosen):
                 self._add_dependencies(chosen, chosen[name][0], source)
@@ -120,6 +123,15 @@ class ModuleManager:
             hook_prefix = "hooks" if config.hosts[domain].hooks is None else f"hosts.{domain}.hooks"
             for name, raw in config.hooks_for(domain).items():
                 hookset = import_hookset(name)
+                global_hooks = [
+                    r.hook.name for r in hookset.hook_handlers if r.hook.scope == "global"
+                ]
+                if config.hosts[domain].hooks is not None and global_hooks:
+                    raise ConfigError(
+                        f"{source}: {hook_prefix}.{name}: this hook file handles server-wide "
+                        f"hooks ({', '.join(global_hooks)}); enable it in the global [hooks] "
+                        "table instead"
+                    )
                 plan.append(
                     (hookset, validate_options(hookset, raw, f"{hook_prefix}.{name}", source))
                 )

@@ -109,6 +109,27 @@ class Server:
                 if released >= 64:
                     return_free_memory()
 
+    def check(self) -> None:
+        """Validate without side effects: module and hook options, configured certificates.
+
+        Raises ``ConfigError``. Creates no directory, database or certificate.
+        """
+        from xmppd.config import ConfigError
+        from xmppd.tls import server_context
+
+        self.modules.import_all()
+        source = self.config.source or "<config>"
+        pairs = [("tls", self.config.tls)] + [
+            (f"hosts.{d}", h) for d, h in self.config.hosts.items()
+        ]
+        for path, section in pairs:
+            if section.certificate is None or section.key is None:
+                continue
+            try:
+                server_context(section.certificate, section.key)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{source}: {path}.certificate: cannot load: {exc}") from None
+
     async def _load_tls(self) -> None:
         data_dir = self.config.server.data_dir
         tls = self.config.tls

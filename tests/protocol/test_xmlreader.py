@@ -123,3 +123,19 @@ def test_parser_is_kept_while_a_stanza_is_half_read() -> None:
     assert not r2.release_if_idle()  # a start tag is half-fed
     (msg,) = r.feed(b"f</body></message>")
     assert msg.findtext("body") == "half"
+
+
+def test_stanza_declaring_the_content_namespace_comes_out_neutral() -> None:
+    r = reader()
+    r.feed(HEADER)
+    (msg,) = r.feed(
+        b"<message xmlns='jabber:client' to='a@b' xml:lang='en'><body>hi</body>"
+        b"<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'><body>in</body>"
+        b"</message></forwarded></message>"
+    )
+    assert msg.tag == "message" and msg[0].tag == "body" and msg.findtext("body") == "hi"
+    assert msg.get("{http://www.w3.org/XML/1998/namespace}lang") == "en"
+    inner = msg.find("{urn:xmpp:forward:0}forwarded/{jabber:client}message")
+    assert inner is not None and inner.findtext("{jabber:client}body") == "in"
+    text = etree.tostring(msg)
+    assert text.startswith(b'<message to="a@b"') and b"ns0" not in text

@@ -15,6 +15,7 @@ a stanza larger than the configured limit (``policy-violation``).
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Final, NoReturn, cast
 
@@ -157,6 +158,8 @@ class XmlReader:
                             root.remove(el)
                             root.text = None
                         el.tail = None
+                        if el.tag[0] == "{":
+                            el = self._neutral(el)
                         stanzas.append(el)
                         self._since_boundary = 0
                     elif self._depth < 0:
@@ -175,6 +178,24 @@ class XmlReader:
         else:
             self._at_boundary = False
         return False
+
+    def _neutral(self, el: Element) -> Element:
+        """A stanza that spelled out the content namespace (``<iq xmlns='jabber:client'>``,
+        as RFC 7395 framing does) rebuilt stream-neutral, like every other stanza."""
+        prefix = f"{{{self.expected_namespace}}}"
+        if not el.tag.startswith(prefix):
+            return el  # a stream-level element in its own namespace (SASL, STARTTLS...)
+        neutral = etree.Element(el.tag[len(prefix) :], _attrs(el))
+        neutral.text = el.text
+        for child in el:
+            if isinstance(child.tag, str) and child.tag.startswith(prefix):
+                copy = etree.SubElement(neutral, child.tag[len(prefix) :], _attrs(child))
+                copy.text, copy.tail = child.text, child.tail
+                for grandchild in child:
+                    copy.append(deepcopy(grandchild))
+            else:
+                neutral.append(deepcopy(child))
+        return neutral
 
     def _read_header(self, data: bytes) -> bytes:
         buf = self._buffer + data
@@ -278,3 +299,7 @@ def _find_header_end(buf: bytes, limit: int) -> int | None:
 
 def _too_long() -> NoReturn:
     raise StreamError("policy-violation", "stream header too long")
+
+
+def _attrs(el: Element) -> dict[str, str]:
+    return {str(k): str(v) for k, v in el.attrib.items()}
