@@ -29,6 +29,15 @@ Ctx = ModuleContext[NoOptions]
 CAPS_NODE = "https://github.com/xmppd/xmppd"
 """Our XEP-0115 node URI."""
 
+LANG = "en"
+"""The language of identity names: our streams declare ``xml:lang='en'``.
+
+Every identity carries it explicitly. XEP-0115 hashes an identity's language, and
+clients disagree on whether one inherited from the stream header counts (aioxmpp
+says yes, most say no); with the attribute on the element they all compute the same
+verification string.
+"""
+
 
 async def build_info(ctx: Ctx, query: DiscoQuery, scope: Scope) -> DiscoInfo:
     """Identities and features of the host or an account, through the ``disco_info`` fold.
@@ -60,7 +69,7 @@ def info_element(info: DiscoInfo, node: str | None) -> Element:
     if node:
         query.set("node", node)
     for ident in sorted(set(info.identities), key=lambda i: (i.category, i.type, i.name)):
-        attrs = {"category": ident.category, "type": ident.type}
+        attrs = {"category": ident.category, "type": ident.type, f"{{{ns.XML}}}lang": LANG}
         if ident.name:
             attrs["name"] = ident.name
         child(query, "identity", attrs)
@@ -74,8 +83,8 @@ def info_element(info: DiscoInfo, node: str | None) -> Element:
 def caps_hash(info: DiscoInfo) -> str:
     """XEP-0115 §5.1 verification string hash (SHA-1, base64); forms not included."""
     parts = []
-    for ident in sorted(set(info.identities), key=lambda i: (i.category, i.type, "", i.name)):
-        parts.append(f"{ident.category}/{ident.type}//{ident.name}<")
+    for ident in sorted(set(info.identities), key=lambda i: (i.category, i.type, LANG, i.name)):
+        parts.append(f"{ident.category}/{ident.type}/{LANG}/{ident.name}<")
     parts.extend(f"{f}<" for f in sorted(set(info.features)))
     digest = hashlib.sha1("".join(parts).encode("utf-8")).digest()
     return base64.b64encode(digest).decode("ascii")

@@ -63,6 +63,8 @@ async def last_seen(ctx: Ctx, req: IqRequest) -> Element:
     assert req.from_ is not None
     user = req.to.bare
     if not req.is_from_owner:
+        if not await ctx.account_exists(user):
+            raise StanzaError("service-unavailable")  # RFC 6121 §8.5.1
         item = await ctx.service(ROSTER).item(user, req.from_.bare)
         if item is None or not item.has_from:
             raise StanzaError("forbidden", "only contacts subscribed to this account may ask")

@@ -16,6 +16,7 @@ from xmppd.api import (
     Options,
     Scope,
     Session,
+    StanzaError,
     ns,
 )
 from xmppd.api.stanza import Element, element, new_id, payload
@@ -44,7 +45,10 @@ async def pong(ctx: Ctx, req: IqRequest) -> Element:
 
 @module.iq("get", ns.PING, "ping", to=Scope.BARE)
 async def pong_for_account(ctx: Ctx, req: IqRequest) -> Element:
-    # RFC 6120 §10.5.4 lets the server answer for an account's bare JID.
+    # RFC 6120 §10.5.4 lets the server answer for an account's bare JID; RFC 6121 §8.5.1:
+    # an IQ to an account that does not exist gets service-unavailable.
+    if not req.is_from_owner and not await ctx.account_exists(req.to):
+        raise StanzaError("service-unavailable")
     return req.result()
 
 

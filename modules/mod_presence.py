@@ -45,6 +45,16 @@ def _roster(ctx: Ctx) -> Roster:
     return ctx.service(ROSTER)
 
 
+def _without_to(item: RosterItem) -> Subscription:
+    """The subscription once the user no longer receives the contact's presence."""
+    return "from" if item.has_from else "none"
+
+
+def _without_from(item: RosterItem) -> Subscription:
+    """The subscription once the contact no longer receives the user's presence."""
+    return "to" if item.has_to else "none"
+
+
 # ----------------------------------------------------------------------------- outbound
 
 
@@ -189,21 +199,25 @@ async def _outbound_subscription(
             await roster.save(user, replace(item or RosterItem(contact), approved=True))
     elif ptype == "unsubscribe":
         if item is not None and (item.has_to or item.ask):
-            sub = "from" if item.subscription == "both" else "none"
-            await roster.save(user, replace(item, subscription=sub, ask=False))
+            await roster.save(user, replace(item, subscription=_without_to(item), ask=False))
         await ctx.send(out)
     elif ptype == "unsubscribed":
+        # RFC 6121 §3.2.2 and appendix A.2.4.
         was_pending = await roster.is_pending(user, contact)
         if was_pending:
             await roster.clear_pending(user, contact)
-        if item is not None and (item.has_from or item.approved):
-            sub = "to" if item.subscription == "both" else "none"
-            await roster.save(user, replace(item, subscription=sub, approved=False))
+        if item is not None and item.has_from:
+            # While the contact is still subscribed: unavailable from every resource.
             for session in ctx.sessions.available(user):
                 off = element("presence", {"type": "unavailable", "from": str(session.jid)})
                 await ctx.send(_addressed(off, contact))
-        if was_pending or (item is not None):
+            await roster.save(user, replace(item, subscription=_without_from(item), approved=False))
             await ctx.send(out)
+        elif item is not None and item.approved:
+            # Cancelling a pre-approval (§3.4): nothing is routed to the contact.
+            await roster.save(user, replace(item, approved=False))
+        elif was_pending:
+            await ctx.send(out)  # denial of a pending request
 
 
 # ----------------------------------------------------------------------------- inbound
@@ -282,14 +296,12 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
     if ptype == "unsubscribe":
         await roster.clear_pending(user, contact)
         if item is not None and item.has_from:
-            sub = "to" if item.subscription == "both" else "none"
-            await roster.save(user, replace(item, subscription=sub, approved=False))
+            await roster.save(user, replace(item, subscription=_without_from(item), approved=False))
             await _deliver_to_available(ctx, user, _addressed(stanza, user, contact))
         return
     if ptype == "unsubscribed":
         if item is not None and (item.has_to or item.ask):
-            sub = "from" if item.subscription == "both" else "none"
-            await roster.save(user, replace(item, subscription=sub, ask=False))
+            await roster.save(user, replace(item, subscription=_without_to(item), ask=False))
             await _deliver_to_available(ctx, user, _addressed(stanza, user, contact))
             # The contact's presence no longer reaches the user: show it as offline.
             for session in ctx.sessions.available(user):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from pydantic import Field
@@ -105,24 +106,45 @@ async def register(ctx: Ctx, req: IqRequest) -> Element:
     return req.result()
 
 
+def _own_account(ctx: Ctx, req: IqRequest) -> JID:
+    """The account a logged-in user's request is about.
+
+    XEP-0077 §3.2-3.3 address password changes and cancellations to the server
+    (``to='example.org'``); clients also send them to their own account or without
+    ``to``. Either way, one may only act on one's own account.
+    """
+    sender = req.from_
+    if sender is None:
+        raise StanzaError("not-authorized")
+    if req.to.local:
+        if not req.is_from_owner:
+            raise StanzaError("forbidden")
+        return req.to.bare
+    if not sender.local or sender.domain != ctx.domain:
+        raise StanzaError("forbidden")
+    return sender.bare
+
+
+@module.iq("get", ns.REGISTER, "query", to=Scope.HOST)
 @module.iq("get", ns.REGISTER, "query", to=Scope.BARE)
 async def registered(ctx: Ctx, req: IqRequest) -> Element:
-    if not req.is_from_owner:
-        raise StanzaError("forbidden")
+    user = _own_account(ctx, req)
     query = payload(ns.REGISTER, "query")
     child(query, "registered")
-    child(query, "username", text=req.to.local)
+    child(query, "username", text=user.local)
     return req.result(query)
 
 
+@module.iq("set", ns.REGISTER, "query", to=Scope.HOST)
 @module.iq("set", ns.REGISTER, "query", to=Scope.BARE)
 async def change_or_remove(ctx: Ctx, req: IqRequest) -> Element | None:
-    if not req.is_from_owner:
-        raise StanzaError("forbidden")
-    user = req.to.bare
+    user = _own_account(ctx, req)
     if find_child(req.payload, ns.REGISTER, "remove") is not None:
         if not ctx.options.allow_account_removal:
             raise StanzaError("not-allowed")
+        # Revoke the credentials first: once the client has the result, the old password
+        # must not open a session, although removing the data takes a while longer.
+        await ctx.set_password(user, secrets.token_urlsafe(32))
         # Answer before the account (and this session) goes away.
         if req.origin is not None:
             req.origin.send_raw(req.result())

@@ -29,9 +29,9 @@ async def rows_mentioning(server: XmppdServer, username: str) -> dict[str, int]:
             for table in meta.sorted_tables:
                 if "username" in table.c and "host" in table.c:
                     n = await conn.scalar(
-                        sa.select(sa.func.count()).select_from(table).where(
-                            table.c.username == username, table.c.host == server.domain
-                        )
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(table.c.username == username, table.c.host == server.domain)
                     )
                     counts[table.name] = int(n or 0)
     finally:

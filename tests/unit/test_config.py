@@ -63,7 +63,8 @@ def test_defaults_without_a_file() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30.0), ("5m", 300.0), ("1d", 86400.0), (12, 12.0), ("1.5h", 5400.0)]
+    ("text", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("1d", 86400.0), (12, 12.0), ("1.5h", 5400.0)],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
