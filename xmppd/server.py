@@ -183,9 +183,16 @@ class Server:
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
         """Run a background task owned by the server; it is cancelled at stop."""
+        _ = self.start_task(coro, name=name)
+
+    def start_task(
+        self, coro: Coroutine[Any, Any, None], *, name: str | None = None
+    ) -> asyncio.Task[None]:
+        """:meth:`spawn`, returning the task for callers that wait for it."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -234,14 +241,24 @@ class Server:
             await host.bus.run(hooks.USER_REGISTERED, hooks.UserEvent(jid.bare))
 
     async def remove_user(self, jid: JID) -> bool:
-        """Delete an account and all its data; its sessions are closed."""
+        """Delete an account and all its data; its sessions are closed.
+
+        Order matters: the credentials go first (no new login can start), then the
+        sessions end and their teardown (presence, last seen) finishes, and only then
+        do modules delete the user's data, so nothing is written back afterwards.
+        """
         bare = jid.bare
         host = self.hosts.get(bare.domain)
-        for session in self.sessions.of(bare):
-            session.close("not-authorized", "account removed")
-        if host is not None:
-            await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
-        return await self.accounts.delete(bare)
+        existed = await self.accounts.delete(bare)
+        for _ in range(2):  # a second pass catches a login that was mid-flight
+            closing = []
+            for session in self.sessions.of(bare):
+                session.close("not-authorized", "account removed")
+                closing.append(session.wait_closed())
+            await asyncio.gather(*closing)
+            if host is not None and _ == 0:
+                await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
+        return existed
 
 
 __all__ = ["IqTimeout", "Server"]

@@ -84,6 +84,9 @@ class Session(Protocol):
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream, with a stream error when ``condition`` is given."""
 
+    async def wait_closed(self) -> None:
+        """After ``close``: wait until the session's teardown hooks have run."""
+
 
 class SessionData:
     """Storage behind ``Session.get``/``set``; mixed into session classes."""

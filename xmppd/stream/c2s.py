@@ -94,6 +94,7 @@ class C2SStream(SessionData):
         "_sasl",
         "_sasl_failures",
         "_timeout",
+        "_unbound",
         "_worker",
         "closed",
         "host",
@@ -131,6 +132,7 @@ class C2SStream(SessionData):
         self.last_activity = asyncio.get_running_loop().time()
         self._queue: deque[Element | None] = deque()
         self._out: list[bytes] = []
+        self._unbound: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._sasl: sasl.Mechanism | None = None
@@ -596,10 +598,17 @@ class C2SStream(SessionData):
             self.server.sessions.remove(self)
             host = self.host
             if host is not None:
-                self.server.spawn(self._announce_unbound(host), name="resource_unbound")
+                self._unbound = self.server.start_task(
+                    self._announce_unbound(host), name="resource_unbound"
+                )
 
     async def _announce_unbound(self, host: Host) -> None:
         await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(self))
+
+    async def wait_closed(self) -> None:
+        """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
+        if self._unbound is not None:
+            await asyncio.shield(self._unbound)
 
 
 _CLOSE_MARK: Final = etree.Element("close-mark")
