@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 
 from xmppd.api import (
     JID,
@@ -35,8 +36,25 @@ class RegisterOptions(Options):
     interval_exempt: tuple[str, ...] = Field(
         ("127.0.0.1", "::1"), description="Addresses the interval does not apply to."
     )
+    allowed_networks: tuple[IPvAnyNetwork, ...] = Field(
+        (),
+        description="Only clients from these networks may register (e.g. ['127.0.0.0/8', "
+        "'::1/128']); empty means anyone.",
+    )
     allow_password_change: bool = True
     allow_account_removal: bool = True
+
+    def may_register_from(self, peer: str) -> bool:
+        """Registration is open and ``peer`` is in an allowed network."""
+        if not self.allow_registration:
+            return False
+        if not self.allowed_networks:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.allowed_networks)
 
 
 module = Module(
@@ -62,22 +80,28 @@ def _form(instructions: str) -> Element:
 async def advertise(
     ctx: Ctx, features: tuple[Element, ...], fctx: hooks.FeaturesContext
 ) -> tuple[Element, ...]:
-    if fctx.stage == "post-auth" or not ctx.options.allow_registration:
+    if fctx.stage == "post-auth" or not ctx.options.may_register_from(fctx.session.peer):
         return features
     return (*features, payload(ns.REGISTER_FEATURE, "register"))
 
 
-@module.iq("get", ns.REGISTER, "query", to=Scope.STREAM)
-async def registration_form(ctx: Ctx, req: IqRequest) -> Element:
+def _check_allowed(ctx: Ctx, req: IqRequest) -> None:
     if not ctx.options.allow_registration:
         raise StanzaError("service-unavailable")
+    peer = req.origin.peer if req.origin is not None else ""
+    if not ctx.options.may_register_from(peer):
+        raise StanzaError("not-allowed", "registration is not open to your network")
+
+
+@module.iq("get", ns.REGISTER, "query", to=Scope.STREAM)
+async def registration_form(ctx: Ctx, req: IqRequest) -> Element:
+    _check_allowed(ctx, req)
     return req.result(_form("Choose a username and password."))
 
 
 @module.iq("set", ns.REGISTER, "query", to=Scope.STREAM)
 async def register(ctx: Ctx, req: IqRequest) -> Element:
-    if not ctx.options.allow_registration:
-        raise StanzaError("service-unavailable")
+    _check_allowed(ctx, req)
     username = child_text(req.payload, "username", ns.REGISTER)
     password = child_text(req.payload, "password", ns.REGISTER)
     if find_child(req.payload, ns.REGISTER, "remove") is not None:
@@ -102,6 +126,10 @@ async def register(ctx: Ctx, req: IqRequest) -> Element:
     except AccountExists:
         raise StanzaError("conflict", "username taken") from None
     _last_registration[key] = now
+    if len(_last_registration) > 10_000:  # forget addresses whose interval has passed
+        horizon = now - ctx.options.registration_interval
+        for stale in [k for k, t in _last_registration.items() if t < horizon]:
+            del _last_registration[stale]
     ctx.log.info("registered %s in-band from %s", jid, peer)
     return req.result()
 

@@ -91,7 +91,12 @@ class ModuleManager:
         if not table and config.hosts[domain].modules is None:
             table = {name: {} for name in DEFAULT_MODULES}
             if domain == "localhost":
-                table["register"] = {"allow_registration": True}
+                # Open registration on the default host, but only from this machine: the
+                # default listeners accept connections on every interface.
+                table["register"] = {
+                    "allow_registration": True,
+                    "allowed_networks": ["127.0.0.0/8", "::1/128"],
+                }
         return table
 
     def import_all(self) -> None:
