@@ -88,7 +88,7 @@ async def outbound(ctx: Ctx, event: StanzaEvent) -> Stop | None:
 
 
 async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> None:
-    initial = session.presence is None
+    initial = not session.is_available
     prio = child_text(stanza, "priority")
     try:
         session.priority = max(-128, min(127, int(prio))) if prio else 0
@@ -121,14 +121,15 @@ async def _probe(ctx: Ctx, user: JID, contact: JID, session: Session) -> None:
     """Get a contact's current presence for a user who just came online."""
     if ctx.is_local(contact):
         for other in ctx.sessions.available(contact):
-            assert other.presence is not None
-            await session.deliver(_addressed(other.presence, session.jid, other.jid))
+            if (other_presence := other.presence) is None:
+                continue
+            await session.deliver(_addressed(other_presence, session.jid, other.jid))
         return
     await ctx.send(element("presence", {"type": "probe", "from": str(user), "to": str(contact)}))
 
 
 async def _broadcast_unavailable(ctx: Ctx, session: Session, stanza: Element) -> None:
-    if session.presence is None:
+    if not session.is_available:
         return
     session.presence = None
     user = session.jid.bare
@@ -151,7 +152,7 @@ async def _broadcast_unavailable(ctx: Ctx, session: Session, stanza: Element) ->
 @module.on(hooks.RESOURCE_UNBOUND)
 async def gone(ctx: Ctx, event: SessionEvent) -> None:
     session = event.session
-    if session.presence is None:
+    if not session.is_available:
         return
     unavailable = element("presence", {"type": "unavailable", "from": str(session.jid)})
     session.presence = None
@@ -192,8 +193,9 @@ async def _outbound_subscription(
             await roster.clear_pending(user, contact)
             await ctx.send(out)
             for session in ctx.sessions.available(user):
-                assert session.presence is not None
-                await ctx.send(_addressed(session.presence, contact, session.jid))
+                if (session_presence := session.presence) is None:
+                    continue
+                await ctx.send(_addressed(session_presence, contact, session.jid))
         elif item is None or not item.has_from:
             # Pre-approval (RFC 6121 §3.4).
             await roster.save(user, replace(item or RosterItem(contact), approved=True))
@@ -262,8 +264,9 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
     if ptype == "probe":
         if item is not None and item.has_from:
             for session in ctx.sessions.available(user):
-                assert session.presence is not None
-                await ctx.send(_addressed(session.presence, event.from_, session.jid))
+                if (session_presence := session.presence) is None:
+                    continue
+                await ctx.send(_addressed(session_presence, event.from_, session.jid))
         return
     if ptype == "subscribe":
         if item is not None and item.has_from:
@@ -278,8 +281,9 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
                 element("presence", {"type": "subscribed", "from": str(user), "to": str(contact)})
             )
             for session in ctx.sessions.available(user):
-                assert session.presence is not None
-                await ctx.send(_addressed(session.presence, contact, session.jid))
+                if (session_presence := session.presence) is None:
+                    continue
+                await ctx.send(_addressed(session_presence, contact, session.jid))
             return
         await roster.add_pending(user, contact, child_text(stanza, "status") or "")
         request = _addressed(stanza, user, contact)

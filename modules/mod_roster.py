@@ -26,7 +26,16 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import UserEvent
 from xmppd.api.stanza import Element, child, element, new_id, payload
-from xmppd.api.storage import Boolean, Column, Integer, String, Text, and_, delete, select
+from xmppd.api.storage import (
+    Boolean,
+    Column,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    select,
+)
 
 Subscription = Literal["none", "to", "from", "both"]
 
@@ -105,62 +114,93 @@ class RosterItem:
         return item
 
 
+@dataclass(slots=True)
+class _UserRoster:
+    """What is cached for an online user: items, version, pending requests."""
+
+    items: dict[JID, RosterItem]
+    version: int
+    pending: dict[JID, str]
+
+
+_HOST: Final = bindparam("host", type_=String)
+_USER: Final = bindparam("username", type_=String)
+_SELECT_ITEMS: Final = select(items_table).where(
+    items_table.c.host == _HOST, items_table.c.username == _USER
+)
+_SELECT_VERSION: Final = select(versions_table.c.version).where(
+    versions_table.c.host == _HOST, versions_table.c.username == _USER
+)
+_SELECT_PENDING: Final = select(pending_table.c.contact, pending_table.c.status).where(
+    pending_table.c.host == _HOST, pending_table.c.username == _USER
+)
+
+
 class Roster:
-    """Roster storage and pushes for one host (the ``ROSTER`` service)."""
+    """Roster storage and pushes for one host (the ``ROSTER`` service).
+
+    The database is the truth. The roster of a user with at least one session is also
+    kept in memory (loaded once, updated by every change made here, dropped when the
+    last session ends), so logins, presence broadcasts and probes do not query it again.
+    """
 
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
+        self._cache: dict[JID, _UserRoster] = {}
 
-    def _where(self, user: JID) -> object:
-        return and_(items_table.c.host == self._ctx.domain, items_table.c.username == user.local)
+    def _params(self, user: JID) -> dict[str, str]:
+        return {"host": self._ctx.domain, "username": user.local}
+
+    async def _load(self, user: JID) -> _UserRoster:
+        user = user.bare
+        cached = self._cache.get(user)
+        if cached is not None:
+            return cached
+        db, params = self._ctx.db, self._params(user)
+        rows = await db.fetch_all(_SELECT_ITEMS, params)
+        version = await db.fetch_value(_SELECT_VERSION, params)
+        pending = await db.fetch_all(_SELECT_PENDING, params)
+        loaded = _UserRoster(
+            items={item.contact: item for item in map(_from_row, rows)},
+            version=int(version or 0),
+            pending={JID.parse(r.contact): r.status for r in pending},
+        )
+        # Another await may have cached it meanwhile; keep the first, as changes
+        # made since went to it.
+        if self._ctx.sessions.is_online(user):
+            return self._cache.setdefault(user, loaded)
+        return loaded
+
+    def forget_cached(self, user: JID) -> None:
+        """Drop the in-memory copy (the user's last session ended)."""
+        self._cache.pop(user.bare, None)
 
     async def items(self, user: JID) -> dict[JID, RosterItem]:
-        rows = await self._ctx.db.fetch_all(
-            select(items_table).where(
-                items_table.c.host == self._ctx.domain, items_table.c.username == user.local
-            )
-        )
-        result = {}
-        for row in rows:
-            item = _from_row(row)
-            result[item.contact] = item
-        return result
+        """The user's roster by contact JID (do not change the returned mapping)."""
+        return (await self._load(user)).items
 
     async def item(self, user: JID, contact: JID) -> RosterItem | None:
-        row = await self._ctx.db.fetch_one(
-            select(items_table).where(
-                items_table.c.host == self._ctx.domain,
-                items_table.c.username == user.local,
-                items_table.c.contact == str(contact.bare),
-            )
-        )
-        return None if row is None else _from_row(row)
+        return (await self._load(user)).items.get(contact.bare)
 
     async def version(self, user: JID) -> int:
-        value = await self._ctx.db.fetch_value(
-            select(versions_table.c.version).where(
-                versions_table.c.host == self._ctx.domain,
-                versions_table.c.username == user.local,
-            )
-        )
-        return int(value or 0)
+        return (await self._load(user)).version
 
-    async def _bump(self, user: JID) -> int:
-        version = await self.version(user) + 1
+    async def _bump(self, user: JID, roster: _UserRoster) -> int:
+        roster.version += 1
         await self._ctx.db.upsert(
             versions_table,
-            {"host": self._ctx.domain, "username": user.local, "version": version},
+            {**self._params(user), "version": roster.version},
             ("host", "username"),
         )
-        return version
+        return roster.version
 
     async def save(self, user: JID, item: RosterItem, *, push: bool = True) -> None:
         """Store ``item`` and push it to the user's interested resources."""
+        roster = await self._load(user)
         await self._ctx.db.upsert(
             items_table,
             {
-                "host": self._ctx.domain,
-                "username": user.local,
+                **self._params(user),
                 "contact": str(item.contact),
                 "name": item.name,
                 "subscription": item.subscription,
@@ -170,11 +210,13 @@ class Roster:
             },
             ("host", "username", "contact"),
         )
-        version = await self._bump(user)
+        roster.items[item.contact] = item
+        version = await self._bump(user, roster)
         if push:
             await self.push(user, item, version)
 
     async def remove(self, user: JID, contact: JID) -> None:
+        roster = await self._load(user)
         await self._ctx.db.execute(
             delete(items_table).where(
                 items_table.c.host == self._ctx.domain,
@@ -182,7 +224,8 @@ class Roster:
                 items_table.c.contact == str(contact.bare),
             )
         )
-        version = await self._bump(user)
+        roster.items.pop(contact.bare, None)
+        version = await self._bump(user, roster)
         await self.push(user, RosterItem(contact.bare), version, removed=True)
 
     async def push(
@@ -208,36 +251,24 @@ class Roster:
 
     # -- pending inbound subscription requests
     async def pending(self, user: JID) -> list[tuple[JID, str]]:
-        rows = await self._ctx.db.fetch_all(
-            select(pending_table.c.contact, pending_table.c.status).where(
-                pending_table.c.host == self._ctx.domain, pending_table.c.username == user.local
-            )
-        )
-        return [(JID.parse(r.contact), r.status) for r in rows]
+        return list((await self._load(user)).pending.items())
 
     async def is_pending(self, user: JID, contact: JID) -> bool:
-        row = await self._ctx.db.fetch_one(
-            select(pending_table.c.contact).where(
-                pending_table.c.host == self._ctx.domain,
-                pending_table.c.username == user.local,
-                pending_table.c.contact == str(contact.bare),
-            )
-        )
-        return row is not None
+        return contact.bare in (await self._load(user)).pending
 
     async def add_pending(self, user: JID, contact: JID, status: str) -> None:
+        roster = await self._load(user)
         await self._ctx.db.upsert(
             pending_table,
-            {
-                "host": self._ctx.domain,
-                "username": user.local,
-                "contact": str(contact.bare),
-                "status": status,
-            },
+            {**self._params(user), "contact": str(contact.bare), "status": status},
             ("host", "username", "contact"),
         )
+        roster.pending[contact.bare] = status
 
     async def clear_pending(self, user: JID, contact: JID) -> None:
+        roster = await self._load(user)
+        if contact.bare not in roster.pending:
+            return
         await self._ctx.db.execute(
             delete(pending_table).where(
                 pending_table.c.host == self._ctx.domain,
@@ -245,8 +276,10 @@ class Roster:
                 pending_table.c.contact == str(contact.bare),
             )
         )
+        del roster.pending[contact.bare]
 
     async def forget_user(self, user: JID) -> None:
+        self.forget_cached(user)
         for table in (items_table, pending_table, versions_table):
             await self._ctx.db.execute(
                 delete(table).where(
@@ -359,6 +392,13 @@ async def _cancel_subscriptions(ctx: Ctx, user: JID, item: RosterItem) -> None:
                 "presence", {"type": "unsubscribed", "from": str(user), "to": str(item.contact)}
             )
         )
+
+
+@module.on(hooks.RESOURCE_UNBOUND)
+async def drop_cache(ctx: Ctx, event: hooks.SessionEvent) -> None:
+    user = event.session.jid.bare
+    if not ctx.sessions.is_online(user):
+        ctx.service(ROSTER).forget_cached(user)
 
 
 @module.on(hooks.USER_REMOVED)

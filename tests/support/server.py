@@ -183,38 +183,52 @@ def running_server(
     with _storage(tmp, backend) as url:
         data_dir = tmp / "data"
         config_path = tmp / "xmppd.toml"
-        p1, p2 = free_port(), free_port()
-        write_config(
-            config_path,
-            data_dir=data_dir,
-            storage_url=url,
-            starttls_port=p1,
-            direct_tls_port=p2,
-            domain=domain,
-            modules=DEFAULT_TEST_MODULES if modules is None else modules,
-            hooks=hooks,
-            extra=extra,
-        )
         log_path = tmp / "xmppd.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        for attempt in range(3):
+            # Fresh ports on each attempt: a port found free can be taken by someone else
+            # before the server binds it.
+            p1, p2 = free_port(), free_port()
+            write_config(
+                config_path,
+                data_dir=data_dir,
+                storage_url=url,
+                starttls_port=p1,
+                direct_tls_port=p2,
+                domain=domain,
+                modules=DEFAULT_TEST_MODULES if modules is None else modules,
+                hooks=hooks,
+                extra=extra,
+            )
+            log = log_path.open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                _wait_listening(proc, (p1, p2), log_path)
+                break
+            except RuntimeError:
+                _stop(proc)
+                log.close()
+                if attempt == 2:
+                    raise
         server = XmppdServer(proc, data_dir, config_path, p1, p2, domain, backend, log_path, url)
         try:
-            _wait_listening(proc, (p1, p2), log_path)
             yield server
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(proc)
             log.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
@@ -229,7 +243,7 @@ def _storage(tmp: Path, backend: str) -> Iterator[str]:
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     pending = set(ports)
     while pending:
         if proc.poll() is not None:
