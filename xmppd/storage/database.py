@@ -1,103 +1,178 @@
-"""The async database: engine, table creation, and dialect-neutral helpers."""
+"""The database: one engine, table creation, and dialect-neutral helpers.
+
+Two ways of running queries behind one interface:
+
+* PostgreSQL (asyncpg): SQLAlchemy's async engine; queries suspend the caller.
+* SQLite: SQLAlchemy's *synchronous* engine, run inline on the event loop, as Prosody
+  runs its SQL storage. SQLite is a library in this process: a point query takes a
+  few microseconds, while the thread hand-off of the async driver (aiosqlite) costs
+  hundreds of microseconds of CPU and, with several threads fighting for the GIL,
+  made logins several times slower (measured: docs/benchmarks.md). The price is that
+  a slow query blocks the loop, so long scans must use :meth:`Database.run_in_thread`.
+
+Methods are ``async`` either way, so callers need not know which one they have. A
+:meth:`Database.transaction` block must await only its own ``execute`` calls: on
+SQLite those do not yield to the loop, which is what keeps the block atomic.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from xmppd.storage.schema import METADATA, schema_versions
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_SQLITE_ASYNC = "sqlite+aiosqlite://"
+
+
+class Transaction(Protocol):
+    """A connection inside a transaction (``async with db.transaction() as tx``)."""
+
+    async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]: ...
+
+
+class _InlineTransaction:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]:
+        return self._conn.execute(stmt, params)
+
 
 class Database:
-    """One engine for the server. Modules use it through ``ctx.db``."""
+    """The server's database. Modules use it through ``ctx.db``."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-            kwargs["pool_size"] = 2
-            kwargs["max_overflow"] = 0
+        self._sync: Engine | None = None
+        self._async: AsyncEngine | None = None
+        if url.startswith(_SQLITE_ASYNC):
+            # One connection, used only from the event-loop thread.
+            self._sync = sa.create_engine(
+                "sqlite://" + url[len(_SQLITE_ASYNC) :],
+                poolclass=StaticPool,
+                connect_args={"timeout": 30, "check_same_thread": False},
+            )
+            sa.event.listen(self._sync, "connect", _sqlite_pragmas)
+            self.dialect = "sqlite"
         else:
-            kwargs["pool_size"] = pool_size
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self._async = create_async_engine(url, pool_size=pool_size)
+            self.dialect = self._async.dialect.name
 
     async def start(self) -> None:
         """Create missing tables (core and every imported module) and record versions."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(METADATA.create_all)
+        if self._sync is not None:
+            METADATA.create_all(self._sync)
+        else:
+            assert self._async is not None
+            async with self._async.begin() as conn:
+                await conn.run_sync(METADATA.create_all)
+        async with self.transaction() as tx:
             for table in METADATA.sorted_tables:
                 version = table.info.get("schema_version")
-                if version is None:
-                    continue
-                await self._upsert(
-                    conn, schema_versions, {"name": table.name, "version": version}, ("name",)
-                )
+                if version is not None:
+                    await self.upsert_in(
+                        tx, schema_versions, {"name": table.name, "version": version}, ("name",)
+                    )
         log.info("storage ready (%s)", self.dialect)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._sync is not None:
+            self._sync.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A connection inside a transaction, committed on success."""
-        async with self.engine.begin() as conn:
-            yield conn
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction, committed when the block ends without an exception."""
+        if self._sync is not None:
+            with self._sync.begin() as conn:
+                yield _InlineTransaction(conn)
+        else:
+            assert self._async is not None
+            async with self._async.begin() as aconn:
+                yield aconn
 
-    async def execute(self, stmt: sa.Executable) -> int:
+    async def execute(self, stmt: sa.Executable, params: Any = None) -> int:
         """Run a write statement in its own transaction; returns the affected row count."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(stmt)
+        async with self.transaction() as tx:
+            result = await tx.execute(stmt, params)
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def fetch_all(
         self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
     ) -> Sequence[sa.Row[Any]]:
-        """Rows of a query. On hot paths, build ``stmt`` once with ``sa.bindparam``
+        """Rows of a query. On hot paths, build ``stmt`` once with ``bindparam``
         placeholders and pass ``params``: building a statement costs more than running it."""
-        async with self.engine.connect() as conn:
-            result = await conn.execute(stmt, params)
-            return list(result.all())
+        if self._sync is not None:
+            with self._sync.connect() as conn:
+                return list(conn.execute(stmt, params).all())
+        assert self._async is not None
+        async with self._async.connect() as aconn:
+            return list((await aconn.execute(stmt, params)).all())
 
     async def fetch_one(
         self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
     ) -> sa.Row[Any] | None:
-        async with self.engine.connect() as conn:
-            result = await conn.execute(stmt, params)
-            row: sa.Row[Any] | None = result.first()
-            return row
+        if self._sync is not None:
+            with self._sync.connect() as conn:
+                row: sa.Row[Any] | None = conn.execute(stmt, params).first()
+                return row
+        assert self._async is not None
+        async with self._async.connect() as aconn:
+            arow: sa.Row[Any] | None = (await aconn.execute(stmt, params)).first()
+            return arow
 
     async def fetch_value(
         self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
     ) -> Any:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(stmt, params)).scalar()
+        row = await self.fetch_one(stmt, params)
+        return None if row is None else row[0]
+
+    async def run_in_thread(self, fn: Callable[[Connection], T]) -> T:
+        """Run a long, synchronous piece of database work off the event loop.
+
+        On SQLite it gets its own connection in a worker thread; on PostgreSQL it runs
+        through the async engine's ``run_sync``.
+        """
+        if self._sync is not None:
+            engine = sa.create_engine(self._sync.url, connect_args={"timeout": 30})
+
+            def work() -> T:
+                try:
+                    with engine.begin() as conn:
+                        return fn(conn)
+                finally:
+                    engine.dispose()
+
+            return await asyncio.to_thread(work)
+        assert self._async is not None
+        async with self._async.begin() as aconn:
+            return await aconn.run_sync(fn)
 
     async def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]) -> None:
         """Insert ``values`` or, when a row with the same ``keys`` exists, update it."""
-        async with self.engine.begin() as conn:
-            await self._upsert(conn, table, values, keys)
+        async with self.transaction() as tx:
+            await self.upsert_in(tx, table, values, keys)
 
     async def upsert_in(
-        self, conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
+        self, tx: Transaction, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
     ) -> None:
         """:meth:`upsert` inside a caller's transaction."""
-        await self._upsert(conn, table, values, keys)
-
-    async def _upsert(
-        self, conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
-    ) -> None:
         updates = {k: v for k, v in values.items() if k not in keys}
         if self.dialect == "postgresql":
             pg = postgresql.insert(table).values(**values)
@@ -113,7 +188,7 @@ class Database:
                 if updates
                 else lite.on_conflict_do_nothing(index_elements=list(keys))
             )
-        await conn.execute(stmt)
+        await tx.execute(stmt)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
