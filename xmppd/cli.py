@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -144,6 +145,18 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _tune_gc() -> None:
+    """Collect cyclic garbage less often, and never rescan start-up objects.
+
+    Routing allocates many short-lived objects that reference counting frees; with the
+    default threshold (700) the cyclic collector ran often enough to take ~8% of a
+    core under chat load (py-spy). Everything loaded at start-up is frozen out of it.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _run(config: ServerConfig) -> int:
     from xmppd.server import Server
 
@@ -156,6 +169,7 @@ def _run(config: ServerConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
         server = Server(config)
         await server.start()
+        _tune_gc()
         ports = ", ".join(f"{p} ({mode})" for mode, p in server.listening_ports)
         log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
         try:
