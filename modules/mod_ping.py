@@ -64,7 +64,7 @@ async def _sweep(ctx: Ctx) -> None:
         await asyncio.sleep(min(interval, 30.0))
         now = asyncio.get_running_loop().time()
         for session in ctx.sessions:
-            if session.domain != ctx.domain:
+            if session.domain != ctx.domain or session.is_detached:
                 continue
             idle = now - session.last_activity
             if idle >= interval:

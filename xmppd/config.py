@@ -139,6 +139,18 @@ class C2SSection(Section):
     max_write_buffer: Size = Field(
         4 * 1024 * 1024, ge=65536, description="A peer that reads slower than this is cut off."
     )
+    stream_management: bool = Field(True, description="Offer XEP-0198 stream management.")
+    resume_timeout: Duration = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="How long a dropped connection with stream management stays "
+        "resumable; its unacknowledged messages are then re-delivered (to other "
+        "resources or offline storage). 0 disables resumption.",
+    )
+    max_unacked: int = Field(
+        5000, ge=10, description="Unacknowledged stanzas kept per session before giving up."
+    )
     idle_release: Duration = Field(
         5.0,
         ge=0,

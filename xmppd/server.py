@@ -68,6 +68,8 @@ class Server:
         self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.hosts}
         self.tls: TlsContexts | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.resumable: dict[str, Any] = {}
+        """Stream-management sessions by resumption id (``C2SStream``)."""
         self._listeners: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
         from xmppd.modules import ModuleManager

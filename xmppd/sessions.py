@@ -51,6 +51,11 @@ class Session(Protocol):
     @property
     def is_bound(self) -> bool: ...
 
+    @property
+    def is_detached(self) -> bool:
+        """The connection dropped and the session waits to be resumed (XEP-0198); it
+        stays routable and keeps what it is sent."""
+
     priority: int
     """Priority of the last available presence (0 before any)."""
 

@@ -53,6 +53,12 @@ class MemoryTransport:
     async def start_tls(self) -> None:
         raise ConnectionError("no TLS in memory")
 
+    def attach(self, stream: C2SStream) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
     async def until(self, marker: bytes) -> bytes:
         async with asyncio.timeout(5):
             while marker not in self.out:

@@ -34,6 +34,8 @@ from xmppd.stanza import (
     serialize,
     summary,
 )
+from xmppd.stream import sm as sm_ns
+from xmppd.stream.sm import SmState
 from xmppd.stream.xmlreader import XmlReader
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ _SASL_RESPONSE: Final = f"{{{ns.SASL}}}response"
 _SASL_ABORT: Final = f"{{{ns.SASL}}}abort"
 _BIND: Final = f"{{{ns.BIND}}}bind"
 _SESSION: Final = f"{{{ns.SESSION}}}session"
+_SM_PREFIX: Final = f"{{{sm_ns.NS}}}"
+_SM_RESUME: Final = f"{{{sm_ns.NS}}}resume"
+ACK_EVERY: Final = 5
+"""Ask for an ack at once when this many stanzas are unacknowledged."""
+ACK_DELAY: Final = 2.0
+"""Otherwise ask this long after the first unacknowledged one."""
 
 
 class Transport(Protocol):
@@ -77,14 +85,23 @@ class Transport(Protocol):
 
     async def start_tls(self) -> None: ...
 
+    def attach(self, stream: C2SStream) -> None:
+        """Feed this connection's bytes to ``stream`` from now on (resumption)."""
+
+    def detach(self) -> None:
+        """Stop feeding any stream (the connection is being replaced)."""
+
 
 class C2SStream(SessionData):
     """One client connection, from stream header to close. Implements ``Session``."""
 
     # Slots: one of these exists per connected client; a __dict__ would cost ~1 KB each.
     __slots__ = (
+        "_ack_timer",
         "_awaiting_tls",
+        "_detached",
         "_header_pending",
+        "_hibernation",
         "_jid",
         "_jid_str",
         "_out",
@@ -106,6 +123,7 @@ class C2SStream(SessionData):
         "priority",
         "reader",
         "server",
+        "sm",
         "stream_id",
         "transport",
     )
@@ -133,6 +151,10 @@ class C2SStream(SessionData):
         self._queue: deque[Element | None] = deque()
         self._out: list[bytes] = []
         self._unbound: asyncio.Task[None] | None = None
+        self.sm: SmState | None = None
+        self._detached = False
+        self._hibernation: asyncio.TimerHandle | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._sasl: sasl.Mechanism | None = None
@@ -183,11 +205,32 @@ class C2SStream(SessionData):
             if isinstance(result, Drop):
                 return
             stanza = result
-        self._write(serialize(stanza))
+        self._send_stanza(serialize(stanza))
 
     def send_raw(self, stanza: Element) -> None:
         if not self.closed:
-            self._write(serialize(stanza))
+            self._send_stanza(serialize(stanza))
+
+    @property
+    def is_detached(self) -> bool:
+        return self._detached
+
+    def _send_stanza(self, data: bytes) -> None:
+        """Write a stanza; with stream management, keep it until the client acks it."""
+        sm = self.sm
+        if sm is not None:
+            if len(sm.unacked) >= self.server.config.c2s.max_unacked:
+                if self._detached:
+                    self._expire()
+                else:
+                    self.close("policy-violation", "too many unacknowledged stanzas")
+                return
+            sm.sent_stanza(data)
+        if self._detached:
+            return
+        self._write(data)
+        if sm is not None and not sm.ack_requested:
+            self._request_ack(soon=len(sm.unacked) >= ACK_EVERY)
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         if self.closed:
@@ -235,7 +278,12 @@ class C2SStream(SessionData):
 
     def connection_lost(self) -> None:
         """The transport closed (peer went away or we closed it)."""
-        if not self.closed:
+        if self.closed or self._detached:
+            return
+        sm = self.sm
+        if self.is_bound and sm is not None and sm.resumable:
+            self._hibernate()
+        else:
             self._shutdown()
 
     async def _drain(self) -> None:
@@ -311,6 +359,8 @@ class C2SStream(SessionData):
             child(features, "bind", namespace=ns.BIND)
             sess = child(features, "session", namespace=ns.SESSION)
             child(sess, "optional")
+            if self.server.config.c2s.stream_management:
+                child(features, "sm", namespace=sm_ns.NS)
         elif not self.is_secure and self.offer_starttls:
             stage = "pre-tls"
             tls = child(features, "starttls", namespace=ns.TLS)
@@ -364,6 +414,11 @@ class C2SStream(SessionData):
 
     async def _on_element(self, el: Element) -> None:
         if self.is_bound:
+            if el.tag.startswith(_SM_PREFIX):
+                self._on_sm(el)
+                return
+            if self.sm is not None:
+                self.sm.handled_inbound()
             await self._on_stanza(el)
             return
         tag = el.tag
@@ -387,6 +442,10 @@ class C2SStream(SessionData):
             await self._bind(el)
         elif tag == "iq" and len(el) == 1 and el[0].tag == _SESSION:
             self.send_raw(iq_result(el))
+        elif tag == _SM_RESUME:
+            self._resume(el)
+        elif tag.startswith(_SM_PREFIX):
+            self._write(_sm_failed("unexpected-request"))
         elif tag in STANZA_KINDS:
             raise StanzaError("not-authorized", "bind a resource first")
         else:
@@ -563,6 +622,8 @@ class C2SStream(SessionData):
     def _write(self, data: bytes) -> None:
         """Queue output; it is written once per event-loop turn (one syscall per burst,
         not one per stanza)."""
+        if self._detached:
+            return
         out = self._out
         out.append(data)
         if len(out) == 1:
@@ -581,6 +642,134 @@ class C2SStream(SessionData):
             self._shutdown()
             transport.close()
 
+    # ------------------------------------------------------------------ stream management
+
+    def _on_sm(self, el: Element) -> None:
+        """XEP-0198 nonzas on a bound stream: enable, r, a."""
+        local = el.tag[len(_SM_PREFIX) :]
+        cfg = self.server.config.c2s
+        sm = self.sm
+        if local == "enable":
+            if sm is not None or not cfg.stream_management:
+                self._write(_sm_failed("unexpected-request"))
+                return
+            resumable = el.get("resume") in ("true", "1") and cfg.resume_timeout > 0
+            sm = self.sm = SmState(resumable=resumable)
+            attrs = {}
+            if resumable:
+                self.server.resumable[sm.id] = self
+                attrs = {"id": sm.id, "resume": "true", "max": str(int(cfg.resume_timeout))}
+            self._write(etree.tostring(payload(sm_ns.NS, "enabled", attrs)))
+        elif sm is None:
+            self._write(_sm_failed("unexpected-request"))
+        elif local == "r":
+            self._write(etree.tostring(payload(sm_ns.NS, "a", {"h": str(sm.inbound)})))
+        elif local == "a":
+            h = el.get("h", "")
+            if not h.isdigit() or not sm.ack(int(h)):
+                self.close("undefined-condition", "acknowledged more stanzas than were sent")
+        else:
+            self._write(_sm_failed("unexpected-request"))
+
+    def _request_ack(self, *, soon: bool) -> None:
+        """Ask the client for an ack now (many unacked) or in a moment (a few)."""
+        if soon:
+            self._send_ack_request()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                ACK_DELAY, self._send_ack_request
+            )
+
+    def _send_ack_request(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        sm = self.sm
+        if sm is None or sm.ack_requested or not sm.unacked or self._detached or self.closed:
+            return
+        sm.ack_requested = True
+        self._write(etree.tostring(payload(sm_ns.NS, "r")))
+
+    def _hibernate(self) -> None:
+        """The connection dropped: stay routable, keep what is sent, wait for a resume."""
+        self._detached = True
+        self._out.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._hibernation = asyncio.get_running_loop().call_later(
+            self.server.config.c2s.resume_timeout, self._expire
+        )
+        log.debug("c2s %s: connection lost; resumable", self.summary())
+
+    def _expire(self) -> None:
+        """No resume in time: end the session, re-deliver what the client never acked."""
+        if self.closed:
+            return
+        pending = list(self.sm.unacked) if self.sm is not None else []
+        self._shutdown()
+        if pending:
+            self.server.spawn(self._redeliver(pending), name="sm-redeliver")
+
+    async def _redeliver(self, pending: list[bytes]) -> None:
+        await self.wait_closed()  # the session is gone: the router will not pick it again
+        for data in pending:
+            stanza = etree.fromstring(data, _REPARSER)
+            kind, stype = stanza.tag, stanza.get("type")
+            if kind == "message" and stype not in ("error", "groupchat", "headline"):
+                await self.server.router.route(stanza, None)
+            elif kind == "iq" and stype in ("get", "set"):
+                await self.server.bounce(stanza, StanzaError("recipient-unavailable"))
+
+    def _resume(self, el: Element) -> None:
+        """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
+        previd, h = el.get("previd", ""), el.get("h", "")
+        old = self.server.resumable.get(previd)
+        if (
+            old is None
+            or old.closed
+            or old.sm is None
+            or self._jid is None
+            or old.jid.bare != self._jid.bare
+            or not h.isdigit()
+        ):
+            self._write(_sm_failed("item-not-found"))
+            return
+        if not old.sm.ack(int(h)):
+            self._write(_sm_failed("undefined-condition"))
+            return
+        old._take_over(self)
+
+    def _take_over(self, new: C2SStream) -> None:
+        """Continue this session on ``new``'s connection; ``new`` retires unbound."""
+        assert self.sm is not None
+        if not self._detached:  # the old connection is still open: drop it quietly
+            self.transport.detach()
+            self.transport.close()
+        if self._hibernation is not None:
+            self._hibernation.cancel()
+            self._hibernation = None
+        self._detached = False
+        self.transport = new.transport
+        self.reader = new.reader
+        self.transport.attach(self)
+        self.last_activity = asyncio.get_running_loop().time()
+        pipelined = list(new._queue)
+        new._queue.clear()
+        new.closed = True
+        new._timeout.cancel()
+        resumed = {"previd": self.sm.id, "h": str(self.sm.inbound)}
+        self._write(etree.tostring(payload(sm_ns.NS, "resumed", resumed)))
+        for data in self.sm.unacked:
+            self._write(data)
+        self.sm.ack_requested = False
+        if self.sm.unacked:
+            self._request_ack(soon=True)
+        self._queue.extend(pipelined)
+        if self._queue and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        log.debug("c2s %s: resumed", self.summary())
+
     def _connect_timed_out(self) -> None:
         if not self.is_bound and not self.closed:
             self._fail(StreamError("connection-timeout"))
@@ -590,8 +779,14 @@ class C2SStream(SessionData):
         if self.closed:
             return
         self.closed = True
+        self._detached = False
         self._timeout.cancel()
         self._queue.clear()
+        for timer in (self._hibernation, self._ack_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.sm is not None and self.server.resumable.get(self.sm.id) is self:
+            del self.server.resumable[self.sm.id]
         if self._worker is not None and self._worker is not asyncio.current_task():
             self._worker.cancel()
         if self.is_bound:
@@ -610,6 +805,15 @@ class C2SStream(SessionData):
         if self._unbound is not None:
             await asyncio.shield(self._unbound)
 
+
+def _sm_failed(condition: str) -> bytes:
+    failed = payload(sm_ns.NS, "failed")
+    child(failed, condition, namespace=ns.STANZA_ERRORS)
+    return etree.tostring(failed)
+
+
+_REPARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True)
+"""Re-reads stanzas this server serialized itself (unacked ones to re-deliver)."""
 
 _CLOSE_MARK: Final = etree.Element("close-mark")
 """Queued when the peer closed its stream."""

@@ -75,6 +75,12 @@ class C2SConnection(asyncio.Protocol):
         obj: Any = self._transport.get_extra_info("ssl_object")
         return obj if isinstance(obj, ssl.SSLObject) else None
 
+    def attach(self, stream: C2SStream) -> None:
+        self.stream = stream
+
+    def detach(self) -> None:
+        self.stream = None
+
     async def start_tls(self) -> None:
         tls = self._server.tls
         if self._transport is None or tls is None:

@@ -1,0 +1,46 @@
+"""XEP-0198 Stream Management state of one c2s session: counters and the unacked queue."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Final
+
+NS: Final = "urn:xmpp:sm:3"
+MOD: Final = 2**32
+"""``h`` wraps around at 2^32 (XEP-0198 §4)."""
+
+
+class SmState:
+    """Counts handled inbound stanzas and keeps outbound stanzas until acknowledged."""
+
+    __slots__ = ("ack_requested", "acked", "id", "inbound", "resumable", "sent", "unacked")
+
+    def __init__(self, *, resumable: bool) -> None:
+        self.id = secrets.token_urlsafe(18) if resumable else ""
+        self.resumable = resumable
+        self.inbound = 0
+        """Stanzas received from the client and handled (our ``h``)."""
+        self.sent = 0
+        self.acked = 0
+        """The client's last ``h``: stanzas it confirmed."""
+        self.unacked: deque[bytes] = deque()
+        self.ack_requested = False
+
+    def handled_inbound(self) -> None:
+        self.inbound = (self.inbound + 1) % MOD
+
+    def sent_stanza(self, data: bytes) -> None:
+        self.unacked.append(data)
+        self.sent = (self.sent + 1) % MOD
+
+    def ack(self, h: int) -> bool:
+        """Apply the client's ``h``; ``False`` when it acknowledges more than was sent."""
+        count = (h - self.acked) % MOD
+        if count > len(self.unacked):
+            return False
+        for _ in range(count):
+            self.unacked.popleft()
+        self.acked = h % MOD
+        self.ack_requested = False
+        return True
