@@ -61,6 +61,14 @@ class SessionEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamElementEvent:
+    """A top-level element on a bound client stream that is not a stanza (a "nonza")."""
+
+    session: Session
+    element: Element
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceEvent:
     """A session's presence changed; ``presence`` is the stanza that changed it."""
 
@@ -198,6 +206,14 @@ C2S_STREAM_FEATURES: Final = FoldHook[tuple["Element", ...], FeaturesContext](
     "added. The core adds STARTTLS, SASL mechanisms and bind itself.",
 )
 
+C2S_STREAM_ELEMENT: Final = EventHook[StreamElementEvent](
+    "c2s_stream_element",
+    "host",
+    "A top-level element other than message/presence/iq on a bound client stream "
+    "(e.g. XEP-0352 <active/>). A handler that understood it returns STOP; if none "
+    "does, the stream is closed with unsupported-stanza-type.",
+)
+
 PRE_RESOURCE_BIND: Final = FoldHook[str, BindRequest](
     "pre_resource_bind",
     "host",
@@ -269,6 +285,7 @@ ALL_HOOKS: Final[tuple[EventHook[object] | FoldHook[object, object], ...]] = tup
 __all__ = [
     "ALL_HOOKS",
     "BindRequest",
+    "C2S_STREAM_ELEMENT",
     "C2S_STREAM_FEATURES",
     "DISCO_INFO",
     "DISCO_ITEMS",
@@ -300,6 +317,7 @@ __all__ = [
     "SERVER_STOPPING",
     "ServerEvent",
     "SessionEvent",
+    "StreamElementEvent",
     "StanzaEvent",
     "USER_AVAILABLE",
     "USER_RECEIVE_PACKET",

@@ -78,6 +78,14 @@ def serialize(el: Element) -> bytes:
     return etree.tostring(el, encoding="utf-8")
 
 
+_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def parse(data: bytes) -> Element:
+    """Read back a stanza this server serialized (from storage or a queue)."""
+    return etree.fromstring(data, _PARSER)
+
+
 def new_id() -> str:
     """A fresh stanza id."""
     return secrets.token_hex(8)

@@ -30,6 +30,7 @@ from xmppd.stanza import (
     child,
     error_reply,
     iq_result,
+    parse,
     payload,
     serialize,
     summary,
@@ -417,7 +418,7 @@ class C2SStream(SessionData):
             if el.tag.startswith(_SM_PREFIX):
                 self._on_sm(el)
                 return
-            if self.sm is not None:
+            if self.sm is not None and el.tag in STANZA_KINDS:
                 self.sm.handled_inbound()
             await self._on_stanza(el)
             return
@@ -577,6 +578,11 @@ class C2SStream(SessionData):
     async def _on_stanza(self, el: Element) -> None:
         kind = el.tag
         if kind not in STANZA_KINDS:
+            host = self.host
+            if host is not None and await host.bus.run(
+                hooks.C2S_STREAM_ELEMENT, hooks.StreamElementEvent(self, el)
+            ):
+                return
             raise StreamError("unsupported-stanza-type")
         frm = el.get("from")
         if frm is not None and frm != self._jid_str:
@@ -714,7 +720,7 @@ class C2SStream(SessionData):
     async def _redeliver(self, pending: list[bytes]) -> None:
         await self.wait_closed()  # the session is gone: the router will not pick it again
         for data in pending:
-            stanza = etree.fromstring(data, _REPARSER)
+            stanza = parse(data)
             kind, stype = stanza.tag, stanza.get("type")
             if kind == "message" and stype not in ("error", "groupchat", "headline"):
                 await self.server.router.route(stanza, None)
@@ -811,9 +817,6 @@ def _sm_failed(condition: str) -> bytes:
     child(failed, condition, namespace=ns.STANZA_ERRORS)
     return etree.tostring(failed)
 
-
-_REPARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True)
-"""Re-reads stanzas this server serialized itself (unacked ones to re-deliver)."""
 
 _CLOSE_MARK: Final = etree.Element("close-mark")
 """Queued when the peer closed its stream."""

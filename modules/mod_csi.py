@@ -1,0 +1,115 @@
+"""XEP-0352: Client State Indication — while a client says it is inactive (a phone in a
+pocket), presence updates and chat states are held back and coalesced; anything that
+matters (a message with a body, an IQ, an error) flushes them and goes out at once."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final
+
+from pydantic import Field
+
+from xmppd.api import (
+    DROP,
+    STOP,
+    Drop,
+    Module,
+    ModuleContext,
+    Options,
+    Priority,
+    Session,
+    SessionKey,
+    Stop,
+    hooks,
+)
+from xmppd.api.hooks import FeaturesContext, PacketContext, StreamElementEvent
+from xmppd.api.stanza import Element, parse, payload, serialize
+
+NS: Final = "urn:xmpp:csi:0"
+CHAT_STATES: Final = "http://jabber.org/protocol/chatstates"
+
+
+class CsiOptions(Options):
+    max_held: int = Field(
+        500, ge=1, description="Held stanzas per session before they are flushed anyway."
+    )
+
+
+module = Module(
+    "csi", "XEP-0352: Client State Indication", options=CsiOptions, protocols=("XEP-0352 v1.0",)
+)
+Ctx = ModuleContext[CsiOptions]
+
+INACTIVE: SessionKey[bool] = SessionKey("csi.inactive", False)
+HELD: SessionKey[OrderedDict[str, bytes] | None] = SessionKey("csi.held", None)
+"""Held stanzas, serialized (an element would keep its parser alive), keyed so that a
+newer presence from the same sender replaces the older one."""
+
+_CHAT_STATE: Final = f"{{{CHAT_STATES}}}"
+
+
+@module.fold(hooks.C2S_STREAM_FEATURES)
+async def advertise(
+    ctx: Ctx, features: tuple[Element, ...], fctx: FeaturesContext
+) -> tuple[Element, ...]:
+    if fctx.stage != "post-auth":
+        return features
+    return (*features, payload(NS, "csi"))
+
+
+@module.on(hooks.C2S_STREAM_ELEMENT)
+async def client_state(ctx: Ctx, event: StreamElementEvent) -> Stop | None:
+    tag = event.element.tag
+    if tag == f"{{{NS}}}inactive":
+        event.session.set(INACTIVE, True)
+        return STOP
+    if tag == f"{{{NS}}}active":
+        event.session.set(INACTIVE, False)
+        flush(event.session)
+        return STOP
+    return None
+
+
+def _is_holdable(stanza: Element) -> str | None:
+    """The coalescing key of a stanza that can wait, or ``None`` if it cannot."""
+    if stanza.tag == "presence":
+        return f"p {stanza.get('from', '')}"
+    if (
+        stanza.tag == "message"
+        and stanza.get("type") != "error"
+        and len(stanza)
+        and all(isinstance(c.tag, str) and c.tag.startswith(_CHAT_STATE) for c in stanza)
+    ):
+        return f"c {stanza.get('from', '')}"  # only the latest chat state matters
+    return None
+
+
+# Late: other modules (carbons, archive...) see the stanza before it is held.
+@module.fold(hooks.USER_RECEIVE_PACKET, priority=Priority.LATE)
+async def hold_while_inactive(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
+    session = pctx.session
+    if not session.get(INACTIVE):
+        return stanza
+    key = _is_holdable(stanza)
+    if key is None:
+        flush(session)
+        return stanza
+    held = session.get(HELD)
+    if held is None:
+        held = OrderedDict()
+        session.set(HELD, held)
+    held.pop(key, None)
+    held[key] = serialize(stanza)
+    if len(held) >= ctx.options.max_held:
+        flush(session)
+    return DROP
+
+
+def flush(session: Session) -> None:
+    """Send what was held, oldest first."""
+    held = session.get(HELD)
+    if not held:
+        return
+    session.set(HELD, None)
+    for data in held.values():
+        session.send_raw(parse(data))
