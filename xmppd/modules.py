@@ -30,6 +30,7 @@ DEFAULT_MODULES: Final = (
     "time",
     "last",
     "register",
+    "csi",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 
