@@ -42,7 +42,7 @@ async def authenticated(server: XmppdServer, name: str) -> RawClient:
     client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
     assert b"<success" in await client.read_until(b"<success|<failure")
     features = await client.open_stream()
-    assert f"<sm xmlns=\"{SM}\"".encode() in features
+    assert f'<sm xmlns="{SM}"'.encode() in features
     return client
 
 
@@ -63,12 +63,14 @@ def drop(client: RawClient) -> None:
 
 
 async def test_acks_count_handled_stanzas(sm_server: XmppdServer) -> None:
-    client, jid, _ = await enabled(sm_server, await new_user(sm_server))
+    client, _jid, _ = await enabled(sm_server, await new_user(sm_server))
     try:
         client.send(f"<r xmlns='{SM}'/>")
         assert b'h="0"' in await client.read_until(b"<a [^>]*/>")
         for i in range(3):
-            client.send(f"<iq type='get' id='p{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+            client.send(
+                f"<iq type='get' id='p{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            )
         client.send(f"<r xmlns='{SM}'/>")
         assert b'h="3"' in await client.read_until(b"<a [^>]*/>")
     finally:
@@ -76,12 +78,14 @@ async def test_acks_count_handled_stanzas(sm_server: XmppdServer) -> None:
 
 
 async def test_server_asks_for_acks_and_drops_acked_stanzas(sm_server: XmppdServer) -> None:
-    client, jid, _ = await enabled(sm_server, await new_user(sm_server))
+    client, _jid, _ = await enabled(sm_server, await new_user(sm_server))
     try:
         for i in range(6):
-            client.send(f"<iq type='get' id='q{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-        received = await client.read_until(f"<r xmlns=\"{SM}\"/>")
-        assert received.count(b"type=\"result\"") >= ACK_EVERY
+            client.send(
+                f"<iq type='get' id='q{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            )
+        received = await client.read_until(f'<r xmlns="{SM}"/>')
+        assert received.count(b'type="result"') >= ACK_EVERY
         client.send(f"<a xmlns='{SM}' h='6'/>")
         client.send(f"<a xmlns='{SM}' h='99'/>")  # more than was ever sent
         closing = await client.read_to_close()
