@@ -1,0 +1,363 @@
+"""XEP-0160: Best Practices for Handling Offline Messages, with XEP-0203 Delayed Delivery.
+
+A chat or normal message for an existing account that has no available resource of
+non-negative priority is stored, stamped with ``<delay from='<host>'/>``, and handed
+to the first session that then sends available presence with a non-negative priority
+(initial presence, or a priority raised from below zero). Delivered messages are
+deleted. Headline, groupchat and error messages are never stored (the core drops or
+bounces them), nor messages carrying the XEP-0334 ``<no-store/>`` hint; those get
+``service-unavailable``, as does a message to an account whose storage is full.
+Messages with only XEP-0085 chat states are discarded, as XEP-0160 §3 asks.
+
+Other modules can reach the store through :data:`OFFLINE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Final
+
+from lxml import etree
+from pydantic import Field
+
+from xmppd.api import (
+    JID,
+    STOP,
+    Module,
+    ModuleContext,
+    Options,
+    Priority,
+    ServiceKey,
+    Session,
+    Stop,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import PresenceEvent, StanzaEvent, UserEvent
+from xmppd.api.stanza import Element, child, child_text, copy, serialize
+from xmppd.api.storage import (
+    BigInteger,
+    Column,
+    Float,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+NS_HINTS: Final = "urn:xmpp:hints"
+NS_CHATSTATES: Final = "http://jabber.org/protocol/chatstates"
+NS_RECEIPTS: Final = "urn:xmpp:receipts"
+NS_MARKERS: Final = "urn:xmpp:chat-markers:0"
+FEATURE: Final = "msgoffline"
+"""The XEP-0160 service discovery feature."""
+
+PAGE: Final = 100
+"""Messages read from storage at a time while delivering."""
+
+
+class OfflineOptions(Options):
+    max_messages: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most messages stored for one account. When it is reached, further "
+        "messages are refused with service-unavailable (XEP-0160 §2) until the user "
+        "collects them.",
+    )
+    store_receipts_and_markers: bool = Field(
+        True,
+        description="Store messages without a body that carry only delivery receipts "
+        "(XEP-0184) or chat markers (XEP-0333), so the sender's client learns of them "
+        "later. When false, such messages are discarded.",
+    )
+
+
+module = Module(
+    "offline",
+    "XEP-0160: Offline messages",
+    options=OfflineOptions,
+    depends=("presence",),
+    protocols=("XEP-0160 v1.0", "XEP-0203 v2.0", "XEP-0334 v0.3 (no-store)"),
+)
+Ctx = ModuleContext[OfflineOptions]
+module.feature(FEATURE)
+
+messages: Final = module.table(
+    "messages",
+    Column("username", String(1023), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("stamp", Float, nullable=False),
+    Column("sender", String(3071), nullable=False),
+    Column("stanza", Text, nullable=False),
+)
+"""One row per stored message; ``seq`` (microseconds, strictly increasing per server
+process) orders a user's messages."""
+
+_HOST: Final = bindparam("host", type_=String)
+_USER: Final = bindparam("username", type_=String)
+_AFTER: Final = bindparam("after", type_=BigInteger)
+_COUNT: Final = (
+    select(func.count())
+    .select_from(messages)
+    .where(messages.c.host == _HOST, messages.c.username == _USER)
+)
+_PAGE: Final = (
+    select(messages.c.seq, messages.c.stanza)
+    .where(messages.c.host == _HOST, messages.c.username == _USER, messages.c.seq > _AFTER)
+    .order_by(messages.c.seq)
+    .limit(PAGE)
+)
+
+_PARSER: Final = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    remove_comments=True,
+    remove_pis=True,
+    huge_tree=False,
+)
+"""Parses stored stanzas back. They are our own serializations; harden it anyway."""
+
+
+class Verdict(Enum):
+    """What to do with a message for an offline account."""
+
+    STORE = "store"
+    DISCARD = "discard"
+    """Drop it silently: nothing in it is worth keeping (chat states)."""
+    REFUSE = "refuse"
+    """Not ours to store: the core answers service-unavailable."""
+
+
+def verdict(stanza: Element, *, store_receipts_and_markers: bool) -> Verdict:
+    """Whether a message for an offline account is stored (XEP-0160 §3, XEP-0334).
+
+    ``<no-permanent-store/>`` does not prevent it: that hint is about archives and logs,
+    and XEP-0334 (use case "Sensitive messages") allows storage for an offline recipient.
+    """
+    if stanza.get("type", "normal") not in ("normal", "chat"):
+        return Verdict.REFUSE
+    if stanza.find(f"{{{NS_HINTS}}}no-store") is not None:
+        return Verdict.REFUSE
+    if stanza.find("body") is not None or stanza.find("subject") is not None:
+        return Verdict.STORE
+    payload_ns = {
+        el.tag[1:].partition("}")[0]
+        for el in stanza
+        if isinstance(el.tag, str) and el.tag.startswith("{")
+    } - {NS_HINTS}
+    if payload_ns <= {NS_CHATSTATES}:
+        return Verdict.DISCARD  # XEP-0160 §3: chat-state-only messages are not stored
+    if payload_ns <= {NS_CHATSTATES, NS_RECEIPTS, NS_MARKERS} and not store_receipts_and_markers:
+        return Verdict.DISCARD
+    return Verdict.STORE
+
+
+def delay_stamp(at: float) -> str:
+    """A XEP-0082 UTC timestamp with milliseconds: ``2024-05-01T12:00:00.123Z``."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _stamped(ctx: Ctx, stanza: Element, at: float) -> Element:
+    """A copy of ``stanza`` with our XEP-0203 delay. A delay that claims to come from
+    this host already (only we may add one) is removed first."""
+    out = copy(stanza)
+    for old in out.findall(f"{{{ns.DELAY}}}delay"):
+        if old.get("from") == ctx.domain:
+            out.remove(old)
+    child(
+        out,
+        "delay",
+        {"from": ctx.domain, "stamp": delay_stamp(at)},
+        namespace=ns.DELAY,
+        text="Offline Storage",
+    )
+    return out
+
+
+def parse_stored(data: str) -> Element:
+    """A stored stanza, parsed back into a stream-neutral element."""
+    return etree.fromstring(data.encode("utf-8"), _PARSER)
+
+
+class OfflineStore:
+    """The offline messages of one host (the ``OFFLINE`` service)."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self._last_seq = 0
+        self._flushing: dict[JID, tuple[asyncio.Lock, int]] = {}
+
+    async def start(self) -> None:
+        """Continue the sequence after what is stored (the clock may have gone back)."""
+        ctx = self._ctx
+        last = await ctx.db.fetch_value(
+            select(func.max(messages.c.seq)).where(messages.c.host == ctx.domain)
+        )
+        self._last_seq = int(last or 0)
+
+    def _next_seq(self) -> int:
+        self._last_seq = max(time.time_ns() // 1000, self._last_seq + 1)
+        return self._last_seq
+
+    def _params(self, user: JID) -> dict[str, str]:
+        return {"host": self._ctx.domain, "username": user.local}
+
+    async def count(self, user: JID) -> int:
+        """How many messages are waiting for ``user``."""
+        return int(await self._ctx.db.fetch_value(_COUNT, self._params(user)) or 0)
+
+    async def store(self, user: JID, stanza: Element, sender: JID) -> bool:
+        """Stamp and store ``stanza`` for ``user``; ``False`` when the storage is full."""
+        ctx = self._ctx
+        now = time.time()
+        data = serialize(_stamped(ctx, stanza, now)).decode("utf-8")
+        async with ctx.db.transaction() as tx:
+            stored = (await tx.execute(_COUNT, self._params(user))).scalar()
+            if int(stored or 0) >= ctx.options.max_messages:
+                return False
+            await tx.execute(
+                insert(messages).values(
+                    host=ctx.domain,
+                    username=user.local,
+                    seq=self._next_seq(),
+                    stamp=now,
+                    sender=str(sender),
+                    stanza=data,
+                )
+            )
+        return True
+
+    async def deliver(self, session: Session) -> int:
+        """Send every stored message to ``session``, oldest first, deleting each page
+        once written. Stops early if the session goes away. Returns how many went out."""
+        ctx = self._ctx
+        user = session.jid.bare
+        sent = 0
+        async with self._lock(user):
+            after = 0
+            while True:
+                rows = await ctx.db.fetch_all(_PAGE, {**self._params(user), "after": after})
+                if not rows:
+                    break
+                delivered: list[int] = []
+                try:
+                    for row in rows:
+                        if ctx.sessions.get(session.jid) is not session:
+                            break
+                        try:
+                            stanza = parse_stored(row.stanza)
+                        except etree.XMLSyntaxError:
+                            ctx.log.error("dropping an unreadable offline message %s", row.seq)
+                        else:
+                            await session.deliver(stanza)
+                            sent += 1
+                        delivered.append(row.seq)
+                finally:
+                    if delivered:
+                        await ctx.db.execute(
+                            delete(messages).where(
+                                messages.c.host == ctx.domain,
+                                messages.c.username == user.local,
+                                messages.c.seq.in_(delivered),
+                            )
+                        )
+                if len(delivered) < len(rows):
+                    break  # the session ended
+                after = delivered[-1]
+        if sent:
+            ctx.log.debug("delivered %d offline messages to %s", sent, session.jid)
+        return sent
+
+    @asynccontextmanager
+    async def _lock(self, user: JID) -> AsyncIterator[None]:
+        """One delivery per account at a time: two sessions coming online together
+        must not both get the same messages."""
+        lock, users = self._flushing.get(user) or (asyncio.Lock(), 0)
+        self._flushing[user] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._flushing[user]
+            if users == 1:
+                del self._flushing[user]
+            else:
+                self._flushing[user] = (lock, users - 1)
+
+    async def remove_user(self, user: JID) -> None:
+        ctx = self._ctx
+        await ctx.db.execute(
+            delete(messages).where(messages.c.host == ctx.domain, messages.c.username == user.local)
+        )
+
+
+OFFLINE: Final = ServiceKey[OfflineStore]("offline")
+
+
+@module.on_load
+async def start(ctx: Ctx) -> None:
+    store = OfflineStore(ctx)
+    await store.start()
+    ctx.provide(OFFLINE, store)
+
+
+@module.on(hooks.OFFLINE_MESSAGE)
+async def offline_message(ctx: Ctx, event: StanzaEvent) -> Stop | None:
+    decision = verdict(
+        event.stanza, store_receipts_and_markers=ctx.options.store_receipts_and_markers
+    )
+    if decision is Verdict.REFUSE:
+        return None
+    user = event.to.bare
+    if not await ctx.account_exists(user):
+        return None  # RFC 6121 §8.5.1: the core answers service-unavailable
+    if decision is Verdict.DISCARD:
+        return STOP
+    if not await ctx.service(OFFLINE).store(user, event.stanza, event.from_):
+        ctx.log.info("offline storage of %s is full; refusing a message", user)
+        return None
+    return STOP
+
+
+@module.on(hooks.USER_AVAILABLE)
+async def came_online(ctx: Ctx, event: PresenceEvent) -> None:
+    if event.session.priority >= 0:
+        await ctx.service(OFFLINE).deliver(event.session)
+
+
+def _priority(presence: Element) -> int:
+    """The priority an available presence sets (RFC 6121 §4.7.2.3), as mod_presence reads it."""
+    text = child_text(presence, "priority")
+    try:
+        return max(-128, min(127, int(text))) if text else 0
+    except ValueError:
+        return 0
+
+
+# Before mod_presence records the new priority (it returns STOP): we need the old one.
+@module.on(hooks.PRESENCE_OUT, priority=Priority.EARLY)
+async def priority_raised(ctx: Ctx, event: StanzaEvent) -> None:
+    """XEP-0160 §2: deliver when the user 'next sends non-negative available presence',
+    which includes an available session raising its priority from below zero."""
+    session = event.origin
+    presence = event.stanza
+    if session is None or presence.get("to") is not None or presence.get("type") is not None:
+        return
+    if not session.is_available or session.priority >= 0 or _priority(presence) < 0:
+        return  # initial presence is handled on user_available
+    await ctx.service(OFFLINE).deliver(session)
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    await ctx.service(OFFLINE).remove_user(event.jid)
