@@ -173,8 +173,9 @@ PRESENCE_OUT: Final = EventHook[StanzaEvent](
 OFFLINE_MESSAGE: Final = EventHook[StanzaEvent](
     "offline_message",
     "host",
-    "A message for an existing account with no session to take it. A handler that stores "
-    "it returns STOP; if none does, the sender gets service-unavailable.",
+    "A chat or normal message for an account with no session to take it (the account "
+    "may not exist: check ctx.account_exists). A handler that stores it returns STOP; if "
+    "none does, the sender gets service-unavailable.",
 )
 
 

@@ -31,6 +31,8 @@ DEFAULT_MODULES: Final = (
     "last",
     "register",
     "csi",
+    "offline",
+    "carbons",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 

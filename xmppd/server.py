@@ -246,12 +246,14 @@ class Server:
         """Delete an account and all its data; its sessions are closed.
 
         Order matters: the credentials go first (no new login can start), then the
-        sessions end and their teardown (presence, last seen) finishes, and only then
-        do modules delete the user's data, so nothing is written back afterwards.
+        sessions end and their teardown (presence, last seen) finishes, then modules
+        delete the user's data, so nothing is written back afterwards; the account row
+        goes last, so the name cannot be registered again while its data is deleted.
         """
         bare = jid.bare
         host = self.hosts.get(bare.domain)
-        existed = await self.accounts.delete(bare)
+        existed = await self.accounts.exists(bare)
+        await self.accounts.revoke_credentials(bare)
         for _ in range(2):  # a second pass catches a login that was mid-flight
             closing = []
             for session in self.sessions.of(bare):
@@ -260,6 +262,7 @@ class Server:
             await asyncio.gather(*closing)
             if host is not None and _ == 0:
                 await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
+        await self.accounts.delete(bare)
         return existed
 
 

@@ -81,6 +81,16 @@ class Accounts:
                 sa.insert(scram_credentials), [_credential_row(jid, c) for c in creds]
             )
 
+    async def revoke_credentials(self, jid: JID) -> None:
+        """Make every password fail for ``jid`` (the account row stays, so the name
+        cannot be registered again until :meth:`delete`)."""
+        await self._db.execute(
+            sa.delete(scram_credentials).where(
+                scram_credentials.c.host == jid.domain,
+                scram_credentials.c.username == jid.local,
+            )
+        )
+
     async def delete(self, jid: JID) -> bool:
         """Delete the account row, its credentials and its generic key/value data.
 
