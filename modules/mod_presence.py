@@ -123,7 +123,8 @@ async def _probe(ctx: Ctx, user: JID, contact: JID, session: Session) -> None:
         for other in ctx.sessions.available(contact):
             if (other_presence := other.presence) is None:
                 continue
-            await session.deliver(_addressed(other_presence, session.jid, other.jid))
+            # Routed, not handed over: filter_packet (blocking...) must see it too.
+            await ctx.send(_addressed(other_presence, session.jid, other.jid))
         return
     await ctx.send(element("presence", {"type": "probe", "from": str(user), "to": str(contact)}))
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from lxml.etree import _Element as Element
 
 ErrorType = Literal["auth", "cancel", "continue", "modify", "wait"]
 
@@ -77,6 +80,7 @@ class StanzaError(Exception):
         text: str | None = None,
         *,
         type: ErrorType | None = None,
+        application: Element | None = None,
     ) -> None:
         if condition not in STANZA_ERROR_TYPES:
             raise ValueError(f"unknown stanza error condition {condition!r}")
@@ -84,6 +88,9 @@ class StanzaError(Exception):
         self.condition = condition
         self.text = text
         self.type: ErrorType = type or STANZA_ERROR_TYPES[condition]
+        self.application = application
+        """An application-specific condition element (RFC 6120 §8.3.2), e.g. XEP-0191's
+        ``<blocked xmlns='urn:xmpp:blocking:errors'/>``; build it with ``payload``."""
 
 
 class StreamError(Exception):

@@ -33,6 +33,9 @@ DEFAULT_MODULES: Final = (
     "csi",
     "offline",
     "carbons",
+    "blocklist",
+    "private",
+    "vcard",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 

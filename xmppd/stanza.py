@@ -135,6 +135,8 @@ def error_element(err: StanzaError, *, by: str | None = None) -> Element:
     if err.text:
         text = child(error, "text", namespace=ns.STANZA_ERRORS, text=err.text)
         text.set(f"{{{ns.XML}}}lang", "en")
+    if err.application is not None:
+        error.append(copy(err.application))
     return error
 
 
