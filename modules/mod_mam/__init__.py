@@ -1,0 +1,435 @@
+"""XEP-0313: Message Archive Management, with XEP-0359 stanza ids and XEP-0059 paging.
+
+What is archived. Each account has its own archive. Messages of type ``chat`` or
+``normal`` (never ``error``, ``headline`` or ``groupchat``) are archived for both
+parties when they have a ``<body/>``, an XEP-0308 correction, an XEP-0424 retraction,
+an XEP-0444 reaction or an XEP-0373 OpenPGP payload, or carry the XEP-0334 ``<store/>``
+hint; ``<no-store/>`` and ``<no-permanent-store/>`` keep a message out. Messages with
+only chat states, receipts or markers are skipped unless ``archive_without_body`` is on.
+
+- The sender's copy is archived in ``user_send_packet`` (a message to one's own
+  account is archived once, as received).
+- The recipient's copy is archived in the global ``filter_packet``, when the ``to`` is
+  an existing account of a host running this module, whoever sent it (a local user,
+  the server, later a remote server). The message delivered is then a copy carrying
+  ``<stanza-id xmlns='urn:xmpp:sid:0' by='<account>' id='<archive id>'/>`` (XEP-0359).
+  Stanza ids that claim to come from the recipient's account or its server are removed
+  from every message first (XEP-0359 §5), archived or not.
+- A message archived for an account that has no session to take it, and that no
+  offline store took, is not bounced: the archive holds it (as Prosody does).
+
+Archiving preferences (XEP-0441, ``<prefs xmlns='urn:xmpp:mam:2'>``): ``default``
+``always``, ``never`` or ``roster`` (only contacts in the roster, and oneself), plus
+``always`` and ``never`` JID lists (``never`` wins). The option ``default`` applies until
+a user sets their own.
+
+Queries (IQ set ``<query xmlns='urn:xmpp:mam:2'>`` to one's own bare JID; anyone else
+gets ``forbidden``) take the form fields ``with``, ``start``, ``end`` (XEP-0082 times),
+``before-id``, ``after-id``, ``ids`` and ``{urn:xmpp:fulltext:0}fulltext`` (XEP-0431),
+RSM ``max`` (capped by ``max_page_size``), ``after``, ``before`` (empty: the last page),
+``index``, and ``<flip-page/>``. Each result is written straight to the asking session,
+then the IQ result carries ``<fin complete=...>`` with ``first``/``last`` (in
+chronological order, also for a flipped page) and, with ``count_results``, ``count`` and
+the first index. An id that is not in the archive gives ``item-not-found``, a bad form
+or time ``bad-request``, an unknown field ``feature-not-implemented``. A page also stops
+early (``complete='false'``) once about 1 MiB of messages is queued for the client.
+IQ get ``<query/>`` returns the form, ``<metadata/>`` the first and last entries.
+
+Full-text search: PostgreSQL uses ``to_tsvector('simple', body) @@
+plainto_tsquery('simple', :q)`` with a GIN index (whole words, any order, case folded).
+SQLite has no such index: each word must occur in the body as a substring (``LIKE``,
+case-insensitive for ASCII only), and the scan runs in a worker thread.
+
+Archive ids are 64-bit integers (the time in milliseconds shifted left by 20 bits, plus
+20 random bits, raised to stay increasing) written as decimal strings: ordered by time,
+unique per host, not guessable from one another. Messages are stored as clients see
+them (``<message xmlns='jabber:client'>``), with their time in microseconds. Rows are
+written behind the message path by one task per host, many per transaction (see
+:class:`~modules.mod_mam.store.Writer`); every read of the archive waits for the rows
+queued before it. Entries older than ``retention`` are deleted hourly.
+
+Other modules reach the archives through :data:`ARCHIVE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import replace
+from datetime import datetime
+from typing import Final
+
+from modules.mod_mam.common import (
+    FULLTEXT_FIELD,
+    MAX_FULLTEXT_WORDS,
+    MAX_PREF_JIDS,
+    NS_FORWARD,
+    NS_FULLTEXT,
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    NS_RSM,
+    NS_SID,
+    NS_XDATA_VALIDATE,
+    PURGE_INTERVAL,
+    Ctx,
+    MamOptions,
+    module,
+)
+from modules.mod_mam.store import (
+    ARCHIVE,
+    ARCHIVES,
+    SID_TAG,
+    Archive,
+    Filters,
+    Paging,
+    Prefs,
+    format_stamp,
+    has_forged_id,
+    strip_ids,
+    to_microseconds,
+)
+from xmppd.api import (
+    JID,
+    STOP,
+    Drop,
+    InvalidJID,
+    IqRequest,
+    Priority,
+    Scope,
+    Session,
+    StanzaError,
+    Stop,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import DiscoInfo, DiscoQuery, PacketContext, RouteInfo, StanzaEvent, UserEvent
+from xmppd.api.stanza import Element, child, element, parse, payload
+
+__all__ = ["ARCHIVE", "Archive", "MamOptions", "module"]
+
+_XDATA: Final = f"{{{ns.DATA_FORMS}}}"
+_XEP82: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@module.on_load
+async def start(ctx: Ctx) -> None:
+    archive = Archive(ctx)
+    await archive.start()
+    ctx.provide(ARCHIVE, archive)
+    ARCHIVES.setdefault(ctx.db, {})[ctx.domain] = archive
+    if ctx.options.retention != float("inf"):
+        ctx.spawn(_expire_periodically(archive), name=f"mod_mam retention {ctx.domain}")
+
+
+@module.on_unload
+async def stop(ctx: Ctx) -> None:
+    archive = ctx.service(ARCHIVE)
+    await archive.writer.flush()
+    archives = ARCHIVES.get(ctx.db)
+    if archives is not None and archives.get(ctx.domain) is archive:
+        del archives[ctx.domain]
+        if not archives:
+            del ARCHIVES[ctx.db]
+
+
+async def _expire_periodically(archive: Archive) -> None:
+    ctx = archive.ctx
+    while True:
+        try:
+            removed = await archive.expire(time.time() - ctx.options.retention)
+            if removed:
+                ctx.log.info("retention: removed %d archived messages", removed)
+        except Exception:
+            ctx.log.exception("retention: could not remove old archived messages")
+        await asyncio.sleep(PURGE_INTERVAL)
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    await ctx.service(ARCHIVE).forget_user(event.jid)
+
+
+# ----------------------------------------------------------------------------- archiving
+
+
+# Late: after the filters that may change or drop what the client sent.
+@module.fold(hooks.USER_SEND_PACKET, priority=Priority.LATE)
+async def archive_sent(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
+    if stanza.tag != "message":
+        return stanza
+    archive = ctx.service(ARCHIVE)
+    if not archive.archivable(stanza):
+        return stanza
+    try:
+        to = JID.parse(stanza.get("to") or "")
+    except InvalidJID:
+        return stanza
+    user = pctx.session.jid.bare
+    if to.bare != user and await archive.wants(user, to):  # to oneself: archived once
+        archive.store(user, to, stanza, outgoing=True)
+    return stanza
+
+
+# Late: after the filters (blocking, word filters) that may drop the message.
+@module.fold(hooks.FILTER_PACKET, priority=Priority.LATE)
+async def archive_received(ctx: Ctx, stanza: Element, route: RouteInfo) -> Element | Drop:
+    if stanza.tag != "message":
+        return stanza
+    try:
+        to = JID.parse(stanza.get("to") or "")
+    except InvalidJID:
+        return stanza
+    # Bound once for the server: find the archive of the recipient's host.
+    archive = ARCHIVES.get(ctx.db, {}).get(to.domain) if to.local else None
+    if archive is None:
+        return stanza
+    user = to.bare
+    if archive.archivable(stanza):
+        try:
+            stored = await _archive_received(archive, user, stanza)
+        except Exception:  # deliver it anyway, but never with a forged id
+            archive.ctx.log.exception("could not archive a message for %s", user)
+            stored = None
+        if stored is not None:
+            return stored
+    return strip_ids(stanza, user) if has_forged_id(stanza, user) else stanza
+
+
+async def _archive_received(archive: Archive, user: JID, stanza: Element) -> Element | None:
+    """The copy to deliver, with our stanza id; ``None`` when it is not archived."""
+    try:
+        sender = JID.parse(stanza.get("from") or "")
+    except InvalidJID:
+        return None
+    if not await archive.exists(user) or not await archive.wants(user, sender):
+        return None
+    out = strip_ids(stanza, user)
+    reserved = archive.reserve()
+    child(out, "stanza-id", {"by": str(user), "id": str(reserved[0])}, namespace=NS_SID)
+    archive.store(user, sender, out, outgoing=False, reserved=reserved)
+    return out
+
+
+@module.on(hooks.OFFLINE_MESSAGE, priority=Priority.FALLBACK)
+async def kept_in_archive(ctx: Ctx, event: StanzaEvent) -> Stop | None:
+    """No offline store took a message that is archived: it is not lost, do not bounce."""
+    by = str(event.to.bare)
+    if any(el.get("by") == by for el in event.stanza.iterfind(SID_TAG)):
+        return STOP
+    return None
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+def _require_owner(req: IqRequest) -> None:
+    if not req.is_from_owner:
+        raise StanzaError("forbidden", "an archive belongs to its owner")
+
+
+def parse_stamp(text: str) -> int:
+    """Microseconds since the epoch of a XEP-0082 DateTime; ``bad-request`` otherwise."""
+    try:
+        if not _XEP82.fullmatch(text):
+            raise ValueError(text)
+        return to_microseconds(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):
+        raise StanzaError("bad-request", f"not a XEP-0082 date and time: {text[:40]}") from None
+
+
+def parse_id(text: str) -> int:
+    """An archive id from its string form; one that cannot exist is ``item-not-found``."""
+    if text.isdigit() and len(text) <= 19 and int(text) < 2**63:
+        return int(text)
+    raise StanzaError("item-not-found", "no such archive id")
+
+
+def parse_form(form: Element | None) -> Filters:
+    f = Filters()
+    if form is None:
+        return f
+    for field in form.iterfind(f"{_XDATA}field"):
+        var = field.get("var")
+        values = [(v.text or "").strip() for v in field.iterfind(f"{_XDATA}value")]
+        value = values[0] if values else ""
+        if var == "FORM_TYPE":
+            if value != NS_MAM:
+                raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
+        elif var == "with":
+            try:
+                f.with_ = JID.parse(value) if value else None
+            except InvalidJID:
+                raise StanzaError("bad-request", "'with' is not a valid JID") from None
+        elif var == "start":
+            f.start = parse_stamp(value) if value else None
+        elif var == "end":
+            f.end = parse_stamp(value) if value else None
+        elif var == "after-id":
+            f.after_id = parse_id(value) if value else None
+        elif var == "before-id":
+            f.before_id = parse_id(value) if value else None
+        elif var == "ids":
+            f.ids = tuple(sorted({parse_id(v) for v in values if v}))
+        elif var == FULLTEXT_FIELD:
+            words = value.split()
+            if len(words) > MAX_FULLTEXT_WORDS:
+                raise StanzaError("bad-request", f"at most {MAX_FULLTEXT_WORDS} search words")
+            f.fulltext = " ".join(words) or None
+        else:
+            raise StanzaError("feature-not-implemented", f"unknown field {str(var)[:60]!r}")
+    return f
+
+
+def parse_rsm(query: Element, options: MamOptions) -> Paging:
+    p = Paging(min(options.default_page_size, options.max_page_size))
+    rsm = query.find(f"{{{NS_RSM}}}set")
+    if rsm is None:
+        return p
+    for el in rsm:
+        name, text = el.tag.rpartition("}")[2], (el.text or "").strip()
+        if name in ("max", "index"):
+            if not text.isdigit() or len(text) > 9:
+                raise StanzaError("bad-request", f"RSM <{name}/> must be a number")
+            if name == "max":
+                p.max = min(int(text), options.max_page_size)
+            else:
+                p.index = int(text)
+        elif name == "after" and text:
+            p.after = parse_id(text)
+        elif name == "before":
+            p.backward = True
+            p.before = parse_id(text) if text else None
+    if p.after is not None or p.backward:
+        p.index = None  # an offset counts from the start only
+    return p
+
+
+def _result(session: Session, user: JID, queryid: str | None, row: tuple[int, int, str]) -> Element:
+    archive_id, stamp, stored = row
+    msg = element("message", {"to": str(session.jid), "from": str(user)})
+    attrs = {"id": str(archive_id)}
+    if queryid is not None:
+        attrs["queryid"] = queryid
+    result = child(msg, "result", attrs, namespace=NS_MAM)
+    forwarded = child(result, "forwarded", namespace=NS_FORWARD)
+    child(forwarded, "delay", {"stamp": format_stamp(stamp)}, namespace=ns.DELAY)
+    # The stored XML is ours; should it be damaged, the entry keeps its id and time.
+    with contextlib.suppress(SyntaxError):  # lxml's XMLSyntaxError
+        forwarded.append(parse(stored.encode("utf-8")))
+    return msg
+
+
+@module.iq("set", NS_MAM, "query", to=Scope.BARE)
+async def query(ctx: Ctx, req: IqRequest) -> Element:
+    _require_owner(req)
+    session = req.origin or (ctx.sessions.get(req.from_) if req.from_ is not None else None)
+    if session is None:
+        raise StanzaError("service-unavailable", "results go to a connected session")
+    filters = parse_form(req.payload.find(f"{_XDATA}x"))
+    paging = parse_rsm(req.payload, ctx.options)
+    if filters.ids is not None and len(filters.ids) > ctx.options.max_page_size:
+        raise StanzaError("policy-violation", "too many ids in one query")
+    user = req.to.bare
+    page = await ctx.service(ARCHIVE).query(user, filters, paging)
+    queryid = req.payload.get("queryid")
+    rows = page.rows
+    if req.payload.find(f"{{{NS_MAM}}}flip-page") is not None:
+        rows = rows[::-1]
+    for row in rows:
+        session.send_raw(_result(session, user, queryid, row))
+    fin = payload(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
+    if queryid is not None:
+        fin.set("queryid", queryid)
+    rsm = child(fin, "set", namespace=NS_RSM)
+    if page.rows:
+        first = child(rsm, "first", text=str(page.rows[0][0]))
+        if page.index is not None:
+            first.set("index", str(page.index))
+        child(rsm, "last", text=str(page.rows[-1][0]))
+    if page.count is not None:
+        child(rsm, "count", text=str(page.count))
+    return req.result(fin)
+
+
+@module.iq("get", NS_MAM, "query", to=Scope.BARE)
+async def query_form(ctx: Ctx, req: IqRequest) -> Element:
+    _require_owner(req)
+    result = payload(NS_MAM, "query")
+    form = child(result, "x", {"type": "form"}, namespace=ns.DATA_FORMS)
+    child(child(form, "field", {"type": "hidden", "var": "FORM_TYPE"}), "value", text=NS_MAM)
+    for var, ftype in (
+        ("with", "jid-single"),
+        ("start", "text-single"),
+        ("end", "text-single"),
+        ("before-id", "text-single"),
+        ("after-id", "text-single"),
+        ("ids", "list-multi"),
+        (FULLTEXT_FIELD, "text-single"),
+    ):
+        field = child(form, "field", {"type": ftype, "var": var})
+        if var == "ids":  # §4.1.5: open to any value
+            attrs = {"datatype": "xs:string"}
+            child(child(field, "validate", attrs, namespace=NS_XDATA_VALIDATE), "open")
+    return req.result(result)
+
+
+@module.iq("get", NS_MAM, "metadata", to=Scope.BARE)
+async def metadata(ctx: Ctx, req: IqRequest) -> Element:
+    _require_owner(req)
+    first, last = await ctx.service(ARCHIVE).edges(req.to.bare)
+    result = payload(NS_MAM, "metadata")
+    for name, row in (("start", first), ("end", last)):
+        if row is not None:
+            child(result, name, {"id": str(row.id), "timestamp": format_stamp(int(row.stamp))})
+    return req.result(result)
+
+
+# ----------------------------------------------------------------------------- preferences
+
+
+def parse_prefs(el: Element) -> Prefs:
+    default = el.get("default")
+    if default not in ("always", "never", "roster"):
+        raise StanzaError("bad-request", "default must be always, never or roster")
+    lists: dict[str, frozenset[str]] = {}
+    for name in ("always", "never"):
+        found: set[str] = set()
+        for jid in el.iterfind(f"{{{NS_MAM}}}{name}/{{{NS_MAM}}}jid"):
+            try:
+                found.add(str(JID.parse((jid.text or "").strip())))
+            except InvalidJID:
+                raise StanzaError("jid-malformed", f"invalid JID in <{name}/>") from None
+        if len(found) > MAX_PREF_JIDS:
+            raise StanzaError("not-acceptable", f"at most {MAX_PREF_JIDS} JIDs per list")
+        lists[name] = frozenset(found)
+    return Prefs(default, lists["always"], lists["never"])
+
+
+@module.iq("get", NS_MAM, "prefs", to=Scope.BARE)
+async def prefs_get(ctx: Ctx, req: IqRequest) -> Element:
+    _require_owner(req)
+    return req.result((await ctx.service(ARCHIVE).prefs(req.to.bare)).to_xml())
+
+
+@module.iq("set", NS_MAM, "prefs", to=Scope.BARE)
+async def prefs_set(ctx: Ctx, req: IqRequest) -> Element:
+    _require_owner(req)
+    prefs = parse_prefs(req.payload)
+    await ctx.service(ARCHIVE).set_prefs(req.to.bare, prefs)
+    return req.result(prefs.to_xml())
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+@module.fold(hooks.DISCO_INFO)
+async def advertise(ctx: Ctx, info: DiscoInfo, disco: DiscoQuery) -> DiscoInfo:
+    """On accounts, which host the archives (``urn:xmpp:mam:2`` comes from the IQs)."""
+    if disco.node is not None or not disco.to.local:
+        return info
+    return replace(info, features=(*info.features, NS_MAM_EXTENDED, NS_SID, NS_FULLTEXT))
