@@ -36,6 +36,7 @@ DEFAULT_MODULES: Final = (
     "blocklist",
     "private",
     "vcard",
+    "mam",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 
