@@ -1,0 +1,369 @@
+"""The measured scenarios: ``sessions`` (memory and login rate) and ``chat`` (latency sweep)."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.common import (
+    GENERATOR_CPU,
+    PASSWORD,
+    SERVER_CPU,
+    cpu_busy_pct,
+    cpu_sample,
+    cpu_seconds,
+    user_name,
+)
+from bench.generator import GeneratorPool, split, workers_for
+from bench.servers.base import Server
+
+#: A step passes when its p99 latency is below this and nothing was lost.
+P99_LIMIT_MS = 100.0
+#: The sweep always runs at least up to this rate (the "p99 at 5,000 msgs/s" figure).
+REFERENCE_RATE = 5000
+
+
+@dataclass
+class Settings:
+    sessions: int = 1000
+    pairs: int = 500
+    rates: list[int] = field(
+        default_factory=lambda: [1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 25000, 30000]
+    )
+    echo_rates: list[int] = field(
+        default_factory=lambda: [5000, 10000, 20000, 40000, 60000, 80000, 100000, 120000, 150000]
+    )
+    step_seconds: float = 5.0
+    drain_seconds: float = 2.0
+    concurrency: int = 200
+    chat_workers: int = 2
+    login_timeout: float = 120.0
+
+    def accounts_needed(self, scenarios: Sequence[str]) -> int:
+        need = 0
+        if "sessions" in scenarios:
+            need = max(need, self.sessions)
+        if "chat" in scenarios:
+            need = max(need, 2 * self.pairs)
+        return need
+
+
+Log = Callable[[str], None]
+
+
+def _percentile(sorted_values: Sequence[int], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values)) - 1))
+    return sorted_values[rank] / 1000.0  # microseconds -> milliseconds
+
+
+class _Usage:
+    """CPU time used by the server and by the generator workers over an interval."""
+
+    def __init__(self, server: Server, pool: GeneratorPool) -> None:
+        self.server = server
+        self.worker_pids = [p.pid for p in pool.procs if p.pid is not None]
+        self.t0 = time.monotonic()
+        self.s0 = server.cpu_seconds()
+        self.g0 = sum(cpu_seconds(pid) for pid in self.worker_pids)
+
+    def percent(self) -> tuple[float | None, float | None]:
+        wall = time.monotonic() - self.t0
+        if wall <= 0:
+            return None, None
+        s = self.server.cpu_seconds() - self.s0
+        g = sum(cpu_seconds(pid) for pid in self.worker_pids) - self.g0
+        return round(100 * s / wall, 1), round(100 * g / wall, 1)
+
+
+def _login(
+    pool: GeneratorPool,
+    server: Server,
+    users: list[str],
+    settings: Settings,
+    pair_targets: list[str] | None = None,
+) -> dict[str, Any]:
+    """Log ``users`` in through the pool (pairs kept in one worker); aggregate the replies."""
+    n = len(pool)
+    user_parts = split(users, n, chunk=2)
+    target_parts = split(pair_targets, n, chunk=2) if pair_targets is not None else None
+    per_worker = max(1, settings.concurrency // n)
+    args = []
+    for i in range(n):
+        arg: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "domain": server.domain,
+            "users": user_parts[i],
+            "password": PASSWORD,
+            "concurrency": per_worker,
+            "timeout": settings.login_timeout,
+        }
+        if target_parts is not None:
+            arg["pair_targets"] = target_parts[i]
+        args.append(arg)
+    before = cpu_sample()
+    usage = _Usage(server, pool)
+    replies = pool.call_all("login", args, timeout=settings.login_timeout + 3600)
+    after = cpu_sample()
+    server_pct, generator_pct = usage.percent()
+    ok = sum(r["ok"] for r in replies)
+    started = min(r["started"] for r in replies)
+    finished = max(r["finished"] for r in replies)
+    durations: list[float] = []
+    for r in replies:
+        d = array("d")
+        d.frombytes(r["durations"])
+        durations.extend(d)
+    durations.sort()
+    elapsed = finished - started
+    errors = [e for r in replies for e in r["errors"]][:5]
+    return {
+        "ok": ok,
+        "per_worker_ok": [r["ok"] for r in replies],
+        "failed": len(users) - ok,
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rate": round(ok / elapsed, 1) if elapsed > 0 else None,
+        "p50_ms": round(durations[len(durations) // 2] * 1000, 1) if durations else None,
+        "p99_ms": (
+            round(durations[min(len(durations) - 1, int(len(durations) * 0.99))] * 1000, 1)
+            if durations
+            else None
+        ),
+        "server_cpu_pct": server_pct,
+        "generator_cpu_pct": generator_pct,
+        "core0_busy_pct": cpu_busy_pct(before, after, SERVER_CPU),
+        "core1_busy_pct": cpu_busy_pct(before, after, GENERATOR_CPU),
+    }
+
+
+def background_load(seconds: float = 1.0) -> dict[str, float | None]:
+    """Busy share of both cores while nothing of ours runs (others' processes)."""
+    before = cpu_sample()
+    time.sleep(seconds)
+    after = cpu_sample()
+    return {
+        "core0": cpu_busy_pct(before, after, SERVER_CPU),
+        "core1": cpu_busy_pct(before, after, GENERATOR_CPU),
+    }
+
+
+def wait_idle(limit: float, log: Log, threshold: float = 20.0) -> None:
+    """Wait (at most ``limit`` s) until both cores are below ``threshold`` % busy."""
+    deadline = time.monotonic() + limit
+    while True:
+        load = background_load(0.5)
+        if all(v is not None and v < threshold for v in load.values()):
+            return
+        if time.monotonic() >= deadline:
+            log(f"machine still busy after {limit:.0f} s ({load}); measuring anyway")
+            return
+
+
+IDLE_SECONDS = 12.0
+"""How long sessions stay idle before the second memory reading."""
+
+
+def run_sessions(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
+    """N sessions logged in with ``concurrency`` logins in flight; RSS before/after."""
+    n = settings.sessions
+    users = [user_name(i) for i in range(n)]
+    workers = workers_for(n)
+    background = background_load()
+    server.start()
+    try:
+        with GeneratorPool(workers) as pool:
+            time.sleep(1.0)
+            rss_before = server.rss_kb()
+            log(f"{server.name}: logging in {n} sessions ({workers} generator processes)")
+            login = _login(pool, server, users, settings)
+            time.sleep(2.0)  # let the server settle (GC, buffers) before reading RSS
+            rss_after = server.rss_kb()
+            # The same sessions after IDLE_SECONDS without traffic: what an idle
+            # authenticated session costs once the server has had time to notice.
+            time.sleep(IDLE_SECONDS - 2.0)
+            rss_idle = server.rss_kb()
+            log(
+                f"{server.name}: {login['ok']}/{n} sessions in {login['seconds']}s, "
+                f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB, "
+                f"{rss_idle / 1024:.1f} MiB after {IDLE_SECONDS:.0f} s idle"
+            )
+            alive = server.running()
+            pool.call_all("close", [{}] * len(pool))
+    finally:
+        server.stop()
+    ok = login["ok"]
+    return {
+        "scenario": "sessions",
+        "server": server.name,
+        "sessions": n,
+        "sessions_ok": ok,
+        "login_failed": login["failed"],
+        "login_errors": login["errors"],
+        "concurrency": settings.concurrency,
+        "generator_processes": workers,
+        "rss_before_kb": rss_before,
+        "rss_after_kb": rss_after,
+        "kb_per_session": round((rss_after - rss_before) / ok, 2) if ok else None,
+        "rss_idle_kb": rss_idle,
+        "kb_per_idle_session": round((rss_idle - rss_before) / ok, 2) if ok else None,
+        "login_rate": login["rate"],
+        "login_seconds": login["seconds"],
+        "login_p50_ms": login["p50_ms"],
+        "login_p99_ms": login["p99_ms"],
+        "server_cpu_pct": login["server_cpu_pct"],
+        "generator_cpu_pct": login["generator_cpu_pct"],
+        "core0_busy_pct": login["core0_busy_pct"],
+        "core1_busy_pct": login["core1_busy_pct"],
+        "server_alive_after": alive,
+        "background_busy_pct": background,
+    }
+
+
+def _chat_step(
+    server: Server,
+    pool: GeneratorPool,
+    step: int,
+    rate: int,
+    senders_per_worker: list[int],
+    settings: Settings,
+    echo: bool = False,
+) -> dict[str, Any]:
+    total_senders = sum(senders_per_worker)
+    start_at = time.monotonic() + 0.3
+    args = [
+        {
+            "step": step,
+            "rate": rate * k / total_senders if total_senders else 0.0,
+            "duration": settings.step_seconds,
+            "start_at": start_at,
+            "drain": settings.drain_seconds,
+        }
+        for k in senders_per_worker
+    ]
+    pool.send_all("chat_step", args)
+    # CPU use of both cores over the sending window (the orchestrator itself sleeps).
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    before = cpu_sample()
+    usage = _Usage(server, pool)
+    time.sleep(settings.step_seconds)
+    after = cpu_sample()
+    server_pct, generator_pct = usage.percent()
+    replies = pool.gather("chat_step", timeout=settings.drain_seconds + 120)
+    lat = array("q")
+    for r in replies:
+        part = array("q")
+        part.frombytes(r["lat"])
+        lat.extend(part)
+    values = sorted(lat)
+    sent = sum(r["sent"] for r in replies)
+    received = len(values)
+    send_seconds = max(r["send_seconds"] for r in replies)
+    loss = max(0, sent - received)
+    p99 = _percentile(values, 99)
+    result = {
+        "rate": rate,
+        "sent": sent,
+        "received": received,
+        "lost": loss,
+        "loss_pct": round(100.0 * loss / sent, 3) if sent else None,
+        "achieved_rate": round(sent / send_seconds, 1) if send_seconds > 0 else None,
+        "p50_ms": _percentile(values, 50),
+        "p90_ms": _percentile(values, 90),
+        "p99_ms": p99,
+        "max_ms": values[-1] / 1000.0 if values else None,
+        "generator_max_lag_ms": round(max(r["max_lag"] for r in replies) * 1000, 1),
+        "error_stanzas": sum(r["errors"] for r in replies),
+        "misrouted": sum(r["misrouted"] for r in replies),
+        "server_cpu_pct": server_pct,
+        "generator_cpu_pct": generator_pct,
+        "core0_busy_pct": cpu_busy_pct(before, after, SERVER_CPU),
+        "core1_busy_pct": cpu_busy_pct(before, after, GENERATOR_CPU),
+    }
+    # The echo server returns every message to its sender, so only real servers are held
+    # to delivering each message to the addressed session.
+    routed = echo or result["misrouted"] == 0
+    result["ok"] = bool(sent and loss == 0 and routed and p99 is not None and p99 < P99_LIMIT_MS)
+    return result
+
+
+def run_chat(
+    server: Server, settings: Settings, log: Log, rates: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """P pairs online; fixed-rate sweep of 1:1 chat messages; latency and loss per step."""
+    rates = list(rates if rates is not None else settings.rates)
+    p = settings.pairs
+    users = [user_name(i) for i in range(2 * p)]
+    # user 2k talks to 2k+1 and back; a pair always lives in one generator process
+    targets = [f"{user_name(i ^ 1)}@{server.domain}" for i in range(2 * p)]
+    workers = max(settings.chat_workers, workers_for(2 * p, minimum=1))
+    steps: list[dict[str, Any]] = []
+    background = background_load()
+    server.start()
+    try:
+        with GeneratorPool(workers) as pool:
+            log(f"{server.name}: logging in {2 * p} sessions for {p} chat pairs")
+            login = _login(pool, server, users, settings, pair_targets=targets)
+            if login["failed"]:
+                log(f"{server.name}: {login['failed']} logins failed: {login['errors'][:2]}")
+            senders_per_worker: list[int] = login["per_worker_ok"]
+            time.sleep(1.0)
+            for step, rate in enumerate(rates, start=1):
+                res = _chat_step(
+                    server,
+                    pool,
+                    step,
+                    rate,
+                    senders_per_worker,
+                    settings,
+                    echo=server.name == "echo",
+                )
+                steps.append(res)
+                log(
+                    f"{server.name}: {rate:>6} msg/s  p50 {_fmt(res['p50_ms'])}  "
+                    f"p99 {_fmt(res['p99_ms'])}  max {_fmt(res['max_ms'])} ms  "
+                    f"lost {res['lost']}  misrouted {res['misrouted']}  "
+                    f"cpu: server {res['server_cpu_pct']}% "
+                    f"(core0 {res['core0_busy_pct']}%) generator {res['generator_cpu_pct']}% "
+                    f"(core1 {res['core1_busy_pct']}%)  {'ok' if res['ok'] else 'FAIL'}"
+                )
+                quiet = pool.call_all(
+                    "quiesce", [{"quiet": 0.5, "timeout": 20.0}] * len(pool), timeout=60
+                )
+                if not all(q["quiet"] for q in quiet):
+                    log(f"{server.name}: still receiving a backlog 20 s after the step; stop")
+                    break
+                if not res["ok"] and rate >= REFERENCE_RATE:
+                    break
+                if not server.running():
+                    log(f"{server.name}: server process died")
+                    break
+            pool.call_all("close", [{}] * len(pool))
+    finally:
+        server.stop()
+    passing = [s["rate"] for s in steps if s["ok"]]
+    at_ref = next((s for s in steps if s["rate"] == REFERENCE_RATE), None)
+    return {
+        "scenario": "chat",
+        "server": server.name,
+        "pairs": p,
+        "sessions_ok": login["ok"],
+        "login_failed": login["failed"],
+        "login_errors": login["errors"],
+        "generator_processes": workers,
+        "step_seconds": settings.step_seconds,
+        "steps": steps,
+        "max_sustainable_rate": max(passing) if passing else 0,
+        f"p99_at_{REFERENCE_RATE}_ms": at_ref["p99_ms"] if at_ref else None,
+        f"loss_at_{REFERENCE_RATE}": at_ref["lost"] if at_ref else None,
+        "background_busy_pct": background,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:7.1f}"
