@@ -267,7 +267,12 @@ class ModuleContext(Generic[OptionsT]):
         await self._host.server.router.route(stanza, None)
 
     async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
-        """Send an IQ get/set and await its result or error (``IqTimeout`` when none)."""
+        """Send an IQ get/set and await its result or error (``IqTimeout`` when none).
+
+        Without a ``from``, the IQ is sent from this host's JID.
+        """
+        if iq.get("from") is None:
+            iq.set("from", self.domain)
         return await self._host.server.request(iq, timeout=timeout)
 
     async def run(self, hook: EventHook[E], event: E) -> bool:

@@ -1,0 +1,782 @@
+"""XEP-0163: Personal Eventing Protocol — every account is a small XEP-0060 pubsub service.
+
+Used by OMEMO (XEP-0384), avatars (XEP-0084), user location, nicknames, bookmarks
+(XEP-0402) and private storage (XEP-0223). IQs go to the owner's bare JID (no 'to': one's
+own account).
+
+- **Publish** (owner only; anyone else: ``forbidden``) creates the node on first use
+  ("auto-create"), with the defaults of the options or the ``<publish-options/>`` form
+  (XEP-0060 §7.1.5). On an existing node those fields are preconditions: a different
+  setting gives ``conflict`` + ``<precondition-not-met/>``, and so does a field this
+  service does not know. An item without id gets a generated one; an item with the id of
+  a stored item replaces it. A node keeps its ``pubsub#max_items`` newest items ("max":
+  the ``max_items_limit`` option).
+- **Items** (``<items node [max_items]/>``, or with ``<item id/>`` children) and
+  disco#info/#items of nodes are for those the node's access model lets in: the owner;
+  ``open``: anyone; ``presence``: contacts the owner's roster shows with subscription
+  ``from`` or ``both`` (others: ``not-authorized`` + ``<presence-subscription-required/>``);
+  ``whitelist``: the owner only (others: ``not-allowed`` + ``<closed-node/>``). An unknown
+  node is ``item-not-found``. A result carries at most about 1 MiB of payloads (the newest
+  items first). Results are oldest first.
+- **Retract** (``notify`` attribute, else ``pubsub#notify_retract``), **create** (with an
+  optional ``<configure/>`` form), and, in ``pubsub#owner``, **configure** (get the form /
+  submit it), **default**, **delete** and **purge**: owner only.
+- **Notifications** (headline messages from the owner's bare JID, XEP-0163 §4) go to the
+  owner's available resources (see ``notify_all_owner_resources``) and to the available
+  resources, with non-negative priority, of the local contacts the access model lets in
+  (presence subscription; never for ``whitelist``) whose XEP-0115 caps include
+  ``<node>+notify``. A resource that becomes available, or whose caps newly include such a
+  feature, gets the last item of each node it is interested in (``on_sub_and_presence``),
+  stamped with ``<delay/>``.
+- **Caps.** An available presence with ``<c hash node ver/>`` is looked up in a cache
+  (memory, then the ``caps`` table). An unknown one is asked for in the background
+  (disco#info to the client's full JID, node ``node#ver``, from the host) and trusted only
+  if the answer hashes to ``ver`` (XEP-0115 §5); a session's presences are handled in
+  order. A presence without caps keeps the session's interests.
+
+Not implemented: explicit subscriptions (``subscribe`` and the like answer
+``feature-not-implemented``), affiliations (so a whitelist holds only the owner), the
+``roster`` and ``authorize`` access models, instant nodes, RSM paging of items, collection
+nodes, and notifications to remote contacts (there is no s2s yet).
+
+Other modules can read and write nodes through :data:`~modules.mod_pep.store.PEP`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Final
+
+from modules.mod_pep.caps import Caps, interested_nodes, parse_caps, verified_interests
+from modules.mod_pep.common import (
+    MAX_NAME_BYTES,
+    NOTIFY,
+    NS_ERRORS,
+    NS_EVENT,
+    NS_NODE_CONFIG,
+    NS_OWNER,
+    NS_PUBSUB,
+    RESULT_BYTES,
+    Ctx,
+    module,
+)
+from modules.mod_pep.config import (
+    ACCESS_MODELS,
+    NodeConfig,
+    UnknownField,
+    apply,
+    config_form,
+    publish_options,
+    read_form,
+    unmet,
+)
+from modules.mod_pep.store import PEP, PepStore, StoredItem
+from modules.mod_roster import ROSTER
+from xmppd.api import (
+    JID,
+    IqRequest,
+    IqTimeout,
+    Priority,
+    Scope,
+    Session,
+    SessionKey,
+    StanzaError,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import DiscoIdentity, DiscoInfo, DiscoItem, DiscoQuery, StanzaEvent, UserEvent
+from xmppd.api.stanza import (
+    Element,
+    child,
+    child_text,
+    copy,
+    element,
+    error_reply,
+    new_id,
+    parse,
+    payload,
+    serialize,
+)
+
+__all__ = ["PEP", "PepStore", "module"]
+
+FEATURES: Final = tuple(
+    f"{NS_PUBSUB}#{feature}"
+    for feature in (
+        "access-open",
+        "access-presence",
+        "access-whitelist",
+        "auto-create",
+        "auto-subscribe",
+        "config-node",
+        "create-and-configure",
+        "create-nodes",
+        "delete-items",
+        "delete-nodes",
+        "filtered-notifications",
+        "item-ids",
+        "last-published",
+        "persistent-items",
+        "presence-notifications",
+        "publish",
+        "publish-options",
+        "purge-nodes",
+        "retract-items",
+        "retrieve-default",
+        "retrieve-items",
+    )
+)
+"""XEP-0060 features advertised on every account (XEP-0163 §6.1)."""
+
+_P: Final = f"{{{NS_PUBSUB}}}"
+_O: Final = f"{{{NS_OWNER}}}"
+_UNSUPPORTED: Final = {
+    "subscribe": "subscribe",
+    "unsubscribe": "subscribe",
+    "options": "subscription-options",
+    "subscriptions": "retrieve-subscriptions",
+    "affiliations": "retrieve-affiliations",
+}
+"""Pubsub actions not implemented, and the feature named in ``<unsupported/>``."""
+
+
+class PubsubError(StanzaError):
+    """A stanza error with an optional XEP-0060 condition (``pubsub#errors``)."""
+
+    def __init__(
+        self, condition: str, app: str | None = None, text: str | None = None, **attrs: str
+    ) -> None:
+        super().__init__(condition, text)
+        self.app = app
+        self.app_attrs = attrs
+
+
+def _error(req: IqRequest, err: PubsubError) -> Element:
+    """The error reply, with the pubsub condition after the defined one (RFC 6120 §8.3.2)."""
+    reply = error_reply(req.stanza, err)
+    assert reply is not None  # requests are get/set
+    error_el = reply.find("error")
+    if err.app is not None and error_el is not None:
+        child(error_el, err.app, err.app_attrs, namespace=NS_ERRORS)
+    return reply
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+@dataclass(slots=True, eq=False)
+class _Interests:
+    """A session's XEP-0115 state: its verified ``+notify`` features, the caps they come
+    from, and the lookups still under way (handled one at a time, in order)."""
+
+    features: frozenset[str] = frozenset()
+    adopted: tuple[str, str] | None = None
+    pending: int = 0
+    queries: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+INTERESTS: SessionKey[_Interests | None] = SessionKey("pep.interests", None)
+
+
+def _features(session: Session) -> frozenset[str]:
+    state = session.get(INTERESTS)
+    return frozenset() if state is None else state.features
+
+
+def _store(ctx: Ctx) -> PepStore:
+    return ctx.service(PEP)
+
+
+def _default_config(ctx: Ctx) -> NodeConfig:
+    return NodeConfig(
+        access_model=ctx.options.default_access_model,
+        max_items=min(ctx.options.default_max_items, ctx.options.max_items_limit),
+    )
+
+
+# ----------------------------------------------------------------------------- access
+
+
+async def _allowed_models(ctx: Ctx, owner: JID, requester: JID) -> frozenset[str]:
+    """The access models whose nodes ``requester`` may read."""
+    if requester.bare == owner:
+        return frozenset(ACCESS_MODELS)
+    item = await ctx.service(ROSTER).item(owner, requester)
+    if item is not None and item.has_from:
+        return frozenset({"open", "presence"})
+    return frozenset({"open"})
+
+
+async def _check_access(ctx: Ctx, owner: JID, requester: JID, config: NodeConfig) -> None:
+    if config.access_model in await _allowed_models(ctx, owner, requester):
+        return
+    if config.access_model == "presence":
+        raise PubsubError("not-authorized", "presence-subscription-required")
+    raise PubsubError("not-allowed", "closed-node")
+
+
+async def _recipients(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> list[JID]:
+    """Who gets a notification about node ``name`` now (XEP-0163 §4)."""
+    if not config.deliver_notifications:
+        return []
+    wanted = name + NOTIFY
+    everyone = ctx.options.notify_all_owner_resources
+    found = [s.jid for s in ctx.sessions.available(owner) if everyone or wanted in _features(s)]
+    if config.access_model not in ("presence", "open"):
+        return found
+    for item in (await ctx.service(ROSTER).items(owner)).values():
+        if not item.has_from or item.contact == owner:
+            continue
+        for session in ctx.sessions.available(item.contact):
+            if session.priority >= 0 and wanted in _features(session):
+                found.append(session.jid)
+    return found
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def _items_event(name: str, item_id: str, data: str | None) -> Element:
+    event = payload(NS_EVENT, "event")
+    item = child(child(event, "items", {"node": name}), "item", {"id": item_id})
+    if data is not None:
+        item.append(parse(data.encode("utf-8")))
+    return event
+
+
+def _stamp(published_at: int) -> str:
+    moment = datetime.fromtimestamp(published_at / 1_000_000, tz=UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def _notify(
+    ctx: Ctx, owner: JID, recipients: list[JID], event: Element, *, delayed: int | None = None
+) -> None:
+    """A headline carrying ``event`` from the owner's bare JID to each recipient."""
+    for index, to in enumerate(recipients):
+        message = element(
+            "message", {"from": str(owner), "to": str(to), "type": "headline", "id": new_id()}
+        )
+        message.append(event if index == len(recipients) - 1 else copy(event))
+        if delayed is not None:
+            child(
+                message,
+                "delay",
+                {"from": str(owner), "stamp": _stamp(delayed)},
+                namespace=ns.DELAY,
+            )
+        await ctx.send(message)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _check_name(value: str, what: str) -> str:
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise PubsubError("not-acceptable", text=f"{what} longer than {MAX_NAME_BYTES} bytes")
+    return value
+
+
+def _node_name(action: Element) -> str:
+    name = action.get("node")
+    if not name:
+        raise PubsubError("bad-request", "nodeid-required")
+    return _check_name(name, "node name")
+
+
+def _action(pubsub: Element, *, besides: tuple[str, ...] = ()) -> Element:
+    """The pubsub child that says what to do (not ``publish-options``/``configure``)."""
+    for el in pubsub:
+        if isinstance(el.tag, str) and el.tag not in besides:
+            return el
+    raise PubsubError("bad-request", text="no pubsub action")
+
+
+def _unsupported(action: Element) -> PubsubError:
+    local = action.tag.rsplit("}", 1)[-1] if isinstance(action.tag, str) else ""
+    feature = _UNSUPPORTED.get(local, local)
+    return PubsubError("feature-not-implemented", "unsupported", feature=feature)
+
+
+def _require_owner(req: IqRequest) -> None:
+    if not req.is_from_owner:
+        raise PubsubError("forbidden", text="only the account owner may do this")
+
+
+# ----------------------------------------------------------------------------- IQ handlers
+
+
+@module.iq("get", NS_PUBSUB, "pubsub", to=Scope.BARE)
+async def pubsub_get(ctx: Ctx, req: IqRequest) -> Element:
+    try:
+        action = _action(req.payload)
+        if action.tag == f"{_P}items":
+            return await _get_items(ctx, req, action)
+        raise _unsupported(action)
+    except PubsubError as err:
+        return _error(req, err)
+
+
+@module.iq("set", NS_PUBSUB, "pubsub", to=Scope.BARE)
+async def pubsub_set(ctx: Ctx, req: IqRequest) -> Element:
+    try:
+        action = _action(req.payload, besides=(f"{_P}publish-options", f"{_P}configure"))
+        if action.tag == f"{_P}publish":
+            _require_owner(req)
+            return await _publish(ctx, req, action)
+        if action.tag == f"{_P}retract":
+            _require_owner(req)
+            return await _retract(ctx, req, action)
+        if action.tag == f"{_P}create":
+            _require_owner(req)
+            return await _create(ctx, req, action)
+        raise _unsupported(action)
+    except PubsubError as err:
+        return _error(req, err)
+
+
+@module.iq("get", NS_OWNER, "pubsub", to=Scope.BARE)
+async def owner_get(ctx: Ctx, req: IqRequest) -> Element:
+    try:
+        action = _action(req.payload)
+        if action.tag == f"{_O}configure":
+            _require_owner(req)
+            name = _node_name(action)
+            config = await _store(ctx).node(req.to.bare, name)
+            if config is None:
+                raise PubsubError("item-not-found")
+            result = payload(NS_OWNER, "pubsub")
+            child(result, "configure", {"node": name}).append(config_form(config))
+            return req.result(result)
+        if action.tag == f"{_O}default":
+            _require_owner(req)
+            result = payload(NS_OWNER, "pubsub")
+            child(result, "default").append(config_form(_default_config(ctx)))
+            return req.result(result)
+        raise _unsupported(action)
+    except PubsubError as err:
+        return _error(req, err)
+
+
+@module.iq("set", NS_OWNER, "pubsub", to=Scope.BARE)
+async def owner_set(ctx: Ctx, req: IqRequest) -> Element:
+    try:
+        action = _action(req.payload)
+        if action.tag == f"{_O}configure":
+            _require_owner(req)
+            return await _configure(ctx, req, action)
+        if action.tag == f"{_O}delete":
+            _require_owner(req)
+            return await _delete(ctx, req, action)
+        if action.tag == f"{_O}purge":
+            _require_owner(req)
+            return await _purge(ctx, req, action)
+        raise _unsupported(action)
+    except PubsubError as err:
+        return _error(req, err)
+
+
+# ----------------------------------------------------------------------------- use cases
+
+
+async def _get_items(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §6.5: all items, the newest ``max_items``, or those named."""
+    assert req.from_ is not None
+    owner = req.to.bare
+    name = _node_name(action)
+    config = await _store(ctx).node(owner, name)
+    if config is None:
+        raise PubsubError("item-not-found")
+    await _check_access(ctx, owner, req.from_, config)
+    limit = config.limit(ctx.options.max_items_limit)
+    ids = [el.get("id", "") for el in action.findall(f"{_P}item")]
+    if any(not item_id for item_id in ids):
+        raise PubsubError("bad-request", "item-required")
+    newest = limit
+    if (asked := action.get("max_items")) is not None:
+        try:
+            newest = min(int(asked), limit)
+        except ValueError:
+            newest = 0
+        if newest < 1:
+            raise PubsubError("bad-request", text="max_items must be a positive number")
+    page = await _store(ctx).items(owner, name, newest=newest, ids=ids[:limit], budget=RESULT_BYTES)
+    if ids and not page.items:
+        raise PubsubError("item-not-found")
+    result = payload(NS_PUBSUB, "pubsub")
+    items = child(result, "items", {"node": name})
+    for item in page.items:
+        child(items, "item", {"id": item.item_id}).append(parse(item.payload.encode("utf-8")))
+    return req.result(result)
+
+
+async def _publish(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §7.1, with auto-create and publish-options."""
+    owner = req.to.bare
+    name = _node_name(action)
+    items = action.findall(f"{_P}item")
+    if not items:
+        raise PubsubError("bad-request", "item-required")
+    if len(items) > 1:
+        raise PubsubError("bad-request", "invalid-payload", text="one item per publish")
+    elements = [el for el in items[0] if isinstance(el.tag, str)]
+    if not elements:
+        raise PubsubError("bad-request", "payload-required")
+    if len(elements) > 1:
+        raise PubsubError("bad-request", "invalid-payload", text="an item has one payload")
+    item_id = _check_name(items[0].get("id") or new_id(), "item id")
+    data = serialize(elements[0])
+    if len(data) > ctx.options.max_item_size:
+        raise PubsubError("not-acceptable", "payload-too-big")
+    text = data.decode("utf-8")
+    limit = ctx.options.max_items_limit
+    try:
+        wanted = publish_options(req.payload.find(f"{_P}publish-options"), limit=limit)
+    except UnknownField as exc:
+        raise PubsubError(
+            "conflict", "precondition-not-met", text=f"unsupported publish option {exc}"
+        ) from None
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        config = await store.node(owner, name)
+        if config is None:
+            config = apply(_default_config(ctx), wanted)
+            await _new_node(ctx, owner, name, config)
+        elif bad := unmet(config, wanted):
+            raise PubsubError(
+                "conflict",
+                "precondition-not-met",
+                text="the node is configured differently: " + ", ".join(bad),
+            )
+        if config.persist_items:
+            await store.publish(owner, name, item_id, text, keep=config.limit(limit))
+        recipients = await _recipients(ctx, owner, name, config)
+    event = _items_event(name, item_id, text if config.deliver_payloads else None)
+    await _notify(ctx, owner, recipients, event)
+    result = payload(NS_PUBSUB, "pubsub")
+    child(child(result, "publish", {"node": name}), "item", {"id": item_id})
+    return req.result(result)
+
+
+async def _new_node(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> None:
+    store = _store(ctx)
+    if len(await store.nodes(owner)) >= ctx.options.max_nodes:
+        raise PubsubError("not-allowed", "max-nodes-exceeded")
+    await store.save_node(owner, name, config, limit=ctx.options.max_items_limit)
+
+
+async def _create(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §8.1, with an optional ``<configure/>`` form (create-and-configure)."""
+    owner = req.to.bare
+    if not action.get("node"):
+        raise PubsubError("not-acceptable", "nodeid-required", text="instant nodes: no")
+    name = _node_name(action)
+    changes = read_form(
+        req.payload.find(f"{_P}configure"),
+        NS_NODE_CONFIG,
+        limit=ctx.options.max_items_limit,
+        ignore_unknown=True,
+    )
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        if await store.node(owner, name) is not None:
+            raise PubsubError("conflict", text="the node exists")
+        await _new_node(ctx, owner, name, apply(_default_config(ctx), changes))
+    return req.result()
+
+
+async def _retract(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §7.2."""
+    owner = req.to.bare
+    name = _node_name(action)
+    items = action.findall(f"{_P}item")
+    if len(items) != 1 or not items[0].get("id"):
+        raise PubsubError("bad-request", "item-required")
+    item_id = items[0].get("id", "")
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        config = await store.node(owner, name)
+        if config is None or not await store.retract(owner, name, item_id):
+            raise PubsubError("item-not-found")
+        recipients = await _recipients(ctx, owner, name, config)
+    asked = action.get("notify")
+    notify = asked in ("1", "true") if asked is not None else config.notify_retract
+    if notify and recipients:
+        event = payload(NS_EVENT, "event")
+        child(child(event, "items", {"node": name}), "retract", {"id": item_id})
+        await _notify(ctx, owner, recipients, event)
+    return req.result()
+
+
+async def _configure(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §8.2.4: submit the node configuration form (or cancel)."""
+    owner = req.to.bare
+    name = _node_name(action)
+    form = action.find(f"{{{ns.DATA_FORMS}}}x")
+    if form is None:
+        raise PubsubError("bad-request", text="no configuration form")
+    if form.get("type") == "cancel":
+        return req.result()
+    limit = ctx.options.max_items_limit
+    changes = read_form(action, NS_NODE_CONFIG, limit=limit, ignore_unknown=True)
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        config = await store.node(owner, name)
+        if config is None:
+            raise PubsubError("item-not-found")
+        await store.save_node(owner, name, apply(config, changes), limit=limit)
+    return req.result()
+
+
+async def _delete(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §8.4: the node and its items go; subscribers are told."""
+    owner = req.to.bare
+    name = _node_name(action)
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        config = await store.node(owner, name)
+        if config is None:
+            raise PubsubError("item-not-found")
+        recipients = await _recipients(ctx, owner, name, config)
+        await store.delete_node(owner, name)
+    if config.notify_delete and recipients:
+        event = payload(NS_EVENT, "event")
+        child(event, "delete", {"node": name})
+        await _notify(ctx, owner, recipients, event)
+    return req.result()
+
+
+async def _purge(ctx: Ctx, req: IqRequest, action: Element) -> Element:
+    """XEP-0060 §8.5: every item goes; subscribers are told."""
+    owner = req.to.bare
+    name = _node_name(action)
+    store = _store(ctx)
+    lock = store.lock(owner)
+    async with lock:
+        config = await store.node(owner, name)
+        if config is None:
+            raise PubsubError("item-not-found")
+        await store.purge(owner, name)
+        recipients = await _recipients(ctx, owner, name, config)
+    if recipients:
+        event = payload(NS_EVENT, "event")
+        child(event, "purge", {"node": name})
+        await _notify(ctx, owner, recipients, event)
+    return req.result()
+
+
+# ----------------------------------------------------------------------------- caps
+
+
+def _priority(presence: Element) -> int:
+    try:
+        return int(child_text(presence, "priority") or 0)
+    except ValueError:
+        return 0
+
+
+# Early: mod_presence handles (and stops) broadcast presence at the default priority.
+@module.on(hooks.PRESENCE_OUT, priority=Priority.EARLY)
+async def presence_sent(ctx: Ctx, event: StanzaEvent) -> None:
+    """A session's available broadcast presence: learn its interests from its caps."""
+    session, stanza = event.origin, event.stanza
+    if session is None or stanza.get("to") is not None or stanza.get("type") is not None:
+        return None
+    initial = not session.is_available
+    priority = _priority(stanza)
+    state = session.get(INTERESTS)
+    if state is None:
+        state = _Interests()
+        session.set(INTERESTS, state)
+    claim = parse_caps(stanza)
+    if claim is None or (state.pending == 0 and claim.key == state.adopted):
+        # No news about its interests (the usual presence update, or no caps at all).
+        if initial and state.features and state.pending == 0 and priority >= 0:
+            await _send_last_items(ctx, session, interested_nodes(state.features))
+        return None
+    known = _store(ctx).cached_interests(claim.key)
+    if known is not None and state.pending == 0:
+        await _adopt(ctx, session, state, claim, known, initial=initial, priority=priority)
+        return None
+    # The client answers our query on this same stream, whose worker runs this handler:
+    # look it up in the background. Later presences of the session queue behind it.
+    state.pending += 1
+    ctx.spawn(_learn(ctx, session, state, claim, initial, priority), name="mod_pep caps")
+    return None
+
+
+async def _learn(
+    ctx: Ctx, session: Session, state: _Interests, claim: Caps, initial: bool, priority: int
+) -> None:
+    try:
+        async with state.lock:
+            interests = await _resolve(ctx, session, state, claim)
+            if interests is not None and ctx.sessions.get(session.jid) is session:
+                await _adopt(
+                    ctx, session, state, claim, interests, initial=initial, priority=priority
+                )
+    finally:
+        state.pending -= 1
+
+
+async def _resolve(
+    ctx: Ctx, session: Session, state: _Interests, claim: Caps
+) -> frozenset[str] | None:
+    """The verified interests behind ``claim``: stored, or asked of the client."""
+    store = _store(ctx)
+    known = await store.stored_interests(claim.key)
+    if known is not None:
+        return known
+    if state.queries >= ctx.options.max_caps_queries:
+        ctx.log.debug("caps of %s: too many lookups for one session", session.jid)
+        return None
+    state.queries += 1
+    iq = element("iq", {"type": "get", "id": new_id(), "from": ctx.domain, "to": str(session.jid)})
+    iq.append(payload(ns.DISCO_INFO, "query", {"node": f"{claim.node}#{claim.ver}"}))
+    try:
+        reply = await ctx.request(iq, timeout=ctx.options.caps_timeout)
+    except IqTimeout:
+        ctx.log.debug("caps of %s: no disco#info answer", session.jid)
+        return None
+    query = reply.find(f"{{{ns.DISCO_INFO}}}query")
+    if reply.get("type") != "result" or query is None:
+        return None
+    interests = verified_interests(query, claim)
+    if interests is None:
+        ctx.log.info("caps of %s do not match its disco#info; not trusted", session.jid)
+        return None
+    await store.store_interests(claim.key, interests)
+    return interests
+
+
+async def _adopt(
+    ctx: Ctx,
+    session: Session,
+    state: _Interests,
+    claim: Caps,
+    interests: frozenset[str],
+    *,
+    initial: bool,
+    priority: int,
+) -> None:
+    """Take the session's new interests; send the last items of the nodes new among them."""
+    before = frozenset() if initial else state.features
+    state.features = interests
+    state.adopted = claim.key
+    if priority < 0:
+        return
+    fresh = interested_nodes(interests) - interested_nodes(before)
+    if fresh:
+        await _send_last_items(ctx, session, fresh)
+
+
+async def _send_last_items(ctx: Ctx, session: Session, names: frozenset[str]) -> None:
+    """XEP-0163 §4.3.2: the last item of each node called one of ``names`` of the user
+    or of a contact whose presence the user receives, if the user may read it."""
+    user = session.jid.bare
+    roster = ctx.service(ROSTER)
+    owners = [user]
+    for item in (await roster.items(user)).values():
+        contact = item.contact
+        if item.has_to and contact.local and contact.domain == ctx.domain and contact != user:
+            owners.append(contact)
+    store = _store(ctx)
+    for owner, name, config in await store.matching(owners, names):
+        if config.send_last_published_item != "on_sub_and_presence":
+            continue
+        if not config.deliver_notifications:
+            continue
+        if owner != user:
+            if config.access_model not in ("presence", "open"):
+                continue
+            theirs = await roster.item(owner, user)
+            if theirs is None or not theirs.has_from:
+                continue
+        last: StoredItem | None = await store.last_item(owner, name)
+        if last is None:
+            continue
+        event = _items_event(name, last.item_id, last.payload if config.deliver_payloads else None)
+        await _notify(ctx, owner, [session.jid], event, delayed=last.published_at)
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+@module.fold(hooks.DISCO_INFO)
+async def disco_info(ctx: Ctx, info: DiscoInfo, query: DiscoQuery) -> DiscoInfo:
+    """The account: identity pubsub/pep and the pubsub features (XEP-0163 §6.1); one of
+    its nodes: identity pubsub/leaf, for those who may read it."""
+    if not query.to.local:
+        return info
+    if query.node is None:
+        return replace(
+            info,
+            identities=(*info.identities, DiscoIdentity("pubsub", "pep")),
+            features=(*info.features, *FEATURES),
+        )
+    owner = query.to.bare
+    config = await _store(ctx).node(owner, query.node)
+    if config is None:
+        return info
+    if config.access_model not in await _allowed_models(ctx, owner, query.from_):
+        return info
+    return replace(
+        info,
+        identities=(*info.identities, DiscoIdentity("pubsub", "leaf")),
+        features=(*info.features, NS_PUBSUB),
+    )
+
+
+@module.fold(hooks.DISCO_ITEMS)
+async def disco_items(
+    ctx: Ctx, items: tuple[DiscoItem, ...], query: DiscoQuery
+) -> tuple[DiscoItem, ...]:
+    """The account's nodes the requester may read (XEP-0060 §5.2), or a node's item ids
+    (§5.5)."""
+    if not query.to.local:
+        return items
+    owner = query.to.bare
+    store = _store(ctx)
+    nodes = await store.nodes(owner)
+    if not nodes:
+        return items
+    allowed = await _allowed_models(ctx, owner, query.from_)
+    if query.node is None:
+        found = [
+            DiscoItem(owner, node=name, name=config.title or None)
+            for name, config in sorted(nodes.items())
+            if config.access_model in allowed
+        ]
+        return (*items, *found)
+    config = nodes.get(query.node)
+    if config is None or config.access_model not in allowed:
+        return items
+    ids = await store.item_ids(owner, query.node, limit=config.limit(ctx.options.max_items_limit))
+    return (*items, *(DiscoItem(owner, name=item_id) for item_id in ids))
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@module.on_load
+async def provide(ctx: Ctx) -> None:
+    ctx.provide(PEP, PepStore(ctx))
+
+
+@module.on(hooks.USER_REGISTERED)
+async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
+    # An account deleted by another process (the CLI) may have left its nodes cached.
+    _store(ctx).forget_cached(event.jid)
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    await _store(ctx).forget_user(event.jid)
