@@ -37,6 +37,8 @@ DEFAULT_MODULES: Final = (
     "private",
     "vcard",
     "mam",
+    "pep",
+    "push",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 
