@@ -29,10 +29,11 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any, Final
+from typing import Final
 
 from pydantic import Field
 
+from modules.mod_private import decode, encode
 from xmppd.api import (
     JID,
     IqRequest,
@@ -47,7 +48,7 @@ from xmppd.api import (
     hooks,
 )
 from xmppd.api.hooks import PacketContext, SessionEvent, StanzaEvent, UserEvent
-from xmppd.api.stanza import Element, child, copy, element, find_child, payload, serialize
+from xmppd.api.stanza import Element, child, copy, find_child, payload, serialize
 
 NS_VCARD: Final = "vcard-temp"
 NS_VCARD_UPDATE: Final = "vcard-temp:x:update"
@@ -82,44 +83,6 @@ module.feature(NS_VCARD)  # XEP-0054 §4: the server supports vcard-temp
 
 SERVER_ADDED: Final = SessionKey("vcard.server_added_update", False)
 """The session's last presence got its vcard-temp:x:update element from the server."""
-
-
-# ----------------------------------------------------------------------------- XML <-> JSON
-
-
-def _split(tag: str) -> tuple[str | None, str]:
-    if tag.startswith("{"):
-        namespace, _, local = tag[1:].partition("}")
-        return namespace, local
-    return None, tag
-
-
-def _encode(el: Element) -> list[Any]:
-    """A JSON-ready form of an element tree: ``[tag, attributes, text, tail, children]``."""
-    return [
-        el.tag,
-        {str(k): str(v) for k, v in el.attrib.items()},
-        el.text,
-        el.tail,
-        [_encode(c) for c in el if isinstance(c.tag, str)],
-    ]
-
-
-def _decode(data: list[Any], parent: Element | None = None) -> Element:
-    tag, attrs, text, tail, children = data
-    namespace, local = _split(tag)
-    if parent is None:
-        el = payload(namespace, local, attrs) if namespace else element(local, attrs)
-    elif namespace is None and _split(parent.tag)[0] is not None:
-        el = parent.makeelement(local, attrs)
-        parent.append(el)
-    else:
-        el = child(parent, local, attrs, namespace=namespace)
-    el.text = text
-    el.tail = tail if parent is not None else None
-    for sub in children:
-        _decode(sub, el)
-    return el
 
 
 # ----------------------------------------------------------------------------- avatars
@@ -221,7 +184,7 @@ async def get_vcard(ctx: Ctx, req: IqRequest) -> Element:
     user = req.to.bare
     stored = await ctx.keyval(STORE).get(user.local)
     if stored is not None:
-        return req.result(_decode(json.loads(stored)))
+        return req.result(decode(json.loads(stored)))
     if req.is_from_owner:
         return req.result(payload(NS_VCARD, "vCard"))
     if not await ctx.account_exists(user):
@@ -246,7 +209,7 @@ async def set_vcard(ctx: Ctx, req: IqRequest) -> Element:
     store = ctx.keyval(STORE)
     avatars = ctx.service(AVATARS)
     before = await avatars.get(user)
-    await store.set(user.local, json.dumps(_encode(vcard)))
+    await store.set(user.local, json.dumps(encode(vcard)))
     await store.set(user.local, photo, HASH_KEY)
     avatars.set(user, photo)
     if photo != (before or "") and ctx.options.avatar_hash_in_presence:
