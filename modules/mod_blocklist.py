@@ -596,3 +596,15 @@ async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await _store(ctx).forget_user(event.jid.bare)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: the blocklist, as XEP-0191 ``<blocklist>``."""
+    items = await _store(ctx).get(event.jid.bare)
+    if not items:
+        return parts
+    blocklist = payload(NS_BLOCKING, "blocklist")
+    for jid in sorted(items):
+        child(blocklist, "item", {"jid": jid})
+    return (*parts, blocklist)

@@ -185,3 +185,18 @@ async def set_private(ctx: Ctx, req: IqRequest) -> Element:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await ctx.keyval(STORE).delete(event.jid.local)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: every stored namespace in one ``jabber:iq:private`` query."""
+    store = ctx.keyval(STORE)
+    namespaces = await store.keys(event.jid.local)
+    if not namespaces:
+        return parts
+    query = payload(NS_PRIVATE, "query")
+    for namespace in sorted(namespaces):
+        stored = await store.get(event.jid.local, namespace)
+        for data in json.loads(stored or "[]"):
+            query.append(decode(data))
+    return (*parts, query)

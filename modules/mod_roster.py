@@ -404,3 +404,18 @@ async def drop_cache(ctx: Ctx, event: hooks.SessionEvent) -> None:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await ctx.service(ROSTER).forget_user(event.jid)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: the roster as a ``jabber:iq:roster`` query, plus pending requests as
+    ``subscribe`` presences (XEP-0227 §4.2)."""
+    roster = ctx.service(ROSTER)
+    query = payload(ns.ROSTER, "query", {"ver": str(await roster.version(event.jid))})
+    for item in (await roster.items(event.jid)).values():
+        item.to_xml(query)
+    pending = [
+        element("presence", {"type": "subscribe", "from": str(contact), "to": str(event.jid)})
+        for contact, _status in await roster.pending(event.jid)
+    ]
+    return (*parts, query, *pending)

@@ -233,3 +233,10 @@ async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     ctx.service(AVATARS).forget(event.jid.bare)
     await ctx.keyval(STORE).delete(event.jid.local)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: the stored vCard, if any."""
+    stored = await ctx.keyval(STORE).get(event.jid.local)
+    return parts if stored is None else (*parts, decode(json.loads(stored)))

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     users.add_argument("host", nargs="?")
     imp = command("import-users", "create accounts from a file of 'jid password' lines")
     imp.add_argument("file", type=Path)
+    exp = command("export-user", "write an account's data as XEP-0227 XML")
+    exp.add_argument("jid")
+    exp.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
     docs = command("gen-docs", "regenerate docs/hooks.md and docs/modules/ from the code")
     docs.add_argument("--check", action="store_true", help="only report stale files")
     docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return _with_server(config, lambda s: _passwd(s, jid, password), listen=False)
     if cmd == "users":
         return _with_server(config, lambda s: _users(s, args.host), listen=False)
+    if cmd == "export-user":
+        jid = _jid(args.jid, config)
+        return _with_server(config, lambda s: _export(s, jid, args.output), listen=False)
     if cmd == "import-users":
         return _with_server(config, lambda s: _import(s, args.file, config), listen=False)
     return 2
@@ -259,6 +265,23 @@ async def _users(server: object, host: str | None) -> int:
     for domain in [host] if host else list(server.hosts):
         for username in await server.accounts.list(domain):
             print(f"{username}@{domain}")
+    return 0
+
+
+async def _export(server: object, jid: JID, output: Path | None) -> int:
+    from xmppd.export import to_bytes
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    if not await server.accounts.exists(jid):
+        print(f"{jid} does not exist", file=sys.stderr)
+        return 1
+    data = to_bytes(await server.export_user(jid))
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        await asyncio.to_thread(output.write_bytes, data)
+        print(f"wrote {output}", file=sys.stderr)
     return 0
 
 

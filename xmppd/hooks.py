@@ -255,6 +255,14 @@ USER_REMOVED: Final = EventHook[UserEvent](
     "An account is being deleted. Every module that stores user data deletes it here.",
 )
 
+USER_EXPORT: Final = FoldHook[tuple["Element", ...], UserEvent](
+    "user_export",
+    "host",
+    "Collecting an account's data for `xmppd export-user` (XEP-0227). Return the tuple "
+    "with your module's data appended, as the XEP-0227 element for it (e.g. the roster "
+    "as <query xmlns='jabber:iq:roster'>). Every module that stores user data should.",
+)
+
 # ----------------------------------------------------------------------------- discovery
 
 DISCO_INFO: Final = FoldHook[DiscoInfo, DiscoQuery](
@@ -321,6 +329,7 @@ __all__ = [
     "StreamElementEvent",
     "StanzaEvent",
     "USER_AVAILABLE",
+    "USER_EXPORT",
     "USER_RECEIVE_PACKET",
     "USER_REGISTERED",
     "USER_REMOVED",

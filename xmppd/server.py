@@ -11,10 +11,11 @@ from typing import Any
 
 from xmppd import hooks
 from xmppd.auth.accounts import Accounts
+from xmppd.auth.scram import SCRAM_HASHES
 from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.config import ServerConfig
 from xmppd.errors import StanzaError
-from xmppd.events import EventBus
+from xmppd.events import Drop, EventBus
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
@@ -241,6 +242,21 @@ class Server:
         host = self.hosts.get(jid.domain)
         if host is not None:
             await host.bus.run(hooks.USER_REGISTERED, hooks.UserEvent(jid.bare))
+
+    async def export_user(self, jid: JID) -> Element:
+        """The account's data as a XEP-0227 ``<server-data>`` document (credentials as
+        SCRAM keys: there is no password to export), gathered through ``user_export``."""
+        from xmppd.export import export_document
+
+        bare = jid.bare
+        host = self.hosts[bare.domain]
+        creds = [
+            c
+            for h in SCRAM_HASHES
+            if (c := await self.accounts.get_scram(bare.domain, bare.local, h)) is not None
+        ]
+        parts = await host.bus.fold(hooks.USER_EXPORT, (), hooks.UserEvent(bare))
+        return export_document(bare, creds, () if isinstance(parts, Drop) else parts)
 
     async def remove_user(self, jid: JID) -> bool:
         """Delete an account and all its data; its sessions are closed.
