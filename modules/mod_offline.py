@@ -39,7 +39,15 @@ from xmppd.api import (
     ns,
 )
 from xmppd.api.hooks import PresenceEvent, StanzaEvent, UserEvent
-from xmppd.api.stanza import Element, child, child_text, copy, serialize
+from xmppd.api.stanza import (
+    Element,
+    child,
+    child_text,
+    copy,
+    in_client_namespace,
+    payload,
+    serialize,
+)
 from xmppd.api.storage import (
     BigInteger,
     Column,
@@ -361,3 +369,23 @@ async def priority_raised(ctx: Ctx, event: StanzaEvent) -> None:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await ctx.service(OFFLINE).remove_user(event.jid)
+
+
+PIE: Final = "urn:xmpp:pie:0"
+_EXPORT: Final = (
+    select(messages.c.stanza)
+    .where(messages.c.host == bindparam("host"), messages.c.username == bindparam("username"))
+    .order_by(messages.c.seq)
+)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: stored messages, oldest first, in ``<offline-messages>``."""
+    rows = await ctx.db.fetch_all(_EXPORT, {"host": ctx.domain, "username": event.jid.local})
+    if not rows:
+        return parts
+    box = payload(PIE, "offline-messages")
+    for row in rows:
+        box.append(in_client_namespace(parse_stored(row.stanza)))
+    return (*parts, box)

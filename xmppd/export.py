@@ -10,7 +10,7 @@ from lxml import etree
 from xmppd import ns
 from xmppd.auth.scram import ScramCredentials
 from xmppd.jid import JID
-from xmppd.stanza import Element, child, copy, payload
+from xmppd.stanza import Element, child, copy, in_client_namespace, payload
 
 
 def export_document(
@@ -32,7 +32,9 @@ def export_document(
         child(scram, "server-key", text=base64.b64encode(cred.server_key).decode())
         child(scram, "stored-key", text=base64.b64encode(cred.stored_key).decode())
     for part in parts:
-        account.append(copy(part))
+        # A stream-neutral stanza would otherwise take the pie namespace of its parent.
+        namespaced = isinstance(part.tag, str) and part.tag.startswith("{")
+        account.append(copy(part) if namespaced else in_client_namespace(part))
     return doc
 
 

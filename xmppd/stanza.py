@@ -86,6 +86,16 @@ def parse(data: bytes) -> Element:
     return etree.fromstring(data, _PARSER)
 
 
+def in_client_namespace(el: Element) -> Element:
+    """A copy of a stream-neutral stanza as ``<message xmlns='jabber:client'>``, for
+    embedding in another namespace (forwarded messages, archives, exports)."""
+    data = serialize(el)
+    tag = el.tag.encode()
+    if not data.startswith(b"<" + tag):
+        return copy(el)
+    return parse(b"<" + tag + b' xmlns="jabber:client"' + data[len(tag) + 1 :])
+
+
 def new_id() -> str:
     """A fresh stanza id."""
     return secrets.token_hex(8)

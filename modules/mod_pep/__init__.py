@@ -780,3 +780,22 @@ async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await _store(ctx).forget_user(event.jid)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """XEP-0227: every PEP node with its items, as ``<pubsub><items node>``."""
+    store = ctx.service(PEP)
+    nodes = await store.nodes(event.jid)
+    if not nodes:
+        return parts
+    pubsub = payload(NS_PUBSUB, "pubsub")
+    for name in sorted(nodes):
+        page = await store.items(
+            event.jid, name, newest=ctx.options.max_items_limit, budget=1 << 62
+        )
+        items = child(pubsub, "items", {"node": name})
+        for stored in page.items:
+            item = child(items, "item", {"id": stored.item_id})
+            item.append(parse(stored.payload.encode("utf-8")))
+    return (*parts, pubsub)

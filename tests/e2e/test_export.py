@@ -18,7 +18,14 @@ from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_serv
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[XmppdServer]:
-    modules = {**DEFAULT_TEST_MODULES, "vcard": {}, "private": {}, "blocklist": {}}
+    modules = {
+        **DEFAULT_TEST_MODULES,
+        "vcard": {},
+        "private": {},
+        "blocklist": {},
+        "offline": {},
+        "pep": {},
+    }
     tmp = tmp_path_factory.mktemp(f"export-{request.param}")
     with running_server(tmp, backend=request.param, modules=modules) as srv:
         yield srv
@@ -49,6 +56,21 @@ async def test_export_contains_the_users_data(server: XmppdServer) -> None:
             )
         )
         await iq.send()
+        publish = owner.xmpp.make_iq_set()
+        publish.set_payload(
+            ElementTree.fromstring(
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example:mood'>"
+                "<item id='current'><mood xmlns='urn:example:mood'>happy</mood></item>"
+                "</publish></pubsub>"
+            )
+        )
+        await publish.send()
+    # The owner is offline now: this one waits in offline storage.
+    async with Slix(server, "exp_friend@localhost", "friend-pw1") as friend:
+        friend.xmpp.send_message(
+            mto="exp_owner@localhost", mbody="while you were out", mtype="chat"
+        )
+        await friend.xmpp.plugin["xep_0199"].ping(jid="localhost", timeout=10)
     result = await asyncio.to_thread(server.cli, "export-user", "exp_owner@localhost")
     assert result.returncode == 0, result.stderr
     doc = etree.fromstring(result.stdout.encode())
@@ -67,6 +89,14 @@ async def test_export_contains_the_users_data(server: XmppdServer) -> None:
     )
     blocked = [i.get("jid") for i in user.iter("{urn:xmpp:blocking}item")]
     assert blocked == ["spammer@example.net"]
+    stored = user.find(f"{{{PIE}}}offline-messages/{{jabber:client}}message")
+    assert stored is not None
+    assert stored.findtext("{jabber:client}body") == "while you were out"
+    mood = user.find(
+        "{http://jabber.org/protocol/pubsub}pubsub/{http://jabber.org/protocol/pubsub}items"
+        "[@node='urn:example:mood']/{http://jabber.org/protocol/pubsub}item/{urn:example:mood}mood"
+    )
+    assert mood is not None and mood.text == "happy"
 
 
 async def test_export_of_a_missing_account_fails(server: XmppdServer) -> None:
