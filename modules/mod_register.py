@@ -80,7 +80,8 @@ def _form(instructions: str) -> Element:
 async def advertise(
     ctx: Ctx, features: tuple[Element, ...], fctx: hooks.FeaturesContext
 ) -> tuple[Element, ...]:
-    if fctx.stage == "post-auth" or not ctx.options.may_register_from(fctx.session.peer):
+    # Offered once the stream is ready to authenticate (after STARTTLS, when required).
+    if fctx.stage != "pre-auth" or not ctx.options.may_register_from(fctx.session.peer):
         return features
     return (*features, payload(ns.REGISTER_FEATURE, "register"))
 
