@@ -38,6 +38,7 @@ DEFAULT_MODULES: Final = (
     "vcard",
     "mam",
     "pep",
+    "bookmarks",
     "push",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
