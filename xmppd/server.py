@@ -84,6 +84,7 @@ class Server:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self.modules.import_all()
         await self.db.start()
+        self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
         await self.modules.load_all()
         if listen:
             await self._load_tls()

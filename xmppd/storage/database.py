@@ -90,6 +90,31 @@ class Database:
                     )
         log.info("storage ready (%s)", self.dialect)
 
+    async def checkpoints(self, every: float = 2.0) -> None:
+        """SQLite only: checkpoint the WAL from a worker thread every ``every`` seconds,
+        so no commit on the event loop ever waits for an fsync (runs until cancelled)."""
+        if self._sync is None:
+            return
+        import sqlite3
+
+        path = self._sync.url.database
+        if not path or path == ":memory:":
+            return
+
+        def checkpoint() -> None:
+            conn = sqlite3.connect(path, timeout=30)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
+
     async def close(self) -> None:
         if self._sync is not None:
             self._sync.dispose()
@@ -195,5 +220,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints (the WAL copied back into the database, with fsync) would otherwise run
+    # inside whichever commit crosses 1000 pages, on the event loop; `checkpoints` runs
+    # them from a worker thread instead.
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
