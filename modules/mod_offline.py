@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Final
 
-from lxml import etree
 from pydantic import Field
 
 from xmppd.api import (
@@ -45,6 +44,7 @@ from xmppd.api.stanza import (
     child_text,
     copy,
     in_client_namespace,
+    parse,
     payload,
     serialize,
 )
@@ -125,14 +125,6 @@ _PAGE: Final = (
     .limit(PAGE)
 )
 
-_PARSER: Final = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    remove_comments=True,
-    remove_pis=True,
-    huge_tree=False,
-)
 """Parses stored stanzas back. They are our own serializations; harden it anyway."""
 
 
@@ -194,7 +186,7 @@ def _stamped(ctx: Ctx, stanza: Element, at: float) -> Element:
 
 def parse_stored(data: str) -> Element:
     """A stored stanza, parsed back into a stream-neutral element."""
-    return etree.fromstring(data.encode("utf-8"), _PARSER)
+    return parse(data.encode("utf-8"))
 
 
 class OfflineStore:
@@ -264,7 +256,7 @@ class OfflineStore:
                             break
                         try:
                             stanza = parse_stored(row.stanza)
-                        except etree.XMLSyntaxError:
+                        except SyntaxError:  # lxml.etree.XMLSyntaxError
                             ctx.log.error("dropping an unreadable offline message %s", row.seq)
                         else:
                             await session.deliver(stanza)

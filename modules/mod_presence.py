@@ -129,7 +129,11 @@ async def _probe(ctx: Ctx, user: JID, contact: JID, session: Session) -> None:
     await ctx.send(element("presence", {"type": "probe", "from": str(user), "to": str(contact)}))
 
 
-async def _broadcast_unavailable(ctx: Ctx, session: Session, stanza: Element) -> None:
+async def _broadcast_unavailable(
+    ctx: Ctx, session: Session, stanza: Element, *, echo: bool = True
+) -> None:
+    """RFC 6121 §4.5: unavailable to subscribers, directed-presence targets and the
+    user's other resources (and, with ``echo``, to the session itself)."""
     if not session.is_available:
         return
     session.presence = None
@@ -146,30 +150,17 @@ async def _broadcast_unavailable(ctx: Ctx, session: Session, stanza: Element) ->
     session.set(DIRECTED, frozenset())
     for other in ctx.sessions.available(user):
         await other.deliver(_addressed(stanza, other.jid))
-    await session.deliver(_addressed(stanza, session.jid))
+    if echo:
+        await session.deliver(_addressed(stanza, session.jid))
     await ctx.run(hooks.USER_UNAVAILABLE, PresenceEvent(session, stanza))
 
 
 @module.on(hooks.RESOURCE_UNBOUND)
 async def gone(ctx: Ctx, event: SessionEvent) -> None:
+    """A session that ends while available goes unavailable for everyone who saw it."""
     session = event.session
-    if not session.is_available:
-        return
     unavailable = element("presence", {"type": "unavailable", "from": str(session.jid)})
-    session.presence = None
-    user = session.jid.bare
-    items = await _roster(ctx).items(user)
-    sent: set[JID] = set()
-    for item in items.values():
-        if item.has_from:
-            sent.add(item.contact)
-            await ctx.send(_addressed(unavailable, item.contact))
-    for target in session.get(DIRECTED):
-        if target not in sent:
-            await ctx.send(_addressed(unavailable, target))
-    for other in ctx.sessions.available(user):
-        await other.deliver(_addressed(unavailable, other.jid))
-    await ctx.run(hooks.USER_UNAVAILABLE, PresenceEvent(session, unavailable))
+    await _broadcast_unavailable(ctx, session, unavailable, echo=False)
 
 
 async def _outbound_subscription(
