@@ -35,7 +35,7 @@ from xmppd.api import (
     hooks,
     ns,
 )
-from xmppd.api.hooks import PacketContext, StanzaEvent
+from xmppd.api.hooks import Bind2Request, FeaturesContext, PacketContext, StanzaEvent
 from xmppd.api.stanza import Element, child, copy, element, payload
 
 NS_CARBONS: Final = "urn:xmpp:carbons:2"
@@ -87,6 +87,21 @@ async def enable(ctx: Ctx, req: IqRequest) -> Element:
 async def disable(ctx: Ctx, req: IqRequest) -> Element:
     _own_session(req).set(ENABLED, False)
     return req.result()
+
+
+@module.fold(hooks.BIND2_FEATURES)
+async def bind2_feature(ctx: Ctx, features: tuple[str, ...], _: FeaturesContext) -> tuple[str, ...]:
+    return (*features, NS_CARBONS)
+
+
+@module.fold(hooks.BIND2_BOUND)
+async def bind2_enable(
+    ctx: Ctx, answers: tuple[Element, ...], request: Bind2Request
+) -> tuple[Element, ...]:
+    """``<enable xmlns='urn:xmpp:carbons:2'/>`` inside a Bind 2 request (no answer)."""
+    if request.find(NS_CARBONS, "enable") is not None:
+        request.session.set(ENABLED, True)
+    return answers
 
 
 # ----------------------------------------------------------------------------- eligibility

@@ -22,7 +22,7 @@ from xmppd.api import (
     Stop,
     hooks,
 )
-from xmppd.api.hooks import FeaturesContext, PacketContext, StreamElementEvent
+from xmppd.api.hooks import Bind2Request, FeaturesContext, PacketContext, StreamElementEvent
 from xmppd.api.stanza import Element, parse, payload, serialize
 
 NS: Final = "urn:xmpp:csi:0"
@@ -55,6 +55,21 @@ async def advertise(
     if fctx.stage != "post-auth":
         return features
     return (*features, payload(NS, "csi"))
+
+
+@module.fold(hooks.BIND2_FEATURES)
+async def bind2_feature(ctx: Ctx, features: tuple[str, ...], _: FeaturesContext) -> tuple[str, ...]:
+    return (*features, NS)
+
+
+@module.fold(hooks.BIND2_BOUND)
+async def bind2_state(
+    ctx: Ctx, answers: tuple[Element, ...], request: Bind2Request
+) -> tuple[Element, ...]:
+    """A Bind 2 request may start the session inactive (``<inactive/>``)."""
+    if request.find(NS, "inactive") is not None:
+        request.session.set(INACTIVE, True)
+    return answers
 
 
 @module.on(hooks.C2S_STREAM_ELEMENT)

@@ -37,7 +37,7 @@ from xmppd.api import (
     hooks,
     ns,
 )
-from xmppd.api.hooks import PresenceEvent, StanzaEvent, UserEvent
+from xmppd.api.hooks import Bind2Request, PresenceEvent, StanzaEvent, UserEvent
 from xmppd.api.stanza import (
     Element,
     child,
@@ -118,6 +118,7 @@ _COUNT: Final = (
     .select_from(messages)
     .where(messages.c.host == _HOST, messages.c.username == _USER)
 )
+_STANZA_ID: Final = "{urn:xmpp:sid:0}stanza-id"
 _PAGE: Final = (
     select(messages.c.seq, messages.c.stanza)
     .where(messages.c.host == _HOST, messages.c.username == _USER, messages.c.seq > _AFTER)
@@ -278,6 +279,33 @@ class OfflineStore:
             ctx.log.debug("delivered %d offline messages to %s", sent, session.jid)
         return sent
 
+    async def drop_archived(self, user: JID) -> int:
+        """Delete stored messages that ``user``'s archive also holds (they carry its
+        XEP-0359 ``<stanza-id by='user'>``); the others stay. Returns how many went."""
+        ctx = self._ctx
+        by = str(user)
+        archived: list[int] = []
+        async with self._lock(user):
+            after = 0
+            while rows := await ctx.db.fetch_all(_PAGE, {**self._params(user), "after": after}):
+                for row in rows:
+                    try:
+                        stanza = parse_stored(row.stanza)
+                    except SyntaxError:
+                        continue
+                    if any(el.get("by") == by for el in stanza.iterfind(_STANZA_ID)):
+                        archived.append(row.seq)
+                after = rows[-1].seq
+            if archived:
+                await ctx.db.execute(
+                    delete(messages).where(
+                        messages.c.host == ctx.domain,
+                        messages.c.username == user.local,
+                        messages.c.seq.in_(archived),
+                    )
+                )
+        return len(archived)
+
     @asynccontextmanager
     async def _lock(self, user: JID) -> AsyncIterator[None]:
         """One delivery per account at a time: two sessions coming online together
@@ -327,6 +355,18 @@ async def offline_message(ctx: Ctx, event: StanzaEvent) -> Stop | None:
         ctx.log.info("offline storage of %s is full; refusing a message", user)
         return None
     return STOP
+
+
+@module.fold(hooks.BIND2_BOUND)
+async def bind2_skip_archived(
+    ctx: Ctx, answers: tuple[Element, ...], request: Bind2Request
+) -> tuple[Element, ...]:
+    """XEP-0386 §2.2: a Bind 2 client syncs from the archive, so offline messages that
+    are in it are cleared instead of sent; any the archive does not hold still come."""
+    dropped = await ctx.service(OFFLINE).drop_archived(request.session.jid.bare)
+    if dropped:
+        ctx.log.debug("bind2: %d archived offline messages cleared", dropped)
+    return answers
 
 
 @module.on(hooks.USER_AVAILABLE)

@@ -37,11 +37,17 @@ publishing a ``urn:xmpp:push:summary`` form (``message-count``,
 server answers with an error of type ``cancel`` or ``auth``, or ``item-not-found``, the
 registration is disabled (§8). Nothing is retried on a timeout.
 
-**Addressing the app server.** It is usually a component or a remote domain. The
-router bounces non-local domains for now, so only a local JID works today. Use a
-*full* JID then (``pushserver@example.org/app``): an IQ to an account's bare JID is
-answered by the server's own IQ handlers (the PEP service would take the publish), and
-never reaches a client. Enabling push to one's own account is refused.
+**Addressing the app server.** It is usually an external component (XEP-0114, a
+``[[components]]`` entry such as ``push.example.org``): the push is written to the
+component and its answer routed back here. While that component is not connected the
+push bounces with ``service-unavailable`` of type ``wait``, which keeps the
+registration (the push is not retried; the next message sends a new one). An app server
+on a remote domain needs federation, which does not exist yet: its pushes bounce with
+``remote-server-not-found`` (type ``cancel``), and the registration is disabled. A local
+account can also act as app server; use its *full* JID then
+(``pushserver@example.org/app``): an IQ to an account's bare JID is answered by the
+server's own IQ handlers (the PEP service would take the publish), and never reaches a
+client. Enabling push to one's own account is refused.
 """
 
 from __future__ import annotations

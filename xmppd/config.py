@@ -19,10 +19,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from xmppd.jid import InvalidJID, domainprep
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -122,14 +125,84 @@ class AuthSection(Section):
     )
     failures_before_delay: int = Field(3, ge=1)
     max_failure_delay: Duration = Field(10.0, ge=0)
+    sasl2: bool = Field(
+        True,
+        description="Offer XEP-0388 SASL2 with XEP-0386 Bind 2 (authenticate, bind and "
+        "enable carbons, stream management and CSI in one round trip). Only over TLS.",
+    )
+    fast: bool = Field(
+        True, description="Issue XEP-0484 FAST tokens for password-less re-login (SASL2)."
+    )
+    fast_token_lifetime: Duration = Field(
+        14 * 86400.0,
+        ge=3600,
+        le=365 * 86400,
+        description="How long a FAST token stays valid; it is renewed when half is used.",
+    )
+
+
+_COMPONENT_LISTENER_DEFAULTS: dict[str, object] = {
+    "address": "127.0.0.1",
+    "port": 5347,
+    "tls": "none",
+}
+"""What a ``kind = "component"`` listener takes for the keys it leaves out."""
 
 
 class ListenerSection(Section):
-    kind: Literal["c2s"] = "c2s"
+    """One listening socket. Client listeners (``c2s``) default to every address,
+    port 5222 and STARTTLS; component listeners (XEP-0114) to loopback, port 5347
+    and no TLS, which is the only mode that protocol has."""
+
+    kind: Literal["c2s", "component"] = "c2s"
     address: str = "0.0.0.0"
     port: int = Field(5222, ge=0, le=65535)
     tls: Literal["starttls", "direct", "none"] = "starttls"
     backlog: int = Field(1024, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _component_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("kind") == "component":
+            return {**_COMPONENT_LISTENER_DEFAULTS, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _component_is_plain_tcp(self) -> Self:
+        if self.kind == "component" and self.tls != "none":
+            raise ValueError(
+                f"listener on port {self.port}: component listeners speak plain TCP "
+                "(XEP-0114 has no TLS): leave tls out or set tls = 'none', and bind the "
+                "listener to a loopback or private address"
+            )
+        return self
+
+
+class ComponentSection(Section):
+    """An external component (XEP-0114) allowed to connect and serve ``domain``."""
+
+    domain: str = Field(description="The component's domain, e.g. push.example.org.")
+    secret: SecretStr = Field(
+        description="Shared secret of the <handshake/>; never logged or shown."
+    )
+
+    @field_validator("domain")
+    @classmethod
+    def _is_a_domain(cls, v: str) -> str:
+        try:
+            canonical = domainprep(v)
+        except InvalidJID as exc:
+            raise ValueError(f"{v!r} is not a valid domain: {exc}") from None
+        if canonical != v:
+            raise ValueError(f"expected a lowercase domain name, such as {canonical!r}")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("the secret must not be empty")
+        return v
 
 
 class C2SSection(Section):
@@ -196,6 +269,9 @@ class ServerConfig(Section):
         ListenerSection(port=5223, tls="direct"),
     )
     hosts: dict[str, HostSection] = Field(default_factory=lambda: {"localhost": HostSection()})
+    components: tuple[ComponentSection, ...] = Field(
+        (), description="External components (XEP-0114); none by default."
+    )
     modules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True, description="File this was read from.")
@@ -204,12 +280,27 @@ class ServerConfig(Section):
     def _encryption_is_possible(self) -> Self:
         if self.c2s.require_encryption:
             for listener in self.listeners:
-                if listener.tls == "none":
+                if listener.kind == "c2s" and listener.tls == "none":
                     raise ValueError(
                         f"listener on port {listener.port} has tls = 'none' but "
                         "c2s.require_encryption is true: use 'starttls' or 'direct', or set "
                         "c2s.require_encryption = false"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _components_are_distinct(self) -> Self:
+        seen: set[str] = set()
+        for index, component in enumerate(self.components):
+            where = f"components.{index}.domain"
+            if component.domain in self.hosts:
+                raise ValueError(
+                    f"{where}: {component.domain!r} is one of the hosts; a component "
+                    "needs a domain of its own (such as a subdomain)"
+                )
+            if component.domain in seen:
+                raise ValueError(f"{where}: {component.domain!r} is configured twice")
+            seen.add(component.domain)
         return self
 
     @field_validator("hosts")

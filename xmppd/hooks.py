@@ -99,6 +99,21 @@ class BindRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Bind2Request:
+    """A XEP-0386 Bind 2 request on ``session``: its full JID is set but it is not yet
+    routable. ``requests`` are the children of ``<bind/>`` other than ``<tag/>``: the
+    features the client asks to enable inline (``<enable xmlns='urn:xmpp:carbons:2'/>``...)."""
+
+    session: Session
+    requests: tuple[Element, ...]
+
+    def find(self, namespace: str, name: str) -> Element | None:
+        """The request element ``{namespace}name``, if the client sent one."""
+        tag = f"{{{namespace}}}{name}"
+        return next((el for el in self.requests if el.tag == tag), None)
+
+
+@dataclass(frozen=True, slots=True)
 class DiscoQuery:
     """A disco#info or disco#items request."""
 
@@ -222,6 +237,22 @@ PRE_RESOURCE_BIND: Final = FoldHook[str, BindRequest](
     "Return it or another; raise StanzaError to refuse the bind.",
 )
 
+BIND2_FEATURES: Final = FoldHook[tuple[str, ...], FeaturesContext](
+    "bind2_features",
+    "host",
+    "The features a client may enable inline in a XEP-0386 Bind 2 request, as "
+    "namespaces (``urn:xmpp:carbons:2``); return the tuple with yours added.",
+)
+
+BIND2_BOUND: Final = FoldHook[tuple["Element", ...], Bind2Request](
+    "bind2_bound",
+    "host",
+    "A client is binding with Bind 2 (XEP-0386). Enable what it asked for inline "
+    "(``ctx.find(ns, name)``) and return the tuple with any elements to put in the "
+    "``<bound/>`` answer added (e.g. MAM metadata). Runs before the session becomes "
+    "routable, so nothing is delivered to it in between.",
+)
+
 RESOURCE_BOUND: Final = EventHook[SessionEvent](
     "resource_bound", "host", "A session bound its resource and is now routable."
 )
@@ -295,6 +326,9 @@ __all__ = [
     "ALL_HOOKS",
     "BindRequest",
     "C2S_STREAM_ELEMENT",
+    "BIND2_BOUND",
+    "BIND2_FEATURES",
+    "Bind2Request",
     "C2S_STREAM_FEATURES",
     "DISCO_INFO",
     "DISCO_ITEMS",

@@ -10,7 +10,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from xmppd import hooks
+from xmppd.auth import sasl
 from xmppd.auth.accounts import Accounts
+from xmppd.auth.fast import FastTokens
 from xmppd.auth.scram import SCRAM_HASHES
 from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.config import ServerConfig
@@ -20,9 +22,11 @@ from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
 from xmppd.router import Router
+from xmppd.server_secret import derive, load_or_create
 from xmppd.sessions import SessionManager
 from xmppd.stanza import Element, describe_payload, error_reply, new_id
 from xmppd.storage.database import Database
+from xmppd.stream.component import ComponentRegistry
 from xmppd.tls import TlsContexts, load_host_certificate
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,12 @@ class Server:
             max_delay=config.auth.max_failure_delay,
         )
         self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.hosts}
+        self.components = ComponentRegistry(config.components)
+        """External components (XEP-0114): configured domains and connected streams."""
         self.tls: TlsContexts | None = None
+        self.secret = b""
+        """The persistent server secret (xmppd.server_secret), loaded by :meth:`start`."""
+        self.fast_tokens: FastTokens | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.resumable: dict[str, Any] = {}
         """Stream-management sessions by resumption id (``C2SStream``)."""
@@ -82,6 +91,7 @@ class Server:
     async def start(self, *, listen: bool = True) -> None:
         """Prepare storage, load modules on every host, then open the listeners."""
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self._load_secret()
         self.modules.import_all()
         await self.db.start()
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
@@ -134,6 +144,16 @@ class Server:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{source}: {path}.certificate: cannot load: {exc}") from None
 
+    def _load_secret(self) -> None:
+        auth = self.config.auth
+        self.secret = load_or_create(self.config.server.data_dir)
+        # Unknown users get the same fake SCRAM salt after a restart, as real ones do.
+        sasl.configure_unknown_user_disguise(
+            derive(self.secret, "scram-unknown-user"), iterations=auth.scram_iterations
+        )
+        if auth.sasl2 and auth.fast:
+            self.fast_tokens = FastTokens(self.db, self.secret, lifetime=auth.fast_token_lifetime)
+
     async def _load_tls(self) -> None:
         data_dir = self.config.server.data_dir
         tls = self.config.tls
@@ -154,11 +174,12 @@ class Server:
 
     @property
     def listening_ports(self) -> list[tuple[str, int]]:
-        """(tls mode, port) of each open listener, in config order."""
+        """(tls mode, or ``component``; port) of each open listener, in config order."""
         ports: list[tuple[str, int]] = []
         for listener, section in zip(self._listeners, self.config.listeners, strict=False):
+            mode = "component" if section.kind == "component" else section.tls
             for sock in listener.sockets:
-                ports.append((section.tls, int(sock.getsockname()[1])))
+                ports.append((mode, int(sock.getsockname()[1])))
                 break
         return ports
 
@@ -168,6 +189,7 @@ class Server:
             listener.close()
         for session in list(self.sessions):
             session.close("system-shutdown")
+        self.components.close_all("system-shutdown")
         await self.modules.unload_all()
         for task in list(self._tasks):
             task.cancel()

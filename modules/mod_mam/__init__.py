@@ -104,7 +104,15 @@ from xmppd.api import (
     hooks,
     ns,
 )
-from xmppd.api.hooks import DiscoInfo, DiscoQuery, PacketContext, RouteInfo, StanzaEvent, UserEvent
+from xmppd.api.hooks import (
+    Bind2Request,
+    DiscoInfo,
+    DiscoQuery,
+    PacketContext,
+    RouteInfo,
+    StanzaEvent,
+    UserEvent,
+)
 from xmppd.api.stanza import Element, child, element, parse, payload
 
 __all__ = ["ARCHIVE", "Archive", "MamOptions", "module"]
@@ -381,12 +389,25 @@ async def query_form(ctx: Ctx, req: IqRequest) -> Element:
 @module.iq("get", NS_MAM, "metadata", to=Scope.BARE)
 async def metadata(ctx: Ctx, req: IqRequest) -> Element:
     _require_owner(req)
-    first, last = await ctx.service(ARCHIVE).edges(req.to.bare)
+    return req.result(await _metadata(ctx, req.to.bare))
+
+
+async def _metadata(ctx: Ctx, user: JID) -> Element:
+    """``<metadata/>``: the first and last entries of ``user``'s archive."""
+    first, last = await ctx.service(ARCHIVE).edges(user)
     result = payload(NS_MAM, "metadata")
     for name, row in (("start", first), ("end", last)):
         if row is not None:
             child(result, name, {"id": str(row.id), "timestamp": format_stamp(int(row.stamp))})
-    return req.result(result)
+    return result
+
+
+@module.fold(hooks.BIND2_BOUND)
+async def bind2_metadata(
+    ctx: Ctx, answers: tuple[Element, ...], request: Bind2Request
+) -> tuple[Element, ...]:
+    """XEP-0386: the archive's state at bind time, so the client knows what to sync."""
+    return (*answers, await _metadata(ctx, request.session.jid.bare))
 
 
 # ----------------------------------------------------------------------------- preferences

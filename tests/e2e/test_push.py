@@ -25,11 +25,12 @@ from tests.support.push import (
     enable,
     enable_payload,
     login,
+    no_push_before_marker,
     ping,
     registration_rows,
 )
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
-from tests.support.xmlclient import XmlClient, error_condition, tag
+from tests.support.xmlclient import error_condition, tag
 
 _nodes = itertools.count()
 CSI = "urn:xmpp:csi:0"
@@ -60,24 +61,6 @@ def server(
 
 def node() -> str:
     return f"node-{next(_nodes)}"
-
-
-async def no_push_before_marker(server: XmppdServer, app: AppServer, sender: XmlClient) -> None:
-    """Prove that ``sender``'s earlier messages caused no push to ``app``.
-
-    A fresh, offline account with its own registration gets a message from ``sender``
-    now. The server handles ``sender``'s messages in order, and routes each push before
-    it handles the next message, so the first push ``app`` receives must be this one.
-    """
-    user = await new_account(server, "marker")
-    marker_node = node()
-    client = await login(server, user, resource="m")
-    assert (await enable(client, app.jid, marker_node)).get("type") == "result"
-    await client.close()
-    chat(sender, user, "marker")
-    push = await app.next_push()
-    assert push.node == marker_node, f"an unexpected push: {push.raw!r}"
-    app.answer(push)
 
 
 async def test_hibernating_device_is_pushed(server: XmppdServer) -> None:

@@ -1,17 +1,21 @@
-"""Test helpers for push notifications (XEP-0357): a test "app server" (a second local
-account, addressed by its full JID, that receives the pushes and answers them), devices
-with stream management that can lose their connection, and what the push table holds."""
+"""Test helpers for push notifications (XEP-0357): test "app servers" that receive the
+pushes and answer them (a real external component, XEP-0114, or a second local account
+addressed by its full JID), devices with stream management that can lose their
+connection, and what the push table holds."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
+from typing import Protocol
 from xml.sax.saxutils import quoteattr
 
 import sqlalchemy as sa
 from lxml import etree
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.support.component import SlixComponent, ctag
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.server import XmppdServer
 from tests.support.xmlclient import Element, XmlClient, attrs, tag, text
@@ -56,8 +60,9 @@ class Push:
 
 
 def is_push(el: Element) -> bool:
+    """A pubsub publish IQ set, as a client or a component stream delivers it."""
     return (
-        el.tag == tag("iq")
+        el.tag in (tag("iq"), ctag("iq"))
         and el.get("type") == "set"
         and el.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish") is not None
     )
@@ -120,6 +125,76 @@ class AppServer:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class ComponentAppServer:
+    """A XEP-0357 app server that is a real external component (slixmpp
+    ``ComponentXMPP`` on XEP-0114), as deployed push services are."""
+
+    def __init__(self, component: SlixComponent) -> None:
+        self.component = component
+
+    @classmethod
+    async def start(cls, server: XmppdServer, domain: str, secret: str) -> ComponentAppServer:
+        return cls(await SlixComponent(server, domain, secret).connected())
+
+    @property
+    def jid(self) -> str:
+        return self.component.domain
+
+    async def next_push(self, timeout: float = 20) -> Push:
+        return parse_push(await self.component.next(is_push, timeout))
+
+    def answer(self, push: Push, error: str | None = None, type: str = "cancel") -> None:
+        """Answer as slixmpp does: a result, or an error ``error`` of type ``type``."""
+        if error is None:
+            self.component.reply_result(push.stanza)
+        else:
+            self.component.reply_error(push.stanza, error, type)
+
+    async def ping(self) -> None:
+        """A round trip: everything this component sent before has been handled."""
+        await self.component.ping()
+
+    async def close(self) -> None:
+        await self.component.stop()
+
+
+class PushReceiver(Protocol):
+    """What the push tests need from an app server, whatever kind it is."""
+
+    @property
+    def jid(self) -> str: ...
+
+    async def next_push(self, timeout: float = 20) -> Push: ...
+
+    def answer(self, push: Push, error: str | None = None, type: str = "cancel") -> None: ...
+
+
+async def no_push_before_marker(server: XmppdServer, app: PushReceiver, sender: XmlClient) -> None:
+    """Prove that ``sender``'s earlier messages caused no push to ``app``.
+
+    A fresh, offline account with its own registration gets a message from ``sender``
+    now. The server handles ``sender``'s messages in order, and routes each push before
+    it handles the next message, so the first push ``app`` receives must be this one.
+    """
+    user = await new_account(server, "marker")
+    marker_node = f"marker-{next(_ids)}"
+    client = await login(server, user, resource="m")
+    assert (await enable(client, app.jid, marker_node)).get("type") == "result"
+    await client.close()
+    chat(sender, user, "marker")
+    push = await app.next_push()
+    assert push.node == marker_node, f"an unexpected push: {push.raw!r}"
+    app.answer(push)
+
+
+async def logged(server: XmppdServer, line: str, timeout: float = 10) -> None:
+    """Wait until the server's log holds ``line`` (for what only the log can tell)."""
+    async with asyncio.timeout(timeout):
+        # A file written by another process: there is no event to wait for.
+        while line not in server.log_text():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 async def ping(client: XmlClient) -> None:

@@ -52,6 +52,8 @@ class XmppdServer:
     backend: str
     log_path: Path
     storage_url: str
+    component_port: int | None = None
+    """The XEP-0114 listener, when the server was started with ``components``."""
 
     @property
     def cafile(self) -> Path:
@@ -97,6 +99,8 @@ def write_config(
     modules: dict[str, dict[str, Any]] | None = None,
     hooks: dict[str, dict[str, Any]] | None = None,
     extra: str = "",
+    component_port: int | None = None,
+    components: dict[str, str] | None = None,
 ) -> None:
     lines = [
         "[server]",
@@ -114,8 +118,17 @@ def write_config(
         'address = "127.0.0.1"',
         f"port = {direct_tls_port}",
         'tls = "direct"',
-        f'[hosts."{domain}"]',
     ]
+    if components:
+        assert component_port is not None
+        lines += ["[[listeners]]", 'kind = "component"', f"port = {component_port}"]
+        for component_domain, secret in components.items():
+            lines += [
+                "[[components]]",
+                f"domain = {_toml_value(component_domain)}",
+                f"secret = {_toml_value(secret)}",
+            ]
+    lines.append(f'[hosts."{domain}"]')
     if modules is not None:
         lines.append("[modules]")
         for name, opts in modules.items():
@@ -177,8 +190,12 @@ def running_server(
     hooks: dict[str, dict[str, Any]] | None = None,
     extra: str = "",
     domain: str = "localhost",
+    components: dict[str, str] | None = None,
 ) -> Iterator[XmppdServer]:
-    """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards."""
+    """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards.
+
+    ``components`` (domain → secret) adds a loopback XEP-0114 listener and those
+    external components (``XmppdServer.component_port``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     with _storage(tmp, backend) as url:
         data_dir = tmp / "data"
@@ -188,6 +205,7 @@ def running_server(
             # Fresh ports on each attempt: a port found free can be taken by someone else
             # before the server binds it.
             p1, p2 = free_port(), free_port()
+            p3 = free_port() if components else None
             write_config(
                 config_path,
                 data_dir=data_dir,
@@ -198,6 +216,8 @@ def running_server(
                 modules=DEFAULT_TEST_MODULES if modules is None else modules,
                 hooks=hooks,
                 extra=extra,
+                component_port=p3,
+                components=components,
             )
             log = log_path.open("ab")
             proc = subprocess.Popen(
@@ -206,14 +226,16 @@ def running_server(
                 stderr=subprocess.STDOUT,
             )
             try:
-                _wait_listening(proc, (p1, p2), log_path)
+                _wait_listening(proc, (p1, p2) if p3 is None else (p1, p2, p3), log_path)
                 break
             except RuntimeError:
                 _stop(proc)
                 log.close()
                 if attempt == 2:
                     raise
-        server = XmppdServer(proc, data_dir, config_path, p1, p2, domain, backend, log_path, url)
+        server = XmppdServer(
+            proc, data_dir, config_path, p1, p2, domain, backend, log_path, url, p3
+        )
         try:
             yield server
         finally:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from xmppd.auth.scram import SCRAM_HASHES, ScramCredentials, derive_credentials
 from xmppd.jid import JID
 from xmppd.storage.database import Database
-from xmppd.storage.schema import accounts, keyval, scram_credentials
+from xmppd.storage.schema import accounts, fast_tokens, keyval, scram_credentials
 
 
 class AccountExists(Exception):
@@ -71,25 +71,26 @@ class Accounts:
             raise NoSuchAccount(str(jid))
         creds = await self._derive_all(password)
         async with self._db.transaction() as conn:
-            await conn.execute(
-                sa.delete(scram_credentials).where(
-                    scram_credentials.c.host == jid.domain,
-                    scram_credentials.c.username == jid.local,
+            for table in (scram_credentials, fast_tokens):  # old FAST tokens die too
+                await conn.execute(
+                    sa.delete(table).where(
+                        table.c.host == jid.domain, table.c.username == jid.local
+                    )
                 )
-            )
             await conn.execute(
                 sa.insert(scram_credentials), [_credential_row(jid, c) for c in creds]
             )
 
     async def revoke_credentials(self, jid: JID) -> None:
         """Make every password fail for ``jid`` (the account row stays, so the name
-        cannot be registered again until :meth:`delete`)."""
-        await self._db.execute(
-            sa.delete(scram_credentials).where(
-                scram_credentials.c.host == jid.domain,
-                scram_credentials.c.username == jid.local,
-            )
-        )
+        cannot be registered again until :meth:`delete`). FAST tokens go too."""
+        async with self._db.transaction() as conn:
+            for table in (scram_credentials, fast_tokens):
+                await conn.execute(
+                    sa.delete(table).where(
+                        table.c.host == jid.domain, table.c.username == jid.local
+                    )
+                )
 
     async def delete(self, jid: JID) -> bool:
         """Delete the account row, its credentials and its generic key/value data.
@@ -103,7 +104,7 @@ class Accounts:
                     accounts.c.host == jid.domain, accounts.c.username == jid.local
                 )
             )
-            for table in (scram_credentials, keyval):
+            for table in (scram_credentials, fast_tokens, keyval):
                 await conn.execute(
                     sa.delete(table).where(
                         table.c.host == jid.domain, table.c.username == jid.local

@@ -46,6 +46,7 @@ from xmppd.auth.scram import (
 from xmppd.jid import JID, InvalidJID, domainprep, nodeprep
 
 __all__ = [
+    "Advertised",
     "Challenge",
     "CredentialLookup",
     "Failure",
@@ -56,6 +57,7 @@ __all__ = [
     "configure_unknown_user_disguise",
     "create_mechanism",
     "offered_mechanisms",
+    "prepare_username",
     "verify_password",
 ]
 
@@ -129,6 +131,24 @@ class TlsChannel:
     """
 
     bindings: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Advertised:
+    """What the stream features offered: the SASL mechanisms (of the SASL profile the
+    client is using) and the XEP-0440 channel-binding types (``None``: not advertised)."""
+
+    mechanisms: tuple[str, ...]
+    channel_bindings: tuple[str, ...] | None
+
+    def downgrade_hash(self, hash_name: str) -> str:
+        """XEP-0474 SCRAM downgrade protection: the base64 hash of the sorted lists,
+        sent as the ``h`` attribute of the server-first-message."""
+        text = "\x1e".join(sorted(self.mechanisms))
+        if self.channel_bindings is not None:
+            text += "\x1f" + "\x1e".join(sorted(self.channel_bindings))
+        digest = hash_digest(hash_name, text.encode("ascii"))
+        return base64.b64encode(digest).decode("ascii")
 
 
 class Mechanism(Protocol):
@@ -209,7 +229,7 @@ def _malformed() -> _Abort:
     return _Abort("malformed-request")
 
 
-def _prepare_username(raw: str) -> str:
+def prepare_username(raw: str) -> str:
     """SASLprep (as PRECIS OpaqueString) then nodeprep; raises InvalidJID."""
     try:
         mapped = _OPAQUE_PROFILE.enforce(raw)
@@ -295,6 +315,7 @@ class ScramServerMechanism:
         "_cbind_expected",
         "_creds",
         "_domain",
+        "_downgrade_hash",
         "_hash_name",
         "_known",
         "_lookup",
@@ -314,6 +335,7 @@ class ScramServerMechanism:
         domain: str,
         lookup: CredentialLookup,
         tls: TlsChannel | None,
+        advertised: Advertised | None = None,
     ) -> None:
         if hash_name not in SCRAM_HASHES:
             raise ValueError(f"unsupported SCRAM hash: {hash_name!r}")
@@ -330,6 +352,7 @@ class ScramServerMechanism:
         self._auth_message_prefix = ""
         self._creds: ScramCredentials | None = None
         self._known = False
+        self._downgrade_hash = "" if advertised is None else advertised.downgrade_hash(hash_name)
 
     async def step(self, data: bytes) -> SaslStep:
         result = await _run_step(self.name, self._step, data)
@@ -396,7 +419,7 @@ class ScramServerMechanism:
             raise _malformed()
 
         try:
-            username = _prepare_username(raw_username)
+            username = prepare_username(raw_username)
         except InvalidJID:
             raise _Abort("not-authorized") from None
         if authzid and not _authzid_allowed(authzid, username, self._domain):
@@ -416,6 +439,8 @@ class ScramServerMechanism:
         )
         salt = base64.b64encode(creds.salt).decode("ascii")
         server_first = f"r={nonce},s={salt},i={creds.iterations}"
+        if self._downgrade_hash:
+            server_first += f",h={self._downgrade_hash}"
 
         self._username = username
         self._nonce = nonce
@@ -486,7 +511,7 @@ async def verify_password(lookup: CredentialLookup, username: str, password: str
     Exceptions raised by ``lookup`` propagate.
     """
     try:
-        user = _prepare_username(username)
+        user = prepare_username(username)
         prepared = prepare_password(password)
     except ValueError:  # InvalidJID is a ValueError too
         return False
@@ -532,7 +557,7 @@ class PlainMechanism:
         if not authcid or not password:
             raise _malformed()
         try:
-            username = _prepare_username(authcid)
+            username = prepare_username(authcid)
         except InvalidJID:
             return Failure("not-authorized")
         if authzid and not _authzid_allowed(authzid, username, self._domain):
@@ -574,6 +599,7 @@ def create_mechanism(
     tls: TlsChannel | None,
     allow_plain: bool,
     insecure_plain: bool = False,
+    advertised: Advertised | None = None,
 ) -> Mechanism | None:
     """Start an exchange for ``name``; ``None`` when that mechanism is not offered.
 
@@ -590,5 +616,5 @@ def create_mechanism(
     plus = name.endswith("-PLUS")
     hash_name = name.removeprefix("SCRAM-").removesuffix("-PLUS")
     return ScramServerMechanism(
-        hash_name, plus=plus, domain=prepared_domain, lookup=lookup, tls=tls
+        hash_name, plus=plus, domain=prepared_domain, lookup=lookup, tls=tls, advertised=advertised
     )

@@ -42,6 +42,21 @@ scram_credentials: Final = sa.Table(
     info={"schema_version": 1},
 )
 
+fast_tokens: Final = sa.Table(
+    "xmppd_fast_tokens",
+    METADATA,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("username", sa.String(1023), primary_key=True),
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("slot", sa.String(8), primary_key=True),
+    sa.Column("nonce", sa.String(64), nullable=False),
+    sa.Column("mechanism", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    info={"schema_version": 1},
+)
+"""XEP-0484 tokens, two slots per client ("new" and "current"). The token itself is
+not stored: it is derived from ``nonce`` and the server secret (xmppd.server_secret)."""
+
 keyval: Final = sa.Table(
     "xmppd_keyval",
     METADATA,

@@ -11,17 +11,19 @@ import binascii
 import logging
 import secrets
 from collections import deque
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
 from lxml import etree
 
 from xmppd import hooks, ns
-from xmppd.auth import sasl
+from xmppd.auth import fast, sasl
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import Drop
 from xmppd.hooks import FeaturesContext, PacketContext, StanzaEvent
 from xmppd.jid import JID, InvalidJID, resourceprep
 from xmppd.module import Scope
+from xmppd.server_secret import derive
 from xmppd.sessions import SessionData
 from xmppd.stanza import (
     IQ_TYPES,
@@ -35,6 +37,7 @@ from xmppd.stanza import (
     serialize,
     summary,
 )
+from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
 from xmppd.stream.sm import SmState
 from xmppd.stream.xmlreader import XmlReader
@@ -110,6 +113,7 @@ class C2SStream(SessionData):
         "_presence",
         "_queue",
         "_sasl",
+        "_sasl2",
         "_sasl_failures",
         "_timeout",
         "_unbound",
@@ -159,6 +163,7 @@ class C2SStream(SessionData):
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._sasl: sasl.Mechanism | None = None
+        self._sasl2: sasl2.AuthenticateRequest | None = None
         self._sasl_failures = 0
         self._awaiting_tls = False
         self._header_pending = False
@@ -351,16 +356,22 @@ class C2SStream(SessionData):
         return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
 
     async def _send_features(self) -> None:
+        self._write(etree.tostring(await self._features()))
+
+    async def _features(self, *, binding: bool = False) -> Element:
+        """The stream features for the stream's current stage (hooks add theirs);
+        ``binding``: the session is being bound (Bind 2), so bind is not offered."""
         host = self.host
         assert host is not None
         features = etree.Element(f"{{{ns.STREAMS}}}features", nsmap={"stream": ns.STREAMS})
         require_tls = self.server.config.c2s.require_encryption
         if self.is_authenticated:
             stage = "post-auth"
-            child(features, "bind", namespace=ns.BIND)
-            sess = child(features, "session", namespace=ns.SESSION)
-            child(sess, "optional")
-            if self.server.config.c2s.stream_management:
+            if not (self.is_bound or binding):
+                child(features, "bind", namespace=ns.BIND)
+                sess = child(features, "session", namespace=ns.SESSION)
+                child(sess, "optional")
+            if self.server.config.c2s.stream_management and self.sm is None:
                 child(features, "sm", namespace=sm_ns.NS)
         elif not self.is_secure and self.offer_starttls:
             stage = "pre-tls"
@@ -372,6 +383,8 @@ class C2SStream(SessionData):
         else:
             stage = "pre-auth"
             self._add_mechanisms(features)
+            if self._sasl2_offered():
+                features.append(await self._sasl2_feature())
         extra = await host.bus.fold(
             hooks.C2S_STREAM_FEATURES,
             (),
@@ -380,7 +393,29 @@ class C2SStream(SessionData):
         if not isinstance(extra, Drop):
             for el in extra:
                 features.append(el)
-        self._write(etree.tostring(features))
+        return features
+
+    def _sasl2_offered(self) -> bool:
+        """SASL2 only over TLS (XEP-0388 §6), and only before authentication."""
+        return self.server.config.auth.sasl2 and self.is_secure and not self.is_authenticated
+
+    async def _sasl2_feature(self) -> Element:
+        host = self.host
+        assert host is not None
+        cfg = self.server.config.c2s
+        inline: tuple[str, ...] = (sm_ns.NS,) if cfg.stream_management else ()
+        more = await host.bus.fold(hooks.BIND2_FEATURES, inline, FeaturesContext(self, "pre-auth"))
+        channel = self._tls_channel()
+        return sasl2.authentication_feature(
+            self._offered_mechanisms(),
+            bind_features=inline if isinstance(more, Drop) else more,
+            resume=cfg.stream_management and cfg.resume_timeout > 0,
+            fast_mechanisms=(
+                fast.offered_mechanisms(channel)
+                if channel is not None and self.server.fast_tokens is not None
+                else ()
+            ),
+        )
 
     def _tls_channel(self) -> sasl.TlsChannel | None:
         if not self.is_secure:
@@ -398,15 +433,24 @@ class C2SStream(SessionData):
     def _insecure_plain(self) -> bool:
         return self.server.config.auth.allow_insecure_plain
 
-    def _add_mechanisms(self, features: Element) -> None:
-        mechs = child(features, "mechanisms", namespace=ns.SASL)
-        offered = sasl.offered_mechanisms(
+    def _offered_mechanisms(self) -> list[str]:
+        return sasl.offered_mechanisms(
             tls=self._tls_channel(), allow_plain=True, insecure_plain=self._insecure_plain()
         )
-        for name in offered:
+
+    def _advertised(self) -> sasl.Advertised:
+        """What the features listed, for SCRAM downgrade protection (XEP-0474)."""
+        channel = self._tls_channel()
+        bindings = tuple(channel.bindings) if channel is not None and channel.bindings else None
+        return sasl.Advertised(tuple(self._offered_mechanisms()), bindings)
+
+    def _add_mechanisms(self, features: Element) -> None:
+        mechs = child(features, "mechanisms", namespace=ns.SASL)
+        for name in self._offered_mechanisms():
             child(mechs, "mechanism", text=name)
         channel = self._tls_channel()
         if channel is not None and channel.bindings:
+            # XEP-0440: the channel-binding types a -PLUS mechanism can use here.
             cb = child(features, "sasl-channel-binding", namespace=ns.SASL_CB)
             for name in channel.bindings:
                 child(cb, "channel-binding", {"type": name})
@@ -434,6 +478,8 @@ class C2SStream(SessionData):
                 raise StreamError("policy-violation", "use STARTTLS first")
             elif tag in (_SASL_AUTH, _SASL_RESPONSE, _SASL_ABORT):
                 await self._on_sasl(el)
+            elif tag in sasl2.ELEMENTS:
+                await self._on_sasl2(el)
             elif tag == "iq":
                 await self._on_preauth_iq(el)
             else:
@@ -445,6 +491,8 @@ class C2SStream(SessionData):
             self.send_raw(iq_result(el))
         elif tag == _SM_RESUME:
             self._resume(el)
+        elif tag in sasl2.ELEMENTS:
+            raise StreamError("policy-violation", "already authenticated")
         elif tag.startswith(_SM_PREFIX):
             self._write(_sm_failed("unexpected-request"))
         elif tag in STANZA_KINDS:
@@ -496,6 +544,7 @@ class C2SStream(SessionData):
                 tls=self._tls_channel(),
                 allow_plain=True,
                 insecure_plain=self._insecure_plain(),
+                advertised=self._advertised(),
             )
             if mech is None:
                 self._sasl_failed(sasl.Failure("invalid-mechanism"), count=False)
@@ -532,6 +581,194 @@ class C2SStream(SessionData):
             self.server.throttle.failed(self.peer)
             self._sasl_failed(step)
 
+    # ------------------------------------------------------------------ SASL2 + Bind 2
+
+    async def _on_sasl2(self, el: Element) -> None:
+        """XEP-0388: ``<authenticate/>``, ``<response/>`` or ``<abort/>``."""
+        if not self._sasl2_offered():
+            raise StreamError("policy-violation", "SASL2 is not offered on this stream")
+        if el.tag == sasl2.ABORT:
+            self._sasl = self._sasl2 = None
+            self._sasl2_failed(sasl.Failure("aborted"))
+            return
+        if el.tag == sasl2.AUTHENTICATE:
+            try:
+                request = sasl2.parse_authenticate(el)
+            except sasl2.MalformedRequest as exc:
+                self._sasl2_failed(sasl.Failure("malformed-request", str(exc)))
+                return
+            except ValueError:
+                self._sasl2_failed(sasl.Failure("incorrect-encoding"))
+                return
+            delay = self.server.throttle.delay_for(self.peer)
+            if delay:
+                await asyncio.sleep(delay)
+            mech = self._sasl2_mechanism(request)
+            if mech is None:
+                self._sasl2_failed(sasl.Failure("invalid-mechanism"), count=False)
+                return
+            self._sasl, self._sasl2 = mech, request
+            data = request.initial_response
+            if data is None and isinstance(mech, fast.HashedTokenMechanism):
+                data = b""  # a one-message mechanism: the step reports it malformed
+        elif self._sasl is None or self._sasl2 is None:
+            self._sasl2_failed(sasl.Failure("malformed-request", "no exchange in progress"))
+            return
+        else:
+            try:
+                data = sasl2.decode(el.text)
+            except ValueError:
+                self._sasl = self._sasl2 = None
+                self._sasl2_failed(sasl.Failure("incorrect-encoding"))
+                return
+        mech, request = self._sasl, self._sasl2
+        assert mech is not None and request is not None
+        step = await mech.step(b"" if data is None else data)
+        if isinstance(step, sasl.Challenge):
+            self._write(sasl2.challenge(step.data))
+            return
+        self._sasl = self._sasl2 = None
+        if isinstance(step, sasl.Failure):
+            self.server.throttle.failed(self.peer)
+            self._sasl2_failed(step)
+            return
+        await self._sasl2_success(step, mech, request)
+
+    def _sasl2_mechanism(self, request: sasl2.AuthenticateRequest) -> sasl.Mechanism | None:
+        host = self.host
+        channel = self._tls_channel()
+        assert host is not None and channel is not None
+        if request.mechanism in fast.MECHANISMS:
+            tokens = self.server.fast_tokens
+            if (
+                tokens is None
+                or not request.client_id
+                or request.mechanism not in fast.offered_mechanisms(channel)
+            ):
+                return None
+            return fast.HashedTokenMechanism(
+                request.mechanism,
+                domain=host.domain,
+                tokens=tokens,
+                client_id=request.client_id,
+                tls=channel,
+            )
+        return sasl.create_mechanism(
+            request.mechanism,
+            domain=host.domain,
+            lookup=self.server.accounts.lookup_for(host.domain),
+            tls=channel,
+            allow_plain=True,
+            insecure_plain=self._insecure_plain(),
+            advertised=self._advertised(),
+        )
+
+    def _sasl2_failed(self, failure: sasl.Failure, *, count: bool = True) -> None:
+        self._write(sasl2.failure(failure.condition, failure.text))
+        if count:
+            self._count_sasl_failure()
+
+    async def _sasl2_success(
+        self, step: sasl.Success, mech: sasl.Mechanism, request: sasl2.AuthenticateRequest
+    ) -> None:
+        """Authenticated: issue a FAST token, resume or bind as asked, then answer
+        ``<success/>`` and the new stream features (no stream restart)."""
+        host = self.host
+        assert host is not None
+        try:
+            jid = JID.create(step.username, host.domain)
+        except InvalidJID:
+            self._sasl2_failed(sasl.Failure("not-authorized"))
+            return
+        self.server.throttle.succeeded(self.peer)
+        self._jid = jid
+        self._jid_str = str(jid)
+        self.is_authenticated = True
+        extra: list[Element] = []
+        token = await self._fast_token(step.username, mech, request)
+        if token is not None:
+            extra.append(token)
+        if request.resume is not None:
+            old = self._resumable_session(request.resume)
+            if not isinstance(old, str):
+                extra.append(old.resumed_element())
+                features = await self._features(binding=True)
+                announce = sasl2.success(str(old.jid), step.data, extra)
+                old._take_over(self, announce + etree.tostring(features))
+                return
+            extra.append(_sm_failed_element(old))
+        if request.bind is not None:
+            try:
+                extra.append(await self._bind2(request))
+            except StanzaError as err:
+                self._sasl2_failed(sasl.Failure("not-authorized", err.text or "bind refused"))
+                self.close("not-authorized", "resource binding refused")
+                return
+        features = await self._features(binding=request.bind is not None)
+        if request.bind is not None:
+            self._go_live()
+        self._write(sasl2.success(self._jid_str, step.data, extra))
+        self._write(etree.tostring(features))
+        if self.is_bound:
+            await host.bus.run(hooks.RESOURCE_BOUND, hooks.SessionEvent(self))
+
+    async def _fast_token(
+        self, username: str, mech: sasl.Mechanism, request: sasl2.AuthenticateRequest
+    ) -> Element | None:
+        """XEP-0484: a new token when asked for, or when the one just used is due
+        for rotation; none after an 'invalidate' login unless asked for."""
+        tokens, host = self.server.fast_tokens, self.host
+        if tokens is None or host is None or not request.client_id:
+            return None
+        used = mech.token if isinstance(mech, fast.HashedTokenMechanism) else None
+        if used is not None and request.invalidate_token:
+            await tokens.invalidate(host.domain, username, request.client_id)
+        channel = self._tls_channel()
+        offered = fast.offered_mechanisms(channel) if channel is not None else []
+        if request.request_token in offered:
+            mechanism = request.request_token
+        elif used is not None and not request.invalidate_token and tokens.due_for_rotation(used):
+            mechanism = used.mechanism
+        else:
+            return None
+        assert mechanism is not None
+        issued = await tokens.issue(host.domain, username, request.client_id, mechanism)
+        expiry = datetime.fromtimestamp(issued.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return payload(ns.FAST, "token", {"token": issued.token, "expiry": expiry})
+
+    async def _bind2(self, request: sasl2.AuthenticateRequest) -> Element:
+        """XEP-0386: bind a resource, enable what the client asked for inline; the
+        ``<bound/>`` answer. The session is not routable yet (see :meth:`_go_live`)."""
+        host = self.host
+        assert host is not None and self._jid is not None
+        await self._take_resource(self._bind2_resource(request))
+        answers: list[Element] = []
+        requests = request.bind_requests
+        sm_enable = next((el for el in requests if el.tag == f"{{{sm_ns.NS}}}enable"), None)
+        if sm_enable is not None:
+            answers.append(self._enable_sm(sm_enable))
+        others = tuple(el for el in requests if el is not sm_enable)
+        more = await host.bus.fold(hooks.BIND2_BOUND, (), hooks.Bind2Request(self, others))
+        if not isinstance(more, Drop):
+            answers.extend(more)
+        return sasl2.bound(answers)
+
+    def _bind2_resource(self, request: sasl2.AuthenticateRequest) -> str:
+        """``<tag>/<id>``: the id is stable for one client installation (derived from
+        its user-agent id, which it does not reveal), random otherwise."""
+        assert self._jid is not None
+        if request.client_id:
+            bare = str(self._jid.bare)
+            key = derive(self.server.secret, "bind2-resource", bare, request.client_id)
+            suffix = base64.b32encode(key[:10]).decode("ascii").lower()
+        else:
+            suffix = secrets.token_hex(6)
+        try:
+            tag = resourceprep(request.bind_tag) if request.bind_tag else ""
+        except InvalidJID:
+            tag = ""
+        return f"{tag}/{suffix}" if tag else suffix
+
     def _sasl_failed(self, failure: sasl.Failure, *, count: bool = True) -> None:
         el = payload(ns.SASL, "failure")
         child(el, failure.condition)
@@ -539,9 +776,12 @@ class C2SStream(SessionData):
             child(el, "text", text=failure.text)
         self._write(etree.tostring(el))
         if count:
-            self._sasl_failures += 1
-            if self._sasl_failures >= MAX_SASL_FAILURES:
-                self.close("policy-violation", "too many failed authentication attempts")
+            self._count_sasl_failure()
+
+    def _count_sasl_failure(self) -> None:
+        self._sasl_failures += 1
+        if self._sasl_failures >= MAX_SASL_FAILURES:
+            self.close("policy-violation", "too many failed authentication attempts")
 
     async def _bind(self, iq: Element) -> None:
         host = self.host
@@ -554,6 +794,17 @@ class C2SStream(SessionData):
                 raise StanzaError("bad-request", "invalid resource") from None
         else:
             resource = secrets.token_hex(6)
+        await self._take_resource(resource)
+        self._go_live()
+        bind = payload(ns.BIND, "bind")
+        child(bind, "jid", text=self._jid_str)
+        self.send_raw(iq_result(iq, bind))
+        await host.bus.run(hooks.RESOURCE_BOUND, hooks.SessionEvent(self))
+
+    async def _take_resource(self, resource: str) -> None:
+        """Set the session's full JID (``pre_resource_bind`` may change or refuse it)."""
+        host = self.host
+        assert host is not None and self._jid is not None
         result = await host.bus.fold(hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self))
         if isinstance(result, Drop):
             raise StanzaError("not-allowed")
@@ -563,21 +814,22 @@ class C2SStream(SessionData):
             raise StanzaError("bad-request", "invalid resource") from None
         self._jid = full
         self._jid_str = str(full)
+
+    def _go_live(self) -> None:
+        """Make the bound session routable; an older one with the same JID is closed."""
         replaced = self.server.sessions.add(self)
         self.is_bound = True
         self._timeout.cancel()
         if replaced is not None and replaced is not self:
             replaced.close("conflict", "replaced by a new connection")
-        bind = payload(ns.BIND, "bind")
-        child(bind, "jid", text=self._jid_str)
-        self.send_raw(iq_result(iq, bind))
-        await host.bus.run(hooks.RESOURCE_BOUND, hooks.SessionEvent(self))
 
     # ------------------------------------------------------------------ stanzas (hot path)
 
     async def _on_stanza(self, el: Element) -> None:
         kind = el.tag
         if kind not in STANZA_KINDS:
+            if kind in sasl2.ELEMENTS:
+                raise StreamError("policy-violation", "already authenticated")
             host = self.host
             if host is not None and await host.bus.run(
                 hooks.C2S_STREAM_ELEMENT, hooks.StreamElementEvent(self, el)
@@ -653,19 +905,9 @@ class C2SStream(SessionData):
     def _on_sm(self, el: Element) -> None:
         """XEP-0198 nonzas on a bound stream: enable, r, a."""
         local = el.tag[len(_SM_PREFIX) :]
-        cfg = self.server.config.c2s
         sm = self.sm
         if local == "enable":
-            if sm is not None or not cfg.stream_management:
-                self._write(_sm_failed("unexpected-request"))
-                return
-            resumable = el.get("resume") in ("true", "1") and cfg.resume_timeout > 0
-            sm = self.sm = SmState(resumable=resumable)
-            attrs = {}
-            if resumable:
-                self.server.resumable[sm.id] = self
-                attrs = {"id": sm.id, "resume": "true", "max": str(int(cfg.resume_timeout))}
-            self._write(etree.tostring(payload(sm_ns.NS, "enabled", attrs)))
+            self._write(etree.tostring(self._enable_sm(el)))
         elif sm is None:
             self._write(_sm_failed("unexpected-request"))
         elif local == "r":
@@ -676,6 +918,19 @@ class C2SStream(SessionData):
                 self.close("undefined-condition", "acknowledged more stanzas than were sent")
         else:
             self._write(_sm_failed("unexpected-request"))
+
+    def _enable_sm(self, el: Element) -> Element:
+        """``<enable/>`` → ``<enabled/>`` (or ``<failed/>``), top-level or in Bind 2."""
+        cfg = self.server.config.c2s
+        if self.sm is not None or not cfg.stream_management:
+            return _sm_failed_element("unexpected-request")
+        resumable = el.get("resume") in ("true", "1") and cfg.resume_timeout > 0
+        sm = self.sm = SmState(resumable=resumable)
+        attrs = {}
+        if resumable:
+            self.server.resumable[sm.id] = self
+            attrs = {"id": sm.id, "resume": "true", "max": str(int(cfg.resume_timeout))}
+        return payload(sm_ns.NS, "enabled", attrs)
 
     def _request_ack(self, *, soon: bool) -> None:
         """Ask the client for an ack now (many unacked) or in a moment (a few)."""
@@ -718,19 +973,37 @@ class C2SStream(SessionData):
             self.server.spawn(self._redeliver(pending), name="sm-redeliver")
 
     async def _redeliver(self, pending: list[bytes]) -> None:
-        await self.wait_closed()  # the session is gone: the router will not pick it again
+        """Hand unacknowledged messages to the host again (other resources, offline
+        storage). Not through the router: ``filter_packet`` already ran on them (they
+        are archived, filtered, stamped), and running it twice would archive them twice."""
+        await self.wait_closed()  # the session is gone: delivery will not pick it again
+        host = self.host
         for data in pending:
             stanza = parse(data)
             kind, stype = stanza.tag, stanza.get("type")
             if kind == "message" and stype not in ("error", "groupchat", "headline"):
-                await self.server.router.route(stanza, None)
+                try:
+                    to, from_ = JID.parse(stanza.get("to", "")), JID.parse(stanza.get("from", ""))
+                except InvalidJID:
+                    continue
+                if host is not None:
+                    await host.deliver(stanza, to, from_, None)
             elif kind == "iq" and stype in ("get", "set"):
                 await self.server.bounce(stanza, StanzaError("recipient-unavailable"))
 
     def _resume(self, el: Element) -> None:
         """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
+        old = self._resumable_session(el)
+        if isinstance(old, str):
+            self._write(_sm_failed(old))
+            return
+        old._take_over(self, etree.tostring(old.resumed_element()))
+
+    def _resumable_session(self, el: Element) -> C2SStream | str:
+        """The session ``<resume/>`` asks for, with the client's ``h`` applied; or the
+        condition of the ``<failed/>`` answer."""
         previd, h = el.get("previd", ""), el.get("h", "")
-        old = self.server.resumable.get(previd)
+        old: C2SStream | None = self.server.resumable.get(previd)
         if (
             old is None
             or old.closed
@@ -739,15 +1012,19 @@ class C2SStream(SessionData):
             or old.jid.bare != self._jid.bare
             or not h.isdigit()
         ):
-            self._write(_sm_failed("item-not-found"))
-            return
+            return "item-not-found"
         if not old.sm.ack(int(h)):
-            self._write(_sm_failed("undefined-condition"))
-            return
-        old._take_over(self)
+            return "undefined-condition"
+        return old
 
-    def _take_over(self, new: C2SStream) -> None:
-        """Continue this session on ``new``'s connection; ``new`` retires unbound."""
+    def resumed_element(self) -> Element:
+        assert self.sm is not None
+        resumed = {"previd": self.sm.id, "h": str(self.sm.inbound)}
+        return payload(sm_ns.NS, "resumed", resumed)
+
+    def _take_over(self, new: C2SStream, announce: bytes) -> None:
+        """Continue this session on ``new``'s connection; ``new`` retires unbound.
+        ``announce`` (``<resumed/>``, or the SASL2 success holding it) goes first."""
         assert self.sm is not None
         if not self._detached:  # the old connection is still open: drop it quietly
             self.transport.detach()
@@ -764,8 +1041,8 @@ class C2SStream(SessionData):
         new._queue.clear()
         new.closed = True
         new._timeout.cancel()
-        resumed = {"previd": self.sm.id, "h": str(self.sm.inbound)}
-        self._write(etree.tostring(payload(sm_ns.NS, "resumed", resumed)))
+        new._flush()
+        self._write(announce)
         for data in self.sm.unacked:
             self._write(data)
         self.sm.ack_requested = False
@@ -812,10 +1089,14 @@ class C2SStream(SessionData):
             await asyncio.shield(self._unbound)
 
 
-def _sm_failed(condition: str) -> bytes:
+def _sm_failed_element(condition: str) -> Element:
     failed = payload(sm_ns.NS, "failed")
     child(failed, condition, namespace=ns.STANZA_ERRORS)
-    return etree.tostring(failed)
+    return failed
+
+
+def _sm_failed(condition: str) -> bytes:
+    return etree.tostring(_sm_failed_element(condition))
 
 
 _CLOSE_MARK: Final = etree.Element("close-mark")

@@ -1,13 +1,17 @@
-"""TCP listeners for c2s: plain with STARTTLS (port 5222) and direct TLS (XEP-0368)."""
+"""TCP listeners: c2s with STARTTLS (port 5222) or direct TLS (XEP-0368), and plain
+TCP for external components (XEP-0114, port 5347)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import ssl
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from xmppd.stream.c2s import C2SStream
+from xmppd.stream.component import ComponentStream
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
@@ -25,7 +29,7 @@ class C2SConnection(asyncio.Protocol):
         self._server = server
         self._tls_mode = tls_mode
         self._transport: asyncio.Transport | None = None
-        self.stream: C2SStream | None = None
+        self.stream: C2SStream | ComponentStream | None = None
         self.peer = ""
         self.is_secure = tls_mode == "direct"
 
@@ -94,18 +98,58 @@ class C2SConnection(asyncio.Protocol):
         self.is_secure = True
 
 
+KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+"""TCP keepalive of component connections: a component whose machine vanished is
+noticed in about two minutes (a second connection for its domain is refused while
+the first one stands)."""
+
+
+class ComponentConnection(C2SConnection):
+    """asyncio glue for one external component (XEP-0114): plain TCP, keepalive on."""
+
+    __slots__ = ()
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server, "none")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        _enable_keepalive(self._transport.get_extra_info("socket"))
+        self.stream = ComponentStream(self._server, self)
+
+
+def _enable_keepalive(sock: Any) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in KEEPALIVE:
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError as exc:  # not fatal: the connection works without keepalive
+        log.debug("cannot enable TCP keepalive: %s", exc)
+
+
 async def start_listeners(server: Server) -> list[asyncio.Server]:
     """Open every configured listener; returns the asyncio servers."""
     loop = asyncio.get_running_loop()
     opened = []
     for section in server.config.listeners:
         opened.append(await _listen(loop, server, section))
+    kinds = {section.kind for section in server.config.listeners}
+    if len(server.components) and "component" not in kinds:
+        log.warning("[[components]] are configured but no listener has kind = 'component'")
     return opened
 
 
 async def _listen(
     loop: asyncio.AbstractEventLoop, server: Server, section: ListenerSection
 ) -> asyncio.Server:
+    if section.kind == "component":
+        return await _listen_components(loop, server, section)
     ssl_ctx = None
     if section.tls == "direct":
         assert server.tls is not None
@@ -122,3 +166,36 @@ async def _listen(
     for sock in srv.sockets:
         log.info("c2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
     return srv
+
+
+async def _listen_components(
+    loop: asyncio.AbstractEventLoop, server: Server, section: ListenerSection
+) -> asyncio.Server:
+    srv = await loop.create_server(
+        lambda: ComponentConnection(server),
+        host=section.address,
+        port=section.port,
+        backlog=section.backlog,
+        reuse_address=True,
+    )
+    for sock in srv.sockets:
+        log.info("component listener on %s", sock.getsockname()[:2])
+    if not _is_loopback(section.address):
+        log.warning(
+            "component listener on %s:%d is not on loopback: XEP-0114 streams are not "
+            "encrypted, so stanzas cross the network in clear",
+            section.address,
+            section.port,
+        )
+    if not len(server.components):
+        log.warning("a component listener is open but no [[components]] are configured")
+    return srv
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: cannot tell

@@ -1,0 +1,203 @@
+"""XEP-0484 FAST tokens and the HT-* SASL mechanisms (draft-schmaus-kitten-sasl-ht)
+that authenticate with them in one round trip.
+
+A client that authenticated with its password asks for a token inside its SASL2
+``<authenticate/>``; later it proves it holds the token with
+``HMAC(token, "Initiator" || channel-binding data)`` and the server answers with
+``HMAC(token, "Responder" || channel-binding data)``.
+
+Tokens are not stored: each row keeps a random nonce and the token is
+``HMAC-SHA-256(server secret, host, user, client id, nonce)``, so a copy of the
+database alone does not let anyone log in. Every client (SASL2 ``<user-agent id>``)
+has two slots, as XEP-0484 §6 suggests: a token is issued into ``new``; when it is used
+it moves to ``current`` (replacing the older token), so a token the client never
+received does not lock it out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+
+from xmppd.auth.sasl import Failure, SaslStep, Success, TlsChannel, prepare_username
+from xmppd.jid import InvalidJID
+from xmppd.server_secret import derive
+from xmppd.storage.database import Database
+from xmppd.storage.schema import fast_tokens
+
+NS: Final = "urn:xmpp:fast:0"
+MECHANISMS: Final[dict[str, str | None]] = {
+    "HT-SHA-256-ENDP": "tls-server-end-point",
+    "HT-SHA-256-UNIQ": "tls-unique",
+    "HT-SHA-256-NONE": None,
+}
+"""HT mechanism name → the channel binding it uses (``None``: none)."""
+_NEW: Final = "new"
+_CURRENT: Final = "current"
+_HMAC_SIZE: Final = 32
+
+
+def offered_mechanisms(tls: TlsChannel) -> list[str]:
+    """The HT mechanisms usable on this TLS connection, channel-binding ones first."""
+    return [
+        name for name, binding in MECHANISMS.items() if binding is None or tls.bindings.get(binding)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token as the client sees it, with its expiry (seconds since the epoch)."""
+
+    token: str
+    expires_at: float
+    mechanism: str
+
+
+class FastTokens:
+    """Issues, verifies and revokes FAST tokens of every host."""
+
+    def __init__(self, db: Database, secret: bytes, *, lifetime: float) -> None:
+        self._db = db
+        self._secret = secret
+        self.lifetime = lifetime
+
+    def _token(self, host: str, username: str, client_id: str, nonce: str) -> str:
+        raw = derive(self._secret, "fast-token", host, username, client_id, nonce)
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    async def issue(self, host: str, username: str, client_id: str, mechanism: str) -> Token:
+        """A new token in the client's ``new`` slot (an unused earlier one is replaced)."""
+        nonce = secrets.token_urlsafe(24)
+        expires_at = time.time() + self.lifetime
+        await self._db.upsert(
+            fast_tokens,
+            {
+                "host": host,
+                "username": username,
+                "client_id": client_id,
+                "slot": _NEW,
+                "nonce": nonce,
+                "mechanism": mechanism,
+                "expires_at": expires_at,
+            },
+            keys=("host", "username", "client_id", "slot"),
+        )
+        return Token(self._token(host, username, client_id, nonce), expires_at, mechanism)
+
+    async def verify(
+        self,
+        host: str,
+        username: str,
+        client_id: str,
+        mechanism: str,
+        proves: Callable[[bytes], bool],
+    ) -> Token | None:
+        """The client's unexpired token for ``mechanism`` for which ``proves(token)``
+        holds, ``new`` slot first; a matching ``new`` token becomes ``current``."""
+        rows = await self._db.fetch_all(
+            sa.select(fast_tokens).where(*_client(host, username, client_id))
+        )
+        now = time.time()
+        for row in sorted(rows, key=lambda r: r.slot != _NEW):
+            token = self._token(host, username, client_id, row.nonce)
+            if row.mechanism != mechanism or row.expires_at <= now:
+                continue
+            if proves(token.encode()):
+                if row.slot == _NEW:
+                    await self._promote(host, username, client_id)
+                return Token(token, float(row.expires_at), mechanism)
+        return None
+
+    async def _promote(self, host: str, username: str, client_id: str) -> None:
+        async with self._db.transaction() as conn:
+            where = _client(host, username, client_id)
+            await conn.execute(sa.delete(fast_tokens).where(*where, fast_tokens.c.slot == _CURRENT))
+            await conn.execute(
+                sa.update(fast_tokens)
+                .where(*where, fast_tokens.c.slot == _NEW)
+                .values(slot=_CURRENT)
+            )
+
+    def due_for_rotation(self, token: Token) -> bool:
+        """Less than half of the token's lifetime is left."""
+        return token.expires_at - time.time() < self.lifetime / 2
+
+    async def invalidate(self, host: str, username: str, client_id: str) -> None:
+        """Forget every token of one client (XEP-0484 §5 'invalidate')."""
+        await self._db.execute(sa.delete(fast_tokens).where(*_client(host, username, client_id)))
+
+    async def revoke_user(self, host: str, username: str) -> None:
+        """Forget every token of an account (password changed, account removed)."""
+        await self._db.execute(
+            sa.delete(fast_tokens).where(
+                fast_tokens.c.host == host, fast_tokens.c.username == username
+            )
+        )
+
+
+def _client(host: str, username: str, client_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        fast_tokens.c.host == host,
+        fast_tokens.c.username == username,
+        fast_tokens.c.client_id == client_id,
+    )
+
+
+class HashedTokenMechanism:
+    """Server side of one HT-SHA-256-* exchange: a single client message."""
+
+    __slots__ = ("_client_id", "_domain", "_done", "_tls", "_tokens", "name", "token")
+
+    def __init__(
+        self, name: str, *, domain: str, tokens: FastTokens, client_id: str, tls: TlsChannel
+    ) -> None:
+        if name not in MECHANISMS:
+            raise ValueError(f"not an HT mechanism: {name!r}")
+        self.name = name
+        self._domain = domain
+        self._tokens = tokens
+        self._client_id = client_id
+        self._tls = tls
+        self._done = False
+        self.token: Token | None = None
+        """The token that authenticated the client, once it did."""
+
+    async def step(self, data: bytes) -> SaslStep:
+        if self._done:
+            return Failure("malformed-request")
+        self._done = True
+        authcid, sep, proof = data.partition(b"\0")
+        if not sep or len(proof) != _HMAC_SIZE:
+            return Failure("malformed-request")
+        try:
+            username = prepare_username(authcid.decode("utf-8"))
+        except (UnicodeDecodeError, InvalidJID):
+            return Failure("not-authorized")
+        binding = MECHANISMS[self.name]
+        cb_data = b"" if binding is None else self._tls.bindings.get(binding, b"")
+        if binding is not None and not cb_data:
+            return Failure("not-authorized")
+
+        def proves(token: bytes) -> bool:
+            expected = hmac.digest(token, b"Initiator" + cb_data, hashlib.sha256)
+            return hmac.compare_digest(expected, proof)
+
+        try:
+            token = await self._tokens.verify(
+                self._domain, username, self._client_id, self.name, proves
+            )
+        except Exception:
+            return Failure("temporary-auth-failure")
+        if token is None:
+            return Failure("not-authorized")
+        self.token = token
+        answer = hmac.digest(token.token.encode(), b"Responder" + cb_data, hashlib.sha256)
+        return Success(username, answer)

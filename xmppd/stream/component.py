@@ -1,0 +1,447 @@
+"""External components (XEP-0114, ``jabber:component:accept``).
+
+A component is a separate program (an app server for push notifications, a gateway,
+a bot) that serves a domain of its own, such as ``push.example.org``, through this
+server. It connects to a ``kind = "component"`` listener and opens a stream whose
+``to`` is its domain; the server answers with a stream header carrying a fresh id;
+the component proves that it knows the domain's shared secret by sending
+``<handshake>`` with the lowercase hex SHA-1 of *stream id + secret*; the server
+answers ``<handshake/>``. From then on every stanza for the domain (``push.example.org``,
+``anyone@push.example.org/any``) is written to the component, and the component may
+send stanzas from any address at its domain.
+
+Like :mod:`xmppd.stream.c2s`, the stream does no I/O itself: a transport feeds it
+bytes and it writes through the same :class:`~xmppd.stream.c2s.Transport` interface.
+
+Choices made here:
+
+* **Errors.** An unknown domain gets ``host-unknown`` and a wrong handshake
+  ``not-authorized`` (both stream errors, closing the connection). Failed handshakes
+  count against the peer's address in the failed-login throttle.
+* **A second connection for a connected domain is refused** with a ``conflict``
+  stream error, as Prosody does; the connection already there keeps working, and two
+  instances of a component cannot push each other out in turn. The check is made
+  after the handshake, so only a peer that knows the secret learns that the domain
+  is taken. A dead connection is noticed through TCP keepalive (set by the
+  transport), and then the domain is free again.
+* **Addresses.** A stanza whose ``from`` is not at the component's domain closes the
+  stream with ``invalid-from`` (XEP-0114 §3: that is the only restriction). A stanza
+  without ``from`` is stamped with the component's domain, as Prosody does. A stanza
+  without ``to`` is answered with ``bad-request``.
+* **Routing.** Stanzas from the component go through ``Router.route`` (so
+  ``filter_packet`` sees them) with no origin session: to modules a component is a
+  remote entity, like a federated server, never one of the host's own clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from copy import deepcopy
+from typing import TYPE_CHECKING, Final
+
+from lxml import etree
+
+from xmppd import ns
+from xmppd.errors import StanzaError, StreamError
+from xmppd.jid import JID, InvalidJID, domainprep
+from xmppd.stanza import IQ_TYPES, STANZA_KINDS, Element, child, error_reply, serialize, summary
+from xmppd.stream.c2s import QUEUE_HIGH_WATER, Transport
+from xmppd.stream.xmlreader import XmlReader
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from xmppd.config import ComponentSection
+    from xmppd.server import Server
+
+log = logging.getLogger(__name__)
+
+_STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
+_HANDSHAKE: Final = "handshake"
+_HANDSHAKE_OK: Final = b"<handshake/>"
+
+
+def handshake_digest(stream_id: str, secret: str) -> str:
+    """The ``<handshake>`` value (XEP-0114 §3): lowercase hex SHA-1 of id + secret.
+
+    SHA-1 because the protocol says so; the fresh random id per connection keeps a
+    recorded handshake from being replayed."""
+    return hashlib.sha1((stream_id + secret).encode("utf-8")).hexdigest()
+
+
+class ComponentRegistry:
+    """The configured components (domain → secret) and which of them are connected.
+
+    The router asks ``domain in registry`` only for domains that are not local hosts,
+    then :meth:`connected` for the stream to deliver to.
+    """
+
+    __slots__ = ("_connected", "_secrets")
+
+    def __init__(self, sections: Iterable[ComponentSection]) -> None:
+        self._secrets: dict[str, SecretStr] = {c.domain: c.secret for c in sections}
+        self._connected: dict[str, ComponentStream] = {}
+
+    def __contains__(self, domain: str) -> bool:
+        return domain in self._secrets
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def secret(self, domain: str) -> str | None:
+        """The shared secret of a configured component."""
+        secret = self._secrets.get(domain)
+        return None if secret is None else secret.get_secret_value()
+
+    def connected(self, domain: str) -> ComponentStream | None:
+        """The authenticated stream serving ``domain``, if any."""
+        return self._connected.get(domain)
+
+    def register(self, stream: ComponentStream) -> bool:
+        """Make ``stream`` the one serving its domain; ``False`` if another already is."""
+        current = self._connected.get(stream.domain)
+        if current is not None and current is not stream:
+            return False
+        self._connected[stream.domain] = stream
+        return True
+
+    def unregister(self, stream: ComponentStream) -> None:
+        if self._connected.get(stream.domain) is stream:
+            del self._connected[stream.domain]
+
+    def close_all(self, condition: str) -> None:
+        for stream in list(self._connected.values()):
+            stream.close(condition)
+
+
+class ComponentStream:
+    """One component connection, from stream header to close.
+
+    Implements the delivering side of ``Session`` (``jid``, ``deliver``, ``send_raw``,
+    ``close``), which is all the router needs.
+    """
+
+    __slots__ = (
+        "_jid",
+        "_out",
+        "_paused",
+        "_queue",
+        "_timeout",
+        "_worker",
+        "closed",
+        "domain",
+        "is_authenticated",
+        "reader",
+        "server",
+        "stream_id",
+        "transport",
+    )
+
+    def __init__(self, server: Server, transport: Transport) -> None:
+        cfg = server.config.c2s
+        self.server = server
+        self.transport = transport
+        self.reader = XmlReader(
+            expected_namespace=ns.COMPONENT, max_stanza_size=cfg.max_stanza_size
+        )
+        self.domain = ""
+        """The component's domain, once its stream header named a configured one."""
+        self._jid: JID | None = None
+        self.stream_id = ""
+        self.is_authenticated = False
+        self.closed = False
+        self._queue: deque[Element | None] = deque()
+        self._out: list[bytes] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._timeout = asyncio.get_running_loop().call_later(
+            cfg.connect_timeout, self._connect_timed_out
+        )
+
+    # ------------------------------------------------------------------ the Session side
+
+    @property
+    def jid(self) -> JID:
+        """The component's domain as a JID (after the stream header)."""
+        assert self._jid is not None
+        return self._jid
+
+    @property
+    def peer(self) -> str:
+        return self.transport.peer
+
+    @property
+    def is_secure(self) -> bool:
+        return self.transport.is_secure
+
+    async def deliver(self, stanza: Element) -> None:
+        """Write a routed stanza to the component (no per-user hooks apply)."""
+        self.send_raw(stanza)
+
+    def send_raw(self, stanza: Element) -> None:
+        if not self.closed and self.is_authenticated:
+            self._write(serialize(stanza))
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close the stream, with a stream error when ``condition`` is given."""
+        if self.closed:
+            return
+        if condition is not None:
+            self._write(_stream_error(condition, text))
+        self._write(b"</stream:stream>")
+        self._flush()
+        self._shutdown()
+        self.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Nothing runs after a component's close: there is no teardown to wait for."""
+
+    def summary(self) -> str:
+        return f"component {self.domain or '?'} ({self.peer})"
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the transport (synchronous: parse, then queue for handling)."""
+        if self.closed:
+            return
+        had_header = self.reader.header is not None
+        try:
+            stanzas = self.reader.feed(data)
+        except StreamError as err:
+            self._fail(err)
+            return
+        queue = self._queue
+        if not had_header and self.reader.header is not None:
+            queue.append(None)
+        queue.extend(stanzas)
+        if self.reader.closed:
+            queue.append(_CLOSE_MARK)
+        if queue and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if len(queue) > QUEUE_HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self) -> None:
+        """The transport closed (the component went away, or we closed it)."""
+        self._shutdown()
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                item = self._queue.popleft()
+                if self._paused and len(self._queue) < QUEUE_HIGH_WATER // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+                try:
+                    if item is None:
+                        self._on_header()
+                    elif item is _CLOSE_MARK:
+                        self.close()
+                    else:
+                        await self._on_element(item)
+                except StreamError as err:
+                    self._fail(err)
+                except StanzaError as err:
+                    if item is not None and item is not _CLOSE_MARK:
+                        self._answer_error(item, err)
+                except Exception:
+                    what = "stream header" if item is None else summary(item)
+                    log.exception("%s: failed on %s", self.summary(), what)
+                    self._fail(StreamError("internal-server-error"))
+        finally:
+            self._worker = None
+
+    def _fail(self, err: StreamError) -> None:
+        if self.closed:
+            return
+        log.debug("%s: stream error %s", self.summary(), err.condition)
+        if not self.stream_id:
+            self._write(self._header_bytes(None))
+        self.close(err.condition, err.text)
+
+    def _answer_error(self, stanza: Element, err: StanzaError) -> None:
+        """A stanza the server refused: the error goes back on this stream, from the
+        server (no ``from``), even before the component is authenticated."""
+        reply = error_reply(stanza, err)
+        if reply is None or self.closed:
+            return
+        if "from" in reply.attrib:
+            del reply.attrib["from"]
+        self._write(serialize(reply))
+
+    # ------------------------------------------------------------------ header and handshake
+
+    def _on_header(self) -> None:
+        header = self.reader.header
+        assert header is not None
+        try:
+            domain = domainprep(header.to or "")
+        except InvalidJID:
+            domain = ""
+        known = bool(domain) and domain in self.server.components
+        self._write(self._header_bytes(domain if known else None))
+        if not known:
+            log.warning("%s: no component is configured for %r", self.summary(), header.to)
+            raise StreamError("host-unknown", "no such component")
+        self.domain = domain
+        self._jid = JID.parse(domain)
+
+    def _header_bytes(self, domain: str | None) -> bytes:
+        """Our stream header (XEP-0114 §3: no version, so no stream features)."""
+        self.stream_id = secrets.token_hex(16)
+        attrs = {"id": self.stream_id}
+        if domain:
+            attrs["from"] = domain
+        nsmap = {None: ns.COMPONENT, "stream": ns.STREAMS}
+        root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
+        return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
+
+    async def _handshake(self, el: Element) -> None:
+        throttle = self.server.throttle
+        peer = self.peer
+        delay = throttle.delay_for(peer)
+        if delay:
+            await asyncio.sleep(delay)
+        secret = self.server.components.secret(self.domain)
+        assert secret is not None
+        expected = handshake_digest(self.stream_id, secret).encode("ascii")
+        given = (el.text or "").strip().lower().encode("utf-8")
+        if not hmac.compare_digest(expected, given):
+            throttle.failed(peer)
+            log.warning("%s: wrong handshake (secret)", self.summary())
+            raise StreamError("not-authorized")
+        throttle.succeeded(peer)
+        if not self.server.components.register(self):
+            log.warning("%s: refused, the component is already connected", self.summary())
+            raise StreamError("conflict", "this component is already connected")
+        self.is_authenticated = True
+        self._timeout.cancel()
+        self._write(_HANDSHAKE_OK)
+        log.info("%s: connected", self.summary())
+
+    # ------------------------------------------------------------------ elements
+
+    async def _on_element(self, el: Element) -> None:
+        if not self.is_authenticated:
+            if el.tag == _HANDSHAKE and self.domain:
+                await self._handshake(el)
+                return
+            raise StreamError("not-authorized", "send the handshake first")
+        if el.tag not in STANZA_KINDS:
+            raise StreamError("unsupported-stanza-type")
+        await self._on_stanza(el)
+
+    async def _on_stanza(self, el: Element) -> None:
+        """Check a stanza from the component, then route it like any other."""
+        frm = el.get("from")
+        if frm is None:
+            el.set("from", self.domain)
+        else:
+            try:
+                claimed = JID.parse(frm)
+            except InvalidJID:
+                raise StreamError("invalid-from", "'from' is not a valid address") from None
+            if claimed.domain != self.domain:
+                log.warning("%s: sent a stanza from %r", self.summary(), frm)
+                raise StreamError("invalid-from", f"'from' must be at {self.domain}")
+            el.set("from", str(claimed))
+        if el.tag == "iq":
+            itype = el.get("type")
+            if itype not in IQ_TYPES or el.get("id") is None:
+                raise StanzaError("bad-request", "an IQ needs an id and a valid type")
+            if itype in ("get", "set") and len(el) != 1:
+                raise StanzaError("bad-request", "a get or set IQ carries exactly one child")
+        _neutralize_client_children(el)
+        to = el.get("to")
+        if to is None:
+            raise StanzaError("bad-request", "a component must address its stanzas ('to')")
+        try:
+            JID.parse(to)
+        except InvalidJID:
+            raise StanzaError("jid-malformed", "invalid 'to' address") from None
+        await self.server.router.route(el, None)
+
+    # ------------------------------------------------------------------ output and teardown
+
+    def _write(self, data: bytes) -> None:
+        """Queue output; it is written once per event-loop turn."""
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self.transport
+        transport.write(data)
+        if transport.write_buffer_size() > self.server.config.c2s.max_write_buffer:
+            log.warning("%s: too slow to read; closing", self.summary())
+            self._shutdown()
+            transport.close()
+
+    def _connect_timed_out(self) -> None:
+        if not self.is_authenticated and not self.closed:
+            self._fail(StreamError("connection-timeout"))
+
+    def _shutdown(self) -> None:
+        """Mark closed and unregister (idempotent): stanzas for the domain bounce again."""
+        if self.closed:
+            return
+        self.closed = True
+        self._timeout.cancel()
+        self._queue.clear()
+        if self._worker is not None and self._worker is not asyncio.current_task():
+            self._worker.cancel()
+        if self.is_authenticated:
+            self.server.components.unregister(self)
+            log.info("%s: disconnected", self.summary())
+
+
+_CLIENT_PREFIX: Final = f"{{{ns.CLIENT}}}"
+
+
+def _neutralize_client_children(stanza: Element) -> None:
+    """Rebuild direct children in ``jabber:client`` stream-neutral, like the rest.
+
+    COMPAT: slixmpp's ComponentXMPP (1.8 to 1.17 at least, unless ``fix_error_ns``)
+    writes ``<error xmlns='jabber:client'>`` inside component stanzas; without this the
+    server's own consumers (the IQ tracker's callers, such as mod_push) would not find
+    the ``error`` child of an answer.
+    """
+    for index, sub in enumerate(stanza):
+        tag = sub.tag
+        if isinstance(tag, str) and tag.startswith(_CLIENT_PREFIX):
+            neutral = etree.Element(tag[len(_CLIENT_PREFIX) :], _attrs(sub))
+            neutral.text, neutral.tail = sub.text, sub.tail
+            for grandchild in sub:
+                neutral.append(deepcopy(grandchild))
+            stanza[index] = neutral
+
+
+_CLOSE_MARK: Final = etree.Element("close-mark")
+"""Queued when the component closed its stream."""
+
+
+def _stream_error(condition: str, text: str | None) -> bytes:
+    err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
+    child(err, condition, namespace=ns.STREAM_ERRORS)
+    if text:
+        t = child(err, "text", namespace=ns.STREAM_ERRORS, text=text)
+        t.set(f"{{{ns.XML}}}lang", "en")
+    return etree.tostring(err)
+
+
+def _attrs(el: Element) -> dict[str, str]:
+    return {str(k): str(v) for k, v in el.attrib.items()}
