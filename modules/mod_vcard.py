@@ -14,7 +14,8 @@ An account stores its vCard with an IQ set to its own bare JID (anyone else:
 XEP-0153: when the account has a vCard, the server adds
 ``<x xmlns='vcard-temp:x:update'><photo>SHA-1</photo></x>`` (an empty ``<photo/>``
 when the vCard has no ``PHOTO/BINVAL``) to the available and unavailable presence its
-clients send, unless the client put its own ``vcard-temp:x:update`` element in it.
+clients send, unless the client put its own ``vcard-temp:x:update`` element with a
+``<photo/>`` in it (an element without ``<photo/>`` is replaced, XEP-0398 §5).
 When a vCard set changes that hash, the available presence of each of the account's
 resources is broadcast again with the new hash (not for resources whose client manages
 the element itself). The hashes of online accounts are kept in memory.
@@ -123,6 +124,11 @@ class Avatars:
     def forget(self, user: JID) -> None:
         self._hashes.pop(user, None)
 
+    @property
+    def max_vcard_size(self) -> int:
+        """The ``max_size`` option: the largest vCard (serialized) an account may store."""
+        return self._ctx.options.max_size
+
 
 AVATARS: Final = ServiceKey[Avatars]("vcard.avatars")
 
@@ -148,13 +154,20 @@ async def add_photo_hash(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Elem
     ):
         return stanza
     session = pctx.session
-    if find_child(stanza, NS_VCARD_UPDATE, "x") is not None:
+    own = find_child(stanza, NS_VCARD_UPDATE, "x")
+    if own is not None and find_child(own, NS_VCARD_UPDATE, "photo") is not None:
         session.set(SERVER_ADDED, False)  # the client's own (an empty <photo/> included)
         return stanza
     photo = await ctx.service(AVATARS).get(session.jid.bare)
     if photo is None:
+        if own is not None:
+            session.set(SERVER_ADDED, False)
         return stanza  # no vCard: nothing to say
     out = copy(stanza)
+    if own is not None:
+        # XEP-0398 §5: an update element without <photo/> (the client is "not ready")
+        # is replaced by the server's.
+        out.remove(out[stanza.index(own)])
     out.append(_update_element(photo))
     session.set(SERVER_ADDED, True)
     return out
@@ -168,7 +181,8 @@ async def _broadcast_new_hash(ctx: Ctx, user: JID, photo: str) -> None:
             continue
         existing = find_child(presence, NS_VCARD_UPDATE, "x")
         if existing is not None:
-            if not session.get(SERVER_ADDED):
+            client_photo = find_child(existing, NS_VCARD_UPDATE, "photo")
+            if not session.get(SERVER_ADDED) and client_photo is not None:
                 continue  # the client manages its own element
             presence.remove(existing)
         presence.append(_update_element(photo))

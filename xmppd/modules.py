@@ -39,6 +39,7 @@ DEFAULT_MODULES: Final = (
     "mam",
     "pep",
     "bookmarks",
+    "avatar_conversion",
     "push",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
