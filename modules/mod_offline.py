@@ -7,7 +7,8 @@ to the first session that then sends available presence with a non-negative prio
 deleted. Headline, groupchat and error messages are never stored (the core drops or
 bounces them), nor messages carrying the XEP-0334 ``<no-store/>`` hint; those get
 ``service-unavailable``, as does a message to an account whose storage is full.
-Messages with only XEP-0085 chat states are discarded, as XEP-0160 §3 asks.
+Messages with only XEP-0085 chat states are discarded, as XEP-0160 §3 asks, unless
+they carry the XEP-0334 ``<store/>`` hint.
 
 Other modules can reach the store through :data:`OFFLINE`.
 """
@@ -62,6 +63,10 @@ from xmppd.api.storage import (
 )
 
 NS_HINTS: Final = "urn:xmpp:hints"
+NS_SID: Final = "urn:xmpp:sid:0"
+NOT_CONTENT: Final = frozenset({NS_HINTS, NS_SID, ns.DELAY})
+"""Payload namespaces that say something about a message, not in it: hints, XEP-0359
+ids (the archive adds its stanza-id before this module sees the message) and delays."""
 NS_CHATSTATES: Final = "http://jabber.org/protocol/chatstates"
 NS_RECEIPTS: Final = "urn:xmpp:receipts"
 NS_MARKERS: Final = "urn:xmpp:chat-markers:0"
@@ -142,8 +147,10 @@ class Verdict(Enum):
 def verdict(stanza: Element, *, store_receipts_and_markers: bool) -> Verdict:
     """Whether a message for an offline account is stored (XEP-0160 §3, XEP-0334).
 
-    ``<no-permanent-store/>`` does not prevent it: that hint is about archives and logs,
-    and XEP-0334 (use case "Sensitive messages") allows storage for an offline recipient.
+    ``<store/>`` keeps a message that would otherwise be discarded (chat states only, or
+    receipts and markers when those are not stored). ``<no-permanent-store/>`` does not
+    prevent storage: that hint is about archives and logs, and XEP-0334 (use case
+    "Sensitive messages") allows storage for an offline recipient.
     """
     if stanza.get("type", "normal") not in ("normal", "chat"):
         return Verdict.REFUSE
@@ -151,11 +158,13 @@ def verdict(stanza: Element, *, store_receipts_and_markers: bool) -> Verdict:
         return Verdict.REFUSE
     if stanza.find("body") is not None or stanza.find("subject") is not None:
         return Verdict.STORE
+    if stanza.find(f"{{{NS_HINTS}}}store") is not None:
+        return Verdict.STORE  # XEP-0334 §4.4: the sender says it is worth storing
     payload_ns = {
         el.tag[1:].partition("}")[0]
         for el in stanza
         if isinstance(el.tag, str) and el.tag.startswith("{")
-    } - {NS_HINTS}
+    } - NOT_CONTENT
     if payload_ns <= {NS_CHATSTATES}:
         return Verdict.DISCARD  # XEP-0160 §3: chat-state-only messages are not stored
     if payload_ns <= {NS_CHATSTATES, NS_RECEIPTS, NS_MARKERS} and not store_receipts_and_markers:

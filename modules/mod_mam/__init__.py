@@ -2,10 +2,13 @@
 
 What is archived. Each account has its own archive. Messages of type ``chat`` or
 ``normal`` (never ``error``, ``headline`` or ``groupchat``) are archived for both
-parties when they have a ``<body/>``, an XEP-0308 correction, an XEP-0424 retraction,
-an XEP-0444 reaction or an XEP-0373 OpenPGP payload, or carry the XEP-0334 ``<store/>``
-hint; ``<no-store/>`` and ``<no-permanent-store/>`` keep a message out. Messages with
-only chat states, receipts or markers are skipped unless ``archive_without_body`` is on.
+parties when they have a ``<body/>``, an XEP-0184 delivery receipt (``<received/>``), an
+XEP-0333 chat marker, an XEP-0308 correction, an XEP-0424 retraction, an XEP-0444
+reaction or an XEP-0373 OpenPGP payload, or carry the XEP-0334 ``<store/>`` hint;
+``<no-store/>`` and ``<no-permanent-store/>`` keep a message out. Receipts and markers
+are kept so that a client syncing its history from the archive can tell which messages
+were delivered and read. Messages with only chat states (or nothing) are skipped unless
+``archive_without_body`` is on.
 
 - The sender's copy is archived in ``user_send_packet`` (a message to one's own
   account is archived once, as received).
@@ -48,6 +51,8 @@ written behind the message path by one task per host, many per transaction (see
 :class:`~modules.mod_mam.store.Writer`); every read of the archive waits for the rows
 queued before it. Entries older than ``retention`` are deleted hourly.
 
+``xmppd export-user`` includes the archive, as XEP-0227 §6.7 describes (``export.py``).
+
 Other modules reach the archives through :data:`ARCHIVE`.
 """
 
@@ -77,6 +82,7 @@ from modules.mod_mam.common import (
     MamOptions,
     module,
 )
+from modules.mod_mam.export import export as _export  # noqa: F401  (registers user_export)
 from modules.mod_mam.store import (
     ARCHIVE,
     ARCHIVES,

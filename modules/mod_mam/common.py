@@ -31,6 +31,19 @@ KEPT_WITHOUT_BODY: Final = frozenset(
 )
 """Payload namespaces that make a bodyless message worth archiving."""
 
+NS_RECEIPTS: Final = "urn:xmpp:receipts"
+NS_MARKERS: Final = "urn:xmpp:chat-markers:0"
+KEPT_STATUS: Final = frozenset(
+    {
+        f"{{{NS_RECEIPTS}}}received",  # XEP-0184
+        f"{{{NS_MARKERS}}}received",  # XEP-0333
+        f"{{{NS_MARKERS}}}displayed",
+        f"{{{NS_MARKERS}}}acknowledged",
+    }
+)
+"""Bodyless status messages that are archived too: a client that rebuilds its history
+from the archive needs them to show a message as delivered or read (as Prosody does)."""
+
 PAGE_BYTES: Final = 1024 * 1024
 """A page of results stops early once its messages exceed this many bytes: they are
 written to the client at once, and its write buffer is limited."""
@@ -65,9 +78,10 @@ class MamOptions(Options):
     )
     archive_without_body: bool = Field(
         False,
-        description="Also archive chat and normal messages without a body (chat states, "
-        "delivery receipts, chat markers). Off: only messages with a body, a correction, "
-        "retraction, reaction or OpenPGP payload, or the XEP-0334 <store/> hint.",
+        description="Also archive every chat and normal message without a body (chat "
+        "states, for instance). Off: only messages with a body, a delivery receipt "
+        "(XEP-0184 <received/>), a chat marker (XEP-0333), a correction, retraction, "
+        "reaction or OpenPGP payload, or the XEP-0334 <store/> hint.",
     )
     count_results: bool = Field(
         True,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from modules.mod_mam.common import (
+    KEPT_STATUS,
     KEPT_WITHOUT_BODY,
     NS_HINTS,
     NS_MAM,
@@ -136,7 +137,7 @@ def archivable(stanza: Element, *, without_body: bool) -> bool:
     keep = without_body
     for el in stanza:  # the reader never yields comments or PIs (restricted XML)
         tag = el.tag
-        if tag == "body" or tag == _STORE:
+        if tag == "body" or tag == _STORE or tag in KEPT_STATUS:
             keep = True
         elif tag in _SKIP:
             return False

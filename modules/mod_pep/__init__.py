@@ -27,7 +27,8 @@ own account).
   (presence subscription; never for ``whitelist``) whose XEP-0115 caps include
   ``<node>+notify``. A resource that becomes available, or whose caps newly include such a
   feature, gets the last item of each node it is interested in (``on_sub_and_presence``),
-  stamped with ``<delay/>``.
+  stamped with ``<delay/>``. So does each available resource of a user who has just been
+  granted a presence subscription to the owner (a new auto-subscriber: ``on_sub`` too).
 - **Caps.** An available presence with ``<c hash node ver/>`` is looked up in a cache
   (memory, then the ``caps`` table). An unknown one is asked for in the background
   (disco#info to the client's full JID, node ``node#ver``, from the host) and trusted only
@@ -682,15 +683,25 @@ async def _send_last_items(ctx: Ctx, session: Session, names: frozenset[str]) ->
     """XEP-0163 §4.3.2: the last item of each node called one of ``names`` of the user
     or of a contact whose presence the user receives, if the user may read it."""
     user = session.jid.bare
-    roster = ctx.service(ROSTER)
     owners = [user]
-    for item in (await roster.items(user)).values():
+    for item in (await ctx.service(ROSTER).items(user)).values():
         contact = item.contact
         if item.has_to and contact.local and contact.domain == ctx.domain and contact != user:
             owners.append(contact)
+    await _send_last_items_of(ctx, session, owners, names, when=("on_sub_and_presence",))
+
+
+async def _send_last_items_of(
+    ctx: Ctx, session: Session, owners: list[JID], names: frozenset[str], *, when: tuple[str, ...]
+) -> None:
+    """The last item of each node of ``owners`` called one of ``names`` whose
+    ``pubsub#send_last_published_item`` is one of ``when``, if the session's user may
+    read it, to that session."""
+    user = session.jid.bare
+    roster = ctx.service(ROSTER)
     store = _store(ctx)
     for owner, name, config in await store.matching(owners, names):
-        if config.send_last_published_item != "on_sub_and_presence":
+        if config.send_last_published_item not in when:
             continue
         if not config.deliver_notifications:
             continue
@@ -705,6 +716,45 @@ async def _send_last_items(ctx: Ctx, session: Session, names: frozenset[str]) ->
             continue
         event = _items_event(name, last.item_id, last.payload if config.deliver_payloads else None)
         await _notify(ctx, owner, [session.jid], event, delayed=last.published_at)
+
+
+# ----------------------------------------------------------------------------- new contacts
+
+
+# Early: mod_presence handles (and stops) inbound subscription presence at the default
+# priority. The owner's roster already shows the approval (the owner's server updates it
+# before routing 'subscribed'); the subscriber's is updated right after this handler.
+@module.on(hooks.PRESENCE_TO_BARE, priority=Priority.EARLY)
+async def subscription_approved(ctx: Ctx, event: StanzaEvent) -> None:
+    await _new_subscriber(ctx, event)
+
+
+@module.on(hooks.PRESENCE_TO_FULL, priority=Priority.EARLY)
+async def subscription_approved_to_full(ctx: Ctx, event: StanzaEvent) -> None:
+    # RFC 6121 §3: a subscription stanza to a full JID counts as one to the bare JID.
+    await _new_subscriber(ctx, event)
+
+
+async def _new_subscriber(ctx: Ctx, event: StanzaEvent) -> None:
+    """XEP-0163 §4.3.2: "a PEP service MUST send the last published item to all new
+    subscribers". With auto-subscribe, a user who was just granted a presence
+    subscription to a local owner is one: each of the user's available resources gets the
+    last item of the owner's nodes it is interested in (``on_sub`` and
+    ``on_sub_and_presence``), if the access model lets the user in. OMEMO clients rely on
+    this to learn a new contact's device list."""
+    if event.stanza.get("type") != "subscribed":
+        return
+    owner, user = event.from_.bare, event.to.bare
+    if not owner.local or owner.domain != ctx.domain or owner == user:
+        return
+    mine = await ctx.service(ROSTER).item(user, owner)
+    if mine is None or not mine.ask or mine.has_to:
+        return  # no pending request: mod_presence ignores this 'subscribed'
+    for session in ctx.sessions.available(user):
+        names = interested_nodes(_features(session))
+        if session.priority >= 0 and names:
+            when = ("on_sub", "on_sub_and_presence")
+            await _send_last_items_of(ctx, session, [owner], names, when=when)
 
 
 # ----------------------------------------------------------------------------- discovery

@@ -219,8 +219,8 @@ async def test_forged_stanza_ids_are_removed(mam_server: XmppdServer) -> None:
 
 
 async def test_what_is_archived(mam_server: XmppdServer) -> None:
-    """Chat and normal messages with content; never errors, headlines, groupchat, hinted
-    messages or bare chat states and receipts."""
+    """Chat and normal messages with content (delivery receipts included); never errors,
+    headlines, groupchat, hinted messages or bare chat states."""
     a, b = await new_account(mam_server, "kind"), await new_account(mam_server, "kind")
     alice, bob = await login(mam_server, a), await login(mam_server, b)
     try:
@@ -264,7 +264,7 @@ async def test_what_is_archived(mam_server: XmppdServer) -> None:
         send(bob, a, "an error", type="error", id="k-error", extra=error)
         await processed(alice)
         await processed(bob)
-        expected = ["k-chat", "k-normal", "k-retract", "k-store"]
+        expected = ["k-chat", "k-normal", "k-receipt", "k-retract", "k-store"]
         assert [item.get("id") for item in await everything(alice)] == expected
         assert [item.get("id") for item in await everything(bob)] == expected
         newest = await query(bob, {}, max=1, before="")
@@ -670,10 +670,11 @@ async def test_deleting_an_account_deletes_its_archive(mam_server: XmppdServer) 
         reply = await alice.expect(lambda el: el.get("id") == "bye", 20)
         assert reply.get("type") == "result"
         await alice.wait_closed(20)
-        assert await mam_rows(mam_server, alice_name) == {
-            "mod_mam__archive": 0,
-            "mod_mam__prefs": 0,
-        }
+        # The stream closes first (XEP-0077 §3.2), then the account's data is deleted.
+        empty = {"mod_mam__archive": 0, "mod_mam__prefs": 0}
+        async with asyncio.timeout(20):
+            while await mam_rows(mam_server, alice_name) != empty:  # noqa: ASYNC110 (polls the database)
+                await asyncio.sleep(0.1)
         assert (await mam_rows(mam_server, bob_name))["mod_mam__archive"] == 1
         assert bodies(await everything(bob)) == ["remember me"]
     finally:

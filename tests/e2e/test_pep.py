@@ -327,6 +327,43 @@ async def test_notifications_follow_verified_interests(pep_server: XmppdServer) 
         await close(owner, picky, liar)
 
 
+async def test_a_new_contact_gets_the_last_items_when_approved(pep_server: XmppdServer) -> None:
+    """XEP-0163 §4.3.2: "a PEP service MUST send the last published item to all new
+    subscribers". A user whose presence subscription to the owner is approved gets, at
+    once, the last item of each node it is interested in and may read (OMEMO clients learn
+    a new contact's device list this way); never a whitelist node, and an unsolicited
+    'subscribed' from someone else gives nothing."""
+    o = await new_account(pep_server, "newpub")
+    c = await new_account(pep_server, "newsub")
+    t = await new_account(pep_server, "pushy")
+    owner, contact, pushy = [await login(pep_server, j) for j in (o, c, t)]
+    try:
+        shared, secret = fresh_node(), fresh_node()
+        await publish(owner, shared, entry("s1"), item_id="s1")
+        closed = {"pubsub#access_model": "whitelist"}
+        await publish(owner, secret, entry("x1"), item_id="x1", options=closed)
+        await publish(pushy, shared, entry("p1"), item_id="p1")
+        # Interested, but not subscribed yet: nothing comes.
+        await announce(contact, client_features(shared, secret))
+        await contact.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=pep_server.domain)
+        assert contact.pending(event_of(o, shared)) == []
+
+        await share_presence(owner, contact)
+        last = await contact.expect(event_of(o, shared), 20)
+        assert event_items(last) == [("s1", "s1")]
+        assert last.get("to") == contact.jid
+        assert last.find(f"{{{DELAY}}}delay") is not None
+        assert contact.pending(event_of(o, secret)) == []
+
+        # 'subscribed' that answers no request of the contact's: ignored, nothing leaks.
+        pushy.send(f"<presence type='subscribed' to='{c}'/>")
+        pushy.send(f"<message to='{c}' type='chat' id='after'><body>hi</body></message>")
+        await contact.expect(lambda el: el.get("id") == "after", 20)
+        assert contact.pending(event_of(t, shared)) == []
+    finally:
+        await close(owner, contact, pushy)
+
+
 async def test_omemo_nodes_are_open_to_anyone(pep_server: XmppdServer) -> None:
     """XEP-0384: the device list and bundles are published with access_model=open (and
     max_items=max); a stranger without a presence subscription fetches them."""
