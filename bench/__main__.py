@@ -1,10 +1,10 @@
-"""CLI: ``python -m bench all|sessions|chat|echo-ceiling [options]``.
+"""CLI: ``python -m bench all|sessions|tls|chat|archive|presence|archive-query|echo-ceiling``.
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
-scenario, followed by comparison tables; they are also appended to
-``bench/results/<timestamp>.jsonl`` (plus a PNG chart of the chat sweep if matplotlib is
-installed).
+scenario (and database, for the archive scenarios), followed by comparison tables; they are
+also appended to ``bench/results/<timestamp>-<command>.jsonl`` (plus PNG charts of the
+sweeps if matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -23,21 +23,41 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.archive import run_archive, run_archive_query
+from bench.certs import CertFiles, make_certificate
 from bench.common import (
+    DOMAIN,
     GENERATOR_CPU,
     NICE,
     PASSWORD,
+    REPO_ROOT,
     RESULTS_DIR,
     SERVER_CPU,
     apply_nice,
     free_port,
+    presence_rosters,
     user_name,
 )
-from bench.report import chat_chart, chat_report, emit_json, sessions_report
+from bench.presence import run_presence
+from bench.report import (
+    archive_query_report,
+    archive_report,
+    chat_report,
+    emit_json,
+    presence_report,
+    sessions_report,
+    sweep_chart,
+)
 from bench.scenarios import Settings, run_chat, run_sessions, wait_idle
 from bench.servers import SERVERS, Server, ServerUnavailable, make_server
 
 DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
+#: Every scenario, in the order ``all`` runs them.
+SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query"]
+#: Scenarios with an echo-server ceiling of their own (archive uses chat's).
+ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
+#: Where ``--docs-charts`` copies the charts of the run.
+DOCS_CHARTS = REPO_ROOT / "docs" / "benchmarks"
 
 
 def _int_list(text: str) -> list[int]:
@@ -52,8 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "command",
-        choices=["all", "sessions", "chat", "echo-ceiling"],
-        help="scenario(s) to run; every one also measures the generator ceiling (echo server)",
+        choices=["all", *SCENARIOS, "echo-ceiling"],
+        help="scenario(s) to run; each also measures the generator ceiling (echo server) "
+        "where it has one",
     )
     parser.add_argument("--servers", default=DEFAULT_SERVERS, help="comma-separated list")
     parser.add_argument("--sessions", type=int, help="sessions scenario size (default 1000)")
@@ -64,7 +85,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="wait after a step")
     parser.add_argument("--concurrency", type=int, default=200, help="logins in flight")
     parser.add_argument("--workers", type=int, default=2, help="generator processes for chat")
-    parser.add_argument("--quick", action="store_true", help="small and short (~2 minutes)")
+    parser.add_argument("--tls-sessions", type=int, help="tls scenario size (default 1000)")
+    parser.add_argument("--presence-users", type=int, help="presence accounts (1000)")
+    parser.add_argument("--roster-size", type=int, help="contacts per presence account (100)")
+    parser.add_argument("--presence-rates", type=_int_list, help="offline/online cycles/s")
+    parser.add_argument("--presence-step-seconds", type=float, help="presence step length (3)")
+    parser.add_argument("--archive-pairs", type=int, help="chat pairs with archive on (200)")
+    parser.add_argument("--archive-rates", type=_int_list, help="archive sweep, msg/s")
+    parser.add_argument("--archive-step-seconds", type=float, help="archive step length (2)")
+    parser.add_argument(
+        "--archive-backends",
+        default="sqlite,postgresql",
+        help="databases of the archive scenarios (sqlite,postgresql)",
+    )
+    parser.add_argument("--archive-messages", type=int, help="archive-query size (100000)")
+    parser.add_argument("--archive-queries", type=int, help="archive-query repeats (20)")
+    parser.add_argument(
+        "--docs-charts",
+        action="store_true",
+        help=f"also copy the charts to {DOCS_CHARTS.relative_to(REPO_ROOT)}/ (final runs)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small and short (~4 minutes)")
     parser.add_argument("--no-echo", action="store_true", help="skip the echo ceiling")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
@@ -94,16 +135,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.servers.split(",") if s and s not in SERVERS]
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
+    backends = [b for b in args.archive_backends.split(",") if b]
+    if not backends or any(b not in ("sqlite", "postgresql") for b in backends):
+        parser.error("--archive-backends takes sqlite and/or postgresql")
     return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings()
     if args.quick:
-        s.sessions, s.pairs = 200, 100
+        s.sessions, s.pairs, s.tls_sessions = 200, 100, 200
         s.rates = [1000, 2000, 5000, 10000]
         s.echo_rates = [5000, 10000, 20000, 30000, 40000]
         s.step_seconds = 2.0
+        s.presence_users = 200
+        s.presence_rates = [25, 50, 100, 200]
+        s.presence_echo_rates = [50, 100, 200, 400]
+        s.presence_step_seconds = 2.0
+        s.archive_pairs = 50
+        s.archive_rates = [500, 1000, 2000, 5000]
+        s.archive_step_seconds = 2.0
+        s.archive_messages, s.archive_queries = 10_000, 5
+    overrides = {
+        "tls_sessions": args.tls_sessions,
+        "presence_users": args.presence_users,
+        "roster_size": args.roster_size,
+        "presence_rates": args.presence_rates,
+        "presence_step_seconds": args.presence_step_seconds,
+        "archive_pairs": args.archive_pairs,
+        "archive_rates": args.archive_rates,
+        "archive_step_seconds": args.archive_step_seconds,
+        "archive_messages": args.archive_messages,
+        "archive_queries": args.archive_queries,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(s, name, value)
+    s.archive_backends = [b for b in args.archive_backends.split(",") if b]
     if args.sessions is not None:
         s.sessions = args.sessions
     if args.pairs is not None:
@@ -165,22 +233,28 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.settings = settings_from(args)
-        self.scenarios = (
-            ["sessions", "chat"] if args.command in ("all", "echo-ceiling") else [args.command]
-        )
+        if args.command == "all":
+            self.scenarios = list(SCENARIOS)
+        elif args.command == "echo-ceiling":
+            self.scenarios = list(ECHO_SCENARIOS)
+        else:
+            self.scenarios = [args.command]
         self.servers = [s for s in args.servers.split(",") if s and s != "echo"]
         self.workdir = Path(tempfile.mkdtemp(prefix="xmppd-bench-"))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out.mkdir(parents=True, exist_ok=True)
-        self.sink = args.out / f"{stamp}-{args.command}.jsonl"
-        self.chart = args.out / f"{stamp}-chat.png"
-        self.results: dict[str, list[dict[str, Any]]] = {"sessions": [], "chat": []}
-        self.ceiling: dict[str, dict[str, Any] | None] = {"sessions": None, "chat": None}
+        self.sink = args.out / f"{self.stamp}-{args.command}.jsonl"
+        self.results: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
+        self.ceiling: dict[str, dict[str, Any] | None] = {s: None for s in SCENARIOS}
+        self.certs: CertFiles | None = None
 
     def run(self) -> int:
         started = time.monotonic()
         try:
-            if not self.args.no_echo or self.args.command == "echo-ceiling":
+            if "tls" in self.scenarios:
+                self.certs = make_certificate(self.workdir / "certs", DOMAIN)
+            wants_echo = any(s in ECHO_SCENARIOS for s in self.scenarios)
+            if wants_echo and (not self.args.no_echo or self.args.command == "echo-ceiling"):
                 self.run_server("echo")
             if self.args.command != "echo-ceiling":
                 for name in self.servers:
@@ -204,7 +278,34 @@ class Runner:
             "credential_storage": server.credential_storage(),
         }
 
+    def _scenarios_for(self, name: str) -> list[str]:
+        if name == "echo":
+            return [s for s in self.scenarios if s in ECHO_SCENARIOS]
+        if name != "xmppd" and "archive-query" in self.scenarios:
+            log(f"{name}: archive-query is measured for xmppd only; skipped")
+            return [s for s in self.scenarios if s != "archive-query"]
+        return self.scenarios
+
+    def _setup(self, server: Server, scenarios: list[str]) -> float:
+        """Configure ``server`` and create its accounts; returns the seconds it took."""
+        server.certs = self.certs
+        server.configure()
+        n_accounts = self.settings.accounts_needed(scenarios)
+        rosters = None
+        if "presence" in scenarios:
+            rosters = presence_rosters(self.settings.presence_users, self.settings.roster_size)
+        users = [user_name(i) for i in range(n_accounts)] + list(rosters or ())
+        t0 = time.monotonic()
+        server.create_accounts(users, PASSWORD, rosters)
+        seconds = round(time.monotonic() - t0, 1)
+        items = sum(len(c) for c in (rosters or {}).values())
+        log(f"{server.name}: {len(users)} accounts, {items} roster items ready in {seconds} s")
+        return seconds
+
     def run_server(self, name: str) -> None:
+        scenarios = self._scenarios_for(name)
+        if not scenarios:
+            return
         server = make_server(name, self.workdir, free_port())
         server.plain_storage = self.args.plain_storage
         try:
@@ -214,73 +315,120 @@ class Runner:
             if not isinstance(exc, ServerUnavailable):
                 exc = ServerUnavailable(f"availability check failed: {exc}")
             log(f"{name}: unavailable: {exc}")
-            for scenario in self.scenarios:
+            for scenario in scenarios:
                 self.record(scenario, {"scenario": scenario, "server": name, "error": str(exc)})
             return
         try:
             log(f"{name}: {meta['version']}; port {server.port}; dir {server.dir}")
-            server.configure()
-            n_accounts = self.settings.accounts_needed(self.scenarios)
-            t0 = time.monotonic()
-            server.create_accounts([user_name(i) for i in range(n_accounts)], PASSWORD)
-            meta["account_setup_seconds"] = round(time.monotonic() - t0, 1)
-            log(f"{name}: {n_accounts} accounts ready in {meta['account_setup_seconds']} s")
+            meta["account_setup_seconds"] = self._setup(server, scenarios)
         except Exception as exc:
             log(f"{name}: account setup failed: {exc}")
-            for scenario in self.scenarios:
+            for scenario in scenarios:
                 self.record(
                     scenario, {"scenario": scenario, "server": name, "error": f"setup: {exc}"}
                 )
             return
-        for scenario in self.scenarios:
+        for scenario in scenarios:
             if self.args.wait_idle > 0:
                 wait_idle(self.args.wait_idle, log)
             try:
-                if scenario == "sessions":
-                    res = run_sessions(server, self.settings, log)
-                else:
-                    rates = self.settings.echo_rates if name == "echo" else self.settings.rates
-                    res = run_chat(server, self.settings, log, rates)
+                results = self.run_scenario(scenario, server)
             except Exception as exc:
                 log(f"{name}: {scenario} failed: {exc}")
                 traceback.print_exc(file=sys.stderr)
-                res = {"scenario": scenario, "server": name, "error": str(exc)[:2000]}
+                results = [{"scenario": scenario, "server": name, "error": str(exc)[:2000]}]
             finally:
                 server.stop()
-            res.update(meta)
-            self.record(scenario, res)
+            for res in results:
+                res.update(meta)
+                self.record(scenario, res)
+
+    def run_scenario(self, scenario: str, server: Server) -> list[dict[str, Any]]:
+        echo = server.name == "echo"
+        s = self.settings
+        if scenario == "sessions":
+            return [run_sessions(server, s, log)]
+        if scenario == "tls":
+            return [run_sessions(server, s, log, tls=True)]
+        if scenario == "chat":
+            return [run_chat(server, s, log, s.echo_rates if echo else s.rates)]
+        if scenario == "presence":
+            return [run_presence(server, s, log, s.presence_echo_rates if echo else None)]
+        if scenario == "archive":
+            return run_archive(server, s, log)
+        if scenario == "archive-query":
+            return run_archive_query(server, s, log)
+        raise ValueError(f"unknown scenario {scenario!r}")
 
     def record(self, scenario: str, result: dict[str, Any]) -> None:
         if result["server"] == "echo":
             self.ceiling[scenario] = result
         else:
-            ceiling = self.ceiling.get(scenario)
+            ceiling = self.ceiling.get("chat" if scenario == "archive" else scenario)
             if ceiling is not None and "error" not in ceiling:
-                key = "login_rate" if scenario == "sessions" else "max_sustainable_rate"
+                key = "login_rate" if scenario in ("sessions", "tls") else "max_sustainable_rate"
                 result["generator_ceiling"] = {key: ceiling.get(key)}
             self.results[scenario].append(result)
         emit_json(result, self.sink)
 
     def print_reports(self) -> None:
+        s = self.settings
+        reports = {
+            "sessions": lambda: sessions_report(
+                self.results["sessions"], self.ceiling["sessions"], s.sessions
+            ),
+            "tls": lambda: sessions_report(
+                self.results["tls"], self.ceiling["tls"], s.tls_sessions, tls=True
+            ),
+            "chat": lambda: chat_report(self.results["chat"], self.ceiling["chat"], s.pairs),
+            "archive": lambda: archive_report(
+                self.results["archive"], self.ceiling["chat"], s.archive_pairs
+            ),
+            "presence": lambda: presence_report(
+                self.results["presence"], self.ceiling["presence"], s
+            ),
+            "archive-query": lambda: archive_query_report(
+                self.results["archive-query"], s.archive_messages
+            ),
+        }
         print()
-        if "sessions" in self.scenarios:
-            print(
-                sessions_report(
-                    self.results["sessions"], self.ceiling["sessions"], self.settings.sessions
-                )
-            )
+        for scenario in self.scenarios:
+            print(reports[scenario]())
             print()
-        if "chat" in self.scenarios:
-            print(chat_report(self.results["chat"], self.ceiling["chat"], self.settings.pairs))
-            if not self.args.no_chart:
-                drawn = [*self.results["chat"]]
-                if self.ceiling["chat"] is not None:
-                    drawn.append(self.ceiling["chat"])
-                if any("steps" in r for r in drawn):
-                    path = chat_chart(drawn, self.chart)
-                    if path is not None:
-                        print(f"\nchart: {path}")
+        if not self.args.no_chart:
+            self.draw_charts()
         sys.stdout.flush()
+
+    def draw_charts(self) -> None:
+        charts = {
+            "chat": ("1:1 chat latency vs offered rate", "offered rate (messages/s)"),
+            "archive": (
+                "1:1 chat with the archive on: latency vs offered rate",
+                "offered rate (messages/s)",
+            ),
+            "presence": (
+                "presence broadcast latency vs offline/online cycles",
+                "offered rate (offline/online cycles per second)",
+            ),
+        }
+        for scenario, (title, xlabel) in charts.items():
+            if scenario not in self.scenarios:
+                continue
+            drawn = [r for r in self.results[scenario] if r.get("steps")]
+            ceiling = self.ceiling["chat" if scenario == "archive" else scenario]
+            if ceiling is not None and ceiling.get("steps") and scenario != "archive":
+                drawn.append(ceiling)
+            if not drawn:
+                continue
+            path = self.args.out / f"{self.stamp}-{scenario}.png"
+            if sweep_chart(drawn, path, f"{title} (server on 1 core)", xlabel) is None:
+                return
+            print(f"chart: {path}")
+            if self.args.docs_charts:
+                DOCS_CHARTS.mkdir(parents=True, exist_ok=True)
+                target = DOCS_CHARTS / f"{scenario}-latency.png"
+                shutil.copyfile(path, target)
+                print(f"chart copied to {target.relative_to(REPO_ROOT)}")
 
 
 def main(argv: list[str] | None = None) -> int:

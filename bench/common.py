@@ -25,9 +25,42 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
-def user_name(index: int) -> str:
-    """Local part of the benchmark account number ``index``."""
-    return f"u{index:05d}"
+#: Salt of every benchmark account's SCRAM credentials, on every server (see
+#: :func:`bench.xmpp.scram_keys`: the generator then runs PBKDF2 once per server).
+SCRAM_SALT = b"xmppd-bench-salt"
+
+
+def user_name(index: int, prefix: str = "u") -> str:
+    """Local part of the benchmark account number ``index``.
+
+    ``u00000``... are the accounts of the sessions, TLS and chat scenarios (empty
+    rosters), ``p00000``... those of the presence scenario (rosters of ``roster_size``
+    mutual contacts).
+    """
+    return f"{prefix}{index:05d}"
+
+
+PRESENCE_PREFIX = "p"
+
+
+def contact_indices(index: int, users: int, roster_size: int) -> list[int]:
+    """Contacts of presence account ``index``: the ``roster_size / 2`` accounts on each
+    side of it on a ring of ``users``, so every roster has ``roster_size`` entries and
+    every subscription is mutual (``both``)."""
+    half = roster_size // 2
+    if users <= 2 * half:
+        raise ValueError(f"{users} presence users cannot have {roster_size} contacts each")
+    return [(index + d) % users for d in range(-half, half + 1) if d != 0]
+
+
+def presence_rosters(users: int, roster_size: int) -> dict[str, list[str]]:
+    """Local part -> contacts' local parts, for every presence account."""
+    return {
+        user_name(i, PRESENCE_PREFIX): [
+            user_name(c, PRESENCE_PREFIX) for c in contact_indices(i, users, roster_size)
+        ]
+        for i in range(users)
+    }
 
 
 def free_port() -> int:

@@ -82,31 +82,41 @@ def _error_lines(results: Sequence[Result]) -> list[str]:
     return [f"  {r['server']}: {r['error']}" for r in results if "error" in r]
 
 
-def sessions_report(results: Sequence[Result], ceiling: Result | None, n: int) -> str:
+def sessions_report(
+    results: Sequence[Result], ceiling: Result | None, n: int, tls: bool = False
+) -> str:
     ok = {r["server"]: r for r in results if "error" not in r and r["server"] in COMPARED}
-    out = [f"== sessions: {n} sessions, logins with 200 in flight =="]
+    if tls:
+        out = [f"== tls: {n} sessions over STARTTLS, SCRAM-SHA-1, 200 logins in flight =="]
+    else:
+        out = [f"== sessions: {n} sessions, PLAIN without TLS, 200 logins in flight =="]
     out.append(_ceiling_line(ceiling, "sessions"))
-    if ok:
-        out.append(
-            _comparison(
-                ok,
-                [
-                    ("sessions established", lambda r: r["sessions_ok"], 0),
-                    ("RSS before (MiB)", lambda r: r["rss_before_kb"] / 1024, 1),
-                    ("RSS after (MiB)", lambda r: r["rss_after_kb"] / 1024, 1),
-                    ("memory per session (KiB)", lambda r: r["kb_per_session"], 1),
-                    (
-                        "memory per idle session, 12 s later (KiB)",
-                        lambda r: r["kb_per_idle_session"],
-                        1,
-                    ),
-                    ("login rate (logins/s)", lambda r: r["login_rate"], 0),
-                    ("login p99 (ms)", lambda r: r["login_p99_ms"], 1),
-                    ("server CPU during logins (%)", lambda r: r["server_cpu_pct"], 0),
-                    ("others' load before, core0 (%)", _bg, 0),
-                ],
+    metrics: list[tuple[str, Callable[[Result], Any], int]] = [
+        ("sessions established", lambda r: r["sessions_ok"], 0),
+        ("RSS before (MiB)", lambda r: r["rss_before_kb"] / 1024, 1),
+        ("RSS after (MiB)", lambda r: r["rss_after_kb"] / 1024, 1),
+        ("memory per session (KiB)", lambda r: r["kb_per_session"], 1),
+    ]
+    if not tls:
+        metrics.append(
+            (
+                "memory per idle session, 12 s later (KiB)",
+                lambda r: r["kb_per_idle_session"],
+                1,
             )
         )
+    metrics += [
+        ("login rate (logins/s)", lambda r: r["login_rate"], 0),
+        ("login p99 (ms)", lambda r: r["login_p99_ms"], 1),
+        ("server CPU during logins (%)", lambda r: r["server_cpu_pct"], 0),
+        ("generator CPU during logins (%)", lambda r: r["generator_cpu_pct"], 0),
+        ("others' load before, core0 (%)", _bg, 0),
+    ]
+    if ok:
+        out.append(_comparison(ok, metrics))
+    if tls:
+        for name, r in ok.items():
+            out.append(f"  {name}: {', '.join(r.get('tls') or ['?'])}")
     out.extend(_error_lines(results))
     return "\n".join(out)
 
@@ -115,27 +125,118 @@ def chat_report(results: Sequence[Result], ceiling: Result | None, pairs: int) -
     ok = {r["server"]: r for r in results if "error" not in r and r["server"] in COMPARED}
     out = [f"== chat: {pairs} online pairs, 1:1 messages, fixed-rate sweep =="]
     out.append(_ceiling_line(ceiling, "chat"))
-    key = f"p99_at_{REFERENCE_RATE}_ms"
+    if ok:
+        out.append(_comparison(ok, _chat_metrics(REFERENCE_RATE)))
+    for r in [*results, *([ceiling] if ceiling else [])]:
+        if "error" in r or "steps" not in r:
+            continue
+        echo = r["server"] == "echo"
+        out.append(f"\n{r['server']} steps{' (generator ceiling)' if echo else ''}:")
+        out.append(steps_table(r["steps"], echo=echo))
+    out.extend(_error_lines(results))
+    return "\n".join(out)
 
-    def at_ref(r: Result, field: str) -> Any:
-        step = next((s for s in r["steps"] if s["rate"] == REFERENCE_RATE), None)
-        return step[field] if step else None
 
+def _at(r: Result, rate: int, field: str) -> Any:
+    step = next((s for s in r.get("steps", []) if s["rate"] == rate), None)
+    return step.get(field) if step else None
+
+
+def _step_field(rate: int, field: str) -> Callable[[Result], Any]:
+    return lambda r: _at(r, rate, field)
+
+
+def _max_rate(r: Result) -> Any:
+    """The max sustainable rate, or "<R" when even the first rate R of the sweep failed."""
+    best = r["max_sustainable_rate"]
+    steps = r.get("steps") or []
+    return best if best or not steps else f"<{steps[0]['rate']:,}"
+
+
+def _chat_metrics(ref: int) -> list[tuple[str, Callable[[Result], Any], int]]:
+    return [
+        ("max sustainable rate (msg/s)", _max_rate, 0),
+        (f"p50 @ {ref:,} msg/s (ms)", lambda r: _at(r, ref, "p50_ms"), 1),
+        (f"p99 @ {ref:,} msg/s (ms)", lambda r: _at(r, ref, "p99_ms"), 1),
+        (f"max @ {ref:,} msg/s (ms)", lambda r: _at(r, ref, "max_ms"), 1),
+        (f"lost @ {ref:,} msg/s", lambda r: _at(r, ref, "lost"), 0),
+        (f"server CPU @ {ref:,} (%)", lambda r: _at(r, ref, "server_cpu_pct"), 0),
+        ("others' load before, core0 (%)", _bg, 0),
+    ]
+
+
+def archive_report(results: Sequence[Result], ceiling: Result | None, pairs: int) -> str:
+    """One comparison per database, then every sweep."""
+    out = [f"== archive: {pairs} online pairs, every message archived for both parties =="]
+    if ceiling is None:
+        out.append("generator ceiling: that of the chat scenario (echo server; not run here)")
+    else:
+        out.append(_ceiling_line(ceiling, "chat") + " (the chat scenario's)")
+    backends = sorted({r.get("backend", "?") for r in results})
+    for backend in backends:
+        of_backend = [r for r in results if r.get("backend") == backend]
+        ok = {r["server"]: r for r in of_backend if "error" not in r and r["server"] in COMPARED}
+        if not ok:
+            continue
+        ref = next(iter(ok.values()))["reference_rate"]
+        metrics = _chat_metrics(ref)
+        metrics[-1:-1] = [
+            (f"database CPU @ {ref:,} (%)", _step_field(ref, "db_cpu_pct"), 0),
+            ("archive rows per message sent (2 = all)", lambda r: r["archived_per_message"], 2),
+        ]
+        out.append(f"\n-- archive in {backend} --")
+        out.append(_comparison(ok, metrics))
+        warnings = [
+            f"  {r['server']}: {r['archive_warning']}"
+            for r in ok.values()
+            if r.get("archive_warning")
+        ]
+        out.extend(warnings)
+    for r in results:
+        if "error" in r or "steps" not in r:
+            continue
+        out.append(f"\n{r['server']} [{r.get('backend')}] steps:")
+        out.append(steps_table(r["steps"]))
+    out.extend(
+        f"  {r['server']} [{r.get('backend')}]: {r['error']}" for r in results if "error" in r
+    )
+    return "\n".join(out)
+
+
+def presence_report(results: Sequence[Result], ceiling: Result | None, settings: Any) -> str:
+    ok = {r["server"]: r for r in results if "error" not in r and r["server"] in COMPARED}
+    out = [
+        f"== presence: {settings.presence_users} accounts online, {settings.roster_size} "
+        "mutual contacts each; accounts go offline and online again at a fixed rate =="
+    ]
+    if ceiling is None or "error" in ceiling:
+        out.append(_ceiling_line(ceiling, "presence"))
+    else:
+        out.append(
+            "generator ceiling (echo server fanning presence out): "
+            f"{_num(ceiling.get('max_sustainable_rate'), 0)} cycles/s, "
+            f"{_num(ceiling.get('delivered_per_s_at_max'), 0)} presences/s delivered"
+        )
+    ref = next((r["reference_rate"] for r in ok.values()), 0)
     if ok:
         out.append(
             _comparison(
                 ok,
                 [
-                    ("max sustainable rate (msg/s)", lambda r: r["max_sustainable_rate"], 0),
-                    (f"p50 @ {REFERENCE_RATE} msg/s (ms)", lambda r: at_ref(r, "p50_ms"), 1),
-                    (f"p99 @ {REFERENCE_RATE} msg/s (ms)", lambda r: r[key], 1),
-                    (f"max @ {REFERENCE_RATE} msg/s (ms)", lambda r: at_ref(r, "max_ms"), 1),
-                    (f"lost @ {REFERENCE_RATE} msg/s", lambda r: at_ref(r, "lost"), 0),
+                    ("max sustainable rate (cycles/s)", _max_rate, 0),
                     (
-                        f"server CPU @ {REFERENCE_RATE} (%)",
-                        lambda r: at_ref(r, "server_cpu_pct"),
+                        "presences delivered/s at that rate",
+                        lambda r: r["delivered_per_s_at_max"],
                         0,
                     ),
+                    (f"p50 @ {ref} cycles/s (ms)", lambda r: r["p50_at_reference_ms"], 1),
+                    (f"p99 @ {ref} cycles/s (ms)", lambda r: r["p99_at_reference_ms"], 1),
+                    (
+                        f"server CPU @ {ref} cycles/s (%)",
+                        lambda r: _at(r, ref, "server_cpu_pct"),
+                        0,
+                    ),
+                    ("login rate with rosters (logins/s)", lambda r: r["login_rate"], 0),
                     ("others' load before, core0 (%)", _bg, 0),
                 ],
             )
@@ -145,8 +246,75 @@ def chat_report(results: Sequence[Result], ceiling: Result | None, pairs: int) -
             continue
         echo = r["server"] == "echo"
         out.append(f"\n{r['server']} steps{' (generator ceiling)' if echo else ''}:")
-        out.append(steps_table(r["steps"], echo=echo))
+        out.append(presence_steps_table(r["steps"]))
     out.extend(_error_lines(results))
+    return "\n".join(out)
+
+
+def presence_steps_table(steps: Sequence[Result]) -> str:
+    header = [
+        "cycles/s",
+        "presences/s",
+        "timed",
+        "broadcast %",
+        "repeats",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv cpu%",
+        "gen cpu%",
+        "gen lag ms",
+        "pass",
+    ]
+    rows = [
+        [
+            _num(s["rate"]),
+            _num(s["delivered_per_s"], 0),
+            _num(s["broadcasts_timed"]),
+            _num(s["broadcast_pct"], 2),
+            _num(s["repeated"]),
+            _num(s["p50_ms"]),
+            _num(s["p99_ms"]),
+            _num(s["max_ms"]),
+            _num(s["server_cpu_pct"], 0),
+            _num(s["generator_cpu_pct"], 0),
+            _num(s["generator_max_lag_ms"]),
+            "yes" if s["ok"] else "NO",
+        ]
+        for s in steps
+    ]
+    return _table(header, rows)
+
+
+def archive_query_report(results: Sequence[Result], messages: int) -> str:
+    """Query times per database (columns) and kind of query (rows)."""
+    out = [f"== archive-query: one account with a {messages:,}-message archive, pages of 50 =="]
+    ok = [r for r in results if "queries" in r]
+    if ok:
+        header = ["query"]
+        for r in ok:
+            header += [f"{r['server']} {r['backend']} median ms", "p95 ms", "results"]
+        kinds = list(ok[0]["queries"])
+        rows = []
+        for kind in kinds:
+            row = [kind]
+            for r in ok:
+                q = r["queries"].get(kind, {})
+                row += [
+                    _num(q.get("median_ms"), 2),
+                    _num(q.get("p95_ms"), 2),
+                    ",".join(str(c) for c in q.get("results", [])),
+                ]
+            rows.append(row)
+        out.append(_table(header, rows))
+    out.extend(
+        f"  {r['server']} [{r.get('backend')}]: {r['error']}" for r in results if "error" in r
+    )
+    out.extend(
+        f"  {r['server']} [{r.get('backend')}]: query errors {r['query_errors']}"
+        for r in ok
+        if r.get("query_errors")
+    )
     return "\n".join(out)
 
 
@@ -207,8 +375,9 @@ def _ceiling_line(ceiling: Result | None, scenario: str) -> str:
     )
 
 
-def chat_chart(results: Sequence[Result], path: Path) -> Path | None:
-    """p50/p99 latency vs offered rate for every server; None if matplotlib is missing."""
+def sweep_chart(results: Sequence[Result], path: Path, title: str, xlabel: str) -> Path | None:
+    """p50/p99 latency vs offered rate for every result with steps (an archive result is
+    labelled with its database); None if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -225,6 +394,8 @@ def chat_chart(results: Sequence[Result], path: Path) -> Path | None:
         p99 = [s["p99_ms"] for s in r["steps"] if s["p99_ms"] is not None]
         p50 = [s["p50_ms"] for s in r["steps"] if s["p50_ms"] is not None]
         name = "echo (generator ceiling)" if r["server"] == "echo" else r["server"]
+        if r.get("backend"):
+            name += f" ({r['backend']})"
         (line,) = ax.plot(rates, p99, marker="o", label=f"{name} p99")
         ax.plot(
             rates,
@@ -235,11 +406,11 @@ def chat_chart(results: Sequence[Result], path: Path) -> Path | None:
             label=f"{name} p50",
         )
     ax.axhline(100, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("offered rate (messages/s)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("latency (ms, log)")
     ax.set_yscale("log")
     ax.set_xscale("log")
-    ax.set_title("1:1 chat latency vs offered rate (server on 1 core)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -18,7 +18,8 @@ from bench.common import (
     user_name,
 )
 from bench.generator import GeneratorPool, split, workers_for
-from bench.servers.base import Server
+from bench.servers.base import Features, Server
+from bench.xmpp import PLAIN, SCRAM_SHA1
 
 #: A step passes when its p99 latency is below this and nothing was lost.
 P99_LIMIT_MS = 100.0
@@ -34,34 +35,64 @@ class Settings:
         default_factory=lambda: [1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 25000, 30000]
     )
     echo_rates: list[int] = field(
-        default_factory=lambda: [5000, 10000, 20000, 40000, 60000, 80000, 100000, 120000, 150000]
+        default_factory=lambda: [10000, 20000, 40000, 60000, 100000, 150000]
     )
     step_seconds: float = 5.0
     drain_seconds: float = 2.0
     concurrency: int = 200
     chat_workers: int = 2
     login_timeout: float = 120.0
+    #: ``tls``: sessions logged in over STARTTLS with SCRAM-SHA-1
+    tls_sessions: int = 1000
+    #: ``presence``: accounts online, contacts per roster, offline/online cycles per second
+    presence_users: int = 1000
+    roster_size: int = 100
+    presence_rates: list[int] = field(
+        default_factory=lambda: [25, 50, 100, 200, 300, 400, 600, 800, 1000]
+    )
+    presence_echo_rates: list[int] = field(default_factory=lambda: [100, 200, 400, 800, 1200, 1600])
+    presence_step_seconds: float = 3.0
+    #: ``archive``: chat pairs and sweep with every message archived, per database
+    archive_pairs: int = 200
+    archive_rates: list[int] = field(
+        default_factory=lambda: [500, 1000, 2000, 3000, 5000, 7500, 10000, 15000]
+    )
+    archive_step_seconds: float = 2.0
+    archive_backends: list[str] = field(default_factory=lambda: ["sqlite", "postgresql"])
+    #: ``archive-query``: archive size of the one queried account, queries per kind
+    archive_messages: int = 100_000
+    archive_queries: int = 20
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0
         if "sessions" in scenarios:
             need = max(need, self.sessions)
+        if "tls" in scenarios:
+            need = max(need, self.tls_sessions)
         if "chat" in scenarios:
             need = max(need, 2 * self.pairs)
+        if "archive" in scenarios:
+            need = max(need, 2 * self.archive_pairs)
+        if "archive-query" in scenarios:
+            need = max(need, ARCHIVE_PEERS + 1)
         return need
+
+
+#: Conversation partners of the account whose archive is queried (``archive-query``).
+ARCHIVE_PEERS = 50
 
 
 Log = Callable[[str], None]
 
 
-def _percentile(sorted_values: Sequence[int], q: float) -> float | None:
+def percentile(sorted_values: Sequence[int], q: float) -> float | None:
     if not sorted_values:
         return None
     rank = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values)) - 1))
     return sorted_values[rank] / 1000.0  # microseconds -> milliseconds
 
 
-class _Usage:
+class Usage:
     """CPU time used by the server and by the generator workers over an interval."""
 
     def __init__(self, server: Server, pool: GeneratorPool) -> None:
@@ -80,12 +111,14 @@ class _Usage:
         return round(100 * s / wall, 1), round(100 * g / wall, 1)
 
 
-def _login(
+def login_sessions(
     pool: GeneratorPool,
     server: Server,
     users: list[str],
     settings: Settings,
     pair_targets: list[str] | None = None,
+    mechanism: str = PLAIN,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Log ``users`` in through the pool (pairs kept in one worker); aggregate the replies."""
     n = len(pool)
@@ -102,12 +135,14 @@ def _login(
             "password": PASSWORD,
             "concurrency": per_worker,
             "timeout": settings.login_timeout,
+            "mechanism": mechanism,
+            "tls": tls,
         }
         if target_parts is not None:
             arg["pair_targets"] = target_parts[i]
         args.append(arg)
     before = cpu_sample()
-    usage = _Usage(server, pool)
+    usage = Usage(server, pool)
     replies = pool.call_all("login", args, timeout=settings.login_timeout + 3600)
     after = cpu_sample()
     server_pct, generator_pct = usage.percent()
@@ -123,6 +158,7 @@ def _login(
     elapsed = finished - started
     errors = [e for r in replies for e in r["errors"]][:5]
     return {
+        "tls": sorted({t for r in replies for t in r["tls"]}),
         "ok": ok,
         "per_worker_ok": [r["ok"] for r in replies],
         "failed": len(users) - ok,
@@ -169,29 +205,48 @@ IDLE_SECONDS = 12.0
 """How long sessions stay idle before the second memory reading."""
 
 
-def run_sessions(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
-    """N sessions logged in with ``concurrency`` logins in flight; RSS before/after."""
-    n = settings.sessions
+def run_sessions(server: Server, settings: Settings, log: Log, tls: bool = False) -> dict[str, Any]:
+    """N sessions logged in with ``concurrency`` logins in flight; RSS before/after.
+
+    ``tls`` (the ``tls`` scenario): over STARTTLS with SCRAM-SHA-1 instead of plain TCP
+    with PLAIN; the server runs with :attr:`Features.tls`.
+    """
+    background = background_load()
+    with server.using(Features(tls=tls)):
+        result = _sessions(server, settings, log, tls)
+    result["background_busy_pct"] = background
+    return result
+
+
+def _sessions(server: Server, settings: Settings, log: Log, tls: bool) -> dict[str, Any]:
+    n = settings.tls_sessions if tls else settings.sessions
+    mechanism = SCRAM_SHA1 if tls else PLAIN
     users = [user_name(i) for i in range(n)]
     workers = workers_for(n)
-    background = background_load()
     server.start()
     try:
         with GeneratorPool(workers) as pool:
             time.sleep(1.0)
             rss_before = server.rss_kb()
-            log(f"{server.name}: logging in {n} sessions ({workers} generator processes)")
-            login = _login(pool, server, users, settings)
+            log(
+                f"{server.name}: logging in {n} sessions ({workers} generator processes, "
+                f"{mechanism}{', STARTTLS' if tls else ''})"
+            )
+            login = login_sessions(pool, server, users, settings, mechanism=mechanism, tls=tls)
             time.sleep(2.0)  # let the server settle (GC, buffers) before reading RSS
             rss_after = server.rss_kb()
             # The same sessions after IDLE_SECONDS without traffic: what an idle
             # authenticated session costs once the server has had time to notice.
-            time.sleep(IDLE_SECONDS - 2.0)
-            rss_idle = server.rss_kb()
+            # (Not for TLS: the idle figure belongs to `sessions`; this saves 10 s a run.)
+            rss_idle: int | None = None
+            if not tls:
+                time.sleep(IDLE_SECONDS - 2.0)
+                rss_idle = server.rss_kb()
+            idle = "" if rss_idle is None else f", {rss_idle / 1024:.1f} MiB after "
             log(
                 f"{server.name}: {login['ok']}/{n} sessions in {login['seconds']}s, "
-                f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB, "
-                f"{rss_idle / 1024:.1f} MiB after {IDLE_SECONDS:.0f} s idle"
+                f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB"
+                + (f"{idle}{IDLE_SECONDS:.0f} s idle" if idle else "")
             )
             alive = server.running()
             pool.call_all("close", [{}] * len(pool))
@@ -199,9 +254,11 @@ def run_sessions(server: Server, settings: Settings, log: Log) -> dict[str, Any]
         server.stop()
     ok = login["ok"]
     return {
-        "scenario": "sessions",
+        "scenario": "tls" if tls else "sessions",
         "server": server.name,
         "sessions": n,
+        "mechanism": mechanism,
+        "tls": login["tls"] if tls else None,
         "sessions_ok": ok,
         "login_failed": login["failed"],
         "login_errors": login["errors"],
@@ -211,7 +268,9 @@ def run_sessions(server: Server, settings: Settings, log: Log) -> dict[str, Any]
         "rss_after_kb": rss_after,
         "kb_per_session": round((rss_after - rss_before) / ok, 2) if ok else None,
         "rss_idle_kb": rss_idle,
-        "kb_per_idle_session": round((rss_idle - rss_before) / ok, 2) if ok else None,
+        "kb_per_idle_session": (
+            round((rss_idle - rss_before) / ok, 2) if ok and rss_idle is not None else None
+        ),
         "login_rate": login["rate"],
         "login_seconds": login["seconds"],
         "login_p50_ms": login["p50_ms"],
@@ -221,7 +280,6 @@ def run_sessions(server: Server, settings: Settings, log: Log) -> dict[str, Any]
         "core0_busy_pct": login["core0_busy_pct"],
         "core1_busy_pct": login["core1_busy_pct"],
         "server_alive_after": alive,
-        "background_busy_pct": background,
     }
 
 
@@ -232,6 +290,7 @@ def _chat_step(
     rate: int,
     senders_per_worker: list[int],
     settings: Settings,
+    step_seconds: float,
     echo: bool = False,
 ) -> dict[str, Any]:
     total_senders = sum(senders_per_worker)
@@ -240,7 +299,7 @@ def _chat_step(
         {
             "step": step,
             "rate": rate * k / total_senders if total_senders else 0.0,
-            "duration": settings.step_seconds,
+            "duration": step_seconds,
             "start_at": start_at,
             "drain": settings.drain_seconds,
         }
@@ -250,8 +309,8 @@ def _chat_step(
     # CPU use of both cores over the sending window (the orchestrator itself sleeps).
     time.sleep(max(0.0, start_at - time.monotonic()))
     before = cpu_sample()
-    usage = _Usage(server, pool)
-    time.sleep(settings.step_seconds)
+    usage = Usage(server, pool)
+    time.sleep(step_seconds)
     after = cpu_sample()
     server_pct, generator_pct = usage.percent()
     replies = pool.gather("chat_step", timeout=settings.drain_seconds + 120)
@@ -265,7 +324,7 @@ def _chat_step(
     received = len(values)
     send_seconds = max(r["send_seconds"] for r in replies)
     loss = max(0, sent - received)
-    p99 = _percentile(values, 99)
+    p99 = percentile(values, 99)
     result = {
         "rate": rate,
         "sent": sent,
@@ -273,8 +332,8 @@ def _chat_step(
         "lost": loss,
         "loss_pct": round(100.0 * loss / sent, 3) if sent else None,
         "achieved_rate": round(sent / send_seconds, 1) if send_seconds > 0 else None,
-        "p50_ms": _percentile(values, 50),
-        "p90_ms": _percentile(values, 90),
+        "p50_ms": percentile(values, 50),
+        "p90_ms": percentile(values, 90),
         "p99_ms": p99,
         "max_ms": values[-1] / 1000.0 if values else None,
         "generator_max_lag_ms": round(max(r["max_lag"] for r in replies) * 1000, 1),
@@ -292,12 +351,50 @@ def _chat_step(
     return result
 
 
+@dataclass(frozen=True)
+class ChatPlan:
+    """One chat sweep: pairs online, offered rates, step length, the reference rate
+    (always run; its p99 is reported), and the scenario name of the result."""
+
+    pairs: int
+    rates: list[int]
+    step_seconds: float
+    reference: int = REFERENCE_RATE
+    scenario: str = "chat"
+    warmup_seconds: float = 0.0
+    """Traffic at the first rate before the sweep, not recorded (connection pools,
+    prepared statements and caches of a database get going)."""
+    drain_limit: float = 20.0
+    """Seconds a server may take to work off a failed step's backlog before the next step;
+    the sweep stops when it takes longer."""
+
+
+def chat_plan(settings: Settings, rates: Sequence[int] | None = None) -> ChatPlan:
+    return ChatPlan(settings.pairs, list(rates or settings.rates), settings.step_seconds)
+
+
 def run_chat(
     server: Server, settings: Settings, log: Log, rates: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """P pairs online; fixed-rate sweep of 1:1 chat messages; latency and loss per step."""
-    rates = list(rates if rates is not None else settings.rates)
-    p = settings.pairs
+    with server.using(Features()):
+        return chat_sweep(server, settings, log, chat_plan(settings, rates))
+
+
+def chat_sweep(
+    server: Server,
+    settings: Settings,
+    log: Log,
+    plan: ChatPlan,
+    db_usage: Callable[[], float | None] | None = None,
+) -> dict[str, Any]:
+    """The chat sweep on ``server`` as configured now (started and stopped here).
+
+    ``db_usage`` (archive on PostgreSQL) returns the database's CPU seconds so far; each
+    step then also reports the database's CPU share.
+    """
+    rates = plan.rates
+    p = plan.pairs
     users = [user_name(i) for i in range(2 * p)]
     # user 2k talks to 2k+1 and back; a pair always lives in one generator process
     targets = [f"{user_name(i ^ 1)}@{server.domain}" for i in range(2 * p)]
@@ -308,12 +405,23 @@ def run_chat(
     try:
         with GeneratorPool(workers) as pool:
             log(f"{server.name}: logging in {2 * p} sessions for {p} chat pairs")
-            login = _login(pool, server, users, settings, pair_targets=targets)
+            login = login_sessions(pool, server, users, settings, pair_targets=targets)
             if login["failed"]:
                 log(f"{server.name}: {login['failed']} logins failed: {login['errors'][:2]}")
             senders_per_worker: list[int] = login["per_worker_ok"]
             time.sleep(1.0)
+            warmup_sent = 0
+            if plan.warmup_seconds > 0:
+                warmup = _chat_step(
+                    server, pool, 0, rates[0], senders_per_worker, settings, plan.warmup_seconds
+                )
+                warmup_sent = warmup["sent"]
+                pool.call_all(
+                    "quiesce", [{"quiet": 0.5, "timeout": plan.drain_limit}] * len(pool), timeout=60
+                )
             for step, rate in enumerate(rates, start=1):
+                db0 = db_usage() if db_usage else None
+                t0 = time.monotonic()
                 res = _chat_step(
                     server,
                     pool,
@@ -321,49 +429,58 @@ def run_chat(
                     rate,
                     senders_per_worker,
                     settings,
+                    plan.step_seconds,
                     echo=server.name == "echo",
                 )
+                db1 = db_usage() if db_usage else None
+                if db0 is not None and db1 is not None:
+                    res["db_cpu_pct"] = round(100 * (db1 - db0) / (time.monotonic() - t0), 1)
                 steps.append(res)
                 log(
-                    f"{server.name}: {rate:>6} msg/s  p50 {_fmt(res['p50_ms'])}  "
-                    f"p99 {_fmt(res['p99_ms'])}  max {_fmt(res['max_ms'])} ms  "
+                    f"{server.name}: {rate:>6} msg/s  p50 {fmt(res['p50_ms'])}  "
+                    f"p99 {fmt(res['p99_ms'])}  max {fmt(res['max_ms'])} ms  "
                     f"lost {res['lost']}  misrouted {res['misrouted']}  "
                     f"cpu: server {res['server_cpu_pct']}% "
                     f"(core0 {res['core0_busy_pct']}%) generator {res['generator_cpu_pct']}% "
                     f"(core1 {res['core1_busy_pct']}%)  {'ok' if res['ok'] else 'FAIL'}"
                 )
-                quiet = pool.call_all(
-                    "quiesce", [{"quiet": 0.5, "timeout": 20.0}] * len(pool), timeout=60
-                )
-                if not all(q["quiet"] for q in quiet):
-                    log(f"{server.name}: still receiving a backlog 20 s after the step; stop")
-                    break
-                if not res["ok"] and rate >= REFERENCE_RATE:
-                    break
+                if not res["ok"] and rate >= plan.reference:
+                    break  # the sweep ends here: no need to wait for the backlog
                 if not server.running():
                     log(f"{server.name}: server process died")
+                    break
+                quiet = pool.call_all(
+                    "quiesce", [{"quiet": 0.5, "timeout": plan.drain_limit}] * len(pool), timeout=60
+                )
+                if not all(q["quiet"] for q in quiet):
+                    log(
+                        f"{server.name}: still receiving a backlog {plan.drain_limit:.0f} s "
+                        "after the step; stop"
+                    )
                     break
             pool.call_all("close", [{}] * len(pool))
     finally:
         server.stop()
     passing = [s["rate"] for s in steps if s["ok"]]
-    at_ref = next((s for s in steps if s["rate"] == REFERENCE_RATE), None)
+    at_ref = next((s for s in steps if s["rate"] == plan.reference), None)
     return {
-        "scenario": "chat",
+        "scenario": plan.scenario,
         "server": server.name,
         "pairs": p,
         "sessions_ok": login["ok"],
         "login_failed": login["failed"],
         "login_errors": login["errors"],
         "generator_processes": workers,
-        "step_seconds": settings.step_seconds,
+        "step_seconds": plan.step_seconds,
+        "warmup_sent": warmup_sent,
         "steps": steps,
         "max_sustainable_rate": max(passing) if passing else 0,
-        f"p99_at_{REFERENCE_RATE}_ms": at_ref["p99_ms"] if at_ref else None,
-        f"loss_at_{REFERENCE_RATE}": at_ref["lost"] if at_ref else None,
+        "reference_rate": plan.reference,
+        f"p99_at_{plan.reference}_ms": at_ref["p99_ms"] if at_ref else None,
+        f"loss_at_{plan.reference}": at_ref["lost"] if at_ref else None,
         "background_busy_pct": background,
     }
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:7.1f}"

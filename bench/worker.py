@@ -10,6 +10,12 @@ Commands:
   send ``rate`` chat messages per second for ``duration`` seconds, round-robin over the
   sessions, each to its pair partner; then wait up to ``drain`` seconds for the messages to
   arrive and return their latencies.
+* ``presence_start``: switch every session to the presence fast path.
+* ``presence_step``: from ``start_at`` make ``rate`` sessions per second (round-robin) go
+  offline and online again: ``<presence type='unavailable'>`` then ``<presence/>``, both
+  with ``<status>SENDER:STEP:MICROSECONDS</status>``.
+* ``presence_collect``: latencies and counters of a presence step.
+* ``mam_queries``: time XEP-0313 queries on the first session.
 * ``quiesce``: wait until nothing was received for a while (lets a server work off a backlog).
 * ``close``: close every session.  ``exit``: close and stop the process.
 """
@@ -26,7 +32,8 @@ from array import array
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
-from bench.xmpp import Connection, Recorder, login
+from bench.certs import client_context
+from bench.xmpp import PLAIN, Connection, PresenceRecorder, Recorder, login
 
 MESSAGE_SUFFIX = b"</body></message>"
 
@@ -37,6 +44,7 @@ class Worker:
         self.index = index
         self.sessions: list[Connection] = []
         self.recorder = Recorder()
+        self.presence = PresenceRecorder()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,6 +65,14 @@ class Worker:
             return await self.chat_step(**args)
         if command == "quiesce":
             return await self.quiesce(**args)
+        if command == "presence_start":
+            return self.presence_start()
+        if command == "presence_step":
+            return await self.presence_step(**args)
+        if command == "presence_collect":
+            return self.presence_collect(**args)
+        if command == "mam_queries":
+            return await self.mam_queries(**args)
         if command in ("close", "exit"):
             return await self.close()
         if command == "ping":
@@ -73,8 +89,11 @@ class Worker:
         concurrency: int,
         timeout: float,
         pair_targets: list[str] | None = None,
+        mechanism: str = PLAIN,
+        tls: bool = False,
     ) -> dict[str, Any]:
         sem = asyncio.Semaphore(max(1, concurrency))
+        context = client_context() if tls else None
         durations: list[float] = []
         errors: list[str] = []
         slots: list[Connection | None] = [None] * len(users)
@@ -84,7 +103,17 @@ class Worker:
                 t0 = time.monotonic()
                 try:
                     conn = await asyncio.wait_for(
-                        login(host, port, domain, user, password, f"b{self.index}"), timeout
+                        login(
+                            host,
+                            port,
+                            domain,
+                            user,
+                            password,
+                            f"b{self.index}",
+                            mechanism=mechanism,
+                            tls=context,
+                        ),
+                        timeout,
                     )
                 except Exception as exc:
                     if len(errors) < 1000:
@@ -109,7 +138,9 @@ class Worker:
                         + b":"
                     )
         self.sessions.extend(new)
+        tls_info = sorted({f"{c.tls_version} {c.tls_cipher}" for c in new if c.tls_version})
         return {
+            "tls": tls_info,
             "ok": len(new),
             "failed": len(users) - len(new),
             "errors": errors[:5],
@@ -154,7 +185,7 @@ class Worker:
             now = monotonic()
             due = total if now >= end else int((now - t0) * rate)
             if due > sent:
-                lag = now - (t0 + sent / rate)
+                lag = now - (t0 + (sent + 1) / rate)  # message n is due at (n + 1) / rate
                 if lag > max_lag:
                     max_lag = lag
                 stamp = int(now * 1_000_000)
@@ -186,17 +217,110 @@ class Worker:
             "misrouted": rec.misrouted - misrouted0,
         }
 
-    async def quiesce(self, quiet: float, timeout: float) -> dict[str, Any]:
+    async def quiesce(self, quiet: float, timeout: float, keep: bool = False) -> dict[str, Any]:
+        """Wait until nothing arrived for ``quiet`` s (at most ``timeout``); unless
+        ``keep``, forget the chat latencies of the late arrivals."""
         loop_deadline = time.monotonic() + timeout
         rec = self.recorder
+        quiet_now = False
         while time.monotonic() < loop_deadline:
-            idle = time.monotonic() - rec.last_rx / 1_000_000
-            if idle >= quiet:
-                rec.lat.clear()
-                return {"quiet": True}
+            last = max(rec.last_rx, self.presence.last_rx) / 1_000_000
+            if time.monotonic() - last >= quiet:
+                quiet_now = True
+                break
             await asyncio.sleep(min(quiet, 0.05))
-        rec.lat.clear()
-        return {"quiet": False}
+        if not keep:
+            rec.lat.clear()
+        return {"quiet": quiet_now}
+
+    # -- presence ---------------------------------------------------------------------
+
+    def presence_start(self) -> dict[str, Any]:
+        """Route every session's input to the presence fast path."""
+        for conn in self.sessions:
+            conn.index = int(conn.user[1:])
+            conn.buf, conn.pos, conn.tail = b"", 0, b""
+            conn.presence_rec = self.presence
+        return {"sessions": len(self.sessions)}
+
+    async def presence_step(
+        self, step: int, rate: float, duration: float, start_at: float
+    ) -> dict[str, Any]:
+        """Offline/online cycles at ``rate`` per second, round-robin over the sessions."""
+        conns = [c for c in self.sessions if c.transport is not None]
+        if not conns or rate <= 0:
+            return {"sent": 0, "send_seconds": 0.0, "max_lag": 0.0}
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        monotonic = time.monotonic
+        t0 = monotonic()
+        end = t0 + duration
+        total = int(rate * duration)
+        sent = idx = 0
+        max_lag = 0.0
+        last = t0
+        n = len(conns)
+        while sent < total:
+            now = monotonic()
+            due = total if now >= end else int((now - t0) * rate)
+            if due > sent:
+                max_lag = max(max_lag, now - (t0 + (sent + 1) / rate))
+                while sent < due:
+                    conn = conns[idx]
+                    stamp = monotonic() * 1_000_000
+                    status = b"<status>%d:%d:%d</status>" % (conn.index, step, stamp)
+                    assert conn.transport is not None
+                    conn.transport.write(
+                        b"<presence type='unavailable'>"
+                        + status
+                        + b"</presence><presence>"
+                        + status
+                        + b"</presence>"
+                    )
+                    idx = idx + 1 if idx + 1 < n else 0
+                    sent += 1
+                last = monotonic()
+            if sent < total:
+                await asyncio.sleep(0.001)
+        return {"sent": sent, "send_seconds": last - t0, "max_lag": max_lag}
+
+    def presence_collect(self, step: int) -> dict[str, Any]:
+        """The broadcast latencies of ``step`` and the counters so far (then reset)."""
+        rec = self.presence
+        latencies = rec.lat.pop(step, [])
+        counters = rec.counters()
+        self.presence = PresenceRecorder()
+        self.presence.last_rx = rec.last_rx
+        for conn in self.sessions:
+            if conn.presence_rec is not None:
+                conn.presence_rec = self.presence
+        return {"lat": array("q", latencies).tobytes(), "last_rx": rec.last_rx, **counters}
+
+    # -- archive queries --------------------------------------------------------------
+
+    async def mam_queries(
+        self, queries: dict[str, bytes], repeat: int, timeout: float
+    ) -> dict[str, Any]:
+        """Run every query ``repeat`` times (interleaved) on the first session.
+
+        ``queries`` maps a name to an IQ with ``id='%s'``; returns, per name, the
+        seconds from writing the IQ to reading its answer, and the number of results.
+        """
+        conn = self.sessions[0]
+        times: dict[str, list[float]] = {name: [] for name in queries}
+        results: dict[str, list[int]] = {name: [] for name in queries}
+        errors: list[str] = []
+        serial = 0
+        for _ in range(repeat):
+            for name, template in queries.items():
+                serial += 1
+                iq_id = b"mam%d" % serial
+                t0 = time.monotonic()
+                answer, count = await asyncio.wait_for(conn.query(template % iq_id, iq_id), timeout)
+                times[name].append(time.monotonic() - t0)
+                results[name].append(count)
+                if b"'result'" not in answer and b'"result"' not in answer and len(errors) < 5:
+                    errors.append(f"{name}: {answer[:300]!r}")
+        return {"times": times, "results": results, "errors": errors}
 
     async def close(self) -> dict[str, Any]:
         n = len(self.sessions)

@@ -6,12 +6,16 @@ import abc
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, ClassVar, Literal
 
+from bench import pg
+from bench.certs import CertFiles
 from bench.common import (
     DOMAIN,
     NICE,
@@ -22,9 +26,30 @@ from bench.common import (
     wait_port,
 )
 
+ArchiveBackend = Literal["sqlite", "postgresql"]
+Rosters = Mapping[str, Sequence[str]]
+"""Local part -> local parts of its contacts (every subscription mutual, ``both``)."""
+
 
 class ServerUnavailable(RuntimeError):
     """The server cannot be run on this machine (not installed, not implemented yet...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What a scenario needs on top of the base configuration (roster, presence, disco,
+    ping; plain TCP; no archive)."""
+
+    tls: bool = False
+    """STARTTLS offered and required, with the run's certificate."""
+    archive: ArchiveBackend | None = None
+    """Message archive (XEP-0313) on for every account, stored in this database."""
+
+
+def sqlite_count(path: Path, table: str) -> int:
+    """Rows of ``table`` in an SQLite file."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
 
 class Server(abc.ABC):
@@ -44,6 +69,12 @@ class Server(abc.ABC):
         self._log: IO[bytes] | None = None
         #: store plaintext passwords where the server can (``--plain-storage``)
         self.plain_storage = False
+        #: features of the configuration written by :meth:`configure`
+        self.features = Features()
+        #: certificate for :attr:`Features.tls` (set by the runner)
+        self.certs: CertFiles | None = None
+        #: database of the archive while :attr:`Features.archive` is "postgresql"
+        self.pg_database: str | None = None
 
     # -- to implement ---------------------------------------------------------------------
     def check_available(self) -> None:  # noqa: B027 - optional hook
@@ -58,8 +89,49 @@ class Server(abc.ABC):
         """Write the configuration into :attr:`dir`."""
 
     @abc.abstractmethod
-    def create_accounts(self, users: Sequence[str], password: str) -> None:
-        """Create ``users`` (local parts) in bulk; called after :meth:`configure`, stopped."""
+    def create_accounts(
+        self, users: Sequence[str], password: str, rosters: Rosters | None = None
+    ) -> None:
+        """Create ``users`` (local parts) in bulk, and the roster items of ``rosters``;
+        called after :meth:`configure`, while the server is stopped."""
+
+    def archive_rows(self) -> int | None:
+        """Rows in the message archive (after a run with :attr:`Features.archive`)."""
+        return None
+
+    def fill_archive(self, user: str, peers: Sequence[str], count: int) -> list[int]:
+        """Write ``count`` archived messages of ``user`` straight into the archive
+        database (server stopped); returns their archive ids, oldest first."""
+        raise ServerUnavailable(f"archive-query is not implemented for {self.name}")
+
+    def prepare_archive(self, users: Sequence[str], password: str) -> None:  # noqa: B027
+        """Make the archive database of :attr:`features` ready (schema, accounts when
+        the server keeps them there); :attr:`pg_database` exists already."""
+
+    @contextlib.contextmanager
+    def using(
+        self, features: Features, users: Sequence[str] = (), password: str = ""
+    ) -> Iterator[None]:
+        """Run with ``features`` (a PostgreSQL archive gets a database of its own,
+        dropped afterwards); the base configuration is restored on exit."""
+        self.stop()
+        self.features = features
+        try:
+            if features.archive == "postgresql":
+                self.pg_database = pg.new_name(self.name)
+                pg.create_database(self.pg_database)
+            self.configure()
+            if features.archive is not None:
+                self.prepare_archive(users, password)
+            yield
+        finally:
+            self.stop()
+            if self.pg_database is not None:
+                with contextlib.suppress(pg.PostgresUnavailable):
+                    pg.drop_database(self.pg_database)
+                self.pg_database = None
+            self.features = Features()
+            self.configure()
 
     @abc.abstractmethod
     def command(self) -> list[str]:
@@ -106,6 +178,29 @@ class Server(abc.ABC):
             if isinstance(exc, (RuntimeError, TimeoutError)):
                 raise RuntimeError(f"{exc}; log tail:\n{self.log_tail()}") from exc
             raise
+
+    def run_once(self, timeout: float) -> int:
+        """Run the server command pinned like :meth:`start` until it exits by itself
+        (a set-up run); killed after ``timeout`` s.  Returns the exit status."""
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== run once {time.strftime('%H:%M:%S')} ====\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                ["taskset", "-c", str(SERVER_CPU), *self.command()],
+                cwd=self.cwd(),
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                return proc.wait(timeout)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                raise
 
     def after_start(self) -> None:
         """Extra readiness wait after the port accepts connections."""

@@ -7,12 +7,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import REPO_ROOT
-from bench.servers.base import Server
+from bench.common import DOMAIN, REPO_ROOT
+from bench.servers.base import Rosters, Server
 
 
 class EchoServer(Server):
     name = "echo"
+
+    def __init__(self, workdir: Path, port: int, domain: str = DOMAIN) -> None:
+        super().__init__(workdir, port, domain)
+        self.roster_users = 0
+        self.roster_size = 0
 
     def version(self) -> str:
         return f"bench.echo_server (Python {sys.version.split()[0]})"
@@ -23,8 +28,14 @@ class EchoServer(Server):
     def configure(self) -> None:
         pass
 
-    def create_accounts(self, users: Sequence[str], password: str) -> None:
-        pass  # any credentials are accepted
+    def create_accounts(
+        self, users: Sequence[str], password: str, rosters: Rosters | None = None
+    ) -> None:
+        """Any credentials are accepted; the rosters are the presence scenario's ring
+        (:func:`bench.common.contact_indices`), which the echo server recomputes."""
+        if rosters:
+            self.roster_users = len(rosters)
+            self.roster_size = len(next(iter(rosters.values())))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -43,4 +54,14 @@ class EchoServer(Server):
             str(self.port),
             "--domain",
             self.domain,
+            "--roster-users",
+            str(self.roster_users),
+            "--roster-size",
+            str(self.roster_size),
+            *self._tls_args(),
         ]
+
+    def _tls_args(self) -> list[str]:
+        if not self.features.tls or self.certs is None:
+            return []
+        return ["--cert", str(self.certs.cert), "--key", str(self.certs.key)]
