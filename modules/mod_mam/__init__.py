@@ -40,8 +40,10 @@ IQ get ``<query/>`` returns the form, ``<metadata/>`` the first and last entries
 
 Full-text search: PostgreSQL uses ``to_tsvector('simple', body) @@
 plainto_tsquery('simple', :q)`` with a GIN index (whole words, any order, case folded).
-SQLite has no such index: each word must occur in the body as a substring (``LIKE``,
-case-insensitive for ASCII only), and the scan runs in a worker thread.
+SQLite uses an FTS5 index (``mod_mam__archive_fts``, tokenizer ``unicode61`` with
+diacritics removed, kept in sync by triggers and built from existing rows when first
+created) with the same meaning: every word must occur as a whole word, case folded; words
+are quoted, so none is read as an FTS5 operator. The query runs in a worker thread.
 
 Archive ids are 64-bit integers (the time in milliseconds shifted left by 20 bits, plus
 20 random bits, raised to stay increasing) written as decimal strings: ordered by time,

@@ -261,10 +261,39 @@ class Page:
     index: int | None = None
 
 
+FTS_TABLE: Final = f"{archive_table.name}_fts"
+"""SQLite only: the FTS5 index of the archive's bodies (external content: the archive
+table's rows, kept in sync by triggers)."""
+_FTS_DDL: Final = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(body, "
+    f"content='{archive_table.name}', content_rowid='rowid', "
+    "tokenize='unicode61 remove_diacritics 2')",
+    f"CREATE TRIGGER IF NOT EXISTS {FTS_TABLE}_insert AFTER INSERT ON {archive_table.name} "
+    f"WHEN new.body IS NOT NULL BEGIN "
+    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.rowid, new.body); END",
+    f"CREATE TRIGGER IF NOT EXISTS {FTS_TABLE}_delete AFTER DELETE ON {archive_table.name} "
+    f"WHEN old.body IS NOT NULL BEGIN INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
+    f"VALUES ('delete', old.rowid, old.body); END",
+)
+_FULLTEXT_POSTGRESQL: Final = -1
+_FULLTEXT_SQLITE: Final = -2
+
+
+def fts5_query(text: str) -> str:
+    """The words of a search as FTS5 strings, all required (like PostgreSQL's
+    ``plainto_tsquery``): quoting keeps a word from being read as an operator."""
+    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+
+
 def _shape(f: Filters, p: Paging, dialect: str) -> tuple[Any, ...]:
     words = 0
     if f.fulltext is not None:
-        words = -1 if dialect == "postgresql" else len(f.fulltext.split())
+        if dialect == "postgresql":
+            words = _FULLTEXT_POSTGRESQL
+        elif dialect == "sqlite":
+            words = _FULLTEXT_SQLITE
+        else:
+            words = len(f.fulltext.split())
     return (
         f.with_ is not None,
         f.with_ is not None and bool(f.with_.resource),
@@ -305,9 +334,16 @@ def _statements(shape: tuple[Any, ...]) -> tuple[sa.Select[Any], sa.Select[Any]]
         conds.append(_A.id < bindparam("before_id"))
     if ids:
         conds.append(_A.id.in_(bindparam("ids", expanding=True)))
-    if words < 0:
+    if words == _FULLTEXT_POSTGRESQL:
         tsquery = func.plainto_tsquery(_SIMPLE, bindparam("q", type_=Text))
         conds.append(func.to_tsvector(_SIMPLE, _A.body).op("@@", is_comparison=True)(tsquery))
+    elif words == _FULLTEXT_SQLITE:
+        matching: sa.Select[Any] = (
+            select(sa.literal_column("rowid"))
+            .select_from(sa.table(FTS_TABLE))
+            .where(sa.literal_column(FTS_TABLE).op("MATCH")(bindparam("q", type_=Text)))
+        )
+        conds.append(sa.literal_column(f"{archive_table.name}.rowid").in_(matching))
     for i in range(max(words, 0)):
         conds.append(_A.body.like(bindparam(f"w{i}", type_=Text), escape="\\"))
     paged = list(conds)
@@ -440,7 +476,25 @@ class Archive:
         and start writing."""
         last = await self.ctx.db.fetch_value(_LAST_ID, {"host": self.ctx.domain})
         self._last_id = int(last or 0)
+        if self.ctx.db.dialect == "sqlite":
+            await self._create_fulltext_index()
         self.ctx.spawn(self.writer.run(), name=f"mod_mam writer {self.ctx.domain}")
+
+    async def _create_fulltext_index(self) -> None:
+        """SQLite: create the FTS5 index and its triggers once; index what is stored."""
+        db = self.ctx.db
+        exists = await db.fetch_value(
+            select(func.count())
+            .select_from(sa.table("sqlite_master"))
+            .where(sa.column("name") == FTS_TABLE)
+        )
+        if exists:
+            return
+        async with db.transaction() as tx:
+            for ddl in _FTS_DDL:
+                await tx.execute(sa.text(ddl))
+            await tx.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
+        self.ctx.log.info("full-text index of the archive created")
 
     def archivable(self, stanza: Element) -> bool:
         return archivable(stanza, without_body=self.ctx.options.archive_without_body)
@@ -591,6 +645,8 @@ class Archive:
         if f.fulltext is not None:
             if dialect == "postgresql":
                 params["q"] = f.fulltext
+            elif dialect == "sqlite":
+                params["q"] = fts5_query(f.fulltext)
             else:
                 for i, word in enumerate(f.fulltext.split()):
                     params[f"w{i}"] = _like(word)

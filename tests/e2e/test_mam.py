@@ -458,6 +458,11 @@ async def test_full_text_search(mam_server: XmppdServer) -> None:
             assert bodies(found.items) == [texts[2]]
             found = await query(client, {FULLTEXT: "giraffe"})
             assert (found.items, found.complete) == ([], True)
+            # Whole words, as the databases' text search sees them (FTS5 on SQLite,
+            # tsvector on PostgreSQL): no substrings, and no query operators.
+            for words in ("zeb", "zebra OR giraffe", 'zebra" NOT "tortoise', "NEAR(zebra)"):
+                found = await query(client, {FULLTEXT: words})
+                assert found.items == [], words
         first = await query(bob, {FULLTEXT: "zebra", "with": a}, max=1)
         assert bodies(first.items) == [texts[0]] and not first.complete
         rest = await query(bob, {FULLTEXT: "zebra", "with": a}, max=5, after=first.last)
