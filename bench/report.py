@@ -97,14 +97,9 @@ def sessions_report(
         ("RSS after (MiB)", lambda r: r["rss_after_kb"] / 1024, 1),
         ("memory per session (KiB)", lambda r: r["kb_per_session"], 1),
     ]
-    if not tls:
-        metrics.append(
-            (
-                "memory per idle session, 12 s later (KiB)",
-                lambda r: r["kb_per_idle_session"],
-                1,
-            )
-        )
+    metrics.append(
+        ("memory per idle session, 12 s later (KiB)", lambda r: r["kb_per_idle_session"], 1)
+    )
     metrics += [
         ("login rate (logins/s)", lambda r: r["login_rate"], 0),
         ("login p99 (ms)", lambda r: r["login_p99_ms"], 1),

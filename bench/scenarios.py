@@ -237,11 +237,8 @@ def _sessions(server: Server, settings: Settings, log: Log, tls: bool) -> dict[s
             rss_after = server.rss_kb()
             # The same sessions after IDLE_SECONDS without traffic: what an idle
             # authenticated session costs once the server has had time to notice.
-            # (Not for TLS: the idle figure belongs to `sessions`; this saves 10 s a run.)
-            rss_idle: int | None = None
-            if not tls:
-                time.sleep(IDLE_SECONDS - 2.0)
-                rss_idle = server.rss_kb()
+            time.sleep(IDLE_SECONDS - 2.0)
+            rss_idle: int | None = server.rss_kb()
             idle = "" if rss_idle is None else f", {rss_idle / 1024:.1f} MiB after "
             log(
                 f"{server.name}: {login['ok']}/{n} sessions in {login['seconds']}s, "
