@@ -39,6 +39,7 @@ from xmppd.stanza import (
 )
 from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
+from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
 from xmppd.stream.sm import SmState
 from xmppd.stream.xmlreader import XmlReader
 
@@ -242,7 +243,7 @@ class C2SStream(SessionData):
         if self.closed:
             return
         if condition is not None:
-            self._write(_stream_error(condition, text))
+            self._write(stream_error(condition, text))
         self._write(b"</stream:stream>")
         self._flush()
         self._shutdown()
@@ -275,7 +276,7 @@ class C2SStream(SessionData):
             self._queue.append(None)
         self._queue.extend(stanzas)
         if self.reader.closed:
-            self._queue.append(_CLOSE_MARK)
+            self._queue.append(CLOSE_MARK)
         if self._queue and self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         if len(self._queue) > QUEUE_HIGH_WATER and not self._paused:
@@ -302,14 +303,14 @@ class C2SStream(SessionData):
                 try:
                     if item is None:
                         await self._on_header()
-                    elif item is _CLOSE_MARK:
+                    elif item is CLOSE_MARK:
                         self.close()
                     else:
                         await self._on_element(item)
                 except StreamError as err:
                     self._fail(err)
                 except StanzaError as err:
-                    if item is not None and item is not _CLOSE_MARK:
+                    if item is not None and item is not CLOSE_MARK:
                         reply = error_reply(item, err)
                         if reply is not None:
                             _drop_attr(reply, "from")
@@ -889,16 +890,10 @@ class C2SStream(SessionData):
 
     def _flush(self) -> None:
         out = self._out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        transport = self.transport
-        transport.write(data)
-        if transport.write_buffer_size() > self.server.config.c2s.max_write_buffer:
+        if out and not write_batch(out, self.transport, self.server.config.c2s.max_write_buffer):
             log.warning("c2s %s: peer too slow to read; closing", self.summary())
             self._shutdown()
-            transport.close()
+            self.transport.close()
 
     # ------------------------------------------------------------------ stream management
 
@@ -1099,10 +1094,6 @@ def _sm_failed(condition: str) -> bytes:
     return etree.tostring(_sm_failed_element(condition))
 
 
-_CLOSE_MARK: Final = etree.Element("close-mark")
-"""Queued when the peer closed its stream."""
-
-
 def _drop_attr(el: Element, name: str) -> None:
     if name in el.attrib:
         del el.attrib[name]
@@ -1119,12 +1110,3 @@ def _sasl_element(name: str, data: bytes) -> bytes:
     if data:
         el.text = base64.b64encode(data).decode("ascii")
     return etree.tostring(el)
-
-
-def _stream_error(condition: str, text: str | None) -> bytes:
-    err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
-    child(err, condition, namespace=ns.STREAM_ERRORS)
-    if text:
-        t = child(err, "text", namespace=ns.STREAM_ERRORS, text=text)
-        t.set(f"{{{ns.XML}}}lang", "en")
-    return etree.tostring(err)

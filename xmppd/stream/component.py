@@ -50,8 +50,9 @@ from lxml import etree
 from xmppd import ns
 from xmppd.errors import StanzaError, StreamError
 from xmppd.jid import JID, InvalidJID, domainprep
-from xmppd.stanza import IQ_TYPES, STANZA_KINDS, Element, child, error_reply, serialize, summary
+from xmppd.stanza import IQ_TYPES, STANZA_KINDS, Element, error_reply, serialize, summary
 from xmppd.stream.c2s import QUEUE_HIGH_WATER, Transport
+from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
 from xmppd.stream.xmlreader import XmlReader
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class ComponentStream:
         if self.closed:
             return
         if condition is not None:
-            self._write(_stream_error(condition, text))
+            self._write(stream_error(condition, text))
         self._write(b"</stream:stream>")
         self._flush()
         self._shutdown()
@@ -222,7 +223,7 @@ class ComponentStream:
             queue.append(None)
         queue.extend(stanzas)
         if self.reader.closed:
-            queue.append(_CLOSE_MARK)
+            queue.append(CLOSE_MARK)
         if queue and self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         if len(queue) > QUEUE_HIGH_WATER and not self._paused:
@@ -243,14 +244,14 @@ class ComponentStream:
                 try:
                     if item is None:
                         self._on_header()
-                    elif item is _CLOSE_MARK:
+                    elif item is CLOSE_MARK:
                         self.close()
                     else:
                         await self._on_element(item)
                 except StreamError as err:
                     self._fail(err)
                 except StanzaError as err:
-                    if item is not None and item is not _CLOSE_MARK:
+                    if item is not None and item is not CLOSE_MARK:
                         self._answer_error(item, err)
                 except Exception:
                     what = "stream header" if item is None else summary(item)
@@ -380,16 +381,10 @@ class ComponentStream:
 
     def _flush(self) -> None:
         out = self._out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        transport = self.transport
-        transport.write(data)
-        if transport.write_buffer_size() > self.server.config.c2s.max_write_buffer:
+        if out and not write_batch(out, self.transport, self.server.config.c2s.max_write_buffer):
             log.warning("%s: too slow to read; closing", self.summary())
             self._shutdown()
-            transport.close()
+            self.transport.close()
 
     def _connect_timed_out(self) -> None:
         if not self.is_authenticated and not self.closed:
@@ -428,19 +423,6 @@ def _neutralize_client_children(stanza: Element) -> None:
             for grandchild in sub:
                 neutral.append(deepcopy(grandchild))
             stanza[index] = neutral
-
-
-_CLOSE_MARK: Final = etree.Element("close-mark")
-"""Queued when the component closed its stream."""
-
-
-def _stream_error(condition: str, text: str | None) -> bytes:
-    err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
-    child(err, condition, namespace=ns.STREAM_ERRORS)
-    if text:
-        t = child(err, "text", namespace=ns.STREAM_ERRORS, text=text)
-        t.set(f"{{{ns.XML}}}lang", "en")
-    return etree.tostring(err)
 
 
 def _attrs(el: Element) -> dict[str, str]:

@@ -1,0 +1,36 @@
+"""Pieces every stream kind (c2s, component, later s2s) shares: stream errors, the
+end-of-stream marker of the input queue, and batched output."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from lxml import etree
+
+from xmppd import ns
+from xmppd.stanza import child
+
+if TYPE_CHECKING:
+    from xmppd.stream.c2s import Transport
+
+CLOSE_MARK: Final = etree.Element("close-mark")
+"""Queued after the last element when the peer closed its stream."""
+
+
+def stream_error(condition: str, text: str | None) -> bytes:
+    """``<stream:error>`` with an RFC 6120 §4.9.3 condition and an optional text."""
+    err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
+    child(err, condition, namespace=ns.STREAM_ERRORS)
+    if text:
+        t = child(err, "text", namespace=ns.STREAM_ERRORS, text=text)
+        t.set(f"{{{ns.XML}}}lang", "en")
+    return etree.tostring(err)
+
+
+def write_batch(out: list[bytes], transport: Transport, limit: int) -> bool:
+    """Write what was queued during this event-loop turn in one call and empty ``out``;
+    ``False`` when the peer reads so slowly that more than ``limit`` bytes wait."""
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    transport.write(data)
+    return transport.write_buffer_size() <= limit
