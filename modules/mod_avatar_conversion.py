@@ -44,12 +44,10 @@ without a client IQ (by another module or the CLI). The module stores nothing it
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import struct
-import weakref
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -60,13 +58,13 @@ from modules.mod_pep.common import NS_OWNER, NS_PUBLISH_OPTIONS, NS_PUBSUB
 from modules.mod_vcard import AVATARS, NS_VCARD
 from xmppd.api import (
     JID,
-    InvalidJID,
     IqTimeout,
+    KeyedLocks,
     Module,
     ModuleContext,
     Options,
+    OwnIqWatch,
     Priority,
-    SessionKey,
     Size,
     hooks,
     ns,
@@ -409,19 +407,9 @@ class Pending:
     """The avatar (SHA-1) of that side before the change ("" when none)."""
 
 
-PENDING: SessionKey[dict[str, Pending] | None] = SessionKey("avatar_conversion.pending", None)
-
-_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _lock(owner: JID) -> asyncio.Lock:
-    """Serializes the copies made for one account (hold a reference)."""
-    key = (owner.domain, owner.local)
-    found = _locks.get(key)
-    if found is None:
-        found = asyncio.Lock()
-        _locks[key] = found
-    return found
+PENDING: Final = OwnIqWatch[Pending]("avatar_conversion.pending", limit=MAX_PENDING)
+LOCKS: Final = KeyedLocks()
+"""Serializes the copies made for one account."""
 
 
 def _changes_metadata(pubsub: Element) -> bool:
@@ -433,15 +421,6 @@ def _changes_metadata(pubsub: Element) -> bool:
     else:
         return False
     return any(a.tag in names and a.get("node") == NS_METADATA for a in pubsub)
-
-
-def _own_account(address: str | None, pctx: PacketContext) -> bool:
-    if address is None:
-        return True
-    try:
-        return JID.parse(address).bare == pctx.session.jid.bare
-    except InvalidJID:
-        return False
 
 
 # Late: see the IQ as it is finally routed (after filters that might change or drop it).
@@ -459,39 +438,22 @@ async def note_change(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element
         side = "pep"
     else:
         return stanza
-    iq_id = stanza.get("id")
-    if iq_id is None or not _own_account(stanza.get("to"), pctx):
+    if not PENDING.applies_to(stanza, pctx.session):
         return stanza
     owner = pctx.session.jid.bare
     before = await (_vcard_hash if side == "vcard" else _pep_hash)(ctx, owner)
-    pending = Pending(side, before)
-    noted = pctx.session.get(PENDING)
-    if noted is None:
-        noted = {}
-        pctx.session.set(PENDING, noted)
-    noted.pop(iq_id, None)
-    noted[iq_id] = pending
-    while len(noted) > MAX_PENDING:
-        del noted[next(iter(noted))]
+    PENDING.note(stanza, pctx.session, Pending(side, before))
     return stanza
 
 
 @module.fold(hooks.USER_RECEIVE_PACKET)
 async def copy_on_success(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """The reply to a noted IQ: on success, update the other side before it is delivered."""
-    if stanza.tag != "iq" or stanza.get("type") not in ("result", "error"):
+    outcome = PENDING.reply(stanza, pctx.session)
+    if outcome is None or not outcome[1]:
         return stanza
-    noted = pctx.session.get(PENDING)
-    iq_id = stanza.get("id")
-    if not noted or iq_id is None or iq_id not in noted:
-        return stanza
-    if not _own_account(stanza.get("from"), pctx):
-        return stanza
-    pending = noted.pop(iq_id)
-    if stanza.get("type") != "result":
-        return stanza
-    owner = pctx.session.jid.bare
-    lock = _lock(owner)
+    pending, owner = outcome[0], pctx.session.jid.bare
+    lock = LOCKS.lock(owner)
     async with lock:
         if pending.side == "vcard":
             await vcard_to_pep(ctx, owner, pending.before)

@@ -29,8 +29,6 @@ PEP node), and copies of changes made without a client IQ (by another module or 
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -42,11 +40,12 @@ from xmppd.api import (
     JID,
     InvalidJID,
     IqTimeout,
+    KeyedLocks,
     Module,
     ModuleContext,
     NoOptions,
+    OwnIqWatch,
     Priority,
-    SessionKey,
     hooks,
     ns,
 )
@@ -79,21 +78,10 @@ _O: Final = f"{{{NS_OWNER}}}"
 _LEGACY: Final = f"{{{NS_LEGACY}}}"
 _NEW: Final = f"{{{NS_BOOKMARKS}}}"
 
-PENDING: SessionKey[dict[str, str] | None] = SessionKey("bookmarks.pending", None)
-"""IQ ids of a session's bookmark changes awaiting their reply: ``legacy`` or ``pep``."""
-
-_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _lock(owner: JID) -> asyncio.Lock:
-    """Serializes the copies made for one account (hold a reference)."""
-    key = (owner.domain, owner.local)
-    found = _locks.get(key)
-    if found is None:
-        found = asyncio.Lock()
-        _locks[key] = found
-    return found
-
+PENDING: Final = OwnIqWatch[str]("bookmarks.pending")
+"""A session's bookmark changes awaiting their reply: which copy (``legacy``, ``pep``)."""
+LOCKS: Final = KeyedLocks()
+"""Serializes the copies made for one account."""
 
 # ----------------------------------------------------------------------------- conversions
 
@@ -309,51 +297,25 @@ def _change_kind(iq: Element) -> str | None:
     return None
 
 
-def _own_account(address: str | None, pctx: PacketContext) -> bool:
-    if address is None:
-        return True
-    try:
-        return JID.parse(address).bare == pctx.session.jid.bare
-    except InvalidJID:
-        return False
-
-
 # Late: see the IQ as it is finally routed (after filters that might change or drop it).
 @module.fold(hooks.USER_SEND_PACKET, priority=Priority.LATE)
 async def note_change(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """Remember a client's IQ that changes one copy of its bookmarks."""
-    if stanza.tag != "iq" or not _own_account(stanza.get("to"), pctx):
-        return stanza
-    kind = _change_kind(stanza)
-    iq_id = stanza.get("id")
-    if kind is None or iq_id is None:
-        return stanza
-    pending = pctx.session.get(PENDING)
-    if pending is None:
-        pending = {}
-        pctx.session.set(PENDING, pending)
-    pending[iq_id] = kind
+    if stanza.tag == "iq" and (kind := _change_kind(stanza)) is not None:
+        PENDING.note(stanza, pctx.session, kind)
     return stanza
 
 
 @module.fold(hooks.USER_RECEIVE_PACKET)
 async def copy_on_success(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """The reply to a noted IQ: on success, update the other copy before it is delivered."""
-    if stanza.tag != "iq" or stanza.get("type") not in ("result", "error"):
-        return stanza
-    pending = pctx.session.get(PENDING)
-    iq_id = stanza.get("id")
-    if not pending or iq_id is None or iq_id not in pending:
-        return stanza
-    if not _own_account(stanza.get("from"), pctx):
-        return stanza
-    kind = pending.pop(iq_id)
-    if stanza.get("type") != "result":
+    outcome = PENDING.reply(stanza, pctx.session)
+    if outcome is None or not outcome[1]:
         return stanza
     owner = pctx.session.jid.bare
-    lock = _lock(owner)
+    lock = LOCKS.lock(owner)
     async with lock:
-        if kind == "legacy":
+        if outcome[0] == "legacy":
             await legacy_to_pep(ctx, owner)
         else:
             await pep_to_legacy(ctx, owner)

@@ -24,6 +24,7 @@ from xmppd.module import (
     Scope,
     ServiceKey,
 )
+from xmppd.owniq import KeyedLocks, OwnIqWatch
 from xmppd.sessions import Session, SessionKey
 from xmppd.stanza import Element
 
@@ -42,11 +43,13 @@ __all__ = [
     "InvalidJID",
     "IqRequest",
     "IqTimeout",
+    "KeyedLocks",
     "Module",
     "ModuleContext",
     "NoOptions",
     "NoSuchAccount",
     "Options",
+    "OwnIqWatch",
     "Priority",
     "Scope",
     "ServiceKey",
