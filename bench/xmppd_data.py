@@ -139,6 +139,13 @@ def fill_archive(
     if url.startswith("postgresql"):
         # The planner statistics autovacuum would have gathered on a real archive by now.
         _run(url, lambda conn: conn.execute(sa.text(f'ANALYZE "{ARCHIVE_TABLE}"')))
+    else:
+        # mod_mam's writer indexes what it inserts for full-text search (FTS5); rows put
+        # in behind its back are indexed by a rebuild, as they would have been one by one.
+        fts = f"{ARCHIVE_TABLE}_fts"
+        _run(
+            url, lambda conn: conn.execute(sa.text(f"INSERT INTO {fts}({fts}) VALUES ('rebuild')"))
+        )
     return ids
 
 

@@ -41,8 +41,9 @@ IQ get ``<query/>`` returns the form, ``<metadata/>`` the first and last entries
 Full-text search: PostgreSQL uses ``to_tsvector('simple', body) @@
 plainto_tsquery('simple', :q)`` with a GIN index (whole words, any order, case folded).
 SQLite uses an FTS5 index (``mod_mam__archive_fts``, tokenizer ``unicode61`` with
-diacritics removed, kept in sync by triggers and built from existing rows when first
-created) with the same meaning: every word must occur as a whole word, case folded; words
+diacritics removed; the writer indexes each batch in the transaction that inserts it, a
+trigger removes deleted rows, and existing rows are indexed when it is first created)
+with the same meaning: every word must occur as a whole word, case folded; words
 are quoted, so none is read as an FTS5 operator. The query runs in a worker thread.
 
 Archive ids are 64-bit integers (the time in milliseconds shifted left by 20 bits, plus
