@@ -1,0 +1,61 @@
+"""SASL2 + Bind 2 + FAST with a third-party client: xmpp.js (``@xmpp/client``, pinned in
+``tests/interop/xmppjs/package.json``) logs in with its password, binds and enables
+stream management in the same exchange, receives a FAST token, then logs in again with
+the token alone. Needs Node.js and npm (the packages are installed on first use)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import register_account
+from tests.support.server import XmppdServer
+
+XMPPJS = Path(__file__).resolve().parent.parent / "interop" / "xmppjs"
+
+
+def _installed() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are needed for the xmpp.js interop test")
+    if not (XMPPJS / "node_modules" / "@xmpp" / "client").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=XMPPJS,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return XMPPJS
+
+
+async def test_xmppjs_logs_in_with_sasl2_and_again_with_its_fast_token(
+    sqlite_server: XmppdServer,
+) -> None:
+    folder = _installed()
+    await register_account(sqlite_server, "jsuser", "js-password")
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(sqlite_server.cafile)}
+    run = await asyncio.to_thread(
+        subprocess.run,
+        ["node", "sasl2_fast.mjs", str(sqlite_server.starttls_port), "jsuser", "js-password"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, second = (json.loads(line) for line in run.stdout.splitlines())
+    assert first["label"] == "password" and second["label"] == "token"
+    for login in (first, second):
+        assert login["errors"] == []
+        assert login["streamManagement"] is True  # enabled inline, in Bind 2
+        assert login["ping"] == "result"
+    assert first["jid"].startswith("jsuser@localhost/interop/")  # Bind 2: <tag>/<id>
+    assert second["jid"] == first["jid"]  # the same installation gets the same resource
+    assert first["tokenMechanism"] == "HT-SHA-256-NONE"
