@@ -1,7 +1,9 @@
 """SASL2 + Bind 2 + FAST with a third-party client: xmpp.js (``@xmpp/client``, pinned in
 ``tests/interop/xmppjs/package.json``) logs in with its password, binds and enables
 stream management in the same exchange, receives a FAST token, then logs in again with
-the token alone. Needs Node.js and npm (the packages are installed on first use)."""
+the token alone; and a client whose connection drops resumes its session inline in
+SASL2 with every message sent meanwhile. Needs Node.js and npm (the packages are
+installed on first use)."""
 
 from __future__ import annotations
 
@@ -34,23 +36,28 @@ def _installed() -> Path:
     return XMPPJS
 
 
-async def test_xmppjs_logs_in_with_sasl2_and_again_with_its_fast_token(
-    sqlite_server: XmppdServer,
-) -> None:
+async def node(server: XmppdServer, *args: str) -> list[dict[str, object]]:
+    """Run an xmpp.js script against ``server``; its JSON output lines."""
     folder = _installed()
-    await register_account(sqlite_server, "jsuser", "js-password")
-    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(sqlite_server.cafile)}
     run = await asyncio.to_thread(
         subprocess.run,
-        ["node", "sasl2_fast.mjs", str(sqlite_server.starttls_port), "jsuser", "js-password"],
+        ["node", *args],
         cwd=folder,
-        env=env,
+        env={**os.environ, "NODE_EXTRA_CA_CERTS": str(server.cafile)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    first, second = (json.loads(line) for line in run.stdout.splitlines())
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+async def test_xmppjs_logs_in_with_sasl2_and_again_with_its_fast_token(
+    sqlite_server: XmppdServer,
+) -> None:
+    await register_account(sqlite_server, "jsuser", "js-password")
+    port = str(sqlite_server.starttls_port)
+    first, second = await node(sqlite_server, "sasl2_fast.mjs", port, "jsuser", "js-password")
     assert first["label"] == "password" and second["label"] == "token"
     for login in (first, second):
         assert login["errors"] == []
@@ -59,3 +66,16 @@ async def test_xmppjs_logs_in_with_sasl2_and_again_with_its_fast_token(
     assert first["jid"].startswith("jsuser@localhost/interop/")  # Bind 2: <tag>/<id>
     assert second["jid"] == first["jid"]  # the same installation gets the same resource
     assert first["tokenMechanism"] == "HT-SHA-256-NONE"
+
+
+async def test_xmppjs_resumes_inline_and_gets_what_was_sent_meanwhile(
+    sqlite_server: XmppdServer,
+) -> None:
+    for name in ("jsphone", "jsfriend"):
+        await register_account(sqlite_server, name, "js-password")
+    port = str(sqlite_server.starttls_port)
+    (result,) = await node(
+        sqlite_server, "sm_resume.mjs", port, "jsphone", "jsfriend", "js-password"
+    )
+    assert result["after"] == result["before"]  # the same session, resumed
+    assert result["bodies"] == ["away 0", "away 1", "away 2"]  # exactly once, in order
