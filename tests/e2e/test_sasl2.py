@@ -201,6 +201,12 @@ async def test_a_dropped_phone_resumes_inline_with_its_token(srv: XmppdServer) -
         resumed = outcome.find(f"{{{SM}}}resumed")
         assert resumed is not None and resumed.get("previd") == previd
         assert outcome.jid == full
+        # The features that follow describe the resumed session: bound, with stream
+        # management on, so neither bind nor sm is offered again.
+        assert outcome.features is not None
+        offered = {el.tag for el in outcome.features}
+        assert f"{{{SM}}}sm" not in offered
+        assert "{urn:ietf:params:xml:ns:xmpp-bind}bind" not in offered
         bodies = []
         while len(bodies) < 3:
             msg = await back.xml.expect(is_message)

@@ -693,7 +693,9 @@ class C2SStream(SessionData):
             old = self._resumable_session(request.resume)
             if not isinstance(old, str):
                 extra.append(old.resumed_element())
-                features = await self._features(binding=True)
+                # The resumed session's features: it is bound and has stream management,
+                # so neither is offered again (a client would try to resume twice).
+                features = await old._features()
                 announce = sasl2.success(str(old.jid), step.data, extra)
                 old._take_over(self, announce + etree.tostring(features))
                 return
