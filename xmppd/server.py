@@ -96,6 +96,8 @@ class Server:
         await self.db.start()
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
         await self.modules.load_all()
+        for host in self.hosts.values():
+            host.bus.add(hooks.DISCO_ITEMS, self._component_items)
         if listen:
             await self._load_tls()
             from xmppd.transports.tcp import start_listeners
@@ -143,6 +145,17 @@ class Server:
                 server_context(section.certificate, section.key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{source}: {path}.certificate: cannot load: {exc}") from None
+
+    async def _component_items(
+        self, items: tuple[hooks.DiscoItem, ...], query: hooks.DiscoQuery
+    ) -> tuple[hooks.DiscoItem, ...]:
+        """A host's disco#items lists the components under its domain (XEP-0114
+        services such as a push app server), as Prosody does for subdomains."""
+        to = query.to
+        if to.local or to.resource or query.node is not None:
+            return items
+        found = self.components.subdomains_of(to.domain)
+        return (*items, *(hooks.DiscoItem(JID.parse(d)) for d in found)) if found else items
 
     def _load_secret(self) -> None:
         auth = self.config.auth

@@ -173,6 +173,21 @@ async def test_client_and_component_exchange_stanzas(server: XmppdServer) -> Non
         await component.stop()
 
 
+async def test_the_host_lists_its_components_in_disco_items(server: XmppdServer) -> None:
+    alice = await login(server, "alice")
+    try:
+        disco_items = "http://jabber.org/protocol/disco#items"
+        reply = await alice.iq("get", f"<query xmlns='{disco_items}'/>", to="localhost")
+        listed = {el.get("jid") for el in reply.iter(f"{{{disco_items}}}item")}
+        assert {COMPONENT, SPARE, ABSENT} <= listed
+        account = alice.jid.split("/")[0]
+        reply = await alice.iq("get", f"<query xmlns='{disco_items}'/>", to=account)
+        listed = {el.get("jid") for el in reply.iter(f"{{{disco_items}}}item")}
+        assert not listed & {COMPONENT, SPARE, ABSENT}
+    finally:
+        await alice.close()
+
+
 async def test_component_message_to_an_offline_user_is_stored(server: XmppdServer) -> None:
     component = await SlixComponent(server, COMPONENT, SECRET).connected()
     user = await new_account(server, "offline")

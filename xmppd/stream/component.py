@@ -95,6 +95,11 @@ class ComponentRegistry:
     def __len__(self) -> int:
         return len(self._secrets)
 
+    def subdomains_of(self, domain: str) -> list[str]:
+        """Configured component domains under ``domain`` (``push.example.org`` for
+        ``example.org``), sorted: what the host lists in its disco#items."""
+        return sorted(d for d in self._secrets if d.endswith("." + domain))
+
     def secret(self, domain: str) -> str | None:
         """The shared secret of a configured component."""
         secret = self._secrets.get(domain)
