@@ -273,14 +273,7 @@ class OfflineStore:
                             sent += 1
                         delivered.append(row.seq)
                 finally:
-                    if delivered:
-                        await ctx.db.execute(
-                            delete(messages).where(
-                                messages.c.host == ctx.domain,
-                                messages.c.username == user.local,
-                                messages.c.seq.in_(delivered),
-                            )
-                        )
+                    await self._delete(user, delivered)
                 if len(delivered) < len(rows):
                     break  # the session ended
                 after = delivered[-1]
@@ -305,15 +298,19 @@ class OfflineStore:
                     if any(el.get("by") == by for el in stanza.iterfind(_STANZA_ID)):
                         archived.append(row.seq)
                 after = rows[-1].seq
-            if archived:
-                await ctx.db.execute(
-                    delete(messages).where(
-                        messages.c.host == ctx.domain,
-                        messages.c.username == user.local,
-                        messages.c.seq.in_(archived),
-                    )
-                )
+            await self._delete(user, archived)
         return len(archived)
+
+    async def _delete(self, user: JID, seqs: list[int]) -> None:
+        if seqs:
+            ctx = self._ctx
+            await ctx.db.execute(
+                delete(messages).where(
+                    messages.c.host == ctx.domain,
+                    messages.c.username == user.local,
+                    messages.c.seq.in_(seqs),
+                )
+            )
 
     @asynccontextmanager
     async def _lock(self, user: JID) -> AsyncIterator[None]:
