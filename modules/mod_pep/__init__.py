@@ -46,6 +46,8 @@ Other modules can read and write nodes through :data:`~modules.mod_pep.store.PEP
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
@@ -515,6 +517,18 @@ async def _retract(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     return req.result()
 
 
+@asynccontextmanager
+async def _existing_node(ctx: Ctx, owner: JID, name: str) -> AsyncIterator[NodeConfig]:
+    """The owner's node ``name``, with the owner's nodes locked for the block;
+    ``item-not-found`` when there is no such node."""
+    store = _store(ctx)
+    async with store.lock(owner):
+        config = await store.node(owner, name)
+        if config is None:
+            raise PubsubError("item-not-found")
+        yield config
+
+
 async def _configure(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.2.4: submit the node configuration form (or cancel)."""
     owner = req.to.bare
@@ -526,13 +540,8 @@ async def _configure(ctx: Ctx, req: IqRequest, action: Element) -> Element:
         return req.result()
     limit = ctx.options.max_items_limit
     changes = read_form(action, NS_NODE_CONFIG, limit=limit, ignore_unknown=True)
-    store = _store(ctx)
-    lock = store.lock(owner)
-    async with lock:
-        config = await store.node(owner, name)
-        if config is None:
-            raise PubsubError("item-not-found")
-        await store.save_node(owner, name, apply(config, changes), limit=limit)
+    async with _existing_node(ctx, owner, name) as config:
+        await _store(ctx).save_node(owner, name, apply(config, changes), limit=limit)
     return req.result()
 
 
@@ -540,14 +549,9 @@ async def _delete(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.4: the node and its items go; subscribers are told."""
     owner = req.to.bare
     name = _node_name(action)
-    store = _store(ctx)
-    lock = store.lock(owner)
-    async with lock:
-        config = await store.node(owner, name)
-        if config is None:
-            raise PubsubError("item-not-found")
+    async with _existing_node(ctx, owner, name) as config:
         recipients = await _recipients(ctx, owner, name, config)
-        await store.delete_node(owner, name)
+        await _store(ctx).delete_node(owner, name)
     if config.notify_delete and recipients:
         event = payload(NS_EVENT, "event")
         child(event, "delete", {"node": name})
@@ -559,13 +563,8 @@ async def _purge(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.5: every item goes; subscribers are told."""
     owner = req.to.bare
     name = _node_name(action)
-    store = _store(ctx)
-    lock = store.lock(owner)
-    async with lock:
-        config = await store.node(owner, name)
-        if config is None:
-            raise PubsubError("item-not-found")
-        await store.purge(owner, name)
+    async with _existing_node(ctx, owner, name) as config:
+        await _store(ctx).purge(owner, name)
         recipients = await _recipients(ctx, owner, name, config)
     if recipients:
         event = payload(NS_EVENT, "event")

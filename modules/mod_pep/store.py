@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any, Final
 
 from modules.mod_pep.common import NODE_CACHE, Ctx, module
 from modules.mod_pep.config import NodeConfig
-from xmppd.api import JID, ServiceKey
+from xmppd.api import JID, KeyedLocks, ServiceKey
 from xmppd.api.storage import (
     BigInteger,
     Boolean,
@@ -165,7 +164,7 @@ class PepStore:
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
         self._nodes: OrderedDict[str, dict[str, NodeConfig]] = OrderedDict()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks = KeyedLocks()
         self._last_stamp = 0
         self._caps: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
 
@@ -177,11 +176,7 @@ class PepStore:
 
     def lock(self, owner: JID) -> asyncio.Lock:
         """The lock that serializes changes to ``owner``'s nodes (hold a reference)."""
-        found = self._locks.get(owner.local)
-        if found is None:
-            found = asyncio.Lock()
-            self._locks[owner.local] = found
-        return found
+        return self._locks.lock(owner.local)
 
     def _stamp(self) -> int:
         """Microseconds since the epoch, strictly increasing in this process."""

@@ -20,6 +20,7 @@ from tests.support.e2e import (
     new_account,
     online,
     take,
+    until_equal,
 )
 from tests.support.mam import (
     FULLTEXT,
@@ -677,9 +678,7 @@ async def test_deleting_an_account_deletes_its_archive(mam_server: XmppdServer) 
         await alice.wait_closed(20)
         # The stream closes first (XEP-0077 §3.2), then the account's data is deleted.
         empty = {"mod_mam__archive": 0, "mod_mam__prefs": 0}
-        async with asyncio.timeout(20):
-            while await mam_rows(mam_server, alice_name) != empty:  # noqa: ASYNC110 (polls the database)
-                await asyncio.sleep(0.1)
+        await until_equal(lambda: mam_rows(mam_server, alice_name), empty)
         assert (await mam_rows(mam_server, bob_name))["mod_mam__archive"] == 1
         assert bodies(await everything(bob)) == ["remember me"]
     finally:

@@ -26,6 +26,7 @@ from tests.support.e2e import (
     online,
     subscribe,
     take,
+    until_equal,
 )
 from tests.support.pep import (
     DATA,
@@ -552,7 +553,9 @@ async def test_removing_the_account_removes_its_nodes(pep_server: XmppdServer) -
         )
         assert (await owner.expect(lambda el: el.get("id") == "bye", 20)).get("type") == "result"
         await owner.wait_closed(20)
-        assert await pep_rows(pep_server, name) == {"mod_pep__nodes": 0, "mod_pep__items": 0}
+        # The stream closes first (XEP-0077 §3.2), then the account's data is deleted.
+        empty = {"mod_pep__nodes": 0, "mod_pep__items": 0}
+        await until_equal(lambda: pep_rows(pep_server, name), empty)
     finally:
         await owner.close()
     await register_account(pep_server, name, PASSWORD)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,3 +232,13 @@ async def assert_server_alive(server: XmppdServer) -> None:
 def check_server_survived(server: XmppdServer) -> None:
     """For a module-scoped fixture's teardown (no event loop is running there)."""
     asyncio.run(assert_server_alive(server))
+
+
+async def until_equal(
+    read: Callable[[], Awaitable[object]], expected: object, timeout: float = 20
+) -> None:
+    """Poll ``read()`` until it returns ``expected`` (state the server settles after it
+    answered, such as an account's rows, deleted once its stream has closed)."""
+    async with asyncio.timeout(timeout):
+        while await read() != expected:  # noqa: ASYNC110 (polls the database)
+            await asyncio.sleep(0.1)
