@@ -380,12 +380,13 @@ class C2SStream(SessionData):
             if require_tls:
                 child(tls, "required")
             else:
-                self._add_mechanisms(features)
+                self._add_mechanisms(features, None)
         else:
             stage = "pre-auth"
-            self._add_mechanisms(features)
-            if self._sasl2_offered():
-                features.append(await self._sasl2_feature())
+            channel = self._tls_channel()
+            self._add_mechanisms(features, channel)
+            if channel is not None and self._sasl2_offered():
+                features.append(await self._sasl2_feature(channel))
         extra = await host.bus.fold(
             hooks.C2S_STREAM_FEATURES,
             (),
@@ -400,21 +401,18 @@ class C2SStream(SessionData):
         """SASL2 only over TLS (XEP-0388 §6), and only before authentication."""
         return self.server.config.auth.sasl2 and self.is_secure and not self.is_authenticated
 
-    async def _sasl2_feature(self) -> Element:
+    async def _sasl2_feature(self, channel: sasl.TlsChannel) -> Element:
         host = self.host
         assert host is not None
         cfg = self.server.config.c2s
         inline: tuple[str, ...] = (sm_ns.NS,) if cfg.stream_management else ()
         more = await host.bus.fold(hooks.BIND2_FEATURES, inline, FeaturesContext(self, "pre-auth"))
-        channel = self._tls_channel()
         return sasl2.authentication_feature(
-            self._offered_mechanisms(),
+            self._offered_mechanisms(channel),
             bind_features=inline if isinstance(more, Drop) else more,
             resume=cfg.stream_management and cfg.resume_timeout > 0,
             fast_mechanisms=(
-                fast.offered_mechanisms(channel)
-                if channel is not None and self.server.fast_tokens is not None
-                else ()
+                fast.offered_mechanisms(channel) if self.server.fast_tokens is not None else ()
             ),
         )
 
@@ -434,22 +432,20 @@ class C2SStream(SessionData):
     def _insecure_plain(self) -> bool:
         return self.server.config.auth.allow_insecure_plain
 
-    def _offered_mechanisms(self) -> list[str]:
+    def _offered_mechanisms(self, channel: sasl.TlsChannel | None) -> list[str]:
         return sasl.offered_mechanisms(
-            tls=self._tls_channel(), allow_plain=True, insecure_plain=self._insecure_plain()
+            tls=channel, allow_plain=True, insecure_plain=self._insecure_plain()
         )
 
-    def _advertised(self) -> sasl.Advertised:
+    def _advertised(self, channel: sasl.TlsChannel | None) -> sasl.Advertised:
         """What the features listed, for SCRAM downgrade protection (XEP-0474)."""
-        channel = self._tls_channel()
         bindings = tuple(channel.bindings) if channel is not None and channel.bindings else None
-        return sasl.Advertised(tuple(self._offered_mechanisms()), bindings)
+        return sasl.Advertised(tuple(self._offered_mechanisms(channel)), bindings)
 
-    def _add_mechanisms(self, features: Element) -> None:
+    def _add_mechanisms(self, features: Element, channel: sasl.TlsChannel | None) -> None:
         mechs = child(features, "mechanisms", namespace=ns.SASL)
-        for name in self._offered_mechanisms():
+        for name in self._offered_mechanisms(channel):
             child(mechs, "mechanism", text=name)
-        channel = self._tls_channel()
         if channel is not None and channel.bindings:
             # XEP-0440: the channel-binding types a -PLUS mechanism can use here.
             cb = child(features, "sasl-channel-binding", namespace=ns.SASL_CB)
@@ -538,14 +534,15 @@ class C2SStream(SessionData):
             delay = self.server.throttle.delay_for(self.peer)
             if delay:
                 await asyncio.sleep(delay)
+            channel = self._tls_channel()
             mech = sasl.create_mechanism(
                 el.get("mechanism", ""),
                 domain=host.domain,
                 lookup=self.server.accounts.lookup_for(host.domain),
-                tls=self._tls_channel(),
+                tls=channel,
                 allow_plain=True,
                 insecure_plain=self._insecure_plain(),
-                advertised=self._advertised(),
+                advertised=self._advertised(channel),
             )
             if mech is None:
                 self._sasl_failed(sasl.Failure("invalid-mechanism"), count=False)
@@ -661,7 +658,7 @@ class C2SStream(SessionData):
             tls=channel,
             allow_plain=True,
             insecure_plain=self._insecure_plain(),
-            advertised=self._advertised(),
+            advertised=self._advertised(channel),
         )
 
     def _sasl2_failed(self, failure: sasl.Failure, *, count: bool = True) -> None:
