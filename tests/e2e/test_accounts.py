@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.clients import AuthFailed, Slix
+from tests.support.e2e import user_rows
 from tests.support.server import XmppdServer
 
 
@@ -19,24 +18,7 @@ async def cli(server: XmppdServer, *args: str, input: str | None = None) -> tupl
 
 async def rows_mentioning(server: XmppdServer, username: str) -> dict[str, int]:
     """Rows in every table that has a username column, for this user on this host."""
-    engine = create_async_engine(server.storage_url)
-    counts: dict[str, int] = {}
-    try:
-        async with engine.connect() as conn:
-            names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-            meta = sa.MetaData()
-            await conn.run_sync(lambda c: meta.reflect(c, only=names))
-            for table in meta.sorted_tables:
-                if "username" in table.c and "host" in table.c:
-                    n = await conn.scalar(
-                        sa.select(sa.func.count())
-                        .select_from(table)
-                        .where(table.c.username == username, table.c.host == server.domain)
-                    )
-                    counts[table.name] = int(n or 0)
-    finally:
-        await engine.dispose()
-    return counts
+    return await user_rows(server, username)
 
 
 async def test_cli_account_lifecycle(server: XmppdServer) -> None:

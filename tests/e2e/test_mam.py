@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import sqlalchemy as sa
 from slixmpp import JID
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.e2e import (
     ALL_PLUGINS,
@@ -21,6 +19,7 @@ from tests.support.e2e import (
     online,
     take,
     until_equal,
+    user_rows,
 )
 from tests.support.mam import (
     FULLTEXT,
@@ -96,23 +95,7 @@ def bodies(items: list[Item]) -> list[str | None]:
 
 async def mam_rows(server: XmppdServer, username: str) -> dict[str, int]:
     """Rows of this user in the module's tables."""
-    engine = create_async_engine(server.storage_url)
-    counts: dict[str, int] = {}
-    try:
-        async with engine.connect() as conn:
-            meta = sa.MetaData()
-            names = ["mod_mam__archive", "mod_mam__prefs"]
-            await conn.run_sync(lambda c: meta.reflect(c, only=names))
-            for table in meta.sorted_tables:
-                n = await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(table)
-                    .where(table.c.username == username, table.c.host == server.domain)
-                )
-                counts[table.name] = int(n or 0)
-    finally:
-        await engine.dispose()
-    return counts
+    return await user_rows(server, username, ["mod_mam__archive", "mod_mam__prefs"])
 
 
 # ----------------------------------------------------------------------------- archiving

@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from slixmpp.exceptions import IqError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.clients import Slix, register_account
 from tests.support.server import XmppdServer
@@ -242,3 +244,28 @@ async def until_equal(
     async with asyncio.timeout(timeout):
         while await read() != expected:  # noqa: ASYNC110 (polls the database)
             await asyncio.sleep(0.1)
+
+
+async def user_rows(
+    server: XmppdServer, username: str, tables: list[str] | None = None
+) -> dict[str, int]:
+    """Rows of ``username`` on the server's domain, per table: the ``tables`` named, or
+    every table with ``host`` and ``username`` columns (read straight from the database)."""
+    engine = create_async_engine(server.storage_url)
+    counts: dict[str, int] = {}
+    try:
+        async with engine.connect() as conn:
+            names = tables or await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+            meta = sa.MetaData()
+            await conn.run_sync(lambda c: meta.reflect(c, only=names))
+            for table in meta.sorted_tables:
+                if "username" in table.c and "host" in table.c:
+                    n = await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(table.c.username == username, table.c.host == server.domain)
+                    )
+                    counts[table.name] = int(n or 0)
+    finally:
+        await engine.dispose()
+    return counts

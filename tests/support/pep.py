@@ -10,11 +10,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
-import sqlalchemy as sa
 from lxml import etree
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support.e2e import PASSWORD
+from tests.support.e2e import PASSWORD, user_rows
 from tests.support.server import XmppdServer
 from tests.support.xmlclient import CLIENT, Element, XmlClient, attrs, error_condition, tag
 
@@ -259,20 +257,4 @@ def retracted(message: Element) -> list[str]:
 
 async def pep_rows(server: XmppdServer, username: str) -> dict[str, int]:
     """Rows of this user in the module's tables."""
-    engine = create_async_engine(server.storage_url)
-    counts: dict[str, int] = {}
-    try:
-        async with engine.connect() as conn:
-            meta = sa.MetaData()
-            names = ["mod_pep__nodes", "mod_pep__items"]
-            await conn.run_sync(lambda c: meta.reflect(c, only=names))
-            for table in meta.sorted_tables:
-                n = await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(table)
-                    .where(table.c.username == username, table.c.host == server.domain)
-                )
-                counts[table.name] = int(n or 0)
-    finally:
-        await engine.dispose()
-    return counts
+    return await user_rows(server, username, ["mod_pep__nodes", "mod_pep__items"])
