@@ -10,13 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from lxml import etree
 from slixmpp.stanza import Message
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.clients import Slix
-from tests.support.e2e import ALL_PLUGINS, online
+from tests.support.e2e import ALL_PLUGINS, online, user_rows
 from tests.support.server import XmppdServer
 from tests.support.xmlclient import XmlClient
 
@@ -131,15 +129,5 @@ class RecordingClient(XmlClient):
 
 async def stored_rows(server: XmppdServer, username: str) -> int:
     """Rows the offline store holds for ``username`` on the server's host."""
-    engine = create_async_engine(server.storage_url)
-    try:
-        async with engine.connect() as conn:
-            table = sa.table("mod_offline__messages", sa.column("host"), sa.column("username"))
-            count = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(table)
-                .where(table.c.username == username, table.c.host == server.domain)
-            )
-    finally:
-        await engine.dispose()
-    return int(count or 0)
+    table = "mod_offline__messages"
+    return (await user_rows(server, username, [table]))[table]

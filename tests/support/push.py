@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import Protocol
 from xml.sax.saxutils import quoteattr
 
-import sqlalchemy as sa
 from lxml import etree
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.component import SlixComponent, ctag
-from tests.support.e2e import PASSWORD, new_account
+from tests.support.e2e import PASSWORD, new_account, user_rows
 from tests.support.server import XmppdServer
 from tests.support.xmlclient import Element, XmlClient, attrs, tag, text
 
@@ -270,15 +268,5 @@ async def drop(phone: XmlClient, witness: XmlClient) -> None:
 
 async def registration_rows(server: XmppdServer, username: str) -> int:
     """Rows the push table holds for ``username``."""
-    engine = create_async_engine(server.storage_url)
-    try:
-        async with engine.connect() as conn:
-            table = sa.table("mod_push__registrations", sa.column("host"), sa.column("username"))
-            count = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(table)
-                .where(table.c.username == username, table.c.host == server.domain)
-            )
-    finally:
-        await engine.dispose()
-    return int(count or 0)
+    table = "mod_push__registrations"
+    return (await user_rows(server, username, [table]))[table]
