@@ -357,9 +357,16 @@ async def offline_message(ctx: Ctx, event: StanzaEvent) -> Stop | None:
         return None  # RFC 6121 §8.5.1: the core answers service-unavailable
     if decision is Verdict.DISCARD:
         return STOP
-    if not await ctx.service(OFFLINE).store(user, event.stanza, event.from_):
+    store = ctx.service(OFFLINE)
+    if not await store.store(user, event.stanza, event.from_):
         ctx.log.info("offline storage of %s is full; refusing a message", user)
         return None
+    # The user may have come online while this was being stored, after the delivery that
+    # initial presence starts had already looked (on PostgreSQL the store yields): then
+    # nothing else would deliver it before the next login. Deliver what is stored now.
+    ready = [s for s in ctx.sessions.available(user) if s.priority >= 0]
+    if ready:
+        await store.deliver(max(ready, key=lambda s: s.priority))
     return STOP
 
 

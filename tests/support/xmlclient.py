@@ -120,8 +120,14 @@ class XmlClient:
         """Connect, authenticate with SASL PLAIN and bind ``resource`` (or one chosen by
         the server). No roster request, no initial presence."""
         client = await cls.connect(server, answer_pings=answer_pings)
-        await client.authenticate(jid.split("@", 1)[0], password)
-        await client.bind(resource)
+        try:
+            await client.authenticate(jid.split("@", 1)[0], password)
+            await client.bind(resource)
+        except BaseException:
+            # Not left for the garbage collector: an unclosed transport found later
+            # fails whichever test happens to be running then.
+            await client.close()
+            raise
         return client
 
     async def authenticate(self, username: str, password: str) -> None:
