@@ -82,5 +82,5 @@ async def filter_words(
     if options.action == "bounce":
         reply = error_reply(stanza, StanzaError("policy-violation", "message refused by filter"))
         if reply is not None and route.origin is not None:
-            route.origin.send_raw(reply)
+            ctx.sessions.send_raw(route.origin, reply)
     return DROP

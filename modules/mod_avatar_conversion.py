@@ -442,14 +442,14 @@ async def note_change(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element
         return stanza
     owner = pctx.session.jid.bare
     before = await (_vcard_hash if side == "vcard" else _pep_hash)(ctx, owner)
-    PENDING.note(stanza, pctx.session, Pending(side, before))
+    PENDING.note(ctx.sessions, stanza, pctx.session, Pending(side, before))
     return stanza
 
 
 @module.fold(hooks.USER_RECEIVE_PACKET)
 async def copy_on_success(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """The reply to a noted IQ: on success, update the other side before it is delivered."""
-    outcome = PENDING.reply(stanza, pctx.session)
+    outcome = PENDING.reply(ctx.sessions, stanza, pctx.session)
     if outcome is None or not outcome[1]:
         return stanza
     pending, owner = outcome[0], pctx.session.jid.bare

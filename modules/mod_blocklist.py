@@ -313,7 +313,7 @@ async def get_blocklist(ctx: Ctx, req: IqRequest) -> Element:
     _require_owner(req)
     items = await _store(ctx).get(req.to.bare)
     if req.origin is not None:
-        req.origin.set(REQUESTED, True)
+        ctx.sessions.set_state(req.origin, REQUESTED, True)
     result = payload(NS_BLOCKING, "blocklist")
     for jid in sorted(items):
         child(result, "item", {"jid": jid})
@@ -354,14 +354,14 @@ async def unblock(ctx: Ctx, req: IqRequest) -> Element:
 async def _push(ctx: Ctx, user: JID, kind: str, items: frozenset[str]) -> None:
     """§3.3-3.5: tell the user's resources what changed (an empty unblock: everything)."""
     for session in ctx.sessions.of(user):
-        if not (session.get(REQUESTED) or session.is_interested):
+        if not (ctx.sessions.get_state(session, REQUESTED) or session.is_interested):
             continue
         iq = element("iq", {"type": "set", "id": new_id(), "to": str(session.jid)})
         query = payload(NS_BLOCKING, kind)
         for jid in sorted(items):
             child(query, "item", {"jid": jid})
         iq.append(query)
-        session.send_raw(iq)
+        ctx.sessions.send_raw(session, iq)
 
 
 # ----------------------------------------------------------------------------- presence
@@ -399,7 +399,11 @@ async def _hide_presence(ctx: Ctx, user: JID, added: frozenset[str]) -> None:
     subscribers = _affected(roster, added, lambda item: item.has_from)
     for session in available:
         targets = dict.fromkeys(subscribers)
-        targets.update(dict.fromkeys(t for t in session.get(DIRECTED) if _matches(added, t)))
+        targets.update(
+            dict.fromkeys(
+                t for t in ctx.sessions.get_state(session, DIRECTED) if _matches(added, t)
+            )
+        )
         for target in targets:
             await ctx.send(
                 element(
@@ -410,11 +414,12 @@ async def _hide_presence(ctx: Ctx, user: JID, added: frozenset[str]) -> None:
     # Written as is: the filters would (rightly) drop anything from a blocked contact.
     for contact in _affected(roster, added, lambda item: item.has_to):
         for session in available:
-            session.send_raw(
+            ctx.sessions.send_raw(
+                session,
                 element(
                     "presence",
                     {"type": "unavailable", "from": str(contact), "to": str(session.jid)},
-                )
+                ),
             )
 
 
@@ -434,7 +439,7 @@ async def _show_presence(
         targets.update(
             dict.fromkeys(
                 t
-                for t in session.get(DIRECTED)
+                for t in ctx.sessions.get_state(session, DIRECTED)
                 if _matches(removed, t) and not _matches(remaining, t)
             )
         )
@@ -456,7 +461,7 @@ async def _show_presence(
                 out = copy(other_presence)
                 out.set("from", str(other.jid))
                 out.set("to", str(session.jid))
-                await session.deliver(out)
+                await ctx.sessions.deliver(session, out)
 
 
 # ----------------------------------------------------------------------------- enforcement
@@ -492,7 +497,7 @@ async def refuse_outbound(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Ele
         return stanza
     reply = _blocked_error(stanza)
     if reply is not None:
-        session.send_raw(reply)
+        ctx.sessions.send_raw(session, reply)
     return DROP
 
 

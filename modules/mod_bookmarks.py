@@ -302,14 +302,14 @@ def _change_kind(iq: Element) -> str | None:
 async def note_change(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """Remember a client's IQ that changes one copy of its bookmarks."""
     if stanza.tag == "iq" and (kind := _change_kind(stanza)) is not None:
-        PENDING.note(stanza, pctx.session, kind)
+        PENDING.note(ctx.sessions, stanza, pctx.session, kind)
     return stanza
 
 
 @module.fold(hooks.USER_RECEIVE_PACKET)
 async def copy_on_success(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element:
     """The reply to a noted IQ: on success, update the other copy before it is delivered."""
-    outcome = PENDING.reply(stanza, pctx.session)
+    outcome = PENDING.reply(ctx.sessions, stanza, pctx.session)
     if outcome is None or not outcome[1]:
         return stanza
     owner = pctx.session.jid.bare

@@ -79,13 +79,13 @@ def _own_session(req: IqRequest) -> Session:
 
 @module.iq("set", NS_CARBONS, "enable", to=Scope.BARE)
 async def enable(ctx: Ctx, req: IqRequest) -> Element:
-    _own_session(req).set(ENABLED, True)
+    ctx.sessions.set_state(_own_session(req), ENABLED, True)
     return req.result()
 
 
 @module.iq("set", NS_CARBONS, "disable", to=Scope.BARE)
 async def disable(ctx: Ctx, req: IqRequest) -> Element:
-    _own_session(req).set(ENABLED, False)
+    ctx.sessions.set_state(_own_session(req), ENABLED, False)
     return req.result()
 
 
@@ -100,7 +100,7 @@ async def bind2_enable(
 ) -> tuple[Element, ...]:
     """``<enable xmlns='urn:xmpp:carbons:2'/>`` inside a Bind 2 request (no answer)."""
     if request.find(NS_CARBONS, "enable") is not None:
-        request.session.set(ENABLED, True)
+        ctx.sessions.set_state(request.session, ENABLED, True)
     return answers
 
 
@@ -127,7 +127,9 @@ def eligible(stanza: Element) -> bool:
 
 def _interested(ctx: Ctx, user: JID, skip: list[Session]) -> list[Session]:
     """The user's carbons-enabled sessions, except those in ``skip``."""
-    return [s for s in ctx.sessions.of(user) if s.get(ENABLED) and s not in skip]
+    return [
+        s for s in ctx.sessions.of(user) if ctx.sessions.get_state(s, ENABLED) and s not in skip
+    ]
 
 
 # ----------------------------------------------------------------------------- copies
@@ -164,9 +166,11 @@ def carbon(kind: str, user: JID, to: Session, original: Element) -> Element:
     return wrapper
 
 
-async def _send_copies(kind: str, user: JID, sessions: list[Session], original: Element) -> None:
+async def _send_copies(
+    ctx: Ctx, kind: str, user: JID, sessions: list[Session], original: Element
+) -> None:
     for session in sessions:
-        await session.deliver(carbon(kind, user, session, original))
+        await ctx.sessions.deliver(session, carbon(kind, user, session, original))
 
 
 # ----------------------------------------------------------------------------- received
@@ -176,7 +180,9 @@ async def _send_copies(kind: str, user: JID, sessions: list[Session], original: 
 @module.on(hooks.MESSAGE_TO_FULL, priority=Priority.LATE)
 async def to_full(ctx: Ctx, event: StanzaEvent) -> None:
     user = event.to.bare
-    if not any(s.get(ENABLED) for s in ctx.sessions.of(user)) or not eligible(event.stanza):
+    if not any(ctx.sessions.get_state(s, ENABLED) for s in ctx.sessions.of(user)) or not eligible(
+        event.stanza
+    ):
         return
     target = ctx.sessions.get(event.to)
     # An unknown resource: the core delivers as to the bare JID (RFC 6121 §8.5.3.2.1).
@@ -187,7 +193,9 @@ async def to_full(ctx: Ctx, event: StanzaEvent) -> None:
 @module.on(hooks.MESSAGE_TO_BARE, priority=Priority.LATE)
 async def to_bare(ctx: Ctx, event: StanzaEvent) -> None:
     user = event.to
-    if not any(s.get(ENABLED) for s in ctx.sessions.of(user)) or not eligible(event.stanza):
+    if not any(ctx.sessions.get_state(s, ENABLED) for s in ctx.sessions.of(user)) or not eligible(
+        event.stanza
+    ):
         return
     await _received(ctx, event, user, ctx.sessions.message_targets(user))
 
@@ -196,7 +204,7 @@ async def _received(ctx: Ctx, event: StanzaEvent, user: JID, receivers: list[Ses
     skip = list(receivers)
     if event.origin is not None:
         skip.append(event.origin)  # between one's own resources: the sender has it
-    await _send_copies("received", user, _interested(ctx, user, skip), event.stanza)
+    await _send_copies(ctx, "received", user, _interested(ctx, user, skip), event.stanza)
 
 
 # ----------------------------------------------------------------------------- sent
@@ -218,7 +226,7 @@ async def sent(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop
         return stanza
     if to.bare == user:
         return stanza  # to the user's own account: copied as received, on delivery
-    await _send_copies("sent", user, others, stanza)
+    await _send_copies(ctx, "sent", user, others, stanza)
     return stanza
 
 

@@ -68,7 +68,7 @@ async def bind2_state(
 ) -> tuple[Element, ...]:
     """A Bind 2 request may start the session inactive (``<inactive/>``)."""
     if request.find(NS, "inactive") is not None:
-        request.session.set(INACTIVE, True)
+        ctx.sessions.set_state(request.session, INACTIVE, True)
     return answers
 
 
@@ -76,11 +76,11 @@ async def bind2_state(
 async def client_state(ctx: Ctx, event: StreamElementEvent) -> Stop | None:
     tag = event.element.tag
     if tag == f"{{{NS}}}inactive":
-        event.session.set(INACTIVE, True)
+        ctx.sessions.set_state(event.session, INACTIVE, True)
         return STOP
     if tag == f"{{{NS}}}active":
-        event.session.set(INACTIVE, False)
-        flush(event.session)
+        ctx.sessions.set_state(event.session, INACTIVE, False)
+        flush(ctx, event.session)
         return STOP
     return None
 
@@ -103,28 +103,26 @@ def _is_holdable(stanza: Element) -> str | None:
 @module.fold(hooks.USER_RECEIVE_PACKET, priority=Priority.LATE)
 async def hold_while_inactive(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
     session = pctx.session
-    if not session.get(INACTIVE):
+    if not ctx.sessions.get_state(session, INACTIVE):
         return stanza
     key = _is_holdable(stanza)
     if key is None:
-        flush(session)
+        flush(ctx, session)
         return stanza
-    held = session.get(HELD)
-    if held is None:
-        held = OrderedDict()
-        session.set(HELD, held)
+    held = OrderedDict(ctx.sessions.get_state(session, HELD) or ())
     held.pop(key, None)
     held[key] = serialize(stanza)
+    ctx.sessions.set_state(session, HELD, held)
     if len(held) >= ctx.options.max_held:
-        flush(session)
+        flush(ctx, session)
     return DROP
 
 
-def flush(session: Session) -> None:
+def flush(ctx: Ctx, session: Session) -> None:
     """Send what was held, oldest first."""
-    held = session.get(HELD)
+    held = ctx.sessions.get_state(session, HELD)
     if not held:
         return
-    session.set(HELD, None)
+    ctx.sessions.set_state(session, HELD, None)
     for data in held.values():
-        session.send_raw(parse(data))
+        ctx.sessions.send_raw(session, parse(data))

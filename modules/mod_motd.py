@@ -55,9 +55,9 @@ def _fill(ctx: Ctx, parent: Element) -> Element:
 @module.on(hooks.USER_AVAILABLE)
 async def greet(ctx: Ctx, event: PresenceEvent) -> None:
     session = event.session
-    if not ctx.options.text or session.get(GREETED):
+    if not ctx.options.text or ctx.sessions.get_state(session, GREETED):
         return
-    session.set(GREETED, True)
+    ctx.sessions.set_state(session, GREETED, True)
     attrs = {"type": "headline", "from": ctx.domain, "to": str(session.jid)}
     await ctx.send(_fill(ctx, element("message", attrs)))
 

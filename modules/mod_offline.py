@@ -269,7 +269,7 @@ class OfflineStore:
                         except SyntaxError:  # lxml.etree.XMLSyntaxError
                             ctx.log.error("dropping an unreadable offline message %s", row.seq)
                         else:
-                            await session.deliver(stanza)
+                            await ctx.sessions.deliver(session, stanza)
                             sent += 1
                         delivered.append(row.seq)
                 finally:

@@ -81,4 +81,4 @@ async def _probe(ctx: Ctx, session: Session) -> None:
         ctx.log.info(
             "%s did not answer a ping in %.0fs; closing", session.jid, time.monotonic() - started
         )
-        session.close("connection-timeout")
+        ctx.sessions.close(session, "connection-timeout")

@@ -81,9 +81,13 @@ async def outbound(ctx: Ctx, event: StanzaEvent) -> Stop | None:
     if ptype is None:
         item = await _roster(ctx).item(user, target)
         if item is None or not item.has_from:
-            session.set(DIRECTED, session.get(DIRECTED) | {target})
+            ctx.sessions.set_state(
+                session, DIRECTED, ctx.sessions.get_state(session, DIRECTED) | {target}
+            )
     elif ptype == "unavailable":
-        session.set(DIRECTED, session.get(DIRECTED) - {target})
+        ctx.sessions.set_state(
+            session, DIRECTED, ctx.sessions.get_state(session, DIRECTED) - {target}
+        )
     return None  # the core routes directed presence as is
 
 
@@ -91,10 +95,10 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
     initial = not session.is_available
     prio = child_text(stanza, "priority")
     try:
-        session.priority = max(-128, min(127, int(prio))) if prio else 0
+        priority = max(-128, min(127, int(prio))) if prio else 0
     except ValueError:
-        session.priority = 0
-    session.presence = stanza
+        priority = 0
+    ctx.sessions.set_presence(session, stanza, priority)
     user = session.jid.bare
     roster = _roster(ctx)
     items = await roster.items(user)
@@ -102,7 +106,7 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
         if item.has_from:
             await ctx.send(_addressed(stanza, item.contact))
     for other in ctx.sessions.available(user):
-        await other.deliver(_addressed(stanza, other.jid))
+        await ctx.sessions.deliver(other, _addressed(stanza, other.jid))
     if initial:
         for item in items.values():
             if item.has_to:
@@ -113,7 +117,7 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
             )
             if status:
                 request.append(element("status", text=status))
-            await session.deliver(request)
+            await ctx.sessions.deliver(session, request)
         await ctx.run(hooks.USER_AVAILABLE, PresenceEvent(session, stanza))
 
 
@@ -136,7 +140,7 @@ async def _broadcast_unavailable(
     user's other resources (and, with ``echo``, to the session itself)."""
     if not session.is_available:
         return
-    session.presence = None
+    ctx.sessions.set_presence(session, None, 0)
     user = session.jid.bare
     items = await _roster(ctx).items(user)
     sent: set[JID] = set()
@@ -144,14 +148,14 @@ async def _broadcast_unavailable(
         if item.has_from:
             sent.add(item.contact)
             await ctx.send(_addressed(stanza, item.contact))
-    for target in session.get(DIRECTED):
+    for target in ctx.sessions.get_state(session, DIRECTED):
         if target not in sent:
             await ctx.send(_addressed(stanza, target))
-    session.set(DIRECTED, frozenset())
+    ctx.sessions.set_state(session, DIRECTED, frozenset())
     for other in ctx.sessions.available(user):
-        await other.deliver(_addressed(stanza, other.jid))
+        await ctx.sessions.deliver(other, _addressed(stanza, other.jid))
     if echo:
-        await session.deliver(_addressed(stanza, session.jid))
+        await ctx.sessions.deliver(session, _addressed(stanza, session.jid))
     await ctx.run(hooks.USER_UNAVAILABLE, PresenceEvent(session, stanza))
 
 
@@ -235,7 +239,7 @@ async def inbound_bare(ctx: Ctx, event: StanzaEvent) -> Stop | None:
 
 async def _deliver_to_available(ctx: Ctx, user: JID, stanza: Element) -> None:
     for session in ctx.sessions.available(user):
-        await session.deliver(stanza)
+        await ctx.sessions.deliver(session, stanza)
 
 
 async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
@@ -281,7 +285,7 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
         request = _addressed(stanza, user, contact)
         for session in ctx.sessions.available(user):
             if session.priority >= 0:
-                await session.deliver(request)
+                await ctx.sessions.deliver(session, request)
         return
     if ptype == "subscribed":
         if item is not None and item.ask:
@@ -302,5 +306,5 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
             # The contact's presence no longer reaches the user: show it as offline.
             for session in ctx.sessions.available(user):
                 off = element("presence", {"type": "unavailable", "from": str(contact)})
-                await session.deliver(_addressed(off, session.jid))
+                await ctx.sessions.deliver(session, _addressed(off, session.jid))
         return

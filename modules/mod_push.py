@@ -349,7 +349,9 @@ class PushService:
         """The device is connected and active: it needs no push."""
         if session.is_detached:
             return False
-        return not (self._ctx.options.push_when_inactive and session.get(INACTIVE))
+        return not (
+            self._ctx.options.push_when_inactive and self._ctx.sessions.get_state(session, INACTIVE)
+        )
 
     def checked_in(self, device: JID) -> None:
         """The device ``user/resource`` is back: its pending count starts again."""

@@ -176,7 +176,7 @@ async def change_or_remove(ctx: Ctx, req: IqRequest) -> Element | None:
         await ctx.set_password(user, secrets.token_urlsafe(32))
         # Answer before the account (and this session) goes away.
         if req.origin is not None:
-            req.origin.send_raw(req.result())
+            ctx.sessions.send_raw(req.origin, req.result())
         await ctx.remove_user(user)
         ctx.log.info("account %s removed in-band", user)
         return None

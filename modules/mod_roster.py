@@ -247,7 +247,7 @@ class Roster:
                 for grp in list(el):
                     el.remove(grp)
             iq.append(query)
-            session.send_raw(iq)
+            self._ctx.sessions.send_raw(session, iq)
 
     # -- pending inbound subscription requests
     async def pending(self, user: JID) -> list[tuple[JID, str]]:
@@ -326,7 +326,7 @@ async def roster_get(ctx: Ctx, req: IqRequest) -> Element | None:
     roster = ctx.service(ROSTER)
     user = req.to.bare
     if req.origin is not None:
-        req.origin.is_interested = True
+        ctx.sessions.set_interested(req.origin)
     version = str(await roster.version(user))
     if ctx.options.versioning and req.payload.get("ver") == version:
         return req.result()

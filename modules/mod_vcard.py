@@ -156,12 +156,14 @@ async def add_photo_hash(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Elem
     session = pctx.session
     own = find_child(stanza, NS_VCARD_UPDATE, "x")
     if own is not None and find_child(own, NS_VCARD_UPDATE, "photo") is not None:
-        session.set(SERVER_ADDED, False)  # the client's own (an empty <photo/> included)
+        ctx.sessions.set_state(
+            session, SERVER_ADDED, False
+        )  # the client's own (an empty <photo/> included)
         return stanza
     photo = await ctx.service(AVATARS).get(session.jid.bare)
     if photo is None:
         if own is not None:
-            session.set(SERVER_ADDED, False)
+            ctx.sessions.set_state(session, SERVER_ADDED, False)
         return stanza  # no vCard: nothing to say
     out = copy(stanza)
     if own is not None:
@@ -169,7 +171,7 @@ async def add_photo_hash(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Elem
         # is replaced by the server's.
         out.remove(out[stanza.index(own)])
     out.append(_update_element(photo))
-    session.set(SERVER_ADDED, True)
+    ctx.sessions.set_state(session, SERVER_ADDED, True)
     return out
 
 
@@ -182,11 +184,11 @@ async def _broadcast_new_hash(ctx: Ctx, user: JID, photo: str) -> None:
         existing = find_child(presence, NS_VCARD_UPDATE, "x")
         if existing is not None:
             client_photo = find_child(existing, NS_VCARD_UPDATE, "photo")
-            if not session.get(SERVER_ADDED) and client_photo is not None:
+            if not ctx.sessions.get_state(session, SERVER_ADDED) and client_photo is not None:
                 continue  # the client manages its own element
             presence.remove(existing)
         presence.append(_update_element(photo))
-        session.set(SERVER_ADDED, True)
+        ctx.sessions.set_state(session, SERVER_ADDED, True)
         await ctx.run(hooks.PRESENCE_OUT, StanzaEvent(presence, user, session.jid, session))
 
 

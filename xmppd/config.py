@@ -254,6 +254,21 @@ class HostSection(_CertificatePair):
         None, description="Replaces the global [modules] table for this host when set."
     )
     hooks: dict[str, dict[str, Any]] | None = None
+    admins: tuple[str, ...] = Field(
+        (),
+        description="Bare JIDs of this host's administrators (accounts on one of this "
+        'server\'s hosts). Access rules that say "admins" mean them.',
+    )
+
+
+class SessionsSection(Section):
+    registry: Literal["memory", "serialised"] = Field(
+        "memory",
+        description="Where live sessions and their per-session state are kept. "
+        '"memory": in this process (the default). "serialised": in this process too, '
+        "but as bytes, as a shared registry (Redis) will keep them; slower, for testing "
+        "modules.",
+    )
 
 
 class ServerConfig(Section):
@@ -263,6 +278,7 @@ class ServerConfig(Section):
     storage: StorageSection = StorageSection()
     auth: AuthSection = AuthSection()
     c2s: C2SSection = C2SSection()
+    sessions: SessionsSection = SessionsSection()
     tls: TlsSection = TlsSection()
     listeners: tuple[ListenerSection, ...] = (
         ListenerSection(port=5222, tls="starttls"),
@@ -301,6 +317,21 @@ class ServerConfig(Section):
             if component.domain in seen:
                 raise ValueError(f"{where}: {component.domain!r} is configured twice")
             seen.add(component.domain)
+        return self
+
+    @model_validator(mode="after")
+    def _admins_are_local(self) -> Self:
+        for domain, section in self.hosts.items():
+            for index, admin in enumerate(section.admins):
+                where = f"hosts.{domain}.admins.{index}"
+                local, at, rest = admin.partition("@")
+                if not at or not local or "/" in rest:
+                    raise ValueError(f"{where}: {admin!r} is not a bare JID (user@domain)")
+                if rest.lower() not in self.hosts:
+                    raise ValueError(
+                        f"{where}: {admin!r} is not on one of this server's hosts "
+                        f"({', '.join(sorted(self.hosts))})"
+                    )
         return self
 
     @field_validator("hosts")

@@ -1,28 +1,29 @@
 """A virtual host: its hook bus, IQ handler table, services, disco items, and the
-default RFC 6121 delivery of stanzas addressed to it or its accounts."""
+default RFC 6121 delivery of stanzas addressed to it or its accounts.
+
+A host is one destination in the router's table. It is given the few server-wide
+services it uses (the router, the session registry, the IQ tracker); it never sees
+the ``Server``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus, EventHook
 from xmppd.hooks import StanzaEvent
+from xmppd.iq import BoundIqHandler, Identity, IqRequest, Scope, answer_iq, iq_payload
 from xmppd.jid import JID
-from xmppd.module import Identity, Scope
-from xmppd.stanza import Element, describe_payload, iq_result, summary
+from xmppd.stanza import Element, describe_payload
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
-    from xmppd.sessions import Session
+    from xmppd.iqtracker import IqTracker
+    from xmppd.router import Router
+    from xmppd.sessions import Session, SessionRegistry
 
 log = logging.getLogger(__name__)
-
-BoundIqHandler = Callable[["IqRequest"], Awaitable[Element | None]]
 
 _DELIVERY: Final[dict[tuple[str, str], EventHook[StanzaEvent]]] = {
     ("message", "bare"): hooks.MESSAGE_TO_BARE,
@@ -37,41 +38,28 @@ _DELIVERY: Final[dict[tuple[str, str], EventHook[StanzaEvent]]] = {
 }
 
 
-@dataclass(slots=True)
-class IqRequest:
-    """An IQ get/set being handled: the stanza, its parsed addresses, its payload."""
-
-    stanza: Element
-    to: JID
-    from_: JID | None
-    """Sender (full JID); ``None`` on a not-yet-authenticated stream (``Scope.STREAM``)."""
-    payload: Element
-    origin: Session | None
-
-    @property
-    def type(self) -> str:
-        return self.stanza.get("type", "")
-
-    @property
-    def id(self) -> str | None:
-        return self.stanza.get("id")
-
-    @property
-    def is_from_owner(self) -> bool:
-        """True when the sender is the account the IQ is addressed to."""
-        return self.from_ is not None and self.from_.bare == self.to.bare
-
-    def result(self, payload: Element | None = None) -> Element:
-        return iq_result(self.stanza, payload)
-
-
 class Host:
     """One virtual host (``example.org``)."""
 
-    def __init__(self, server: Server, domain: str) -> None:
-        self.server = server
+    def __init__(
+        self,
+        domain: str,
+        *,
+        router: Router,
+        sessions: SessionRegistry,
+        iq_tracker: IqTracker,
+        admins: frozenset[JID] = frozenset(),
+    ) -> None:
         self.domain = domain
         self.jid = JID.parse(domain)
+        self.router = router
+        self.sessions = sessions
+        self.iq_tracker = iq_tracker
+        self.admins = admins
+        """Bare JIDs of the host's administrators (``[hosts.<domain>] admins``)."""
+        self.served: dict[str, str] = {}
+        """Domains modules serve under this host (``ctx.serve``): domain → name, for
+        the host's disco#items."""
         self.bus = EventBus(f"host:{domain}", summarize=describe_payload)
         self.iq_handlers: dict[tuple[Scope, str, str], BoundIqHandler] = {}
         self.services: dict[str, Any] = {}
@@ -113,27 +101,27 @@ class Host:
         elif kind == "iq":
             await self._iq(stanza, to, from_, origin, target)
         elif target == "full":
-            session = self.server.sessions.get(to)
+            session = self.sessions.get(to)
             if session is not None:
-                await session.deliver(stanza)
+                await self.sessions.deliver(session, stanza)
         elif target == "bare":
             # Presence to a bare JID that no module handled: directed presence to every
             # available resource (RFC 6121 §4.6); subscription handling lives in mod_presence.
-            for session in self.server.sessions.available(to):
-                await session.deliver(stanza)
+            for session in self.sessions.available(to):
+                await self.sessions.deliver(session, stanza)
 
     async def _message(
         self, stanza: Element, to: JID, from_: JID, origin: Session | None, target: str
     ) -> None:
         mtype = stanza.get("type", "normal")
-        sessions = self.server.sessions
+        sessions = self.sessions
         if target == "full":
             session = sessions.get(to)
             if session is not None:
-                await session.deliver(stanza)
+                await sessions.deliver(session, stanza)
                 return
             if mtype == "groupchat":
-                await self.server.bounce(stanza, StanzaError("service-unavailable"))
+                await self.router.bounce(stanza, StanzaError("service-unavailable"))
                 return
             if mtype == "error":
                 return
@@ -143,37 +131,37 @@ class Host:
         if mtype == "error":
             return
         if mtype == "groupchat":
-            await self.server.bounce(stanza, StanzaError("service-unavailable"))
+            await self.router.bounce(stanza, StanzaError("service-unavailable"))
             return
         if mtype == "headline":
             for session in sessions.available(to.bare):
                 if session.priority >= 0:
-                    await session.deliver(stanza)
+                    await sessions.deliver(session, stanza)
             return
         targets = sessions.message_targets(to.bare)
         if targets:
             for session in targets:
-                await session.deliver(stanza)
+                await sessions.deliver(session, stanza)
             return
         event = StanzaEvent(stanza, to, from_, origin)
         if await self.bus.run(hooks.OFFLINE_MESSAGE, event):
             return
-        await self.server.bounce(stanza, StanzaError("service-unavailable"))
+        await self.router.bounce(stanza, StanzaError("service-unavailable"))
 
     async def _iq(
         self, stanza: Element, to: JID, from_: JID, origin: Session | None, target: str
     ) -> None:
         itype = stanza.get("type")
         if target == "full":
-            session = self.server.sessions.get(to)
+            session = self.sessions.get(to)
             if session is not None:
-                await session.deliver(stanza)
+                await self.sessions.deliver(session, stanza)
             else:
-                await self.server.bounce(stanza, StanzaError("service-unavailable"))
+                await self.router.bounce(stanza, StanzaError("service-unavailable"))
             return
         if itype in ("result", "error"):
             if target == "host" or (to.bare == to and to.resource == ""):
-                self.server.iq_tracker.resolve(stanza, from_)
+                self.iq_tracker.resolve(stanza, from_)
             return
         await self.dispatch_iq(
             stanza, Scope.HOST if target == "host" else Scope.BARE, to, from_, origin
@@ -189,23 +177,15 @@ class Host:
     ) -> Element | None:
         """Run the IQ handler for a get/set; returns the reply (already routed unless
         ``scope`` is ``STREAM``, where the caller writes it)."""
-        payload = stanza[0] if len(stanza) == 1 else None
+        payload = iq_payload(stanza)
         handler = None
-        if payload is not None and isinstance(payload.tag, str):
+        request = None
+        if payload is not None:
             handler = self.iq_handlers.get((scope, stanza.get("type", ""), payload.tag))
-        if handler is None or payload is None:
-            reply = self.server.error_reply(stanza, StanzaError("service-unavailable"))
-        else:
             request = IqRequest(stanza, to, from_, payload, origin)
-            try:
-                reply = await handler(request)
-            except StanzaError as err:
-                reply = self.server.error_reply(stanza, err)
-            except Exception:
-                log.exception("IQ handler crashed on %s", summary(stanza))
-                reply = self.server.error_reply(stanza, StanzaError("internal-server-error"))
+        reply = await answer_iq(handler, stanza, request)
         if reply is not None and scope is not Scope.STREAM:
             if reply.get("from") is None:
                 reply.set("from", str(to))
-            await self.server.router.route(reply, None)
+            await self.router.route(reply, None)
         return reply

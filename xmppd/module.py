@@ -3,7 +3,6 @@ of one host. The ModuleManager (``xmppd.modules``) binds and unbinds them."""
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -12,14 +11,21 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
+from xmppd.access import AccessRule
+from xmppd.config import ConfigError
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
+from xmppd.iq import Identity, IqRequest, Scope
+from xmppd.router import DomainTaken
 from xmppd.storage.keyval import KeyValueStore
 from xmppd.storage.schema import METADATA
+from xmppd.users import register_user, remove_user
 
 if TYPE_CHECKING:
-    from xmppd.host import Host, IqRequest
+    from xmppd.core import Core
+    from xmppd.host import Host
     from xmppd.jid import JID
-    from xmppd.sessions import SessionManager
+    from xmppd.router import Destination, ServedDomain
+    from xmppd.sessions import SessionRegistry
     from xmppd.stanza import Element
     from xmppd.storage.database import Database
 
@@ -42,17 +48,6 @@ class Options(BaseModel):
 
 class NoOptions(Options):
     """For modules without options."""
-
-
-class Scope(enum.Enum):
-    """Whom an IQ handler answers for."""
-
-    HOST = "host"
-    """IQs addressed to the server itself (``to='example.org'``)."""
-    BARE = "bare"
-    """IQs addressed to an account's bare JID (including one's own, or no ``to``)."""
-    STREAM = "stream"
-    """IQs on a stream that has not authenticated yet (in-band registration)."""
 
 
 class ServiceKey(Generic[T]):
@@ -85,13 +80,6 @@ class HookRegistration:
     handler: Callable[..., Awaitable[Any]]
     priority: int
     fold: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    category: str
-    type: str
-    name: str = ""
 
 
 @dataclass(slots=True)
@@ -219,13 +207,26 @@ def module_metadata() -> sa.MetaData:
 
 
 class ModuleContext(Generic[OptionsT]):
-    """A module's view of one host: options, logger, storage, sessions, routing, timers."""
+    """A module's view of one host: options, logger, storage, sessions, routing, timers.
 
-    def __init__(self, module: Module[OptionsT], host: Host, options: OptionsT) -> None:
+    Built by the module manager from the host and the server-wide services
+    (:class:`~xmppd.core.Core`); one per module per host."""
+
+    def __init__(
+        self,
+        module: Module[OptionsT],
+        host: Host,
+        options: OptionsT,
+        core: Core,
+        peers: dict[str, ModuleContext[OptionsT]],
+    ) -> None:
         self.module = module
         self.name = module.name
         self.options: OptionsT = options
         self._host = host
+        self._core = core
+        self._peers = peers
+        self._served: list[tuple[str, Destination]] = []
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"xmppd.mod.{module.name}"), {"host": host.domain}
@@ -241,6 +242,13 @@ class ModuleContext(Generic[OptionsT]):
         """The host's own JID."""
         return self._host.jid
 
+    def for_host(self, domain: str) -> ModuleContext[OptionsT] | None:
+        """This module's context on the host ``domain`` (``None`` if it is not loaded
+        there). A handler of a ``global`` hook runs once per server, with the context
+        of the first host that loaded the module: it uses this to act for the host a
+        stanza concerns."""
+        return self._peers.get(domain)
+
     def provide(self, key: ServiceKey[T], value: T) -> None:
         """Offer ``value`` to other modules on this host under ``key``."""
         self._host.services[key.name] = value
@@ -254,17 +262,18 @@ class ModuleContext(Generic[OptionsT]):
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
         """Run ``coro`` in the background, owned by the server (cancelled at stop)."""
-        self._host.server.spawn(coro, name=name or f"mod_{self.name}")
+        self._core.tasks.spawn(coro, name=name or f"mod_{self.name}")
 
     # -- routing
     @property
-    def sessions(self) -> SessionManager:
-        """Bound client sessions of the whole server (look up by full or bare JID)."""
-        return self._host.server.sessions
+    def sessions(self) -> SessionRegistry:
+        """Bound client sessions of the whole server: look them up by full or bare JID,
+        deliver to them, read and write their per-session state."""
+        return self._core.sessions
 
     async def send(self, stanza: Element) -> None:
         """Route a stanza from the server (through ``filter_packet``)."""
-        await self._host.server.router.route(stanza, None)
+        await self._core.router.route(stanza, None)
 
     async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
         """Send an IQ get/set and await its result or error (``IqTimeout`` when none).
@@ -273,49 +282,86 @@ class ModuleContext(Generic[OptionsT]):
         """
         if iq.get("from") is None:
             iq.set("from", self.domain)
-        return await self._host.server.request(iq, timeout=timeout)
+        return await self._core.request(iq, timeout=timeout)
+
+    def serve_domain(self, domain: str, destination: Destination, *, name: str = "") -> None:
+        """Route every stanza for ``domain`` (and its JIDs) to ``destination`` for as long
+        as this module is loaded on this host. The host lists it in its disco#items
+        (with ``name``) when it is a subdomain of the host. ``ConfigError`` when
+        something else already serves the domain (a host, a component, a module)."""
+        try:
+            self._core.router.add(domain, destination)
+        except DomainTaken as exc:
+            raise ConfigError(f"{self.domain}: modules.{self.name}: {exc}") from None
+        self._served.append((domain, destination))
+        if domain.endswith("." + self.domain):
+            self._host.served[domain] = name
+
+    def serve(self, service: ServedDomain) -> None:
+        """:meth:`serve_domain` for a :class:`~xmppd.service.ServiceDomain`."""
+        self.serve_domain(service.domain, service, name=service.name)
+
+    def stop_serving(self) -> None:
+        """Remove this context's domains from the routing table (done at unload)."""
+        for domain, destination in self._served:
+            self._core.router.remove(domain, destination)
+            self._host.served.pop(domain, None)
+        self._served.clear()
+
+    def resolve_iq(self, stanza: Element, from_: JID) -> bool:
+        """Hand an IQ result/error to the :meth:`request` waiting for it (for served
+        domains: a request sent from the service's own address)."""
+        return self._core.iq_tracker.resolve(stanza, from_)
 
     async def run(self, hook: EventHook[E], event: E) -> bool:
         """Run an event hook on this host's bus (or the global bus for global hooks)."""
-        bus = self._host.server.bus if hook.scope == "global" else self._host.bus
+        bus = self._core.bus if hook.scope == "global" else self._host.bus
         return await bus.run(hook, event)
 
     async def fold_hook(self, hook: FoldHook[V, C], value: V, context: C) -> V | Drop:
-        bus = self._host.server.bus if hook.scope == "global" else self._host.bus
+        bus = self._core.bus if hook.scope == "global" else self._host.bus
         return await bus.fold(hook, value, context)
 
     # -- storage and accounts
     @property
     def db(self) -> Database:
         """The server's database (tables declared with ``module.table``)."""
-        return self._host.server.db
+        return self._core.db
 
     def keyval(self, store: str) -> KeyValueStore:
         """A per-user key/value store named ``store`` on this host."""
-        return KeyValueStore(self._host.server.db, self.domain, store)
+        return KeyValueStore(self._core.db, self.domain, store)
 
     async def account_exists(self, jid: JID) -> bool:
-        return await self._host.server.accounts.exists(jid.bare)
+        return await self._core.accounts.exists(jid.bare)
 
     async def register_user(self, jid: JID, password: str) -> None:
         """Create an account (raises ``AccountExists``) and run ``user_registered``."""
-        await self._host.server.register_user(jid, password)
+        await register_user(self._core, jid, password)
 
     async def remove_user(self, jid: JID) -> None:
         """Delete an account and all its data (runs ``user_removed``)."""
-        await self._host.server.remove_user(jid)
+        await remove_user(self._core, jid)
 
     async def set_password(self, jid: JID, password: str) -> None:
-        await self._host.server.accounts.set_password(jid.bare, password)
+        await self._core.accounts.set_password(jid.bare, password)
 
-    # -- server facts
+    # -- server facts and access
     def is_local(self, jid: JID) -> bool:
         """True when ``jid`` belongs to one of this server's hosts."""
-        return jid.domain in self._host.server.hosts
+        return self._core.is_local(jid.domain)
+
+    def is_admin(self, jid: JID) -> bool:
+        """True when ``jid`` is an administrator of this host (``[hosts.<d>] admins``)."""
+        return jid.bare in self._host.admins
+
+    def may(self, rule: AccessRule, jid: JID) -> bool:
+        """Whether ``jid`` passes the access rule ``rule`` on this host."""
+        return rule.allows(jid, is_local=self.is_local, is_admin=self.is_admin)
 
     def uptime(self) -> float:
         """Seconds since the server started."""
-        return self._host.server.uptime()
+        return self._core.uptime()
 
     def disco_info_for(self, scope: Scope) -> tuple[list[Identity], list[str]]:
         """Identities and features registered on this host for ``scope``."""
@@ -333,3 +379,17 @@ class HookSet(Module[OptionsT]):
         self, name: str, *, summary: str = "", options: type[OptionsT] | None = None
     ) -> None:
         super().__init__(name, summary, options or cast("type[OptionsT]", NoOptions))
+
+
+__all__ = [
+    "HookSet",
+    "Identity",
+    "IqRequest",
+    "Module",
+    "ModuleContext",
+    "NoOptions",
+    "Options",
+    "Scope",
+    "ServiceKey",
+    "module_metadata",
+]

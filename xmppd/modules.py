@@ -16,8 +16,8 @@ from xmppd.events import EventBus, Registration
 from xmppd.module import HookSet, Module, ModuleContext, Options, Scope
 
 if TYPE_CHECKING:
+    from xmppd.core import Core
     from xmppd.host import Host
-    from xmppd.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,16 @@ def validate_options(module: Module[Any], raw: Any, path: str, source: str) -> O
 
 
 class ModuleManager:
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._contexts: dict[str, dict[str, ModuleContext[Any]]] = {}
+        """Module name → host domain → context (what ``ctx.for_host`` looks in)."""
         self._loaded: dict[str, list[LoadedModule]] = {}
         self._global_bound: set[str] = set()
         self._plan: dict[str, list[tuple[Module[Any], Options]]] = {}
 
     def _module_table(self, domain: str) -> dict[str, Any]:
-        config = self._server.config
+        config = self._core.config
         table = dict(config.modules_for(domain))
         if not table and config.hosts[domain].modules is None:
             table = {name: {} for name in DEFAULT_MODULES}
@@ -112,7 +114,7 @@ class ModuleManager:
 
     def import_all(self) -> None:
         """Import and validate every module of every host (before tables are created)."""
-        config = self._server.config
+        config = self._core.config
         source = str(config.source or "<config>")
         for path in config.server.module_paths:
             import modules as modules_pkg
@@ -167,12 +169,14 @@ class ModuleManager:
 
     async def load_all(self) -> None:
         for domain, plan in self._plan.items():
-            host = self._server.hosts[domain]
+            host = self._core.hosts[domain]
             for module, options in plan:
                 await self.load(host, module, options)
 
     async def load(self, host: Host, module: Module[Any], options: Options) -> None:
-        ctx: ModuleContext[Any] = ModuleContext(module, host, options)
+        peers = self._contexts.setdefault(module.name, {})
+        ctx: ModuleContext[Any] = ModuleContext(module, host, options, self._core, peers)
+        peers[host.domain] = ctx
         loaded = LoadedModule(module, ctx)
         for iq in module.iq_handlers:
             host.add_iq_handler(iq.scope, iq.type, iq.namespace, iq.tag, partial(iq.handler, ctx))
@@ -180,7 +184,7 @@ class ModuleManager:
             if reg.hook.scope == "global":
                 if module.name in self._global_bound:
                     continue  # a global hook is bound once, with the first host's context
-                bus = self._server.bus
+                bus = self._core.bus
             else:
                 bus = host.bus
             handle = bus.add(
@@ -202,18 +206,20 @@ class ModuleManager:
 
     async def unload_all(self) -> None:
         for domain, loaded_list in self._loaded.items():
-            host = self._server.hosts[domain]
+            host = self._core.hosts[domain]
             for loaded in reversed(loaded_list):
                 for fn in loaded.module.unload_handlers:
                     try:
                         await fn(loaded.context)
                     except Exception:
                         log.exception("%s: unloading %s failed", domain, loaded.module.name)
+                loaded.context.stop_serving()
                 for bus, handle in loaded.registrations:
                     bus.remove(handle)
                 for iq in loaded.module.iq_handlers:
                     host.remove_iq_handler(iq.scope, iq.type, iq.namespace, iq.tag)
         self._loaded.clear()
+        self._contexts.clear()
         self._global_bound.clear()
 
     def loaded(self, domain: str) -> list[str]:

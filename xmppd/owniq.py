@@ -14,7 +14,7 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from xmppd.jid import JID, InvalidJID
-from xmppd.sessions import Session, SessionKey
+from xmppd.sessions import Session, SessionKey, SessionRegistry
 from xmppd.stanza import Element
 
 T = TypeVar("T")
@@ -43,33 +43,37 @@ class OwnIqWatch(Generic[T]):
         """An IQ with an id, to the session's own account: one that can be noted."""
         return iq.get("id") is not None and addressed_to_own_account(iq.get("to"), session)
 
-    def note(self, iq: Element, session: Session, value: T) -> bool:
+    def note(self, sessions: SessionRegistry, iq: Element, session: Session, value: T) -> bool:
         """Remember ``value`` for this IQ if :meth:`applies_to` it; ``False`` (nothing
         noted) otherwise."""
         iq_id = iq.get("id")
         if iq_id is None or not self.applies_to(iq, session):
             return False
-        notes = session.get(self._key)
-        if notes is None:
-            notes = {}
-            session.set(self._key, notes)
+        noted = sessions.get_state(session, self._key)
+        notes: dict[str, T] = {} if noted is None else dict(noted)
         notes.pop(iq_id, None)
         notes[iq_id] = value
         while len(notes) > self._limit:
             del notes[next(iter(notes))]
+        sessions.set_state(session, self._key, notes)
         return True
 
-    def reply(self, stanza: Element, session: Session) -> tuple[T, bool] | None:
+    def reply(
+        self, sessions: SessionRegistry, stanza: Element, session: Session
+    ) -> tuple[T, bool] | None:
         """For the reply to a noted IQ: the note, and whether the IQ succeeded."""
         if stanza.tag != "iq" or stanza.get("type") not in ("result", "error"):
             return None
-        notes = session.get(self._key)
+        notes = sessions.get_state(session, self._key)
         iq_id = stanza.get("id")
         if not notes or iq_id is None or iq_id not in notes:
             return None
         if not addressed_to_own_account(stanza.get("from"), session):
             return None
-        return notes.pop(iq_id), stanza.get("type") == "result"
+        remaining = dict(notes)
+        value = remaining.pop(iq_id)
+        sessions.set_state(session, self._key, remaining or None)
+        return value, stanza.get("type") == "result"
 
 
 class KeyedLocks:

@@ -1,44 +1,92 @@
-"""The router: every stanza passes ``filter_packet`` once, then goes to its host or
-to the external component (XEP-0114) that serves its domain."""
+"""The router: every stanza passes ``filter_packet`` once, then goes to the destination
+that serves its ``to`` domain in the routing table.
+
+The table maps a domain to a :class:`Destination`: a local host, an external
+component (XEP-0114), a service a module serves (``pubsub.example.org``), later the
+s2s link to a remote server (the default route) or another cluster node. Nothing in
+the router knows which kind a destination is.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from xmppd import hooks
 from xmppd.errors import StanzaError
-from xmppd.events import Drop
+from xmppd.events import Drop, EventBus
 from xmppd.hooks import RouteInfo
 from xmppd.jid import JID, InvalidJID
-from xmppd.stanza import Element, summary
+from xmppd.stanza import Element, error_reply, summary
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
     from xmppd.sessions import Session
 
 log = logging.getLogger(__name__)
 
-COMPONENT_UNAVAILABLE: Final = StanzaError(
-    "service-unavailable", "the component serving this domain is not connected", type="wait"
-)
-"""The bounce for a configured component that is not connected (RFC 6120 §8.3.3.19).
 
-Type ``wait``, not the usual ``cancel``: the component is expected back, and a sender
-that sees ``cancel`` may give up for good (mod_push disables a registration whose
-app server answers ``cancel``)."""
+class Destination(Protocol):
+    """Where the router hands a stanza after ``filter_packet``."""
+
+    async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        """Take ``stanza`` addressed to ``to`` (parsed), from ``from_``; ``origin`` is the
+        local client session it came from (``None``: the server, a component, a peer)."""
+
+
+class ServedDomain(Destination, Protocol):
+    """A destination that knows its own domain and display name (``ServiceDomain``)."""
+
+    @property
+    def domain(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class DomainTaken(Exception):
+    """A domain is already in the routing table."""
 
 
 class Router:
-    """filter_packet → local host → connected component (→ s2s and other cluster
-    nodes later) → bounce."""
+    """The routing table and the one way into it (:meth:`route`)."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    __slots__ = ("_bus", "_table", "default")
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._table: dict[str, Destination] = {}
+        self.default: Destination = RemoteDomains(self)
+        """The route for every domain not in the table (federation replaces it)."""
+
+    # ------------------------------------------------------------------ the table
+
+    def add(self, domain: str, destination: Destination) -> None:
+        """Serve ``domain`` by ``destination`` (``DomainTaken`` if something else does)."""
+        current = self._table.get(domain)
+        if current is not None and current is not destination:
+            raise DomainTaken(f"{domain} is already served by {current!r}")
+        self._table[domain] = destination
+
+    def remove(self, domain: str, destination: Destination) -> None:
+        """Stop serving ``domain`` (only if ``destination`` is the one serving it)."""
+        if self._table.get(domain) is destination:
+            del self._table[domain]
+
+    def destination(self, domain: str) -> Destination | None:
+        """What serves ``domain`` locally (``None``: the default route)."""
+        return self._table.get(domain)
+
+    def __contains__(self, domain: str) -> bool:
+        return domain in self._table
+
+    def domains(self) -> list[str]:
+        return list(self._table)
+
+    # ------------------------------------------------------------------ routing
 
     async def route(self, stanza: Element, origin: Session | None) -> None:
-        server = self._server
-        bus = server.bus
+        """Run ``filter_packet`` once, then hand the stanza to its destination."""
+        bus = self._bus
         if bus.has_handlers(hooks.FILTER_PACKET):
             result = await bus.fold(hooks.FILTER_PACKET, stanza, RouteInfo(origin))
             if isinstance(result, Drop):
@@ -51,17 +99,36 @@ class Router:
         except InvalidJID:
             log.debug("unroutable (bad address): %s", summary(stanza))
             return
-        host = server.hosts.get(to.domain)
-        if host is not None:
-            await host.deliver(stanza, to, from_, origin)
-            return
-        components = server.components
-        if to.domain in components:
-            component = components.connected(to.domain)
-            if component is not None:
-                await component.deliver(stanza)
-            elif stanza.tag != "presence":  # presence to an absent entity is dropped
-                await server.bounce(stanza, COMPONENT_UNAVAILABLE)
-            return
-        # Not ours: server-to-server federation is not available yet.
-        await server.bounce(stanza, StanzaError("remote-server-not-found"))
+        await self.dispatch(stanza, to, from_, origin)
+
+    async def dispatch(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        """Hand an already filtered stanza to its destination (what a cluster node that
+        receives a stanza from another node does: ``filter_packet`` ran there)."""
+        destination = self._table.get(to.domain, self.default)
+        await destination.deliver(stanza, to, from_, origin)
+
+    async def bounce(self, stanza: Element, err: StanzaError) -> None:
+        """Answer ``stanza`` with an error from its recipient, routed back to its sender
+        (never for an error or a result; RFC 6120 §8.3.1)."""
+        reply = error_reply(stanza, err)
+        if reply is not None and reply.get("to"):
+            await self.route(reply, None)
+
+
+REMOTE_SERVER_NOT_FOUND: Final = StanzaError("remote-server-not-found")
+
+
+class RemoteDomains:
+    """The default route while there is no federation: every stanza to a domain that is
+    not served here bounces with ``remote-server-not-found``."""
+
+    __slots__ = ("_router",)
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        await self._router.bounce(stanza, REMOTE_SERVER_NOT_FOUND)
+
+    def __repr__(self) -> str:
+        return "RemoteDomains()"

@@ -1,11 +1,13 @@
-"""The server: owns the configuration, storage, hosts, buses, router and listeners."""
+"""The server: assembles the parts (storage, routing table, session registry, hosts,
+modules, listeners) at start and owns their lifecycle. Nothing below it imports it:
+each part is given the services it uses (:class:`~xmppd.core.Core` for the logic
+layer)."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -13,21 +15,26 @@ from xmppd import hooks
 from xmppd.auth import sasl
 from xmppd.auth.accounts import Accounts
 from xmppd.auth.fast import FastTokens
-from xmppd.auth.scram import SCRAM_HASHES
 from xmppd.auth.throttle import FailedLoginThrottle
+from xmppd.components import ComponentDestination
 from xmppd.config import ServerConfig
+from xmppd.core import Core
 from xmppd.errors import StanzaError
-from xmppd.events import Drop, EventBus
+from xmppd.events import EventBus
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
+from xmppd.modules import ModuleManager
 from xmppd.router import Router
 from xmppd.server_secret import derive, load_or_create
-from xmppd.sessions import SessionManager
-from xmppd.stanza import Element, describe_payload, error_reply, new_id
+from xmppd.sessions import make_registry
+from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
 from xmppd.stream.component import ComponentRegistry
+from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, load_host_certificate
+from xmppd.transports.tcp import start_listeners
+from xmppd.users import export_user, register_user, remove_user
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +66,55 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.started_at = time.monotonic()
         self.bus = EventBus("global", summarize=describe_payload)
-        self.sessions = SessionManager()
-        self.router = Router(self)
+        self.sessions = make_registry(config.sessions.registry)
+        self.router = Router(self.bus)
         self.iq_tracker = IqTracker()
         self.db = Database(config.storage_url(), pool_size=config.storage.pool_size)
         self.accounts = Accounts(self.db, iterations=config.auth.scram_iterations)
+        self.tasks = TaskOwner()
+        self.core = Core(
+            config=config,
+            bus=self.bus,
+            router=self.router,
+            sessions=self.sessions,
+            iq_tracker=self.iq_tracker,
+            db=self.db,
+            accounts=self.accounts,
+            tasks=self.tasks,
+        )
+        self.started_at = self.core.started_at
         self.throttle = FailedLoginThrottle(
             free_failures=config.auth.failures_before_delay,
             max_delay=config.auth.max_failure_delay,
         )
-        self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.hosts}
+        self.hosts: dict[str, Host] = self.core.hosts
+        for domain, section in config.hosts.items():
+            host = Host(
+                domain,
+                router=self.router,
+                sessions=self.sessions,
+                iq_tracker=self.iq_tracker,
+                admins=frozenset(JID.parse(a).bare for a in section.admins),
+            )
+            self.hosts[domain] = host
+            self.router.add(domain, host)
         self.components = ComponentRegistry(config.components)
         """External components (XEP-0114): configured domains and connected streams."""
+        for component in config.components:
+            self.router.add(
+                component.domain,
+                ComponentDestination(component.domain, self.components, self.router),
+            )
         self.tls: TlsContexts | None = None
         self.secret = b""
         """The persistent server secret (xmppd.server_secret), loaded by :meth:`start`."""
         self.fast_tokens: FastTokens | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self.resumable: dict[str, Any] = {}
         """Stream-management sessions by resumption id (``C2SStream``)."""
         self._listeners: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
-        from xmppd.modules import ModuleManager
-
-        self.modules = ModuleManager(self)
+        self.modules = ModuleManager(self.core)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,11 +127,9 @@ class Server:
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
         await self.modules.load_all()
         for host in self.hosts.values():
-            host.bus.add(hooks.DISCO_ITEMS, self._component_items)
+            host.bus.add(hooks.DISCO_ITEMS, self._subdomain_items)
         if listen:
             await self._load_tls()
-            from xmppd.transports.tcp import start_listeners
-
             self._listeners = await start_listeners(self)
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
@@ -116,8 +144,8 @@ class Server:
             await asyncio.sleep(idle_for / 2)
             now = loop.time()
             released = 0
-            for session in self.sessions:
-                release = getattr(session, "release_idle_memory", None)
+            for endpoint in self.sessions.endpoints():
+                release = getattr(endpoint, "release_idle_memory", None)
                 if release is not None and release(now, idle_for):
                     released += 1
             if released:
@@ -146,16 +174,23 @@ class Server:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{source}: {path}.certificate: cannot load: {exc}") from None
 
-    async def _component_items(
+    async def _subdomain_items(
         self, items: tuple[hooks.DiscoItem, ...], query: hooks.DiscoQuery
     ) -> tuple[hooks.DiscoItem, ...]:
-        """A host's disco#items lists the components under its domain (XEP-0114
-        services such as a push app server), as Prosody does for subdomains."""
+        """A host's disco#items lists the services under its domain: the components
+        (XEP-0114, such as a push app server), as Prosody does for subdomains, and the
+        domains its modules serve (``pubsub.<host>``...)."""
         to = query.to
         if to.local or to.resource or query.node is not None:
             return items
-        found = self.components.subdomains_of(to.domain)
-        return (*items, *(hooks.DiscoItem(JID.parse(d)) for d in found)) if found else items
+        found = [hooks.DiscoItem(JID.parse(d)) for d in self.components.subdomains_of(to.domain)]
+        host = self.hosts.get(to.domain)
+        if host is not None:
+            found.extend(
+                hooks.DiscoItem(JID.parse(d), name or None)
+                for d, name in sorted(host.served.items())
+            )
+        return (*items, *found) if found else items
 
     def _load_secret(self) -> None:
         auth = self.config.auth
@@ -200,14 +235,11 @@ class Server:
         await self.bus.run(hooks.SERVER_STOPPING, hooks.ServerEvent(reason))
         for listener in self._listeners:
             listener.close()
-        for session in list(self.sessions):
-            session.close("system-shutdown")
+        for endpoint in self.sessions.endpoints():
+            endpoint.close("system-shutdown")
         self.components.close_all("system-shutdown")
         await self.modules.unload_all()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.cancel_all()
         for listener in self._listeners:
             await listener.wait_closed()
         await self.db.close()
@@ -222,24 +254,16 @@ class Server:
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
         """Run a background task owned by the server; it is cancelled at stop."""
-        _ = self.start_task(coro, name=name)
+        self.tasks.spawn(coro, name=name)
 
     def start_task(
         self, coro: Coroutine[Any, Any, None], *, name: str | None = None
     ) -> asyncio.Task[None]:
         """:meth:`spawn`, returning the task for callers that wait for it."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        return self.tasks.start_task(coro, name=name)
 
     def uptime(self) -> float:
-        return time.monotonic() - self.started_at
+        return self.core.uptime()
 
     # ------------------------------------------------------------------ stanzas
 
@@ -248,9 +272,7 @@ class Server:
 
     async def bounce(self, stanza: Element, err: StanzaError) -> None:
         """Answer ``stanza`` with an error from its recipient (never for errors/results)."""
-        reply = error_reply(stanza, err)
-        if reply is not None and reply.get("to"):
-            await self.router.route(reply, None)
+        await self.router.bounce(stanza, err)
 
     async def send(self, stanza: Element) -> None:
         """Route a server-originated stanza."""
@@ -258,64 +280,21 @@ class Server:
 
     async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
         """Send an IQ get/set and await the result or error (``IqTimeout`` if none)."""
-        iq_id = iq.get("id") or new_id()
-        iq.set("id", iq_id)
-        fut = self.iq_tracker.expect(iq_id, iq.get("to", ""))
-        try:
-            await self.router.route(iq, None)
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise IqTimeout(iq_id) from None
-        finally:
-            self.iq_tracker.forget(iq_id)
+        return await self.core.request(iq, timeout=timeout)
 
     # ------------------------------------------------------------------ accounts
 
     async def register_user(self, jid: JID, password: str) -> None:
         """Create an account and announce it (``user_registered``)."""
-        await self.accounts.create(jid.bare, password)
-        host = self.hosts.get(jid.domain)
-        if host is not None:
-            await host.bus.run(hooks.USER_REGISTERED, hooks.UserEvent(jid.bare))
+        await register_user(self.core, jid, password)
 
     async def export_user(self, jid: JID) -> Element:
-        """The account's data as a XEP-0227 ``<server-data>`` document (credentials as
-        SCRAM keys: there is no password to export), gathered through ``user_export``."""
-        from xmppd.export import export_document
-
-        bare = jid.bare
-        host = self.hosts[bare.domain]
-        creds = [
-            c
-            for h in SCRAM_HASHES
-            if (c := await self.accounts.get_scram(bare.domain, bare.local, h)) is not None
-        ]
-        parts = await host.bus.fold(hooks.USER_EXPORT, (), hooks.UserEvent(bare))
-        return export_document(bare, creds, () if isinstance(parts, Drop) else parts)
+        """The account's data as a XEP-0227 document (``user_export``)."""
+        return await export_user(self.core, jid)
 
     async def remove_user(self, jid: JID) -> bool:
-        """Delete an account and all its data; its sessions are closed.
-
-        Order matters: the credentials go first (no new login can start), then the
-        sessions end and their teardown (presence, last seen) finishes, then modules
-        delete the user's data, so nothing is written back afterwards; the account row
-        goes last, so the name cannot be registered again while its data is deleted.
-        """
-        bare = jid.bare
-        host = self.hosts.get(bare.domain)
-        existed = await self.accounts.exists(bare)
-        await self.accounts.revoke_credentials(bare)
-        for _ in range(2):  # a second pass catches a login that was mid-flight
-            closing = []
-            for session in self.sessions.of(bare):
-                session.close("not-authorized", "account removed")
-                closing.append(session.wait_closed())
-            await asyncio.gather(*closing)
-            if host is not None and _ == 0:
-                await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
-        await self.accounts.delete(bare)
-        return existed
+        """Delete an account and all its data; its sessions are closed."""
+        return await remove_user(self.core, jid)
 
 
 __all__ = ["IqTimeout", "Server"]

@@ -358,7 +358,7 @@ async def query(ctx: Ctx, req: IqRequest) -> Element:
     if req.payload.find(f"{{{NS_MAM}}}flip-page") is not None:
         rows = rows[::-1]
     for row in rows:
-        session.send_raw(_result(session, user, queryid, row))
+        ctx.sessions.send_raw(session, _result(session, user, queryid, row))
     fin = payload(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
     if queryid is not None:
         fin.set("queryid", queryid)

@@ -83,6 +83,7 @@ from xmppd.api import (
     IqTimeout,
     Priority,
     Scope,
+    ServiceKey,
     Session,
     SessionKey,
     StanzaError,
@@ -169,24 +170,33 @@ def _error(req: IqRequest, err: PubsubError) -> Element:
 # ----------------------------------------------------------------------------- sessions
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class _Interests:
     """A session's XEP-0115 state: its verified ``+notify`` features, the caps they come
-    from, and the lookups still under way (handled one at a time, in order)."""
+    from, and how many caps lookups it has caused."""
 
     features: frozenset[str] = frozenset()
     adopted: tuple[str, str] | None = None
-    pending: int = 0
     queries: int = 0
+
+
+INTERESTS: Final[SessionKey[_Interests]] = SessionKey("pep.interests", _Interests())
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """Caps lookups under way for one session, handled one at a time, in order. Lives
+    where the lookup runs (the node of the session's stream), not in the registry."""
+
+    pending: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-INTERESTS: SessionKey[_Interests | None] = SessionKey("pep.interests", None)
+LOOKUPS: Final[ServiceKey[dict[JID, _Lookup]]] = ServiceKey("pep.lookups")
 
 
-def _features(session: Session) -> frozenset[str]:
-    state = session.get(INTERESTS)
-    return frozenset() if state is None else state.features
+def _features(ctx: Ctx, session: Session) -> frozenset[str]:
+    return ctx.sessions.get_state(session, INTERESTS).features
 
 
 def _store(ctx: Ctx) -> PepStore:
@@ -227,14 +237,16 @@ async def _recipients(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> li
         return []
     wanted = name + NOTIFY
     everyone = ctx.options.notify_all_owner_resources
-    found = [s.jid for s in ctx.sessions.available(owner) if everyone or wanted in _features(s)]
+    found = [
+        s.jid for s in ctx.sessions.available(owner) if everyone or wanted in _features(ctx, s)
+    ]
     if config.access_model not in ("presence", "open"):
         return found
     for item in (await ctx.service(ROSTER).items(owner)).values():
         if not item.has_from or item.contact == owner:
             continue
         for session in ctx.sessions.available(item.contact):
-            if session.priority >= 0 and wanted in _features(session):
+            if session.priority >= 0 and wanted in _features(ctx, session):
                 found.append(session.jid)
     return found
 
@@ -592,53 +604,60 @@ async def presence_sent(ctx: Ctx, event: StanzaEvent) -> None:
         return None
     initial = not session.is_available
     priority = _priority(stanza)
-    state = session.get(INTERESTS)
-    if state is None:
-        state = _Interests()
-        session.set(INTERESTS, state)
+    state = ctx.sessions.get_state(session, INTERESTS)
+    lookups = ctx.service(LOOKUPS)
+    lookup = lookups.get(session.jid)
+    pending = 0 if lookup is None else lookup.pending
     claim = parse_caps(stanza)
-    if claim is None or (state.pending == 0 and claim.key == state.adopted):
+    if claim is None or (pending == 0 and claim.key == state.adopted):
         # No news about its interests (the usual presence update, or no caps at all).
-        if initial and state.features and state.pending == 0 and priority >= 0:
+        if initial and state.features and pending == 0 and priority >= 0:
             await _send_last_items(ctx, session, interested_nodes(state.features))
         return None
     known = _store(ctx).cached_interests(claim.key)
-    if known is not None and state.pending == 0:
-        await _adopt(ctx, session, state, claim, known, initial=initial, priority=priority)
+    if known is not None and pending == 0:
+        await _adopt(ctx, session, claim, known, initial=initial, priority=priority)
         return None
     # The client answers our query on this same stream, whose worker runs this handler:
     # look it up in the background. Later presences of the session queue behind it.
-    state.pending += 1
-    ctx.spawn(_learn(ctx, session, state, claim, initial, priority), name="mod_pep caps")
+    if lookup is None:
+        lookup = lookups[session.jid] = _Lookup()
+    lookup.pending += 1
+    ctx.spawn(_learn(ctx, session, lookup, claim, initial, priority), name="mod_pep caps")
     return None
 
 
 async def _learn(
-    ctx: Ctx, session: Session, state: _Interests, claim: Caps, initial: bool, priority: int
+    ctx: Ctx, session: Session, lookup: _Lookup, claim: Caps, initial: bool, priority: int
 ) -> None:
     try:
-        async with state.lock:
-            interests = await _resolve(ctx, session, state, claim)
-            if interests is not None and ctx.sessions.get(session.jid) is session:
-                await _adopt(
-                    ctx, session, state, claim, interests, initial=initial, priority=priority
-                )
+        async with lookup.lock:
+            interests = await _resolve(ctx, session, claim)
+            current = ctx.sessions.get(session.jid)
+            if (
+                interests is not None
+                and current is not None
+                and current.stream_id == session.stream_id
+            ):
+                await _adopt(ctx, session, claim, interests, initial=initial, priority=priority)
     finally:
-        state.pending -= 1
+        lookup.pending -= 1
+        lookups = ctx.service(LOOKUPS)
+        if lookup.pending == 0 and lookups.get(session.jid) is lookup:
+            del lookups[session.jid]
 
 
-async def _resolve(
-    ctx: Ctx, session: Session, state: _Interests, claim: Caps
-) -> frozenset[str] | None:
+async def _resolve(ctx: Ctx, session: Session, claim: Caps) -> frozenset[str] | None:
     """The verified interests behind ``claim``: stored, or asked of the client."""
     store = _store(ctx)
     known = await store.stored_interests(claim.key)
     if known is not None:
         return known
+    state = ctx.sessions.get_state(session, INTERESTS)
     if state.queries >= ctx.options.max_caps_queries:
         ctx.log.debug("caps of %s: too many lookups for one session", session.jid)
         return None
-    state.queries += 1
+    ctx.sessions.set_state(session, INTERESTS, replace(state, queries=state.queries + 1))
     iq = element("iq", {"type": "get", "id": new_id(), "from": ctx.domain, "to": str(session.jid)})
     iq.append(payload(ns.DISCO_INFO, "query", {"node": f"{claim.node}#{claim.ver}"}))
     try:
@@ -660,7 +679,6 @@ async def _resolve(
 async def _adopt(
     ctx: Ctx,
     session: Session,
-    state: _Interests,
     claim: Caps,
     interests: frozenset[str],
     *,
@@ -668,9 +686,11 @@ async def _adopt(
     priority: int,
 ) -> None:
     """Take the session's new interests; send the last items of the nodes new among them."""
+    state = ctx.sessions.get_state(session, INTERESTS)
     before = frozenset() if initial else state.features
-    state.features = interests
-    state.adopted = claim.key
+    ctx.sessions.set_state(
+        session, INTERESTS, replace(state, features=interests, adopted=claim.key)
+    )
     if priority < 0:
         return
     fresh = interested_nodes(interests) - interested_nodes(before)
@@ -750,7 +770,7 @@ async def _new_subscriber(ctx: Ctx, event: StanzaEvent) -> None:
     if mine is None or not mine.ask or mine.has_to:
         return  # no pending request: mod_presence ignores this 'subscribed'
     for session in ctx.sessions.available(user):
-        names = interested_nodes(_features(session))
+        names = interested_nodes(_features(ctx, session))
         if session.priority >= 0 and names:
             when = ("on_sub", "on_sub_and_presence")
             await _send_last_items_of(ctx, session, [owner], names, when=when)
@@ -818,6 +838,7 @@ async def disco_items(
 @module.on_load
 async def provide(ctx: Ctx) -> None:
     ctx.provide(PEP, PepStore(ctx))
+    ctx.provide(LOOKUPS, {})
 
 
 @module.on(hooks.USER_REGISTERED)

@@ -6,12 +6,13 @@ private and may change. See docs/module-guide.md for a worked example.
 
 from __future__ import annotations
 
+from xmppd.access import AccessRule
 from xmppd.api import hooks, ns
 from xmppd.auth.accounts import AccountExists, NoSuchAccount
 from xmppd.config import Duration, Size
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
-from xmppd.host import IqRequest
+from xmppd.iq import IqRequest
 from xmppd.iqtracker import IqTimeout
 from xmppd.jid import JID, InvalidJID
 from xmppd.module import (
@@ -25,14 +26,18 @@ from xmppd.module import (
     ServiceKey,
 )
 from xmppd.owniq import KeyedLocks, OwnIqWatch
-from xmppd.sessions import Session, SessionKey
+from xmppd.router import Destination
+from xmppd.service import ServiceDomain
+from xmppd.sessions import Session, SessionKey, SessionRegistry
 from xmppd.stanza import Element
 
 __all__ = [
     "DROP",
     "STOP",
     "JID",
+    "AccessRule",
     "AccountExists",
+    "Destination",
     "Drop",
     "Duration",
     "Element",
@@ -52,9 +57,11 @@ __all__ = [
     "OwnIqWatch",
     "Priority",
     "Scope",
+    "ServiceDomain",
     "ServiceKey",
     "Session",
     "SessionKey",
+    "SessionRegistry",
     "Size",
     "StanzaError",
     "Stop",

@@ -208,7 +208,9 @@ class C2SStream(SessionData):
             return
         host = self.host
         if host is not None and host.bus.has_handlers(hooks.USER_RECEIVE_PACKET):
-            result = await host.bus.fold(hooks.USER_RECEIVE_PACKET, stanza, PacketContext(self))
+            result = await host.bus.fold(
+                hooks.USER_RECEIVE_PACKET, stanza, PacketContext(self.server.sessions.view(self))
+            )
             if isinstance(result, Drop):
                 return
             stanza = result
@@ -390,7 +392,7 @@ class C2SStream(SessionData):
         extra = await host.bus.fold(
             hooks.C2S_STREAM_FEATURES,
             (),
-            FeaturesContext(self, stage),  # type: ignore[arg-type]
+            FeaturesContext(self.server.sessions.view(self), stage),  # type: ignore[arg-type]
         )
         if not isinstance(extra, Drop):
             for el in extra:
@@ -406,7 +408,11 @@ class C2SStream(SessionData):
         assert host is not None
         cfg = self.server.config.c2s
         inline: tuple[str, ...] = (sm_ns.NS,) if cfg.stream_management else ()
-        more = await host.bus.fold(hooks.BIND2_FEATURES, inline, FeaturesContext(self, "pre-auth"))
+        more = await host.bus.fold(
+            hooks.BIND2_FEATURES,
+            inline,
+            FeaturesContext(self.server.sessions.view(self), "pre-auth"),
+        )
         return sasl2.authentication_feature(
             self._offered_mechanisms(channel),
             bind_features=inline if isinstance(more, Drop) else more,
@@ -710,7 +716,9 @@ class C2SStream(SessionData):
         self._write(sasl2.success(self._jid_str, step.data, extra))
         self._write(etree.tostring(features))
         if self.is_bound:
-            await host.bus.run(hooks.RESOURCE_BOUND, hooks.SessionEvent(self))
+            await host.bus.run(
+                hooks.RESOURCE_BOUND, hooks.SessionEvent(self.server.sessions.view(self))
+            )
 
     async def _fast_token(
         self, username: str, mech: sasl.Mechanism, request: sasl2.AuthenticateRequest
@@ -748,7 +756,9 @@ class C2SStream(SessionData):
         if sm_enable is not None:
             answers.append(self._enable_sm(sm_enable))
         others = tuple(el for el in requests if el is not sm_enable)
-        more = await host.bus.fold(hooks.BIND2_BOUND, (), hooks.Bind2Request(self, others))
+        more = await host.bus.fold(
+            hooks.BIND2_BOUND, (), hooks.Bind2Request(self.server.sessions.view(self), others)
+        )
         if not isinstance(more, Drop):
             answers.extend(more)
         return sasl2.bound(answers)
@@ -799,13 +809,17 @@ class C2SStream(SessionData):
         bind = payload(ns.BIND, "bind")
         child(bind, "jid", text=self._jid_str)
         self.send_raw(iq_result(iq, bind))
-        await host.bus.run(hooks.RESOURCE_BOUND, hooks.SessionEvent(self))
+        await host.bus.run(
+            hooks.RESOURCE_BOUND, hooks.SessionEvent(self.server.sessions.view(self))
+        )
 
     async def _take_resource(self, resource: str) -> None:
         """Set the session's full JID (``pre_resource_bind`` may change or refuse it)."""
         host = self.host
         assert host is not None and self._jid is not None
-        result = await host.bus.fold(hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self))
+        result = await host.bus.fold(
+            hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self.server.sessions.view(self))
+        )
         if isinstance(result, Drop):
             raise StanzaError("not-allowed")
         try:
@@ -817,7 +831,7 @@ class C2SStream(SessionData):
 
     def _go_live(self) -> None:
         """Make the bound session routable; an older one with the same JID is closed."""
-        replaced = self.server.sessions.add(self)
+        replaced = self.server.sessions.bind(self)
         self.is_bound = True
         self._timeout.cancel()
         if replaced is not None and replaced is not self:
@@ -832,7 +846,8 @@ class C2SStream(SessionData):
                 raise StreamError("policy-violation", "already authenticated")
             host = self.host
             if host is not None and await host.bus.run(
-                hooks.C2S_STREAM_ELEMENT, hooks.StreamElementEvent(self, el)
+                hooks.C2S_STREAM_ELEMENT,
+                hooks.StreamElementEvent(self.server.sessions.view(self), el),
             ):
                 return
             raise StreamError("unsupported-stanza-type")
@@ -863,17 +878,21 @@ class C2SStream(SessionData):
         host = self.host
         assert host is not None
         if host.bus.has_handlers(hooks.USER_SEND_PACKET):
-            result = await host.bus.fold(hooks.USER_SEND_PACKET, el, PacketContext(self))
+            result = await host.bus.fold(
+                hooks.USER_SEND_PACKET, el, PacketContext(self.server.sessions.view(self))
+            )
             if isinstance(result, Drop):
                 return
             el = result
         if kind == "presence":
             to = JID.parse(to_attr) if to_attr is not None else self.jid.bare
-            if await host.bus.run(hooks.PRESENCE_OUT, StanzaEvent(el, to, self.jid, self)):
+            if await host.bus.run(
+                hooks.PRESENCE_OUT, StanzaEvent(el, to, self.jid, self.server.sessions.view(self))
+            ):
                 return
             if to_attr is None:
                 return
-        await self.server.router.route(el, self)
+        await self.server.router.route(el, self.server.sessions.view(self))
 
     # ------------------------------------------------------------------ output and teardown
 
@@ -1067,15 +1086,21 @@ class C2SStream(SessionData):
         if self._worker is not None and self._worker is not asyncio.current_task():
             self._worker.cancel()
         if self.is_bound:
-            self.server.sessions.remove(self)
+            self.server.sessions.unbind(self)
             host = self.host
             if host is not None:
                 self._unbound = self.server.start_task(
                     self._announce_unbound(host), name="resource_unbound"
                 )
+                return
+        self.server.sessions.release(self)
 
     async def _announce_unbound(self, host: Host) -> None:
-        await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(self))
+        sessions = self.server.sessions
+        try:
+            await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(sessions.view(self)))
+        finally:
+            sessions.release(self)
 
     async def wait_closed(self) -> None:
         """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
