@@ -127,8 +127,11 @@ def eligible(stanza: Element) -> bool:
 
 def _interested(ctx: Ctx, user: JID, skip: list[Session]) -> list[Session]:
     """The user's carbons-enabled sessions, except those in ``skip``."""
+    skipped = {s.jid for s in skip}
     return [
-        s for s in ctx.sessions.of(user) if ctx.sessions.get_state(s, ENABLED) and s not in skip
+        s
+        for s in ctx.sessions.of(user)
+        if s.jid not in skipped and ctx.sessions.get_state(s, ENABLED)
     ]
 
 

@@ -262,7 +262,7 @@ class OfflineStore:
                 delivered: list[int] = []
                 try:
                     for row in rows:
-                        if ctx.sessions.get(session.jid) is not session:
+                        if not ctx.sessions.is_current(session):
                             break
                         try:
                             stanza = parse_stored(row.stanza)

@@ -98,7 +98,7 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
         priority = max(-128, min(127, int(prio))) if prio else 0
     except ValueError:
         priority = 0
-    ctx.sessions.set_presence(session, stanza, priority)
+    session = ctx.sessions.set_presence(session, stanza, priority)
     user = session.jid.bare
     roster = _roster(ctx)
     items = await roster.items(user)
@@ -140,7 +140,7 @@ async def _broadcast_unavailable(
     user's other resources (and, with ``echo``, to the session itself)."""
     if not session.is_available:
         return
-    ctx.sessions.set_presence(session, None, 0)
+    session = ctx.sessions.set_presence(session, None, 0)
     user = session.jid.bare
     items = await _roster(ctx).items(user)
     sent: set[JID] = set()

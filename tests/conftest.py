@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import XmppdServer, running_server
+from tests.support.server import SESSION_REGISTRY, XmppdServer, running_server
+
+# The second pass of the suite (a serialised session registry) runs on SQLite only:
+# the registry does not touch storage.
+BACKENDS = ["sqlite", "postgresql"] if SESSION_REGISTRY == "memory" else ["sqlite"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[XmppdServer]:

@@ -68,6 +68,7 @@ class Server:
         self.config = config
         self.bus = EventBus("global", summarize=describe_payload)
         self.sessions = make_registry(config.sessions.registry)
+        log.info("session registry: %s", config.sessions.registry)
         self.router = Router(self.bus)
         self.iq_tracker = IqTracker()
         self.db = Database(config.storage_url(), pool_size=config.storage.pool_size)

@@ -162,6 +162,10 @@ class SessionRegistry(Protocol):
 
     def is_online(self, bare: JID) -> bool: ...
 
+    def is_current(self, session: Session) -> bool:
+        """``session`` is still the one bound to its full JID (not closed, not replaced
+        by a new session with the same resource)."""
+
     async def deliver(self, session: Session, stanza: Element) -> None:
         """Send ``stanza`` to the client (``user_receive_packet`` runs)."""
 
@@ -181,8 +185,9 @@ class SessionRegistry(Protocol):
 
     def set_state(self, session: Session, key: SessionKey[T], value: T) -> None: ...
 
-    def set_presence(self, session: Session, presence: Element | None, priority: int) -> None:
-        """Record the session's last available presence broadcast (``None``: unavailable)."""
+    def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
+        """Record the session's last available presence broadcast (``None``: unavailable)
+        and its priority; returns the session as it is now (a handle may be a snapshot)."""
 
     def set_interested(self, session: Session) -> None:
         """The client requested its roster: it receives roster pushes from now on."""
@@ -311,6 +316,9 @@ class MemorySessions(_JidMaps):
             return []
         return _best_priority(list(resources.values()))
 
+    def is_current(self, session: Session) -> bool:
+        return self._full.get(session.jid) is session
+
     async def deliver(self, session: Session, stanza: Element) -> None:
         await cast(Endpoint, session).deliver(stanza)
 
@@ -331,10 +339,11 @@ class MemorySessions(_JidMaps):
     def set_state(self, session: Session, key: SessionKey[T], value: T) -> None:
         cast(Endpoint, session).set(key, value)
 
-    def set_presence(self, session: Session, presence: Element | None, priority: int) -> None:
+    def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
         endpoint = cast(Endpoint, session)
         endpoint.presence = presence
         endpoint.priority = priority
+        return endpoint
 
     def set_interested(self, session: Session) -> None:
         cast(Endpoint, session).is_interested = True
@@ -455,6 +464,9 @@ class SerialisedSessions(_JidMaps):
     def message_targets(self, bare: JID) -> list[Session]:
         return _best_priority(self.of(bare))
 
+    def is_current(self, session: Session) -> bool:
+        return self._full.get(session.jid) is self._endpoint(session)
+
     # -- actions
     async def deliver(self, session: Session, stanza: Element) -> None:
         await self._endpoint(session).deliver(stanza)
@@ -481,12 +493,13 @@ class SerialisedSessions(_JidMaps):
         record.state[key.name] = value
         self._store(endpoint, record)
 
-    def set_presence(self, session: Session, presence: Element | None, priority: int) -> None:
+    def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
         endpoint = self._endpoint(session)
         record = self._load(endpoint)
         record.presence = None if presence is None else serialize(presence)
         record.priority = priority
         self._store(endpoint, record)
+        return self._snapshot(endpoint)
 
     def set_interested(self, session: Session) -> None:
         endpoint = self._endpoint(session)

@@ -633,12 +633,7 @@ async def _learn(
     try:
         async with lookup.lock:
             interests = await _resolve(ctx, session, claim)
-            current = ctx.sessions.get(session.jid)
-            if (
-                interests is not None
-                and current is not None
-                and current.stream_id == session.stream_id
-            ):
+            if interests is not None and ctx.sessions.is_current(session):
                 await _adopt(ctx, session, claim, interests, initial=initial, priority=priority)
     finally:
         lookup.pending -= 1

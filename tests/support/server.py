@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("XMPPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+SESSION_REGISTRY = os.environ.get("XMPPD_TEST_SESSIONS", "memory")
+"""The session registry the servers under test use (``[sessions] registry``): the
+suite's second pass sets ``serialised`` (see ``./dev test``)."""
 FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
 
 
@@ -110,6 +113,8 @@ def write_config(
         f"url = {_toml_value(storage_url)}",
         "[auth]",
         "failures_before_delay = 1000",
+        "[sessions]",
+        f"registry = {_toml_value(SESSION_REGISTRY)}",
         "[[listeners]]",
         'address = "127.0.0.1"',
         f"port = {starttls_port}",
