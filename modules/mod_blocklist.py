@@ -44,7 +44,6 @@ as the routing filter is global.
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -71,7 +70,7 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import PacketContext, RouteInfo, SessionEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, element, error_reply, new_id, payload
-from xmppd.api.storage import Column, Database, String, bindparam, delete, select
+from xmppd.api.storage import Column, String, bindparam, delete, select
 
 NS_BLOCKING: Final = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS: Final = "urn:xmpp:blocking:errors"
@@ -152,7 +151,7 @@ def _is_local_server(ctx: Ctx, jid: JID) -> bool:
 
 
 class Blocklists:
-    """Blocklist storage and cache for all hosts of the server (the ``BLOCKLIST`` service).
+    """Blocklist storage and cache of one host's accounts (the ``BLOCKLIST`` service).
 
     The database is the truth. A list is cached while its account is online, and in a
     bounded LRU otherwise; every change goes through this object, which keeps the
@@ -160,10 +159,7 @@ class Blocklists:
     """
 
     def __init__(self, ctx: Ctx) -> None:
-        # Only the server-wide parts of this context are used: db, sessions and log.
         self._ctx = ctx
-        self.domains: set[str] = set()
-        """Hosts where the module is loaded: only their accounts' lists apply."""
         self.in_use = False
         """Some account may have a non-empty list; until then the filters do nothing."""
         self._online: dict[JID, frozenset[str]] = {}
@@ -172,9 +168,9 @@ class Blocklists:
         self._epoch = 0
         """Bumped by every change: a load that raced with one is not cached."""
 
-    async def check_in_use(self, domain: str) -> None:
+    async def check_in_use(self) -> None:
         if not self.in_use:
-            found = await self._ctx.db.fetch_value(_ANY_ITEM, {"host": domain})
+            found = await self._ctx.db.fetch_value(_ANY_ITEM, {"host": self._ctx.domain})
             self.in_use = found is not None
 
     def _remember(self, user: JID, items: frozenset[str]) -> None:
@@ -259,27 +255,12 @@ class Blocklists:
 
 BLOCKLIST: Final = ServiceKey[Blocklists]("blocklist")
 
-_SHARED: Final[weakref.WeakKeyDictionary[Database, Blocklists]] = weakref.WeakKeyDictionary()
-"""One store per server (its database): the global filter and every host use it."""
-
 
 @module.on_load
 async def provide(ctx: Ctx) -> None:
-    store = _SHARED.get(ctx.db)
-    if store is None:
-        store = _SHARED[ctx.db] = Blocklists(ctx)
-    store.domains.add(ctx.domain)
-    await store.check_in_use(ctx.domain)
+    store = Blocklists(ctx)
+    await store.check_in_use()
     ctx.provide(BLOCKLIST, store)
-
-
-@module.on_unload
-async def release(ctx: Ctx) -> None:
-    store = _SHARED.get(ctx.db)
-    if store is not None:
-        store.domains.discard(ctx.domain)
-        if not store.domains:
-            del _SHARED[ctx.db]
 
 
 # ----------------------------------------------------------------------------- IQs
@@ -306,6 +287,15 @@ def _requested_items(query: Element) -> list[str]:
 
 def _store(ctx: Ctx) -> Blocklists:
     return ctx.service(BLOCKLIST)
+
+
+def _store_of(ctx: Ctx, jid: JID) -> Blocklists | None:
+    """The store of the host of a local account ``jid`` where the module is loaded (the
+    global filter runs with one host's context and acts for every host)."""
+    if not jid.local:
+        return None
+    peer = ctx.for_host(jid.domain)
+    return None if peer is None else peer.service(BLOCKLIST)
 
 
 @module.iq("get", NS_BLOCKING, "blocklist", to=Scope.BARE)
@@ -523,9 +513,6 @@ async def _refuse_inbound(ctx: Ctx, stanza: Element, kind: str, stype: str | Non
 async def enforce(ctx: Ctx, stanza: Element, route: RouteInfo) -> Element | Drop:
     """Every routed stanza: from a blocked entity to a local account, or sent by the
     server on behalf of a local account to an entity it blocks."""
-    store = _store(ctx)
-    if not store.in_use:
-        return stanza
     try:
         to = JID.parse(stanza.get("to") or "")
         frm = JID.parse(stanza.get("from") or "")
@@ -534,22 +521,25 @@ async def enforce(ctx: Ctx, stanza: Element, route: RouteInfo) -> Element | Drop
     if to.bare == frm.bare:
         return stanza
     kind, stype = stanza.tag, stanza.get("type")
+    to_store = _store_of(ctx, to)
     if (
-        to.local
-        and to.domain in store.domains
+        to_store is not None
+        and to_store.in_use
         and not _is_local_server(ctx, frm)
         and (ctx.sessions.is_online(to.bare) or _needs_offline_check(kind, stype))
-        and _matches(await store.get(to.bare), frm)
+        and _matches(await to_store.get(to.bare), frm)
     ):
         await _refuse_inbound(ctx, stanza, kind, stype)
         return DROP
+    if route.origin is not None:
+        return stanza  # a client's own stanzas were checked in user_send_packet
+    from_store = _store_of(ctx, frm)
     if (
-        route.origin is None  # a client's own stanzas were checked in user_send_packet
-        and frm.local
-        and frm.domain in store.domains
+        from_store is not None
+        and from_store.in_use
         and stype not in _OUTBOUND_ALWAYS
         and not _is_local_server(ctx, to)
-        and _matches(await store.get(frm.bare), to)
+        and _matches(await from_store.get(frm.bare), to)
     ):
         return DROP
     return stanza
@@ -561,7 +551,7 @@ async def filter_delivery(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Ele
     user's probes directly), and blocks of one resource of a bare-addressed recipient."""
     store = _store(ctx)
     frm_attr = stanza.get("from")
-    if not store.in_use or frm_attr is None or stanza.get("type") == "error":
+    if frm_attr is None or stanza.get("type") == "error":
         return stanza  # errors: bounces, including this module's own
     try:
         frm = JID.parse(frm_attr)
@@ -570,13 +560,14 @@ async def filter_delivery(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Ele
     recipient = pctx.session.jid
     if frm.bare == recipient.bare or _is_local_server(ctx, frm):
         return stanza
-    if _matches(await store.get(recipient.bare), frm):
+    if store.in_use and _matches(await store.get(recipient.bare), frm):
         return DROP
+    from_store = _store_of(ctx, frm)
     if (
-        frm.local
-        and frm.domain in store.domains
+        from_store is not None
+        and from_store.in_use
         and stanza.get("type") not in _OUTBOUND_ALWAYS
-        and _matches(await store.get(frm.bare), recipient)
+        and _matches(await from_store.get(frm.bare), recipient)
     ):
         return DROP
     return stanza

@@ -88,7 +88,6 @@ from modules.mod_mam.common import (
 from modules.mod_mam.export import export as _export  # noqa: F401  (registers user_export)
 from modules.mod_mam.store import (
     ARCHIVE,
-    ARCHIVES,
     SID_TAG,
     Archive,
     Filters,
@@ -138,20 +137,13 @@ async def start(ctx: Ctx) -> None:
     archive = Archive(ctx)
     await archive.start()
     ctx.provide(ARCHIVE, archive)
-    ARCHIVES.setdefault(ctx.db, {})[ctx.domain] = archive
     if ctx.options.retention != float("inf"):
         ctx.spawn(_expire_periodically(archive), name=f"mod_mam retention {ctx.domain}")
 
 
 @module.on_unload
 async def stop(ctx: Ctx) -> None:
-    archive = ctx.service(ARCHIVE)
-    await archive.writer.flush()
-    archives = ARCHIVES.get(ctx.db)
-    if archives is not None and archives.get(ctx.domain) is archive:
-        del archives[ctx.domain]
-        if not archives:
-            del ARCHIVES[ctx.db]
+    await ctx.service(ARCHIVE).writer.flush()
 
 
 async def _expire_periodically(archive: Archive) -> None:
@@ -202,9 +194,10 @@ async def archive_received(ctx: Ctx, stanza: Element, route: RouteInfo) -> Eleme
     except InvalidJID:
         return stanza
     # Bound once for the server: find the archive of the recipient's host.
-    archive = ARCHIVES.get(ctx.db, {}).get(to.domain) if to.local else None
-    if archive is None:
+    host_ctx = ctx.for_host(to.domain) if to.local else None
+    if host_ctx is None:
         return stanza
+    archive = host_ctx.service(ARCHIVE)
     user = to.bare
     if archive.archivable(stanza):
         try:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import secrets
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from xmppd.api.storage import (
     BigInteger,
     Boolean,
     Column,
-    Database,
     Index,
     Integer,
     String,
@@ -719,9 +717,3 @@ class Archive:
 
 
 ARCHIVE: Final = ServiceKey[Archive]("mam")
-
-ARCHIVES: Final[weakref.WeakKeyDictionary[Database, dict[str, Archive]]] = (
-    weakref.WeakKeyDictionary()
-)
-"""The archives of every host of a server (keyed by its database), by domain: the global
-``filter_packet`` handler is bound with one host's context and serves them all."""
