@@ -30,6 +30,15 @@ def write(tmp_path: Path, text: str) -> Path:
             "listener on port 5222 has tls = 'none' but c2s.require_encryption is true",
         ),
         ("not toml = = 1", "not valid TOML"),
+        (
+            "[hosts.localhost]\nadmins = ['boss@example.net']\n",
+            "hosts.localhost.admins.0: 'boss@example.net' is not on one of this server's hosts",
+        ),
+        (
+            "[hosts.localhost]\nadmins = ['localhost']\n",
+            "hosts.localhost.admins.0: 'localhost' is not a bare JID",
+        ),
+        ("[sessions]\nregistry = 'redis'\n", "sessions.registry"),
     ],
 )
 def test_invalid_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
