@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from xmppd.health import Health
 from xmppd.iqtracker import IqTimeout
+from xmppd.metrics import Metrics
 from xmppd.stanza import new_id
 
 if TYPE_CHECKING:
@@ -45,6 +47,10 @@ class Core:
     tasks: TaskOwner
     hosts: dict[str, Host] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
+    metrics: Metrics = field(default_factory=Metrics)
+    """The server's metrics registry (``xmppd.metrics``)."""
+    health: Health = field(default_factory=Health)
+    """The server's health registry (``xmppd.health``)."""
 
     def uptime(self) -> float:
         """Seconds since the server started."""

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from xmppd.access import AccessRule
 from xmppd.config import ConfigError
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
+from xmppd.health import ModuleHealth
 from xmppd.iq import Identity, IqRequest, Scope
+from xmppd.metrics import ModuleMetrics
 from xmppd.router import DomainTaken
 from xmppd.storage.keyval import KeyValueStore
 from xmppd.storage.schema import METADATA
@@ -362,6 +364,16 @@ class ModuleContext(Generic[OptionsT]):
     def uptime(self) -> float:
         """Seconds since the server started."""
         return self._core.uptime()
+
+    @property
+    def metrics(self) -> ModuleMetrics:
+        """Declare this module's metrics (``xmppd_mod_<name>_*``, labelled by host)."""
+        return ModuleMetrics(self._core.metrics, self.name, self.domain)
+
+    @property
+    def health(self) -> ModuleHealth:
+        """Register this module's health parts on this host (``mod_<name>``)."""
+        return ModuleHealth(self._core.health, self.name, self.domain)
 
     def disco_info_for(self, scope: Scope) -> tuple[list[Identity], list[str]]:
         """Identities and features registered on this host for ``scope``."""

@@ -10,6 +10,7 @@ the router knows which kind a destination is.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Final, Protocol
 
 from xmppd import hooks
@@ -50,11 +51,12 @@ class DomainTaken(Exception):
 class Router:
     """The routing table and the one way into it (:meth:`route`)."""
 
-    __slots__ = ("_bus", "_table", "default")
+    __slots__ = ("_bus", "_table", "default", "routed")
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._table: dict[str, Destination] = {}
+        self.routed: Counter[str] = Counter()  # by stanza kind, read by xmppd.observe
         self.default: Destination = RemoteDomains(self)
         """The route for every domain not in the table (federation replaces it)."""
 
@@ -86,6 +88,7 @@ class Router:
 
     async def route(self, stanza: Element, origin: Session | None) -> None:
         """Run ``filter_packet`` once, then hand the stanza to its destination."""
+        self.routed[stanza.tag] += 1
         bus = self._bus
         if bus.has_handlers(hooks.FILTER_PACKET):
             result = await bus.fold(hooks.FILTER_PACKET, stanza, RouteInfo(origin))

@@ -21,10 +21,13 @@ from xmppd.config import ServerConfig
 from xmppd.core import Core
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus
+from xmppd.health import Health
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
+from xmppd.metrics import Metrics
 from xmppd.modules import ModuleManager
+from xmppd.observe import observe
 from xmppd.router import Router
 from xmppd.server_secret import derive, load_or_create
 from xmppd.sessions import make_registry
@@ -116,6 +119,9 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
+        self.metrics: Metrics = self.core.metrics
+        self.health: Health = self.core.health
+        observe(self)  # the core's own metrics and health parts
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -12,9 +12,11 @@ from xmppd.auth.accounts import AccountExists, NoSuchAccount
 from xmppd.config import Duration, Size
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
+from xmppd.health import HealthCheck, HealthPart, ModuleHealth
 from xmppd.iq import IqRequest
 from xmppd.iqtracker import IqTimeout
 from xmppd.jid import JID, InvalidJID
+from xmppd.metrics import HostCounter, HostGauge, HostHistogram, ModuleMetrics
 from xmppd.module import (
     HookSet,
     Identity,
@@ -43,7 +45,12 @@ __all__ = [
     "Element",
     "EventHook",
     "FoldHook",
+    "HealthCheck",
+    "HealthPart",
     "HookSet",
+    "HostCounter",
+    "HostGauge",
+    "HostHistogram",
     "Identity",
     "InvalidJID",
     "IqRequest",
@@ -51,6 +58,8 @@ __all__ = [
     "KeyedLocks",
     "Module",
     "ModuleContext",
+    "ModuleHealth",
+    "ModuleMetrics",
     "NoOptions",
     "NoSuchAccount",
     "Options",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 
 class FailedLoginThrottle:
@@ -24,6 +24,9 @@ class FailedLoginThrottle:
         self.window = window
         self.max_entries = max_entries
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.outcomes: Counter[tuple[str, bool]] = Counter()
+        """Logins by (SASL mechanism, succeeded): every outcome passes through here, so
+        this is where they are counted (read by the metrics at scrape time)."""
 
     def delay_for(self, address: str) -> float:
         """Seconds to wait before answering the next attempt from ``address``."""
@@ -39,11 +42,13 @@ class FailedLoginThrottle:
             return 0.0
         return float(min(self.max_delay, 0.25 * (2**extra)))
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: str, mechanism: str = "") -> None:
+        self.outcomes[mechanism, False] += 1
         count, _ = self._failures.pop(address, (0, 0.0))
         self._failures[address] = (count + 1, time.monotonic())
         while len(self._failures) > self.max_entries:
             self._failures.popitem(last=False)
 
-    def succeeded(self, address: str) -> None:
+    def succeeded(self, address: str, mechanism: str = "") -> None:
+        self.outcomes[mechanism, True] += 1
         self._failures.pop(address, None)

@@ -115,6 +115,16 @@ class Database:
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed: %s", exc)
 
+    async def health_check(self) -> str | None:
+        """The health check of the database (``xmppd.health``): ``SELECT 1``, on a pooled
+        connection; ``None`` when it answers, else why not."""
+        try:
+            await self.fetch_value(sa.select(sa.literal(1)))
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            orig = getattr(exc, "orig", None) or exc.__cause__ or exc
+            return f"cannot connect: {str(orig) or type(orig).__name__}"
+        return None
+
     async def close(self) -> None:
         if self._sync is not None:
             self._sync.dispose()

@@ -564,6 +564,7 @@ class C2SStream(SessionData):
             self._sasl = None
             self._sasl_failed(sasl.Failure("incorrect-encoding"))
             return
+        mechanism = self._sasl.name
         step = await self._sasl.step(data)
         if isinstance(step, sasl.Challenge):
             self._write(_sasl_element("challenge", step.data))
@@ -574,7 +575,7 @@ class C2SStream(SessionData):
             except InvalidJID:
                 self._sasl_failed(sasl.Failure("not-authorized"))
                 return
-            self.server.throttle.succeeded(self.peer)
+            self.server.throttle.succeeded(self.peer, mechanism)
             self._jid = jid
             self._jid_str = str(jid)
             self.is_authenticated = True
@@ -582,7 +583,7 @@ class C2SStream(SessionData):
             self._write(_sasl_element("success", step.data))
         else:
             self._sasl = None
-            self.server.throttle.failed(self.peer)
+            self.server.throttle.failed(self.peer, mechanism)
             self._sasl_failed(step)
 
     # ------------------------------------------------------------------ SASL2 + Bind 2
@@ -633,7 +634,7 @@ class C2SStream(SessionData):
             return
         self._sasl = self._sasl2 = None
         if isinstance(step, sasl.Failure):
-            self.server.throttle.failed(self.peer)
+            self.server.throttle.failed(self.peer, mech.name)
             self._sasl2_failed(step)
             return
         await self._sasl2_success(step, mech, request)
@@ -684,7 +685,7 @@ class C2SStream(SessionData):
         except InvalidJID:
             self._sasl2_failed(sasl.Failure("not-authorized"))
             return
-        self.server.throttle.succeeded(self.peer)
+        self.server.throttle.succeeded(self.peer, mech.name)
         self._jid = jid
         self._jid_str = str(jid)
         self.is_authenticated = True

@@ -321,10 +321,10 @@ class ComponentStream:
         expected = handshake_digest(self.stream_id, secret).encode("ascii")
         given = (el.text or "").strip().lower().encode("utf-8")
         if not hmac.compare_digest(expected, given):
-            throttle.failed(peer)
+            throttle.failed(peer, _HANDSHAKE)
             log.warning("%s: wrong handshake (secret)", self.summary())
             raise StreamError("not-authorized")
-        throttle.succeeded(peer)
+        throttle.succeeded(peer, _HANDSHAKE)
         if not self.server.components.register(self):
             log.warning("%s: refused, the component is already connected", self.summary())
             raise StreamError("conflict", "this component is already connected")
