@@ -9,7 +9,7 @@ import asyncio
 import ctypes
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
 from xmppd.auth import sasl
@@ -33,11 +33,16 @@ from xmppd.server_secret import derive, load_or_create
 from xmppd.sessions import make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
-from xmppd.stream.component import ComponentRegistry
+from xmppd.stream.c2s import C2SStream
+from xmppd.stream.component import ComponentRegistry, ComponentStream
+from xmppd.stream.services import C2SServices, ComponentServices
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, load_host_certificate
-from xmppd.transports.tcp import start_listeners
+from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
+
+if TYPE_CHECKING:
+    from xmppd.stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +119,11 @@ class Server:
         self.secret = b""
         """The persistent server secret (xmppd.server_secret), loaded by :meth:`start`."""
         self.fast_tokens: FastTokens | None = None
-        self.resumable: dict[str, Any] = {}
-        """Stream-management sessions by resumption id (``C2SStream``)."""
+        self.resumable: dict[str, C2SStream] = {}
+        """Stream-management sessions by resumption id."""
+        self.c2s_services: C2SServices | None = None
+        """What client streams use of the server; assembled by :meth:`start`."""
+        self.component_services: ComponentServices | None = None
         self._listeners: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
@@ -137,11 +145,51 @@ class Server:
             host.bus.add(hooks.DISCO_ITEMS, self._subdomain_items)
         if listen:
             await self._load_tls()
-            self._listeners = await start_listeners(self)
+        self._assemble_stream_services()
+        if listen:
+            openers = StreamOpeners(
+                c2s=self.open_c2s,
+                component=self.open_component,
+                components_configured=bool(len(self.components)),
+            )
+            self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
         if listen and self.config.c2s.idle_release > 0:
             self.spawn(self._release_idle_memory(), name="idle-release")
+
+    def _assemble_stream_services(self) -> None:
+        """The explicit dependencies of streams (they never see the ``Server``)."""
+        self.c2s_services = C2SServices(
+            c2s=self.config.c2s,
+            auth=self.config.auth,
+            hosts=self.hosts,
+            router=self.router,
+            sessions=self.sessions,
+            accounts=self.accounts,
+            throttle=self.throttle,
+            start_task=self.tasks.start_task,
+            resumable=self.resumable,
+            secret=self.secret,
+            fast_tokens=self.fast_tokens,
+            tls=self.tls,
+        )
+        self.component_services = ComponentServices(
+            limits=self.config.c2s,
+            router=self.router,
+            throttle=self.throttle,
+            components=self.components,
+        )
+
+    def open_c2s(self, transport: Transport, offer_starttls: bool) -> C2SStream:
+        """A client stream on a new connection (after :meth:`start`)."""
+        assert self.c2s_services is not None, "the server is not started"
+        return C2SStream(self.c2s_services, transport, offer_starttls=offer_starttls)
+
+    def open_component(self, transport: Transport) -> ComponentStream:
+        """An external component's stream on a new connection (after :meth:`start`)."""
+        assert self.component_services is not None, "the server is not started"
+        return ComponentStream(self.component_services, transport)
 
     async def _release_idle_memory(self) -> None:
         """Every so often, let idle client streams free their parsers."""

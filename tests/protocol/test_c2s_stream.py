@@ -13,7 +13,8 @@ import pytest
 from xmppd.config import parse_config
 from xmppd.jid import JID
 from xmppd.server import Server
-from xmppd.stream.c2s import C2SStream
+from xmppd.stream.framing import XML_STREAM
+from xmppd.stream.transport import Framing, StreamInput
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -53,7 +54,11 @@ class MemoryTransport:
     async def start_tls(self) -> None:
         raise ConnectionError("no TLS in memory")
 
-    def attach(self, stream: C2SStream) -> None:
+    @property
+    def framing(self) -> Framing:
+        return XML_STREAM
+
+    def attach(self, stream: StreamInput) -> None:
         pass
 
     def detach(self) -> None:
@@ -96,7 +101,7 @@ def plain(user: str, password: str) -> bytes:
 
 async def test_login_bind_and_message_to_self(server: Server) -> None:
     t = MemoryTransport()
-    stream = C2SStream(server, t, offer_starttls=False)
+    stream = server.open_c2s(t, offer_starttls=False)
     stream.data_received(HEADER)
     features = await t.until(b"</stream:features>")
     assert b"<mechanism>PLAIN</mechanism>" in features
@@ -129,7 +134,7 @@ async def test_login_bind_and_message_to_self(server: Server) -> None:
 
 async def test_wrong_password_fails_and_five_failures_close_the_stream(server: Server) -> None:
     t = MemoryTransport()
-    stream = C2SStream(server, t, offer_starttls=False)
+    stream = server.open_c2s(t, offer_starttls=False)
     stream.data_received(HEADER)
     await t.until(b"</stream:features>")
     for _ in range(5):
@@ -146,7 +151,7 @@ async def test_wrong_password_fails_and_five_failures_close_the_stream(server: S
 
 async def test_unknown_mechanism_and_bad_base64(server: Server) -> None:
     t = MemoryTransport()
-    stream = C2SStream(server, t, offer_starttls=False)
+    stream = server.open_c2s(t, offer_starttls=False)
     stream.data_received(HEADER)
     await t.until(b"</stream:features>")
     stream.data_received(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'/>")
@@ -159,7 +164,7 @@ async def test_unknown_mechanism_and_bad_base64(server: Server) -> None:
 
 async def test_stanza_before_authentication_is_not_authorized(server: Server) -> None:
     t = MemoryTransport()
-    stream = C2SStream(server, t, offer_starttls=False)
+    stream = server.open_c2s(t, offer_starttls=False)
     stream.data_received(HEADER)
     await t.until(b"</stream:features>")
     stream.data_received(b"<message to='alice@example.org'><body>x</body></message>")

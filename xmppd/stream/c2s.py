@@ -1,7 +1,10 @@
 """The client-to-server stream (RFC 6120): header, features, STARTTLS, SASL, bind,
 then stanzas. It does no I/O itself: a transport feeds it bytes
-(:meth:`C2SStream.data_received`) and it writes through the transport interface,
-so TCP, direct TLS and (later) WebSocket and BOSH share it."""
+(:meth:`C2SStream.data_received`) and it writes through the transport interface
+(:mod:`xmppd.stream.transport`), so TCP, direct TLS and (later) WebSocket and BOSH
+share it. The queue, drain, output and close machinery is the shared
+:class:`~xmppd.stream.machine.StreamMachine`'s; this file is what a client stream
+means, with its states in :data:`C2S_TRANSITIONS`."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ import base64
 import binascii
 import logging
 import secrets
-from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from lxml import etree
 
@@ -24,7 +26,6 @@ from xmppd.hooks import FeaturesContext, PacketContext, StanzaEvent
 from xmppd.jid import JID, InvalidJID, resourceprep
 from xmppd.module import Scope
 from xmppd.server_secret import derive
-from xmppd.sessions import SessionData
 from xmppd.stanza import (
     IQ_TYPES,
     STANZA_KINDS,
@@ -35,27 +36,23 @@ from xmppd.stanza import (
     parse,
     payload,
     serialize,
-    summary,
 )
 from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
-from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
+from xmppd.stream.machine import StreamMachine, StreamState, Transitions
 from xmppd.stream.sm import SmState
-from xmppd.stream.xmlreader import XmlReader
 
 if TYPE_CHECKING:
-    import ssl
-
-    from xmppd.host import Host
-    from xmppd.server import Server
+    from xmppd.sessions import SessionKey
+    from xmppd.stream.services import C2SServices, StreamHost
+    from xmppd.stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
-MAX_SASL_FAILURES: Final = 5
-QUEUE_HIGH_WATER: Final = 500
-"""Stanzas waiting to be handled before the socket stops being read."""
+T = TypeVar("T")
 
-_STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
+MAX_SASL_FAILURES: Final = 5
+
 _STARTTLS: Final = f"{{{ns.TLS}}}starttls"
 _SASL_AUTH: Final = f"{{{ns.SASL}}}auth"
 _SASL_RESPONSE: Final = f"{{{ns.SASL}}}response"
@@ -69,108 +66,85 @@ ACK_EVERY: Final = 5
 ACK_DELAY: Final = 2.0
 """Otherwise ask this long after the first unacknowledged one."""
 
+_CONNECTED: Final = StreamState.CONNECTED
+_TLS: Final = StreamState.TLS_HANDSHAKE
+_AUTHENTICATED: Final = StreamState.AUTHENTICATED
+_BOUND: Final = StreamState.BOUND
+_DETACHED: Final = StreamState.DETACHED
+_CLOSED: Final = StreamState.CLOSED
 
-class Transport(Protocol):
-    """What a stream needs from the connection under it."""
-
-    peer: str
-    is_secure: bool
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def write_buffer_size(self) -> int: ...
-
-    def ssl_object(self) -> ssl.SSLObject | None: ...
-
-    async def start_tls(self) -> None: ...
-
-    def attach(self, stream: C2SStream) -> None:
-        """Feed this connection's bytes to ``stream`` from now on (resumption)."""
-
-    def detach(self) -> None:
-        """Stop feeding any stream (the connection is being replaced)."""
+C2S_TRANSITIONS: Final[Transitions] = {
+    # STARTTLS, SASL (or SASL2) success, or the end.
+    _CONNECTED: frozenset({_TLS, _AUTHENTICATED, _CLOSED}),
+    # The handshake succeeded (a new stream header follows) or failed.
+    _TLS: frozenset({_CONNECTED, _CLOSED}),
+    # Resource bound (bind or Bind 2), or the end (also: its connection was handed
+    # to a resumed session).
+    _AUTHENTICATED: frozenset({_BOUND, _CLOSED}),
+    # The connection dropped with resumable stream management, or the end.
+    _BOUND: frozenset({_DETACHED, _CLOSED}),
+    # Resumed on a new connection, or the resumption timed out.
+    _DETACHED: frozenset({_BOUND, _CLOSED}),
+    _CLOSED: frozenset(),
+}
+"""The client stream's life (RFC 6120 §4 and XEP-0198): state → allowed next states."""
 
 
-class C2SStream(SessionData):
+class C2SStream(StreamMachine):
     """One client connection, from stream header to close. Implements ``Session``."""
 
     # Slots: one of these exists per connected client; a __dict__ would cost ~1 KB each.
     __slots__ = (
         "_ack_timer",
-        "_awaiting_tls",
-        "_detached",
-        "_header_pending",
+        "_data",
         "_hibernation",
         "_jid",
         "_jid_str",
-        "_out",
-        "_paused",
         "_presence",
-        "_queue",
         "_sasl",
         "_sasl2",
         "_sasl_failures",
-        "_timeout",
         "_unbound",
-        "_worker",
-        "closed",
         "host",
-        "is_authenticated",
-        "is_bound",
         "is_interested",
-        "last_activity",
         "offer_starttls",
         "priority",
-        "reader",
-        "server",
+        "services",
         "sm",
-        "stream_id",
-        "transport",
     )
 
-    def __init__(self, server: Server, transport: Transport, *, offer_starttls: bool) -> None:
-        super().__init__()
-        cfg = server.config.c2s
-        self.server = server
-        self.transport = transport
+    KIND = "c2s"
+    TRANSITIONS = C2S_TRANSITIONS
+    CONTENT_NAMESPACE = ns.CLIENT
+
+    def __init__(
+        self, services: C2SServices, transport: Transport, *, offer_starttls: bool
+    ) -> None:
+        cfg = services.c2s
+        super().__init__(
+            transport,
+            max_stanza_size=cfg.max_stanza_size,
+            connect_timeout=cfg.connect_timeout,
+            write_limit=cfg.max_write_buffer,
+        )
+        self.services = services
         self.offer_starttls = offer_starttls
-        self.reader = XmlReader(expected_namespace=ns.CLIENT, max_stanza_size=cfg.max_stanza_size)
-        self.host: Host | None = None
+        self.host: StreamHost | None = None
         self._jid: JID | None = None
         self._jid_str = ""
-        self.stream_id = ""
-        self.is_authenticated = False
-        self.is_bound = False
         self.priority = 0
         # The last available presence, serialized: an lxml element would keep its whole
         # parser (~27 KB of libxml2 state) alive for as long as the session lasts.
         self._presence: bytes | None = None
         self.is_interested = False
-        self.closed = False
-        self.last_activity = asyncio.get_running_loop().time()
-        self._queue: deque[Element | None] = deque()
-        self._out: list[bytes] = []
+        self._data: dict[str, Any] | None = None
         self._unbound: asyncio.Task[None] | None = None
         self.sm: SmState | None = None
-        self._detached = False
         self._hibernation: asyncio.TimerHandle | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._paused = False
         self._sasl: sasl.Mechanism | None = None
         self._sasl2: sasl2.AuthenticateRequest | None = None
         self._sasl_failures = 0
-        self._awaiting_tls = False
-        self._header_pending = False
-        self._timeout = asyncio.get_running_loop().call_later(
-            cfg.connect_timeout, self._connect_timed_out
-        )
 
     # ------------------------------------------------------------------ Session API
 
@@ -203,13 +177,37 @@ class C2SStream(SessionData):
     def is_available(self) -> bool:
         return self._presence is not None
 
+    @property
+    def is_authenticated(self) -> bool:
+        state = self.state
+        return state is _AUTHENTICATED or state is _BOUND or state is _DETACHED
+
+    @property
+    def is_bound(self) -> bool:
+        state = self.state
+        return state is _BOUND or state is _DETACHED
+
+    @property
+    def is_detached(self) -> bool:
+        return self.state is _DETACHED
+
+    def get(self, key: SessionKey[T]) -> T:
+        if self._data is None:
+            return key.default
+        return cast(T, self._data.get(key.name, key.default))
+
+    def set(self, key: SessionKey[T], value: T) -> None:
+        if self._data is None:
+            self._data = {}
+        self._data[key.name] = value
+
     async def deliver(self, stanza: Element) -> None:
-        if self.closed:
+        if self.state is _CLOSED:
             return
         host = self.host
         if host is not None and host.bus.has_handlers(hooks.USER_RECEIVE_PACKET):
             result = await host.bus.fold(
-                hooks.USER_RECEIVE_PACKET, stanza, PacketContext(self.server.sessions.view(self))
+                hooks.USER_RECEIVE_PACKET, stanza, PacketContext(self.services.sessions.view(self))
             )
             if isinstance(result, Drop):
                 return
@@ -217,43 +215,29 @@ class C2SStream(SessionData):
         self._send_stanza(serialize(stanza))
 
     def send_raw(self, stanza: Element) -> None:
-        if not self.closed:
+        if self.state is not _CLOSED:
             self._send_stanza(serialize(stanza))
-
-    @property
-    def is_detached(self) -> bool:
-        return self._detached
 
     def _send_stanza(self, data: bytes) -> None:
         """Write a stanza; with stream management, keep it until the client acks it."""
         sm = self.sm
         if sm is not None:
-            if len(sm.unacked) >= self.server.config.c2s.max_unacked:
-                if self._detached:
+            if len(sm.unacked) >= self.services.c2s.max_unacked:
+                if self.state is _DETACHED:
                     self._expire()
                 else:
                     self.close("policy-violation", "too many unacknowledged stanzas")
                 return
             sm.sent_stanza(data)
-        if self._detached:
+        if self.state is _DETACHED:
             return
         self._write(data)
         if sm is not None and not sm.ack_requested:
             self._request_ack(soon=len(sm.unacked) >= ACK_EVERY)
 
-    def close(self, condition: str | None = None, text: str | None = None) -> None:
-        if self.closed:
-            return
-        if condition is not None:
-            self._write(stream_error(condition, text))
-        self._write(b"</stream:stream>")
-        self._flush()
-        self._shutdown()
-        self.transport.close()
-
     def release_idle_memory(self, now: float, idle_for: float) -> bool:
         """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds."""
-        if not self.is_bound or self._queue or now - self.last_activity < idle_for:
+        if self.state is not _BOUND or self._queue or now - self.last_activity < idle_for:
             return False
         return self.reader.release_if_idle()
 
@@ -262,83 +246,30 @@ class C2SStream(SessionData):
 
     # ------------------------------------------------------------------ input
 
-    def data_received(self, data: bytes) -> None:
-        """Bytes from the transport (synchronous: parse, then queue for handling)."""
-        if self.closed or self._awaiting_tls:
-            return
-        self.last_activity = asyncio.get_running_loop().time()
-        had_header = self.reader.header is not None
-        try:
-            stanzas = self.reader.feed(data)
-        except StreamError as err:
-            self._fail(err)
-            return
-        if not had_header and self.reader.header is not None:
-            self._header_pending = True
-            self._queue.append(None)
-        self._queue.extend(stanzas)
-        if self.reader.closed:
-            self._queue.append(CLOSE_MARK)
-        if self._queue and self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
-        if len(self._queue) > QUEUE_HIGH_WATER and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
     def connection_lost(self) -> None:
         """The transport closed (peer went away or we closed it)."""
-        if self.closed or self._detached:
+        state = self.state
+        if state is _CLOSED or state is _DETACHED:
             return
         sm = self.sm
-        if self.is_bound and sm is not None and sm.resumable:
+        if state is _BOUND and sm is not None and sm.resumable:
             self._hibernate()
         else:
             self._shutdown()
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue and not self.closed:
-                item = self._queue.popleft()
-                if self._paused and len(self._queue) < QUEUE_HIGH_WATER // 2:
-                    self._paused = False
-                    self.transport.resume_reading()
-                try:
-                    if item is None:
-                        await self._on_header()
-                    elif item is CLOSE_MARK:
-                        self.close()
-                    else:
-                        await self._on_element(item)
-                except StreamError as err:
-                    self._fail(err)
-                except StanzaError as err:
-                    if item is not None and item is not CLOSE_MARK:
-                        reply = error_reply(item, err)
-                        if reply is not None:
-                            _drop_attr(reply, "from")
-                            self.send_raw(reply)
-                except Exception:
-                    log.exception("c2s %s: failed on %s", self.summary(), _describe(item))
-                    self._fail(StreamError("internal-server-error"))
-        finally:
-            self._worker = None
-
-    def _fail(self, err: StreamError) -> None:
-        if self.closed:
-            return
-        log.debug("c2s %s: stream error %s", self.peer, err.condition)
-        if not self.stream_id:
-            self._write(self._header_bytes(None))
-        self.close(err.condition, err.text)
+    def _answer_error(self, stanza: Element, err: StanzaError) -> None:
+        reply = error_reply(stanza, err)
+        if reply is not None:
+            _drop_attr(reply, "from")
+            self.send_raw(reply)
 
     # ------------------------------------------------------------------ stream header
 
     async def _on_header(self) -> None:
         header = self.reader.header
         assert header is not None
-        self._header_pending = False
         to = (header.to or "").lower()
-        host = self.server.hosts.get(to)
+        host = self.services.hosts.get(to)
         self._write(self._header_bytes(host.domain if host else None))
         if host is None:
             raise StreamError("host-unknown")
@@ -354,9 +285,7 @@ class C2SStream(SessionData):
         attrs = {"id": self.stream_id, "version": "1.0", f"{{{ns.XML}}}lang": "en"}
         if domain:
             attrs["from"] = domain
-        nsmap = {None: ns.CLIENT, "stream": ns.STREAMS}
-        root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
-        return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
+        return self.transport.framing.open(ns.CLIENT, attrs)
 
     async def _send_features(self) -> None:
         self._write(etree.tostring(await self._features()))
@@ -367,14 +296,14 @@ class C2SStream(SessionData):
         host = self.host
         assert host is not None
         features = etree.Element(f"{{{ns.STREAMS}}}features", nsmap={"stream": ns.STREAMS})
-        require_tls = self.server.config.c2s.require_encryption
+        require_tls = self.services.c2s.require_encryption
         if self.is_authenticated:
             stage = "post-auth"
             if not (self.is_bound or binding):
                 child(features, "bind", namespace=ns.BIND)
                 sess = child(features, "session", namespace=ns.SESSION)
                 child(sess, "optional")
-            if self.server.config.c2s.stream_management and self.sm is None:
+            if self.services.c2s.stream_management and self.sm is None:
                 child(features, "sm", namespace=sm_ns.NS)
         elif not self.is_secure and self.offer_starttls:
             stage = "pre-tls"
@@ -392,7 +321,7 @@ class C2SStream(SessionData):
         extra = await host.bus.fold(
             hooks.C2S_STREAM_FEATURES,
             (),
-            FeaturesContext(self.server.sessions.view(self), stage),  # type: ignore[arg-type]
+            FeaturesContext(self.services.sessions.view(self), stage),  # type: ignore[arg-type]
         )
         if not isinstance(extra, Drop):
             for el in extra:
@@ -401,24 +330,24 @@ class C2SStream(SessionData):
 
     def _sasl2_offered(self) -> bool:
         """SASL2 only over TLS (XEP-0388 §6), and only before authentication."""
-        return self.server.config.auth.sasl2 and self.is_secure and not self.is_authenticated
+        return self.services.auth.sasl2 and self.is_secure and not self.is_authenticated
 
     async def _sasl2_feature(self, channel: sasl.TlsChannel) -> Element:
         host = self.host
         assert host is not None
-        cfg = self.server.config.c2s
+        cfg = self.services.c2s
         inline: tuple[str, ...] = (sm_ns.NS,) if cfg.stream_management else ()
         more = await host.bus.fold(
             hooks.BIND2_FEATURES,
             inline,
-            FeaturesContext(self.server.sessions.view(self), "pre-auth"),
+            FeaturesContext(self.services.sessions.view(self), "pre-auth"),
         )
         return sasl2.authentication_feature(
             self._offered_mechanisms(channel),
             bind_features=inline if isinstance(more, Drop) else more,
             resume=cfg.stream_management and cfg.resume_timeout > 0,
             fast_mechanisms=(
-                fast.offered_mechanisms(channel) if self.server.fast_tokens is not None else ()
+                fast.offered_mechanisms(channel) if self.services.fast_tokens is not None else ()
             ),
         )
 
@@ -427,8 +356,8 @@ class C2SStream(SessionData):
             return None
         sslobj = self.transport.ssl_object()
         bindings: dict[str, bytes] = {}
-        if self.server.tls is not None and sslobj is not None:
-            bindings["tls-server-end-point"] = self.server.tls.for_object(sslobj).end_point_hash
+        if self.services.tls is not None and sslobj is not None:
+            bindings["tls-server-end-point"] = self.services.tls.for_object(sslobj).end_point_hash
             if sslobj.version() != "TLSv1.3":
                 unique = sslobj.get_channel_binding("tls-unique")
                 if unique:
@@ -436,7 +365,7 @@ class C2SStream(SessionData):
         return sasl.TlsChannel(bindings)
 
     def _insecure_plain(self) -> bool:
-        return self.server.config.auth.allow_insecure_plain
+        return self.services.auth.allow_insecure_plain
 
     def _offered_mechanisms(self, channel: sasl.TlsChannel | None) -> list[str]:
         return sasl.offered_mechanisms(
@@ -461,7 +390,8 @@ class C2SStream(SessionData):
     # ------------------------------------------------------------------ elements
 
     async def _on_element(self, el: Element) -> None:
-        if self.is_bound:
+        state = self.state
+        if state is _BOUND or state is _DETACHED:  # stanzas read before a drop still count
             if el.tag.startswith(_SM_PREFIX):
                 self._on_sm(el)
                 return
@@ -470,13 +400,11 @@ class C2SStream(SessionData):
             await self._on_stanza(el)
             return
         tag = el.tag
-        if not self.is_authenticated:
+        if state is _CONNECTED:
             if tag == _STARTTLS and self.offer_starttls and not self.is_secure:
                 await self._starttls()
             elif (
-                self.offer_starttls
-                and not self.is_secure
-                and self.server.config.c2s.require_encryption
+                self.offer_starttls and not self.is_secure and self.services.c2s.require_encryption
             ):
                 raise StreamError("policy-violation", "use STARTTLS first")
             elif tag in (_SASL_AUTH, _SASL_RESPONSE, _SASL_ABORT):
@@ -504,10 +432,13 @@ class C2SStream(SessionData):
             raise StreamError("unsupported-stanza-type")
 
     async def _starttls(self) -> None:
-        self._awaiting_tls = True
+        self._enter(_TLS)  # input is ignored until the handshake is done
         self._write(etree.tostring(payload(ns.TLS, "proceed")))
         self._flush()  # <proceed/> must go out in the clear, before the handshake
         self.reader.reset()
+        # Whatever the client sent after <starttls/> in the clear is dropped, not
+        # handled as if it came over TLS (RFC 6120 §5.4.3.3; "STARTTLS injection").
+        self._queue.clear()
         try:
             await self.transport.start_tls()
         except Exception as exc:  # handshake failure: nothing more can be said
@@ -515,14 +446,15 @@ class C2SStream(SessionData):
             self._shutdown()
             self.transport.close()
             return
-        self._awaiting_tls = False
+        if self.state is _TLS:  # not closed meanwhile (timeout, server stop)
+            self._enter(_CONNECTED)
 
     async def _on_preauth_iq(self, el: Element) -> None:
         host = self.host
         assert host is not None
         if el.get("type") not in ("get", "set") or el.get("id") is None or len(el) != 1:
             raise StanzaError("bad-request")
-        if not self.is_secure and self.server.config.c2s.require_encryption:
+        if not self.is_secure and self.services.c2s.require_encryption:
             raise StanzaError("not-authorized", "use TLS")
         reply = await host.dispatch_iq(el, Scope.STREAM, host.jid, None, self)
         if reply is not None:
@@ -537,14 +469,14 @@ class C2SStream(SessionData):
             self._sasl_failed(sasl.Failure("aborted"))
             return
         if el.tag == _SASL_AUTH:
-            delay = self.server.throttle.delay_for(self.peer)
+            delay = self.services.throttle.delay_for(self.peer)
             if delay:
                 await asyncio.sleep(delay)
             channel = self._tls_channel()
             mech = sasl.create_mechanism(
                 el.get("mechanism", ""),
                 domain=host.domain,
-                lookup=self.server.accounts.lookup_for(host.domain),
+                lookup=self.services.accounts.lookup_for(host.domain),
                 tls=channel,
                 allow_plain=True,
                 insecure_plain=self._insecure_plain(),
@@ -575,15 +507,15 @@ class C2SStream(SessionData):
             except InvalidJID:
                 self._sasl_failed(sasl.Failure("not-authorized"))
                 return
-            self.server.throttle.succeeded(self.peer, mechanism)
+            self.services.throttle.succeeded(self.peer, mechanism)
             self._jid = jid
             self._jid_str = str(jid)
-            self.is_authenticated = True
+            self._enter(_AUTHENTICATED)
             self.reader.reset()
             self._write(_sasl_element("success", step.data))
         else:
             self._sasl = None
-            self.server.throttle.failed(self.peer, mechanism)
+            self.services.throttle.failed(self.peer, mechanism)
             self._sasl_failed(step)
 
     # ------------------------------------------------------------------ SASL2 + Bind 2
@@ -605,7 +537,7 @@ class C2SStream(SessionData):
             except ValueError:
                 self._sasl2_failed(sasl.Failure("incorrect-encoding"))
                 return
-            delay = self.server.throttle.delay_for(self.peer)
+            delay = self.services.throttle.delay_for(self.peer)
             if delay:
                 await asyncio.sleep(delay)
             mech = self._sasl2_mechanism(request)
@@ -634,7 +566,7 @@ class C2SStream(SessionData):
             return
         self._sasl = self._sasl2 = None
         if isinstance(step, sasl.Failure):
-            self.server.throttle.failed(self.peer, mech.name)
+            self.services.throttle.failed(self.peer, mech.name)
             self._sasl2_failed(step)
             return
         await self._sasl2_success(step, mech, request)
@@ -644,7 +576,7 @@ class C2SStream(SessionData):
         channel = self._tls_channel()
         assert host is not None and channel is not None
         if request.mechanism in fast.MECHANISMS:
-            tokens = self.server.fast_tokens
+            tokens = self.services.fast_tokens
             if (
                 tokens is None
                 or not request.client_id
@@ -661,7 +593,7 @@ class C2SStream(SessionData):
         return sasl.create_mechanism(
             request.mechanism,
             domain=host.domain,
-            lookup=self.server.accounts.lookup_for(host.domain),
+            lookup=self.services.accounts.lookup_for(host.domain),
             tls=channel,
             allow_plain=True,
             insecure_plain=self._insecure_plain(),
@@ -685,10 +617,10 @@ class C2SStream(SessionData):
         except InvalidJID:
             self._sasl2_failed(sasl.Failure("not-authorized"))
             return
-        self.server.throttle.succeeded(self.peer, mech.name)
+        self.services.throttle.succeeded(self.peer, mech.name)
         self._jid = jid
         self._jid_str = str(jid)
-        self.is_authenticated = True
+        self._enter(_AUTHENTICATED)
         extra: list[Element] = []
         token = await self._fast_token(step.username, mech, request)
         if token is not None:
@@ -716,9 +648,9 @@ class C2SStream(SessionData):
             self._go_live()
         self._write(sasl2.success(self._jid_str, step.data, extra))
         self._write(etree.tostring(features))
-        if self.is_bound:
+        if self.state is _BOUND:
             await host.bus.run(
-                hooks.RESOURCE_BOUND, hooks.SessionEvent(self.server.sessions.view(self))
+                hooks.RESOURCE_BOUND, hooks.SessionEvent(self.services.sessions.view(self))
             )
 
     async def _fast_token(
@@ -726,7 +658,7 @@ class C2SStream(SessionData):
     ) -> Element | None:
         """XEP-0484: a new token when asked for, or when the one just used is due
         for rotation; none after an 'invalidate' login unless asked for."""
-        tokens, host = self.server.fast_tokens, self.host
+        tokens, host = self.services.fast_tokens, self.host
         if tokens is None or host is None or not request.client_id:
             return None
         used = mech.token if isinstance(mech, fast.HashedTokenMechanism) else None
@@ -758,7 +690,7 @@ class C2SStream(SessionData):
             answers.append(self._enable_sm(sm_enable))
         others = tuple(el for el in requests if el is not sm_enable)
         more = await host.bus.fold(
-            hooks.BIND2_BOUND, (), hooks.Bind2Request(self.server.sessions.view(self), others)
+            hooks.BIND2_BOUND, (), hooks.Bind2Request(self.services.sessions.view(self), others)
         )
         if not isinstance(more, Drop):
             answers.extend(more)
@@ -770,7 +702,7 @@ class C2SStream(SessionData):
         assert self._jid is not None
         if request.client_id:
             bare = str(self._jid.bare)
-            key = derive(self.server.secret, "bind2-resource", bare, request.client_id)
+            key = derive(self.services.secret, "bind2-resource", bare, request.client_id)
             suffix = base64.b32encode(key[:10]).decode("ascii").lower()
         else:
             suffix = secrets.token_hex(6)
@@ -811,7 +743,7 @@ class C2SStream(SessionData):
         child(bind, "jid", text=self._jid_str)
         self.send_raw(iq_result(iq, bind))
         await host.bus.run(
-            hooks.RESOURCE_BOUND, hooks.SessionEvent(self.server.sessions.view(self))
+            hooks.RESOURCE_BOUND, hooks.SessionEvent(self.services.sessions.view(self))
         )
 
     async def _take_resource(self, resource: str) -> None:
@@ -819,7 +751,7 @@ class C2SStream(SessionData):
         host = self.host
         assert host is not None and self._jid is not None
         result = await host.bus.fold(
-            hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self.server.sessions.view(self))
+            hooks.PRE_RESOURCE_BIND, resource, hooks.BindRequest(self.services.sessions.view(self))
         )
         if isinstance(result, Drop):
             raise StanzaError("not-allowed")
@@ -832,8 +764,8 @@ class C2SStream(SessionData):
 
     def _go_live(self) -> None:
         """Make the bound session routable; an older one with the same JID is closed."""
-        replaced = self.server.sessions.bind(self)
-        self.is_bound = True
+        self._enter(_BOUND)  # first: a stream closed meanwhile is never registered
+        replaced = self.services.sessions.bind(self)
         self._timeout.cancel()
         if replaced is not None and replaced is not self:
             replaced.close("conflict", "replaced by a new connection")
@@ -848,7 +780,7 @@ class C2SStream(SessionData):
             host = self.host
             if host is not None and await host.bus.run(
                 hooks.C2S_STREAM_ELEMENT,
-                hooks.StreamElementEvent(self.server.sessions.view(self), el),
+                hooks.StreamElementEvent(self.services.sessions.view(self), el),
             ):
                 return
             raise StreamError("unsupported-stanza-type")
@@ -880,7 +812,7 @@ class C2SStream(SessionData):
         assert host is not None
         if host.bus.has_handlers(hooks.USER_SEND_PACKET):
             result = await host.bus.fold(
-                hooks.USER_SEND_PACKET, el, PacketContext(self.server.sessions.view(self))
+                hooks.USER_SEND_PACKET, el, PacketContext(self.services.sessions.view(self))
             )
             if isinstance(result, Drop):
                 return
@@ -888,31 +820,12 @@ class C2SStream(SessionData):
         if kind == "presence":
             to = JID.parse(to_attr) if to_attr is not None else self.jid.bare
             if await host.bus.run(
-                hooks.PRESENCE_OUT, StanzaEvent(el, to, self.jid, self.server.sessions.view(self))
+                hooks.PRESENCE_OUT, StanzaEvent(el, to, self.jid, self.services.sessions.view(self))
             ):
                 return
             if to_attr is None:
                 return
-        await self.server.router.route(el, self.server.sessions.view(self))
-
-    # ------------------------------------------------------------------ output and teardown
-
-    def _write(self, data: bytes) -> None:
-        """Queue output; it is written once per event-loop turn (one syscall per burst,
-        not one per stanza)."""
-        if self._detached:
-            return
-        out = self._out
-        out.append(data)
-        if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out = self._out
-        if out and not write_batch(out, self.transport, self.server.config.c2s.max_write_buffer):
-            log.warning("c2s %s: peer too slow to read; closing", self.summary())
-            self._shutdown()
-            self.transport.close()
+        await self.services.router.route(el, self.services.sessions.view(self))
 
     # ------------------------------------------------------------------ stream management
 
@@ -935,14 +848,14 @@ class C2SStream(SessionData):
 
     def _enable_sm(self, el: Element) -> Element:
         """``<enable/>`` → ``<enabled/>`` (or ``<failed/>``), top-level or in Bind 2."""
-        cfg = self.server.config.c2s
+        cfg = self.services.c2s
         if self.sm is not None or not cfg.stream_management:
             return _sm_failed_element("unexpected-request")
         resumable = el.get("resume") in ("true", "1") and cfg.resume_timeout > 0
         sm = self.sm = SmState(resumable=resumable)
         attrs = {}
         if resumable:
-            self.server.resumable[sm.id] = self
+            self.services.resumable[sm.id] = self
             attrs = {"id": sm.id, "resume": "true", "max": str(int(cfg.resume_timeout))}
         return payload(sm_ns.NS, "enabled", attrs)
 
@@ -960,20 +873,20 @@ class C2SStream(SessionData):
             self._ack_timer.cancel()
             self._ack_timer = None
         sm = self.sm
-        if sm is None or sm.ack_requested or not sm.unacked or self._detached or self.closed:
+        if sm is None or sm.ack_requested or not sm.unacked or self.state is not _BOUND:
             return
         sm.ack_requested = True
         self._write(etree.tostring(payload(sm_ns.NS, "r")))
 
     def _hibernate(self) -> None:
         """The connection dropped: stay routable, keep what is sent, wait for a resume."""
-        self._detached = True
+        self._enter(_DETACHED)
         self._out.clear()
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
         self._hibernation = asyncio.get_running_loop().call_later(
-            self.server.config.c2s.resume_timeout, self._expire
+            self.services.c2s.resume_timeout, self._expire
         )
         log.debug("c2s %s: connection lost; resumable", self.summary())
 
@@ -984,7 +897,7 @@ class C2SStream(SessionData):
         pending = list(self.sm.unacked) if self.sm is not None else []
         self._shutdown()
         if pending:
-            self.server.spawn(self._redeliver(pending), name="sm-redeliver")
+            _ = self.services.start_task(self._redeliver(pending), name="sm-redeliver")
 
     async def _redeliver(self, pending: list[bytes]) -> None:
         """Hand unacknowledged messages to the host again (other resources, offline
@@ -1003,7 +916,9 @@ class C2SStream(SessionData):
                 if host is not None:
                     await host.deliver(stanza, to, from_, None)
             elif kind == "iq" and stype in ("get", "set"):
-                await self.server.bounce(stanza, StanzaError("recipient-unavailable"))
+                reply = error_reply(stanza, StanzaError("recipient-unavailable"))
+                if reply is not None and reply.get("to"):
+                    await self.services.router.route(reply, None)
 
     def _resume(self, el: Element) -> None:
         """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
@@ -1017,7 +932,7 @@ class C2SStream(SessionData):
         """The session ``<resume/>`` asks for, with the client's ``h`` applied; or the
         condition of the ``<failed/>`` answer."""
         previd, h = el.get("previd", ""), el.get("h", "")
-        old: C2SStream | None = self.server.resumable.get(previd)
+        old: C2SStream | None = self.services.resumable.get(previd)
         if (
             old is None
             or old.closed
@@ -1040,21 +955,21 @@ class C2SStream(SessionData):
         """Continue this session on ``new``'s connection; ``new`` retires unbound.
         ``announce`` (``<resumed/>``, or the SASL2 success holding it) goes first."""
         assert self.sm is not None
-        if not self._detached:  # the old connection is still open: drop it quietly
+        if self.state is _BOUND:  # the old connection is still open: drop it quietly
             self.transport.detach()
             self.transport.close()
+        else:
+            self._enter(_BOUND)
         if self._hibernation is not None:
             self._hibernation.cancel()
             self._hibernation = None
-        self._detached = False
         self.transport = new.transport
         self.reader = new.reader
         self.transport.attach(self)
         self.last_activity = asyncio.get_running_loop().time()
         pipelined = list(new._queue)
         new._queue.clear()
-        new.closed = True
-        new._timeout.cancel()
+        new._shutdown()  # retires without teardown: it was never bound
         new._flush()
         self._write(announce)
         for data in self.sm.unacked:
@@ -1063,41 +978,29 @@ class C2SStream(SessionData):
         if self.sm.unacked:
             self._request_ack(soon=True)
         self._queue.extend(pipelined)
-        if self._queue and self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        self._start_worker()
         log.debug("c2s %s: resumed", self.summary())
 
-    def _connect_timed_out(self) -> None:
-        if not self.is_bound and not self.closed:
-            self._fail(StreamError("connection-timeout"))
-
-    def _shutdown(self) -> None:
-        """Mark closed and unregister (idempotent). Hooks run in a background task."""
-        if self.closed:
-            return
-        self.closed = True
-        self._detached = False
-        self._timeout.cancel()
-        self._queue.clear()
+    def _on_shutdown(self, previous: StreamState) -> None:
+        """Unregister (hooks run in a background task) and stop the SM timers."""
         for timer in (self._hibernation, self._ack_timer):
             if timer is not None:
                 timer.cancel()
-        if self.sm is not None and self.server.resumable.get(self.sm.id) is self:
-            del self.server.resumable[self.sm.id]
-        if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()
-        if self.is_bound:
-            self.server.sessions.unbind(self)
+        sm = self.sm
+        if sm is not None and self.services.resumable.get(sm.id) is self:
+            del self.services.resumable[sm.id]
+        if previous is _BOUND or previous is _DETACHED:
+            self.services.sessions.unbind(self)
             host = self.host
             if host is not None:
-                self._unbound = self.server.start_task(
+                self._unbound = self.services.start_task(
                     self._announce_unbound(host), name="resource_unbound"
                 )
                 return
-        self.server.sessions.release(self)
+        self.services.sessions.release(self)
 
-    async def _announce_unbound(self, host: Host) -> None:
-        sessions = self.server.sessions
+    async def _announce_unbound(self, host: StreamHost) -> None:
+        sessions = self.services.sessions
         try:
             await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(sessions.view(self)))
         finally:
@@ -1122,12 +1025,6 @@ def _sm_failed(condition: str) -> bytes:
 def _drop_attr(el: Element, name: str) -> None:
     if name in el.attrib:
         del el.attrib[name]
-
-
-def _describe(item: Element | None) -> str:
-    if item is None:
-        return "stream header"
-    return summary(item)
 
 
 def _sasl_element(name: str, data: bytes) -> bytes:

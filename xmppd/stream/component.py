@@ -10,8 +10,10 @@ answers ``<handshake/>``. From then on every stanza for the domain (``push.examp
 ``anyone@push.example.org/any``) is written to the component, and the component may
 send stanzas from any address at its domain.
 
-Like :mod:`xmppd.stream.c2s`, the stream does no I/O itself: a transport feeds it
-bytes and it writes through the same :class:`~xmppd.stream.c2s.Transport` interface.
+Like :mod:`xmppd.stream.c2s`, the stream does no I/O itself: it is a
+:class:`~xmppd.stream.machine.StreamMachine` (input queue, drain, output, close),
+fed by a transport through the :class:`~xmppd.stream.transport.Transport` interface.
+Its states: ``CONNECTED`` (header, then handshake) → ``AUTHENTICATED`` → ``CLOSED``.
 
 Choices made here:
 
@@ -40,7 +42,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections import deque
 from collections.abc import Iterable
 from copy import deepcopy
 from typing import TYPE_CHECKING, Final
@@ -50,22 +51,31 @@ from lxml import etree
 from xmppd import ns
 from xmppd.errors import StanzaError, StreamError
 from xmppd.jid import JID, InvalidJID, domainprep
-from xmppd.stanza import IQ_TYPES, STANZA_KINDS, Element, error_reply, serialize, summary
-from xmppd.stream.c2s import QUEUE_HIGH_WATER, Transport
-from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
-from xmppd.stream.xmlreader import XmlReader
+from xmppd.stanza import IQ_TYPES, STANZA_KINDS, Element, error_reply, serialize
+from xmppd.stream.machine import StreamMachine, StreamState, Transitions
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from xmppd.config import ComponentSection
-    from xmppd.server import Server
+    from xmppd.stream.services import ComponentServices
+    from xmppd.stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
-_STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
 _HANDSHAKE: Final = "handshake"
 _HANDSHAKE_OK: Final = b"<handshake/>"
+
+_CONNECTED: Final = StreamState.CONNECTED
+_AUTHENTICATED: Final = StreamState.AUTHENTICATED
+_CLOSED: Final = StreamState.CLOSED
+
+COMPONENT_TRANSITIONS: Final[Transitions] = {
+    _CONNECTED: frozenset({_AUTHENTICATED, _CLOSED}),  # handshake accepted, or the end
+    _AUTHENTICATED: frozenset({_CLOSED}),
+    _CLOSED: frozenset(),
+}
+"""A component stream's life (XEP-0114): state → allowed next states."""
 
 
 def handshake_digest(stream_id: str, secret: str) -> str:
@@ -126,49 +136,31 @@ class ComponentRegistry:
             stream.close(condition)
 
 
-class ComponentStream:
+class ComponentStream(StreamMachine):
     """One component connection, from stream header to close.
 
     Implements the delivering side of ``Session`` (``jid``, ``deliver``, ``send_raw``,
     ``close``), which is all the router needs.
     """
 
-    __slots__ = (
-        "_jid",
-        "_out",
-        "_paused",
-        "_queue",
-        "_timeout",
-        "_worker",
-        "closed",
-        "domain",
-        "is_authenticated",
-        "reader",
-        "server",
-        "stream_id",
-        "transport",
-    )
+    __slots__ = ("_jid", "domain", "services")
 
-    def __init__(self, server: Server, transport: Transport) -> None:
-        cfg = server.config.c2s
-        self.server = server
-        self.transport = transport
-        self.reader = XmlReader(
-            expected_namespace=ns.COMPONENT, max_stanza_size=cfg.max_stanza_size
+    KIND = "component"
+    TRANSITIONS = COMPONENT_TRANSITIONS
+    CONTENT_NAMESPACE = ns.COMPONENT
+
+    def __init__(self, services: ComponentServices, transport: Transport) -> None:
+        cfg = services.limits
+        super().__init__(
+            transport,
+            max_stanza_size=cfg.max_stanza_size,
+            connect_timeout=cfg.connect_timeout,
+            write_limit=cfg.max_write_buffer,
         )
+        self.services = services
         self.domain = ""
         """The component's domain, once its stream header named a configured one."""
         self._jid: JID | None = None
-        self.stream_id = ""
-        self.is_authenticated = False
-        self.closed = False
-        self._queue: deque[Element | None] = deque()
-        self._out: list[bytes] = []
-        self._worker: asyncio.Task[None] | None = None
-        self._paused = False
-        self._timeout = asyncio.get_running_loop().call_later(
-            cfg.connect_timeout, self._connect_timed_out
-        )
 
     # ------------------------------------------------------------------ the Session side
 
@@ -191,87 +183,18 @@ class ComponentStream:
         self.send_raw(stanza)
 
     def send_raw(self, stanza: Element) -> None:
-        if not self.closed and self.is_authenticated:
+        if self.state is _AUTHENTICATED:
             self._write(serialize(stanza))
 
-    def close(self, condition: str | None = None, text: str | None = None) -> None:
-        """Close the stream, with a stream error when ``condition`` is given."""
-        if self.closed:
-            return
-        if condition is not None:
-            self._write(stream_error(condition, text))
-        self._write(b"</stream:stream>")
-        self._flush()
-        self._shutdown()
-        self.transport.close()
+    @property
+    def is_authenticated(self) -> bool:
+        return self.state is _AUTHENTICATED
 
     async def wait_closed(self) -> None:
         """Nothing runs after a component's close: there is no teardown to wait for."""
 
     def summary(self) -> str:
         return f"component {self.domain or '?'} ({self.peer})"
-
-    # ------------------------------------------------------------------ input
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes from the transport (synchronous: parse, then queue for handling)."""
-        if self.closed:
-            return
-        had_header = self.reader.header is not None
-        try:
-            stanzas = self.reader.feed(data)
-        except StreamError as err:
-            self._fail(err)
-            return
-        queue = self._queue
-        if not had_header and self.reader.header is not None:
-            queue.append(None)
-        queue.extend(stanzas)
-        if self.reader.closed:
-            queue.append(CLOSE_MARK)
-        if queue and self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
-        if len(queue) > QUEUE_HIGH_WATER and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def connection_lost(self) -> None:
-        """The transport closed (the component went away, or we closed it)."""
-        self._shutdown()
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue and not self.closed:
-                item = self._queue.popleft()
-                if self._paused and len(self._queue) < QUEUE_HIGH_WATER // 2:
-                    self._paused = False
-                    self.transport.resume_reading()
-                try:
-                    if item is None:
-                        self._on_header()
-                    elif item is CLOSE_MARK:
-                        self.close()
-                    else:
-                        await self._on_element(item)
-                except StreamError as err:
-                    self._fail(err)
-                except StanzaError as err:
-                    if item is not None and item is not CLOSE_MARK:
-                        self._answer_error(item, err)
-                except Exception:
-                    what = "stream header" if item is None else summary(item)
-                    log.exception("%s: failed on %s", self.summary(), what)
-                    self._fail(StreamError("internal-server-error"))
-        finally:
-            self._worker = None
-
-    def _fail(self, err: StreamError) -> None:
-        if self.closed:
-            return
-        log.debug("%s: stream error %s", self.summary(), err.condition)
-        if not self.stream_id:
-            self._write(self._header_bytes(None))
-        self.close(err.condition, err.text)
 
     def _answer_error(self, stanza: Element, err: StanzaError) -> None:
         """A stanza the server refused: the error goes back on this stream, from the
@@ -285,14 +208,14 @@ class ComponentStream:
 
     # ------------------------------------------------------------------ header and handshake
 
-    def _on_header(self) -> None:
+    async def _on_header(self) -> None:
         header = self.reader.header
         assert header is not None
         try:
             domain = domainprep(header.to or "")
         except InvalidJID:
             domain = ""
-        known = bool(domain) and domain in self.server.components
+        known = bool(domain) and domain in self.services.components
         self._write(self._header_bytes(domain if known else None))
         if not known:
             log.warning("%s: no component is configured for %r", self.summary(), header.to)
@@ -306,17 +229,15 @@ class ComponentStream:
         attrs = {"id": self.stream_id}
         if domain:
             attrs["from"] = domain
-        nsmap = {None: ns.COMPONENT, "stream": ns.STREAMS}
-        root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
-        return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
+        return self.transport.framing.open(ns.COMPONENT, attrs)
 
     async def _handshake(self, el: Element) -> None:
-        throttle = self.server.throttle
+        throttle = self.services.throttle
         peer = self.peer
         delay = throttle.delay_for(peer)
         if delay:
             await asyncio.sleep(delay)
-        secret = self.server.components.secret(self.domain)
+        secret = self.services.components.secret(self.domain)
         assert secret is not None
         expected = handshake_digest(self.stream_id, secret).encode("ascii")
         given = (el.text or "").strip().lower().encode("utf-8")
@@ -325,10 +246,10 @@ class ComponentStream:
             log.warning("%s: wrong handshake (secret)", self.summary())
             raise StreamError("not-authorized")
         throttle.succeeded(peer, _HANDSHAKE)
-        if not self.server.components.register(self):
+        if not self.services.components.register(self):
             log.warning("%s: refused, the component is already connected", self.summary())
             raise StreamError("conflict", "this component is already connected")
-        self.is_authenticated = True
+        self._enter(_AUTHENTICATED)
         self._timeout.cancel()
         self._write(_HANDSHAKE_OK)
         log.info("%s: connected", self.summary())
@@ -336,7 +257,7 @@ class ComponentStream:
     # ------------------------------------------------------------------ elements
 
     async def _on_element(self, el: Element) -> None:
-        if not self.is_authenticated:
+        if self.state is not _AUTHENTICATED:
             if el.tag == _HANDSHAKE and self.domain:
                 await self._handshake(el)
                 return
@@ -373,39 +294,14 @@ class ComponentStream:
             JID.parse(to)
         except InvalidJID:
             raise StanzaError("jid-malformed", "invalid 'to' address") from None
-        await self.server.router.route(el, None)
+        await self.services.router.route(el, None)
 
-    # ------------------------------------------------------------------ output and teardown
+    # ------------------------------------------------------------------ teardown
 
-    def _write(self, data: bytes) -> None:
-        """Queue output; it is written once per event-loop turn."""
-        out = self._out
-        out.append(data)
-        if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out = self._out
-        if out and not write_batch(out, self.transport, self.server.config.c2s.max_write_buffer):
-            log.warning("%s: too slow to read; closing", self.summary())
-            self._shutdown()
-            self.transport.close()
-
-    def _connect_timed_out(self) -> None:
-        if not self.is_authenticated and not self.closed:
-            self._fail(StreamError("connection-timeout"))
-
-    def _shutdown(self) -> None:
-        """Mark closed and unregister (idempotent): stanzas for the domain bounce again."""
-        if self.closed:
-            return
-        self.closed = True
-        self._timeout.cancel()
-        self._queue.clear()
-        if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()
-        if self.is_authenticated:
-            self.server.components.unregister(self)
+    def _on_shutdown(self, previous: StreamState) -> None:
+        """Unregister: stanzas for the domain bounce again."""
+        if previous is _AUTHENTICATED:
+            self.services.components.unregister(self)
             log.info("%s: disconnected", self.summary())
 
 

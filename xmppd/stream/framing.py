@@ -1,5 +1,6 @@
 """Pieces every stream kind (c2s, component, later s2s) shares: stream errors, the
-end-of-stream marker of the input queue, and batched output."""
+end-of-stream marker of the input queue, batched output, and the RFC 6120 framing
+(``<stream:stream>`` over TCP)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from lxml import etree
 
 from xmppd import ns
 from xmppd.stanza import child
+from xmppd.stream.xmlreader import XmlReader
 
 if TYPE_CHECKING:
-    from xmppd.stream.c2s import Transport
+    from xmppd.stream.transport import Transport
 
 CLOSE_MARK: Final = etree.Element("close-mark")
 """Queued after the last element when the peer closed its stream."""
+
+_STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
 
 
 def stream_error(condition: str, text: str | None) -> bytes:
@@ -34,3 +38,24 @@ def write_batch(out: list[bytes], transport: Transport, limit: int) -> bool:
     out.clear()
     transport.write(data)
     return transport.write_buffer_size() <= limit
+
+
+class XmlStreamFraming:
+    """RFC 6120 §4: one long-lived ``<stream:stream>`` document per direction (TCP,
+    direct TLS). Stateless; :data:`XML_STREAM` is the one instance."""
+
+    __slots__ = ()
+
+    def reader(self, namespace: str, max_stanza_size: int) -> XmlReader:
+        return XmlReader(expected_namespace=namespace, max_stanza_size=max_stanza_size)
+
+    def open(self, namespace: str, attrs: dict[str, str]) -> bytes:
+        nsmap = {None: namespace, "stream": ns.STREAMS}
+        root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
+        return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
+
+    def close(self) -> bytes:
+        return b"</stream:stream>"
+
+
+XML_STREAM: Final = XmlStreamFraming()

@@ -1,5 +1,10 @@
 """TCP listeners: c2s with STARTTLS (port 5222) or direct TLS (XEP-0368), and plain
-TCP for external components (XEP-0114, port 5347)."""
+TCP for external components (XEP-0114, port 5347).
+
+This layer knows no stream kind: the server passes the functions that open a stream
+on a new connection (:class:`StreamOpeners`), and connections speak to streams only
+through :mod:`xmppd.stream.transport`. The framing is RFC 6120's ``<stream:stream>``.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +13,61 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from xmppd.stream.c2s import C2SStream
-from xmppd.stream.component import ComponentStream
+from xmppd.stream.framing import XML_STREAM
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
-    from xmppd.server import Server
+    from xmppd.stream.transport import Framing, StreamInput, Transport
+    from xmppd.tls import TlsContexts
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamOpeners:
+    """How the server opens a stream on a new connection, per listener kind."""
+
+    c2s: Callable[[Transport, bool], StreamInput]
+    """A client stream; the flag: offer STARTTLS (the connection is not TLS yet)."""
+    component: Callable[[Transport], StreamInput]
+    """An external component stream (XEP-0114)."""
+    components_configured: bool
+    """Any ``[[components]]`` in the config (warnings about listeners only)."""
+
+
 class C2SConnection(asyncio.Protocol):
-    """asyncio glue: one per TCP connection; feeds a :class:`C2SStream`."""
+    """asyncio glue: one per TCP connection; feeds a client stream."""
 
-    __slots__ = ("_server", "_tls_mode", "_transport", "is_secure", "peer", "stream")
+    __slots__ = ("_open", "_tls", "_tls_mode", "_transport", "is_secure", "peer", "stream")
 
-    def __init__(self, server: Server, tls_mode: str) -> None:
-        self._server = server
+    def __init__(
+        self,
+        open_stream: Callable[[Transport], StreamInput],
+        tls: TlsContexts | None,
+        tls_mode: str,
+    ) -> None:
+        self._open = open_stream
+        self._tls = tls
         self._tls_mode = tls_mode
         self._transport: asyncio.Transport | None = None
-        self.stream: C2SStream | ComponentStream | None = None
+        self.stream: StreamInput | None = None
         self.peer = ""
         self.is_secure = tls_mode == "direct"
+
+    @property
+    def framing(self) -> Framing:
+        return XML_STREAM
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
-        self.stream = C2SStream(self._server, self, offer_starttls=self._tls_mode == "starttls")
+        self.stream = self._open(self)
 
     def data_received(self, data: bytes) -> None:
         if self.stream is not None:
@@ -79,14 +108,14 @@ class C2SConnection(asyncio.Protocol):
         obj: Any = self._transport.get_extra_info("ssl_object")
         return obj if isinstance(obj, ssl.SSLObject) else None
 
-    def attach(self, stream: C2SStream) -> None:
+    def attach(self, stream: StreamInput) -> None:
         self.stream = stream
 
     def detach(self) -> None:
         self.stream = None
 
     async def start_tls(self) -> None:
-        tls = self._server.tls
+        tls = self._tls
         if self._transport is None or tls is None:
             raise ConnectionError("no transport")
         loop = asyncio.get_running_loop()
@@ -109,15 +138,15 @@ class ComponentConnection(C2SConnection):
 
     __slots__ = ()
 
-    def __init__(self, server: Server) -> None:
-        super().__init__(server, "none")
+    def __init__(self, open_stream: Callable[[Transport], StreamInput]) -> None:
+        super().__init__(open_stream, None, "none")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         _enable_keepalive(self._transport.get_extra_info("socket"))
-        self.stream = ComponentStream(self._server, self)
+        self.stream = self._open(self)
 
 
 def _enable_keepalive(sock: Any) -> None:
@@ -133,29 +162,40 @@ def _enable_keepalive(sock: Any) -> None:
         log.debug("cannot enable TCP keepalive: %s", exc)
 
 
-async def start_listeners(server: Server) -> list[asyncio.Server]:
+async def start_listeners(
+    sections: Sequence[ListenerSection], tls: TlsContexts | None, openers: StreamOpeners
+) -> list[asyncio.Server]:
     """Open every configured listener; returns the asyncio servers."""
     loop = asyncio.get_running_loop()
     opened = []
-    for section in server.config.listeners:
-        opened.append(await _listen(loop, server, section))
-    kinds = {section.kind for section in server.config.listeners}
-    if len(server.components) and "component" not in kinds:
+    for section in sections:
+        opened.append(await _listen(loop, section, tls, openers))
+    kinds = {section.kind for section in sections}
+    if openers.components_configured and "component" not in kinds:
         log.warning("[[components]] are configured but no listener has kind = 'component'")
     return opened
 
 
 async def _listen(
-    loop: asyncio.AbstractEventLoop, server: Server, section: ListenerSection
+    loop: asyncio.AbstractEventLoop,
+    section: ListenerSection,
+    tls: TlsContexts | None,
+    openers: StreamOpeners,
 ) -> asyncio.Server:
     if section.kind == "component":
-        return await _listen_components(loop, server, section)
+        return await _listen_components(loop, section, openers)
     ssl_ctx = None
     if section.tls == "direct":
-        assert server.tls is not None
-        ssl_ctx = server.tls.context
+        assert tls is not None
+        ssl_ctx = tls.context
+    offer_starttls = section.tls == "starttls"
+    open_c2s = openers.c2s
+
+    def open_stream(transport: Transport) -> StreamInput:
+        return open_c2s(transport, offer_starttls)
+
     srv = await loop.create_server(
-        lambda: C2SConnection(server, section.tls),
+        lambda: C2SConnection(open_stream, tls, section.tls),
         host=section.address,
         port=section.port,
         ssl=ssl_ctx,
@@ -169,10 +209,11 @@ async def _listen(
 
 
 async def _listen_components(
-    loop: asyncio.AbstractEventLoop, server: Server, section: ListenerSection
+    loop: asyncio.AbstractEventLoop, section: ListenerSection, openers: StreamOpeners
 ) -> asyncio.Server:
+    open_component = openers.component
     srv = await loop.create_server(
-        lambda: ComponentConnection(server),
+        lambda: ComponentConnection(open_component),
         host=section.address,
         port=section.port,
         backlog=section.backlog,
@@ -187,7 +228,7 @@ async def _listen_components(
             section.address,
             section.port,
         )
-    if not len(server.components):
+    if not openers.components_configured:
         log.warning("a component listener is open but no [[components]] are configured")
     return srv
 

@@ -1,0 +1,290 @@
+"""The stream machine every stream kind shares (c2s, component; s2s later).
+
+Written once here: feeding the transport's bytes to the reader (framing, restricted
+XML and size limits are the reader's), the input queue and its ordered drain worker
+with back-pressure on the transport, stream errors (``StreamError`` →
+``<stream:error>`` and close), batched output with the write-buffer limit, the
+connect timeout, close and shutdown. A stream kind subclasses :class:`StreamMachine`
+and fills in what differs: its header (:meth:`StreamMachine._on_header`,
+:meth:`StreamMachine._header_bytes`), what one element means
+(:meth:`StreamMachine._on_element`), how a refused stanza is answered
+(:meth:`StreamMachine._answer_error`) and its teardown
+(:meth:`StreamMachine._on_shutdown`).
+
+Its lifecycle is a :class:`StreamState`; each kind declares the moves it allows in
+``TRANSITIONS`` and changes state only through :meth:`StreamMachine._enter`, which
+raises :class:`IllegalTransition` on any other move. Only lifecycle events change
+state, never a stanza: the per-stanza cost is one identity comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from xmppd.errors import StanzaError, StreamError
+from xmppd.stanza import summary
+from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
+
+if TYPE_CHECKING:
+    from xmppd.stanza import Element
+    from xmppd.stream.transport import ElementReader, Transport
+
+log = logging.getLogger(__name__)
+
+QUEUE_HIGH_WATER: Final = 500
+"""Elements waiting to be handled before the transport stops being read."""
+
+
+class StreamState(enum.Enum):
+    """Where a stream is in its life. Each stream kind uses a subset (its
+    ``TRANSITIONS`` table): a component never binds, an s2s stream never detaches."""
+
+    CONNECTED = "connected"
+    """Open, not authenticated: stream header, features, STARTTLS, SASL/handshake."""
+    TLS_HANDSHAKE = "tls-handshake"
+    """``<proceed/>`` sent; the TLS handshake runs, input is ignored."""
+    AUTHENTICATED = "authenticated"
+    """The peer proved who it is; a client still has to bind a resource."""
+    BOUND = "bound"
+    """A client's resource is bound: the session is routable (the live state)."""
+    DETACHED = "detached"
+    """The connection dropped; the session stays routable, keeping what it is sent,
+    until it is resumed or times out (XEP-0198 hibernation)."""
+    CLOSED = "closed"
+    """Ended: nothing is read or written any more."""
+
+
+Transitions = Mapping[StreamState, frozenset[StreamState]]
+
+
+class IllegalTransition(RuntimeError):
+    """A stream was asked to move between two states its kind does not connect."""
+
+    def __init__(self, kind: str, current: StreamState, new: StreamState) -> None:
+        super().__init__(f"{kind} stream: no transition from {current.name} to {new.name}")
+        self.current = current
+        self.new = new
+
+
+_CONNECTED: Final = StreamState.CONNECTED
+_TLS: Final = StreamState.TLS_HANDSHAKE
+_DETACHED: Final = StreamState.DETACHED
+_CLOSED: Final = StreamState.CLOSED
+
+
+class StreamMachine:
+    """One XML stream over one transport, from stream header to close.
+
+    Subclasses keep ``__slots__`` (one stream exists per connection) and implement
+    the ``_on_*`` hooks. Input arrives through :meth:`data_received` (synchronous:
+    parse, queue); a single worker task handles the queue in order, so a slow handler
+    delays the stanzas after it, never reorders them.
+    """
+
+    __slots__ = (
+        "_out",
+        "_paused",
+        "_queue",
+        "_timeout",
+        "_worker",
+        "_write_limit",
+        "last_activity",
+        "reader",
+        "state",
+        "stream_id",
+        "transport",
+    )
+
+    KIND: ClassVar[str] = "xml"
+    """Names the stream kind in logs and errors."""
+    TRANSITIONS: ClassVar[Transitions] = {}
+    """The moves this kind allows: state → the states it may enter next."""
+    CONTENT_NAMESPACE: ClassVar[str] = ""
+    """The stream's default namespace (``jabber:client``, ``jabber:component:accept``)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_stanza_size: int,
+        connect_timeout: float,
+        write_limit: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.reader: ElementReader = transport.framing.reader(
+            self.CONTENT_NAMESPACE, max_stanza_size
+        )
+        self.state = _CONNECTED
+        self.stream_id = ""
+        self.last_activity = loop.time()
+        self._write_limit = write_limit
+        self._queue: deque[Element | None] = deque()
+        self._out: list[bytes] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._timeout = loop.call_later(connect_timeout, self._connect_timed_out)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        return self.state is _CLOSED
+
+    def _enter(self, new: StreamState) -> None:
+        """Move to ``new``; :class:`IllegalTransition` if this kind does not allow it."""
+        if new not in self.TRANSITIONS.get(self.state, ()):
+            raise IllegalTransition(self.KIND, self.state, new)
+        self.state = new
+
+    # ------------------------------------------------------------------ hooks for stream kinds
+
+    async def _on_header(self) -> None:
+        """The peer's stream header was read (``self.reader.header``)."""
+        raise NotImplementedError
+
+    async def _on_element(self, el: Element) -> None:
+        """One top-level element from the peer."""
+        raise NotImplementedError
+
+    def _header_bytes(self, domain: str | None) -> bytes:
+        """Our stream header (sets ``stream_id``); ``domain`` is ``from``, if known."""
+        raise NotImplementedError
+
+    def _answer_error(self, stanza: Element, err: StanzaError) -> None:
+        """A stanza the handler refused with ``err``: answer it on this stream."""
+        raise NotImplementedError
+
+    def _on_shutdown(self, previous: StreamState) -> None:
+        """Teardown of this kind (unregister ...), once, after the stream was in
+        ``previous`` and is now closed."""
+
+    def summary(self) -> str:
+        return f"{self.KIND} {self.transport.peer}"
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the transport (synchronous: parse, then queue for handling)."""
+        state = self.state
+        if state is _CLOSED or state is _TLS:
+            return
+        self.last_activity = asyncio.get_running_loop().time()
+        reader = self.reader
+        had_header = reader.header is not None
+        try:
+            elements = reader.feed(data)
+        except StreamError as err:
+            self._fail(err)
+            return
+        queue = self._queue
+        if not had_header and reader.header is not None:
+            queue.append(None)
+        queue.extend(elements)
+        if reader.closed:
+            queue.append(CLOSE_MARK)
+        self._start_worker()
+        if len(queue) > QUEUE_HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _start_worker(self) -> None:
+        if self._queue and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    def connection_lost(self) -> None:
+        """The transport closed (the peer went away, or we closed it)."""
+        self._shutdown()
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        try:
+            while queue and self.state is not _CLOSED:
+                item = queue.popleft()
+                if self._paused and len(queue) < QUEUE_HIGH_WATER // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+                try:
+                    if item is None:
+                        await self._on_header()
+                    elif item is CLOSE_MARK:
+                        self.close()
+                    else:
+                        await self._on_element(item)
+                except StreamError as err:
+                    self._fail(err)
+                except StanzaError as err:
+                    if item is not None and item is not CLOSE_MARK:
+                        self._answer_error(item, err)
+                except Exception:
+                    what = "stream header" if item is None else summary(item)
+                    if self.closed:  # closed under the handler (timeout, server stop)
+                        log.debug("%s: closed while handling %s", self.summary(), what)
+                    else:
+                        log.exception("%s: failed on %s", self.summary(), what)
+                        self._fail(StreamError("internal-server-error"))
+        finally:
+            self._worker = None
+
+    def _fail(self, err: StreamError) -> None:
+        """Close with a stream error (sending our header first if we had not)."""
+        if self.state is _CLOSED:
+            return
+        log.debug("%s: stream error %s", self.summary(), err.condition)
+        if not self.stream_id:
+            self._write(self._header_bytes(None))
+        self.close(err.condition, err.text)
+
+    def _connect_timed_out(self) -> None:
+        """The connect timeout fired (a kind cancels ``_timeout`` once established)."""
+        if self.state is not _CLOSED:
+            self._fail(StreamError("connection-timeout"))
+
+    # ------------------------------------------------------------------ output and teardown
+
+    def _write(self, data: bytes) -> None:
+        """Queue output; it is written once per event-loop turn (one syscall per burst,
+        not one per stanza). Nothing is written while detached."""
+        if self.state is _DETACHED:
+            return
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and not write_batch(out, self.transport, self._write_limit):
+            log.warning("%s: peer too slow to read; closing", self.summary())
+            self._shutdown()
+            self.transport.close()
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close the stream, with a stream error when ``condition`` is given."""
+        if self.state is _CLOSED:
+            return
+        if condition is not None:
+            self._write(stream_error(condition, text))
+        self._write(self.transport.framing.close())
+        self._flush()
+        self._shutdown()
+        self.transport.close()
+
+    def _shutdown(self) -> None:
+        """Mark closed and tear down (idempotent): timers, queue, worker, then the
+        kind's :meth:`_on_shutdown`."""
+        previous = self.state
+        if previous is _CLOSED:
+            return
+        self._enter(_CLOSED)
+        self._timeout.cancel()
+        self._queue.clear()
+        worker = self._worker
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+        self._on_shutdown(previous)
