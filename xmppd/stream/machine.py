@@ -188,7 +188,8 @@ class StreamMachine:
         queue.extend(elements)
         if reader.closed:
             queue.append(CLOSE_MARK)
-        self._start_worker()
+        if queue and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
         if len(queue) > QUEUE_HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
