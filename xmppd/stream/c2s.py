@@ -237,7 +237,7 @@ class C2SStream(StreamMachine):
 
     def release_idle_memory(self, now: float, idle_for: float) -> bool:
         """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds."""
-        if self.state is not _BOUND or self._queue or now - self.last_activity < idle_for:
+        if not self.is_bound or self._queue or now - self.last_activity < idle_for:
             return False
         return self.reader.release_if_idle()
 
