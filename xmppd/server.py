@@ -33,9 +33,8 @@ from xmppd.server_secret import derive, load_or_create
 from xmppd.sessions import make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
-from xmppd.stream.c2s import C2SStream
-from xmppd.stream.component import ComponentRegistry, ComponentStream
-from xmppd.stream.services import C2SServices, ComponentServices
+from xmppd.stream.c2s import C2SServices, C2SStream
+from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, load_host_certificate
 from xmppd.transports.tcp import StreamOpeners, start_listeners

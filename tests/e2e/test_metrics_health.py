@@ -30,14 +30,10 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 def client(srv: InProcessServer, jid: str, password: str, mechanism: str) -> Slix:
-    """A slixmpp client on the direct-TLS port.
-
-    Not STARTTLS: with both ends on one stdlib asyncio loop, the stream header a client
-    sends with its last handshake flight reaches the server before its ``start_tls``
-    has returned, and the c2s stream drops it (reported to the lead; uvloop in the real
-    server happens not to show it).
-    """
-    return Slix(srv, jid, password, mechanism=mechanism, direct_tls=True)  # type: ignore[arg-type]
+    """A slixmpp client on the STARTTLS port (on one stdlib asyncio loop, the client's
+    new stream header can reach the server before its ``start_tls`` has returned; the
+    c2s stream keeps what the TLS layer hands it during the handshake)."""
+    return Slix(srv, jid, password, mechanism=mechanism)  # type: ignore[arg-type]
 
 
 def value(srv: InProcessServer, sample: str, **labels: str) -> float:

@@ -30,11 +30,10 @@ from xmppd.module import Scope
 from xmppd.sessions import RegistryKind, Session, SessionRegistry, make_registry
 from xmppd.stanza import Element
 from xmppd.storage.database import Database
-from xmppd.stream.c2s import C2S_TRANSITIONS, C2SStream
+from xmppd.stream.c2s import C2S_TRANSITIONS, C2SServices, C2SStream
 from xmppd.stream.component import COMPONENT_TRANSITIONS
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.machine import IllegalTransition, StreamMachine, StreamState
-from xmppd.stream.services import C2SServices
 from xmppd.stream.transport import Framing, StreamInput
 
 DOMAIN = "example.org"

@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -23,8 +24,8 @@ from xmppd.auth import fast, sasl
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import Drop
 from xmppd.hooks import FeaturesContext, PacketContext, StanzaEvent
+from xmppd.iq import Scope
 from xmppd.jid import JID, InvalidJID, resourceprep
-from xmppd.module import Scope
 from xmppd.server_secret import derive
 from xmppd.stanza import (
     IQ_TYPES,
@@ -43,11 +44,43 @@ from xmppd.stream.machine import StreamMachine, StreamState, Transitions
 from xmppd.stream.sm import SmState
 
 if TYPE_CHECKING:
-    from xmppd.sessions import SessionKey
-    from xmppd.stream.services import C2SServices, StreamHost
+    from collections.abc import Mapping, MutableMapping
+
+    from xmppd.auth.accounts import Accounts
+    from xmppd.auth.fast import FastTokens
+    from xmppd.auth.throttle import FailedLoginThrottle
+    from xmppd.config import AuthSection, C2SSection
+    from xmppd.sessions import SessionKey, SessionRegistry
+    from xmppd.stream.services import StanzaRouter, StreamHost, TaskStarter
     from xmppd.stream.transport import Transport
+    from xmppd.tls import TlsContexts
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class C2SServices:
+    """Everything a client stream (:class:`xmppd.stream.c2s.C2SStream`) uses."""
+
+    c2s: C2SSection
+    auth: AuthSection
+    hosts: Mapping[str, StreamHost]
+    """Served domains (lowercase) → their host."""
+    router: StanzaRouter
+    sessions: SessionRegistry
+    """Bound sessions: a stream adds itself on bind and removes itself at close."""
+    accounts: Accounts
+    throttle: FailedLoginThrottle
+    start_task: TaskStarter
+    resumable: MutableMapping[str, C2SStream]
+    """Stream-management sessions by resumption id (XEP-0198), shared by all streams."""
+    secret: bytes = b""
+    """The persistent server secret (stable Bind 2 resources)."""
+    fast_tokens: FastTokens | None = None
+    """XEP-0484 FAST tokens, when SASL2 and FAST are enabled."""
+    tls: TlsContexts | None = None
+    """The certificates (channel binding); ``None`` without TLS listeners."""
+
 
 T = TypeVar("T")
 

@@ -44,6 +44,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from copy import deepcopy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from lxml import etree
@@ -57,11 +58,24 @@ from xmppd.stream.machine import StreamMachine, StreamState, Transitions
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from xmppd.config import ComponentSection
-    from xmppd.stream.services import ComponentServices
+    from xmppd.auth.throttle import FailedLoginThrottle
+    from xmppd.config import C2SSection, ComponentSection
+    from xmppd.stream.services import StanzaRouter
     from xmppd.stream.transport import Transport
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentServices:
+    """Everything an external component stream (XEP-0114) uses."""
+
+    limits: C2SSection
+    """Stanza size, connect timeout and write buffer (shared with c2s)."""
+    router: StanzaRouter
+    throttle: FailedLoginThrottle
+    components: ComponentRegistry
+
 
 _HANDSHAKE: Final = "handshake"
 _HANDSHAKE_OK: Final = b"<handshake/>"

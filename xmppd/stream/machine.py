@@ -72,7 +72,6 @@ class IllegalTransition(RuntimeError):
 
 
 _CONNECTED: Final = StreamState.CONNECTED
-_TLS: Final = StreamState.TLS_HANDSHAKE
 _DETACHED: Final = StreamState.DETACHED
 _CLOSED: Final = StreamState.CLOSED
 
@@ -171,8 +170,12 @@ class StreamMachine:
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the transport (synchronous: parse, then queue for handling)."""
-        state = self.state
-        if state is _CLOSED or state is _TLS:
+        # During a STARTTLS handshake (TLS_HANDSHAKE) bytes still count: the TLS layer
+        # hands over what the client sent right after its last handshake flight (its
+        # new stream header) before ``start_tls`` returns. Nothing sent in the clear
+        # after <starttls/> gets here: the reader and queue were reset and the TLS layer
+        # took the socket before any further read.
+        if self.state is _CLOSED:
             return
         self.last_activity = asyncio.get_running_loop().time()
         reader = self.reader
