@@ -27,6 +27,7 @@ from tests.support.e2e import (
     subscribe,
     take,
     until_equal,
+    user_rows,
 )
 from tests.support.pep import (
     DATA,
@@ -553,9 +554,11 @@ async def test_removing_the_account_removes_its_nodes(pep_server: XmppdServer) -
         )
         assert (await owner.expect(lambda el: el.get("id") == "bye", 20)).get("type") == "result"
         await owner.wait_closed(20)
-        # The stream closes first (XEP-0077 §3.2), then the account's data is deleted.
-        empty = {"mod_pep__nodes": 0, "mod_pep__items": 0}
-        await until_equal(lambda: pep_rows(pep_server, name), empty)
+        # The stream closes first (XEP-0077 §3.2), then the account's data is deleted,
+        # and the account row last: only then is the name free again.
+        tables = ["mod_pep__nodes", "mod_pep__items", "xmppd_accounts"]
+        empty = dict.fromkeys(tables, 0)
+        await until_equal(lambda: user_rows(pep_server, name, tables), empty)
     finally:
         await owner.close()
     await register_account(pep_server, name, PASSWORD)
