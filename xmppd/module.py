@@ -251,6 +251,11 @@ class ModuleContext(Generic[OptionsT]):
         stanza concerns."""
         return self._peers.get(domain)
 
+    def loaded_hosts(self) -> list[str]:
+        """The hosts where this module is loaded (for a ``global`` hook handler that acts
+        on each of them through :meth:`for_host`)."""
+        return list(self._peers)
+
     def provide(self, key: ServiceKey[T], value: T) -> None:
         """Offer ``value`` to other modules on this host under ``key``."""
         self._host.services[key.name] = value

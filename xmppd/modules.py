@@ -41,6 +41,7 @@ DEFAULT_MODULES: Final = (
     "bookmarks",
     "avatar_conversion",
     "push",
+    "muc",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 

@@ -154,6 +154,7 @@ DEFAULT_TEST_MODULES: dict[str, dict[str, Any]] = {
     "time": {},
     "last": {},
     "register": {"allow_registration": True, "min_password_length": 4},
+    "muc": {},
 }
 
 

@@ -1,0 +1,1098 @@
+"""One room (XEP-0045): its occupants, roles, affiliations, history and subject, and
+the state machine that every stanza addressed to the room or one of its occupants
+goes through.
+
+A room is reached through one interface, :meth:`Room.handle` (hand it a stanza), and
+processes its stanzas one at a time in arrival order. It talks to the world only
+through its :class:`RoomHost` (send a stanza, run a hook, store, forget the room),
+so the place where a room lives (this process now, a cluster node later) is not the
+room's concern.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, Protocol
+
+from modules.mod_muc import errors
+from modules.mod_muc.common import (
+    AFFILIATION_RANK,
+    AFFILIATIONS,
+    NS_MUC,
+    NS_MUC_ADMIN,
+    NS_MUC_OWNER,
+    NS_MUC_STABLE_ID,
+    NS_MUC_USER,
+    NS_OCCUPANT_ID,
+    ROLE_RANK,
+    ROLES,
+    Ctx,
+    Status,
+)
+from modules.mod_muc.config import (
+    Limits,
+    RoomConfig,
+    apply_form,
+    config_form,
+    feature_vars,
+    info_form,
+)
+from modules.mod_muc.hooks import (
+    GROUPCHAT_MESSAGE,
+    OCCUPANT_JOINED,
+    OCCUPANT_LEFT,
+    OCCUPANT_ROLE_CHANGED,
+    ROOM_CONFIGURED,
+    ROOM_CREATED,
+    ROOM_DESTROYED,
+    GroupchatContext,
+    OccupantEvent,
+    RoomEvent,
+)
+from xmppd.api import JID, Drop, InvalidJID, StanzaError, ns
+from xmppd.api.stanza import (
+    Element,
+    child,
+    copy,
+    element,
+    error_reply,
+    find_child,
+    iq_result,
+    payload,
+    serialize,
+)
+
+if TYPE_CHECKING:
+    from modules.mod_muc.store import RoomStore
+
+_X_MUC: Final = f"{{{NS_MUC}}}x"
+_X_USER: Final = f"{{{NS_MUC_USER}}}x"
+_OCCUPANT_ID: Final = f"{{{NS_OCCUPANT_ID}}}occupant-id"
+_DATA_FORM: Final = f"{{{ns.DATA_FORMS}}}x"
+_PING: Final = f"{{{ns.PING}}}ping"
+_STRIP_FROM_PRESENCE: Final = frozenset({_X_MUC, _X_USER, _OCCUPANT_ID})
+_FATAL_ERRORS: Final = frozenset(
+    {
+        "gone",
+        "item-not-found",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    }
+)
+"""Error conditions that mean an occupant's session is gone (a ghost to remove)."""
+
+
+class RoomHost(Protocol):
+    """What a room needs from the service it lives in."""
+
+    @property
+    def ctx(self) -> Ctx: ...
+
+    @property
+    def store(self) -> RoomStore: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    def forget(self, room: Room) -> None:
+        """The room is gone (destroyed, or a temporary room that emptied)."""
+
+    async def redeliver(self, stanza: Element, to: JID, from_: JID) -> None:
+        """Hand a stanza that reached a room after it was gone back to the service."""
+
+
+@dataclass(slots=True)
+class Occupant:
+    """Someone in the room under ``nick``: one account, possibly several of its sessions
+    (``presences``: full JID -> the last presence that session sent, stripped)."""
+
+    nick: str
+    bare: JID
+    role: str
+    occupant_id: str
+    presences: dict[JID, Element]
+    latest: JID
+    tokens: float
+    refilled: float
+
+    @property
+    def presence(self) -> Element:
+        return self.presences[self.latest]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    stanza: Element
+    """The message as broadcast, without ``to``."""
+    at: float
+    size: int
+
+
+@dataclass(slots=True)
+class _Queued:
+    stanza: Element
+    to: JID
+    from_: JID
+
+
+@dataclass(slots=True)
+class Room:
+    """A room's state. Create it through the service (:class:`~.service.MucService`)."""
+
+    host: RoomHost
+    jid: JID
+    config: RoomConfig
+    salt: str
+    affiliations: dict[JID, str] = field(default_factory=dict)
+    reasons: dict[JID, str] = field(default_factory=dict)
+    nicks: dict[JID, str] = field(default_factory=dict)
+    """Registered nicknames (§7.10), by bare JID."""
+    occupants: dict[str, Occupant] = field(default_factory=dict)
+    by_jid: dict[JID, str] = field(default_factory=dict)
+    history: deque[HistoryEntry] = field(default_factory=deque)
+    subject: str = ""
+    subject_by: str = ""
+    locked: bool = False
+    fresh: bool = False
+    """Created by the join being handled: its self-presence carries 201."""
+    gone: bool = False
+    _queue: deque[_Queued] = field(default_factory=deque)
+    _busy: bool = False
+
+    # ------------------------------------------------------------------ the interface
+
+    async def handle(self, stanza: Element, to: JID, from_: JID) -> None:
+        """Take a stanza addressed to the room or one of its occupants. Stanzas are
+        processed one at a time, in order; a stanza that arrives while the room is busy
+        (from another session, or caused by the room's own sending) waits its turn."""
+        self._queue.append(_Queued(stanza, to, from_))
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._queue:
+                item = self._queue.popleft()
+                await self._process(item.stanza, item.to, item.from_)
+        finally:
+            self._busy = False
+            if self._queue:
+                # The draining task was cancelled (its session closed): hand the rest on.
+                self.ctx.spawn(self._drain(), name=f"muc room {self.jid}")
+
+    async def _drain(self) -> None:
+        if self._queue and not self._busy:
+            item = self._queue.popleft()
+            await self.handle(item.stanza, item.to, item.from_)
+
+    @property
+    def ctx(self) -> Ctx:
+        return self.host.ctx
+
+    @property
+    def name(self) -> str:
+        return self.jid.local
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.occupants
+
+    def affiliation(self, jid: JID) -> str:
+        return self.affiliations.get(jid.bare, "none")
+
+    def owners(self) -> list[JID]:
+        return [j for j, a in self.affiliations.items() if a == "owner"]
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _process(self, stanza: Element, to: JID, from_: JID) -> None:
+        if self.gone:
+            await self.host.redeliver(stanza, to, from_)
+            return
+        try:
+            if stanza.tag == "presence":
+                await self._on_presence(stanza, to, from_)
+            elif stanza.tag == "message":
+                await self._on_message(stanza, to, from_)
+            elif stanza.tag == "iq":
+                await self._on_iq(stanza, to, from_)
+        except StanzaError as err:
+            await self._bounce(stanza, err)
+        except Exception:
+            self.ctx.log.exception("room %s crashed on a %s", self.jid, stanza.tag)
+            await self._bounce(stanza, StanzaError("internal-server-error"))
+        if not self.gone and self.is_empty and not self.config.persistent:
+            await self._vanish()
+
+    async def _bounce(self, stanza: Element, err: StanzaError) -> None:
+        reply = error_reply(stanza, err)
+        if reply is not None and reply.get("to"):
+            await self.ctx.send(reply)
+
+    async def _vanish(self) -> None:
+        """A temporary room whose last occupant left (or whose creation failed)."""
+        self.gone = True
+        self.host.forget(self)
+        if not self.fresh:
+            await self.ctx.run(ROOM_DESTROYED, RoomEvent(self.jid, None))
+
+    # ------------------------------------------------------------------ presence
+
+    async def _on_presence(self, stanza: Element, to: JID, from_: JID) -> None:
+        ptype = stanza.get("type")
+        current = self.by_jid.get(from_)
+        occupant = self.occupants.get(current) if current is not None else None
+        if ptype == "error":
+            if occupant is not None:
+                await self._remove(occupant, from_, codes=(Status.TECHNICAL,), why="error")
+            return
+        if ptype == "unavailable":
+            if occupant is not None:
+                await self._remove(occupant, from_, status=stanza, why="leave")
+            return
+        if ptype is not None:
+            return  # subscriptions and probes mean nothing to a room
+        nick = to.resource
+        if not nick:
+            raise errors.NICK_MISSING()
+        if occupant is None:
+            await self._join(stanza, nick, from_)
+        elif occupant.nick == nick:
+            occupant.presences[from_] = _stripped(stanza)
+            occupant.latest = from_
+            if find_child(stanza, NS_MUC, "x") is not None:
+                # A join from a session that is already in: it lost track (a reconnect,
+                # a failed self-ping), so it gets the room's state again.
+                await self._send_state(occupant, from_, stanza, codes=())
+            await self._broadcast_presence(occupant, exclude_session=None)
+        else:
+            await self._change_nick(occupant, from_, nick, stanza)
+
+    def _check_nick(self, nick: str) -> None:
+        if not nick.strip() or len(nick) > self.ctx.options.max_nick_length:
+            raise errors.NICK_INVALID()
+
+    def _nick_owner(self, nick: str) -> JID | None:
+        for jid, registered in self.nicks.items():
+            if registered == nick:
+                return jid
+        return None
+
+    def _default_role(self, affiliation: str) -> str:
+        if affiliation in ("owner", "admin"):
+            return "moderator"
+        if self.config.moderated and affiliation != "member":
+            return "visitor"
+        return "participant"
+
+    def _occupant_id(self, bare: JID) -> str:
+        digest = hashlib.sha256(f"{self.salt}\0{bare}".encode()).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def _max_users(self) -> int:
+        service = self.ctx.options.max_occupants
+        return min(self.config.max_users, service) if self.config.max_users else service
+
+    async def _join(self, stanza: Element, nick: str, from_: JID) -> None:
+        self._check_nick(nick)
+        bare = from_.bare
+        affiliation = self.affiliation(bare)
+        privileged = affiliation in ("owner", "admin")
+        if self.locked and affiliation != "owner":
+            raise errors.ROOM_LOCKED()
+        if affiliation == "outcast":
+            raise errors.BANNED()
+        if self.config.members_only and AFFILIATION_RANK[affiliation] < AFFILIATION_RANK["member"]:
+            raise errors.MEMBERS_ONLY()
+        existing = self.occupants.get(nick)
+        if existing is not None and existing.bare != bare:
+            raise errors.NICK_CONFLICT()
+        registered = self._nick_owner(nick)
+        if registered is not None and registered != bare:
+            raise errors.NICK_RESERVED()
+        x = find_child(stanza, NS_MUC, "x")
+        if self.config.password and not privileged:
+            given = find_child(x, NS_MUC, "password") if x is not None else None
+            if given is None or (given.text or "") != self.config.password:
+                raise errors.BAD_PASSWORD()
+        if existing is None and len(self.occupants) >= self._max_users() and not privileged:
+            raise errors.ROOM_FULL()
+        now = time.monotonic()
+        if existing is not None:
+            # Another session of the same account joins under the same nickname.
+            existing.presences[from_] = _stripped(stanza)
+            existing.latest = from_
+            self.by_jid[from_] = nick
+            await self._send_state(existing, from_, stanza, codes=())
+            return
+        occupant = Occupant(
+            nick=nick,
+            bare=bare,
+            role=self._default_role(affiliation),
+            occupant_id=self._occupant_id(bare),
+            presences={from_: _stripped(stanza)},
+            latest=from_,
+            tokens=float(self.ctx.options.message_burst),
+            refilled=now,
+        )
+        self.occupants[nick] = occupant
+        self.by_jid[from_] = nick
+        codes: list[str] = []
+        if self.fresh:
+            codes.append(Status.CREATED)
+        await self._broadcast_presence(occupant, exclude_session=from_, self_too=False)
+        await self._send_state(occupant, from_, stanza, codes=codes)
+        if self.fresh:
+            self.fresh = False
+            await self.ctx.run(ROOM_CREATED, RoomEvent(self.jid, bare))
+        await self.ctx.run(
+            OCCUPANT_JOINED,
+            OccupantEvent(self.jid, nick, from_, occupant.role, affiliation, "join"),
+        )
+
+    async def _send_state(
+        self, occupant: Occupant, session: JID, join: Element, *, codes: Sequence[str]
+    ) -> None:
+        """What a joining session gets (§7.2.3-7.2.16): the other occupants' presence,
+        its own presence last among them with 110, then history, then the subject."""
+        see_jids = self._sees_jids(occupant)
+        for other in list(self.occupants.values()):
+            if other is occupant:
+                continue
+            await self._send(self._presence(other, with_jid=see_jids), session)
+        own = [Status.SELF]
+        if self.config.non_anonymous:
+            own.append(Status.NON_ANONYMOUS)
+        own.extend(codes)
+        mine = self._presence(occupant, with_jid=True, codes=own)
+        if (pid := join.get("id")) is not None:
+            mine.set("id", pid)
+        await self._send(mine, session)
+        for entry in self._history_for(find_child(join, NS_MUC, "x")):
+            await self._send(self._delayed(entry), session)
+        await self._send(self._subject_message(), session)
+
+    def _sees_jids(self, occupant: Occupant) -> bool:
+        return self.config.non_anonymous or occupant.role == "moderator"
+
+    def _presence(
+        self,
+        occupant: Occupant,
+        *,
+        with_jid: bool,
+        codes: Iterable[str] = (),
+        unavailable: bool = False,
+        status: Element | None = None,
+        new_nick: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        destroy: Element | None = None,
+        role: str | None = None,
+        affiliation: str | None = None,
+    ) -> Element:
+        """The presence of ``occupant`` as the room sends it (no ``to`` yet)."""
+        if unavailable:
+            stanza = element("presence", {"type": "unavailable"})
+            if status is not None:
+                for text in status.findall("status"):
+                    stanza.append(copy(text))
+        else:
+            stanza = copy(occupant.presence)
+        stanza.set("from", f"{self.jid}/{occupant.nick}")
+        x = child(stanza, "x", namespace=NS_MUC_USER)
+        attrs = {
+            "affiliation": affiliation or self.affiliation(occupant.bare),
+            "role": role or occupant.role,
+        }
+        if with_jid:
+            attrs["jid"] = str(occupant.latest)
+        if new_nick is not None:
+            attrs["nick"] = new_nick
+        item = child(x, "item", attrs)
+        if actor is not None:
+            child(item, "actor", {"nick": actor})
+        if reason:
+            child(item, "reason", text=reason)
+        if destroy is not None:
+            x.append(destroy)
+        for code in codes:
+            child(x, "status", {"code": code})
+        child(stanza, "occupant-id", {"id": occupant.occupant_id}, namespace=NS_OCCUPANT_ID)
+        return stanza
+
+    async def _send(self, stanza: Element, to: JID) -> None:
+        stanza.set("to", str(to))
+        await self.ctx.send(stanza)
+
+    async def _to_all(self, template: Element, *, skip: Occupant | None = None) -> None:
+        """Send a copy of ``template`` to every session of every occupant.
+
+        TODO: serialise once per room: the copies differ only in ``to``; that needs a
+        way to hand the router pre-serialised bytes (the fan-out benchmark of #11)."""
+        for occupant in list(self.occupants.values()):
+            if occupant is skip:
+                continue
+            for session in list(occupant.presences):
+                await self._send(copy(template), session)
+
+    async def _broadcast_presence(
+        self,
+        occupant: Occupant,
+        *,
+        exclude_session: JID | None,
+        self_too: bool = True,
+        codes: Sequence[str] = (),
+        **kw: object,
+    ) -> None:
+        """``occupant``'s presence to everyone: to the others (with its real JID for
+        those who may see it), then to its own sessions with 110."""
+        plain: Element | None = None
+        revealing: Element | None = None
+        for other in list(self.occupants.values()):
+            if other is occupant:
+                continue
+            if self._sees_jids(other):
+                if revealing is None:
+                    revealing = self._presence(occupant, with_jid=True, codes=codes, **kw)  # type: ignore[arg-type]
+                template = revealing
+            else:
+                if plain is None:
+                    plain = self._presence(occupant, with_jid=False, codes=codes, **kw)  # type: ignore[arg-type]
+                template = plain
+            for session in list(other.presences):
+                await self._send(copy(template), session)
+        if not self_too:
+            return
+        own = self._presence(occupant, with_jid=True, codes=(Status.SELF, *codes), **kw)  # type: ignore[arg-type]
+        for session in list(occupant.presences):
+            if session != exclude_session:
+                await self._send(copy(own), session)
+
+    async def _change_nick(
+        self, occupant: Occupant, session: JID, nick: str, stanza: Element
+    ) -> None:
+        """§7.6: unavailable with 303 and the new nickname, then available under it."""
+        self._check_nick(nick)
+        if nick in self.occupants:
+            raise errors.NICK_CONFLICT()
+        registered = self._nick_owner(nick)
+        if registered is not None and registered != occupant.bare:
+            raise errors.NICK_RESERVED()
+        await self._broadcast_presence(
+            occupant,
+            exclude_session=None,
+            unavailable=True,
+            new_nick=nick,
+            codes=(Status.NEW_NICK,),
+        )
+        del self.occupants[occupant.nick]
+        occupant.nick = nick
+        occupant.presences[session] = _stripped(stanza)
+        occupant.latest = session
+        self.occupants[nick] = occupant
+        for full in occupant.presences:
+            self.by_jid[full] = nick
+        await self._broadcast_presence(occupant, exclude_session=None)
+
+    async def _remove(
+        self,
+        occupant: Occupant,
+        session: JID | None,
+        *,
+        codes: Sequence[str] = (),
+        status: Element | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        destroy: Element | None = None,
+        why: str,
+    ) -> None:
+        """One session of ``occupant`` leaves (``session``), or all of them (``None``:
+        kicked, banned, destroyed). Everyone gets the unavailable presence."""
+        sessions = [session] if session is not None else list(occupant.presences)
+        if session is not None and len(occupant.presences) > 1:
+            # One of several sessions under this nickname: only that session is told.
+            leaving = self._presence(
+                occupant, with_jid=True, unavailable=True, status=status, codes=(Status.SELF,)
+            )
+            del occupant.presences[session]
+            self.by_jid.pop(session, None)
+            occupant.latest = next(iter(occupant.presences))
+            await self._send(leaving, session)
+            return
+        role = "none"
+        affiliation = self.affiliation(occupant.bare)
+        kw: dict[str, object] = {
+            "unavailable": True,
+            "status": status,
+            "actor": actor,
+            "reason": reason,
+            "destroy": destroy,
+            "role": role,
+        }
+        # Others first, then the occupant itself: it is no longer in the room after.
+        del self.occupants[occupant.nick]
+        for full in sessions:
+            self.by_jid.pop(full, None)
+        for other in list(self.occupants.values()):
+            template = self._presence(occupant, with_jid=self._sees_jids(other), codes=codes, **kw)  # type: ignore[arg-type]
+            for full in list(other.presences):
+                await self._send(template if len(other.presences) == 1 else copy(template), full)
+        own = self._presence(occupant, with_jid=True, codes=(Status.SELF, *codes), **kw)  # type: ignore[arg-type]
+        for full in sessions:
+            await self._send(copy(own), full)
+        occupant.role = "none"
+        await self.ctx.run(
+            OCCUPANT_LEFT,
+            OccupantEvent(self.jid, occupant.nick, occupant.latest, "none", affiliation, why),
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    async def _on_message(self, stanza: Element, to: JID, from_: JID) -> None:
+        mtype = stanza.get("type", "normal")
+        current = self.by_jid.get(from_)
+        occupant = self.occupants.get(current) if current is not None else None
+        if mtype == "error":
+            if occupant is not None and _error_condition(stanza) in _FATAL_ERRORS:
+                await self._remove(occupant, None, codes=(Status.TECHNICAL,), why="error")
+            return
+        if to.resource:
+            await self._private(stanza, to.resource, occupant, mtype)
+            return
+        if mtype == "groupchat":
+            if occupant is None:
+                raise errors.NOT_OCCUPANT()
+            await self._groupchat(stanza, occupant, from_)
+            return
+        if occupant is None:
+            raise errors.NOT_OCCUPANT()
+        raise errors.BAD_REQUEST("this message type is not handled by the room")
+
+    def _check_rate_and_size(self, stanza: Element, occupant: Occupant) -> None:
+        opts = self.ctx.options
+        if len(serialize(stanza)) > opts.max_message_size:
+            raise errors.TOO_LARGE()
+        now = time.monotonic()
+        occupant.tokens = min(
+            float(opts.message_burst),
+            occupant.tokens + (now - occupant.refilled) * opts.messages_per_second,
+        )
+        occupant.refilled = now
+        if occupant.tokens < 1.0:
+            raise errors.RATE_LIMITED()
+        occupant.tokens -= 1.0
+
+    async def _groupchat(self, stanza: Element, occupant: Occupant, from_: JID) -> None:
+        if ROLE_RANK[occupant.role] < ROLE_RANK["participant"]:
+            raise errors.NO_VOICE()
+        self._check_rate_and_size(stanza, occupant)
+        subject = find_child(stanza, None, "subject")
+        is_subject = subject is not None and find_child(stanza, None, "body") is None
+        if is_subject and not (occupant.role == "moderator" or self.config.change_subject):
+            raise errors.SUBJECT_DENIED()
+        folded = await self.ctx.fold_hook(
+            GROUPCHAT_MESSAGE, stanza, GroupchatContext(self.jid, occupant.nick, from_)
+        )
+        if isinstance(folded, Drop):
+            return
+        template = copy(folded)
+        for el in template.findall(_OCCUPANT_ID):
+            template.remove(el)
+        if "to" in template.attrib:
+            del template.attrib["to"]
+        template.set("from", f"{self.jid}/{occupant.nick}")
+        template.set("type", "groupchat")
+        child(template, "occupant-id", {"id": occupant.occupant_id}, namespace=NS_OCCUPANT_ID)
+        if is_subject:
+            assert subject is not None
+            self.subject = subject.text or ""
+            self.subject_by = occupant.nick
+            if self.config.persistent:
+                await self.host.store.save_subject(self.name, self.subject, self.subject_by)
+        else:
+            self._remember(template)
+        await self._to_all(template)
+
+    def _remember(self, template: Element) -> None:
+        keep = min(self.config.history_length, self.ctx.options.max_history)
+        if keep <= 0:
+            self.history.clear()
+            return
+        self.history.append(HistoryEntry(template, time.time(), len(serialize(template))))
+        while len(self.history) > keep:
+            self.history.popleft()
+
+    def _history_for(self, x: Element | None) -> list[HistoryEntry]:
+        """The history a joining occupant asked for (§7.2.15): the newest messages
+        within every limit it gave (maxstanzas, maxchars, seconds, since)."""
+        entries = list(self.history)
+        request = find_child(x, NS_MUC, "history") if x is not None else None
+        if request is None:
+            return entries
+        try:
+            if (value := request.get("maxstanzas")) is not None:
+                count = max(0, int(value))
+                entries = entries[len(entries) - count :] if count else []
+            if (value := request.get("seconds")) is not None:
+                cutoff = time.time() - max(0, int(value))
+                entries = [e for e in entries if e.at >= cutoff]
+            if (value := request.get("since")) is not None:
+                since = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                entries = [e for e in entries if e.at >= since]
+            if (value := request.get("maxchars")) is not None:
+                budget = max(0, int(value))
+                chosen: list[HistoryEntry] = []
+                for entry in reversed(entries):
+                    if entry.size > budget:
+                        break
+                    budget -= entry.size
+                    chosen.append(entry)
+                entries = chosen[::-1]
+        except ValueError:
+            return entries  # a malformed limit is ignored, as if not given
+        return entries
+
+    def _delayed(self, entry: HistoryEntry) -> Element:
+        stanza = copy(entry.stanza)
+        stamp = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        child(stanza, "delay", {"from": str(self.jid), "stamp": stamp}, namespace=ns.DELAY)
+        return stanza
+
+    def _subject_message(self) -> Element:
+        sender = f"{self.jid}/{self.subject_by}" if self.subject_by else str(self.jid)
+        message = element("message", {"type": "groupchat", "from": sender})
+        child(message, "subject", text=self.subject or None)
+        return message
+
+    async def _private(
+        self, stanza: Element, nick: str, occupant: Occupant | None, mtype: str
+    ) -> None:
+        """§7.5: a private message to one occupant, as the room's policy allows."""
+        if occupant is None:
+            raise errors.NOT_OCCUPANT()
+        if mtype == "groupchat":
+            raise errors.GROUPCHAT_TO_OCCUPANT()
+        target = self.occupants.get(nick)
+        if target is None:
+            raise errors.NO_SUCH_OCCUPANT()
+        policy = self.config.allow_pm
+        allowed = (
+            policy == "anyone"
+            or (policy == "participants" and ROLE_RANK[occupant.role] >= ROLE_RANK["participant"])
+            or (policy == "moderators" and occupant.role == "moderator")
+        )
+        if not allowed:
+            raise errors.PM_DENIED()
+        self._check_rate_and_size(stanza, occupant)
+        template = copy(stanza)
+        for el in template.findall(_OCCUPANT_ID):
+            template.remove(el)
+        template.set("from", f"{self.jid}/{occupant.nick}")
+        if find_child(template, NS_MUC_USER, "x") is None:
+            child(template, "x", namespace=NS_MUC_USER)
+        child(template, "occupant-id", {"id": occupant.occupant_id}, namespace=NS_OCCUPANT_ID)
+        for session in list(target.presences):
+            await self._send(copy(template), session)
+
+    # ------------------------------------------------------------------ IQ
+
+    async def _on_iq(self, stanza: Element, to: JID, from_: JID) -> None:
+        itype = stanza.get("type")
+        if itype not in ("get", "set"):
+            return  # TODO: forwarded IQs to occupants (vCard...) and their replies
+        query = stanza[0] if len(stanza) == 1 and isinstance(stanza[0].tag, str) else None
+        if query is None:
+            raise errors.BAD_REQUEST("an IQ carries one payload")
+        if to.resource:
+            reply = await self._iq_to_occupant(stanza, query, to.resource, from_)
+        else:
+            reply = await self._iq_to_room(stanza, query, itype, from_)
+        reply.set("from", str(to))
+        await self.ctx.send(reply)
+
+    async def _iq_to_occupant(
+        self, stanza: Element, query: Element, nick: str, from_: JID
+    ) -> Element:
+        mine = self.by_jid.get(from_)
+        if mine is None:
+            raise errors.NOT_OCCUPANT()
+        if query.tag == _PING and mine == nick:
+            return iq_result(stanza)  # XEP-0410: the client is still in the room
+        if nick not in self.occupants:
+            raise errors.NO_SUCH_OCCUPANT()
+        raise StanzaError("service-unavailable")  # TODO: forward to the occupant
+
+    async def _iq_to_room(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        tag = query.tag
+        if tag == f"{{{ns.DISCO_INFO}}}query" and itype == "get":
+            return iq_result(stanza, self._disco_info(query))
+        if tag == f"{{{ns.DISCO_ITEMS}}}query" and itype == "get":
+            return iq_result(stanza, payload(ns.DISCO_ITEMS, "query"))
+        if tag == f"{{{NS_MUC_OWNER}}}query":
+            return await self._owner(stanza, query, itype, from_)
+        if tag == f"{{{NS_MUC_ADMIN}}}query":
+            return await self._admin(stanza, query, itype, from_)
+        raise StanzaError("service-unavailable")
+
+    def _disco_info(self, query: Element) -> Element:
+        if query.get("node") is not None:
+            raise StanzaError("item-not-found")
+        result = payload(ns.DISCO_INFO, "query")
+        child(
+            result,
+            "identity",
+            {"category": "conference", "type": "text", "name": self.config.name or self.name},
+        )
+        features = [
+            ns.DISCO_INFO,
+            NS_MUC,
+            NS_MUC_STABLE_ID,
+            NS_OCCUPANT_ID,
+            *feature_vars(self.config, self.locked),
+        ]
+        for var in features:
+            child(result, "feature", {"var": var})
+        result.append(info_form(self.config, len(self.occupants), self.subject))
+        return result
+
+    # ------------------------------------------------------------------ owner (§10)
+
+    async def _owner(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        if self.affiliation(from_) != "owner":
+            raise errors.NOT_OWNER()
+        limits = self.host.limits
+        if itype == "get":
+            result = payload(NS_MUC_OWNER, "query")
+            result.append(
+                config_form(
+                    self.config,
+                    sorted(str(j) for j in self.owners()),
+                    sorted(str(j) for j, a in self.affiliations.items() if a == "admin"),
+                    limits,
+                )
+            )
+            return iq_result(stanza, result)
+        destroy = find_child(query, NS_MUC_OWNER, "destroy")
+        if destroy is not None:
+            await self.destroy(from_, destroy)
+            return iq_result(stanza)
+        form = find_child(query, ns.DATA_FORMS, "x")
+        if form is None:
+            raise errors.BAD_REQUEST("expected a data form or <destroy/>")
+        ftype = form.get("type")
+        if ftype == "cancel":
+            if self.locked:
+                await self.destroy(from_, None)  # §10.1.3: a cancelled new room is gone
+            return iq_result(stanza)
+        if ftype != "submit":
+            raise errors.BAD_FORM("the form must be of type submit or cancel")
+        new, lists = apply_form(self.config, form, limits)
+        await self._reconfigure(new, lists, from_)
+        return iq_result(stanza)
+
+    async def _reconfigure(self, new: RoomConfig, lists: dict[str, list[str]], actor: JID) -> None:
+        old = self.config
+        wanted: dict[JID, str] = {}
+        for var, affiliation in (
+            ("muc#roomconfig_roomadmins", "admin"),
+            ("muc#roomconfig_roomowners", "owner"),
+        ):
+            for text in lists.get(var, ()):
+                try:
+                    wanted[JID.parse(text).bare] = affiliation
+                except InvalidJID:
+                    raise errors.FORM_REFUSED(f"{var}: {text!r} is not a JID") from None
+        if "muc#roomconfig_roomowners" in lists and not any(a == "owner" for a in wanted.values()):
+            raise errors.FORM_REFUSED("a room needs an owner")
+        # Owners and admins not in the submitted lists lose that affiliation.
+        for var, affiliation in (
+            ("muc#roomconfig_roomowners", "owner"),
+            ("muc#roomconfig_roomadmins", "admin"),
+        ):
+            if var in lists:
+                for jid, current in list(self.affiliations.items()):
+                    if current == affiliation and wanted.get(jid) != affiliation:
+                        wanted.setdefault(jid, "none")
+        self.config = new
+        was_locked = self.locked
+        self.locked = False
+        for jid, affiliation in wanted.items():
+            if self.affiliations.get(jid, "none") != affiliation:
+                await self._set_affiliation(jid, affiliation, "", actor_nick=None, store=False)
+        if new.persistent:
+            await self.save()
+        elif old.persistent:
+            await self.host.store.delete(self.name)
+        codes = [Status.CONFIG_CHANGED]
+        if new.non_anonymous != old.non_anonymous:
+            codes.append(
+                Status.NOW_NON_ANONYMOUS if new.non_anonymous else Status.NOW_SEMI_ANONYMOUS
+            )
+        if not was_locked:
+            notice = element("message", {"type": "groupchat", "from": str(self.jid)})
+            x = child(notice, "x", namespace=NS_MUC_USER)
+            for code in codes:
+                child(x, "status", {"code": code})
+            await self._to_all(notice)
+        if new.members_only and not old.members_only:
+            for occupant in list(self.occupants.values()):
+                if AFFILIATION_RANK[self.affiliation(occupant.bare)] < AFFILIATION_RANK["member"]:
+                    await self._remove(
+                        occupant, None, codes=(Status.MEMBERS_ONLY,), why="members-only"
+                    )
+        await self.ctx.run(ROOM_CONFIGURED, RoomEvent(self.jid, actor.bare))
+
+    async def save(self) -> None:
+        """Write the whole room (it is persistent)."""
+        await self.host.store.save(
+            self.name,
+            self.config.to_json(),
+            self.subject,
+            self.subject_by,
+            self.salt,
+            {j: (a, self.reasons.get(j, "")) for j, a in self.affiliations.items()},
+            dict(self.nicks),
+        )
+
+    async def destroy(self, actor: JID | None, request: Element | None) -> None:
+        """§10.9: every occupant is told (with the alternate venue and reason, if any)
+        and removed; the room and its stored state are gone."""
+        notice = payload(NS_MUC_USER, "destroy")
+        if request is not None:
+            if (venue := request.get("jid")) is not None:
+                notice.set("jid", venue)
+            if (reason := find_child(request, NS_MUC_OWNER, "reason")) is not None:
+                child(notice, "reason", text=reason.text or "")
+            if (password := find_child(request, NS_MUC_OWNER, "password")) is not None:
+                child(notice, "password", text=password.text or "")
+        for occupant in list(self.occupants.values()):
+            await self._remove(occupant, None, destroy=copy(notice), why="destroyed", codes=())
+        self.gone = True
+        self.host.forget(self)
+        if self.config.persistent:
+            await self.host.store.delete(self.name)
+        await self.ctx.run(ROOM_DESTROYED, RoomEvent(self.jid, actor.bare if actor else None))
+
+    async def shutdown(self) -> None:
+        """The service stops: occupants are told with 332 (§15.6)."""
+        for occupant in list(self.occupants.values()):
+            await self._remove(occupant, None, codes=(Status.SHUTDOWN,), why="shutdown")
+
+    # ------------------------------------------------------------------ admin (§8-9)
+
+    async def _admin(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        items = query.findall(f"{{{NS_MUC_ADMIN}}}item")
+        if not items:
+            raise errors.BAD_REQUEST("expected <item/>")
+        actor_aff = self.affiliation(from_)
+        mine = self.by_jid.get(from_)
+        actor = self.occupants.get(mine) if mine is not None else None
+        actor_role = actor.role if actor is not None else "none"
+        if itype == "get":
+            return iq_result(stanza, self._admin_list(items[0], actor_aff, actor_role))
+        roles: list[tuple[Occupant, str, str]] = []
+        affiliations: list[tuple[JID, str, str]] = []
+        for item in items:
+            reason_el = find_child(item, NS_MUC_ADMIN, "reason")
+            reason = (reason_el.text or "") if reason_el is not None else ""
+            if (role := item.get("role")) is not None and item.get("nick") is not None:
+                if role not in ROLES:
+                    raise errors.BAD_REQUEST(f"unknown role {role!r}")
+                occupant = self.occupants.get(item.get("nick", ""))
+                if occupant is None:
+                    raise errors.NO_SUCH_OCCUPANT()
+                self._may_set_role(actor_aff, actor_role, occupant, role)
+                roles.append((occupant, role, reason))
+            elif (affiliation := item.get("affiliation")) is not None and item.get("jid"):
+                if affiliation not in AFFILIATIONS:
+                    raise errors.BAD_REQUEST(f"unknown affiliation {affiliation!r}")
+                try:
+                    jid = JID.parse(item.get("jid", "")).bare
+                except InvalidJID:
+                    raise StanzaError("jid-malformed") from None
+                self._may_set_affiliation(actor_aff, jid, affiliation)
+                affiliations.append((jid, affiliation, reason))
+            else:
+                raise errors.BAD_REQUEST("an item needs nick and role, or jid and affiliation")
+        owners = set(self.owners())
+        for jid, affiliation, _ in affiliations:
+            if affiliation == "owner":
+                owners.add(jid)
+            else:
+                owners.discard(jid)
+        if not owners:
+            raise StanzaError("conflict", "a room keeps at least one owner")
+        actor_nick = actor.nick if actor is not None else None
+        for jid, affiliation, reason in affiliations:
+            await self._set_affiliation(jid, affiliation, reason, actor_nick=actor_nick)
+        for occupant, role, reason in roles:
+            if self.occupants.get(occupant.nick) is occupant:
+                await self._set_role(occupant, role, reason, actor_nick)
+        return iq_result(stanza)
+
+    def _admin_list(self, item: Element, actor_aff: str, actor_role: str) -> Element:
+        result = payload(NS_MUC_ADMIN, "query")
+        if (affiliation := item.get("affiliation")) is not None:
+            if affiliation not in AFFILIATIONS or affiliation == "none":
+                raise errors.BAD_REQUEST(f"no list of affiliation {affiliation!r}")
+            if AFFILIATION_RANK[actor_aff] < AFFILIATION_RANK["admin"] and not (
+                affiliation == "member" and actor_aff == "member" and self.config.members_only
+            ):
+                raise StanzaError("forbidden", "only admins may read this list")
+            for jid, current in sorted(self.affiliations.items(), key=lambda kv: str(kv[0])):
+                if current == affiliation:
+                    attrs = {"affiliation": current, "jid": str(jid)}
+                    if (nick := self.nicks.get(jid)) is not None:
+                        attrs["nick"] = nick
+                    entry = child(result, "item", attrs)
+                    if self.reasons.get(jid):
+                        child(entry, "reason", text=self.reasons[jid])
+            return result
+        role = item.get("role")
+        if role not in ("moderator", "participant", "visitor"):
+            raise errors.BAD_REQUEST("expected a role or an affiliation")
+        if actor_role != "moderator":
+            raise StanzaError("forbidden", "only moderators may read this list")
+        for occupant in self.occupants.values():
+            if occupant.role == role:
+                child(
+                    result,
+                    "item",
+                    {
+                        "affiliation": self.affiliation(occupant.bare),
+                        "role": occupant.role,
+                        "nick": occupant.nick,
+                        "jid": str(occupant.latest),
+                    },
+                )
+        return result
+
+    def _may_set_role(self, actor_aff: str, actor_role: str, target: Occupant, role: str) -> None:
+        """§8.2-8.4 and §9.6-9.7: who may kick, grant or revoke voice and moderator."""
+        if actor_role != "moderator":
+            raise StanzaError("forbidden", "only moderators may change roles")
+        target_aff = self.affiliation(target.bare)
+        # Granting or revoking moderator status is for admins and owners.
+        if (role == "moderator" or target.role == "moderator") and (
+            AFFILIATION_RANK[actor_aff] < AFFILIATION_RANK["admin"]
+        ):
+            raise StanzaError("forbidden", "only admins may grant or revoke moderator status")
+        if role != "moderator" and target_aff in ("owner", "admin"):
+            raise StanzaError("not-allowed", "an admin or owner keeps moderator status")
+
+    def _may_set_affiliation(self, actor_aff: str, jid: JID, affiliation: str) -> None:
+        """§9 and §10: admins manage members and outcasts, owners everything."""
+        if AFFILIATION_RANK[actor_aff] < AFFILIATION_RANK["admin"]:
+            raise StanzaError("forbidden", "only admins may change affiliations")
+        current = self.affiliations.get(jid, "none")
+        if actor_aff != "owner" and (
+            affiliation in ("owner", "admin") or current in ("owner", "admin")
+        ):
+            raise StanzaError("not-allowed", "only owners may change owners and admins")
+
+    async def _set_role(
+        self, occupant: Occupant, role: str, reason: str, actor_nick: str | None
+    ) -> None:
+        if role == "none":
+            await self._remove(
+                occupant, None, codes=(Status.KICKED,), actor=actor_nick, reason=reason, why="kick"
+            )
+            return
+        if occupant.role == role:
+            return
+        occupant.role = role
+        await self._broadcast_presence(
+            occupant, exclude_session=None, actor=actor_nick, reason=reason or None
+        )
+        await self.ctx.run(
+            OCCUPANT_ROLE_CHANGED,
+            OccupantEvent(
+                self.jid,
+                occupant.nick,
+                occupant.latest,
+                role,
+                self.affiliation(occupant.bare),
+                "role",
+            ),
+        )
+
+    async def _set_affiliation(
+        self, jid: JID, affiliation: str, reason: str, *, actor_nick: str | None, store: bool = True
+    ) -> None:
+        """Record the affiliation and apply it to the account's occupant, if in the room:
+        banned (301), removed from a members-only room (321), or a new role."""
+        if affiliation == "none":
+            self.affiliations.pop(jid, None)
+            self.reasons.pop(jid, None)
+        else:
+            self.affiliations[jid] = affiliation
+            if reason:
+                self.reasons[jid] = reason
+            else:
+                self.reasons.pop(jid, None)
+        if store and self.config.persistent:
+            await self.host.store.set_affiliation(self.name, jid, affiliation, reason)
+        occupant = next((o for o in self.occupants.values() if o.bare == jid), None)
+        if occupant is None:
+            return
+        if affiliation == "outcast":
+            await self._remove(
+                occupant, None, codes=(Status.BANNED,), actor=actor_nick, reason=reason, why="ban"
+            )
+            return
+        if self.config.members_only and AFFILIATION_RANK[affiliation] < AFFILIATION_RANK["member"]:
+            await self._remove(
+                occupant,
+                None,
+                codes=(Status.AFFILIATION_CHANGED,),
+                actor=actor_nick,
+                reason=reason,
+                why="affiliation",
+            )
+            return
+        occupant.role = self._default_role(affiliation)
+        await self._broadcast_presence(
+            occupant, exclude_session=None, actor=actor_nick, reason=reason or None
+        )
+        await self.ctx.run(
+            OCCUPANT_ROLE_CHANGED,
+            OccupantEvent(
+                self.jid, occupant.nick, occupant.latest, occupant.role, affiliation, "affiliation"
+            ),
+        )
+
+
+def _stripped(presence: Element) -> Element:
+    """A client's presence as the room keeps it: without addresses and MUC payloads."""
+    kept = element("presence")
+    for el in presence:
+        if isinstance(el.tag, str) and el.tag not in _STRIP_FROM_PRESENCE:
+            kept.append(copy(el))
+    return kept
+
+
+def _error_condition(stanza: Element) -> str | None:
+    err = find_child(stanza, None, "error")
+    if err is None:
+        return None
+    for el in err:
+        if (
+            isinstance(el.tag, str)
+            and el.tag.startswith(f"{{{ns.STANZA_ERRORS}}}")
+            and not el.tag.endswith("}text")
+        ):
+            return el.tag.split("}", 1)[1]
+    return None
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)

@@ -1,0 +1,207 @@
+"""The MUC service of one host (``conference.<host>``): the destination the router hands
+every stanza for the domain to. Stanzas to the service itself go to its
+:class:`~xmppd.api.ServiceDomain` (disco, unique room names); stanzas to a room or an
+occupant go to the room, found (or loaded, or created by a join) by its JID.
+
+Rooms are found through :meth:`MucService.room` and handed stanzas with
+:meth:`Room.handle`: that pair is the seam where a cluster would place rooms on
+nodes by hashing the room JID.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Final
+
+from modules.mod_muc import errors
+from modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
+from modules.mod_muc.config import Limits, RoomConfig
+from modules.mod_muc.room import Room, new_salt
+from modules.mod_muc.store import RoomStore
+from xmppd.api import (
+    JID,
+    IqRequest,
+    KeyedLocks,
+    ServiceDomain,
+    ServiceKey,
+    Session,
+    StanzaError,
+    ns,
+)
+from xmppd.api.stanza import Element, child, error_reply, payload
+
+
+class MucService:
+    """One host's group chat service and the rooms it holds in memory."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        options = ctx.options
+        self.domain = options.domain or f"conference.{ctx.domain}"
+        self.name = options.name
+        self._store = RoomStore(ctx)
+        self._limits = Limits(max_users=options.max_occupants, max_history=options.max_history)
+        self.rooms: dict[str, Room] = {}
+        self._locks = KeyedLocks()
+        self.service = ServiceDomain(ctx, self.domain, name=options.name)
+        self.service.identity("conference", "text", options.name)
+        self.service.feature(NS_MUC)
+        self.service.iq("get", ns.DISCO_ITEMS, "query")(self._disco_items)
+        self.service.iq("get", NS_MUC_UNIQUE, "unique")(self._unique)
+
+    # RoomHost
+    @property
+    def ctx(self) -> Ctx:
+        return self._ctx
+
+    @property
+    def store(self) -> RoomStore:
+        return self._store
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    def forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    async def redeliver(self, stanza: Element, to: JID, from_: JID) -> None:
+        await self.deliver(stanza, to, from_, None)
+
+    # ------------------------------------------------------------------ Destination
+
+    async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        if not to.local:
+            await self.service.deliver(stanza, to, from_, origin)
+            return
+        room = self.rooms.get(to.local)
+        if room is None:
+            try:
+                room = await self.room(to.local, creator=self._creator(stanza, to, from_))
+            except StanzaError as err:
+                await self._bounce(stanza, err)
+                return
+        if room is None:
+            if stanza.tag == "presence" and stanza.get("type") is not None:
+                return  # unavailable, probes...: nothing to answer for a room that is not
+            await self._bounce(stanza, errors.NO_SUCH_ROOM())
+            return
+        await room.handle(stanza, to, from_)
+
+    @staticmethod
+    def _creator(stanza: Element, to: JID, from_: JID) -> JID | None:
+        """The account that would create the room: the sender of a join presence."""
+        if stanza.tag == "presence" and stanza.get("type") is None and to.resource:
+            return from_
+        return None
+
+    async def room(self, name: str, *, creator: JID | None = None) -> Room | None:
+        """The room ``name``: in memory, loaded from storage, or (when ``creator`` is
+        given and may create rooms) a new one. ``StanzaError`` when creation is refused."""
+        room = self.rooms.get(name)
+        if room is not None:
+            return room
+        lock = self._locks.lock(name)
+        async with lock:
+            room = self.rooms.get(name)
+            if room is not None:
+                return room
+            stored = await self._store.load(name)
+            jid = JID.create(name, self.domain)
+            if stored is not None:
+                room = Room(
+                    host=self,
+                    jid=jid,
+                    config=RoomConfig.from_json(stored.config, self._defaults()),
+                    salt=stored.salt,
+                    affiliations={j: a for j, (a, _) in stored.affiliations.items()},
+                    reasons={j: r for j, (_, r) in stored.affiliations.items() if r},
+                    nicks=dict(stored.nicks),
+                    subject=stored.subject,
+                    subject_by=stored.subject_by,
+                )
+            elif creator is not None:
+                await self._may_create(creator)
+                room = Room(
+                    host=self,
+                    jid=jid,
+                    config=self._defaults(),
+                    salt=new_salt(),
+                    affiliations={creator.bare: "owner"},
+                    locked=self._ctx.options.lock_new_rooms,
+                    fresh=True,
+                )
+                if room.config.persistent and not room.locked:
+                    await room.save()
+            else:
+                return None
+            self.rooms[name] = room
+            return room
+
+    def _defaults(self) -> RoomConfig:
+        options = self._ctx.options
+        return RoomConfig(
+            persistent=options.persistent_by_default,
+            public=options.public_by_default,
+            history_length=min(options.default_history, options.max_history),
+        )
+
+    async def _may_create(self, creator: JID) -> None:
+        ctx = self._ctx
+        if not ctx.may(ctx.options.create_rooms, creator):
+            raise errors.CREATE_DENIED()
+        limit = ctx.options.max_rooms_per_user
+        if limit and not ctx.is_admin(creator):
+            owned = await self._store.owned(creator.bare)
+            owned |= {
+                name
+                for name, room in self.rooms.items()
+                if room.affiliations.get(creator.bare) == "owner"
+            }
+            if len(owned) >= limit:
+                raise errors.TOO_MANY_ROOMS()
+
+    async def _bounce(self, stanza: Element, err: StanzaError) -> None:
+        reply = error_reply(stanza, err)
+        if reply is not None and reply.get("to"):
+            await self._ctx.send(reply)
+
+    # ------------------------------------------------------------------ the service's IQs
+
+    async def _disco_items(self, req: IqRequest) -> Element:
+        """§6.3: the public rooms (locked and hidden ones are not listed)."""
+        if req.payload.get("node") is not None:
+            raise StanzaError("item-not-found")
+        listed: dict[str, str] = {}
+        for name, config_json in await self._store.rooms():
+            config = RoomConfig.from_json(config_json, self._defaults())
+            if config.public:
+                listed[name] = config.name
+        for name, room in self.rooms.items():
+            if room.config.public and not room.locked:
+                listed[name] = room.config.name
+            else:
+                listed.pop(name, None)
+        result = payload(ns.DISCO_ITEMS, "query")
+        for name in sorted(listed):
+            attrs = {"jid": f"{name}@{self.domain}"}
+            attrs["name"] = listed[name] or name
+            child(result, "item", attrs)
+        return req.result(result)
+
+    async def _unique(self, req: IqRequest) -> Element:
+        """§10.1.4: a room name nobody uses."""
+        unique = payload(NS_MUC_UNIQUE, "unique")
+        unique.text = secrets.token_hex(10)
+        return req.result(unique)
+
+    async def shutdown(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.shutdown()
+
+
+MUC: Final = ServiceKey[MucService]("muc")
+"""The host's MUC service (for modules that look rooms up)."""
+
+__all__ = ["MUC", "MucService"]
