@@ -36,6 +36,7 @@ SERVER_FEATURES: dict[str, set[str]] = {
     "time": {"urn:xmpp:time"},
     "last": {"jabber:iq:last"},
     "register": {"jabber:iq:register"},
+    "muc": set(),  # a service on its own domain (conference.<host>), in disco#items
 }
 
 
