@@ -49,34 +49,44 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Final
 
 from modules.mod_pep.caps import Caps, interested_nodes, parse_caps, verified_interests
 from modules.mod_pep.common import (
-    MAX_NAME_BYTES,
+    ACCESS_MODELS,
     NOTIFY,
-    NS_ERRORS,
-    NS_EVENT,
-    NS_NODE_CONFIG,
     NS_OWNER,
     NS_PUBSUB,
-    RESULT_BYTES,
     Ctx,
+    form_rules,
     module,
 )
-from modules.mod_pep.config import (
-    ACCESS_MODELS,
+from modules.mod_pep.store import PEP, PepStore, StoredItem
+from modules.mod_roster import ROSTER
+from modules.pubsub_common import errors
+from modules.pubsub_common.common import RESULT_BYTES
+from modules.pubsub_common.config import (
     NodeConfig,
     UnknownField,
     apply,
     config_form,
+    node_config,
     publish_options,
-    read_form,
     unmet,
 )
-from modules.mod_pep.store import PEP, PepStore, StoredItem
-from modules.mod_roster import ROSTER
+from modules.pubsub_common.protocol import (
+    action_of,
+    items_event,
+    items_result,
+    local_name,
+    node_event,
+    node_name,
+    notifications,
+    publication,
+    retract_event,
+    retraction,
+    should_notify_retract,
+)
 from xmppd.api import (
     JID,
     IqRequest,
@@ -91,18 +101,7 @@ from xmppd.api import (
     ns,
 )
 from xmppd.api.hooks import DiscoIdentity, DiscoInfo, DiscoItem, DiscoQuery, StanzaEvent, UserEvent
-from xmppd.api.stanza import (
-    Element,
-    child,
-    child_text,
-    copy,
-    element,
-    error_reply,
-    new_id,
-    parse,
-    payload,
-    serialize,
-)
+from xmppd.api.stanza import Element, child, child_text, element, new_id, parse, payload
 
 __all__ = ["PEP", "PepStore", "module"]
 
@@ -144,27 +143,6 @@ _UNSUPPORTED: Final = {
     "affiliations": "retrieve-affiliations",
 }
 """Pubsub actions not implemented, and the feature named in ``<unsupported/>``."""
-
-
-class PubsubError(StanzaError):
-    """A stanza error with an optional XEP-0060 condition (``pubsub#errors``)."""
-
-    def __init__(
-        self, condition: str, app: str | None = None, text: str | None = None, **attrs: str
-    ) -> None:
-        super().__init__(condition, text)
-        self.app = app
-        self.app_attrs = attrs
-
-
-def _error(req: IqRequest, err: PubsubError) -> Element:
-    """The error reply, with the pubsub condition after the defined one (RFC 6120 §8.3.2)."""
-    reply = error_reply(req.stanza, err)
-    assert reply is not None  # requests are get/set
-    error_el = reply.find("error")
-    if err.app is not None and error_el is not None:
-        child(error_el, err.app, err.app_attrs, namespace=NS_ERRORS)
-    return reply
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -227,8 +205,8 @@ async def _check_access(ctx: Ctx, owner: JID, requester: JID, config: NodeConfig
     if config.access_model in await _allowed_models(ctx, owner, requester):
         return
     if config.access_model == "presence":
-        raise PubsubError("not-authorized", "presence-subscription-required")
-    raise PubsubError("not-allowed", "closed-node")
+        raise errors.PRESENCE_SUBSCRIPTION_REQUIRED()
+    raise errors.CLOSED_NODE()
 
 
 async def _recipients(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> list[JID]:
@@ -254,71 +232,25 @@ async def _recipients(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> li
 # ----------------------------------------------------------------------------- events
 
 
-def _items_event(name: str, item_id: str, data: str | None) -> Element:
-    event = payload(NS_EVENT, "event")
-    item = child(child(event, "items", {"node": name}), "item", {"id": item_id})
-    if data is not None:
-        item.append(parse(data.encode("utf-8")))
-    return event
-
-
-def _stamp(published_at: int) -> str:
-    moment = datetime.fromtimestamp(published_at / 1_000_000, tz=UTC)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 async def _notify(
     ctx: Ctx, owner: JID, recipients: list[JID], event: Element, *, delayed: int | None = None
 ) -> None:
     """A headline carrying ``event`` from the owner's bare JID to each recipient."""
-    for index, to in enumerate(recipients):
-        message = element(
-            "message", {"from": str(owner), "to": str(to), "type": "headline", "id": new_id()}
-        )
-        message.append(event if index == len(recipients) - 1 else copy(event))
-        if delayed is not None:
-            child(
-                message,
-                "delay",
-                {"from": str(owner), "stamp": _stamp(delayed)},
-                namespace=ns.DELAY,
-            )
+    for message in notifications(owner, recipients, event, delayed=delayed):
         await ctx.send(message)
 
 
 # ----------------------------------------------------------------------------- parsing
 
 
-def _check_name(value: str, what: str) -> str:
-    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
-        raise PubsubError("not-acceptable", text=f"{what} longer than {MAX_NAME_BYTES} bytes")
-    return value
-
-
-def _node_name(action: Element) -> str:
-    name = action.get("node")
-    if not name:
-        raise PubsubError("bad-request", "nodeid-required")
-    return _check_name(name, "node name")
-
-
-def _action(pubsub: Element, *, besides: tuple[str, ...] = ()) -> Element:
-    """The pubsub child that says what to do (not ``publish-options``/``configure``)."""
-    for el in pubsub:
-        if isinstance(el.tag, str) and el.tag not in besides:
-            return el
-    raise PubsubError("bad-request", text="no pubsub action")
-
-
-def _unsupported(action: Element) -> PubsubError:
-    local = action.tag.rsplit("}", 1)[-1] if isinstance(action.tag, str) else ""
-    feature = _UNSUPPORTED.get(local, local)
-    return PubsubError("feature-not-implemented", "unsupported", feature=feature)
+def _unsupported(action: Element) -> StanzaError:
+    local = local_name(action)
+    return errors.unsupported(_UNSUPPORTED.get(local, local))
 
 
 def _require_owner(req: IqRequest) -> None:
     if not req.is_from_owner:
-        raise PubsubError("forbidden", text="only the account owner may do this")
+        raise errors.FORBIDDEN("only the account owner may do this")
 
 
 # ----------------------------------------------------------------------------- IQ handlers
@@ -326,72 +258,60 @@ def _require_owner(req: IqRequest) -> None:
 
 @module.iq("get", NS_PUBSUB, "pubsub", to=Scope.BARE)
 async def pubsub_get(ctx: Ctx, req: IqRequest) -> Element:
-    try:
-        action = _action(req.payload)
-        if action.tag == f"{_P}items":
-            return await _get_items(ctx, req, action)
-        raise _unsupported(action)
-    except PubsubError as err:
-        return _error(req, err)
+    action = action_of(req.payload)
+    if action.tag == f"{_P}items":
+        return await _get_items(ctx, req, action)
+    raise _unsupported(action)
 
 
 @module.iq("set", NS_PUBSUB, "pubsub", to=Scope.BARE)
 async def pubsub_set(ctx: Ctx, req: IqRequest) -> Element:
-    try:
-        action = _action(req.payload, besides=(f"{_P}publish-options", f"{_P}configure"))
-        if action.tag == f"{_P}publish":
-            _require_owner(req)
-            return await _publish(ctx, req, action)
-        if action.tag == f"{_P}retract":
-            _require_owner(req)
-            return await _retract(ctx, req, action)
-        if action.tag == f"{_P}create":
-            _require_owner(req)
-            return await _create(ctx, req, action)
-        raise _unsupported(action)
-    except PubsubError as err:
-        return _error(req, err)
+    action = action_of(req.payload, besides=(f"{_P}publish-options", f"{_P}configure"))
+    if action.tag == f"{_P}publish":
+        _require_owner(req)
+        return await _publish(ctx, req, action)
+    if action.tag == f"{_P}retract":
+        _require_owner(req)
+        return await _retract(ctx, req, action)
+    if action.tag == f"{_P}create":
+        _require_owner(req)
+        return await _create(ctx, req, action)
+    raise _unsupported(action)
 
 
 @module.iq("get", NS_OWNER, "pubsub", to=Scope.BARE)
 async def owner_get(ctx: Ctx, req: IqRequest) -> Element:
-    try:
-        action = _action(req.payload)
-        if action.tag == f"{_O}configure":
-            _require_owner(req)
-            name = _node_name(action)
-            config = await _store(ctx).node(req.to.bare, name)
-            if config is None:
-                raise PubsubError("item-not-found")
-            result = payload(NS_OWNER, "pubsub")
-            child(result, "configure", {"node": name}).append(config_form(config))
-            return req.result(result)
-        if action.tag == f"{_O}default":
-            _require_owner(req)
-            result = payload(NS_OWNER, "pubsub")
-            child(result, "default").append(config_form(_default_config(ctx)))
-            return req.result(result)
-        raise _unsupported(action)
-    except PubsubError as err:
-        return _error(req, err)
+    action = action_of(req.payload)
+    if action.tag == f"{_O}configure":
+        _require_owner(req)
+        name = node_name(action)
+        config = await _store(ctx).node(req.to.bare, name)
+        if config is None:
+            raise errors.NODE_NOT_FOUND()
+        result = payload(NS_OWNER, "pubsub")
+        child(result, "configure", {"node": name}).append(config_form(config, form_rules(ctx)))
+        return req.result(result)
+    if action.tag == f"{_O}default":
+        _require_owner(req)
+        result = payload(NS_OWNER, "pubsub")
+        child(result, "default").append(config_form(_default_config(ctx), form_rules(ctx)))
+        return req.result(result)
+    raise _unsupported(action)
 
 
 @module.iq("set", NS_OWNER, "pubsub", to=Scope.BARE)
 async def owner_set(ctx: Ctx, req: IqRequest) -> Element:
-    try:
-        action = _action(req.payload)
-        if action.tag == f"{_O}configure":
-            _require_owner(req)
-            return await _configure(ctx, req, action)
-        if action.tag == f"{_O}delete":
-            _require_owner(req)
-            return await _delete(ctx, req, action)
-        if action.tag == f"{_O}purge":
-            _require_owner(req)
-            return await _purge(ctx, req, action)
-        raise _unsupported(action)
-    except PubsubError as err:
-        return _error(req, err)
+    action = action_of(req.payload)
+    if action.tag == f"{_O}configure":
+        _require_owner(req)
+        return await _configure(ctx, req, action)
+    if action.tag == f"{_O}delete":
+        _require_owner(req)
+        return await _delete(ctx, req, action)
+    if action.tag == f"{_O}purge":
+        _require_owner(req)
+        return await _purge(ctx, req, action)
+    raise _unsupported(action)
 
 
 # ----------------------------------------------------------------------------- use cases
@@ -401,15 +321,15 @@ async def _get_items(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §6.5: all items, the newest ``max_items``, or those named."""
     assert req.from_ is not None
     owner = req.to.bare
-    name = _node_name(action)
+    name = node_name(action)
     config = await _store(ctx).node(owner, name)
     if config is None:
-        raise PubsubError("item-not-found")
+        raise errors.NODE_NOT_FOUND()
     await _check_access(ctx, owner, req.from_, config)
     limit = config.limit(ctx.options.max_items_limit)
     ids = [el.get("id", "") for el in action.findall(f"{_P}item")]
     if any(not item_id for item_id in ids):
-        raise PubsubError("bad-request", "item-required")
+        raise errors.ITEM_REQUIRED()
     newest = limit
     if (asked := action.get("max_items")) is not None:
         try:
@@ -417,43 +337,23 @@ async def _get_items(ctx: Ctx, req: IqRequest, action: Element) -> Element:
         except ValueError:
             newest = 0
         if newest < 1:
-            raise PubsubError("bad-request", text="max_items must be a positive number")
+            raise errors.BAD_REQUEST("max_items must be a positive number")
     page = await _store(ctx).items(owner, name, newest=newest, ids=ids[:limit], budget=RESULT_BYTES)
     if ids and not page.items:
-        raise PubsubError("item-not-found")
-    result = payload(NS_PUBSUB, "pubsub")
-    items = child(result, "items", {"node": name})
-    for item in page.items:
-        child(items, "item", {"id": item.item_id}).append(parse(item.payload.encode("utf-8")))
-    return req.result(result)
+        raise errors.ITEM_NOT_FOUND()
+    return req.result(items_result(name, [(i.item_id, i.payload) for i in page.items]))
 
 
 async def _publish(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §7.1, with auto-create and publish-options."""
     owner = req.to.bare
-    name = _node_name(action)
-    items = action.findall(f"{_P}item")
-    if not items:
-        raise PubsubError("bad-request", "item-required")
-    if len(items) > 1:
-        raise PubsubError("bad-request", "invalid-payload", text="one item per publish")
-    elements = [el for el in items[0] if isinstance(el.tag, str)]
-    if not elements:
-        raise PubsubError("bad-request", "payload-required")
-    if len(elements) > 1:
-        raise PubsubError("bad-request", "invalid-payload", text="an item has one payload")
-    item_id = _check_name(items[0].get("id") or new_id(), "item id")
-    data = serialize(elements[0])
-    if len(data) > ctx.options.max_item_size:
-        raise PubsubError("not-acceptable", "payload-too-big")
-    text = data.decode("utf-8")
+    name = node_name(action)
+    item = publication(action, max_size=ctx.options.max_item_size)
     limit = ctx.options.max_items_limit
     try:
-        wanted = publish_options(req.payload.find(f"{_P}publish-options"), limit=limit)
+        wanted = publish_options(req.payload.find(f"{_P}publish-options"), form_rules(ctx))
     except UnknownField as exc:
-        raise PubsubError(
-            "conflict", "precondition-not-met", text=f"unsupported publish option {exc}"
-        ) from None
+        raise errors.PRECONDITION_NOT_MET(f"unsupported publish option {exc}") from None
     store = _store(ctx)
     lock = store.lock(owner)
     async with lock:
@@ -462,25 +362,23 @@ async def _publish(ctx: Ctx, req: IqRequest, action: Element) -> Element:
             config = apply(_default_config(ctx), wanted)
             await _new_node(ctx, owner, name, config)
         elif bad := unmet(config, wanted):
-            raise PubsubError(
-                "conflict",
-                "precondition-not-met",
-                text="the node is configured differently: " + ", ".join(bad),
+            raise errors.PRECONDITION_NOT_MET(
+                "the node is configured differently: " + ", ".join(bad)
             )
         if config.persist_items:
-            await store.publish(owner, name, item_id, text, keep=config.limit(limit))
+            await store.publish(owner, name, item.item_id, item.payload, keep=config.limit(limit))
         recipients = await _recipients(ctx, owner, name, config)
-    event = _items_event(name, item_id, text if config.deliver_payloads else None)
+    event = items_event(name, item.item_id, item.payload if config.deliver_payloads else None)
     await _notify(ctx, owner, recipients, event)
     result = payload(NS_PUBSUB, "pubsub")
-    child(child(result, "publish", {"node": name}), "item", {"id": item_id})
+    child(child(result, "publish", {"node": name}), "item", {"id": item.item_id})
     return req.result(result)
 
 
 async def _new_node(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> None:
     store = _store(ctx)
     if len(await store.nodes(owner)) >= ctx.options.max_nodes:
-        raise PubsubError("not-allowed", "max-nodes-exceeded")
+        raise errors.MAX_NODES_EXCEEDED()
     await store.save_node(owner, name, config, limit=ctx.options.max_items_limit)
 
 
@@ -488,19 +386,14 @@ async def _create(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.1, with an optional ``<configure/>`` form (create-and-configure)."""
     owner = req.to.bare
     if not action.get("node"):
-        raise PubsubError("not-acceptable", "nodeid-required", text="instant nodes: no")
-    name = _node_name(action)
-    changes = read_form(
-        req.payload.find(f"{_P}configure"),
-        NS_NODE_CONFIG,
-        limit=ctx.options.max_items_limit,
-        ignore_unknown=True,
-    )
+        raise errors.INSTANT_NODES_UNSUPPORTED("instant nodes: no")
+    name = node_name(action)
+    changes = node_config(req.payload.find(f"{_P}configure"), form_rules(ctx))
     store = _store(ctx)
     lock = store.lock(owner)
     async with lock:
         if await store.node(owner, name) is not None:
-            raise PubsubError("conflict", text="the node exists")
+            raise errors.NODE_EXISTS("the node exists")
         await _new_node(ctx, owner, name, apply(_default_config(ctx), changes))
     return req.result()
 
@@ -508,24 +401,17 @@ async def _create(ctx: Ctx, req: IqRequest, action: Element) -> Element:
 async def _retract(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §7.2."""
     owner = req.to.bare
-    name = _node_name(action)
-    items = action.findall(f"{_P}item")
-    if len(items) != 1 or not items[0].get("id"):
-        raise PubsubError("bad-request", "item-required")
-    item_id = items[0].get("id", "")
+    name = node_name(action)
+    item_id = retraction(action)
     store = _store(ctx)
     lock = store.lock(owner)
     async with lock:
         config = await store.node(owner, name)
         if config is None or not await store.retract(owner, name, item_id):
-            raise PubsubError("item-not-found")
+            raise errors.ITEM_NOT_FOUND()
         recipients = await _recipients(ctx, owner, name, config)
-    asked = action.get("notify")
-    notify = asked in ("1", "true") if asked is not None else config.notify_retract
-    if notify and recipients:
-        event = payload(NS_EVENT, "event")
-        child(child(event, "items", {"node": name}), "retract", {"id": item_id})
-        await _notify(ctx, owner, recipients, event)
+    if should_notify_retract(action, config.notify_retract) and recipients:
+        await _notify(ctx, owner, recipients, retract_event(name, item_id))
     return req.result()
 
 
@@ -537,51 +423,48 @@ async def _existing_node(ctx: Ctx, owner: JID, name: str) -> AsyncIterator[NodeC
     async with store.lock(owner):
         config = await store.node(owner, name)
         if config is None:
-            raise PubsubError("item-not-found")
+            raise errors.NODE_NOT_FOUND()
         yield config
 
 
 async def _configure(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.2.4: submit the node configuration form (or cancel)."""
     owner = req.to.bare
-    name = _node_name(action)
+    name = node_name(action)
     form = action.find(f"{{{ns.DATA_FORMS}}}x")
     if form is None:
-        raise PubsubError("bad-request", text="no configuration form")
+        raise errors.BAD_REQUEST("no configuration form")
     if form.get("type") == "cancel":
         return req.result()
-    limit = ctx.options.max_items_limit
-    changes = read_form(action, NS_NODE_CONFIG, limit=limit, ignore_unknown=True)
+    changes = node_config(action, form_rules(ctx))
     async with _existing_node(ctx, owner, name) as config:
-        await _store(ctx).save_node(owner, name, apply(config, changes), limit=limit)
+        await _store(ctx).save_node(
+            owner, name, apply(config, changes), limit=ctx.options.max_items_limit
+        )
     return req.result()
 
 
 async def _delete(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.4: the node and its items go; subscribers are told."""
     owner = req.to.bare
-    name = _node_name(action)
+    name = node_name(action)
     async with _existing_node(ctx, owner, name) as config:
         recipients = await _recipients(ctx, owner, name, config)
         await _store(ctx).delete_node(owner, name)
     if config.notify_delete and recipients:
-        event = payload(NS_EVENT, "event")
-        child(event, "delete", {"node": name})
-        await _notify(ctx, owner, recipients, event)
+        await _notify(ctx, owner, recipients, node_event("delete", name))
     return req.result()
 
 
 async def _purge(ctx: Ctx, req: IqRequest, action: Element) -> Element:
     """XEP-0060 §8.5: every item goes; subscribers are told."""
     owner = req.to.bare
-    name = _node_name(action)
+    name = node_name(action)
     async with _existing_node(ctx, owner, name) as config:
         await _store(ctx).purge(owner, name)
         recipients = await _recipients(ctx, owner, name, config)
     if recipients:
-        event = payload(NS_EVENT, "event")
-        child(event, "purge", {"node": name})
-        await _notify(ctx, owner, recipients, event)
+        await _notify(ctx, owner, recipients, node_event("purge", name))
     return req.result()
 
 
@@ -728,7 +611,8 @@ async def _send_last_items_of(
         last: StoredItem | None = await store.last_item(owner, name)
         if last is None:
             continue
-        event = _items_event(name, last.item_id, last.payload if config.deliver_payloads else None)
+        data = last.payload if config.deliver_payloads else None
+        event = items_event(name, last.item_id, data)
         await _notify(ctx, owner, [session.jid], event, delayed=last.published_at)
 
 

@@ -6,25 +6,36 @@ from typing import Final, Literal
 
 from pydantic import Field
 
+from modules.pubsub_common.common import (
+    NS_ERRORS,
+    NS_EVENT,
+    NS_NODE_CONFIG,
+    NS_OWNER,
+    NS_PUBLISH_OPTIONS,
+    NS_PUBSUB,
+)
+from modules.pubsub_common.config import FormRules
 from xmppd.api import Duration, Module, ModuleContext, Options, Size
 
-NS_PUBSUB: Final = "http://jabber.org/protocol/pubsub"
-NS_OWNER: Final = "http://jabber.org/protocol/pubsub#owner"
-NS_EVENT: Final = "http://jabber.org/protocol/pubsub#event"
-NS_ERRORS: Final = "http://jabber.org/protocol/pubsub#errors"
-NS_PUBLISH_OPTIONS: Final = "http://jabber.org/protocol/pubsub#publish-options"
-NS_NODE_CONFIG: Final = "http://jabber.org/protocol/pubsub#node_config"
+__all__ = [
+    "ACCESS_MODELS",
+    "NOTIFY",
+    "NS_ERRORS",
+    "NS_EVENT",
+    "NS_NODE_CONFIG",
+    "NS_OWNER",
+    "NS_PUBLISH_OPTIONS",
+    "NS_PUBSUB",
+    "Ctx",
+    "PepOptions",
+    "form_rules",
+    "module",
+]
+
 NOTIFY: Final = "+notify"
 """Suffix of the XEP-0163 §2.4 interest features (``<node>+notify``)."""
 
-MAX_NAME_BYTES: Final = 512
-"""Longest node name and item id (UTF-8 bytes): with the host and username they must fit
-in one primary-key index entry on PostgreSQL (about 2.7 KB)."""
-RESULT_BYTES: Final = 1024 * 1024
-"""Payload bytes an items result carries at most (the newest items first; at least one)."""
-NODE_CACHE: Final = 4096
-"""Accounts whose node configurations are kept in memory (least recently used dropped)."""
-
+ACCESS_MODELS: Final = ("presence", "open", "whitelist")
 AccessModel = Literal["presence", "open", "whitelist"]
 
 
@@ -95,3 +106,8 @@ module = Module(
     ),
 )
 Ctx = ModuleContext[PepOptions]
+
+
+def form_rules(ctx: Ctx) -> FormRules:
+    """What PEP accepts in configuration forms."""
+    return FormRules(limit=ctx.options.max_items_limit, access_models=ACCESS_MODELS)

@@ -1,5 +1,10 @@
-"""XEP-0060 node configuration: the settings a PEP node has, read from and written to data
-forms (``pubsub#node_config`` for create/configure, ``pubsub#publish-options``)."""
+"""XEP-0060 node configuration: the settings a node has, read from and written to data
+forms (``pubsub#node_config`` for create/configure, ``pubsub#publish-options``), and the
+subscription options (``pubsub#subscribe_options``).
+
+PEP and the PubSub service support different access models; each passes its own
+:class:`FormRules`.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,32 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final
 
-from modules.mod_pep.common import NS_NODE_CONFIG, NS_PUBLISH_OPTIONS
-from xmppd.api import StanzaError, ns
+from modules.pubsub_common.common import NS_NODE_CONFIG, NS_PUBLISH_OPTIONS, NS_SUBSCRIBE_OPTIONS
+from modules.pubsub_common.errors import BAD_REQUEST, INVALID_OPTIONS, NOT_ACCEPTABLE
+from xmppd.api import ns
 from xmppd.api.stanza import Element, child, payload
 
-ACCESS_MODELS: Final = ("presence", "open", "whitelist")
 SEND_LAST: Final = ("never", "on_sub", "on_sub_and_presence")
 _FIELD: Final = f"{{{ns.DATA_FORMS}}}field"
 _VALUE: Final = f"{{{ns.DATA_FORMS}}}value"
 
 
 @dataclass(frozen=True, slots=True)
+class FormRules:
+    """What a service accepts in configuration forms."""
+
+    limit: int
+    """Most items a node may keep (``pubsub#max_items`` = "max" means this many)."""
+    access_models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """A node's configuration (the XEP-0163 §5 defaults, except for the options)."""
+    """A node's configuration (the XEP-0163 §5 defaults; services pass their own)."""
 
     access_model: str = "presence"
     max_items: int | None = 1
-    """``None``: "max", i.e. the ``max_items_limit`` option."""
+    """``None``: "max", i.e. the service's limit."""
     persist_items: bool = True
     send_last_published_item: str = "on_sub_and_presence"
     deliver_notifications: bool = True
@@ -87,7 +101,7 @@ def _choice(allowed: tuple[str, ...]) -> Any:
 
 
 _PARSERS: Final[dict[str, tuple[str, Any]]] = {
-    "pubsub#access_model": ("access_model", _choice(ACCESS_MODELS)),
+    "pubsub#access_model": ("access_model", None),  # depends on the service: parse_fields
     "pubsub#max_items": ("max_items", None),  # depends on the limit: see parse_fields
     "pubsub#persist_items": ("persist_items", _boolean),
     "pubsub#send_last_published_item": ("send_last_published_item", _choice(SEND_LAST)),
@@ -125,12 +139,12 @@ def _max_items(value: str, limit: int) -> int | None:
 
 
 def parse_fields(
-    values: dict[str, list[str]], *, limit: int, ignore_unknown: bool
+    values: dict[str, list[str]], rules: FormRules, *, ignore_unknown: bool
 ) -> dict[str, Any]:
     """Node settings from form fields, as ``NodeConfig`` attributes.
 
-    Raises ``StanzaError('not-acceptable')`` for a bad value and :class:`UnknownField`
-    for a field that is not supported (unless ``ignore_unknown``).
+    Raises ``not-acceptable`` for a bad value and :class:`UnknownField` for a field that
+    is not supported (unless ``ignore_unknown``).
     """
     parsed: dict[str, Any] = {}
     for var, texts in values.items():
@@ -141,39 +155,56 @@ def parse_fields(
             raise UnknownField(var)
         attr, parser = spec
         if len(texts) != 1:
-            raise StanzaError("not-acceptable", f"{var} takes one value")
+            raise NOT_ACCEPTABLE(f"{var} takes one value")
         try:
-            parsed[attr] = _max_items(texts[0], limit) if parser is None else parser(texts[0])
+            if attr == "max_items":
+                parsed[attr] = _max_items(texts[0], rules.limit)
+            elif attr == "access_model":
+                parsed[attr] = _choice(rules.access_models)(texts[0])
+            else:
+                parsed[attr] = parser(texts[0])
         except ValueError:
             if attr == "max_items":
-                raise StanzaError(
-                    "not-acceptable", f"pubsub#max_items is 1 to {limit}, or 'max'"
-                ) from None
-            raise StanzaError("not-acceptable", f"invalid value for {var}") from None
+                raise NOT_ACCEPTABLE(f"pubsub#max_items is 1 to {rules.limit}, or 'max'") from None
+            raise NOT_ACCEPTABLE(f"invalid value for {var}") from None
     return parsed
 
 
-def read_form(
-    container: Element | None, expected_type: str, *, limit: int, ignore_unknown: bool
-) -> dict[str, Any]:
-    """The settings of the data form inside ``container`` (``<publish-options/>``,
-    ``<configure/>``); an empty dict when there is none."""
+def submitted_form(container: Element | None, expected_type: str) -> dict[str, list[str]] | None:
+    """The fields of the submitted data form inside ``container`` (``<configure/>``,
+    ``<publish-options/>``, ``<options/>``); ``None`` when there is none."""
     if container is None:
-        return {}
+        return None
     form = container.find(f"{{{ns.DATA_FORMS}}}x")
     if form is None:
-        return {}
+        return None
     if form.get("type", "submit") not in ("submit", "result"):
-        raise StanzaError("bad-request", "the form must be submitted")
+        raise BAD_REQUEST("the form must be submitted")
     form_type, values = form_values(form)
     if form_type is not None and form_type != expected_type:
-        raise StanzaError("bad-request", f"FORM_TYPE must be {expected_type}")
-    return parse_fields(values, limit=limit, ignore_unknown=ignore_unknown)
+        raise BAD_REQUEST(f"FORM_TYPE must be {expected_type}")
+    return values
 
 
-def publish_options(container: Element | None, *, limit: int) -> dict[str, Any]:
+def read_form(
+    container: Element | None, expected_type: str, rules: FormRules, *, ignore_unknown: bool
+) -> dict[str, Any]:
+    """The node settings of the data form inside ``container``; empty when none."""
+    values = submitted_form(container, expected_type)
+    if values is None:
+        return {}
+    return parse_fields(values, rules, ignore_unknown=ignore_unknown)
+
+
+def publish_options(container: Element | None, rules: FormRules) -> dict[str, Any]:
     """Preconditions of a publish (XEP-0060 §7.1.5); unknown fields raise UnknownField."""
-    return read_form(container, NS_PUBLISH_OPTIONS, limit=limit, ignore_unknown=False)
+    return read_form(container, NS_PUBLISH_OPTIONS, rules, ignore_unknown=False)
+
+
+def node_config(container: Element | None, rules: FormRules) -> dict[str, Any]:
+    """The settings of a ``pubsub#node_config`` form (fields not supported are ignored,
+    as XEP-0004 lets a service do with what it does not know)."""
+    return read_form(container, NS_NODE_CONFIG, rules, ignore_unknown=True)
 
 
 def unmet(config: NodeConfig, wanted: dict[str, Any]) -> list[str]:
@@ -200,11 +231,16 @@ def _field(
     child(field, "value", text=value)
 
 
-def config_form(config: NodeConfig, *, form_type: str = "form") -> Element:
-    """The ``pubsub#node_config`` data form showing ``config``."""
+def _form(form_type_value: str, form_type: str) -> Element:
     form = payload(ns.DATA_FORMS, "x", {"type": form_type})
     form_type_field = child(form, "field", {"var": "FORM_TYPE", "type": "hidden"})
-    child(form_type_field, "value", text=NS_NODE_CONFIG)
+    child(form_type_field, "value", text=form_type_value)
+    return form
+
+
+def config_form(config: NodeConfig, rules: FormRules, *, form_type: str = "form") -> Element:
+    """The ``pubsub#node_config`` data form showing ``config``."""
+    form = _form(NS_NODE_CONFIG, form_type)
     _field(form, "pubsub#title", "text-single", config.title, "A friendly name for the node")
     _field(
         form,
@@ -212,7 +248,7 @@ def config_form(config: NodeConfig, *, form_type: str = "form") -> Element:
         "list-single",
         config.access_model,
         "Who may retrieve items and receive notifications",
-        ACCESS_MODELS,
+        rules.access_models,
     )
     _field(
         form,
@@ -237,4 +273,52 @@ def config_form(config: NodeConfig, *, form_type: str = "form") -> Element:
         "When to send the last published item",
         SEND_LAST,
     )
+    return form
+
+
+# ----------------------------------------------------------------------------- subscriptions
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionOptions:
+    """A subscription's options (XEP-0060 §6.3): only ``pubsub#deliver`` so far."""
+
+    deliver: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> SubscriptionOptions:
+        known = {f.name for f in fields(SubscriptionOptions)}
+        try:
+            data = {k: v for k, v in json.loads(text).items() if k in known}
+        except ValueError:
+            data = {}
+        return SubscriptionOptions(**data)
+
+
+def subscription_options(container: Element | None) -> dict[str, Any]:
+    """The options of a submitted ``pubsub#subscribe_options`` form (empty when none);
+    a field that is not supported or a bad value gives ``bad-request`` +
+    ``<invalid-options/>`` (XEP-0060 §6.3.7)."""
+    values = submitted_form(container, NS_SUBSCRIBE_OPTIONS)
+    if values is None:
+        return {}
+    parsed: dict[str, Any] = {}
+    for var, texts in values.items():
+        if var != "pubsub#deliver" or len(texts) != 1:
+            raise INVALID_OPTIONS(f"unsupported subscription option {var}")
+        try:
+            parsed["deliver"] = _boolean(texts[0])
+        except ValueError:
+            raise INVALID_OPTIONS("pubsub#deliver is a boolean") from None
+    return parsed
+
+
+def options_form(options: SubscriptionOptions, *, form_type: str = "form") -> Element:
+    """The ``pubsub#subscribe_options`` data form showing ``options``."""
+    form = _form(NS_SUBSCRIBE_OPTIONS, form_type)
+    value = "1" if options.deliver else "0"
+    _field(form, "pubsub#deliver", "boolean", value, "Enable delivery?")
     return form
