@@ -17,6 +17,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from xmppd import hooks as core_hooks
+from xmppd.access import AccessRule
 from xmppd.events import EventHook, FoldHook
 from xmppd.module import HookSet, Module
 
@@ -141,6 +142,8 @@ def _option_rows(options: type[Any]) -> list[str]:
         if info.metadata and any("BeforeValidator" in type(m).__name__ for m in info.metadata):
             type_name = "duration/size"
         default = info.get_default(call_default_factory=True)
+        if isinstance(default, AccessRule):
+            default = default.describe()  # as written in the configuration
         desc = (info.description or "").replace("\n", " ")
         rows.append(f"| `{name}` | `{type_name}` | `{default!r}` | {desc} |")
     return rows

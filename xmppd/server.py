@@ -241,7 +241,7 @@ class Server:
         host = self.hosts.get(to.domain)
         if host is not None:
             found.extend(
-                hooks.DiscoItem(JID.parse(d), name or None)
+                hooks.DiscoItem(JID.parse(d), name=name or None)
                 for d, name in sorted(host.served.items())
             )
         return (*items, *found) if found else items

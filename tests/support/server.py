@@ -104,6 +104,7 @@ def write_config(
     extra: str = "",
     component_port: int | None = None,
     components: dict[str, str] | None = None,
+    admins: list[str] | None = None,
 ) -> None:
     lines = [
         "[server]",
@@ -134,6 +135,8 @@ def write_config(
                 f"secret = {_toml_value(secret)}",
             ]
     lines.append(f'[hosts."{domain}"]')
+    if admins:
+        lines.append(f"admins = {_toml_value(admins)}")
     if modules is not None:
         lines.append("[modules]")
         for name, opts in modules.items():
@@ -197,11 +200,13 @@ def running_server(
     extra: str = "",
     domain: str = "localhost",
     components: dict[str, str] | None = None,
+    admins: list[str] | None = None,
 ) -> Iterator[XmppdServer]:
     """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards.
 
     ``components`` (domain → secret) adds a loopback XEP-0114 listener and those
-    external components (``XmppdServer.component_port``)."""
+    external components (``XmppdServer.component_port``); ``admins``, the host's
+    administrators (bare JIDs)."""
     tmp.mkdir(parents=True, exist_ok=True)
     with _storage(tmp, backend) as url:
         data_dir = tmp / "data"
@@ -224,6 +229,7 @@ def running_server(
                 extra=extra,
                 component_port=p3,
                 components=components,
+                admins=admins,
             )
             log = log_path.open("ab")
             proc = subprocess.Popen(
@@ -245,8 +251,24 @@ def running_server(
         try:
             yield server
         finally:
-            _stop(proc)
+            _stop(server.process)
             log.close()
+
+
+def restart(server: XmppdServer) -> None:
+    """Stop the server (SIGTERM: a clean shutdown) and start it again with the same
+    configuration, ports and database; returns once it listens again."""
+    _stop(server.process)
+    with server.log_path.open("ab") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "-m", "xmppd", "--config", str(server.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    ports = (server.starttls_port, server.direct_tls_port)
+    if server.component_port is not None:
+        ports += (server.component_port,)
+    _wait_listening(server.process, ports, server.log_path)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
