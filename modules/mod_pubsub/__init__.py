@@ -47,11 +47,16 @@ error conditions (:mod:`modules.pubsub_common`); its own tables hold the nodes a
 
 Not implemented: collection nodes, the ``authorize`` and ``roster`` access models (and so
 pending subscriptions), several subscriptions of one JID to one node (SubIDs are given
-but one per JID), ``publish-only`` affiliations, item expiry, presence-based delivery.
+but one per JID), ``publish-only`` affiliations, item expiry, presence-based delivery,
+configuration-change notifications. The ``presence`` model is checked when a user
+subscribes or reads, not again for each notification. Account removal is seen by the
+service of the account's own host: an account of another host of this server keeps its
+subscriptions here (notifications to it are dropped).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
@@ -717,20 +722,19 @@ async def _set_subscriptions(
 # ----------------------------------------------------------------------------- discovery
 
 
-async def disco_info(ctx: Ctx, req: IqRequest) -> Element:
-    """The service (identity pubsub/service, features), or a node the requester may
+async def disco_info(ctx: Ctx, service: ServiceDomain, req: IqRequest) -> Element:
+    """The service (its identity pubsub/service and features), or a node the requester may
     read (identity pubsub/leaf, ``pubsub#meta-data`` form); anything else:
     ``item-not-found``."""
-    if req.to.local or req.to.resource:
-        raise errors.NODE_NOT_FOUND()
     query = payload(ns.DISCO_INFO, "query")
     name = req.payload.get("node")
     if name is None:
-        attrs = {"category": "pubsub", "type": "service"}
-        if ctx.options.name:
-            attrs["name"] = ctx.options.name
-        child(query, "identity", attrs)
-        for feature in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_PUBSUB, NS_OWNER, *FEATURES):
+        for identity in service.identities:
+            attrs = {"category": identity.category, "type": identity.type}
+            if identity.name:
+                attrs["name"] = identity.name
+            child(query, "identity", attrs)
+        for feature in service.features:
             child(query, "feature", {"var": feature})
         return req.result(query)
     query.set("node", name)
@@ -757,8 +761,6 @@ def _form_field(form: Element, var: str, value: str, *, kind: str | None = None)
 
 async def disco_items(ctx: Ctx, req: IqRequest) -> Element:
     """The nodes the requester may read (§5.2), or a node's item ids (§5.5)."""
-    if req.to.local or req.to.resource:
-        raise errors.NODE_NOT_FOUND()
     store = _store(ctx)
     requester = _requester(req)
     name = req.payload.get("node")
@@ -786,6 +788,18 @@ async def disco_items(ctx: Ctx, req: IqRequest) -> Element:
 # ----------------------------------------------------------------------------- lifecycle
 
 
+async def _at_service(
+    handler: Callable[..., Awaitable[Element | None]], *args: object
+) -> Element | None:
+    """Run ``handler`` for requests to the service's own address; a JID at the service's
+    domain (``someone@pubsub.example.org``) is nobody: ``service-unavailable``."""
+    req = args[-1]
+    assert isinstance(req, IqRequest)
+    if req.to.local or req.to.resource:
+        raise StanzaError("service-unavailable")
+    return await handler(*args)
+
+
 @module.on_load
 async def serve(ctx: Ctx) -> None:
     domain = service_domain(ctx)
@@ -799,10 +813,11 @@ async def serve(ctx: Ctx) -> None:
         ("set", NS_PUBSUB, "pubsub", pubsub_set),
         ("get", NS_OWNER, "pubsub", owner_get),
         ("set", NS_OWNER, "pubsub", owner_set),
-        ("get", ns.DISCO_INFO, "query", disco_info),
         ("get", ns.DISCO_ITEMS, "query", disco_items),
     ):
-        service.iq(kind, namespace, tag)(partial(handler, ctx))
+        service.iq(kind, namespace, tag)(partial(_at_service, handler, ctx))
+    # Ours answers node queries too; without a node, from the facts registered above.
+    service.iq("get", ns.DISCO_INFO, "query")(partial(_at_service, disco_info, ctx, service))
     ctx.serve(service)
     ctx.log.info("PubSub service at %s", domain)
 

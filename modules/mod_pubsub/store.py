@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from modules.mod_pubsub.common import Ctx, module
-from modules.pubsub_common.config import SubscriptionOptions
+from modules.pubsub_common.config import NodeConfig, SubscriptionOptions
 from modules.pubsub_common.store import NodeStore, node_tables
 from xmppd.api import JID, KeyedLocks
 from xmppd.api.storage import Column, Float, Index, String, Text, bindparam, delete, select
@@ -114,8 +114,9 @@ class PubsubStore(NodeStore):
 
     # ------------------------------------------------------------------ nodes
 
-    async def create(self, name: str, config: Any, creator: JID, *, limit: int) -> None:
+    async def create(self, name: str, config: NodeConfig, creator: JID, *, limit: int) -> None:
         """A new node with ``creator`` as its owner."""
+        await self.nodes(self.service)  # loaded before the transaction: it reads on its own
         db = self._ctx.db
         async with db.transaction() as tx:
             await self.save_node(self.service, name, config, limit=limit, tx=tx)
@@ -128,6 +129,7 @@ class PubsubStore(NodeStore):
 
     async def remove(self, name: str) -> None:
         """Delete a node with its items, affiliations and subscriptions."""
+        await self.nodes(self.service)  # loaded before the transaction: it reads on its own
         async with self._ctx.db.transaction() as tx:
             await self.delete_node(self.service, name, tx=tx)
             await tx.execute(_DELETE_NODE_AFFILIATIONS, self._base(node=name))

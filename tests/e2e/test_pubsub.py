@@ -672,6 +672,12 @@ async def test_error_cases(ps_server: XmppdServer) -> None:
         assert error_of(reply)[0] == "service-unavailable"
         info = await user.iq("get", f"<query xmlns='{DISCO_INFO}' node='nope'/>", to=service)
         assert error_of(info)[0] == "item-not-found"
+        # A JID at the service's domain is nobody.
+        items = f"<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>"
+        reply = await user.iq("get", items, to=f"someone@{service}")
+        assert error_of(reply)[0] == "service-unavailable"
+        reply = await user.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=f"{service}/res")
+        assert error_of(reply)[0] == "service-unavailable"
     finally:
         await close(owner, user)
 
