@@ -97,7 +97,7 @@ from modules.pubsub_common.protocol import (
 )
 from xmppd.api import JID, InvalidJID, IqRequest, ServiceDomain, ServiceKey, StanzaError, hooks, ns
 from xmppd.api.hooks import UserEvent
-from xmppd.api.stanza import Element, child, new_id, payload
+from xmppd.api.stanza import Element, child, error_reply, new_id, payload
 
 __all__ = ["PUBSUB", "PubsubStore", "module"]
 
@@ -610,7 +610,13 @@ async def owner_set(ctx: Ctx, req: IqRequest) -> Element | None:
     lock = store.node_lock(name)
     async with lock:
         config = await _require(ctx, name, _requester(req), frozenset({"owner"}))
-        notify = await handler(ctx, name, config, action)
+        try:
+            notify = await handler(ctx, name, config, action)
+        except Rejected as exc:
+            reply = error_reply(req.stanza, exc.err)
+            assert reply is not None  # requests are get/set
+            reply.insert(0, exc.entries)
+            return reply
     if notify is not None:
         recipients, event = notify
         await _notify(ctx, recipients, event)
@@ -662,60 +668,94 @@ async def _purge(ctx: Ctx, name: str, config: NodeConfig, action: Element) -> No
     return (recipients, node_event("purge", name)) if recipients else None
 
 
+class Rejected(Exception):
+    """Some entries of an owner's affiliations or subscriptions delta were refused
+    (§8.8.2.4, §8.9.2.4): the error carries them, as they stand now; the others were
+    applied."""
+
+    def __init__(self, err: StanzaError, entries: Element) -> None:
+        super().__init__(str(err))
+        self.err = err
+        self.entries = entries
+
+
+def _rejected(name: str, kind: str, refused: list[dict[str, str]], why: str) -> Rejected:
+    pubsub = payload(NS_OWNER, "pubsub")
+    listing = child(pubsub, f"{kind}s", {"node": name})
+    for attrs in refused:
+        child(listing, kind, attrs)
+    return Rejected(errors.NOT_ACCEPTABLE(why), pubsub)
+
+
 async def _set_affiliations(
     ctx: Ctx, name: str, config: NodeConfig, action: Element
 ) -> Notification:
-    """§8.9.2: a delta of affiliations; the node keeps at least one owner."""
+    """§8.9.2: a delta of affiliations; the node keeps at least one owner. Invalid
+    entries (a bad JID or affiliation, or the demotion of the last owners) are refused
+    and returned; the others apply."""
     store = _store(ctx)
     current = await store.affiliations(name)
     changes: dict[JID, str] = {}
+    refused: list[dict[str, str]] = []
     for entry in action.findall(f"{_O}affiliation"):
+        affiliation = entry.get("affiliation")
+        if affiliation == "publish-only":
+            raise errors.unsupported("publish-only-affiliation")
         try:
             jid = JID.parse(entry.get("jid", "")).bare
         except InvalidJID:
-            raise errors.NOT_ACCEPTABLE("invalid JID in an affiliation") from None
-        affiliation = entry.get("affiliation")
+            refused.append({"jid": entry.get("jid", ""), "affiliation": "none"})
+            continue
         if affiliation is None:
             continue
-        if affiliation == "publish-only":
-            raise errors.unsupported("publish-only-affiliation")
         if affiliation not in _SETTABLE:
-            raise errors.BAD_REQUEST(f"unknown affiliation {affiliation}")
+            refused.append({"jid": str(jid), "affiliation": current.get(jid, "none")})
+            continue
         changes[jid] = affiliation
     after = {**current, **changes}
     if not any(affiliation == "owner" for affiliation in after.values()):
-        raise errors.NOT_ACCEPTABLE("a node keeps at least one owner")
+        for jid, affiliation in list(changes.items()):
+            if current.get(jid) == "owner" and affiliation != "owner":
+                del changes[jid]
+                refused.append({"jid": str(jid), "affiliation": "owner"})
     await store.set_affiliations(name, changes)
+    if refused:
+        raise _rejected(name, "affiliation", refused, "a node keeps an owner; valid changes made")
     return None
 
 
 async def _set_subscriptions(
     ctx: Ctx, name: str, config: NodeConfig, action: Element
 ) -> Notification:
-    """§8.8.2: a delta of subscriptions: 'subscribed' adds one, 'none' removes it."""
+    """§8.8.2: a delta of subscriptions: 'subscribed' adds one, 'none' removes it.
+    Invalid entries (a bad JID or state, an outcast) are refused and returned; the
+    others apply."""
     store = _store(ctx)
     affiliations = await store.affiliations(name)
     existing = {s.jid: s for s in await store.subscriptions(name)}
     added: list[JID] = []
     removed: list[JID] = []
+    refused: list[dict[str, str]] = []
     for entry in action.findall(f"{_O}subscription"):
         try:
             jid = JID.parse(entry.get("jid", ""))
         except InvalidJID:
-            raise errors.NOT_ACCEPTABLE("invalid JID in a subscription") from None
+            refused.append({"jid": entry.get("jid", ""), "subscription": "none"})
+            continue
         state = entry.get("subscription")
         if state == "none":
             removed.append(jid)
-        elif state == "subscribed":
-            if affiliations.get(jid.bare) == "outcast":
-                raise errors.NOT_ACCEPTABLE(f"{jid} is an outcast")
+        elif state == "subscribed" and affiliations.get(jid.bare) != "outcast":
             added.append(jid)
         elif state is not None:
-            raise errors.NOT_ACCEPTABLE(f"subscription state {state} is not supported")
+            now = "subscribed" if jid in existing else "none"
+            refused.append({"jid": str(jid), "subscription": now})
     await store.unsubscribe(name, removed)
     for jid in added:
         if jid not in existing:
             await store.subscribe(name, jid, new_id(), SubscriptionOptions())
+    if refused:
+        raise _rejected(name, "subscription", refused, "refused entries; valid changes made")
     return None
 
 

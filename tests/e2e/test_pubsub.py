@@ -514,9 +514,19 @@ async def test_affiliations_and_access_models(ps_server: XmppdServer) -> None:
         mine = await pubsub_iq(member, service, "get", "<affiliations/>")
         assert listed(mine, "affiliation") == [{"node": node, "affiliation": "member"}]
 
-        # The last owner stays an owner; publish-only is not supported.
-        demote = f"<affiliations node='{node}'><affiliation jid='{o}' affiliation='none'/></affiliations>"
-        assert error_of(await owner_iq(raw_owner, service, "set", demote))[0] == "not-acceptable"
+        # The last owner stays an owner: that entry comes back, as it stands, in the
+        # error; the valid one in the same request is applied (§8.9.2.4).
+        demote = (
+            f"<affiliations node='{node}'><affiliation jid='{o}' affiliation='none'/>"
+            f"<affiliation jid='{p}' affiliation='member'/></affiliations>"
+        )
+        reply = await owner_iq(raw_owner, service, "set", demote)
+        assert error_of(reply)[0] == "not-acceptable"
+        assert listed(reply, "affiliation", OWNER) == [{"jid": o, "affiliation": "owner"}]
+        got = await owner_iq(raw_owner, service, "get", f"<affiliations node='{node}'/>")
+        now = {a["jid"]: a["affiliation"] for a in listed(got, "affiliation", OWNER)}
+        assert (now[o], now[p]) == ("owner", "member")
+        # publish-only is not supported.
         only = f"<affiliations node='{node}'><affiliation jid='{p}' affiliation='publish-only'/></affiliations>"
         reply = await owner_iq(raw_owner, service, "set", only)
         assert error_of(reply) == ("feature-not-implemented", "unsupported")
@@ -554,6 +564,13 @@ async def test_affiliations_and_access_models(ps_server: XmppdServer) -> None:
         assert (await owner_iq(raw_owner, service, "set", manage)).get("type") == "result"
         got = await owner_iq(raw_owner, service, "get", f"<subscriptions node='{shared}'/>")
         assert [s["jid"] for s in listed(got, "subscription", OWNER)] == [m]
+        pending = (
+            f"<subscriptions node='{shared}'><subscription jid='{c}' subscription='pending'/>"
+            "</subscriptions>"
+        )
+        reply = await owner_iq(raw_owner, service, "set", pending)
+        assert error_of(reply)[0] == "not-acceptable"
+        assert listed(reply, "subscription", OWNER) == [{"jid": c, "subscription": "none"}]
     finally:
         await owner.stop()
         await close(publisher, member, outcast, contact, raw_owner)
