@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -851,3 +853,26 @@ async def pubsub_rows(server: XmppdServer, jid: str) -> dict[str, int]:
     finally:
         await engine.dispose()
     return {"affiliations": int(affs or 0), "subscriptions": int(subs or 0)}
+
+
+def test_the_example_configuration_of_the_service_is_valid(tmp_path: Path) -> None:
+    """config/xmppd.toml shows the service commented out (not loaded by default); with
+    its lines uncommented, the configuration and the module's options are valid."""
+    example = Path(__file__).parents[2] / "config" / "xmppd.toml"
+    lines = example.read_text().splitlines()
+    start = lines.index("# [modules.pubsub]")
+    end = lines.index("", start)
+    for i in range(start, end):
+        if lines[i].startswith("# [") or " = " in lines[i]:
+            lines[i] = lines[i].removeprefix("# ")
+    config = tmp_path / "xmppd.toml"
+    config.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "xmppd", "--config", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[modules.pubsub]" in "\n".join(lines[start:end])
