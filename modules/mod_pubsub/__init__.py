@@ -248,7 +248,9 @@ def _may_create(ctx: Ctx, jid: JID) -> bool:
 async def _notify(
     ctx: Ctx, recipients: list[JID], event: Element, *, delayed: int | None = None
 ) -> None:
-    for message in notifications(_store(ctx).service, recipients, event, delayed=delayed):
+    store = _store(ctx)
+    store.notified += len(recipients)
+    for message in notifications(store.service, recipients, event, delayed=delayed):
         await ctx.send(message)
 
 
@@ -370,6 +372,7 @@ async def _publish(ctx: Ctx, req: IqRequest, action: Element) -> Element:
                 store.service, name, item.item_id, item.payload, keep=config.limit(limit)
             )
         recipients = _recipients(config, await store.subscriptions(name))
+        store.published += 1
     event = items_event(name, item.item_id, item.payload if config.deliver_payloads else None)
     await _notify(ctx, recipients, event)
     result = payload(NS_PUBSUB, "pubsub")
@@ -844,7 +847,14 @@ async def _at_service(
 async def serve(ctx: Ctx) -> None:
     domain = service_domain(ctx)
     service = ServiceDomain(ctx, domain, name=ctx.options.name)
-    ctx.provide(PUBSUB, PubsubStore(ctx, service.jid))
+    store = PubsubStore(ctx, service.jid)
+    ctx.provide(PUBSUB, store)
+    ctx.metrics.counter_function(
+        "published_items", "Items published to the PubSub service.", lambda: store.published
+    )
+    ctx.metrics.counter_function(
+        "notifications", "Event notifications the PubSub service sent.", lambda: store.notified
+    )
     service.identity("pubsub", "service", ctx.options.name)
     for feature in FEATURES:
         service.feature(feature)

@@ -104,6 +104,10 @@ class PubsubStore(NodeStore):
         super().__init__(ctx, tables, str)
         self.service = service
         self._node_locks = KeyedLocks()
+        self.published = 0
+        """Items published since start (the ``published_items`` metric)."""
+        self.notified = 0
+        """Event notifications sent since start (the ``notifications`` metric)."""
 
     def node_lock(self, name: str) -> asyncio.Lock:
         """The lock that serializes changes to node ``name`` (hold a reference)."""

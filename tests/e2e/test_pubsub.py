@@ -33,6 +33,7 @@ from tests.support.e2e import (
     take,
     until_equal,
 )
+from tests.support.inprocess import inprocess_server
 from tests.support.pep import (
     DELAY,
     DISCO_INFO,
@@ -70,6 +71,7 @@ from tests.support.pubsub import (
 )
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, restart, running_server
 from tests.support.xmlclient import XmlClient
+from xmppd.jid import JID
 
 PLUGINS = (*ALL_PLUGINS, "xep_0004", "xep_0060")
 LIMIT = 50
@@ -876,3 +878,38 @@ def test_the_example_configuration_of_the_service_is_valid(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     assert "[modules.pubsub]" in "\n".join(lines[start:end])
+
+
+async def test_metrics_count_publications_and_notifications(tmp_path: Path) -> None:
+    """``xmppd_mod_pubsub_published_items_total`` and ``..._notifications_total`` (per
+    host), as an operator reads them (the server runs in this process)."""
+    modules = {**DEFAULT_TEST_MODULES, "pubsub": {}}
+    async with inprocess_server(tmp_path, modules=modules) as srv:
+        service = f"pubsub.{srv.domain}"
+        jids = [f"{name}@{srv.domain}" for name in ("writer", "reader")]
+        for jid in jids:
+            await srv.server.register_user(JID.parse(jid), PASSWORD)
+        # Direct TLS: see tests/e2e/test_metrics_health.py on STARTTLS in one process.
+        writer, reader = [
+            Slix(srv, jid, PASSWORD, plugins=PLUGINS, direct_tls=True)  # type: ignore[arg-type]
+            for jid in jids
+        ]
+        await writer.start()
+        await reader.start()
+        try:
+            mine, theirs = writer.xmpp.plugin["xep_0060"], reader.xmpp.plugin["xep_0060"]
+            events = slix_events(reader, "publish")
+            node = fresh_node()
+            await mine.create_node(service, node, timeout=20)
+            await mine.publish(service, node, id="a", payload=payload(entry("a")), timeout=20)
+            await theirs.subscribe(service, node, timeout=20)  # the last item: 1 notification
+            await mine.publish(service, node, id="b", payload=payload(entry("b")), timeout=20)
+            for expected in ("a", "b"):
+                await take(events, lambda m, e=expected: event_entries(m)[0][0] == e, 20)
+            labels = {"host": srv.domain}
+            metrics = srv.server.metrics
+            assert metrics.value("xmppd_mod_pubsub_published_items_total", labels) == 2
+            assert metrics.value("xmppd_mod_pubsub_notifications_total", labels) == 2
+        finally:
+            await writer.stop()
+            await reader.stop()
