@@ -889,9 +889,8 @@ async def test_metrics_count_publications_and_notifications(tmp_path: Path) -> N
         jids = [f"{name}@{srv.domain}" for name in ("writer", "reader")]
         for jid in jids:
             await srv.server.register_user(JID.parse(jid), PASSWORD)
-        # Direct TLS: see tests/e2e/test_metrics_health.py on STARTTLS in one process.
         writer, reader = [
-            Slix(srv, jid, PASSWORD, plugins=PLUGINS, direct_tls=True)  # type: ignore[arg-type]
+            Slix(srv, jid, PASSWORD, plugins=PLUGINS)  # type: ignore[arg-type]
             for jid in jids
         ]
         await writer.start()
