@@ -4,17 +4,19 @@ The module serves the MUC domain of each host where it is loaded (option ``domai
 and keeps each room as one :class:`~modules.mod_muc.room.Room` (occupants, roles,
 affiliations, history, subject), found through :class:`~modules.mod_muc.service.MucService`.
 Persistent rooms (configuration, subject, affiliations, registered nicknames) are
-stored; temporary rooms vanish when their last occupant leaves. Also XEP-0249 direct
-invitations pass through untouched, and XEP-0421 occupant ids are added to everything
-a room sends on an occupant's behalf.
+stored; temporary rooms vanish when their last occupant leaves. XEP-0249 direct
+invitations reach the invitee untouched and are shown to the room on the way (a
+members-only room makes the invitee a member when the inviter may invite), and
+XEP-0421 occupant ids are added to everything a room sends on an occupant's behalf.
 """
 
 from __future__ import annotations
 
-from modules.mod_muc.common import Ctx, MucOptions, module
+from modules.mod_muc.common import NS_CONFERENCE, Ctx, MucOptions, module
 from modules.mod_muc.service import MUC, MucService
-from xmppd.api import hooks
-from xmppd.api.hooks import ServerEvent, UserEvent
+from xmppd.api import JID, Drop, InvalidJID, Priority, hooks
+from xmppd.api.hooks import PacketContext, ServerEvent, UserEvent
+from xmppd.api.stanza import Element, copy, find_child
 
 __all__ = ["MUC", "MucOptions", "MucService", "module"]
 
@@ -34,6 +36,29 @@ async def shutdown(ctx: Ctx, event: ServerEvent) -> None:
         service = peer.optional_service(MUC) if peer is not None else None
         if service is not None:
             await service.shutdown()
+
+
+# Late: after the filters that may drop the message; the invitation itself is untouched.
+@module.fold(hooks.USER_SEND_PACKET, priority=Priority.LATE)
+async def direct_invitation(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
+    """XEP-0249: a direct invitation to one of this service's rooms is shown to the
+    room on its way, so that a members-only room can make the invitee a member."""
+    if stanza.tag != "message" or stanza.get("type") in ("error", "groupchat"):
+        return stanza
+    x = find_child(stanza, NS_CONFERENCE, "x")
+    if x is None:
+        return stanza
+    service = ctx.optional_service(MUC)
+    try:
+        room_jid = JID.parse(x.get("jid", ""))
+    except InvalidJID:
+        return stanza
+    if service is None or room_jid.domain != service.domain or not room_jid.local:
+        return stanza
+    room = service.rooms.get(room_jid.local)
+    if room is not None:
+        await room.handle(copy(stanza), room_jid.bare, pctx.session.jid)
+    return stanza
 
 
 @module.on(hooks.USER_REMOVED)

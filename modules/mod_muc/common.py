@@ -20,6 +20,10 @@ NS_ROOMINFO: Final = "http://jabber.org/protocol/muc#roominfo"
 NS_OCCUPANT_ID: Final = "urn:xmpp:occupant-id:0"
 NS_STANZA_ID: Final = "urn:xmpp:sid:0"
 NS_SELF_PING: Final = "urn:xmpp:muc:self-ping:0"  # reserved: XEP-0410 (not yet)
+NS_MUC_REQUEST: Final = "http://jabber.org/protocol/muc#request"
+NS_MUC_REGISTER: Final = "http://jabber.org/protocol/muc#register"
+NS_CONFERENCE: Final = "jabber:x:conference"  # XEP-0249 direct invitations
+NS_VCARD: Final = "vcard-temp"
 
 Affiliation = Literal["owner", "admin", "member", "none", "outcast"]
 Role = Literal["moderator", "participant", "visitor", "none"]

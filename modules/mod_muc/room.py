@@ -25,12 +25,16 @@ from modules.mod_muc import errors
 from modules.mod_muc.common import (
     AFFILIATION_RANK,
     AFFILIATIONS,
+    NS_CONFERENCE,
     NS_MUC,
     NS_MUC_ADMIN,
     NS_MUC_OWNER,
+    NS_MUC_REGISTER,
+    NS_MUC_REQUEST,
     NS_MUC_STABLE_ID,
     NS_MUC_USER,
     NS_OCCUPANT_ID,
+    NS_VCARD,
     ROLE_RANK,
     ROLES,
     Ctx,
@@ -42,6 +46,7 @@ from modules.mod_muc.config import (
     apply_form,
     config_form,
     feature_vars,
+    form_values,
     info_form,
 )
 from modules.mod_muc.hooks import (
@@ -65,6 +70,7 @@ from xmppd.api.stanza import (
     error_reply,
     find_child,
     iq_result,
+    new_id,
     payload,
     serialize,
 )
@@ -138,6 +144,23 @@ class HistoryEntry:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _ForwardedIq:
+    """An IQ the room forwarded to an occupant (§7.7 private IQ): where its answer goes."""
+
+    asker: JID
+    """The asking occupant's real full JID."""
+    asked_id: str | None
+    target: JID
+    """The real JID the IQ went to (the answer must come from it)."""
+    target_nick: str
+
+
+_MAX_FORWARDED: Final = 1000
+"""IQs forwarded and not answered yet that a room remembers (the oldest are forgotten)."""
+_ROOMUSER_NODE: Final = "x-roomuser-item"
+
+
 @dataclass(slots=True)
 class _Queued:
     stanza: Element
@@ -166,6 +189,7 @@ class Room:
     fresh: bool = False
     """Created by the join being handled: its self-presence carries 201."""
     gone: bool = False
+    _forwarded: dict[str, _ForwardedIq] = field(default_factory=dict)
     _queue: deque[_Queued] = field(default_factory=deque)
     _busy: bool = False
 
@@ -573,9 +597,146 @@ class Room:
                 raise errors.NOT_OCCUPANT()
             await self._groupchat(stanza, occupant, from_)
             return
+        if _addressed_elsewhere(stanza, self.jid):
+            # A XEP-0249 direct invitation an occupant sent to someone (the service
+            # shows it to the room on its way, see the module's user_send_packet fold).
+            await self._direct_invite(stanza, occupant, from_)
+            return
+        x_user = find_child(stanza, NS_MUC_USER, "x")
+        if x_user is not None and x_user.find(f"{{{NS_MUC_USER}}}invite") is not None:
+            await self._invite(x_user, occupant, from_)
+            return
+        if (
+            x_user is not None
+            and (decline := find_child(x_user, NS_MUC_USER, "decline")) is not None
+        ):
+            await self._decline(decline, from_)
+            return
+        form = find_child(stanza, ns.DATA_FORMS, "x")
+        if form is not None and form_values(form)[0] == NS_MUC_REQUEST:
+            if occupant is None:
+                raise errors.NOT_OCCUPANT()
+            await self._voice_form(stanza, form, occupant)
+            return
         if occupant is None:
             raise errors.NOT_OCCUPANT()
         raise errors.BAD_REQUEST("this message type is not handled by the room")
+
+    # ------------------------------------------------------------------ invitations (§7.8)
+
+    def _may_invite(self, occupant: Occupant) -> bool:
+        return (
+            self.config.allow_invites
+            or occupant.role == "moderator"
+            or AFFILIATION_RANK[self.affiliation(occupant.bare)] >= AFFILIATION_RANK["admin"]
+        )
+
+    async def _admit_invitee(self, invitee: JID, occupant: Occupant) -> None:
+        """A members-only room makes an invited account a member (§7.8.1 allows it), so
+        that the invitation can be accepted."""
+        if self.config.members_only and self.affiliation(invitee) == "none":
+            await self._set_affiliation(invitee.bare, "member", "", actor_nick=occupant.nick)
+
+    async def _invite(self, x_user: Element, occupant: Occupant | None, from_: JID) -> None:
+        """§7.8.1: the room passes each invitation on, from itself, naming the inviter."""
+        if occupant is None:
+            raise errors.NOT_OCCUPANT()
+        if not self._may_invite(occupant):
+            raise errors.INVITE_DENIED()
+        invitees: list[tuple[JID, Element]] = []
+        for invite in x_user.findall(f"{{{NS_MUC_USER}}}invite"):
+            try:
+                invitees.append((JID.parse(invite.get("to", "")), invite))
+            except InvalidJID:
+                raise StanzaError("jid-malformed", "an invitation needs a valid 'to'") from None
+        for invitee, _ in invitees:
+            if self.affiliation(invitee) == "outcast":
+                raise errors.INVITE_BANNED()
+        for invitee, invite in invitees:
+            await self._admit_invitee(invitee, occupant)
+            message = element("message", {"from": str(self.jid), "to": str(invitee)})
+            x = child(message, "x", namespace=NS_MUC_USER)
+            out = child(x, "invite", {"from": str(from_)})
+            if (reason := find_child(invite, NS_MUC_USER, "reason")) is not None:
+                child(out, "reason", text=reason.text or "")
+            if self.config.password:
+                child(x, "password", text=self.config.password)
+            await self.ctx.send(message)
+
+    async def _decline(self, decline: Element, from_: JID) -> None:
+        """§7.8.2: the invitee's decline goes on to the inviter, from the room."""
+        try:
+            inviter = JID.parse(decline.get("to", ""))
+        except InvalidJID:
+            raise StanzaError("jid-malformed", "a decline needs a valid 'to'") from None
+        message = element("message", {"from": str(self.jid), "to": str(inviter)})
+        x = child(message, "x", namespace=NS_MUC_USER)
+        out = child(x, "decline", {"from": str(from_.bare)})
+        if (reason := find_child(decline, NS_MUC_USER, "reason")) is not None:
+            child(out, "reason", text=reason.text or "")
+        await self.ctx.send(message)
+
+    async def _direct_invite(self, stanza: Element, occupant: Occupant | None, from_: JID) -> None:
+        """XEP-0249: an occupant invited someone directly. The message itself goes to
+        the invitee untouched; a members-only room that lets this occupant invite makes
+        the invitee a member. Never an error: the invitation is not the room's."""
+        if occupant is None or not self._may_invite(occupant):
+            return
+        try:
+            invitee = JID.parse(stanza.get("to", "")).bare
+        except InvalidJID:
+            return
+        if invitee.domain != self.jid.domain:
+            await self._admit_invitee(invitee, occupant)
+
+    # ------------------------------------------------------------------ voice (§7.13, §8.6)
+
+    async def _voice_form(self, stanza: Element, form: Element, occupant: Occupant) -> None:
+        _, values = form_values(form)
+        if occupant.role == "moderator" and "muc#request_allow" in values:
+            await self._voice_approval(values, occupant)
+            return
+        if not self.config.allow_voice_requests:
+            raise errors.VOICE_REQUESTS_OFF()
+        if occupant.role != "visitor":
+            return  # already has voice: nothing to ask
+        self._check_rate_and_size(stanza, occupant)
+        request = element("message", {"from": str(self.jid)})
+        x = child(request, "x", {"type": "form"}, namespace=ns.DATA_FORMS)
+        child(x, "title", text="Voice request")
+        child(
+            x,
+            "instructions",
+            text="To approve this request for voice, select the checkbox and submit.",
+        )
+        for var, ftype, label, value in (
+            ("FORM_TYPE", "hidden", "", NS_MUC_REQUEST),
+            ("muc#role", "list-single", "Requested role", "participant"),
+            ("muc#jid", "jid-single", "User ID", str(occupant.latest)),
+            ("muc#roomnick", "text-single", "Room nickname", occupant.nick),
+            ("muc#request_allow", "boolean", "Grant voice to this person?", "false"),
+        ):
+            attrs = {"var": var, "type": ftype}
+            if label:
+                attrs["label"] = label
+            child(child(x, "field", attrs), "value", text=value)
+        for moderator in list(self.occupants.values()):
+            if moderator.role == "moderator":
+                for session in list(moderator.presences):
+                    await self._send(copy(request), session)
+
+    async def _voice_approval(self, values: dict[str, list[str]], moderator: Occupant) -> None:
+        """§8.6: a moderator submitted the request form; ``muc#request_allow`` true grants
+        voice to the occupant it names (by nickname)."""
+        allow = (values.get("muc#request_allow") or [""])[0].strip()
+        if allow not in ("1", "true"):
+            return
+        nick = (values.get("muc#roomnick") or [""])[0]
+        target = self.occupants.get(nick)
+        if target is None:
+            raise errors.NO_SUCH_OCCUPANT()
+        if target.role == "visitor":
+            await self._set_role(target, "participant", "", moderator.nick)
 
     def _check_rate_and_size(self, stanza: Element, occupant: Occupant) -> None:
         opts = self.ctx.options
@@ -708,12 +869,17 @@ class Room:
     async def _on_iq(self, stanza: Element, to: JID, from_: JID) -> None:
         itype = stanza.get("type")
         if itype not in ("get", "set"):
-            return  # TODO: forwarded IQs to occupants (vCard...) and their replies
+            if to.resource:
+                await self._forward_answer(stanza, to, from_)
+            return
         query = stanza[0] if len(stanza) == 1 and isinstance(stanza[0].tag, str) else None
         if query is None:
             raise errors.BAD_REQUEST("an IQ carries one payload")
         if to.resource:
-            reply = await self._iq_to_occupant(stanza, query, to.resource, from_)
+            try:
+                reply = await self._iq_to_occupant(stanza, query, to.resource, from_)
+            except _Forwarded:
+                return
         else:
             reply = await self._iq_to_room(stanza, query, itype, from_)
         reply.set("from", str(to))
@@ -727,24 +893,81 @@ class Room:
             raise errors.NOT_OCCUPANT()
         if query.tag == _PING and mine == nick:
             return iq_result(stanza)  # XEP-0410: the client is still in the room
-        if nick not in self.occupants:
+        target = self.occupants.get(nick)
+        if target is None:
             raise errors.NO_SUCH_OCCUPANT()
-        raise StanzaError("service-unavailable")  # TODO: forward to the occupant
+        await self._forward_iq(stanza, query, mine, target, from_)
+        raise _Forwarded()
+
+    async def _forward_iq(
+        self, stanza: Element, query: Element, mine: str, target: Occupant, from_: JID
+    ) -> None:
+        """§7.7 private IQ: an occupant's IQ to another goes to that occupant's real JID,
+        from the asker's occupant JID, under a new id; the answer comes back the same
+        way (:meth:`_forward_answer`). A vCard request goes to the account (its server
+        answers it, §17.3 of XEP-0045 and XEP-0054)."""
+        vcard = query.tag == f"{{{NS_VCARD}}}vCard" and stanza.get("type") == "get"
+        real = target.bare if vcard else target.latest
+        forwarded = copy(stanza)
+        forwarded_id = new_id()
+        forwarded.set("id", forwarded_id)
+        forwarded.set("from", f"{self.jid}/{mine}")
+        forwarded.set("to", str(real))
+        self._forwarded[forwarded_id] = _ForwardedIq(from_, stanza.get("id"), real, target.nick)
+        while len(self._forwarded) > _MAX_FORWARDED:
+            del self._forwarded[next(iter(self._forwarded))]
+        await self.ctx.send(forwarded)
+
+    async def _forward_answer(self, stanza: Element, to: JID, from_: JID) -> None:
+        pending = self._forwarded.get(stanza.get("id", ""))
+        if pending is None or pending.target != from_:
+            return
+        del self._forwarded[stanza.get("id", "")]
+        answer = copy(stanza)
+        if pending.asked_id is None:
+            del answer.attrib["id"]
+        else:
+            answer.set("id", pending.asked_id)
+        answer.set("from", f"{self.jid}/{pending.target_nick}")
+        answer.set("to", str(pending.asker))
+        await self.ctx.send(answer)
 
     async def _iq_to_room(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
         tag = query.tag
         if tag == f"{{{ns.DISCO_INFO}}}query" and itype == "get":
-            return iq_result(stanza, self._disco_info(query))
+            return iq_result(stanza, self._disco_info(query, from_))
         if tag == f"{{{ns.DISCO_ITEMS}}}query" and itype == "get":
-            return iq_result(stanza, payload(ns.DISCO_ITEMS, "query"))
+            return iq_result(stanza, self._disco_items(query, from_))
+        if tag == f"{{{ns.REGISTER}}}query":
+            return await self._register(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_OWNER}}}query":
             return await self._owner(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_ADMIN}}}query":
             return await self._admin(stanza, query, itype, from_)
         raise StanzaError("service-unavailable")
 
-    def _disco_info(self, query: Element) -> Element:
+    def _disco_items(self, query: Element, from_: JID) -> Element:
+        """§6.5: the occupants (as occupant JIDs) of a non-anonymous room, to its
+        occupants, or to anyone when the room is also open; an empty list otherwise, as
+        the XEP allows (a semi-anonymous room does not list who is in it)."""
         if query.get("node") is not None:
+            raise StanzaError("item-not-found")
+        result = payload(ns.DISCO_ITEMS, "query")
+        inside = from_ in self.by_jid
+        if self.config.non_anonymous and (inside or not self.config.members_only):
+            for nick in sorted(self.occupants):
+                child(result, "item", {"jid": f"{self.jid}/{nick}", "name": nick})
+        return result
+
+    def _disco_info(self, query: Element, from_: JID) -> Element:
+        node = query.get("node")
+        if node == _ROOMUSER_NODE:
+            # §7.11: the asker's registered nickname, if any.
+            result = payload(ns.DISCO_INFO, "query", {"node": node})
+            if (nick := self.nicks.get(from_.bare)) is not None:
+                child(result, "identity", {"category": "conference", "type": "text", "name": nick})
+            return result
+        if node is not None:
             raise StanzaError("item-not-found")
         result = payload(ns.DISCO_INFO, "query")
         child(
@@ -754,6 +977,7 @@ class Room:
         )
         features = [
             ns.DISCO_INFO,
+            ns.REGISTER,
             NS_MUC,
             NS_MUC_STABLE_ID,
             NS_OCCUPANT_ID,
@@ -763,6 +987,61 @@ class Room:
             child(result, "feature", {"var": var})
         result.append(info_form(self.config, len(self.occupants), self.subject))
         return result
+
+    # ------------------------------------------------------------------ registration (§7.10)
+
+    async def _register(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        """§7.10: register a nickname with the room. Registering makes an account with
+        no affiliation a member; a registered nickname is reserved for its owner (others
+        get ``conflict`` entering or changing to it)."""
+        bare = from_.bare
+        affiliation = self.affiliation(bare)
+        if affiliation == "outcast":
+            raise errors.BANNED()
+        if self.config.members_only and AFFILIATION_RANK[affiliation] < AFFILIATION_RANK["member"]:
+            raise errors.MEMBERS_ONLY()
+        if itype == "get":
+            result = payload(ns.REGISTER, "query")
+            if (nick := self.nicks.get(bare)) is not None:
+                child(result, "registered")
+                child(result, "username", text=nick)
+                return iq_result(stanza, result)
+            child(result, "instructions", text="Choose a nickname to register with this room.")
+            form = child(result, "x", {"type": "form"}, namespace=ns.DATA_FORMS)
+            child(form, "title", text="Nickname registration")
+            hidden = child(form, "field", {"var": "FORM_TYPE", "type": "hidden"})
+            child(hidden, "value", text=NS_MUC_REGISTER)
+            nick_field = child(
+                form,
+                "field",
+                {"var": "muc#register_roomnick", "type": "text-single", "label": "Nickname"},
+            )
+            child(nick_field, "required")
+            return iq_result(stanza, result)
+        if find_child(query, ns.REGISTER, "remove") is not None:
+            if self.nicks.pop(bare, None) is not None and self.config.persistent:
+                await self.host.store.set_nick(self.name, bare, None)
+            return iq_result(stanza)
+        submitted = find_child(query, ns.DATA_FORMS, "x")
+        if submitted is None:
+            raise errors.BAD_REQUEST("expected a data form or <remove/>")
+        if submitted.get("type") == "cancel":
+            return iq_result(stanza)
+        form_type, values = form_values(submitted)
+        if form_type != NS_MUC_REGISTER:
+            raise errors.BAD_REQUEST(f"FORM_TYPE must be {NS_MUC_REGISTER}")
+        nick = (values.get("muc#register_roomnick") or [""])[0]
+        self._check_nick(nick)
+        owner = self._nick_owner(nick)
+        in_use = self.occupants.get(nick)
+        if (owner is not None and owner != bare) or (in_use is not None and in_use.bare != bare):
+            raise errors.NICK_CONFLICT()
+        self.nicks[bare] = nick
+        if self.config.persistent:
+            await self.host.store.set_nick(self.name, bare, nick)
+        if affiliation == "none":
+            await self._set_affiliation(bare, "member", "", actor_nick=None)
+        return iq_result(stanza)
 
     # ------------------------------------------------------------------ owner (§10)
 
@@ -1069,6 +1348,20 @@ class Room:
                 self.jid, occupant.nick, occupant.latest, occupant.role, affiliation, "affiliation"
             ),
         )
+
+
+class _Forwarded(Exception):
+    """The IQ was forwarded to an occupant: the answer comes later, from it."""
+
+
+def _addressed_elsewhere(stanza: Element, room: JID) -> bool:
+    """A XEP-0249 invitation on its way to someone else (its ``to`` is not the room)."""
+    if find_child(stanza, NS_CONFERENCE, "x") is None:
+        return False
+    try:
+        return JID.parse(stanza.get("to", "")).bare != room
+    except InvalidJID:
+        return False
 
 
 def _stripped(presence: Element) -> Element:
