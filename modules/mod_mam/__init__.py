@@ -62,22 +62,20 @@ Other modules reach the archives through :data:`ARCHIVE`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from dataclasses import replace
-from datetime import datetime
 from typing import Final
 
+from modules.mam_common import fin, parse_id, parse_stamp, result_message
+from modules.mam_common import parse_rsm as rsm_paging
 from modules.mod_mam.common import (
     FULLTEXT_FIELD,
     MAX_FULLTEXT_WORDS,
     MAX_PREF_JIDS,
-    NS_FORWARD,
     NS_FULLTEXT,
     NS_MAM,
     NS_MAM_EXTENDED,
-    NS_RSM,
     NS_SID,
     NS_XDATA_VALIDATE,
     PURGE_INTERVAL,
@@ -96,7 +94,6 @@ from modules.mod_mam.store import (
     format_stamp,
     has_forged_id,
     strip_ids,
-    to_microseconds,
 )
 from xmppd.api import (
     JID,
@@ -121,7 +118,7 @@ from xmppd.api.hooks import (
     StanzaEvent,
     UserEvent,
 )
-from xmppd.api.stanza import Element, child, element, parse, payload
+from xmppd.api.stanza import Element, child, payload
 
 __all__ = ["ARCHIVE", "Archive", "MamOptions", "module"]
 
@@ -242,23 +239,6 @@ def _require_owner(req: IqRequest) -> None:
         raise StanzaError("forbidden", "an archive belongs to its owner")
 
 
-def parse_stamp(text: str) -> int:
-    """Microseconds since the epoch of a XEP-0082 DateTime; ``bad-request`` otherwise."""
-    try:
-        if not _XEP82.fullmatch(text):
-            raise ValueError(text)
-        return to_microseconds(datetime.fromisoformat(text))
-    except (ValueError, OverflowError):
-        raise StanzaError("bad-request", f"not a XEP-0082 date and time: {text[:40]}") from None
-
-
-def parse_id(text: str) -> int:
-    """An archive id from its string form; one that cannot exist is ``item-not-found``."""
-    if text.isdigit() and len(text) <= 19 and int(text) < 2**63:
-        return int(text)
-    raise StanzaError("item-not-found", "no such archive id")
-
-
 def parse_form(form: Element | None) -> Filters:
     f = Filters()
     if form is None:
@@ -296,42 +276,12 @@ def parse_form(form: Element | None) -> Filters:
 
 
 def parse_rsm(query: Element, options: MamOptions) -> Paging:
-    p = Paging(min(options.default_page_size, options.max_page_size))
-    rsm = query.find(f"{{{NS_RSM}}}set")
-    if rsm is None:
-        return p
-    for el in rsm:
-        name, text = el.tag.rpartition("}")[2], (el.text or "").strip()
-        if name in ("max", "index"):
-            if not text.isdigit() or len(text) > 9:
-                raise StanzaError("bad-request", f"RSM <{name}/> must be a number")
-            if name == "max":
-                p.max = min(int(text), options.max_page_size)
-            else:
-                p.index = int(text)
-        elif name == "after" and text:
-            p.after = parse_id(text)
-        elif name == "before":
-            p.backward = True
-            p.before = parse_id(text) if text else None
-    if p.after is not None or p.backward:
-        p.index = None  # an offset counts from the start only
-    return p
+    return rsm_paging(query, options.default_page_size, options.max_page_size)
 
 
 def _result(session: Session, user: JID, queryid: str | None, row: tuple[int, int, str]) -> Element:
     archive_id, stamp, stored = row
-    msg = element("message", {"to": str(session.jid), "from": str(user)})
-    attrs = {"id": str(archive_id)}
-    if queryid is not None:
-        attrs["queryid"] = queryid
-    result = child(msg, "result", attrs, namespace=NS_MAM)
-    forwarded = child(result, "forwarded", namespace=NS_FORWARD)
-    child(forwarded, "delay", {"stamp": format_stamp(stamp)}, namespace=ns.DELAY)
-    # The stored XML is ours; should it be damaged, the entry keeps its id and time.
-    with contextlib.suppress(SyntaxError):  # lxml's XMLSyntaxError
-        forwarded.append(parse(stored.encode("utf-8")))
-    return msg
+    return result_message(str(session.jid), str(user), queryid, archive_id, stamp, stored)
 
 
 @module.iq("set", NS_MAM, "query", to=Scope.BARE)
@@ -352,18 +302,14 @@ async def query(ctx: Ctx, req: IqRequest) -> Element:
         rows = rows[::-1]
     for row in rows:
         ctx.sessions.send_raw(session, _result(session, user, queryid, row))
-    fin = payload(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
-    if queryid is not None:
-        fin.set("queryid", queryid)
-    rsm = child(fin, "set", namespace=NS_RSM)
-    if page.rows:
-        first = child(rsm, "first", text=str(page.rows[0][0]))
-        if page.index is not None:
-            first.set("index", str(page.index))
-        child(rsm, "last", text=str(page.rows[-1][0]))
-    if page.count is not None:
-        child(rsm, "count", text=str(page.count))
-    return req.result(fin)
+    done = fin(
+        page.complete,
+        queryid,
+        [row[0] for row in page.rows],
+        count=page.count,
+        index=page.index,
+    )
+    return req.result(done)
 
 
 @module.iq("get", NS_MAM, "query", to=Scope.BARE)

@@ -9,9 +9,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from modules.mam_common import Paging, format_stamp, to_microseconds
 from modules.mod_mam.common import (
     KEPT_STATUS,
     KEPT_WITHOUT_BODY,
@@ -112,20 +112,11 @@ _PURGE_USER: Final = delete(archive_table).where(
 SID_TAG: Final = f"{{{NS_SID}}}stanza-id"
 _SKIP: Final = frozenset({f"{{{NS_HINTS}}}no-store", f"{{{NS_HINTS}}}no-permanent-store"})
 _STORE: Final = f"{{{NS_HINTS}}}store"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 # ----------------------------------------------------------------------------- stanzas
 
-
-def format_stamp(us: int) -> str:
-    """A XEP-0082 UTC timestamp with microseconds: ``2024-05-01T12:00:00.123456Z``."""
-    return (_EPOCH + us * _MICROSECOND).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def to_microseconds(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
+__all__ = ["ARCHIVE", "Archive", "Paging", "format_stamp", "to_microseconds"]
 
 
 def archivable(stanza: Element, *, without_body: bool) -> bool:
@@ -237,17 +228,6 @@ class Filters:
     before_id: int | None = None
     ids: tuple[int, ...] | None = None
     fulltext: str | None = None
-
-
-@dataclass(slots=True)
-class Paging:
-    """The RSM part of a query."""
-
-    max: int
-    after: int | None = None
-    before: int | None = None
-    backward: bool = False
-    index: int | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ __all__ = ["MUC", "MucOptions", "MucService", "module"]
 @module.on_load
 async def start(ctx: Ctx) -> None:
     service = MucService(ctx)
+    await service.archive.start()
     ctx.provide(MUC, service)
     ctx.serve_domain(service.domain, service, name=service.name)
 

@@ -48,6 +48,7 @@ class Status:
     SELF: Final = "110"
     CONFIG_CHANGED: Final = "104"
     LOGGING: Final = "170"
+    NOT_LOGGING: Final = "171"
     NOW_NON_ANONYMOUS: Final = "172"
     NOW_SEMI_ANONYMOUS: Final = "173"
     CREATED: Final = "201"
@@ -112,6 +113,12 @@ module: Final = Module(
     "muc",
     "XEP-0045: Multi-User Chat (group chat rooms on conference.<host>)",
     options=MucOptions,
-    protocols=("XEP-0045 v1.34", "XEP-0249 v1.2", "XEP-0421 v0.1"),
+    protocols=(
+        "XEP-0045 v1.34",
+        "XEP-0249 v1.2",
+        "XEP-0313 v1.1 (room archives)",
+        "XEP-0359 v0.7",
+        "XEP-0421 v0.1",
+    ),
 )
 Ctx = ModuleContext[MucOptions]

@@ -40,6 +40,8 @@ class RoomConfig:
     allow_pm: str = "anyone"
     allow_voice_requests: bool = True
     lang: str = ""
+    archive: bool = True
+    """A persistent room archives its groupchat messages (XEP-0313)."""
 
     @property
     def password_protected(self) -> bool:
@@ -117,6 +119,7 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "muc#roomconfig_changesubject": ("change_subject", _boolean),
     "muc#roomconfig_allowpm": ("allow_pm", _choice(ALLOW_PM)),
     "muc#roomconfig_allowvoicerequests": ("allow_voice_requests", _boolean),
+    "muc#roomconfig_enablearchiving": ("archive", _boolean),
 }
 _PASSWORD_PROTECTED: Final = "muc#roomconfig_passwordprotectedroom"
 _JID_LISTS: Final[tuple[str, ...]] = ("muc#roomconfig_roomowners", "muc#roomconfig_roomadmins")
@@ -300,6 +303,13 @@ def config_form(
         "boolean",
         "Visitors may ask for voice",
         _bool(config.allow_voice_requests),
+    )
+    _field(
+        form,
+        "muc#roomconfig_enablearchiving",
+        "boolean",
+        "Archive messages (persistent rooms)",
+        _bool(config.archive),
     )
     _field(form, "muc#roomconfig_roomowners", "jid-multi", "Owners", owners)
     _field(form, "muc#roomconfig_roomadmins", "jid-multi", "Admins", admins)

@@ -55,3 +55,6 @@ BAD_REQUEST: Final = MucError("bad-request", "this request is malformed")
 INVITE_DENIED: Final = MucError("forbidden", "occupants may not invite others to this room")
 INVITE_BANNED: Final = MucError("not-allowed", "this user is banned from the room")
 VOICE_REQUESTS_OFF: Final = MucError("forbidden", "this room does not take voice requests")
+ARCHIVE_MEMBERS_ONLY: Final = MucError(
+    "forbidden", "the archive of a members-only room is for its members"
+)

@@ -21,7 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
+from modules.mam_common import (
+    NS_MAM,
+    NS_SID,
+    fin,
+    parse_id,
+    parse_rsm,
+    parse_stamp,
+    result_message,
+)
 from modules.mod_muc import errors
+from modules.mod_muc.archive import Filters
 from modules.mod_muc.common import (
     AFFILIATION_RANK,
     AFFILIATIONS,
@@ -69,13 +79,16 @@ from xmppd.api.stanza import (
     element,
     error_reply,
     find_child,
+    in_client_namespace,
     iq_result,
     new_id,
+    parse,
     payload,
     serialize,
 )
 
 if TYPE_CHECKING:
+    from modules.mod_muc.archive import RoomArchive
     from modules.mod_muc.store import RoomStore
 
 _X_MUC: Final = f"{{{NS_MUC}}}x"
@@ -83,6 +96,10 @@ _X_USER: Final = f"{{{NS_MUC_USER}}}x"
 _OCCUPANT_ID: Final = f"{{{NS_OCCUPANT_ID}}}occupant-id"
 _DATA_FORM: Final = f"{{{ns.DATA_FORMS}}}x"
 _PING: Final = f"{{{ns.PING}}}ping"
+_STANZA_ID: Final = f"{{{NS_SID}}}stanza-id"
+_MAM_QUERY: Final = f"{{{NS_MAM}}}query"
+_MAM_PAGE: Final = 50
+_MAM_MAX_PAGE: Final = 250
 _STRIP_FROM_PRESENCE: Final = frozenset({_X_MUC, _X_USER, _OCCUPANT_ID})
 _FATAL_ERRORS: Final = frozenset(
     {
@@ -106,6 +123,9 @@ class RoomHost(Protocol):
 
     @property
     def store(self) -> RoomStore: ...
+
+    @property
+    def archive(self) -> RoomArchive: ...
 
     @property
     def limits(self) -> Limits: ...
@@ -229,6 +249,12 @@ class Room:
     @property
     def is_empty(self) -> bool:
         return not self.occupants
+
+    @property
+    def archived(self) -> bool:
+        """Groupchat messages go to the room's archive (XEP-0313): a persistent room
+        whose owners left archiving on."""
+        return self.config.persistent and self.config.archive
 
     def affiliation(self, jid: JID) -> str:
         return self.affiliations.get(jid.bare, "none")
@@ -396,12 +422,14 @@ class Room:
         own = [Status.SELF]
         if self.config.non_anonymous:
             own.append(Status.NON_ANONYMOUS)
+        if self.archived:
+            own.append(Status.LOGGING)  # §7.2.13
         own.extend(codes)
         mine = self._presence(occupant, with_jid=True, codes=own)
         if (pid := join.get("id")) is not None:
             mine.set("id", pid)
         await self._send(mine, session)
-        for entry in self._history_for(find_child(join, NS_MUC, "x")):
+        for entry in await self._history_for(find_child(join, NS_MUC, "x")):
             await self._send(self._delayed(entry), session)
         await self._send(self._subject_message(), session)
 
@@ -768,17 +796,33 @@ class Room:
         template = copy(folded)
         for el in template.findall(_OCCUPANT_ID):
             template.remove(el)
+        room = str(self.jid)
+        for el in template.findall(_STANZA_ID):
+            if el.get("by") == room:  # only the room may say what its ids are
+                template.remove(el)
         if "to" in template.attrib:
             del template.attrib["to"]
         template.set("from", f"{self.jid}/{occupant.nick}")
         template.set("type", "groupchat")
         child(template, "occupant-id", {"id": occupant.occupant_id}, namespace=NS_OCCUPANT_ID)
+        archive = self.host.archive
+        reserved = archive.reserve()
+        child(template, "stanza-id", {"by": room, "id": str(reserved[0])}, namespace=NS_SID)
         if is_subject:
             assert subject is not None
             self.subject = subject.text or ""
             self.subject_by = occupant.nick
             if self.config.persistent:
                 await self.host.store.save_subject(self.name, self.subject, self.subject_by)
+        elif self.archived:
+            await archive.store(
+                self.name,
+                reserved,
+                occupant.nick,
+                str(occupant.bare),
+                occupant.occupant_id,
+                serialize(template).decode("utf-8"),
+            )
         else:
             self._remember(template)
         await self._to_all(template)
@@ -792,10 +836,22 @@ class Room:
         while len(self.history) > keep:
             self.history.popleft()
 
-    def _history_for(self, x: Element | None) -> list[HistoryEntry]:
+    async def _recent(self) -> list[HistoryEntry]:
+        """The messages a joining occupant may get: from the archive when the room has
+        one (so history survives a restart), else those kept in memory."""
+        if not self.archived:
+            return list(self.history)
+        keep = min(self.config.history_length, self.ctx.options.max_history)
+        rows = await self.host.archive.latest(self.name, keep)
+        return [
+            HistoryEntry(parse(row.stanza.encode("utf-8")), row.stamp / 1e6, len(row.stanza))
+            for row in rows
+        ]
+
+    async def _history_for(self, x: Element | None) -> list[HistoryEntry]:
         """The history a joining occupant asked for (§7.2.15): the newest messages
         within every limit it gave (maxstanzas, maxchars, seconds, since)."""
-        entries = list(self.history)
+        entries = await self._recent()
         request = find_child(x, NS_MUC, "history") if x is not None else None
         if request is None:
             return entries
@@ -940,6 +996,8 @@ class Room:
             return iq_result(stanza, self._disco_items(query, from_))
         if tag == f"{{{ns.REGISTER}}}query":
             return await self._register(stanza, query, itype, from_)
+        if tag == _MAM_QUERY and self.archived:
+            return await self._mam(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_OWNER}}}query":
             return await self._owner(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_ADMIN}}}query":
@@ -981,12 +1039,67 @@ class Room:
             NS_MUC,
             NS_MUC_STABLE_ID,
             NS_OCCUPANT_ID,
+            NS_SID,
             *feature_vars(self.config, self.locked),
         ]
+        if self.archived:
+            features.append(NS_MAM)
         for var in features:
             child(result, "feature", {"var": var})
         result.append(info_form(self.config, len(self.occupants), self.subject))
         return result
+
+    # ------------------------------------------------------------------ archive (XEP-0313)
+
+    def _may_read_archive(self, from_: JID) -> None:
+        """Anyone may read the archive of an open room (as anyone may enter it and get
+        its history); a members-only room's archive is for its members; outcasts never."""
+        affiliation = self.affiliation(from_)
+        if affiliation == "outcast":
+            raise errors.BANNED()
+        if self.config.members_only and AFFILIATION_RANK[affiliation] < AFFILIATION_RANK["member"]:
+            raise errors.ARCHIVE_MEMBERS_ONLY()
+
+    async def _mam(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        self._may_read_archive(from_)
+        if itype == "get":
+            result = payload(NS_MAM, "query")
+            form = child(result, "x", {"type": "form"}, namespace=ns.DATA_FORMS)
+            hidden = child(form, "field", {"type": "hidden", "var": "FORM_TYPE"})
+            child(hidden, "value", text=NS_MAM)
+            for var in ("start", "end", "before-id", "after-id"):
+                child(form, "field", {"type": "text-single", "var": var})
+            return iq_result(stanza, result)
+        filters = _mam_filters(find_child(query, ns.DATA_FORMS, "x"))
+        paging = parse_rsm(query, _MAM_PAGE, _MAM_MAX_PAGE)
+        archive = self.host.archive
+        refs = [
+            i
+            for i in (filters.after_id, filters.before_id, paging.after, paging.before)
+            if i is not None
+        ]
+        if not await archive.exists(self.name, refs):
+            raise StanzaError("item-not-found", "no such archive id")
+        page = await archive.query(self.name, filters, paging)
+        queryid = query.get("queryid")
+        rows = page.rows[::-1] if find_child(query, NS_MAM, "flip-page") is not None else page.rows
+        for row in rows:
+            stored = serialize(in_client_namespace(parse(row.stanza.encode("utf-8"))))
+            await self.ctx.send(
+                result_message(
+                    str(from_), str(self.jid), queryid, row.id, row.stamp, stored.decode("utf-8")
+                )
+            )
+        return iq_result(
+            stanza,
+            fin(
+                page.complete,
+                queryid,
+                [row.id for row in page.rows],
+                count=page.count,
+                index=page.index,
+            ),
+        )
 
     # ------------------------------------------------------------------ registration (§7.10)
 
@@ -1112,6 +1225,9 @@ class Room:
         elif old.persistent:
             await self.host.store.delete(self.name)
         codes = [Status.CONFIG_CHANGED]
+        was_archived = old.persistent and old.archive
+        if self.archived != was_archived:
+            codes.append(Status.LOGGING if self.archived else Status.NOT_LOGGING)
         if new.non_anonymous != old.non_anonymous:
             codes.append(
                 Status.NOW_NON_ANONYMOUS if new.non_anonymous else Status.NOW_SEMI_ANONYMOUS
@@ -1159,6 +1275,7 @@ class Room:
         self.host.forget(self)
         if self.config.persistent:
             await self.host.store.delete(self.name)
+            await self.host.archive.delete_room(self.name)
         await self.ctx.run(ROOM_DESTROYED, RoomEvent(self.jid, actor.bare if actor else None))
 
     async def shutdown(self) -> None:
@@ -1362,6 +1479,32 @@ def _addressed_elsewhere(stanza: Element, room: JID) -> bool:
         return JID.parse(stanza.get("to", "")).bare != room
     except InvalidJID:
         return False
+
+
+def _mam_filters(form: Element | None) -> Filters:
+    """The XEP-0313 query form of a room archive: ``start``, ``end``, ``before-id``,
+    ``after-id``; any other field is ``feature-not-implemented``."""
+    f = Filters()
+    if form is None:
+        return f
+    for field_el in form.iterfind(f"{{{ns.DATA_FORMS}}}field"):
+        var = field_el.get("var")
+        values = [(v.text or "").strip() for v in field_el.iterfind(f"{{{ns.DATA_FORMS}}}value")]
+        value = values[0] if values else ""
+        if var == "FORM_TYPE":
+            if value != NS_MAM:
+                raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
+        elif var == "start":
+            f.start = parse_stamp(value) if value else None
+        elif var == "end":
+            f.end = parse_stamp(value) if value else None
+        elif var == "after-id":
+            f.after_id = parse_id(value) if value else None
+        elif var == "before-id":
+            f.before_id = parse_id(value) if value else None
+        else:
+            raise StanzaError("feature-not-implemented", f"unknown field {str(var)[:60]!r}")
+    return f
 
 
 def _stripped(presence: Element) -> Element:

@@ -14,6 +14,7 @@ import secrets
 from typing import Final
 
 from modules.mod_muc import errors
+from modules.mod_muc.archive import RoomArchive
 from modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
 from modules.mod_muc.config import Limits, RoomConfig
 from modules.mod_muc.room import Room, new_salt
@@ -40,6 +41,7 @@ class MucService:
         self.domain = options.domain or f"conference.{ctx.domain}"
         self.name = options.name
         self._store = RoomStore(ctx)
+        self._archive = RoomArchive(ctx)
         self._limits = Limits(max_users=options.max_occupants, max_history=options.max_history)
         self.rooms: dict[str, Room] = {}
         self._locks = KeyedLocks()
@@ -57,6 +59,10 @@ class MucService:
     @property
     def store(self) -> RoomStore:
         return self._store
+
+    @property
+    def archive(self) -> RoomArchive:
+        return self._archive
 
     @property
     def limits(self) -> Limits:
