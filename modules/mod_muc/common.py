@@ -119,6 +119,8 @@ module: Final = Module(
         "XEP-0313 v1.1 (room archives)",
         "XEP-0359 v0.7",
         "XEP-0421 v0.1",
+        "XEP-0424 v0.4",
+        "XEP-0425 v0.3",
     ),
 )
 Ctx = ModuleContext[MucOptions]

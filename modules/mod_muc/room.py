@@ -98,6 +98,10 @@ _DATA_FORM: Final = f"{{{ns.DATA_FORMS}}}x"
 _PING: Final = f"{{{ns.PING}}}ping"
 _STANZA_ID: Final = f"{{{NS_SID}}}stanza-id"
 _MAM_QUERY: Final = f"{{{NS_MAM}}}query"
+NS_RETRACT: Final = "urn:xmpp:message-retract:1"
+NS_MODERATE: Final = "urn:xmpp:message-moderate:1"
+_RETRACT: Final = f"{{{NS_RETRACT}}}retract"
+_MODERATE: Final = f"{{{NS_MODERATE}}}moderate"
 _MAM_PAGE: Final = 50
 _MAM_MAX_PAGE: Final = 250
 _STRIP_FROM_PRESENCE: Final = frozenset({_X_MUC, _X_USER, _OCCUPANT_ID})
@@ -793,6 +797,8 @@ class Room:
         )
         if isinstance(folded, Drop):
             return
+        if (retract := find_child(folded, NS_RETRACT, "retract")) is not None:
+            await self._retract_own(retract, occupant)
         template = copy(folded)
         for el in template.findall(_OCCUPANT_ID):
             template.remove(el)
@@ -996,6 +1002,8 @@ class Room:
             return iq_result(stanza, self._disco_items(query, from_))
         if tag == f"{{{ns.REGISTER}}}query":
             return await self._register(stanza, query, itype, from_)
+        if tag == _MODERATE and itype == "set":
+            return await self._moderate(stanza, query, from_)
         if tag == _MAM_QUERY and self.archived:
             return await self._mam(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_OWNER}}}query":
@@ -1042,6 +1050,7 @@ class Room:
             NS_SID,
             *feature_vars(self.config, self.locked),
         ]
+        features += [NS_RETRACT, NS_MODERATE]
         if self.archived:
             features.append(NS_MAM)
         for var in features:
@@ -1100,6 +1109,93 @@ class Room:
                 index=page.index,
             ),
         )
+
+    # ------------------------------------------------------------------ retraction (XEP-0424/0425)
+
+    async def _find_message(self, stanza_id: str) -> tuple[str, str, str] | None:
+        """The sender (bare JID), nickname and occupant id of the message with this
+        room stanza id: from the archive, or from the history kept in memory."""
+        if self.archived:
+            if not stanza_id.isdigit() or len(stanza_id) > 19:
+                return None
+            row = await self.host.archive.get(self.name, int(stanza_id))
+            if row is None or row.retracted:
+                return None
+            return row.sender, row.nick, row.occupant_id
+        for entry in self.history:
+            if _room_stanza_id(entry.stanza, self.jid) == stanza_id:
+                nick = entry.stanza.get("from", "").partition("/")[2]
+                found = entry.stanza.find(_OCCUPANT_ID)
+                return "", nick, found.get("id", "") if found is not None else ""
+        return None
+
+    async def _tombstone(self, stanza_id: str, nick: str, retracted: Element) -> None:
+        """The message is gone for later joiners and MAM: its archive row becomes a
+        tombstone (XEP-0425 §5: ``<retracted/>`` in place of the content), or it leaves
+        the history kept in memory."""
+        if self.archived:
+            tomb = element("message", {"type": "groupchat", "from": f"{self.jid}/{nick}"})
+            tomb.append(retracted)
+            child(tomb, "stanza-id", {"by": str(self.jid), "id": stanza_id}, namespace=NS_SID)
+            await self.host.archive.tombstone(
+                self.name, int(stanza_id), serialize(tomb).decode("utf-8")
+            )
+            return
+        for entry in list(self.history):
+            if _room_stanza_id(entry.stanza, self.jid) == stanza_id:
+                self.history.remove(entry)
+
+    async def _retract_own(self, retract: Element, occupant: Occupant) -> None:
+        """XEP-0424: an occupant retracts one of its own messages (the retraction is
+        then sent to everyone like any groupchat message). Someone else's: ``forbidden``."""
+        target = retract.get("id", "")
+        found = await self._find_message(target)
+        if found is None:
+            return  # not ours to know (too old, or not kept): pass the retraction on
+        sender, nick, occupant_id = found
+        if occupant_id != occupant.occupant_id and sender != str(occupant.bare):
+            raise errors.NOT_YOUR_MESSAGE()
+        retracted = payload(NS_RETRACT, "retracted", {"stamp": _now_stamp()})
+        await self._tombstone(target, nick, retracted)
+
+    async def _moderate(self, stanza: Element, query: Element, from_: JID) -> Element:
+        """XEP-0425: a moderator retracts an occupant's message. Everyone gets the
+        retraction from the room, naming the moderator; the message becomes a
+        tombstone in the archive."""
+        mine = self.by_jid.get(from_)
+        moderator = self.occupants.get(mine) if mine is not None else None
+        if moderator is None or moderator.role != "moderator":
+            raise errors.NOT_MODERATOR()
+        if find_child(query, NS_RETRACT, "retract") is None:
+            raise errors.BAD_REQUEST("expected <retract/>")
+        target = query.get("id", "")
+        found = await self._find_message(target)
+        if found is None:
+            raise errors.NO_SUCH_MESSAGE()
+        _, nick, _ = found
+        reason_el = find_child(query, NS_MODERATE, "reason")
+        reason = (reason_el.text or "") if reason_el is not None else ""
+        by = f"{self.jid}/{moderator.nick}"
+
+        def moderated(parent: Element) -> None:
+            mod = child(parent, "moderated", {"by": by}, namespace=NS_MODERATE)
+            child(mod, "occupant-id", {"id": moderator.occupant_id}, namespace=NS_OCCUPANT_ID)
+            if reason:
+                child(parent, "reason", text=reason)
+
+        retracted = payload(NS_RETRACT, "retracted", {"stamp": _now_stamp()})
+        moderated(retracted)
+        await self._tombstone(target, nick, retracted)
+        notice = element("message", {"type": "groupchat", "from": str(self.jid), "id": new_id()})
+        moderated(child(notice, "retract", {"id": target}, namespace=NS_RETRACT))
+        reserved = self.host.archive.reserve()
+        child(notice, "stanza-id", {"by": str(self.jid), "id": str(reserved[0])}, namespace=NS_SID)
+        if self.archived:  # a client syncing from the archive learns of it too
+            await self.host.archive.store(
+                self.name, reserved, "", "", "", serialize(notice).decode("utf-8")
+            )
+        await self._to_all(notice)
+        return iq_result(stanza)
 
     # ------------------------------------------------------------------ registration (§7.10)
 
@@ -1479,6 +1575,18 @@ def _addressed_elsewhere(stanza: Element, room: JID) -> bool:
         return JID.parse(stanza.get("to", "")).bare != room
     except InvalidJID:
         return False
+
+
+def _room_stanza_id(stanza: Element, room: JID) -> str | None:
+    by = str(room)
+    for el in stanza.iterfind(_STANZA_ID):
+        if el.get("by") == by:
+            return el.get("id")
+    return None
+
+
+def _now_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mam_filters(form: Element | None) -> Filters:

@@ -225,3 +225,72 @@ async def test_history_comes_from_the_archive_and_survives_restart(
             last = results[-1].find(f"{{{MAM}}}result")
             assert new_id is not None and last is not None
             assert int(new_id) > int(last.get("id", "0"))
+
+
+RETRACT = "urn:xmpp:message-retract:1"
+MODERATE = "urn:xmpp:message-moderate:1"
+
+
+async def test_moderation_and_retraction_rewrite_the_archive(server: XmppdServer) -> None:
+    owner, room, _ = await create_room(server, fields=ARCHIVED)
+    bob, _, _ = await user_in_room(server, room, "bob")
+    carol, _, _ = await user_in_room(server, room, "carol")
+    async with closing(owner, bob, carol):
+        sids: dict[str, str] = {}
+        for text_ in ("keep", "spam", "oops"):
+            await groupchat(bob, room, text_)
+            got = await next_groupchat(bob, room, text_)
+            sid = stanza_id(got, room)
+            assert sid is not None
+            sids[text_] = sid
+            await next_groupchat(owner, room, text_)
+        moderate = (
+            f"<moderate xmlns='{MODERATE}' id='{sids['spam']}'>"
+            f"<retract xmlns='{RETRACT}'/><reason>spam</reason></moderate>"
+        )
+        # Only moderators moderate.
+        assert error_condition(await carol.iq("set", moderate, to=room)) == "forbidden"
+        reply = await owner.iq("set", moderate, to=room)
+        assert reply.get("type") == "result", etree.tostring(reply)
+        for client in (owner, bob, carol):
+            notice = await client.expect(
+                lambda el: el.find(f"{{{RETRACT}}}retract") is not None and el.get("from") == room
+            )
+            retract = notice.find(f"{{{RETRACT}}}retract")
+            assert retract is not None and retract.get("id") == sids["spam"]
+            moderated = retract.find(f"{{{MODERATE}}}moderated")
+            assert moderated is not None and moderated.get("by") == f"{room}/owner"
+            assert retract.findtext(f"{{{RETRACT}}}reason") == "spam"
+        unknown = moderate.replace(sids["spam"], "1234")
+        assert error_condition(await owner.iq("set", unknown, to=room)) == "item-not-found"
+        # XEP-0424: bob retracts his own message; carol may not retract bob's.
+        carol.send(
+            f"<message to='{room}' type='groupchat' id='r1'>"
+            f"<retract xmlns='{RETRACT}' id='{sids['keep']}'/></message>"
+        )
+        refusal = await carol.expect(lambda el: el.get("id") == "r1" and el.get("type") == "error")
+        assert error_condition(refusal) == "forbidden"
+        bob.send(
+            f"<message to='{room}' type='groupchat' id='r2'>"
+            f"<retract xmlns='{RETRACT}' id='{sids['oops']}'/><body>retracted</body></message>"
+        )
+        relayed = await carol.expect(lambda el: el.get("id") == "r2")
+        assert relayed.get("from") == f"{room}/bob"
+        # Later joiners and MAM no longer get the moderated or retracted messages.
+        late, joined, _ = await user_in_room(server, room, "late")
+        async with closing(late):
+            bodies = [body(m) for m in joined.history]
+            assert "keep" in bodies and "spam" not in bodies and "oops" not in bodies
+            _, results = await mam_query(late, room)
+            archived = [forwarded_body(r) for r in results]
+            assert "spam" not in archived and "oops" not in archived and "keep" in archived
+            tombstones = [
+                r
+                for r in results
+                if r.find(f".//{{jabber:client}}message/{{{RETRACT}}}retracted") is not None
+            ]
+            assert len(tombstones) == 2
+            by_id = {r.find(f"{{{MAM}}}result").get("id"): r for r in tombstones}  # type: ignore[union-attr]
+            assert set(by_id) == {sids["spam"], sids["oops"]}
+            spam = by_id[sids["spam"]].find(f".//{{{RETRACT}}}retracted/{{{MODERATE}}}moderated")
+            assert spam is not None and spam.get("by") == f"{room}/owner"
