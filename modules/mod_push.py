@@ -19,7 +19,9 @@ proposal) addressed to an account with registrations:
 * the message has no session to take it (``offline_message``; mod_offline still stores
   it): every registration whose device is not connected and active is pushed;
 * the message goes to a session that is hibernating after a dropped connection
-  (XEP-0198, ``Session.is_detached``): that device's registrations are pushed;
+  (XEP-0198, ``Session.is_detached``): that device's registrations are pushed; this
+  includes ``groupchat`` messages with a body that a room (XEP-0045) sends to the
+  session of an occupant;
 * with ``push_when_inactive``, the same for a session that told the server it is
   inactive (XEP-0352, mod_csi).
 
@@ -495,9 +497,11 @@ def error_of(reply: Element) -> tuple[str, str]:
     return error.get("type", ""), ""
 
 
-def is_important(stanza: Element) -> bool:
-    """A message worth waking a device for (XEP-0357 leaves the choice to the server)."""
-    if stanza.get("type", "normal") not in ("chat", "normal"):
+def is_important(stanza: Element, *, groupchat: bool = False) -> bool:
+    """A message worth waking a device for (XEP-0357 leaves the choice to the server).
+    ``groupchat``: a room's message to an occupant's session counts too."""
+    allowed = ("chat", "normal", "groupchat") if groupchat else ("chat", "normal")
+    if stanza.get("type", "normal") not in allowed:
         return False
     if child_text(stanza, "body"):
         return True
@@ -606,7 +610,9 @@ async def to_bare(ctx: Ctx, event: StanzaEvent) -> None:
 
 @module.on(hooks.MESSAGE_TO_FULL, priority=Priority.LATE)
 async def to_full(ctx: Ctx, event: StanzaEvent) -> None:
-    if not is_important(event.stanza):
+    # A room sends groupchat to each occupant's full JID: a hibernating occupant is
+    # pushed like for a chat message (rooms never address a bare JID or an offline user).
+    if not is_important(event.stanza, groupchat=True):
         return
     user = event.to.bare
     target = ctx.sessions.get(event.to)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.e2e import new_account
+from tests.support.muc import create_room, groupchat, join, next_groupchat
 from tests.support.offline_carbons import stored_rows
 from tests.support.push import (
     PUBLISH_OPTIONS,
@@ -352,4 +353,33 @@ async def test_a_message_is_pushed_once_when_hibernation_ends(
     finally:
         await phone.close()
         await contact.close()
+        await app.close()
+
+
+async def test_groupchat_to_a_hibernating_occupant_is_pushed(server: XmppdServer) -> None:
+    app = await AppServer.start(server)
+    user = await new_account(server, "dev")
+    phone = await device(server, user)
+    owner, room, _ = await create_room(server)
+    try:
+        reply = await enable(phone, app.jid, node())
+        assert reply.get("type") == "result", error_condition(reply)
+        await join(phone, room, "phone")
+        await drop(phone, owner)
+        # The occupant's session hibernates: it stays in the room and gets a push.
+        await groupchat(owner, room, "meeting now")
+        await next_groupchat(owner, room, "meeting now")
+        push = await app.next_push()
+        assert push.count == 1
+        assert push.summary["last-message-sender"] == room
+        app.answer(push)
+        # A subject change (no body) wakes nobody; the next message does.
+        owner.send(f"<message to='{room}' type='groupchat'><subject>later</subject></message>")
+        await groupchat(owner, room, "marker")
+        push = await app.next_push()
+        assert push.count == 2
+        app.answer(push)
+    finally:
+        await phone.close()
+        await owner.close()
         await app.close()
