@@ -148,13 +148,17 @@ _COMPONENT_LISTENER_DEFAULTS: dict[str, object] = {
 }
 """What a ``kind = "component"`` listener takes for the keys it leaves out."""
 
+_S2S_LISTENER_DEFAULTS: dict[str, object] = {"port": 5269}
+"""What a ``kind = "s2s"`` listener takes for the keys it leaves out (RFC 6120 §14.7)."""
+
 
 class ListenerSection(Section):
     """One listening socket. Client listeners (``c2s``) default to every address,
-    port 5222 and STARTTLS; component listeners (XEP-0114) to loopback, port 5347
+    port 5222 and STARTTLS; server-to-server listeners (``s2s``) to every address,
+    port 5269 and STARTTLS; component listeners (XEP-0114) to loopback, port 5347
     and no TLS, which is the only mode that protocol has."""
 
-    kind: Literal["c2s", "component"] = "c2s"
+    kind: Literal["c2s", "s2s", "component"] = "c2s"
     address: str = "0.0.0.0"
     port: int = Field(5222, ge=0, le=65535)
     tls: Literal["starttls", "direct", "none"] = "starttls"
@@ -165,6 +169,8 @@ class ListenerSection(Section):
     def _component_defaults(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and data.get("kind") == "component":
             return {**_COMPONENT_LISTENER_DEFAULTS, **data}
+        if isinstance(data, Mapping) and data.get("kind") == "s2s":
+            return {**_S2S_LISTENER_DEFAULTS, **data}
         return data
 
     @model_validator(mode="after")
@@ -175,7 +181,102 @@ class ListenerSection(Section):
                 "(XEP-0114 has no TLS): leave tls out or set tls = 'none', and bind the "
                 "listener to a loopback or private address"
             )
+        if self.kind == "s2s" and self.tls == "none":
+            raise ValueError(
+                f"listener on port {self.port}: server-to-server streams need TLS: use "
+                "tls = 'starttls' (port 5269) or 'direct' (XEP-0368)"
+            )
         return self
+
+
+S2SPolicy = Literal["certificates", "dialback", "deny"]
+"""How a remote domain may authenticate: ``certificates`` (a certificate that validates
+for the domain, SASL EXTERNAL), ``dialback`` (a valid certificate, else server dialback,
+XEP-0220), ``deny`` (no federation with it)."""
+
+
+def _domain_list(v: tuple[str, ...]) -> tuple[str, ...]:
+    for name in v:
+        if domainprep(name) != name:
+            raise ValueError(f"{name!r}: expected a lowercase domain name")
+    return v
+
+
+class S2SSection(Section):
+    """Federation (server-to-server, RFC 6120): outgoing links, DNS, policies."""
+
+    enabled: bool = Field(
+        True,
+        description="Federate: stanzas for domains not served here go to their servers. "
+        "Off: they bounce with remote-server-not-found.",
+    )
+    resolver: str | None = Field(
+        None,
+        description='DNS server for SRV/A/AAAA look-ups, "address" or "address:port"; '
+        "default: the system's resolvers (/etc/resolv.conf).",
+    )
+    dns_timeout: Duration = Field(10.0, gt=0, description="Time for all DNS look-ups of a domain.")
+    pins: dict[str, str] = Field(
+        default_factory=dict,
+        description='Domain → "host:port" (STARTTLS) or "tls://host:port" (direct TLS), '
+        "used instead of DNS (closed networks, tests).",
+    )
+    default_policy: S2SPolicy = Field(
+        "dialback", description="Policy for remote domains without their own entry."
+    )
+    policies: dict[str, S2SPolicy] = Field(
+        default_factory=dict, description="Policy per remote domain (overrides the default)."
+    )
+    allow: tuple[str, ...] = Field(
+        (), description="When not empty, federate only with these domains (and subdomains)."
+    )
+    deny: tuple[str, ...] = Field(
+        (), description="Never federate with these domains (and their subdomains)."
+    )
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle for remote certificates; default: the system's."
+    )
+    connect_timeout: Duration = Field(
+        10.0, gt=0, description="Time for one TCP connection attempt (per address)."
+    )
+    auth_timeout: Duration = Field(
+        30.0, gt=0, description="Time from TCP connect to an authenticated stream."
+    )
+    idle_timeout: Duration = Field(
+        300.0, gt=0, description="An outgoing link with no traffic this long is closed."
+    )
+    max_queue: int = Field(
+        1000, ge=1, description="Stanzas held per remote domain while its link comes up."
+    )
+    max_stanza_size: Size = Field(512 * 1024, ge=1024)
+    max_write_buffer: Size = Field(16 * 1024 * 1024, ge=65536)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _domains(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _domain_list(v)
+
+    @field_validator("pins")
+    @classmethod
+    def _valid_pins(cls, v: dict[str, str]) -> dict[str, str]:
+        for domain, target in v.items():
+            rest = target.removeprefix("tls://")
+            host, sep, port = rest.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f'{domain}: expected "host:port" or "tls://host:port", got {target!r}'
+                )
+        return v
+
+    def policy_for(self, domain: str) -> S2SPolicy:
+        """The policy of ``domain`` (deny and allow lists first, then per domain)."""
+        if _listed(domain, self.deny) or (self.allow and not _listed(domain, self.allow)):
+            return "deny"
+        return self.policies.get(domain, self.default_policy)
+
+
+def _listed(domain: str, names: tuple[str, ...]) -> bool:
+    return any(domain == n or domain.endswith("." + n) for n in names)
 
 
 class ComponentSection(Section):
@@ -279,6 +380,7 @@ class ServerConfig(Section):
     auth: AuthSection = AuthSection()
     c2s: C2SSection = C2SSection()
     sessions: SessionsSection = SessionsSection()
+    s2s: S2SSection = S2SSection()
     tls: TlsSection = TlsSection()
     listeners: tuple[ListenerSection, ...] = (
         ListenerSection(port=5222, tls="starttls"),
@@ -425,6 +527,9 @@ def _resolve_paths(config: ServerConfig, source: Path) -> ServerConfig:
             "server": server,
             "storage": storage,
             "tls": pair(config.tls),
+            "s2s": config.s2s.model_copy(update={"ca_file": rel(config.s2s.ca_file)})
+            if rel(config.s2s.ca_file)
+            else config.s2s,
             "hosts": {name: pair(host) for name, host in config.hosts.items()},
         }
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +30,18 @@ from xmppd.metrics import Metrics
 from xmppd.modules import ModuleManager
 from xmppd.observe import observe
 from xmppd.router import Router
+from xmppd.s2s.certs import TrustStore
+from xmppd.s2s.dialback import dialback_secret
+from xmppd.s2s.links import S2SLinks, S2SStats, register_metrics, verify_dialback
 from xmppd.server_secret import derive, load_or_create
 from xmppd.sessions import make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2SServices, C2SStream
 from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
+from xmppd.stream.s2s import S2SInStream, S2SServices
 from xmppd.tasks import TaskOwner
-from xmppd.tls import TlsContexts, load_host_certificate
+from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
 from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
 
@@ -123,6 +128,12 @@ class Server:
         self.c2s_services: C2SServices | None = None
         """What client streams use of the server; assembled by :meth:`start`."""
         self.component_services: ComponentServices | None = None
+        self.s2s_services: S2SServices | None = None
+        """What server-to-server streams use; assembled by :meth:`start` when federating."""
+        self.s2s: S2SLinks | None = None
+        """Outgoing federation, the router's default route (``None``: not federating)."""
+        self.s2s_incoming: set[S2SInStream] = set()
+        self.s2s_stats = S2SStats()
         self._listeners: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
@@ -145,11 +156,14 @@ class Server:
         if listen:
             await self._load_tls()
         self._assemble_stream_services()
+        if listen and self.config.s2s.enabled:
+            await self._start_federation()
         if listen:
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,
                 components_configured=bool(len(self.components)),
+                s2s=self.open_s2s if self.s2s is not None else None,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
         for host in self.hosts.values():
@@ -179,6 +193,66 @@ class Server:
             throttle=self.throttle,
             components=self.components,
         )
+
+    async def _start_federation(self) -> None:
+        """Outgoing links as the router's default route, and the incoming streams'
+        services (federation is on)."""
+        config = self.config
+        data_dir = config.server.data_dir
+        contexts: dict[str, ssl.SSLContext] = {}
+
+        def certificate_host(local: str) -> str:
+            # A service domain (conference.example.org) presents its host's certificate,
+            # which the generated ones cover with *.example.org.
+            if local in config.hosts:
+                return local
+            parent = local.split(".", 1)[-1]
+            return parent if parent in config.hosts else next(iter(config.hosts))
+
+        def client_tls(local: str) -> ssl.SSLContext:
+            host = certificate_host(local)
+            ctx = contexts.get(host)
+            if ctx is None:
+                section = config.hosts[host]
+                cert, key = certificate_paths(
+                    host,
+                    section.certificate or config.tls.certificate,
+                    section.key or config.tls.key,
+                    data_dir,
+                )
+                ctx = contexts[host] = s2s_client_context(cert, key)
+            return ctx
+
+        trust = await asyncio.to_thread(TrustStore, config.s2s.ca_file)
+        links = S2SLinks(
+            config.s2s, self.router, client_tls=client_tls, trust=trust, stats=self.s2s_stats
+        )
+        stats = self.s2s_stats
+
+        def authenticated(direction: str, remote: str) -> None:
+            stats.authenticated[(direction, remote)] += 1
+
+        async def verify(local: str, remote: str, stream_id: str, key: str) -> bool:
+            return await verify_dialback(links, local, remote, stream_id, key)
+
+        self.s2s_services = links.services = S2SServices(
+            config=config.s2s,
+            router=self.router,
+            is_local=self.router.__contains__,
+            dialback_secret=dialback_secret(self.secret),
+            verify_dialback=verify,
+            start_task=self.tasks.start_task,
+            on_authenticated=authenticated,
+            incoming=self.s2s_incoming,
+        )
+        self.s2s = links
+        self.router.default = links
+        register_metrics(self.metrics, links, self.s2s_incoming)
+
+    def open_s2s(self, transport: Transport, offer_starttls: bool) -> S2SInStream:
+        """An incoming server-to-server stream on a new connection (federation on)."""
+        assert self.s2s_services is not None, "federation is not started"
+        return S2SInStream(self.s2s_services, transport, offer_starttls=offer_starttls)
 
     def open_c2s(self, transport: Transport, offer_starttls: bool) -> C2SStream:
         """A client stream on a new connection (after :meth:`start`)."""
@@ -276,10 +350,13 @@ class Server:
 
     @property
     def listening_ports(self) -> list[tuple[str, int]]:
-        """(tls mode, or ``component``; port) of each open listener, in config order."""
+        """(tls mode, ``s2s-<tls mode>`` or ``component``; port) of each open listener,
+        in config order."""
         ports: list[tuple[str, int]] = []
         for listener, section in zip(self._listeners, self.config.listeners, strict=False):
-            mode = "component" if section.kind == "component" else section.tls
+            mode: str = "component" if section.kind == "component" else section.tls
+            if section.kind == "s2s":
+                mode = f"s2s-{section.tls}"
             for sock in listener.sockets:
                 ports.append((mode, int(sock.getsockname()[1])))
                 break
@@ -292,6 +369,10 @@ class Server:
         for endpoint in self.sessions.endpoints():
             endpoint.close("system-shutdown")
         self.components.close_all("system-shutdown")
+        if self.s2s is not None:
+            self.s2s.close_all()
+        for stream in list(self.s2s_incoming):
+            stream.close("system-shutdown")
         await self.modules.unload_all()
         await self.tasks.cancel_all()
         for listener in self._listeners:

@@ -19,6 +19,8 @@ from cryptography.x509.oid import NameOID
 
 log = logging.getLogger(__name__)
 
+_ENCODING_DER = 2  # _ssl.ENCODING_DER: Certificate.public_bytes(DER), Python 3.10+
+
 
 @dataclass(frozen=True, slots=True)
 class HostCertificate:
@@ -134,3 +136,41 @@ class TlsContexts:
     @property
     def context(self) -> ssl.SSLContext:
         return self.default.context
+
+
+def s2s_client_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """The context of our outgoing s2s connections: presents our certificate (for
+    SASL EXTERNAL) and never fails the handshake on the remote's certificate, which
+    :mod:`xmppd.s2s.certs` checks afterwards (so dialback stays possible and the log
+    can say why a certificate does not validate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    ctx.set_alpn_protocols(["xmpp-server"])
+    return ctx
+
+
+def peer_chain(sslobj: ssl.SSLObject | None) -> list[bytes]:
+    """The certificates the peer sent (DER, leaf first), whether or not they validate."""
+    if sslobj is None:
+        return []
+    inner = getattr(sslobj, "_sslobj", None)
+    get_chain = getattr(sslobj, "get_unverified_chain", None) or getattr(
+        inner, "get_unverified_chain", None
+    )
+    if get_chain is not None:
+        chain = get_chain() or []
+        return [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain]
+    leaf = sslobj.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+def certificate_paths(
+    domain: str, cert_path: Path | None, key_path: Path | None, data_dir: Path
+) -> tuple[Path, Path]:
+    """Where :func:`load_host_certificate` takes ``domain``'s certificate from."""
+    if cert_path is None or key_path is None:
+        return data_dir / "certs" / f"{domain}.crt", data_dir / "certs" / f"{domain}.key"
+    return cert_path, key_path

@@ -49,8 +49,12 @@ class XmlStreamFraming:
     def reader(self, namespace: str, max_stanza_size: int) -> XmlReader:
         return XmlReader(expected_namespace=namespace, max_stanza_size=max_stanza_size)
 
-    def open(self, namespace: str, attrs: dict[str, str]) -> bytes:
-        nsmap = {None: namespace, "stream": ns.STREAMS}
+    def open(
+        self, namespace: str, attrs: dict[str, str], prefixes: dict[str, str] | None = None
+    ) -> bytes:
+        nsmap: dict[str | None, str] = {None: namespace, "stream": ns.STREAMS}
+        if prefixes:
+            nsmap.update(prefixes)
         root = etree.Element(_STREAM_TAG, attrs, nsmap=nsmap)  # type: ignore[arg-type]
         return b"<?xml version='1.0'?>" + etree.tostring(root)[:-2] + b">"
 

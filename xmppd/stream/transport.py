@@ -53,8 +53,11 @@ class Framing(Protocol):
     def reader(self, namespace: str, max_stanza_size: int) -> ElementReader:
         """A reader for a new stream whose content namespace is ``namespace``."""
 
-    def open(self, namespace: str, attrs: dict[str, str]) -> bytes:
-        """Our stream header (``id``, ``from``, ``version`` ... in ``attrs``)."""
+    def open(
+        self, namespace: str, attrs: dict[str, str], prefixes: dict[str, str] | None = None
+    ) -> bytes:
+        """Our stream header (``id``, ``from``, ``version`` ... in ``attrs``; extra
+        namespace ``prefixes`` declared on it, such as ``db`` for dialback)."""
 
     def close(self) -> bytes:
         """The end of our stream."""

@@ -1,5 +1,6 @@
-"""TCP listeners: c2s with STARTTLS (port 5222) or direct TLS (XEP-0368), and plain
-TCP for external components (XEP-0114, port 5347).
+"""TCP listeners: c2s with STARTTLS (port 5222) or direct TLS (XEP-0368), s2s the
+same way (port 5269), and plain TCP for external components (XEP-0114, port 5347);
+outgoing s2s connections (:func:`connect_outgoing`).
 
 This layer knows no stream kind: the server passes the functions that open a stream
 on a new connection (:class:`StreamOpeners`), and connections speak to streams only
@@ -37,6 +38,9 @@ class StreamOpeners:
     """An external component stream (XEP-0114)."""
     components_configured: bool
     """Any ``[[components]]`` in the config (warnings about listeners only)."""
+    s2s: Callable[[Transport, bool], StreamInput] | None = None
+    """An incoming server-to-server stream (``None``: federation is off); the flag:
+    offer STARTTLS."""
 
 
 class C2SConnection(asyncio.Protocol):
@@ -189,10 +193,18 @@ async def _listen(
         assert tls is not None
         ssl_ctx = tls.context
     offer_starttls = section.tls == "starttls"
-    open_c2s = openers.c2s
+    opener = openers.c2s
+    if section.kind == "s2s":
+        if openers.s2s is None:
+            raise ValueError(
+                f"listener on port {section.port}: kind = 's2s' but federation is off "
+                "(s2s.enabled = false)"
+            )
+        opener = openers.s2s
+    open_kind = opener
 
     def open_stream(transport: Transport) -> StreamInput:
-        return open_c2s(transport, offer_starttls)
+        return open_kind(transport, offer_starttls)
 
     srv = await loop.create_server(
         lambda: C2SConnection(open_stream, tls, section.tls),
@@ -204,8 +216,75 @@ async def _listen(
         ssl_handshake_timeout=30 if ssl_ctx else None,
     )
     for sock in srv.sockets:
-        log.info("c2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
+        log.info("%s listening on %s (tls=%s)", section.kind, sock.getsockname()[:2], section.tls)
     return srv
+
+
+class OutgoingConnection(C2SConnection):
+    """asyncio glue for a connection we open to a remote server: TLS as the client
+    (``server_hostname`` for SNI), keepalive on."""
+
+    __slots__ = ("_client_tls", "_server_hostname")
+
+    def __init__(
+        self,
+        open_stream: Callable[[Transport], StreamInput],
+        client_tls: ssl.SSLContext,
+        server_hostname: str,
+        direct_tls: bool,
+    ) -> None:
+        super().__init__(open_stream, None, "direct" if direct_tls else "starttls")
+        self._client_tls = client_tls
+        self._server_hostname = server_hostname
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        _enable_keepalive(self._transport.get_extra_info("socket"))
+        self.stream = self._open(self)
+
+    async def start_tls(self) -> None:
+        if self._transport is None:
+            raise ConnectionError("no transport")
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(30):
+            new = await loop.start_tls(
+                self._transport,
+                self,
+                self._client_tls,
+                server_side=False,
+                server_hostname=self._server_hostname,
+            )
+        if new is None:
+            raise ConnectionError("TLS upgrade failed")
+        self._transport = new
+        self.is_secure = True
+
+
+async def connect_outgoing(
+    host: str,
+    port: int,
+    *,
+    open_stream: Callable[[Transport], StreamInput],
+    client_tls: ssl.SSLContext,
+    server_hostname: str,
+    direct_tls: bool,
+    timeout: float,
+) -> OutgoingConnection:
+    """Open a TCP (and, for ``direct_tls``, TLS) connection to a remote server; the
+    stream is opened on it by ``open_stream`` once connected (and encrypted)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _transport, protocol = await loop.create_connection(
+            lambda: OutgoingConnection(open_stream, client_tls, server_hostname, direct_tls),
+            host=host,
+            port=port,
+            ssl=client_tls if direct_tls else None,
+            server_hostname=server_hostname if direct_tls else None,
+            ssl_handshake_timeout=timeout if direct_tls else None,
+        )
+    return protocol
 
 
 async def _listen_components(

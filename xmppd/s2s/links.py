@@ -1,0 +1,426 @@
+"""Outgoing federation: the router's default route.
+
+:class:`S2SLinks` is the :class:`~xmppd.router.Destination` for every domain not
+served here. It keeps one :class:`OutgoingLink` per remote domain, shared by all the
+traffic to it (from every local domain: the stream authenticates each with dialback
+as it is first used). A link connects on demand: DNS (:mod:`xmppd.s2s.resolve`),
+then each address in turn until a stream authenticates (:class:`S2SOutStream`).
+Stanzas wait in a bounded queue meanwhile. When every address failed, queued
+messages and IQs bounce with ``remote-server-not-found`` (``remote-server-timeout``
+when the last attempt timed out), whose text says why, and presence is dropped; the
+log says the same at ``warning``. A link without traffic for ``s2s.idle_timeout``
+closes its stream; the next stanza opens a new one.
+
+It also answers the incoming streams' need to check a dialback key
+(:meth:`S2SLinks.verify_dialback`): a short-lived stream to the remote's
+authoritative server carries one ``<db:verify/>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter, deque
+from collections.abc import Callable, Sized
+from typing import TYPE_CHECKING, Final
+
+from xmppd.errors import StanzaError
+from xmppd.s2s.certs import CertCheck, TrustStore
+from xmppd.s2s.resolve import make_resolver, resolve
+from xmppd.stream.s2s import LinkFailure, S2SOutStream, S2SServices
+from xmppd.tls import peer_chain
+from xmppd.transports.tcp import connect_outgoing
+
+if TYPE_CHECKING:
+    from xmppd.config import S2SSection
+    from xmppd.jid import JID
+    from xmppd.metrics import Metrics
+    from xmppd.router import Router
+    from xmppd.s2s.resolve import Target
+    from xmppd.sessions import Session
+    from xmppd.stanza import Element
+    from xmppd.stream.transport import Transport
+
+log = logging.getLogger(__name__)
+
+_FAILURE_CONDITION: Final = {"timeout": "remote-server-timeout"}
+
+
+class S2SStats:
+    """Plain counters per remote domain, read by the metrics registry at scrape time."""
+
+    __slots__ = ("authenticated", "failures", "stanzas_out")
+
+    def __init__(self) -> None:
+        self.authenticated: Counter[tuple[str, str]] = Counter()
+        """(direction, remote domain) → streams authenticated."""
+        self.failures: Counter[tuple[str, str]] = Counter()
+        """(remote domain, reason) → outgoing attempts that failed."""
+        self.stanzas_out: Counter[str] = Counter()
+        """remote domain → stanzas handed to its link."""
+
+
+class S2SLinks:
+    """The default route: one outgoing link per remote domain."""
+
+    __slots__ = (
+        "_client_tls",
+        "_links",
+        "_resolver",
+        "_router",
+        "config",
+        "services",
+        "stats",
+        "trust",
+    )
+
+    def __init__(
+        self,
+        config: S2SSection,
+        router: Router,
+        *,
+        client_tls: Callable[[str], ssl.SSLContext],
+        trust: TrustStore,
+        stats: S2SStats,
+    ) -> None:
+        self.config = config
+        self._router = router
+        self._client_tls = client_tls
+        self.trust = trust
+        self.stats = stats
+        self._resolver = make_resolver(config.resolver, config.dns_timeout)
+        self._links: dict[str, OutgoingLink] = {}
+        self.services: S2SServices | None = None
+        """Set by the server once assembled (the streams' services)."""
+
+    # ------------------------------------------------------------------ Destination
+
+    async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
+        remote = to.domain
+        policy = self.config.policy_for(remote)
+        if policy == "deny":
+            log.info("s2s: %s is denied by policy; bouncing %s", remote, stanza.tag)
+            await _bounce(self._router, stanza, "remote-server-not-found", "policy: denied")
+            return
+        link = self._links.get(remote)
+        if link is None:
+            link = self._links[remote] = OutgoingLink(self, remote)
+        self.stats.stanzas_out[remote] += 1
+        await link.send(stanza, from_.domain)
+
+    def queue_lengths(self) -> list[tuple[str, int]]:
+        return [(d, len(link.queue)) for d, link in self._links.items()]
+
+    def connected(self) -> list[str]:
+        return [d for d, link in self._links.items() if link.stream is not None]
+
+    def forget(self, link: OutgoingLink) -> None:
+        if self._links.get(link.domain) is link and link.is_idle():
+            del self._links[link.domain]
+
+    def close_all(self) -> None:
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+
+    # ------------------------------------------------------------------ connecting
+
+    async def open_stream(
+        self,
+        remote: str,
+        local: str,
+        events: OutgoingLink | _VerifyEvents,
+        *,
+        verify: tuple[str, str] | None = None,
+    ) -> S2SOutStream:
+        """Resolve ``remote`` and try its addresses in turn until one gives an
+        authenticated stream (``verify``: one that carries the db:verify). Raises
+        :class:`LinkFailure` with the last reason."""
+        services = self.services
+        assert services is not None, "s2s is not started"
+        resolution = await resolve(remote, self._resolver, self.config.pins)
+        for step in resolution.steps:
+            log.debug("s2s %s: %s", remote, step)
+        if resolution.error is not None:
+            raise LinkFailure("dns", resolution.error)
+        failure = LinkFailure("connect", "no address to try")
+        for target in resolution.targets:
+            try:
+                return await self._attempt(target, remote, local, events, verify)
+            except LinkFailure as exc:
+                log.info(
+                    "s2s %s: %s:%d (%s) failed: %s",
+                    remote,
+                    target.host,
+                    target.port,
+                    "direct TLS" if target.direct_tls else "STARTTLS",
+                    exc,
+                )
+                failure = exc
+        raise failure
+
+    async def _attempt(
+        self,
+        target: Target,
+        remote: str,
+        local: str,
+        events: OutgoingLink | _VerifyEvents,
+        verify: tuple[str, str] | None,
+    ) -> S2SOutStream:
+        services = self.services
+        assert services is not None
+        trust = self.trust
+        opened: list[S2SOutStream] = []
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A verify stream's outcome is read from the stream itself, never from here.
+        outcome.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        watcher = _AttemptWatcher(events, outcome)
+
+        def open_stream(transport: Transport) -> S2SOutStream:
+            def check() -> CertCheck:
+                return trust.check(peer_chain(transport.ssl_object()), remote)
+
+            stream = S2SOutStream(
+                services,
+                transport,
+                local=local,
+                remote=remote,
+                events=watcher,
+                verify=verify,
+                secure=transport.is_secure,
+                check_certificate=check,
+            )
+            opened.append(stream)
+            return stream
+
+        try:
+            await connect_outgoing(
+                target.host,
+                target.port,
+                open_stream=open_stream,
+                client_tls=self._client_tls(local),
+                server_hostname=remote,
+                direct_tls=target.direct_tls,
+                timeout=self.config.connect_timeout,
+            )
+        except ssl.SSLError as exc:
+            raise LinkFailure("tls", f"TLS handshake failed: {exc}") from None
+        except TimeoutError:
+            raise LinkFailure("timeout", "connection timed out") from None
+        except OSError as exc:
+            raise LinkFailure("connect", exc.strerror or str(exc)) from None
+        stream = opened[0]
+        if verify is not None:
+            return stream
+        await outcome  # LinkFailure when the stream failed
+        return stream
+
+
+class _AttemptWatcher:
+    """Relays a stream's events to the link, and its first outcome to the attempt."""
+
+    __slots__ = ("_events", "_outcome")
+
+    def __init__(self, events: OutgoingLink | _VerifyEvents, outcome: asyncio.Future[None]) -> None:
+        self._events = events
+        self._outcome = outcome
+
+    def ready(self, stream: S2SOutStream) -> None:
+        if not self._outcome.done():
+            self._outcome.set_result(None)
+        self._events.ready(stream)
+
+    def failed(self, stream: S2SOutStream, failure: LinkFailure) -> None:
+        if not self._outcome.done():
+            self._outcome.set_exception(failure)
+
+    def closed(self, stream: S2SOutStream) -> None:
+        self._events.closed(stream)
+
+
+class _VerifyEvents:
+    """A verify stream is never a link."""
+
+    __slots__ = ()
+
+    def ready(self, stream: S2SOutStream) -> None:
+        stream.close()
+
+    def closed(self, stream: S2SOutStream) -> None:
+        pass
+
+
+async def verify_dialback(
+    links: S2SLinks, local: str, remote: str, stream_id: str, key: str
+) -> bool:
+    """Ask ``remote``'s authoritative server whether ``key`` is the one it sent us
+    (XEP-0220 §2.1.2) over a connection of its own."""
+    stream = await links.open_stream(remote, local, _VerifyEvents(), verify=(stream_id, key))
+    result = stream.verify_result
+    assert result is not None
+    try:
+        return await result
+    finally:
+        stream.close()
+
+
+class OutgoingLink:
+    """Everything we send to one remote domain: its stream (once up) and the queue."""
+
+    __slots__ = ("_idle", "_links", "_task", "domain", "last_used", "queue", "stream")
+
+    def __init__(self, links: S2SLinks, domain: str) -> None:
+        self._links = links
+        self.domain = domain
+        self.queue: deque[tuple[Element, str]] = deque()
+        self.stream: S2SOutStream | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self.last_used = 0.0
+
+    def is_idle(self) -> bool:
+        return self.stream is None and self._task is None and not self.queue
+
+    async def send(self, stanza: Element, local: str) -> None:
+        self.last_used = asyncio.get_running_loop().time()
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            stream.send(stanza, local)
+            return
+        config = self._links.config
+        if len(self.queue) >= config.max_queue:
+            log.warning("s2s %s: queue full (%d); bouncing", self.domain, config.max_queue)
+            await _bounce(
+                self._links._router,
+                stanza,
+                "remote-server-timeout",
+                "too many stanzas waiting for the server",
+            )
+            return
+        self.queue.append((stanza, local))
+        if self._task is None:
+            services = self._links.services
+            assert services is not None
+            self._task = services.start_task(self._connect(local), name=f"s2s-out {self.domain}")
+
+    async def _connect(self, local: str) -> None:
+        links = self._links
+        try:
+            try:
+                await links.open_stream(self.domain, local, self)
+            except LinkFailure as failure:
+                await self._failed(failure)
+        finally:
+            self._task = None
+
+    async def _failed(self, failure: LinkFailure) -> None:
+        links = self._links
+        links.stats.failures[(self.domain, failure.reason)] += 1
+        log.warning(
+            "s2s %s: cannot federate (%s): %s; %d queued stanza(s) bounce",
+            self.domain,
+            failure.reason,
+            failure.detail,
+            len(self.queue),
+        )
+        condition = _FAILURE_CONDITION.get(failure.reason, "remote-server-not-found")
+        queued = list(self.queue)
+        self.queue.clear()
+        for stanza, _local in queued:
+            await _bounce(links._router, stanza, condition, f"{failure.reason}: {failure.detail}")
+        links.forget(self)
+
+    # LinkEvents of the stream that became this link's
+    def ready(self, stream: S2SOutStream) -> None:
+        self.stream = stream
+        queued = list(self.queue)
+        self.queue.clear()
+        for stanza, local in queued:
+            stream.send(stanza, local)
+        self._arm_idle()
+
+    def failed(self, stream: S2SOutStream, failure: LinkFailure) -> None:
+        """Reported to the attempt (``_AttemptWatcher``), which tries the next address."""
+
+    def closed(self, stream: S2SOutStream) -> None:
+        if self.stream is stream:
+            self.stream = None
+            log.info("s2s %s: link closed", self.domain)
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+            self._links.forget(self)
+
+    def _arm_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = self._links.config.idle_timeout
+        wait = max(0.0, self.last_used + idle - loop.time())
+        self._idle = loop.call_later(wait, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        stream = self.stream
+        if stream is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.last_used >= self._links.config.idle_timeout:
+            log.info("s2s %s: idle, closing the link", self.domain)
+            stream.close()
+        else:
+            self._arm_idle()
+
+    def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.stream is not None:
+            self.stream.close("system-shutdown")
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _bounce(router: Router, stanza: Element, condition: str, text: str) -> None:
+    """Messages and IQs bounce; presence is dropped (never an error to an error)."""
+    if stanza.tag == "presence":
+        return
+    await router.bounce(stanza, StanzaError(condition, text))
+
+
+def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None:
+    """The federation's metrics (all read at scrape time from plain counters)."""
+    stats = links.stats
+    metrics.samples_function(
+        "counter",
+        "s2s_streams_authenticated",
+        "Server-to-server streams authenticated, by direction and remote domain",
+        ("direction", "domain"),
+        lambda: [((d, r), n) for (d, r), n in stats.authenticated.items()],
+    )
+    metrics.samples_function(
+        "counter",
+        "s2s_failures",
+        "Outgoing links that could not be established, by remote domain and reason "
+        "(dns, connect, tls, certificate, auth, policy, timeout, stream, closed)",
+        ("domain", "reason"),
+        lambda: [((d, r), n) for (d, r), n in stats.failures.items()],
+    )
+    metrics.samples_function(
+        "counter",
+        "s2s_stanzas_out",
+        "Stanzas handed to an outgoing link, by remote domain",
+        ("domain",),
+        lambda: [((d,), n) for d, n in stats.stanzas_out.items()],
+    )
+    metrics.samples_function(
+        "gauge",
+        "s2s_queued",
+        "Stanzas waiting for an outgoing link to come up, by remote domain",
+        ("domain",),
+        lambda: [((d,), n) for d, n in links.queue_lengths()],
+    )
+    metrics.gauge_function(
+        "s2s_outgoing_links", "Authenticated outgoing links", lambda: len(links.connected())
+    )
+    metrics.gauge_function(
+        "s2s_incoming_streams", "Open incoming s2s streams", lambda: len(incoming)
+    )
