@@ -3,15 +3,20 @@ each server's users reach the other's, both ways, over one link per remote domai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import re
+import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.e2e import PASSWORD, new_account
+from tests.support.rawstream import RawClient, stream_error
 from tests.support.s2s import Federated, federated_pair
-from tests.support.server import free_port
+from tests.support.server import XmppdServer, free_port
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
+from xmppd.s2s.dialback import dialback_key, dialback_secret
 
 PING = "urn:xmpp:ping"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -74,3 +79,128 @@ async def test_iq_and_message_bounce_when_the_remote_is_down(pair: Federated) ->
         bounce = await alice.expect(lambda el: el.get("id") == "m1")
         assert error_condition(bounce) == "remote-server-not-found"
     assert "cannot federate (connect)" in pair.a.log_text()
+
+
+S2S_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+    "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+    "from='{frm}' to='{to}' version='1.0'>"
+)
+
+
+class RawServer:
+    """A raw s2s peer: opens a stream to ``port`` pretending to be ``frm``."""
+
+    def __init__(self, port: int, frm: str, to: str) -> None:
+        self.port, self.frm, self.to = port, frm, to
+        self.raw = RawClient.__new__(RawClient)
+        self.raw.received = b""
+        self.stream_id = ""
+
+    async def connect(self) -> None:
+        raw = self.raw
+        raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
+        features = await raw.read_until(b"</stream:features>")
+        assert b"<starttls" in features
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await raw.read_until(b"<proceed")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        await raw.writer.start_tls(ctx, server_hostname=self.to)
+        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
+        opened = await raw.read_until(b"</stream:features>")
+        assert b"urn:xmpp:features:dialback" in opened
+        found = re.search(rb"<stream:stream [^>]*\bid=['\"]([^'\"]+)", opened)
+        assert found is not None
+        self.stream_id = found.group(1).decode()
+
+    def dialback(self, key: str) -> None:
+        self.raw.send(f"<db:result from='{self.frm}' to='{self.to}'>{key}</db:result>")
+
+
+def key_of(server: XmppdServer, receiving: str, stream_id: str) -> str:
+    """The dialback key ``server`` itself would send (read from its server.key)."""
+    secret = bytes.fromhex((server.data_dir / "server.key").read_text().strip())
+    return dialback_key(dialback_secret(secret), receiving, server.domain, stream_id)
+
+
+async def test_a_claimed_from_that_was_not_authenticated_closes_with_invalid_from(
+    pair: Federated,
+) -> None:
+    alice_jid = await new_account(pair.a, "alice")
+    bob_jid = await new_account(pair.b, "bob")
+    async with (
+        await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+        await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+    ):
+        # A peer that proves a.example (it has a.example's key) ...
+        peer = RawServer(pair.b_s2s_port, pair.a.domain, pair.b.domain)
+        await peer.connect()
+        peer.dialback(key_of(pair.a, pair.b.domain, peer.stream_id))
+        assert re.search(rb"type=['\"]valid", await peer.raw.read_until(b"<db:result[^>]*type="))
+        # ... may send from a.example ...
+        peer.raw.send(
+            f"<message from='{alice_jid}/x' to='{bob_jid}/r'><body>legit</body></message>"
+        )
+        await bob.expect(body_is("legit"))  # type: ignore[arg-type]
+        # ... but not from another domain: the stream closes, nothing is delivered.
+        peer.raw.send(
+            f"<message from='mallory@evil.example' to='{bob_jid}/r'><body>forged</body></message>"
+        )
+        assert stream_error(await peer.raw.read_to_close()) == "invalid-from"
+        alice.send(f"<message to='{bob_jid}/r'><body>marker</body></message>")
+        await bob.expect(body_is("marker"))  # type: ignore[arg-type]
+        assert bob.pending(body_is("forged")) == []  # type: ignore[arg-type]
+
+
+async def test_a_wrong_dialback_key_is_refused(pair: Federated) -> None:
+    peer = RawServer(pair.b_s2s_port, pair.a.domain, pair.b.domain)
+    await peer.connect()
+    peer.dialback("0" * 64)
+    answer = await peer.raw.read_to_close()
+    assert re.search(rb"<db:result[^>]*type=['\"]invalid['\"]", answer), answer
+    assert stream_error(answer) == "not-authorized"
+    # Stanzas before a valid dialback are not routed either.
+    peer = RawServer(pair.b_s2s_port, pair.a.domain, pair.b.domain)
+    await peer.connect()
+    peer.raw.send(f"<message from='x@{pair.a.domain}' to='y@{pair.b.domain}'/>")
+    assert stream_error(await peer.raw.read_to_close()) == "not-authorized"
+
+
+async def test_presence_subscription_both_ways(pair: Federated) -> None:
+    alice_jid = await new_account(pair.a, "alice")
+    bob_jid = await new_account(pair.b, "bob")
+    async with (
+        await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+        await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+    ):
+        for client in (alice, bob):
+            client.send("<presence/>")
+            await client.expect(lambda el: el.tag == tag("presence"))
+
+        def presence(kind: str | None, frm: str) -> Callable[[Element], bool]:
+            return lambda el: (
+                el.tag == tag("presence")
+                and el.get("type") == kind
+                and (el.get("from") or "").split("/")[0] == frm
+            )
+
+        # alice subscribes to bob, bob approves: alice sees bob's presence.
+        alice.send(f"<presence to='{bob_jid}' type='subscribe'/>")
+        await bob.expect(presence("subscribe", alice_jid))
+        bob.send(f"<presence to='{alice_jid}' type='subscribed'/>")
+        await alice.expect(presence("subscribed", bob_jid))
+        await alice.expect(presence(None, bob_jid))
+        # bob subscribes to alice, alice approves: bob sees alice's presence.
+        bob.send(f"<presence to='{alice_jid}' type='subscribe'/>")
+        await alice.expect(presence("subscribe", bob_jid))
+        alice.send(f"<presence to='{bob_jid}' type='subscribed'/>")
+        await bob.expect(presence("subscribed", alice_jid))
+        await bob.expect(presence(None, alice_jid))
+        # A presence change crosses to the other server.
+        bob.send("<presence><show>away</show></presence>")
+        away = await alice.expect(presence(None, bob_jid))
+        while away.findtext(tag("show")) != "away":
+            away = await alice.expect(presence(None, bob_jid))
