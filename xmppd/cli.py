@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", "run the server in the foreground")
     command("check-config", "validate the configuration and exit")
+    fed = command("check-federation", "explain, step by step, how this server reaches DOMAIN")
+    fed.add_argument("domain")
     command("version", "print the version")
     add = command("adduser", "create an account")
     add.add_argument("jid")
@@ -119,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("configuration OK")
         return 0
+    if args.command == "check-federation":
+        import asyncio
+
+        from xmppd.s2s.diagnose import check_federation
+
+        ok = asyncio.run(check_federation(config, args.domain.lower(), print))
+        return 0 if ok else 1
     if args.command == "run":
         return _run(config)
     cmd = args.command

@@ -204,3 +204,21 @@ async def test_presence_subscription_both_ways(pair: Federated) -> None:
         away = await alice.expect(presence(None, bob_jid))
         while away.findtext(tag("show")) != "away":
             away = await alice.expect(presence(None, bob_jid))
+
+
+def test_check_federation_explains_reachable_and_unreachable(pair: Federated) -> None:
+    ok = pair.a.cli("check-federation", pair.b.domain)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    out = ok.stdout
+    assert f"pinned in config to 127.0.0.1:{pair.b_s2s_port}" in out
+    assert "TLS: TLSv1.3" in out or "TLS: TLSv1.2" in out
+    assert "certificate: NOT valid: certificate is self-signed" in out
+    assert "would authenticate with dialback" in out
+
+    down = pair.a.cli("check-federation", "down.example")
+    assert down.returncode == 1
+    assert "FAIL connect: ConnectionRefusedError" in down.stdout
+
+    missing = pair.a.cli("check-federation", "no-such-domain.invalid")
+    assert missing.returncode == 1
+    assert "FAIL DNS: no address found for no-such-domain.invalid" in missing.stdout
