@@ -9,7 +9,14 @@ renaming, and detaching them from the root leaves no stray declarations.
 Refused, as RFC 6120 §11 requires: DOCTYPE and entity declarations, comments and
 processing instructions (``restricted-xml``); malformed XML
 (``not-well-formed``); encodings other than UTF-8 (``unsupported-encoding``);
-a stanza larger than the configured limit (``policy-violation``).
+a stanza larger than the configured limit (``policy-violation``), nesting deeper
+than ``max_depth`` (``policy-violation``), a header longer than ``max_header_size``.
+
+Every byte is counted before lxml sees it (issue 15): the bytes of the stanza being
+read, in whatever parser state (inside a tag name, attribute values, namespace
+declarations, text), count against ``max_stanza_size``; whitespace between stanzas
+(keepalives) is skipped without reaching the parser, so it is accepted indefinitely
+at no memory cost. A stream error releases the parser and everything it held.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from xmppd.errors import StreamError
 Element = etree._Element
 
 FEED_SLICE: Final = 16 * 1024
-"""Bytes handed to lxml at once, so an oversized stanza is caught within one slice."""
+"""Most bytes handed to lxml at once, so an oversized stanza is caught within one slice."""
+MAX_DEPTH: Final = 64
+"""Deepest element nesting a stanza may have (the stanza itself is depth 1); deeper
+gets ``policy-violation``. Real payloads (data forms, Atom entries, Jingle) stay
+below 15; libxml2's own cap (256) would only say ``not-well-formed``."""
+_WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 
 _XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
 _ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -63,23 +75,31 @@ class XmlReader:
     __slots__ = (
         "_at_boundary",
         "_buffer",
+        "_carry",
         "_depth",
         "_parser",
-        "_since_boundary",
+        "_pending",
         "_synthetic_root",
         "closed",
         "expected_namespace",
         "header",
+        "max_depth",
         "max_header_size",
         "max_stanza_size",
     )
 
     def __init__(
-        self, *, expected_namespace: str, max_stanza_size: int, max_header_size: int = 8192
+        self,
+        *,
+        expected_namespace: str,
+        max_stanza_size: int,
+        max_header_size: int = 8192,
+        max_depth: int = MAX_DEPTH,
     ) -> None:
         self.expected_namespace = expected_namespace
         self.max_stanza_size = max_stanza_size
         self.max_header_size = max_header_size
+        self.max_depth = max_depth
         self.reset()
 
     def reset(self) -> None:
@@ -87,11 +107,18 @@ class XmlReader:
         self.header: StreamHeader | None = None
         self.closed = False
         self._buffer = b""
+        self._carry = b""
         self._parser: etree.XMLPullParser | None = None
         self._synthetic_root = b""
         self._at_boundary = True
         self._depth = 0
-        self._since_boundary = 0
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the stanza being read (or of the unfinished header) held so far:
+        what the limits are checked against."""
+        return len(self._buffer) if self.header is None else self._pending + len(self._carry)
 
     def release_if_idle(self) -> bool:
         """Free the pull parser (several KB of libxml2 buffers) between stanzas.
@@ -103,6 +130,12 @@ class XmlReader:
             return False
         self._parser = None
         return True
+
+    def _release(self) -> None:
+        """Drop everything held (after a stream error): the parser and its input."""
+        self._parser = None
+        self._buffer = self._carry = b""
+        self._pending = 0
 
     def _new_parser(self) -> etree.XMLPullParser:
         # resolve_entities stays at its default (True) on purpose: no DTD can reach this
@@ -121,62 +154,139 @@ class XmlReader:
         return parser
 
     def feed(self, data: bytes) -> list[Element]:
-        """Consume ``data``; returns completed stanzas. Raises :class:`StreamError`."""
+        """Consume ``data``; returns completed stanzas. Raises :class:`StreamError`
+        (and releases what was held) on malformed or oversized input."""
+        try:
+            return self._feed(data)
+        except StreamError:
+            self._release()
+            raise
+
+    def _feed(self, data: bytes) -> list[Element]:
         if self.closed:
             return []
         if self.header is None:
             data = self._read_header(data)
             if self._parser is None:
                 return []
-        elif self._parser is None:
-            self._parser = self._new_parser()
+        if self._carry:
+            data, self._carry = self._carry + data, b""
         stanzas: list[Element] = []
-        for start in range(0, len(data), FEED_SLICE):
-            chunk = data[start : start + FEED_SLICE]
-            self._since_boundary += len(chunk)
-            if self._feed_chunk(chunk, stanzas):
-                break  # the peer closed its stream
-            if self._depth > 0 and self._since_boundary > self.max_stanza_size:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._at_boundary:
+                # Between stanzas: whitespace is a keepalive (RFC 6120 §4.6.1), skipped
+                # here so that it never reaches (nor grows) the parser.
+                keepalive = _WHITESPACE.match(data, pos)
+                assert keepalive is not None  # '*' always matches
+                pos = keepalive.end()
+                if pos == n:
+                    break
+                self._at_boundary = False
+                self._pending = 0
+            end = self._piece_end(data, pos)
+            if end == n and data[n - 1] == 0x3C:
+                # A trailing '<' waits for the next read, so that the '</' the piece
+                # boundaries rely on is never split between two reads.
+                self._carry = b"<"
+                piece = data[pos : n - 1]
+            else:
+                piece = data[pos:end]
+            pos = end
+            if not piece:
+                continue
+            # Counted before the parser sees it: every byte of a stanza, whatever state
+            # the parser is in (tag name, attributes, namespace declarations, text).
+            self._pending += len(piece)
+            if self._pending > self.max_stanza_size:
                 raise StreamError("policy-violation", "stanza too large")
+            if self._parser is None:
+                self._parser = self._new_parser()
+            if self._feed_piece(piece, stanzas):
+                break  # the peer closed its stream
         return stanzas
 
-    def _feed_chunk(self, chunk: bytes, stanzas: list[Element]) -> bool:
-        """Parse one slice; ``True`` when it held the end of the stream."""
+    def _piece_end(self, data: bytes, pos: int) -> int:
+        """Where the next piece handed to the parser ends: at most FEED_SLICE bytes,
+        and never past the end of the current top-level element. Pieces end just before
+        a ``<``; at depth ``d`` the top-level element cannot close before ``d`` more
+        end tags (``</``, which only starts an end tag, or CDATA), so the piece runs to
+        the ``<`` after the d-th ``</``. A top-level element can thus only finish in the
+        last tag of a piece: when it does, what follows it in the piece is character
+        data, and the next piece starts exactly between stanzas."""
+        limit = min(len(data), pos + FEED_SLICE)
+        closes = self._depth
+        if closes == 0:
+            # A top-level start tag that does not end in '/>' needs its end tag too
+            # (a '>' inside a quoted attribute value can fool this; then the stanza
+            # may end mid-piece, which costs precision, not safety: see _feed_piece).
+            gt = data.find(b">", pos, limit)
+            if gt < 0:
+                return limit
+            if data[gt - 1] == 0x2F:  # '/>'
+                nxt = data.find(b"<", gt, limit)
+                return limit if nxt < 0 else nxt
+            closes = 1
+        at = pos
+        for _ in range(closes):
+            found = data.find(b"</", at, limit)
+            if found < 0:
+                return limit
+            at = found + 2
+        nxt = data.find(b"<", at, limit)
+        return limit if nxt < 0 else nxt
+
+    def _feed_piece(self, piece: bytes, stanzas: list[Element]) -> bool:
+        """Parse one piece; ``True`` when it held the end of the stream."""
         parser = self._parser
         assert parser is not None
         try:
-            parser.feed(chunk)
-            for event, item in parser.read_events():
-                el = cast(Element, item)
+            parser.feed(piece)
+            events = parser.read_events()
+        except etree.XMLSyntaxError:
+            for event, _ in parser.read_events():  # what came before the error
                 if event == "start":
                     self._depth += 1
-                elif event == "end":
-                    self._depth -= 1
-                    if self._depth == 0:
-                        root = el.getparent()
-                        if root is not None:
-                            root.remove(el)
-                            root.text = None
-                        el.tail = None
-                        if el.tag[0] == "{":
-                            el = self._neutral(el)
-                        stanzas.append(el)
-                        self._since_boundary = 0
-                    elif self._depth < 0:
-                        self.closed = True
-                        return True
-                else:  # comment or processing instruction
-                    raise StreamError("restricted-xml", "comments and processing instructions")
-        except etree.XMLSyntaxError:
-            if b"<!" in chunk and (b"<!DOCTYPE" in chunk or b"<!ENTITY" in chunk):
+            if self._depth > self.max_depth:
+                raise StreamError("policy-violation", "elements nested too deeply") from None
+            if b"<!" in piece and (b"<!DOCTYPE" in piece or b"<!ENTITY" in piece):
                 raise StreamError("restricted-xml", "DTDs are not allowed") from None
             raise StreamError("not-well-formed") from None
-        if self._depth == 0:
-            self._since_boundary = 0
-            tail = chunk.rstrip()
-            self._at_boundary = tail.endswith(b">") if tail else self._at_boundary
-        else:
-            self._at_boundary = False
+        for event, item in events:
+            el = cast(Element, item)
+            if event == "start":
+                self._depth += 1
+                self._at_boundary = False
+                if self._depth > self.max_depth:
+                    raise StreamError("policy-violation", "elements nested too deeply")
+            elif event == "end":
+                self._depth -= 1
+                if self._depth == 0:
+                    root = el.getparent()
+                    if root is not None:
+                        root.remove(el)
+                        root.text = None
+                    el.tail = None
+                    if el.tag[0] == "{":
+                        el = self._neutral(el)
+                    stanzas.append(el)
+                    self._at_boundary = True
+                elif self._depth < 0:
+                    self.closed = True
+                    return True
+            else:  # comment or processing instruction
+                raise StreamError("restricted-xml", "comments and processing instructions")
+        if self._at_boundary:
+            # The stanza ended in the piece's last tag (see _piece_end); what follows
+            # that tag's '>' is character data at stream level. Whitespace: we are
+            # between stanzas. Anything else counts towards the next stanza.
+            after = piece.find(b">", piece.rfind(b"<")) + 1
+            rest = piece[after:]
+            if rest.strip(b" \t\r\n"):
+                self._at_boundary = False
+                self._pending = len(rest)
+            else:
+                self._pending = 0
         return False
 
     def _neutral(self, el: Element) -> Element:
@@ -201,6 +311,8 @@ class XmlReader:
         buf = self._buffer + data
         end = _find_header_end(buf, self.max_header_size)
         if end is None:
+            if len(buf) > self.max_header_size:  # whitespace before it counts too
+                _too_long()
             self._buffer = buf
             return b""
         self._buffer = b""
@@ -247,6 +359,8 @@ class XmlReader:
         self._synthetic_root = synthetic[:-2] + b">"
         self._parser = self._new_parser()
         self._depth = 0
+        self._at_boundary = True
+        self._pending = 0
 
 
 def _find_header_end(buf: bytes, limit: int) -> int | None:

@@ -43,10 +43,26 @@ class StreamOpeners:
     offer STARTTLS."""
 
 
+LINGER: Final = 2.0
+"""Seconds a closing plain-TCP connection keeps reading (and discarding) after sending
+its FIN. Closing a socket whose peer's bytes are still unread sends an RST, which makes
+the peer's kernel discard what we wrote last: the ``<stream:error>`` telling a flooding
+or misbehaving peer why it was closed. Reading on for a moment lets it arrive."""
+
+
 class C2SConnection(asyncio.Protocol):
     """asyncio glue: one per TCP connection; feeds a client stream."""
 
-    __slots__ = ("_open", "_tls", "_tls_mode", "_transport", "is_secure", "peer", "stream")
+    __slots__ = (
+        "_linger",
+        "_open",
+        "_tls",
+        "_tls_mode",
+        "_transport",
+        "is_secure",
+        "peer",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -61,6 +77,7 @@ class C2SConnection(asyncio.Protocol):
         self.stream: StreamInput | None = None
         self.peer = ""
         self.is_secure = tls_mode == "direct"
+        self._linger: asyncio.TimerHandle | None = None
 
     @property
     def framing(self) -> Framing:
@@ -74,7 +91,7 @@ class C2SConnection(asyncio.Protocol):
         self.stream = self._open(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.stream is not None:
+        if self.stream is not None and self._linger is None:
             self.stream.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,6 +99,9 @@ class C2SConnection(asyncio.Protocol):
             self.stream.connection_lost()
             self.stream = None
         self._transport = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
 
     def eof_received(self) -> bool:
         return False
@@ -92,8 +112,17 @@ class C2SConnection(asyncio.Protocol):
             self._transport.write(data)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        if not transport.can_write_eof():  # TLS: close_notify, then the socket closes
+            transport.close()
+            return
+        # Half-close: our last bytes, then FIN; what the peer still sends is read and
+        # dropped (the stream is closed) until it closes too or LINGER passes.
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger = asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     def pause_reading(self) -> None:
         if self._transport is not None:
