@@ -105,7 +105,9 @@ def write_config(
     component_port: int | None = None,
     components: dict[str, str] | None = None,
     admins: list[str] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> None:
+    auth_options = {"failures_before_delay": 1000, **(auth or {})}
     lines = [
         "[server]",
         f"data_dir = {_toml_value(str(data_dir))}",
@@ -113,7 +115,7 @@ def write_config(
         "[storage]",
         f"url = {_toml_value(storage_url)}",
         "[auth]",
-        "failures_before_delay = 1000",
+        *(f"{k} = {_toml_value(v)}" for k, v in auth_options.items()),
         "[sessions]",
         f"registry = {_toml_value(SESSION_REGISTRY)}",
         "[[listeners]]",
@@ -201,6 +203,7 @@ def running_server(
     domain: str = "localhost",
     components: dict[str, str] | None = None,
     admins: list[str] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> Iterator[XmppdServer]:
     """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards.
 
@@ -230,6 +233,7 @@ def running_server(
                 component_port=p3,
                 components=components,
                 admins=admins,
+                auth=auth,
             )
             log = log_path.open("ab")
             proc = subprocess.Popen(

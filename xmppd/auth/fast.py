@@ -154,7 +154,7 @@ def _client(host: str, username: str, client_id: str) -> tuple[sa.ColumnElement[
 class HashedTokenMechanism:
     """Server side of one HT-SHA-256-* exchange: a single client message."""
 
-    __slots__ = ("_client_id", "_domain", "_done", "_tls", "_tokens", "name", "token")
+    __slots__ = ("_client_id", "_domain", "_done", "_tls", "_tokens", "name", "token", "username")
 
     def __init__(
         self, name: str, *, domain: str, tokens: FastTokens, client_id: str, tls: TlsChannel
@@ -167,6 +167,7 @@ class HashedTokenMechanism:
         self._client_id = client_id
         self._tls = tls
         self._done = False
+        self.username = ""
         self.token: Token | None = None
         """The token that authenticated the client, once it did."""
 
@@ -181,6 +182,7 @@ class HashedTokenMechanism:
             username = prepare_username(authcid.decode("utf-8"))
         except (UnicodeDecodeError, InvalidJID):
             return Failure("not-authorized")
+        self.username = username
         binding = MECHANISMS[self.name]
         cb_data = b"" if binding is None else self._tls.bindings.get(binding, b"")
         if binding is not None and not cb_data:

@@ -155,6 +155,9 @@ class Mechanism(Protocol):
     """One server-side SASL exchange."""
 
     name: str
+    username: str
+    """The (prepared) account the client named, once it did; ``""`` before. The
+    failed-login throttle counts failures against it."""
 
     async def step(self, data: bytes) -> SaslStep:
         """Process one decoded client payload (``b""`` for an empty one)."""
@@ -323,8 +326,8 @@ class ScramServerMechanism:
         "_plus",
         "_state",
         "_tls",
-        "_username",
         "name",
+        "username",
     )
 
     def __init__(
@@ -346,7 +349,7 @@ class ScramServerMechanism:
         self._lookup = lookup
         self._tls = tls
         self._state = _State.START
-        self._username = ""
+        self.username = ""
         self._nonce = ""
         self._cbind_expected = b""
         self._auth_message_prefix = ""
@@ -442,7 +445,7 @@ class ScramServerMechanism:
         if self._downgrade_hash:
             server_first += f",h={self._downgrade_hash}"
 
-        self._username = username
+        self.username = username
         self._nonce = nonce
         self._creds = creds
         self._cbind_expected = cbind_expected
@@ -481,7 +484,7 @@ class ScramServerMechanism:
             return Failure("not-authorized")
         server_signature = hmac_digest(self._hash_name, creds.server_key, auth_message)
         verifier = b"v=" + base64.b64encode(server_signature)
-        return Success(self._username, verifier)
+        return Success(self.username, verifier)
 
 
 def _available_bindings(tls: TlsChannel | None) -> dict[str, bytes]:
@@ -529,10 +532,11 @@ async def verify_password(lookup: CredentialLookup, username: str, password: str
 class PlainMechanism:
     """Server side of SASL PLAIN (RFC 4616); only ever offered over TLS."""
 
-    __slots__ = ("_domain", "_lookup", "_state", "name")
+    __slots__ = ("_domain", "_lookup", "_state", "name", "username")
 
     def __init__(self, *, domain: str, lookup: CredentialLookup) -> None:
         self.name: str = PLAIN
+        self.username = ""
         self._domain = domain
         self._lookup = lookup
         self._state = _State.START
@@ -560,6 +564,7 @@ class PlainMechanism:
             username = prepare_username(authcid)
         except InvalidJID:
             return Failure("not-authorized")
+        self.username = username
         if authzid and not _authzid_allowed(authzid, username, self._domain):
             return Failure("invalid-authzid")
         try:

@@ -1,15 +1,41 @@
-"""Slows down repeated failed logins from one address (brute-force protection)."""
+"""Slows down failed logins by their source: the address and, separately, the account.
+
+A failure is recorded against the peer's address and against the account it named
+(so that guessing one account's password from many addresses is slowed too). After
+``free_failures`` failures of a source, each further failure of that source is
+answered later: 0.25 s, then twice as long each time, up to ``max_delay``. The delay
+holds the *failure's answer* (the guesser's connection waits), never a correct
+password: a client that authenticates right is answered at once, even from an
+address under attack.
+
+Failures of one source are answered one after another, not side by side: a source has
+a single schedule (``next_slot``), and each failure's answer takes the next slot. So
+100 parallel connections from one address get their failures answered no faster than
+one connection would, and as each connection can only guess again once answered, they
+make no more guesses per second than one.
+
+A success clears the *account's* count (its owner proved who they are), never the
+address's: an attacker holding one valid account cannot reset its address's count by
+logging in with it. Entries expire after ``window`` seconds; the table is bounded.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Source:
+    count: int
+    last: float
+    next_slot: float
 
 
 class FailedLoginThrottle:
-    """After ``free_failures`` failures from an address, each further attempt waits
-    twice as long as the previous one, up to ``max_delay`` seconds. A success clears
-    the address; entries expire after ``window`` seconds. Bounded in size."""
+    """Failed-login accounting by address and by account (see the module docstring)."""
 
     def __init__(
         self,
@@ -23,32 +49,61 @@ class FailedLoginThrottle:
         self.max_delay = max_delay
         self.window = window
         self.max_entries = max_entries
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
         self.outcomes: Counter[tuple[str, bool]] = Counter()
         """Logins by (SASL mechanism, succeeded): every outcome passes through here, so
         this is where they are counted (read by the metrics at scrape time)."""
 
-    def delay_for(self, address: str) -> float:
-        """Seconds to wait before answering the next attempt from ``address``."""
-        entry = self._failures.get(address)
-        if entry is None:
-            return 0.0
-        count, last = entry
-        if time.monotonic() - last > self.window:
-            del self._failures[address]
-            return 0.0
+    def failures(self, address: str, account: str | None = None) -> int:
+        """Failures counted against ``address`` (or ``account`` when given) in the window."""
+        src = self._live(f"account:{account}" if account else f"ip:{address}", time.monotonic())
+        return 0 if src is None else src.count
+
+    def _live(self, key: str, now: float) -> _Source | None:
+        src = self._sources.get(key)
+        if src is not None and now - src.last > self.window and src.next_slot <= now:
+            del self._sources[key]
+            return None
+        return src
+
+    def _step(self, count: int) -> float:
         extra = count - self.free_failures
-        if extra < 0:
-            return 0.0
-        return float(min(self.max_delay, 0.25 * (2**extra)))
+        return 0.0 if extra <= 0 else float(min(self.max_delay, 0.25 * 2 ** (extra - 1)))
 
-    def failed(self, address: str, mechanism: str = "") -> None:
+    def failed(self, address: str, mechanism: str = "", *, account: str | None = None) -> float:
+        """Count a failure; returns the seconds its answer must wait (its slot): the
+        caller sleeps that long before answering (see :func:`answer_failure`)."""
         self.outcomes[mechanism, False] += 1
-        count, _ = self._failures.pop(address, (0, 0.0))
-        self._failures[address] = (count + 1, time.monotonic())
-        while len(self._failures) > self.max_entries:
-            self._failures.popitem(last=False)
+        now = time.monotonic()
+        answer_at = now
+        keys = [f"ip:{address}"] + ([f"account:{account}"] if account else [])
+        for key in keys:
+            src = self._live(key, now)
+            if src is None:
+                src = _Source(0, now, now)
+            else:
+                self._sources.pop(key)
+            src.count += 1
+            src.last = now
+            step = self._step(src.count)
+            if step:
+                src.next_slot = max(now, src.next_slot) + step
+                answer_at = max(answer_at, src.next_slot)
+            self._sources[key] = src
+        while len(self._sources) > self.max_entries:
+            self._sources.popitem(last=False)
+        return answer_at - now
 
-    def succeeded(self, address: str, mechanism: str = "") -> None:
+    async def answer_failure(
+        self, address: str, mechanism: str = "", *, account: str | None = None
+    ) -> None:
+        """Count a failure, then wait for its slot before the caller answers it."""
+        delay = self.failed(address, mechanism, account=account)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def succeeded(self, address: str, mechanism: str = "", *, account: str | None = None) -> None:
+        """A login succeeded: clears the account's count, never the address's."""
         self.outcomes[mechanism, True] += 1
-        self._failures.pop(address, None)
+        if account:
+            self._sources.pop(f"account:{account}", None)

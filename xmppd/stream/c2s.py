@@ -502,9 +502,6 @@ class C2SStream(StreamMachine):
             self._sasl_failed(sasl.Failure("aborted"))
             return
         if el.tag == _SASL_AUTH:
-            delay = self.services.throttle.delay_for(self.peer)
-            if delay:
-                await asyncio.sleep(delay)
             channel = self._tls_channel()
             mech = sasl.create_mechanism(
                 el.get("mechanism", ""),
@@ -540,15 +537,20 @@ class C2SStream(StreamMachine):
             except InvalidJID:
                 self._sasl_failed(sasl.Failure("not-authorized"))
                 return
-            self.services.throttle.succeeded(self.peer, mechanism)
+            self.services.throttle.succeeded(self.peer, mechanism, account=self._account(jid.local))
             self._jid = jid
             self._jid_str = str(jid)
             self._enter(_AUTHENTICATED)
             self.reader.reset()
             self._write(_sasl_element("success", step.data))
         else:
-            self._sasl = None
-            self.services.throttle.failed(self.peer, mechanism)
+            failed, self._sasl = self._sasl, None
+            assert failed is not None
+            # The failure's answer waits for its slot (xmppd.auth.throttle): held here,
+            # this connection cannot guess again before its turn.
+            await self.services.throttle.answer_failure(
+                self.peer, mechanism, account=self._account(failed.username)
+            )
             self._sasl_failed(step)
 
     # ------------------------------------------------------------------ SASL2 + Bind 2
@@ -570,9 +572,6 @@ class C2SStream(StreamMachine):
             except ValueError:
                 self._sasl2_failed(sasl.Failure("incorrect-encoding"))
                 return
-            delay = self.services.throttle.delay_for(self.peer)
-            if delay:
-                await asyncio.sleep(delay)
             mech = self._sasl2_mechanism(request)
             if mech is None:
                 self._sasl2_failed(sasl.Failure("invalid-mechanism"), count=False)
@@ -599,7 +598,9 @@ class C2SStream(StreamMachine):
             return
         self._sasl = self._sasl2 = None
         if isinstance(step, sasl.Failure):
-            self.services.throttle.failed(self.peer, mech.name)
+            await self.services.throttle.answer_failure(
+                self.peer, mech.name, account=self._account(mech.username)
+            )
             self._sasl2_failed(step)
             return
         await self._sasl2_success(step, mech, request)
@@ -650,7 +651,7 @@ class C2SStream(StreamMachine):
         except InvalidJID:
             self._sasl2_failed(sasl.Failure("not-authorized"))
             return
-        self.services.throttle.succeeded(self.peer, mech.name)
+        self.services.throttle.succeeded(self.peer, mech.name, account=self._account(jid.local))
         self._jid = jid
         self._jid_str = str(jid)
         self._enter(_AUTHENTICATED)
@@ -753,6 +754,11 @@ class C2SStream(StreamMachine):
         self._write(etree.tostring(el))
         if count:
             self._count_sasl_failure()
+
+    def _account(self, username: str) -> str | None:
+        """The throttle's key for an account of this stream's host (``None``: unknown)."""
+        host = self.host
+        return f"{username}@{host.domain}" if username and host is not None else None
 
     def _count_sasl_failure(self) -> None:
         self._sasl_failures += 1

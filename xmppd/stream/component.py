@@ -37,7 +37,6 @@ Choices made here:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -248,18 +247,15 @@ class ComponentStream(StreamMachine):
     async def _handshake(self, el: Element) -> None:
         throttle = self.services.throttle
         peer = self.peer
-        delay = throttle.delay_for(peer)
-        if delay:
-            await asyncio.sleep(delay)
         secret = self.services.components.secret(self.domain)
         assert secret is not None
         expected = handshake_digest(self.stream_id, secret).encode("ascii")
         given = (el.text or "").strip().lower().encode("utf-8")
         if not hmac.compare_digest(expected, given):
-            throttle.failed(peer, _HANDSHAKE)
+            await throttle.answer_failure(peer, _HANDSHAKE, account=f"component:{self.domain}")
             log.warning("%s: wrong handshake (secret)", self.summary())
             raise StreamError("not-authorized")
-        throttle.succeeded(peer, _HANDSHAKE)
+        throttle.succeeded(peer, _HANDSHAKE, account=f"component:{self.domain}")
         if not self.services.components.register(self):
             log.warning("%s: refused, the component is already connected", self.summary())
             raise StreamError("conflict", "this component is already connected")
