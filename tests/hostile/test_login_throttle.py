@@ -42,12 +42,18 @@ def _plain(user: str, password: str) -> str:
 
 async def _ready(srv: XmppdServer, local: str = "127.0.0.1") -> RawClient:
     client = RawClient(srv)
+    await _connect(client, local)
+    return client
+
+
+async def _connect(client: RawClient, local: str = "127.0.0.1") -> None:
+    """Connect, STARTTLS and open the stream; the caller closes ``client`` whatever
+    happens (a guesser is cancelled at any point when the attack ends)."""
     client.reader, client.writer = await asyncio.open_connection(
-        "127.0.0.1", srv.starttls_port, local_addr=(local, 0)
+        "127.0.0.1", client.server.starttls_port, local_addr=(local, 0)
     )
     await client.starttls()
     await client.open_stream()
-    return client
 
 
 async def _attempt(client: RawClient, user: str, password: str) -> tuple[bool, float]:
@@ -59,8 +65,9 @@ async def _attempt(client: RawClient, user: str, password: str) -> tuple[bool, f
 
 async def _guesser(srv: XmppdServer, user: str, answered: list[float], until: float) -> None:
     while time.monotonic() < until:
-        client = await _ready(srv)
+        client = RawClient(srv)
         try:
+            await _connect(client)
             while time.monotonic() < until:
                 ok, _ = await _attempt(client, user, "wrong-guess")
                 assert not ok

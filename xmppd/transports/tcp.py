@@ -48,6 +48,8 @@ LINGER: Final = 2.0
 its FIN. Closing a socket whose peer's bytes are still unread sends an RST, which makes
 the peer's kernel discard what we wrote last: the ``<stream:error>`` telling a flooding
 or misbehaving peer why it was closed. Reading on for a moment lets it arrive."""
+LINGER_MAX_UNSENT: Final = 256 * 1024
+"""Above this much unsent output, closing aborts at once (the buffer is freed)."""
 
 
 class C2SConnection(asyncio.Protocol):
@@ -117,6 +119,9 @@ class C2SConnection(asyncio.Protocol):
             return
         if not transport.can_write_eof():  # TLS: close_notify, then the socket closes
             transport.close()
+            return
+        if transport.get_write_buffer_size() > LINGER_MAX_UNSENT:
+            transport.abort()  # a peer that does not read: nothing to wait for
             return
         # Half-close: our last bytes, then FIN; what the peer still sends is read and
         # dropped (the stream is closed) until it closes too or LINGER passes.
