@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from slixmpp import ClientXMPP
 from slixmpp.stanza import Message, Presence
@@ -17,7 +18,21 @@ class AuthFailed(Exception):
     pass
 
 
-def client_tls_context(server: XmppdServer, *, max_tls12: bool = False) -> ssl.SSLContext:
+class ClientTarget(Protocol):
+    """What a client needs of a server: xmppd's :class:`XmppdServer`, or another
+    server under test (Prosody in the interop tests)."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def cafile(self) -> Path: ...
+    @property
+    def starttls_port(self) -> int: ...
+    @property
+    def direct_tls_port(self) -> int: ...
+
+
+def client_tls_context(server: ClientTarget, *, max_tls12: bool = False) -> ssl.SSLContext:
     """Trusts the server's self-signed certificate (and checks the host name)."""
     ctx = ssl.create_default_context(cafile=str(server.cafile))
     if max_tls12:
@@ -30,7 +45,7 @@ class Slix:
 
     def __init__(
         self,
-        server: XmppdServer,
+        server: ClientTarget,
         jid: str,
         password: str,
         *,

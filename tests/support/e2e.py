@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from slixmpp.exceptions import IqError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support.clients import Slix, register_account
+from tests.support.clients import ClientTarget, Slix, register_account
 from tests.support.server import XmppdServer
 
 PASSWORD = "e2e-secret"
@@ -40,7 +40,7 @@ def manual_subscriptions(client: Slix) -> Slix:
 
 
 async def online(
-    server: XmppdServer,
+    server: ClientTarget,
     jid: str,
     password: str = PASSWORD,
     *,
