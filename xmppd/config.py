@@ -248,6 +248,16 @@ class S2SSection(Section):
     max_queue: int = Field(
         1000, ge=1, description="Stanzas held per remote domain while its link comes up."
     )
+    retry_initial: Duration = Field(
+        15.0,
+        gt=0,
+        description="After a domain could not be reached, stanzas to it bounce at once "
+        "(with the same reason) for this long before the next attempt; the wait doubles "
+        "after each further failure.",
+    )
+    retry_max: Duration = Field(
+        600.0, gt=0, description="Longest wait between attempts to reach a failing domain."
+    )
     max_stanza_size: Size = Field(512 * 1024, ge=1024)
     max_write_buffer: Size = Field(16 * 1024 * 1024, ge=65536)
 

@@ -13,8 +13,8 @@ import pytest
 
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.rawstream import RawClient, stream_error
-from tests.support.s2s import Federated, federated_pair
-from tests.support.server import XmppdServer, free_port
+from tests.support.s2s import Federated, federated_pair, s2s_extra
+from tests.support.server import XmppdServer, free_port, running_server
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
 from xmppd.s2s.dialback import dialback_key, dialback_secret
 
@@ -26,7 +26,8 @@ DISCO_INFO = "http://jabber.org/protocol/disco#info"
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federated]:
     tmp: Path = tmp_path_factory.mktemp("federation")
     dead = free_port()  # nothing listens there: a remote that is down
-    with federated_pair(tmp, a_pins={"down.example": f"127.0.0.1:{dead}"}) as federated:
+    pins = {"down.example": f"127.0.0.1:{dead}", "down2.example": f"127.0.0.1:{dead}"}
+    with federated_pair(tmp, a_pins=pins) as federated:
         yield federated
 
 
@@ -79,6 +80,62 @@ async def test_iq_and_message_bounce_when_the_remote_is_down(pair: Federated) ->
         bounce = await alice.expect(lambda el: el.get("id") == "m1")
         assert error_condition(bounce) == "remote-server-not-found"
     assert "cannot federate (connect)" in pair.a.log_text()
+
+
+def error_text(reply: Element) -> str:
+    return reply.findtext(f"{tag('error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}text") or ""
+
+
+async def test_a_failed_domain_is_not_redialled_for_every_stanza(pair: Federated) -> None:
+    alice_jid = await new_account(pair.a, "alice")
+    async with await XmlClient.login(pair.a, alice_jid, PASSWORD) as alice:
+        first = await alice.iq("get", f"<ping xmlns='{PING}'/>", to="down2.example")
+        assert error_condition(first) == "remote-server-not-found"
+        assert error_text(first).startswith("connect:")
+        # Within the back-off (15 s by default) the next stanzas bounce at once with
+        # the same reason, and no new connection is attempted.
+        for _ in range(3):
+            again = await alice.iq("get", f"<ping xmlns='{PING}'/>", to="down2.example")
+            assert error_condition(again) == "remote-server-not-found"
+            assert error_text(again).startswith("connect:")
+            assert "next attempt in" in error_text(again)
+    assert pair.a.log_text().count("s2s down2.example: cannot federate") == 1
+
+
+async def test_the_queue_of_a_link_that_is_coming_up_is_bounded(tmp_path: Path) -> None:
+    # A "remote" that accepts the connection and never says a word: the link stays
+    # connecting while stanzas queue.
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def silent(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(writer)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", free_port())
+    silent_port = listener.sockets[0].getsockname()[1]
+    extra = s2s_extra(
+        free_port(), {"silent.example": f"127.0.0.1:{silent_port}"}, "max_queue = 2\n"
+    )
+    try:
+        with running_server(tmp_path / "x", domain="x.example", extra=extra) as server:
+            jid = await new_account(server, "alice")
+            async with await XmlClient.login(server, jid, PASSWORD) as alice:
+                for n in (1, 2, 3):
+                    alice.send(
+                        f"<message to='u@silent.example' id='m{n}'><body>{n}</body></message>"
+                    )
+                third = await alice.expect(lambda el: el.get("id") == "m3")
+                assert error_condition(third) == "remote-server-timeout"
+                assert error_text(third) == "too many stanzas waiting for the server"
+                assert alice.pending(lambda el: el.get("id") in ("m1", "m2")) == []
+                # The remote hangs up: the two queued messages bounce, with the reason.
+                writer = await accepted.get()
+                writer.close()
+                for n in (1, 2):
+                    bounce = await alice.expect(lambda el, n=n: el.get("id") == f"m{n}")  # type: ignore[misc]
+                    assert error_condition(bounce) == "remote-server-not-found"
+                    assert error_text(bounce).startswith("closed:")
+    finally:
+        listener.close()
 
 
 S2S_HEADER = (

@@ -11,6 +11,11 @@ when the last attempt timed out), whose text says why, and presence is dropped; 
 log says the same at ``warning``. A link without traffic for ``s2s.idle_timeout``
 closes its stream; the next stanza opens a new one.
 
+After a failure the domain is *backing off*: for ``s2s.retry_initial`` (doubling with
+each further failure, up to ``s2s.retry_max``) stanzas to it bounce at once with the
+last reason instead of redialling for every stanza; the first stanza after that tries
+again. A link that authenticates clears the back-off.
+
 It also answers the incoming streams' need to check a dialback key
 (:meth:`S2SLinks.verify_dialback`): a short-lived stream to the remote's
 authoritative server carries one ``<db:verify/>``.
@@ -65,6 +70,7 @@ class S2SLinks:
     """The default route: one outgoing link per remote domain."""
 
     __slots__ = (
+        "_backoff",
         "_client_tls",
         "_links",
         "_resolver",
@@ -91,6 +97,7 @@ class S2SLinks:
         self.stats = stats
         self._resolver = make_resolver(config.resolver, config.dns_timeout)
         self._links: dict[str, OutgoingLink] = {}
+        self._backoff: dict[str, _Backoff] = {}
         self.services: S2SServices | None = None
         """Set by the server once assembled (the streams' services)."""
 
@@ -105,6 +112,18 @@ class S2SLinks:
             return
         link = self._links.get(remote)
         if link is None:
+            backoff = self._backoff.get(remote)
+            if backoff is not None and backoff.waiting():
+                failure = backoff.failure
+                log.debug("s2s %s: backing off; bouncing %s", remote, stanza.tag)
+                await _bounce(
+                    self._router,
+                    stanza,
+                    _FAILURE_CONDITION.get(failure.reason, "remote-server-not-found"),
+                    f"{failure.reason}: {failure.detail} (next attempt in "
+                    f"{backoff.remaining():.0f}s)",
+                )
+                return
             link = self._links[remote] = OutgoingLink(self, remote)
         self.stats.stanzas_out[remote] += 1
         await link.send(stanza, from_.domain)
@@ -114,6 +133,19 @@ class S2SLinks:
 
     def connected(self) -> list[str]:
         return [d for d, link in self._links.items() if link.stream is not None]
+
+    def failed(self, domain: str, failure: LinkFailure) -> float:
+        """Start (or lengthen) ``domain``'s back-off; returns the wait in seconds."""
+        previous = self._backoff.get(domain)
+        config = self.config
+        delay = (
+            config.retry_initial if previous is None else min(previous.delay * 2, config.retry_max)
+        )
+        self._backoff[domain] = _Backoff(failure, delay)
+        return delay
+
+    def succeeded(self, domain: str) -> None:
+        self._backoff.pop(domain, None)
 
     def forget(self, link: OutgoingLink) -> None:
         if self._links.get(link.domain) is link and link.is_idle():
@@ -217,6 +249,23 @@ class S2SLinks:
         return stream
 
 
+class _Backoff:
+    """A domain that could not be reached: why, and until when we do not try again."""
+
+    __slots__ = ("delay", "failure", "until")
+
+    def __init__(self, failure: LinkFailure, delay: float) -> None:
+        self.failure = failure
+        self.delay = delay
+        self.until = asyncio.get_running_loop().time() + delay
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - asyncio.get_running_loop().time())
+
+    def waiting(self) -> bool:
+        return self.remaining() > 0
+
+
 class _AttemptWatcher:
     """Relays a stream's events to the link, and its first outcome to the attempt."""
 
@@ -313,27 +362,31 @@ class OutgoingLink:
                 await self._failed(failure)
         finally:
             self._task = None
+            links.forget(self)
 
     async def _failed(self, failure: LinkFailure) -> None:
         links = self._links
         links.stats.failures[(self.domain, failure.reason)] += 1
+        delay = links.failed(self.domain, failure)
         log.warning(
-            "s2s %s: cannot federate (%s): %s; %d queued stanza(s) bounce",
+            "s2s %s: cannot federate (%s): %s; %d queued stanza(s) bounce; next attempt "
+            "in %.0fs at the earliest",
             self.domain,
             failure.reason,
             failure.detail,
             len(self.queue),
+            delay,
         )
         condition = _FAILURE_CONDITION.get(failure.reason, "remote-server-not-found")
-        queued = list(self.queue)
-        self.queue.clear()
-        for stanza, _local in queued:
+        # Stanzas that arrive while these bounce join the queue: they bounce too.
+        while self.queue:
+            stanza, _local = self.queue.popleft()
             await _bounce(links._router, stanza, condition, f"{failure.reason}: {failure.detail}")
-        links.forget(self)
 
     # LinkEvents of the stream that became this link's
     def ready(self, stream: S2SOutStream) -> None:
         self.stream = stream
+        self._links.succeeded(self.domain)
         queued = list(self.queue)
         self.queue.clear()
         for stanza, local in queued:
