@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.e2e import PASSWORD, new_account
+from tests.support.push import logged
 from tests.support.rawstream import RawClient, stream_error
 from tests.support.s2s import Federated, federated_pair, s2s_extra
 from tests.support.server import XmppdServer, free_port, running_server
@@ -279,3 +280,55 @@ def test_check_federation_explains_reachable_and_unreachable(pair: Federated) ->
     missing = pair.a.cli("check-federation", "no-such-domain.invalid")
     assert missing.returncode == 1
     assert "FAIL DNS: no address found for no-such-domain.invalid" in missing.stdout
+
+
+async def test_an_idle_link_closes_and_the_next_stanza_opens_a_new_one(tmp_path: Path) -> None:
+    with federated_pair(tmp_path, a_more='idle_timeout = "1s"\n') as pair:
+        alice_jid = await new_account(pair.a, "alice")
+        bob_jid = await new_account(pair.b, "bob")
+        async with (
+            await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}/r'><body>before</body></message>")
+            await bob.expect(body_is("before"))  # type: ignore[arg-type]
+            await logged(pair.a, f"s2s {pair.b.domain}: idle, closing the link", timeout=20)
+            alice.send(f"<message to='{bob_jid}/r'><body>after</body></message>")
+            await bob.expect(body_is("after"))  # type: ignore[arg-type]
+        opened = re.findall(r"s2s-out a\.example→b\.example \S+: authenticated", pair.a.log_text())
+        assert len(opened) == 2, opened
+
+
+async def test_policies_deny_and_certificates_refuse_streams_both_ways(tmp_path: Path) -> None:
+    # b denies a; a requires a valid certificate from b (whose certificate is self-signed).
+    with federated_pair(
+        tmp_path,
+        a_more='policies = { "b.example" = "certificates" }\n',
+        b_more='deny = ["a.example"]\n',
+    ) as pair:
+        alice_jid = await new_account(pair.a, "alice")
+        bob_jid = await new_account(pair.b, "bob")
+        async with (
+            await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}' id='to-b'><body>x</body></message>")
+            refused = await alice.expect(lambda el: el.get("id") == "to-b")
+            assert error_condition(refused) == "remote-server-not-found"
+            assert error_text(refused).startswith("certificate: the policy requires a valid")
+            bob.send(f"<message to='{alice_jid}' id='to-a'><body>y</body></message>")
+            denied = await bob.expect(lambda el: el.get("id") == "to-a")
+            assert error_condition(denied) == "remote-server-not-found"
+            assert error_text(denied) == "policy: denied"
+        # A raw peer that proves a.example to b (it has a's key) is refused by b's deny.
+        peer = RawServer(pair.b_s2s_port, pair.a.domain, pair.b.domain)
+        await peer.connect()
+        peer.dialback(key_of(pair.a, pair.b.domain, peer.stream_id))
+        answer = await peer.raw.read_until(b"</db:result>")
+        assert re.search(rb"type=['\"]error['\"]", answer) and b"<forbidden" in answer, answer
+        # ... and a refuses b's dialback: b's policy there is "certificates".
+        peer = RawServer(pair.a_s2s_port, pair.b.domain, pair.a.domain)
+        await peer.connect()
+        peer.dialback(key_of(pair.b, pair.a.domain, peer.stream_id))
+        answer = await peer.raw.read_until(b"</db:result>")
+        assert b"<not-authorized" in answer, answer
