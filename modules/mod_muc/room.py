@@ -289,6 +289,14 @@ class Room:
 
     async def _bounce(self, stanza: Element, err: StanzaError) -> None:
         reply = error_reply(stanza, err)
+        if (
+            reply is not None
+            and stanza.tag == "presence"
+            and find_child(stanza, NS_MUC, "x") is not None
+        ):
+            # A refused join carries the MUC <x/> back, as the examples of §7.2.6-7.2.11
+            # show; clients (slixmpp's xep_0045) match join errors by it.
+            reply.insert(0, payload(NS_MUC, "x"))
         if reply is not None and reply.get("to"):
             await self.ctx.send(reply)
 
