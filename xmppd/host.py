@@ -110,6 +110,25 @@ class Host:
             for session in self.sessions.available(to):
                 await self.sessions.deliver(session, stanza)
 
+    async def deliver_prepared(
+        self, stanza: Element, to: JID, from_: JID, origin: Session | None, data: bytes
+    ) -> bool:
+        """A fan-out copy for the live session bound to the full JID ``to``: the same
+        delivery hook and ``user_receive_packet`` as :meth:`deliver`, ``data`` written
+        unless a handler replaced the stanza (``False``: no such session)."""
+        if not to.local or not to.resource:
+            return False
+        hook = _DELIVERY.get((stanza.tag, "full"))
+        session = self.sessions.get(to)
+        if hook is None or session is None or stanza.tag == "iq":
+            return False
+        if self.bus.has_handlers(hook) and await self.bus.run(
+            hook, StanzaEvent(stanza, to, from_, origin)
+        ):
+            return True
+        await self.sessions.deliver(session, stanza, data)
+        return True
+
     async def _message(
         self, stanza: Element, to: JID, from_: JID, origin: Session | None, target: str
     ) -> None:

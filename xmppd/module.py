@@ -4,7 +4,7 @@ of one host. The ModuleManager (``xmppd.modules``) binds and unbinds them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -281,6 +281,16 @@ class ModuleContext(Generic[OptionsT]):
     async def send(self, stanza: Element) -> None:
         """Route a stanza from the server (through ``filter_packet``)."""
         await self._core.router.route(stanza, None)
+
+    async def send_many(self, stanza: Element, recipients: Iterable[JID]) -> None:
+        """Send a copy of ``stanza`` to each of ``recipients`` (``to`` set to each), as
+        :meth:`send` would one by one, but serialised once: each copy is routed on its
+        own (``filter_packet`` and the recipient's ``user_receive_packet`` run for it,
+        a copy a handler changes is serialised on its own, copies for remote servers
+        and components go through the router as usual); copies that reach local
+        sessions unchanged are written from one serialisation with ``to`` spliced in.
+        For a room's groupchat message or presence to every occupant."""
+        await self._core.router.fanout(stanza, recipients)
 
     async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
         """Send an IQ get/set and await its result or error (``IqTimeout`` when none).

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from xmppd import hooks
 from xmppd.errors import StanzaError
 from xmppd.events import Drop, EventBus
 from xmppd.hooks import RouteInfo
 from xmppd.jid import JID, InvalidJID
-from xmppd.stanza import Element, error_reply, summary
+from xmppd.stanza import Addressed, Element, copy, error_reply, summary
 
 if TYPE_CHECKING:
     from xmppd.sessions import Session
@@ -32,6 +33,18 @@ class Destination(Protocol):
     async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
         """Take ``stanza`` addressed to ``to`` (parsed), from ``from_``; ``origin`` is the
         local client session it came from (``None``: the server, a component, a peer)."""
+
+
+class PreparedDestination(Protocol):
+    """A destination that can write a fan-out copy already serialised (a local host)."""
+
+    async def deliver_prepared(
+        self, stanza: Element, to: JID, from_: JID, origin: Session | None, data: bytes
+    ) -> bool:
+        """Deliver ``stanza`` (``data`` is its serialisation) to the live session bound
+        to the full JID ``to``, running every per-recipient hook :meth:`deliver` runs;
+        ``data`` is written unless a hook replaced the stanza. ``False`` (nothing done):
+        no such session, the caller delivers it the ordinary way."""
 
 
 class ServedDomain(Destination, Protocol):
@@ -103,6 +116,58 @@ class Router:
             log.debug("unroutable (bad address): %s", summary(stanza))
             return
         await self.dispatch(stanza, to, from_, origin)
+
+    async def fanout(
+        self, template: Element, recipients: Iterable[JID], origin: Session | None = None
+    ) -> None:
+        """Route a copy of ``template`` to each of ``recipients`` (its ``to`` set to the
+        recipient), serialising it once for all of them.
+
+        Each copy is a routed stanza of its own, exactly as if it went through
+        :meth:`route`: ``filter_packet`` runs once per copy (it sees the recipient's
+        ``to``), then the destination's hooks and the session's ``user_receive_packet``.
+        Only the bytes are shared: a copy that reaches a local session unchanged by
+        every hook is written from the template's serialisation with its ``to``
+        spliced in; a copy some handler replaced is serialised on its own, and copies
+        for other destinations (components, remote servers) are routed as usual."""
+        try:
+            from_ = JID.parse(template.get("from") or "")
+        except InvalidJID:
+            log.debug("unroutable fan-out (bad from): %s", summary(template))
+            return
+        addressed = Addressed.of(template)
+        bus = self._bus
+        kind = template.tag
+        for to in recipients:
+            self.routed[kind] += 1
+            stanza = copy(template)
+            stanza.set("to", str(to))
+            target = to
+            if bus.has_handlers(hooks.FILTER_PACKET):
+                result = await bus.fold(hooks.FILTER_PACKET, stanza, RouteInfo(origin))
+                if isinstance(result, Drop):
+                    log.debug("dropped by filter_packet: %s", summary(stanza))
+                    continue
+                if result is not stanza:  # replaced: route it as it now is
+                    try:
+                        target = JID.parse(result.get("to") or "")
+                    except InvalidJID:
+                        continue
+                    await self.dispatch(result, target, from_, origin)
+                    continue
+            destination = self._table.get(target.domain, self.default)
+            # getattr, not isinstance: a runtime-checkable Protocol check costs more than
+            # the serialisation it saves.
+            prepared = getattr(destination, "deliver_prepared", None)
+            if (
+                addressed is not None
+                and prepared is not None
+                and await cast(PreparedDestination, destination).deliver_prepared(
+                    stanza, target, from_, origin, addressed.to(str(target))
+                )
+            ):
+                continue
+            await destination.deliver(stanza, target, from_, origin)
 
     async def dispatch(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
         """Hand an already filtered stanza to its destination (what a cluster node that

@@ -124,8 +124,11 @@ class Endpoint(Session, Protocol):
 
     def set(self, key: SessionKey[T], value: T) -> None: ...
 
-    async def deliver(self, stanza: Element) -> None:
-        """Send a stanza to the client, through the ``user_receive_packet`` hook."""
+    async def deliver(self, stanza: Element, data: bytes | None = None) -> None:
+        """Send a stanza to the client, through the ``user_receive_packet`` hook.
+
+        ``data``: the stanza already serialised (a fan-out serialises its copies once);
+        written as is when no ``user_receive_packet`` handler replaced the stanza."""
 
     def send_raw(self, stanza: Element) -> None:
         """Write a stanza to the client as is (no hooks)."""
@@ -166,8 +169,10 @@ class SessionRegistry(Protocol):
         """``session`` is still the one bound to its full JID (not closed, not replaced
         by a new session with the same resource)."""
 
-    async def deliver(self, session: Session, stanza: Element) -> None:
-        """Send ``stanza`` to the client (``user_receive_packet`` runs)."""
+    async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
+        """Send ``stanza`` to the client (``user_receive_packet`` runs). ``data``: its
+        serialisation, written instead of serialising again when no
+        ``user_receive_packet`` handler replaced the stanza."""
 
     def send_raw(self, session: Session, stanza: Element) -> None:
         """Write ``stanza`` to the client as is (no hooks)."""
@@ -319,8 +324,8 @@ class MemorySessions(_JidMaps):
     def is_current(self, session: Session) -> bool:
         return self._full.get(session.jid) is session
 
-    async def deliver(self, session: Session, stanza: Element) -> None:
-        await cast(Endpoint, session).deliver(stanza)
+    async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
+        await cast(Endpoint, session).deliver(stanza, data)
 
     def send_raw(self, session: Session, stanza: Element) -> None:
         cast(Endpoint, session).send_raw(stanza)
@@ -468,8 +473,8 @@ class SerialisedSessions(_JidMaps):
         return self._full.get(session.jid) is self._endpoint(session)
 
     # -- actions
-    async def deliver(self, session: Session, stanza: Element) -> None:
-        await self._endpoint(session).deliver(stanza)
+    async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
+        await self._endpoint(session).deliver(stanza, data)
 
     def send_raw(self, session: Session, stanza: Element) -> None:
         self._endpoint(session).send_raw(stanza)

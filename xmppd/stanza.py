@@ -78,6 +78,57 @@ def serialize(el: Element) -> bytes:
     return etree.tostring(el, encoding="utf-8")
 
 
+class Addressed:
+    """One stanza serialised once for many recipients: the bytes of the stanza with
+    ``to`` set to each recipient, built by splicing the recipient's address into the
+    serialisation of a template (a fan-out writes N copies that differ only in ``to``).
+    """
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self._head, self._tail = head, tail
+
+    @classmethod
+    def of(cls, template: Element) -> Addressed | None:
+        """``None`` when the template cannot be spliced (it would then be serialised
+        per copy, as before)."""
+        marker = "xmppd-to-" + secrets.token_hex(8)
+        probe = copy(template)
+        probe.set("to", marker)
+        data = serialize(probe)
+        token = marker.encode()
+        if data.count(token) != 1:
+            return None
+        head, tail = data.split(token)
+        if not head.endswith(b'to="'):
+            return None
+        return cls(head, tail)
+
+    def to(self, jid: str) -> bytes:
+        """The serialised stanza addressed to ``jid`` (escaped as lxml escapes
+        attribute values)."""
+        value = jid.translate(_ATTR_ESCAPES).encode() if _needs_escape(jid) else jid.encode()
+        return self._head + value + self._tail
+
+
+_ATTR_ESCAPES: Final = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\t": "&#9;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+    }
+)
+
+
+def _needs_escape(value: str) -> bool:
+    return any(c in value for c in '&<>"\t\n\r')
+
+
 _PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 

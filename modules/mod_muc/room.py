@@ -498,15 +498,16 @@ class Room:
         await self.ctx.send(stanza)
 
     async def _to_all(self, template: Element, *, skip: Occupant | None = None) -> None:
-        """Send a copy of ``template`` to every session of every occupant.
-
-        TODO: serialise once per room: the copies differ only in ``to``; that needs a
-        way to hand the router pre-serialised bytes (the fan-out benchmark of #11)."""
-        for occupant in list(self.occupants.values()):
-            if occupant is skip:
-                continue
-            for session in list(occupant.presences):
-                await self._send(copy(template), session)
+        """Send a copy of ``template`` to every session of every occupant, serialised
+        once for the room (``ctx.send_many``: each copy is still routed and hooked on
+        its own; only the bytes are shared)."""
+        recipients = [
+            session
+            for occupant in list(self.occupants.values())
+            if occupant is not skip
+            for session in list(occupant.presences)
+        ]
+        await self.ctx.send_many(template, recipients)
 
     async def _broadcast_presence(
         self,
@@ -519,21 +520,17 @@ class Room:
     ) -> None:
         """``occupant``'s presence to everyone: to the others (with its real JID for
         those who may see it), then to its own sessions with 110."""
-        plain: Element | None = None
-        revealing: Element | None = None
+        seeing: list[JID] = []
+        blind: list[JID] = []
         for other in list(self.occupants.values()):
-            if other is occupant:
-                continue
-            if self._sees_jids(other):
-                if revealing is None:
-                    revealing = self._presence(occupant, with_jid=True, codes=codes, **kw)  # type: ignore[arg-type]
-                template = revealing
-            else:
-                if plain is None:
-                    plain = self._presence(occupant, with_jid=False, codes=codes, **kw)  # type: ignore[arg-type]
-                template = plain
-            for session in list(other.presences):
-                await self._send(copy(template), session)
+            if other is not occupant:
+                (seeing if self._sees_jids(other) else blind).extend(other.presences)
+        if seeing:
+            revealing = self._presence(occupant, with_jid=True, codes=codes, **kw)  # type: ignore[arg-type]
+            await self.ctx.send_many(revealing, seeing)
+        if blind:
+            plain = self._presence(occupant, with_jid=False, codes=codes, **kw)  # type: ignore[arg-type]
+            await self.ctx.send_many(plain, blind)
         if not self_too:
             return
         own = self._presence(occupant, with_jid=True, codes=(Status.SELF, *codes), **kw)  # type: ignore[arg-type]

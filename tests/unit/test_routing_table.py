@@ -107,3 +107,64 @@ async def test_filter_packet_runs_once_and_can_drop() -> None:
     )
     assert len(seen) == 2  # dispatch: already filtered (e.g. by another cluster node)
     assert len(home.got) == 2
+
+
+class Sessions(Inbox):
+    """A local host with live sessions: takes fan-out copies with their bytes."""
+
+    def __init__(self, live: set[str]) -> None:
+        super().__init__()
+        self.live = live
+        self.bytes: dict[str, bytes] = {}
+
+    async def deliver_prepared(
+        self, stanza: Element, to: JID, from_: JID, origin: Session | None, data: bytes
+    ) -> bool:
+        if str(to) not in self.live:
+            return False
+        self.bytes[str(to)] = data
+        return True
+
+
+async def test_fanout_routes_each_copy_and_serialises_once() -> None:
+    """Each copy is a routed stanza (filter_packet sees its ``to`` and may drop or
+    replace it); unchanged copies for live local sessions are the template's bytes
+    with ``to`` spliced in; the rest is delivered the ordinary way."""
+    bus = EventBus("global")
+    router = Router(bus)
+    home, remote = Sessions({"a@example.org/1", "b@example.org/2&"}), Inbox()
+    router.add("example.org", home)
+    router.default = remote
+    seen: list[str] = []
+
+    async def filter_packet(stanza: Element, route: object) -> Element | object:
+        seen.append(stanza.get("to") or "")
+        if stanza.get("to") == "drop@example.org/x":
+            return DROP
+        if stanza.get("to") == "c@example.org/3":
+            changed = element("message", dict(stanza.attrib))
+            changed.set("id", "rewritten")
+            return changed
+        return stanza
+
+    bus.add(hooks.FILTER_PACKET, filter_packet)
+    template = element("message", {"from": "room@conference.example.org/n", "type": "groupchat"})
+    body = element("body", text="hi & <bye>")
+    template.append(body)
+    recipients = ["a@example.org/1", "b@example.org/2&", "c@example.org/3", "drop@example.org/x"]
+    recipients += ["gone@example.org/4", "d@elsewhere.net/5"]
+    await router.fanout(template, [JID.parse(r) for r in recipients])
+    assert seen == recipients
+    assert home.bytes == {
+        "a@example.org/1": b'<message from="room@conference.example.org/n" type="groupchat"'
+        b' to="a@example.org/1"><body>hi &amp; &lt;bye&gt;</body></message>',
+        "b@example.org/2&": b'<message from="room@conference.example.org/n" type="groupchat"'
+        b' to="b@example.org/2&amp;"><body>hi &amp; &lt;bye&gt;</body></message>',
+    }
+    assert [(s.get("to"), s.get("id")) for s in home.stanzas] == [
+        ("c@example.org/3", "rewritten"),
+        ("gone@example.org/4", None),
+    ]
+    assert [s.get("to") for s in remote.stanzas] == ["d@elsewhere.net/5"]
+    assert template.get("to") is None
+    assert router.routed["message"] == len(recipients)

@@ -234,7 +234,7 @@ class C2SStream(StreamMachine):
             self._data = {}
         self._data[key.name] = value
 
-    async def deliver(self, stanza: Element) -> None:
+    async def deliver(self, stanza: Element, data: bytes | None = None) -> None:
         if self.state is _CLOSED:
             return
         host = self.host
@@ -244,8 +244,10 @@ class C2SStream(StreamMachine):
             )
             if isinstance(result, Drop):
                 return
+            if result is not stanza:  # a handler changed it (handlers copy to change)
+                data = None
             stanza = result
-        self._send_stanza(serialize(stanza))
+        self._send_stanza(serialize(stanza) if data is None else data)
 
     def send_raw(self, stanza: Element) -> None:
         if self.state is not _CLOSED:
