@@ -8,6 +8,7 @@ Module and hook-file options are validated later, against each module's own
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -151,14 +152,25 @@ _COMPONENT_LISTENER_DEFAULTS: dict[str, object] = {
 _S2S_LISTENER_DEFAULTS: dict[str, object] = {"port": 5269}
 """What a ``kind = "s2s"`` listener takes for the keys it leaves out (RFC 6120 §14.7)."""
 
+_HTTP_LISTENER_DEFAULTS: dict[str, object] = {
+    "address": "127.0.0.1",
+    "port": 5280,
+    "tls": "none",
+}
+"""What a ``kind = "http"`` listener takes for the keys it leaves out: plain HTTP on
+loopback, behind a reverse proxy that terminates TLS (or for a browser on the same
+machine)."""
+
 
 class ListenerSection(Section):
     """One listening socket. Client listeners (``c2s``) default to every address,
     port 5222 and STARTTLS; server-to-server listeners (``s2s``) to every address,
     port 5269 and STARTTLS; component listeners (XEP-0114) to loopback, port 5347
-    and no TLS, which is the only mode that protocol has."""
+    and no TLS, which is the only mode that protocol has; HTTP listeners (WebSocket,
+    BOSH, discovery, module routes) to loopback, port 5280 and plain HTTP (``tls =
+    "direct"`` is HTTPS with the hosts' certificates, chosen by SNI)."""
 
-    kind: Literal["c2s", "s2s", "component"] = "c2s"
+    kind: Literal["c2s", "s2s", "component", "http"] = "c2s"
     address: str = "0.0.0.0"
     port: int = Field(5222, ge=0, le=65535)
     tls: Literal["starttls", "direct", "none"] = "starttls"
@@ -171,6 +183,8 @@ class ListenerSection(Section):
             return {**_COMPONENT_LISTENER_DEFAULTS, **data}
         if isinstance(data, Mapping) and data.get("kind") == "s2s":
             return {**_S2S_LISTENER_DEFAULTS, **data}
+        if isinstance(data, Mapping) and data.get("kind") == "http":
+            return {**_HTTP_LISTENER_DEFAULTS, **data}
         return data
 
     @model_validator(mode="after")
@@ -185,6 +199,11 @@ class ListenerSection(Section):
             raise ValueError(
                 f"listener on port {self.port}: server-to-server streams need TLS: use "
                 "tls = 'starttls' (port 5269) or 'direct' (XEP-0368)"
+            )
+        if self.kind == "http" and self.tls == "starttls":
+            raise ValueError(
+                f"listener on port {self.port}: HTTP listeners have no STARTTLS: use "
+                "tls = 'direct' (HTTPS) or tls = 'none' (plain HTTP)"
             )
         return self
 
@@ -343,6 +362,68 @@ class C2SSection(Section):
     )
 
 
+class HttpSection(Section):
+    """The HTTP listeners' shared settings (``kind = "http"`` listeners)."""
+
+    public_url: str = Field(
+        "",
+        description="The base URL the outside world reaches the HTTP listener at, when "
+        "behind a reverse proxy (e.g. https://chat.example.org); discovery "
+        "(/.well-known/host-meta) lists URLs under it. Empty: built from each request.",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="Addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto headers are believed; from anyone else "
+        "they are ignored.",
+    )
+    loopback_is_secure: bool = Field(
+        True,
+        description="Treat plain-HTTP requests from a loopback address as encrypted (a "
+        "reverse proxy on the same machine terminating TLS, or a local browser), so "
+        "c2s.require_encryption lets them log in.",
+    )
+    max_connections_per_ip: int = Field(
+        32,
+        ge=1,
+        description="Concurrent requests one client address may have open (a WebSocket "
+        "counts for its whole life); more get 429 Too Many Requests.",
+    )
+    max_request_size: Size = Field(
+        1024 * 1024, ge=1024, description="Largest request body read into memory."
+    )
+    keepalive_timeout: Duration = Field(
+        75.0, gt=0, description="An idle keep-alive HTTP connection is closed after this."
+    )
+    websocket: bool = Field(True, description="Serve XMPP over WebSocket at /xmpp-websocket.")
+    websocket_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins (scheme://host[:port]) whose web pages may open a WebSocket, "
+        "besides the server's own; '*' allows any. Requests without Origin (non-browser "
+        "clients) are always allowed.",
+    )
+    websocket_ping: Duration = Field(
+        60.0, gt=0, description="WebSocket ping interval; a peer that does not answer is cut."
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _is_base_url(cls, v: str) -> str:
+        if v and (not v.startswith(("http://", "https://")) or v.endswith("/")):
+            raise ValueError("expected an http:// or https:// URL without a trailing slash")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _are_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return v
+
+
 class _CertificatePair(Section):
     certificate: Path | None = Field(
         None, description="PEM certificate chain; default: self-signed, generated."
@@ -395,7 +476,9 @@ class ServerConfig(Section):
     listeners: tuple[ListenerSection, ...] = (
         ListenerSection(port=5222, tls="starttls"),
         ListenerSection(port=5223, tls="direct"),
+        ListenerSection(kind="http"),
     )
+    http: HttpSection = HttpSection()
     hosts: dict[str, HostSection] = Field(default_factory=lambda: {"localhost": HostSection()})
     components: tuple[ComponentSection, ...] = Field(
         (), description="External components (XEP-0114); none by default."

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xmppd.health import Health
+from xmppd.httproutes import HttpRoutes
 from xmppd.iqtracker import IqTimeout
 from xmppd.metrics import Metrics
 from xmppd.stanza import new_id
@@ -51,6 +52,8 @@ class Core:
     """The server's metrics registry (``xmppd.metrics``)."""
     health: Health = field(default_factory=Health)
     """The server's health registry (``xmppd.health``)."""
+    http: HttpRoutes = field(default_factory=HttpRoutes)
+    """The routes of the HTTP listeners (``xmppd.httproutes``)."""
 
     def uptime(self) -> float:
         """Seconds since the server started."""

@@ -15,6 +15,7 @@ from xmppd.access import AccessRule
 from xmppd.config import ConfigError
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import ModuleHealth
+from xmppd.httproutes import RouteTaken
 from xmppd.iq import Identity, IqRequest, Scope
 from xmppd.metrics import ModuleMetrics
 from xmppd.router import DomainTaken
@@ -25,6 +26,7 @@ from xmppd.users import register_user, remove_user
 if TYPE_CHECKING:
     from xmppd.core import Core
     from xmppd.host import Host
+    from xmppd.httproutes import HttpHandler
     from xmppd.jid import JID
     from xmppd.router import Destination, ServedDomain
     from xmppd.sessions import SessionRegistry
@@ -229,6 +231,7 @@ class ModuleContext(Generic[OptionsT]):
         self._core = core
         self._peers = peers
         self._served: list[tuple[str, Destination]] = []
+        self._routes: list[tuple[str, str]] = []
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"xmppd.mod.{module.name}"), {"host": host.domain}
@@ -319,11 +322,35 @@ class ModuleContext(Generic[OptionsT]):
         self.serve_domain(service.domain, service, name=service.name)
 
     def stop_serving(self) -> None:
-        """Remove this context's domains from the routing table (done at unload)."""
+        """Remove this context's domains from the routing table and its HTTP routes
+        (done at unload)."""
         for domain, destination in self._served:
             self._core.router.remove(domain, destination)
             self._host.served.pop(domain, None)
         self._served.clear()
+        for method, path in self._routes:
+            self._core.http.remove(method, path)
+        self._routes.clear()
+
+    def http_route(self, method: str, path: str, handler: HttpHandler) -> bool:
+        """Serve ``method`` on ``path`` on every HTTP listener (``kind = "http"``), for
+        as long as this module is loaded. A path ending with ``/`` is a prefix
+        (``/upload/`` serves ``/upload/<slot>/<name>``). ``handler`` is an aiohttp
+        handler (``async def h(request: web.Request) -> web.StreamResponse``); the
+        client's real address (behind trusted proxies) and whether the request was
+        encrypted are ``client_of(request)`` from ``xmppd.api``.
+
+        Routes are server-wide: for a module loaded on several hosts, the first host
+        to register a route serves it (``True``); the others get ``False`` and nothing
+        changes (the handler finds the host a request concerns, e.g. with
+        :meth:`for_host`). ``ConfigError`` when another module or the core serves it."""
+        try:
+            added = self._core.http.add(method, path, handler, owner=f"mod_{self.name}")
+        except RouteTaken as exc:
+            raise ConfigError(f"{self.domain}: modules.{self.name}: {exc}") from None
+        if added:
+            self._routes.append((method.upper(), path))
+        return added
 
     def resolve_iq(self, stanza: Element, from_: JID) -> bool:
         """Hand an IQ result/error to the :meth:`request` waiting for it (for served

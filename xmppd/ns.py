@@ -6,6 +6,8 @@ from typing import Final
 
 STREAMS: Final = "http://etherx.jabber.org/streams"
 CLIENT: Final = "jabber:client"
+FRAMING: Final = "urn:ietf:params:xml:ns:xmpp-framing"
+"""RFC 7395: ``<open/>`` and ``<close/>`` of XMPP over WebSocket."""
 SERVER: Final = "jabber:server"
 COMPONENT: Final = "jabber:component:accept"
 XML: Final = "http://www.w3.org/XML/1998/namespace"

@@ -42,6 +42,7 @@ from xmppd.stream.component import ComponentRegistry, ComponentServices, Compone
 from xmppd.stream.s2s import S2SInStream, S2SServices
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
+from xmppd.transports.http import HttpFront
 from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
 
@@ -135,6 +136,8 @@ class Server:
         self.s2s_incoming: set[S2SInStream] = set()
         self.s2s_stats = S2SStats()
         self._listeners: list[asyncio.Server] = []
+        self.http: HttpFront | None = None
+        """The HTTP front, when a ``kind = "http"`` listener is configured."""
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
         self.metrics: Metrics = self.core.metrics
@@ -159,11 +162,21 @@ class Server:
         if listen and self.config.s2s.enabled:
             await self._start_federation()
         if listen:
+            if any(section.kind == "http" for section in self.config.listeners):
+                self.http = HttpFront(
+                    self.config.http,
+                    self.config.c2s,
+                    self.core.http,
+                    self.metrics,
+                    self.open_c2s,
+                    self.tls,
+                )
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,
                 components_configured=bool(len(self.components)),
                 s2s=self.open_s2s if self.s2s is not None else None,
+                http=self.http.listen if self.http is not None else None,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
         for host in self.hosts.values():
@@ -350,13 +363,15 @@ class Server:
 
     @property
     def listening_ports(self) -> list[tuple[str, int]]:
-        """(tls mode, ``s2s-<tls mode>`` or ``component``; port) of each open listener,
-        in config order."""
+        """(tls mode, ``s2s-<tls mode>``, ``component``, ``http`` or ``https``; port) of
+        each open listener, in config order."""
         ports: list[tuple[str, int]] = []
         for listener, section in zip(self._listeners, self.config.listeners, strict=False):
             mode: str = "component" if section.kind == "component" else section.tls
             if section.kind == "s2s":
                 mode = f"s2s-{section.tls}"
+            elif section.kind == "http":
+                mode = "https" if section.tls == "direct" else "http"
             for sock in listener.sockets:
                 ports.append((mode, int(sock.getsockname()[1])))
                 break
@@ -373,6 +388,8 @@ class Server:
             self.s2s.close_all()
         for stream in list(self.s2s_incoming):
             stream.close("system-shutdown")
+        if self.http is not None:
+            await self.http.stop()
         await self.modules.unload_all()
         await self.tasks.cancel_all()
         for listener in self._listeners:

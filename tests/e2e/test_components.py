@@ -124,7 +124,12 @@ def test_component_config_is_validated(tmp_path: Path) -> None:
     uncommented.write_text("\n".join(lines))
     config = load_config(uncommented)
     assert [c.domain for c in config.components] == ["push.example.org"]
-    assert [listener.kind for listener in config.listeners] == ["c2s", "c2s", "component"]
+    assert [listener.kind for listener in config.listeners] == [
+        "c2s",
+        "c2s",
+        "http",
+        "component",
+    ]
 
 
 # ----------------------------------------------------------------------------- happy path

@@ -57,6 +57,16 @@ class XmppdServer:
     storage_url: str
     component_port: int | None = None
     """The XEP-0114 listener, when the server was started with ``components``."""
+    http_port: int | None = None
+    """The ``kind = "http"`` listener, when the server was started with ``http``."""
+    http_tls: bool = False
+    """That listener is HTTPS."""
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:<port>`` (or https) of the HTTP listener."""
+        assert self.http_port is not None, "started without http"
+        return f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def cafile(self) -> Path:
@@ -106,6 +116,8 @@ def write_config(
     components: dict[str, str] | None = None,
     admins: list[str] | None = None,
     auth: dict[str, Any] | None = None,
+    http_port: int | None = None,
+    http_tls: bool = False,
 ) -> None:
     auth_options = {"failures_before_delay": 1000, **(auth or {})}
     lines = [
@@ -127,6 +139,13 @@ def write_config(
         f"port = {direct_tls_port}",
         'tls = "direct"',
     ]
+    if http_port is not None:
+        lines += [
+            "[[listeners]]",
+            'kind = "http"',
+            f"port = {http_port}",
+            f"tls = {_toml_value('direct' if http_tls else 'none')}",
+        ]
     if components:
         assert component_port is not None
         lines += ["[[listeners]]", 'kind = "component"', f"port = {component_port}"]
@@ -204,6 +223,8 @@ def running_server(
     components: dict[str, str] | None = None,
     admins: list[str] | None = None,
     auth: dict[str, Any] | None = None,
+    http: bool = False,
+    http_tls: bool = False,
 ) -> Iterator[XmppdServer]:
     """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards.
 
@@ -220,6 +241,7 @@ def running_server(
             # before the server binds it.
             p1, p2 = free_port(), free_port()
             p3 = free_port() if components else None
+            p4 = free_port() if http or http_tls else None
             write_config(
                 config_path,
                 data_dir=data_dir,
@@ -234,6 +256,8 @@ def running_server(
                 components=components,
                 admins=admins,
                 auth=auth,
+                http_port=p4,
+                http_tls=http_tls,
             )
             log = log_path.open("ab")
             proc = subprocess.Popen(
@@ -242,7 +266,8 @@ def running_server(
                 stderr=subprocess.STDOUT,
             )
             try:
-                _wait_listening(proc, (p1, p2) if p3 is None else (p1, p2, p3), log_path)
+                ports = tuple(p for p in (p1, p2, p3, p4) if p is not None)
+                _wait_listening(proc, ports, log_path)
                 break
             except RuntimeError:
                 _stop(proc)
@@ -250,7 +275,7 @@ def running_server(
                 if attempt == 2:
                     raise
         server = XmppdServer(
-            proc, data_dir, config_path, p1, p2, domain, backend, log_path, url, p3
+            proc, data_dir, config_path, p1, p2, domain, backend, log_path, url, p3, p4, http_tls
         )
         try:
             yield server

@@ -39,6 +39,12 @@ def write(tmp_path: Path, text: str) -> Path:
             "hosts.localhost.admins.0: 'localhost' is not a bare JID",
         ),
         ("[sessions]\nregistry = 'redis'\n", "sessions.registry"),
+        (
+            "[[listeners]]\nkind = 'http'\ntls = 'starttls'\n",
+            "HTTP listeners have no STARTTLS",
+        ),
+        ("[http]\npublic_url = 'chat.example.org'\n", "http.public_url: expected an http://"),
+        ("[http]\ntrusted_proxies = ['proxy']\n", "http.trusted_proxies: 'proxy' is not an IP"),
     ],
 )
 def test_invalid_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -67,7 +73,10 @@ def test_defaults_without_a_file() -> None:
     assert [(listener.port, listener.tls) for listener in config.listeners] == [
         (5222, "starttls"),
         (5223, "direct"),
+        (5280, "none"),  # kind = "http": WebSocket, BOSH, discovery
     ]
+    http = config.listeners[2]
+    assert http.kind == "http" and http.address == "127.0.0.1"
     assert config.c2s.require_encryption and config.c2s.max_stanza_size == 256 * 1024
 
 

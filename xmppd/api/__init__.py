@@ -13,6 +13,7 @@ from xmppd.config import Duration, Size
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import HealthCheck, HealthPart, ModuleHealth
+from xmppd.httproutes import HttpClient, HttpHandler, client_of
 from xmppd.iq import IqRequest
 from xmppd.iqtracker import IqTimeout
 from xmppd.jid import JID, InvalidJID
@@ -48,6 +49,8 @@ __all__ = [
     "HealthCheck",
     "HealthPart",
     "HookSet",
+    "HttpClient",
+    "HttpHandler",
     "HostCounter",
     "HostGauge",
     "HostHistogram",
@@ -75,6 +78,7 @@ __all__ = [
     "StanzaError",
     "Stop",
     "StreamError",
+    "client_of",
     "hooks",
     "ns",
 ]

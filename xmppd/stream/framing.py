@@ -34,9 +34,14 @@ def stream_error(condition: str, text: str | None) -> bytes:
 def write_batch(out: list[bytes], transport: Transport, limit: int) -> bool:
     """Write what was queued during this event-loop turn in one call and empty ``out``;
     ``False`` when the peer reads so slowly that more than ``limit`` bytes wait."""
-    data = out[0] if len(out) == 1 else b"".join(out)
+    if len(out) == 1:
+        transport.write(out[0])
+    elif transport.framing.message_per_element:
+        for data in out:
+            transport.write(data)
+    else:
+        transport.write(b"".join(out))
     out.clear()
-    transport.write(data)
     return transport.write_buffer_size() <= limit
 
 
@@ -45,6 +50,10 @@ class XmlStreamFraming:
     direct TLS). Stateless; :data:`XML_STREAM` is the one instance."""
 
     __slots__ = ()
+
+    @property
+    def message_per_element(self) -> bool:
+        return False
 
     def reader(self, namespace: str, max_stanza_size: int) -> XmlReader:
         return XmlReader(expected_namespace=namespace, max_stanza_size=max_stanza_size)

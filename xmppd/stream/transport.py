@@ -50,6 +50,11 @@ class ElementReader(Protocol):
 class Framing(Protocol):
     """How stream headers, ends and readers look on one kind of transport."""
 
+    @property
+    def message_per_element(self) -> bool:
+        """Each element goes to the transport in a write of its own (a WebSocket
+        message each); otherwise a burst is joined into one write (a byte stream)."""
+
     def reader(self, namespace: str, max_stanza_size: int) -> ElementReader:
         """A reader for a new stream whose content namespace is ``namespace``."""
 

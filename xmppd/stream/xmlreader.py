@@ -120,6 +120,11 @@ class XmlReader:
         what the limits are checked against."""
         return len(self._buffer) if self.header is None else self._pending + len(self._carry)
 
+    @property
+    def is_between_stanzas(self) -> bool:
+        """Everything fed so far is complete: no element or tag is half-read."""
+        return self._depth == 0 and self._at_boundary
+
     def release_if_idle(self) -> bool:
         """Free the pull parser (several KB of libxml2 buffers) between stanzas.
 

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -41,6 +41,8 @@ class StreamOpeners:
     s2s: Callable[[Transport, bool], StreamInput] | None = None
     """An incoming server-to-server stream (``None``: federation is off); the flag:
     offer STARTTLS."""
+    http: Callable[[ListenerSection], Awaitable[asyncio.Server]] | None = None
+    """Opens a ``kind = "http"`` listener (:mod:`xmppd.transports.http`)."""
 
 
 LINGER: Final = 2.0
@@ -222,6 +224,9 @@ async def _listen(
 ) -> asyncio.Server:
     if section.kind == "component":
         return await _listen_components(loop, section, openers)
+    if section.kind == "http":
+        assert openers.http is not None
+        return await openers.http(section)
     ssl_ctx = None
     if section.tls == "direct":
         assert tls is not None

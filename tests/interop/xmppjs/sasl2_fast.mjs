@@ -3,7 +3,7 @@
 // management enabled inline; then with the token alone (a wrong password is given,
 // so only the token can succeed). Prints one JSON line per login.
 //
-//   node sasl2_fast.mjs PORT USERNAME PASSWORD     (NODE_EXTRA_CA_CERTS = server CA)
+//   node sasl2_fast.mjs PORT|URL USERNAME PASSWORD     (NODE_EXTRA_CA_CERTS = server CA)
 import { client, xml } from "@xmpp/client";
 
 const [port, username, password] = process.argv.slice(2);
@@ -12,7 +12,7 @@ let savedToken = null;
 
 async function login(pass, label) {
   const xmpp = client({
-    service: `xmpp://127.0.0.1:${port}`,
+    service: port.includes("://") ? port : `xmpp://127.0.0.1:${port}`,
     domain: "localhost",
     username,
     password: pass,

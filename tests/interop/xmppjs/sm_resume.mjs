@@ -3,14 +3,14 @@
 // reconnects on its own and resumes its session inline in SASL2, authenticating with
 // the FAST token it got at login. Prints one JSON line.
 //
-//   node sm_resume.mjs PORT USER_A USER_B PASSWORD     (NODE_EXTRA_CA_CERTS = server CA)
+//   node sm_resume.mjs PORT|URL USER_A USER_B PASSWORD     (NODE_EXTRA_CA_CERTS = server CA)
 import { client, xml } from "@xmpp/client";
 
 const [port, userA, userB, password] = process.argv.slice(2);
 
 function connect(username, agentId) {
   const xmpp = client({
-    service: `xmpp://127.0.0.1:${port}`,
+    service: port.includes("://") ? port : `xmpp://127.0.0.1:${port}`,
     domain: "localhost",
     username,
     password,
@@ -48,7 +48,9 @@ await phone.send(xml("presence"));
 
 const resumed = new Promise((resolve) => phone.streamManagement.on("resumed", resolve));
 phone.reconnect.delay = 1500;
-phone.socket.socket.destroy(); // signal lost
+const raw = phone.socket.socket; // signal lost: a TCP socket destroyed, a WebSocket dropped
+if (raw.destroy) raw.destroy();
+else raw.close();
 for (const i of [0, 1, 2]) {
   await friend.send(xml("message", { to: before, type: "chat" }, xml("body", {}, `away ${i}`)));
 }

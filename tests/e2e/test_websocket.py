@@ -1,0 +1,223 @@
+"""XMPP over WebSocket (RFC 7395) at /xmpp-websocket, and the HTTP listener under it:
+the same client stream as TCP behind a different framing; handshake checks
+(subprotocol, Origin), limits (message size, connections per address behind a
+trusted proxy), stream errors, discovery (XEP-0156)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from lxml import etree
+
+from tests.support.clients import register_account
+from tests.support.server import XmppdServer, running_server
+from tests.support.wsclient import CLIENT, FRAMING, SASL, SM, STREAMS, WsClient
+from tests.support.xmlclient import XmlClient, tag
+
+HTTP_CONFIG = """
+[http]
+trusted_proxies = ["127.0.0.1"]
+max_connections_per_ip = 4
+websocket_origins = ["https://web.example"]
+"""
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    with running_server(tmp_path_factory.mktemp("web"), http=True, extra=HTTP_CONFIG) as srv:
+        yield srv
+
+
+async def get(
+    server: XmppdServer, path: str, **kwargs: object
+) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.http_url + path, **kwargs) as r,
+    ):  # type: ignore[arg-type]
+        return r.status, dict(r.headers), await r.read()
+
+
+# ---------------------------------------------------------------------- HTTP front
+
+
+async def test_host_meta_lists_the_websocket_endpoint(web_server: XmppdServer) -> None:
+    status, headers, body = await get(web_server, "/.well-known/host-meta")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/xrd+xml")
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    xrd = etree.fromstring(body)
+    links = {el.get("rel"): el.get("href") for el in xrd}
+    ws_url = f"ws://127.0.0.1:{web_server.http_port}/xmpp-websocket"
+    assert links["urn:xmpp:alt-connections:websocket"] == ws_url
+
+    status, headers, body = await get(web_server, "/.well-known/host-meta.json")
+    assert status == 200
+    assert {"rel": "urn:xmpp:alt-connections:websocket", "href": ws_url} in json.loads(body)[
+        "links"
+    ]
+
+
+async def test_host_meta_from_a_trusted_proxy_uses_its_scheme(web_server: XmppdServer) -> None:
+    status, _, body = await get(
+        web_server,
+        "/.well-known/host-meta.json",
+        headers={"X-Forwarded-Proto": "https", "Host": "chat.example.org"},
+    )
+    assert status == 200
+    hrefs = [link["href"] for link in json.loads(body)["links"]]
+    assert hrefs == ["wss://chat.example.org/xmpp-websocket"]
+
+
+async def test_unknown_paths_and_methods_are_refused(web_server: XmppdServer) -> None:
+    assert (await get(web_server, "/nothing-here"))[0] == 404
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(web_server.http_url + "/.well-known/host-meta") as r,
+    ):
+        assert r.status == 405
+        assert "GET" in r.headers["Allow"]
+
+
+# ---------------------------------------------------------------------- WebSocket
+
+
+async def test_a_websocket_client_logs_in_and_chats_with_a_tcp_client(
+    web_server: XmppdServer,
+) -> None:
+    await register_account(web_server, "wsann", "pw-ann")
+    await register_account(web_server, "tcpben", "pw-ben")
+    alice = await WsClient.connect(web_server)
+    try:
+        opened = await alice.open()
+        assert opened.get("from") == "localhost" and opened.get("version") == "1.0"
+        assert alice.features is not None
+        mechanisms = [m.text for m in alice.features.iter(f"{{{SASL}}}mechanism")]
+        assert "PLAIN" in mechanisms  # loopback counts as secure (http.loopback_is_secure)
+        assert alice.features.find("{urn:xmpp:sasl:2}authentication") is not None
+        jid = await alice.login("wsann", "pw-ann", resource="browser")
+        assert jid == "wsann@localhost/browser"
+        async with await XmlClient.login(web_server, "tcpben@localhost", "pw-ben") as ben:
+            ben.send(f"<message to='{jid}' type='chat'><body>hello over tcp</body></message>")
+            got = await alice.expect(lambda el: el.tag == f"{{{CLIENT}}}message")
+            assert got.findtext(f"{{{CLIENT}}}body") == "hello over tcp"
+            # Every stanza names its namespace (RFC 7395 §3.3.3).
+            assert any(raw.startswith('<message xmlns="jabber:client"') for raw in alice.raw)
+            await alice.send_now(
+                f"<message xmlns='{CLIENT}' to='{ben.jid}' type='chat'><body>hi from the web</body></message>"
+            )
+            reply = await ben.expect(lambda el: el.tag == tag("message"))
+            assert reply.findtext(tag("body")) == "hi from the web"
+            assert reply.get("from") == jid
+        # The client ends its stream; the server answers <close/> and closes the socket.
+        await alice.send_now(f"<close xmlns='{FRAMING}'/>")
+        await alice.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
+        await alice.wait_closed()
+    finally:
+        await alice.close()
+
+
+async def test_the_xmpp_subprotocol_is_required(web_server: XmppdServer) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await WsClient.connect(web_server, protocols=("chat",))
+    assert err.value.status == 400
+
+
+async def test_web_pages_of_other_origins_are_refused(web_server: XmppdServer) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await WsClient.connect(web_server, headers={"Origin": "https://evil.example"})
+    assert err.value.status == 403
+    for origin in ("https://web.example", web_server.http_url):
+        client = await WsClient.connect(web_server, headers={"Origin": origin})
+        await client.open()
+        await client.close()
+
+
+async def test_non_xml_gets_a_stream_error(web_server: XmppdServer) -> None:
+    client = await WsClient.connect(web_server)
+    try:
+        await client.open()
+        await client.send_now("this is not XML")
+        await client.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
+        assert client.stream_error() == "not-well-formed"
+        await client.wait_closed()
+    finally:
+        await client.close()
+
+
+async def test_a_stream_header_instead_of_open_is_refused(web_server: XmppdServer) -> None:
+    client = await WsClient.connect(web_server)
+    try:
+        await client.send_now(
+            f"<stream:stream xmlns='{CLIENT}' xmlns:stream='{STREAMS}' to='localhost' version='1.0'>"
+        )
+        await client.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
+        assert client.stream_error() == "not-well-formed"
+        assert any(raw.startswith("<open") for raw in client.raw)  # our header came first
+    finally:
+        await client.close()
+
+
+async def test_a_message_over_the_stanza_size_limit_ends_the_connection(
+    web_server: XmppdServer,
+) -> None:
+    client = await WsClient.connect(web_server)
+    try:
+        await client.open()
+        big = "x" * (300 * 1024)  # the default limit is 256 KiB
+        await client.send_now(
+            f"<message xmlns='{CLIENT}' to='localhost'><body>{big}</body></message>"
+        )
+        assert await client.wait_closed() == 1009  # message too big
+    finally:
+        await client.close()
+
+
+async def test_connections_per_address_are_limited_behind_a_trusted_proxy(
+    web_server: XmppdServer,
+) -> None:
+    held: list[WsClient] = []
+    try:
+        for _ in range(4):
+            held.append(
+                await WsClient.connect(web_server, headers={"X-Forwarded-For": "203.0.113.7"})
+            )
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await WsClient.connect(web_server, headers={"X-Forwarded-For": "203.0.113.7"})
+        assert err.value.status == 429
+        # Another client behind the same proxy is not affected.
+        other = await WsClient.connect(web_server, headers={"X-Forwarded-For": "198.51.100.9"})
+        await other.open()
+        await other.close()
+    finally:
+        for client in held:
+            await client.close()
+    again = await WsClient.connect(web_server, headers={"X-Forwarded-For": "203.0.113.7"})
+    await again.close()
+
+
+async def test_a_websocket_session_resumes_over_tcp(web_server: XmppdServer) -> None:
+    await register_account(web_server, "wsroam", "pw-roam")
+    await register_account(web_server, "wsfriend", "pw-friend")
+    client = await WsClient.connect(web_server)
+    jid = await client.login("wsroam", "pw-roam", resource="roaming")
+    await client.send_now(f"<enable xmlns='{SM}' resume='true'/>")
+    enabled = await client.expect(lambda el: el.tag == f"{{{SM}}}enabled")
+    previd = enabled.get("id")
+    assert previd
+    await client.drop()  # the WebSocket goes away; the session hibernates
+    async with await XmlClient.login(web_server, "wsfriend@localhost", "pw-friend") as friend:
+        friend.send(f"<message to='{jid}' type='chat'><body>while away</body></message>")
+        tcp = await XmlClient.connect(web_server)
+        try:
+            await tcp.authenticate("wsroam", "pw-roam")
+            tcp.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+            await tcp.expect(lambda el: el.tag == f"{{{SM}}}resumed")
+            got = await tcp.expect(lambda el: el.tag == tag("message"))
+            assert got.findtext(tag("body")) == "while away"
+            assert got.get("to") == jid
+        finally:
+            await tcp.close()

@@ -1,0 +1,250 @@
+"""The HTTP front: one aiohttp application on every ``kind = "http"`` listener.
+
+Plain HTTP or HTTPS (``tls = "direct"``: the hosts' certificates, picked by SNI).
+Every request goes through one middleware that works out who sent it
+(:class:`~xmppd.httproutes.HttpClient`: the real address behind trusted proxies,
+whether it is encrypted), enforces the per-address limit of concurrent requests
+(a WebSocket counts for its whole life) and counts it in the metrics; then it is
+looked up, at request time, in the core's route registry
+(:class:`~xmppd.httproutes.HttpRoutes`), where the core's own endpoints (WebSocket,
+discovery) and the modules' routes live side by side.
+
+This layer knows no stream kind: a WebSocket opens a client stream through the
+function the server hands it, and speaks to it through
+:mod:`xmppd.stream.transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from lxml import etree
+
+from xmppd.httproutes import CLIENT, HttpClient, HttpRoutes, client_of
+from xmppd.transports.websocket import WebSocketEndpoint
+
+if TYPE_CHECKING:
+    from xmppd.config import C2SSection, HttpSection, ListenerSection
+    from xmppd.metrics import Metrics
+    from xmppd.stream.transport import StreamInput, Transport
+    from xmppd.tls import TlsContexts
+
+log = logging.getLogger(__name__)
+
+NS_XRD: Final = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
+ALT_WEBSOCKET: Final = "urn:xmpp:alt-connections:websocket"
+ALT_BOSH: Final = "urn:xmpp:alt-connections:xbosh"
+WEBSOCKET_PATH: Final = "/xmpp-websocket"
+BOSH_PATH: Final = "/http-bind"
+_METHOD_LABELS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class HttpFront:
+    """The aiohttp application, its middleware and the core's HTTP endpoints."""
+
+    def __init__(
+        self,
+        config: HttpSection,
+        c2s: C2SSection,
+        routes: HttpRoutes,
+        metrics: Metrics,
+        open_c2s: Callable[[Transport, bool], StreamInput],
+        tls: TlsContexts | None,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.tls = tls
+        self._proxies: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
+        )
+        self._per_address: dict[str, int] = {}
+        self._requests = metrics.counter(
+            "http_requests", "HTTP requests answered, by method and status", ("method", "status")
+        )
+        self._refused = metrics.counter(
+            "http_refused", "HTTP requests refused by the per-address limit"
+        )
+        self._runner: web.AppRunner | None = None
+        self.websocket = WebSocketEndpoint(config, c2s, metrics, open_c2s)
+        self.alt_connections: list[tuple[str, str]] = []
+        """(XEP-0156 rel, path) of the connection methods served."""
+        routes.add("GET", "/.well-known/host-meta", self._host_meta)
+        routes.add("GET", "/.well-known/host-meta.json", self._host_meta_json)
+        if config.websocket:
+            routes.add("GET", WEBSOCKET_PATH, self.websocket.handle)
+            self.alt_connections.append((ALT_WEBSOCKET, WEBSOCKET_PATH))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def listen(self, section: ListenerSection) -> asyncio.Server:
+        """Open one ``kind = "http"`` listener (the application is set up on the first)."""
+        if self._runner is None:
+            app = web.Application(
+                middlewares=[self._middleware], client_max_size=self.config.max_request_size
+            )
+            app.router.add_route("*", "/{tail:.*}", self._dispatch)
+            runner = web.AppRunner(
+                app,
+                handle_signals=False,
+                access_log=None,
+                keepalive_timeout=self.config.keepalive_timeout,
+            )
+            await runner.setup()
+            self._runner = runner
+        ssl_ctx = None
+        if section.tls == "direct":
+            assert self.tls is not None
+            ssl_ctx = self.tls.context
+        factory = self._runner.server
+        assert factory is not None
+        srv = await asyncio.get_running_loop().create_server(
+            factory,
+            host=section.address,
+            port=section.port,
+            ssl=ssl_ctx,
+            backlog=section.backlog,
+            reuse_address=True,
+            ssl_handshake_timeout=30 if ssl_ctx else None,
+        )
+        for sock in srv.sockets:
+            log.info(
+                "http listening on %s (%s)",
+                sock.getsockname()[:2],
+                "https" if ssl_ctx else "plain http",
+            )
+        return srv
+
+    async def stop(self) -> None:
+        """Close every HTTP connection (after the listeners stopped accepting)."""
+        await self.websocket.close_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ every request
+
+    @web.middleware
+    async def _middleware(
+        self,
+        request: web.Request,
+        handler: Handler,
+    ) -> web.StreamResponse:
+        client = self._client(request)
+        request[CLIENT] = client
+        method = request.method if request.method in _METHOD_LABELS else "other"
+        count = self._per_address.get(client.address, 0)
+        if count >= self.config.max_connections_per_ip:
+            self._refused.inc()
+            self._requests.labels(method=method, status="429").inc()
+            log.warning("http: too many concurrent requests from %s", client.address)
+            return web.Response(status=429, text="too many concurrent requests\n")
+        self._per_address[client.address] = count + 1
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            left = self._per_address[client.address] - 1
+            if left:
+                self._per_address[client.address] = left
+            else:
+                del self._per_address[client.address]
+            self._requests.labels(method=method, status=str(status)).inc()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        methods = self.routes.methods_for(request.path)
+        if methods is None:
+            raise web.HTTPNotFound()
+        handler = self.routes.find(request.method, request.path)
+        if handler is None:
+            allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+        return await handler(request)
+
+    def _client(self, request: web.Request) -> HttpClient:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        address = str(peer[0]) if peer else "?"
+        tls = request.transport is not None and (
+            request.transport.get_extra_info("sslcontext") is not None
+        )
+        scheme = "https" if tls else "http"
+        secure = tls
+        if self._is_trusted(address):
+            forwarded = request.headers.getall("X-Forwarded-For", [])
+            hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+            # Walk back from the nearest hop: the first address not a trusted proxy is
+            # the client (anything before it could be made up by the client).
+            for hop in reversed(hops):
+                address = hop
+                if not self._is_trusted(hop):
+                    break
+            proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+            if proto == "https":
+                scheme = "https"
+                secure = True
+        if not secure and self.config.loopback_is_secure and _is_loopback(peer):
+            secure = True
+        base = self.config.public_url or f"{scheme}://{request.host}"
+        return HttpClient(address=address, secure=secure, base_url=base)
+
+    def _is_trusted(self, address: str) -> bool:
+        if not self._proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._proxies)
+
+    # ------------------------------------------------------------------ XEP-0156
+
+    def _links(self, request: web.Request) -> list[tuple[str, str]]:
+        base = client_of(request).base_url
+        ws_base = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+        return [
+            (rel, (ws_base if rel == ALT_WEBSOCKET else base) + path)
+            for rel, path in self.alt_connections
+        ]
+
+    async def _host_meta(self, request: web.Request) -> web.StreamResponse:
+        """``/.well-known/host-meta``: the XRD document of XEP-0156."""
+        xrd = etree.Element(f"{{{NS_XRD}}}XRD", nsmap={None: NS_XRD})  # type: ignore[dict-item]
+        for rel, href in self._links(request):
+            etree.SubElement(xrd, f"{{{NS_XRD}}}Link", {"rel": rel, "href": href})
+        body = etree.tostring(xrd, xml_declaration=True, encoding="utf-8")
+        return web.Response(body=body, content_type="application/xrd+xml", headers=_PUBLIC_CORS)
+
+    async def _host_meta_json(self, request: web.Request) -> web.StreamResponse:
+        """``/.well-known/host-meta.json``: the same as JSON (JRD)."""
+        links = [{"rel": rel, "href": href} for rel, href in self._links(request)]
+        return web.Response(
+            text=json.dumps({"links": links}),
+            content_type="application/json",
+            headers=_PUBLIC_CORS,
+        )
+
+
+_PUBLIC_CORS: Final = {"Access-Control-Allow-Origin": "*"}
+"""Discovery documents are public: web clients on any origin may read them."""
+
+
+def _is_loopback(peer: object) -> bool:
+    if not isinstance(peer, tuple) or not peer:
+        return False
+    try:
+        return ipaddress.ip_address(str(peer[0])).is_loopback
+    except ValueError:
+        return False
