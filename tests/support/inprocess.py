@@ -34,6 +34,12 @@ class InProcessServer:
     domain: str
     backend: str
     storage_url: str
+    http_port: int | None = None
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, "started without http"
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def cafile(self) -> Path:
@@ -48,6 +54,7 @@ async def inprocess_server(
     modules: dict[str, dict[str, Any]] | None = None,
     domain: str = "localhost",
     storage_url: str | None = None,
+    http: bool = False,
 ) -> AsyncIterator[InProcessServer]:
     """Start a server with ``backend`` storage (or ``storage_url`` as given), stop it after."""
     await asyncio.to_thread(tmp.mkdir, parents=True, exist_ok=True)
@@ -70,6 +77,7 @@ async def inprocess_server(
             direct_tls_port=0,
             domain=domain,
             modules=DEFAULT_TEST_MODULES if modules is None else modules,
+            http_port=0 if http else None,
         )
         server = Server(load_config(config_path))
         await server.start()
@@ -84,6 +92,7 @@ async def inprocess_server(
                 domain,
                 backend,
                 url,
+                ports.get("http"),
             )
         finally:
             await server.stop()

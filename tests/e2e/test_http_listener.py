@@ -1,0 +1,126 @@
+"""The HTTP listener beyond the WebSocket basics: HTTPS with the host's certificate
+(wss://, channel binding), encryption decided by trusted proxies, routes added while
+the server runs, metrics, and server stop with WebSockets open."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.clients import register_account
+from tests.support.inprocess import inprocess_server
+from tests.support.server import XmppdServer, running_server
+from tests.support.wsclient import SASL, WsClient
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    with running_server(tmp_path_factory.mktemp("https"), http_tls=True) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    extra = '[http]\nloopback_is_secure = false\ntrusted_proxies = ["127.0.0.0/8"]\n'
+    with running_server(tmp_path_factory.mktemp("strict"), http=True, extra=extra) as srv:
+        yield srv
+
+
+def tls_context(server: XmppdServer) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(server.cafile))
+
+
+async def test_https_serves_discovery_and_wss_with_channel_binding(
+    https_server: XmppdServer,
+) -> None:
+    ctx = tls_context(https_server)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            https_server.http_url + "/.well-known/host-meta.json",
+            ssl=ctx,
+            server_hostname="localhost",
+            headers={"Host": "localhost"},
+        ) as r,
+    ):
+        assert r.status == 200
+        links = json.loads(await r.read())["links"]
+    assert links == [
+        {"rel": "urn:xmpp:alt-connections:websocket", "href": "wss://localhost/xmpp-websocket"}
+    ]
+    await register_account(https_server, "wssuser", "pw-wss")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"wss://127.0.0.1:{https_server.http_port}/xmpp-websocket",
+            protocols=("xmpp",),
+            ssl=ctx,
+            server_hostname="localhost",
+        )
+        client = WsClient(session, ws)
+        try:
+            await client.open()
+            assert client.features is not None
+            mechanisms = [m.text for m in client.features.iter(f"{{{SASL}}}mechanism")]
+            assert "SCRAM-SHA-256-PLUS" in mechanisms  # tls-server-end-point over wss
+            assert await client.login("wssuser", "pw-wss") == "wssuser@localhost/ws"
+        finally:
+            await client.close()
+
+
+async def test_plain_http_is_refused_unless_a_trusted_proxy_says_https(
+    strict_server: XmppdServer,
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await WsClient.connect(strict_server)
+    assert err.value.status == 403
+    client = await WsClient.connect(strict_server, headers={"X-Forwarded-Proto": "https"})
+    try:
+        await client.open()
+        assert client.features is not None
+    finally:
+        await client.close()
+
+
+async def test_routes_metrics_and_stop_with_websockets_open(tmp_path: Path) -> None:
+    async with inprocess_server(tmp_path, http=True) as srv:
+        server = srv.server
+
+        async def hello(request: web.Request) -> web.StreamResponse:
+            return web.Response(text="hello")
+
+        # A route added while the server runs is served at once.
+        server.core.http.add("GET", "/hello/", hello, owner="test")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(srv.http_url + "/hello/there") as r:
+                assert (r.status, await r.text()) == (200, "hello")
+            async with session.get(srv.http_url + "/nowhere") as r:
+                assert r.status == 404
+        requests = server.metrics.value(
+            "xmppd_http_requests_total", {"method": "GET", "status": "200"}
+        )
+        assert requests is not None and requests >= 1
+        assert (
+            server.metrics.value("xmppd_http_requests_total", {"method": "GET", "status": "404"})
+            == 1
+        )
+
+        await register_account(srv, "stopper", "pw-stop")  # type: ignore[arg-type]
+        client = await WsClient.connect(srv)  # type: ignore[arg-type]
+        await client.login("stopper", "pw-stop")
+        idle = await WsClient.connect(srv)  # type: ignore[arg-type]
+        await idle.open()  # not logged in
+        assert server.metrics.value("xmppd_websocket_connections") == 2
+        assert server.metrics.value("xmppd_websocket_sessions_opened_total") == 2
+    # The server stopped with both open: the session's stream ended with an error, and
+    # every socket was closed.
+    assert client.stream_error() == "system-shutdown"
+    await client.wait_closed()
+    await idle.wait_closed()
+    await client.close()
+    await idle.close()
