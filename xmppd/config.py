@@ -396,14 +396,38 @@ class HttpSection(Section):
         75.0, gt=0, description="An idle keep-alive HTTP connection is closed after this."
     )
     websocket: bool = Field(True, description="Serve XMPP over WebSocket at /xmpp-websocket.")
-    websocket_origins: tuple[str, ...] = Field(
+    allowed_origins: tuple[str, ...] = Field(
         (),
-        description="Origins (scheme://host[:port]) whose web pages may open a WebSocket, "
-        "besides the server's own; '*' allows any. Requests without Origin (non-browser "
-        "clients) are always allowed.",
+        description="Origins (scheme://host[:port]) whose web pages may use the WebSocket "
+        "and BOSH endpoints, besides the server's own; '*' allows any. Requests without "
+        "Origin (non-browser clients) are always allowed.",
     )
     websocket_ping: Duration = Field(
         60.0, gt=0, description="WebSocket ping interval; a peer that does not answer is cut."
+    )
+    bosh: bool = Field(True, description="Serve BOSH (XEP-0124/0206) at /http-bind.")
+    bosh_max_wait: Duration = Field(
+        60.0, ge=1, le=3600, description="Longest a BOSH request is held open (its wait)."
+    )
+    bosh_max_hold: int = Field(
+        1, ge=0, le=5, description="Most BOSH requests one session may have held at once."
+    )
+    bosh_inactivity: Duration = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="A BOSH session with no request held for this long ends (stream "
+        "management can resume it).",
+    )
+    bosh_max_pause: Duration = Field(
+        120.0, ge=0, le=86400, description="Longest pause a BOSH client may ask for."
+    )
+    bosh_polling: Duration = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Shortest interval between two empty requests of a polling BOSH "
+        "session (hold = 0); closer ones are overactivity.",
     )
 
     @field_validator("public_url")

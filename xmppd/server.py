@@ -170,6 +170,7 @@ class Server:
                     self.metrics,
                     self.open_c2s,
                     self.tls,
+                    lambda: frozenset(self.hosts),
                 )
             openers = StreamOpeners(
                 c2s=self.open_c2s,

@@ -52,7 +52,8 @@ async def test_https_serves_discovery_and_wss_with_channel_binding(
         assert r.status == 200
         links = json.loads(await r.read())["links"]
     assert links == [
-        {"rel": "urn:xmpp:alt-connections:websocket", "href": "wss://localhost/xmpp-websocket"}
+        {"rel": "urn:xmpp:alt-connections:websocket", "href": "wss://localhost/xmpp-websocket"},
+        {"rel": "urn:xmpp:alt-connections:xbosh", "href": "https://localhost/http-bind"},
     ]
     await register_account(https_server, "wssuser", "pw-wss")
     async with aiohttp.ClientSession() as session:

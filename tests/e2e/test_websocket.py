@@ -21,7 +21,7 @@ HTTP_CONFIG = """
 [http]
 trusted_proxies = ["127.0.0.1"]
 max_connections_per_ip = 4
-websocket_origins = ["https://web.example"]
+allowed_origins = ["https://web.example"]
 """
 
 
@@ -69,7 +69,10 @@ async def test_host_meta_from_a_trusted_proxy_uses_its_scheme(web_server: XmppdS
     )
     assert status == 200
     hrefs = [link["href"] for link in json.loads(body)["links"]]
-    assert hrefs == ["wss://chat.example.org/xmpp-websocket"]
+    assert hrefs == [
+        "wss://chat.example.org/xmpp-websocket",
+        "https://chat.example.org/http-bind",
+    ]
 
 
 async def test_unknown_paths_and_methods_are_refused(web_server: XmppdServer) -> None:

@@ -28,7 +28,8 @@ from aiohttp.typedefs import Handler
 from lxml import etree
 
 from xmppd.httproutes import CLIENT, HttpClient, HttpRoutes, client_of
-from xmppd.transports.websocket import WebSocketEndpoint
+from xmppd.transports.bosh import BoshEndpoint
+from xmppd.transports.websocket import WebSocketEndpoint, origin_allowed
 
 if TYPE_CHECKING:
     from xmppd.config import C2SSection, HttpSection, ListenerSection
@@ -59,6 +60,7 @@ class HttpFront:
         metrics: Metrics,
         open_c2s: Callable[[Transport, bool], StreamInput],
         tls: TlsContexts | None,
+        hosts: Callable[[], frozenset[str]],
     ) -> None:
         self.config = config
         self.routes = routes
@@ -79,9 +81,16 @@ class HttpFront:
         """(XEP-0156 rel, path) of the connection methods served."""
         routes.add("GET", "/.well-known/host-meta", self._host_meta)
         routes.add("GET", "/.well-known/host-meta.json", self._host_meta_json)
+        self.bosh = BoshEndpoint(
+            config, c2s, metrics, open_c2s, hosts, lambda r: origin_allowed(config, r)
+        )
         if config.websocket:
             routes.add("GET", WEBSOCKET_PATH, self.websocket.handle)
             self.alt_connections.append((ALT_WEBSOCKET, WEBSOCKET_PATH))
+        if config.bosh:
+            routes.add("POST", BOSH_PATH, self.bosh.handle)
+            routes.add("OPTIONS", BOSH_PATH, self.bosh.options)
+            self.alt_connections.append((ALT_BOSH, BOSH_PATH))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +135,7 @@ class HttpFront:
     async def stop(self) -> None:
         """Close every HTTP connection (after the listeners stopped accepting)."""
         await self.websocket.close_all()
+        self.bosh.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

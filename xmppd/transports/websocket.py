@@ -162,6 +162,20 @@ class WebSocketTransport:
             await ws.close()
 
 
+def origin_allowed(config: HttpSection, request: web.Request) -> bool:
+    """A web page's ``Origin`` is the server's own (its public or request base URL) or
+    in ``http.allowed_origins``; a request without one is not from a web page."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # a native client or a script
+    origin = origin.rstrip("/").lower()
+    allowed = {o.rstrip("/").lower() for o in config.allowed_origins}
+    if "*" in allowed or origin in allowed:
+        return True
+    own = {client_of(request).base_url.lower(), f"{request.scheme}://{request.host}".lower()}
+    return origin in own
+
+
 class WebSocketEndpoint:
     """The ``/xmpp-websocket`` handler and the WebSocket sessions it carries."""
 
@@ -175,22 +189,11 @@ class WebSocketEndpoint:
         self.config = config
         self.c2s = c2s
         self.open_c2s = open_c2s
-        self.origins = frozenset(o.rstrip("/").lower() for o in config.websocket_origins)
         self.open: set[WebSocketTransport] = set()
         self._opened = metrics.counter("websocket_sessions_opened", "WebSocket connections opened")
         metrics.gauge_function(
             "websocket_connections", "Open WebSocket connections", lambda: len(self.open)
         )
-
-    def _origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True  # not a web page: a native client or a script
-        origin = origin.rstrip("/").lower()
-        if "*" in self.origins or origin in self.origins:
-            return True
-        own = {client_of(request).base_url.lower(), f"{request.scheme}://{request.host}".lower()}
-        return origin in own
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         client = client_of(request)
@@ -201,7 +204,7 @@ class WebSocketEndpoint:
         ]
         if SUBPROTOCOL not in offered:
             raise web.HTTPBadRequest(text="the 'xmpp' WebSocket subprotocol is required\n")
-        if not self._origin_allowed(request):
+        if not origin_allowed(self.config, request):
             log.warning("websocket: origin %r refused", request.headers.get("Origin"))
             raise web.HTTPForbidden(text="origin not allowed\n")
         if not client.secure and self.c2s.require_encryption:
