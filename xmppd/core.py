@@ -54,6 +54,9 @@ class Core:
     """The server's health registry (``xmppd.health``)."""
     http: HttpRoutes = field(default_factory=HttpRoutes)
     """The routes of the HTTP listeners (``xmppd.httproutes``)."""
+    secret: bytes = b""
+    """The persistent server secret (``xmppd.server_secret``), loaded at start before
+    the modules; modules get keys derived from it (``ModuleContext.derived_key``)."""
 
     def uptime(self) -> float:
         """Seconds since the server started."""

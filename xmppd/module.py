@@ -19,11 +19,14 @@ from xmppd.httproutes import RouteTaken
 from xmppd.iq import Identity, IqRequest, Scope
 from xmppd.metrics import ModuleMetrics
 from xmppd.router import DomainTaken
+from xmppd.server_secret import derive
 from xmppd.storage.keyval import KeyValueStore
 from xmppd.storage.schema import METADATA
 from xmppd.users import register_user, remove_user
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xmppd.core import Core
     from xmppd.host import Host
     from xmppd.httproutes import HttpHandler
@@ -351,6 +354,38 @@ class ModuleContext(Generic[OptionsT]):
         if added:
             self._routes.append((method.upper(), path))
         return added
+
+    @property
+    def http_base_url(self) -> str:
+        """Where clients reach the HTTP listeners, for URLs a module hands out:
+        ``http.public_url``, else the first ``kind = "http"`` listener's scheme, address
+        (this host's domain when it listens on every address) and port; ``""`` when no
+        HTTP listener is configured."""
+        config = self._core.config
+        if config.http.public_url:
+            return config.http.public_url
+        for listener in config.listeners:
+            if listener.kind == "http":
+                scheme = "https" if listener.tls == "direct" else "http"
+                host = listener.address
+                if host in ("0.0.0.0", "::", ""):
+                    host = self.domain
+                elif ":" in host:
+                    host = f"[{host}]"
+                return f"{scheme}://{host}:{listener.port}"
+        return ""
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose``, derived from the persistent server secret and
+        this module's name: the same on every start and on every node sharing the data
+        directory's secret (signed URLs, tokens). Never log it."""
+        return derive(self._core.secret, f"mod_{self.name}", purpose)
+
+    @property
+    def data_dir(self) -> Path:
+        """This module's directory under the server's data directory (created on first
+        use by the module: ``<data_dir>/mod_<name>``)."""
+        return self._core.config.server.data_dir / f"mod_{self.name}"
 
     def resolve_iq(self, stanza: Element, from_: JID) -> bool:
         """Hand an IQ result/error to the :meth:`request` waiting for it (for served

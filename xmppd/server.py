@@ -337,6 +337,7 @@ class Server:
     def _load_secret(self) -> None:
         auth = self.config.auth
         self.secret = load_or_create(self.config.server.data_dir)
+        self.core.secret = self.secret
         # Unknown users get the same fake SCRAM salt after a restart, as real ones do.
         sasl.configure_unknown_user_disguise(
             derive(self.secret, "scram-unknown-user"), iterations=auth.scram_iterations

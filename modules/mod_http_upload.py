@@ -1,0 +1,440 @@
+"""XEP-0363: HTTP File Upload — a service at ``upload.<host>`` and its HTTP handlers.
+
+A client asks the service for a **slot** (file name, size, content type); the answer
+holds a PUT URL with an ``Authorization`` header to send, and the GET URL to share
+(XEP-0066 out-of-band data in a message, for example). URLs are
+``<base>/upload/<slot>/<name>``: the slot is 24 random bytes, so unguessable, and the
+header is an HMAC of the slot's terms (slot, name, size, type, expiry) under a key
+derived from the server secret, so any node sharing the secret can check it.
+
+- The **PUT** is accepted once, within ``slot_lifetime``, with the header, the exact
+  size and the slot's content type; the body is streamed to a temporary file in the
+  module's data directory and renamed when complete, so a half upload is never served.
+  Other PUTs get 401/403 (bad or missing header), 409 (reused slot), 410 (expired
+  slot), 413 or 400 (size).
+- The **GET** (and HEAD) serves the file with its type, ``Content-Disposition:
+  attachment`` for types a browser could run (HTML, SVG, XML, scripts), ``Range``
+  (seeking in a video), ``ETag``/``If-None-Match``; ``nosniff``.
+- **CORS**: PUT, GET, HEAD and the OPTIONS preflight answer any origin (the PUT is
+  authorised by its header, not by cookies), so browser clients can upload.
+- **Limits**: ``max_file_size`` (larger: ``not-acceptable`` with ``<file-too-large>``
+  and the limit), a per-user ``quota`` of stored and reserved bytes
+  (``resource-constraint``), who may upload (``access``; others ``forbidden``).
+  Files older than ``expire_after`` are deleted; so are an account's files when the
+  account is removed.
+- The service is listed in the host's disco#items; its disco#info has the
+  ``max-file-size`` form (XEP-0363 §4).
+
+Files live on the local disk of the node that received the PUT (S3-compatible
+storage, which several nodes and a CDN could share, is not implemented).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import mimetypes
+import secrets
+import time
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from aiohttp import web
+from pydantic import Field
+
+from xmppd.api import (
+    AccessRule,
+    Duration,
+    IqRequest,
+    Module,
+    ModuleContext,
+    Options,
+    ServiceDomain,
+    Size,
+    StanzaError,
+    hooks,
+    ns,
+)
+from xmppd.api.hooks import UserEvent
+from xmppd.api.stanza import Element, child, payload
+from xmppd.api.storage import (
+    BigInteger,
+    Column,
+    Float,
+    String,
+    delete,
+    func,
+    sa,
+    select,
+    update,
+)
+
+Row = sa.Row[Any]
+
+NS: Final = ns.HTTP_UPLOAD
+PATH: Final = "/upload/"
+CHUNK: Final = 64 * 1024
+ACTIVE_TYPES: Final = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+        "application/wasm",
+        "application/pdf",
+    }
+)
+"""Types a browser could run or render with scripts: served as attachments."""
+CORS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, PUT, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, ETag",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class UploadOptions(Options):
+    domain: str = Field(
+        "", max_length=255, description="Domain of the service; empty: 'upload.' + the host."
+    )
+    name: str = Field("HTTP File Upload", max_length=200, description="Name in disco.")
+    max_file_size: Size = Field(
+        100 * 1024 * 1024, ge=1, description="Largest file; larger requests get file-too-large."
+    )
+    quota: Size = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Bytes one user may have stored (and reserved by open slots); then "
+        "resource-constraint until old files expire.",
+    )
+    expire_after: Duration = Field(
+        30 * 86400.0, gt=0, description="Uploaded files are deleted this long after upload."
+    )
+    slot_lifetime: Duration = Field(
+        300.0, ge=10, le=86400, description="Time a client has to PUT the file of a slot."
+    )
+    access: AccessRule = Field(
+        AccessRule("local"),
+        description="Who may request slots: 'local' (accounts of this server), 'anyone', "
+        "'admins', 'nobody', or a list of JIDs and domains. Others get forbidden.",
+    )
+    sweep_interval: Duration = Field(
+        3600.0, ge=1, description="How often expired files and unused slots are removed."
+    )
+
+
+module = Module(
+    "http_upload",
+    "XEP-0363: HTTP File Upload",
+    options=UploadOptions,
+    soft_depends=("disco",),
+    protocols=("XEP-0363 v1.1",),
+)
+Ctx = ModuleContext[UploadOptions]
+
+files_table: Final = module.table(
+    "files",
+    Column("slot", String(64), primary_key=True),
+    Column("owner", String(3071), nullable=False),  # bare JID
+    Column("name", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("state", String(16), nullable=False),  # reserved, uploading, stored
+    schema_version=1,
+)
+"""One row per slot: reserved at the request, stored once the PUT completed."""
+_F: Final = files_table.c
+
+
+def service_domain(ctx: Ctx) -> str:
+    return ctx.options.domain or f"upload.{ctx.domain}"
+
+
+def _safe_name(name: str) -> str:
+    """The file name as the URL's last segment: no path, no control characters."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip().lstrip(".")
+    return name[:200] or "file"
+
+
+def _token(key: bytes, slot: str, name: str, size: int, ctype: str, expires: int) -> str:
+    message = "\0".join((slot, name, str(size), ctype, str(expires))).encode()
+    return hmac.new(key, message, sha256).hexdigest()
+
+
+# ---------------------------------------------------------------------- the service
+
+
+@module.on_load
+async def serve(ctx: Ctx) -> None:
+    domain = service_domain(ctx)
+    service = ServiceDomain(ctx, domain, name=ctx.options.name)
+    service.identity("store", "file", ctx.options.name)
+    service.feature(NS)
+
+    @service.iq("get", NS, "request")
+    async def slot(req: IqRequest) -> Element:
+        return await _slot(ctx, req)
+
+    async def disco_info(req: IqRequest) -> Element:
+        if req.payload.get("node") is not None or req.to.local or req.to.resource:
+            raise StanzaError("item-not-found")
+        query = payload(ns.DISCO_INFO, "query")
+        child(query, "identity", {"category": "store", "type": "file", "name": ctx.options.name})
+        for feature in service.features:
+            child(query, "feature", {"var": feature})
+        form = child(query, "x", {"type": "result"}, namespace=ns.DATA_FORMS)
+        hidden = child(form, "field", {"var": "FORM_TYPE", "type": "hidden"})
+        child(hidden, "value", text=NS)
+        size = child(form, "field", {"var": "max-file-size"})
+        child(size, "value", text=str(ctx.options.max_file_size))
+        return req.result(query)
+
+    service.iq("get", ns.DISCO_INFO, "query")(disco_info)
+    ctx.serve(service)
+    await asyncio.to_thread(ctx.data_dir.mkdir, parents=True, exist_ok=True)
+    handlers = _Handlers(ctx)
+    ctx.http_route("PUT", PATH, handlers.put)
+    ctx.http_route("GET", PATH, handlers.get)
+    ctx.http_route("OPTIONS", PATH, handlers.options)
+    ctx.spawn(_sweep(ctx), name="http-upload-sweep")
+    if not ctx.http_base_url:
+        ctx.log.warning("no kind = 'http' listener: upload slots cannot be used")
+    ctx.log.info("HTTP File Upload at %s", domain)
+
+
+async def _slot(ctx: Ctx, req: IqRequest) -> Element:
+    opts = ctx.options
+    if req.from_ is None or not req.from_.local:
+        raise StanzaError("forbidden", "only accounts may upload files")
+    owner = req.from_.bare
+    if not ctx.may(opts.access, owner):
+        raise StanzaError("forbidden", "you may not upload files here")
+    base = ctx.http_base_url
+    if not base:
+        raise StanzaError("service-unavailable", "no HTTP listener")
+    request = req.payload
+    name = _safe_name(request.get("filename", ""))
+    size_text = request.get("size", "")
+    if not size_text.isdigit() or int(size_text) <= 0:
+        raise StanzaError("bad-request", "size must be a positive number of bytes")
+    size = int(size_text)
+    if size > opts.max_file_size:
+        too_large = payload(NS, "file-too-large")
+        child(too_large, "max-file-size", text=str(opts.max_file_size))
+        raise StanzaError("not-acceptable", "file too large", application=too_large)
+    ctype = (request.get("content-type") or "").strip().lower()
+    if not ctype:
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if len(ctype) > 255 or "/" not in ctype or any(c in ctype for c in "\r\n\0"):
+        raise StanzaError("bad-request", "invalid content-type")
+    used = await ctx.db.fetch_value(
+        select(func.coalesce(func.sum(_F.size), 0)).where(
+            _F.host == ctx.domain, _F.owner == str(owner)
+        )
+    )
+    if int(used or 0) + size > opts.quota:
+        raise StanzaError("resource-constraint", "upload quota reached")
+    slot = secrets.token_urlsafe(24)
+    now = time.time()
+    await ctx.db.execute(
+        files_table.insert().values(
+            host=ctx.domain,
+            slot=slot,
+            owner=str(owner),
+            name=name,
+            size=size,
+            content_type=ctype,
+            created_at=now,
+            state="reserved",
+        )
+    )
+    expires = int(now + opts.slot_lifetime)
+    token = _token(ctx.derived_key("slots"), slot, name, size, ctype, expires)
+    url = f"{base}{PATH}{slot}/{quote(name)}"
+    result = payload(NS, "slot")
+    put = child(result, "put", {"url": url})
+    child(put, "header", {"name": "Authorization"}, text=f"Bearer {expires}.{token}")
+    child(result, "get", {"url": url})
+    return req.result(result)
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+class _Handlers:
+    """PUT/GET/OPTIONS on ``/upload/<slot>/<name>`` (one set per server: the row says
+    which host a slot belongs to)."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def _parse(self, request: web.Request) -> tuple[str, str]:
+        rest = request.path[len(PATH) :]
+        slot, sep, name = rest.partition("/")
+        if not sep or not slot or "/" in name or not name:
+            raise web.HTTPNotFound(headers=CORS)
+        return slot, name  # request.path is decoded already
+
+    async def _row(self, slot: str, name: str) -> tuple[Ctx, Row]:
+        row = await self.ctx.db.fetch_one(select(files_table).where(_F.slot == slot))
+        if row is None or row.name != name:
+            raise web.HTTPNotFound(headers=CORS)
+        ctx = self.ctx.for_host(row.host)
+        if ctx is None:
+            raise web.HTTPNotFound(headers=CORS)
+        return ctx, row
+
+    async def options(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=204, headers=CORS)
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        slot, name = self._parse(request)
+        ctx, row = await self._row(slot, name)
+        size: int = row.size
+        ctype: str = row.content_type
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        expires_text, _, token = value.partition(".")
+        if scheme != "Bearer" or not expires_text.isdigit():
+            raise web.HTTPUnauthorized(headers=CORS, text="the slot's Authorization header\n")
+        expires = int(expires_text)
+        wanted = _token(ctx.derived_key("slots"), slot, name, size, ctype, expires)
+        if not hmac.compare_digest(wanted, token):
+            raise web.HTTPForbidden(headers=CORS, text="bad slot signature\n")
+        if row.state != "reserved":
+            raise web.HTTPConflict(headers=CORS, text="this slot was used\n")
+        if time.time() > expires:
+            raise web.HTTPGone(headers=CORS, text="this slot expired\n")
+        if request.content_length is None:
+            raise web.HTTPLengthRequired(headers=CORS)
+        if request.content_length > size:
+            raise web.HTTPRequestEntityTooLarge(size, request.content_length, headers=CORS)
+        if request.content_length != size:
+            raise web.HTTPBadRequest(headers=CORS, text="size differs from the slot\n")
+        sent_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if sent_type and sent_type != ctype:
+            raise web.HTTPBadRequest(headers=CORS, text="content type differs from the slot\n")
+        # Claim the slot (one PUT at a time, once): only a 'reserved' row moves on.
+        claimed = await ctx.db.execute(
+            update(files_table)
+            .where(_F.host == row.host, _F.slot == slot, _F.state == "reserved")
+            .values(state="uploading")
+        )
+        if not claimed:
+            raise web.HTTPConflict(headers=CORS, text="this slot was used\n")
+        host = row.host
+        final = ctx.data_dir / slot
+        part = ctx.data_dir / f"{slot}.part"
+        try:
+            received = await _receive(request, part, size)
+        except BaseException:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            await ctx.db.execute(
+                update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
+            )
+            raise
+        if received != size:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            await ctx.db.execute(
+                update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
+            )
+            raise web.HTTPBadRequest(headers=CORS, text="incomplete upload\n")
+        await asyncio.to_thread(part.replace, final)
+        await ctx.db.execute(
+            update(files_table)
+            .where(_F.host == host, _F.slot == slot)
+            .values(state="stored", created_at=time.time())
+        )
+        ctx.metrics.counter("upload_bytes", "Bytes uploaded").inc(size)
+        return web.Response(status=201, headers=CORS)
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        slot, name = self._parse(request)
+        ctx, row = await self._row(slot, name)
+        if row.state != "stored":
+            raise web.HTTPNotFound(headers=CORS)
+        path = ctx.data_dir / slot
+        ctype: str = row.content_type
+        disposition = "attachment" if _is_active(ctype) else "inline"
+        headers = {
+            **CORS,
+            "Content-Type": ctype,
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name)}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "public, max-age=86400, immutable",
+        }
+        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+
+
+def _is_active(ctype: str) -> bool:
+    return ctype in ACTIVE_TYPES or ctype.endswith("+xml") or "script" in ctype
+
+
+async def _receive(request: web.Request, part: Path, size: int) -> int:
+    """Stream the body to ``part`` (never more than ``size`` bytes); bytes received."""
+    received = 0
+    handle = await asyncio.to_thread(part.open, "wb")
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            if received > size:
+                raise web.HTTPRequestEntityTooLarge(size, received, headers=CORS)
+            await asyncio.to_thread(handle.write, chunk)
+    finally:
+        await asyncio.to_thread(handle.close)
+    return received
+
+
+# ---------------------------------------------------------------------- expiry, removal
+
+
+async def _sweep(ctx: Ctx) -> None:
+    while True:
+        await asyncio.sleep(ctx.options.sweep_interval)
+        with contextlib.suppress(Exception):
+            await expire(ctx)
+
+
+async def expire(ctx: Ctx, now: float | None = None) -> int:
+    """Delete files older than ``expire_after`` and slots never used in time; how many."""
+    now = time.time() if now is None else now
+    opts = ctx.options
+    stale = await ctx.db.fetch_all(
+        select(_F.slot).where(
+            _F.host == ctx.domain,
+            ((_F.state == "stored") & (_F.created_at < now - opts.expire_after))
+            | ((_F.state == "reserved") & (_F.created_at < now - opts.slot_lifetime - 60)),
+        )
+    )
+    return await _delete(ctx, [r.slot for r in stale])
+
+
+async def _delete(ctx: Ctx, slots: list[str]) -> int:
+    for slot in slots:
+        await asyncio.to_thread((ctx.data_dir / slot).unlink, missing_ok=True)
+        await ctx.db.execute(delete(files_table).where(_F.host == ctx.domain, _F.slot == slot))
+    return len(slots)
+
+
+@module.on(hooks.USER_REMOVED)
+async def forget(ctx: Ctx, event: UserEvent) -> None:
+    """An account's files go with it."""
+    rows = await ctx.db.fetch_all(
+        select(_F.slot).where(_F.host == ctx.domain, _F.owner == str(event.jid.bare))
+    )
+    await _delete(ctx, [r.slot for r in rows])
+
+
+__all__ = ["expire", "module"]
