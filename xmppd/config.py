@@ -387,13 +387,21 @@ class HttpSection(Section):
         32,
         ge=1,
         description="Concurrent requests one client address may have open (a WebSocket "
-        "counts for its whole life); more get 429 Too Many Requests.",
+        "counts for its whole life; more get 429 Too Many Requests), and TCP connections "
+        "one peer address may have open (more are dropped; trusted proxies are exempt).",
     )
     max_request_size: Size = Field(
         1024 * 1024, ge=1024, description="Largest request body read into memory."
     )
     keepalive_timeout: Duration = Field(
         75.0, gt=0, description="An idle keep-alive HTTP connection is closed after this."
+    )
+    request_header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A new connection that has not sent its request headers within "
+        "this time is closed (slow-header attacks).",
     )
     websocket: bool = Field(True, description="Serve XMPP over WebSocket at /xmpp-websocket.")
     allowed_origins: tuple[str, ...] = Field(

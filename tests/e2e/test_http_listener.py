@@ -4,6 +4,7 @@ the server runs, metrics, and server stop with WebSockets open."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import Iterator
@@ -125,3 +126,49 @@ async def test_routes_metrics_and_stop_with_websockets_open(tmp_path: Path) -> N
     await idle.wait_closed()
     await client.close()
     await idle.close()
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    extra = "[http]\nrequest_header_timeout = 3\nmax_connections_per_ip = 3\n"
+    with running_server(tmp_path_factory.mktemp("guarded"), http=True, extra=extra) as srv:
+        yield srv
+
+
+async def test_slow_request_headers_are_cut_off(guarded_server: XmppdServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_server.http_port)
+    try:
+        writer.write(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: localhost\r\n")
+        # Other clients are served meanwhile.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(guarded_server.http_url + "/.well-known/host-meta") as r,
+        ):
+            assert r.status == 200
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # closed without an answer
+    finally:
+        writer.close()
+
+
+async def test_connections_per_address_are_limited(guarded_server: XmppdServer) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", guarded_server.http_port) for _ in range(3)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", guarded_server.http_port)
+        writer.write(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        async with asyncio.timeout(10):
+            try:
+                answer = await reader.read()
+            except ConnectionResetError:
+                answer = b""
+        assert answer == b""  # dropped without an answer: a fourth connection
+        writer.close()
+    finally:
+        for _, w in held:
+            w.close()
+            await w.wait_closed()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(guarded_server.http_url + "/.well-known/host-meta") as r,
+    ):
+        assert r.status == 200

@@ -21,7 +21,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -69,6 +69,8 @@ class HttpFront:
             ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
         )
         self._per_address: dict[str, int] = {}
+        self._connections: dict[str, int] = {}
+        """Open TCP connections by peer address (trusted proxies are not counted)."""
         self._requests = metrics.counter(
             "http_requests", "HTTP requests answered, by method and status", ("method", "status")
         )
@@ -116,7 +118,7 @@ class HttpFront:
         factory = self._runner.server
         assert factory is not None
         srv = await asyncio.get_running_loop().create_server(
-            factory,
+            lambda: _Guard(self, factory()),
             host=section.address,
             port=section.port,
             ssl=ssl_ctx,
@@ -210,6 +212,25 @@ class HttpFront:
         base = self.config.public_url or f"{scheme}://{request.host}"
         return HttpClient(address=address, secure=secure, base_url=base)
 
+    def admit(self, address: str) -> bool:
+        """Count a new TCP connection from ``address``; ``False``: over the limit."""
+        if self._is_trusted(address):
+            return True
+        count = self._connections.get(address, 0)
+        if count >= self.config.max_connections_per_ip:
+            self._refused.inc()
+            log.warning("http: too many connections from %s", address)
+            return False
+        self._connections[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._connections.get(address, 0) - 1
+        if count > 0:
+            self._connections[address] = count
+        else:
+            self._connections.pop(address, None)
+
     def _is_trusted(self, address: str) -> bool:
         if not self._proxies:
             return False
@@ -245,6 +266,83 @@ class HttpFront:
             content_type="application/json",
             headers=_PUBLIC_CORS,
         )
+
+
+class _Guard(asyncio.Protocol):
+    """aiohttp's protocol behind a guard: a connection over the per-address limit is
+    dropped before aiohttp sees it, and a client that has not finished the headers of
+    its first request within ``http.request_header_timeout`` is cut off (slow-header
+    attacks: aiohttp itself has no such deadline; later requests on a keep-alive
+    connection are bounded by ``keepalive_timeout`` and the per-address limits)."""
+
+    __slots__ = ("_address", "_counted", "_front", "_inner", "_tail", "_timer", "_transport")
+
+    def __init__(self, front: HttpFront, inner: asyncio.BaseProtocol) -> None:
+        self._front = front
+        self._inner: Any = inner
+        self._address = "?"
+        self._counted = False
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if peer else "?"
+        if not self._front.admit(self._address):
+            self._inner = None
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._counted = True
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(
+            self._front.config.request_header_timeout, self._too_slow
+        )
+        self._inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        log.warning("http: %s too slow to send its request headers; closing", self._address)
+        if self._transport is not None:
+            cast(asyncio.Transport, self._transport).abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._inner is None:
+            return None
+        result: bool | None = self._inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._counted:
+            self._counted = False
+            self._front.release(self._address)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 _PUBLIC_CORS: Final = {"Access-Control-Allow-Origin": "*"}
