@@ -221,3 +221,41 @@ async def test_a_bosh_session_resumes_over_tcp(
         await tcp.close()
     gone = await bosh.send()
     assert (gone.get("type"), gone.get("condition")) == ("terminate", "item-not-found")
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    extra = '[http]\nbosh_inactivity = "1s"\n'
+    with running_server(tmp_path_factory.mktemp("bosh-idle"), http=True, extra=extra) as srv:
+        yield srv
+
+
+async def test_a_session_with_nothing_held_ends_after_inactivity(
+    impatient_server: XmppdServer, http: aiohttp.ClientSession
+) -> None:
+    await register_account(impatient_server, "dozer", "pw-doze")
+    async with await XmlClient.login(impatient_server, "dozer@localhost", "pw-doze") as other:
+        other.send("<presence/>")
+        bosh = client(impatient_server, http)
+        created_jid = await bosh.login("dozer", "pw-doze", resource="tab")
+        assert bosh.created is not None and bosh.created.get("inactivity") == "1"
+        await bosh.send(f"<presence xmlns='{CLIENT}'/>")
+        await other.expect(
+            lambda el: (
+                el.tag == tag("presence")
+                and el.get("from") == created_jid
+                and el.get("type") is None
+            )
+        )
+        # The client sends nothing more: one second later the session ends, and the
+        # user's other resource sees the tab go offline.
+        gone = await other.expect(
+            lambda el: (
+                el.tag == tag("presence")
+                and el.get("from") == created_jid
+                and el.get("type") == "unavailable"
+            )
+        )
+        assert gone is not None
+    late = await bosh.send()
+    assert (late.get("type"), late.get("condition")) == ("terminate", "item-not-found")
