@@ -208,8 +208,6 @@ async def serve(ctx: Ctx) -> None:
     ctx.http_route("GET", PATH, handlers.get)
     ctx.http_route("OPTIONS", PATH, handlers.options)
     ctx.spawn(_sweep(ctx), name="http-upload-sweep")
-    if not ctx.http_base_url:
-        ctx.log.warning("no kind = 'http' listener: upload slots cannot be used")
     ctx.log.info("HTTP File Upload at %s", domain)
 
 

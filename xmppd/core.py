@@ -54,6 +54,8 @@ class Core:
     """The server's health registry (``xmppd.health``)."""
     http: HttpRoutes = field(default_factory=HttpRoutes)
     """The routes of the HTTP listeners (``xmppd.httproutes``)."""
+    http_listeners: list[tuple[str, str, int]] = field(default_factory=list)
+    """(scheme, address, bound port) of each open ``kind = "http"`` listener."""
     secret: bytes = b""
     """The persistent server secret (``xmppd.server_secret``), loaded at start before
     the modules; modules get keys derived from it (``ModuleContext.derived_key``)."""

@@ -358,21 +358,19 @@ class ModuleContext(Generic[OptionsT]):
     @property
     def http_base_url(self) -> str:
         """Where clients reach the HTTP listeners, for URLs a module hands out:
-        ``http.public_url``, else the first ``kind = "http"`` listener's scheme, address
-        (this host's domain when it listens on every address) and port; ``""`` when no
-        HTTP listener is configured."""
+        ``http.public_url``, else the first open ``kind = "http"`` listener's scheme,
+        address (this host's domain when it listens on every address) and port; ``""``
+        when no HTTP listener is open."""
         config = self._core.config
         if config.http.public_url:
             return config.http.public_url
-        for listener in config.listeners:
-            if listener.kind == "http":
-                scheme = "https" if listener.tls == "direct" else "http"
-                host = listener.address
-                if host in ("0.0.0.0", "::", ""):
-                    host = self.domain
-                elif ":" in host:
-                    host = f"[{host}]"
-                return f"{scheme}://{host}:{listener.port}"
+        for scheme, address, port in self._core.http_listeners:
+            host = address
+            if host in ("0.0.0.0", "::", ""):
+                host = self.domain
+            elif ":" in host:
+                host = f"[{host}]"
+            return f"{scheme}://{host}:{port}"
         return ""
 
     def derived_key(self, purpose: str) -> bytes:

@@ -223,6 +223,11 @@ class ModuleManager:
         self._contexts.clear()
         self._global_bound.clear()
 
+    def context(self, module: str, domain: str) -> ModuleContext[Any] | None:
+        """The context of ``module`` on host ``domain``, if loaded there (for tests and
+        admin tools that call a module's own functions)."""
+        return self._contexts.get(module, {}).get(domain)
+
     def loaded(self, domain: str) -> list[str]:
         return [lm.module.name for lm in self._loaded.get(domain, [])]
 

@@ -180,6 +180,11 @@ class Server:
                 http=self.http.listen if self.http is not None else None,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
+            for listener, section in zip(self._listeners, self.config.listeners, strict=False):
+                if section.kind == "http" and listener.sockets:
+                    port = int(listener.sockets[0].getsockname()[1])
+                    scheme = "https" if section.tls == "direct" else "http"
+                    self.core.http_listeners.append((scheme, section.address, port))
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
         if listen and self.config.c2s.idle_release > 0:

@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from lxml import etree
 
 from tests.support.clients import Slix, register_account
+from tests.support.inprocess import inprocess_server
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.xmlclient import XmlClient, error_condition
 
@@ -212,3 +214,28 @@ def test_the_example_config_documents_the_module(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "[modules.http_upload]" in lines[start]
+
+
+async def test_old_files_and_unused_slots_expire(tmp_path: Path) -> None:
+    from modules.mod_http_upload import expire
+
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {}}
+    async with inprocess_server(tmp_path, http=True, modules=modules) as srv:
+        await register_account(srv, "keeper", "pw-keep")  # type: ignore[arg-type]
+        async with await XmlClient.login(srv, "keeper@localhost", "pw-keep") as client:  # type: ignore[arg-type]
+            put_url, headers, get_url = slot_urls(
+                await request_slot(client, "old.txt", 3, "text/plain")
+            )
+            unused = slot_urls(await request_slot(client, "never.txt", 3, "text/plain"))[2]
+        async with aiohttp.ClientSession() as http:
+            text = {**headers, "Content-Type": "text/plain"}
+            async with http.put(put_url, data=b"old", headers=text) as r:
+                assert r.status == 201
+            ctx = srv.server.modules.context("http_upload", "localhost")
+            assert ctx is not None
+            assert await expire(ctx) == 0  # nothing is old yet
+            assert await expire(ctx, now=time.time() + 31 * 86400) == 2  # file + unused slot
+            for url in (get_url, unused):
+                async with http.get(url) as r:
+                    assert r.status == 404
+        assert list((srv.data_dir / "mod_http_upload").iterdir()) == []
