@@ -103,6 +103,9 @@ async def test_a_websocket_client_logs_in_and_chats_with_a_tcp_client(
         assert alice.features.find("{urn:xmpp:sasl:2}authentication") is not None
         jid = await alice.login("wsann", "pw-ann", resource="browser")
         assert jid == "wsann@localhost/browser"
+        # COMPAT: the RFC 3921 session IQ after bind (Strophe.js sends it) is answered.
+        session = await alice.iq("set", "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>")
+        assert session.get("type") == "result"
         async with await XmlClient.login(web_server, "tcpben@localhost", "pw-ben") as ben:
             ben.send(f"<message to='{jid}' type='chat'><body>hello over tcp</body></message>")
             got = await alice.expect(lambda el: el.tag == f"{{{CLIENT}}}message")

@@ -841,6 +841,12 @@ class C2SStream(StreamMachine):
                 raise StanzaError("bad-request", "an IQ needs an id and a valid type")
             if itype in ("get", "set") and len(el) != 1:
                 raise StanzaError("bad-request", "a get or set IQ carries exactly one child")
+            if itype == "set" and to_attr is None and el[0].tag == _SESSION:
+                # COMPAT: RFC 3921 session establishment sent after bind (Strophe.js
+                # does, although the feature says <optional/>): a no-op, answered.
+                del el.attrib["from"]
+                self.send_raw(iq_result(el))
+                return
         if to_attr is None:
             if kind != "presence":
                 el.set("to", str(self.jid.bare))
