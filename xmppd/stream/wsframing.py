@@ -107,7 +107,10 @@ class WebSocketFraming:
     def reader(self, namespace: str, max_stanza_size: int) -> FramedReader:
         return FramedReader(namespace, max_stanza_size)
 
-    def open(self, namespace: str, attrs: dict[str, str]) -> bytes:
+    def open(
+        self, namespace: str, attrs: dict[str, str], prefixes: dict[str, str] | None = None
+    ) -> bytes:
+        # Only c2s streams run over WebSocket: no extra prefixes (dialback) to declare.
         nsmap = {None: ns.FRAMING}
         return etree.tostring(etree.Element(_OPEN, attrs, nsmap=nsmap))  # type: ignore[arg-type]
 

@@ -449,7 +449,9 @@ class BoshFraming:
     def reader(self, namespace: str, max_stanza_size: int) -> FramedReader:
         return WEBSOCKET.reader(namespace, max_stanza_size)
 
-    def open(self, namespace: str, attrs: dict[str, str]) -> bytes:
+    def open(
+        self, namespace: str, attrs: dict[str, str], prefixes: dict[str, str] | None = None
+    ) -> bytes:
         return b""
 
     def close(self) -> bytes:
