@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.boshclient import BoshClient
 from tests.support.clients import register_account
 from tests.support.inprocess import inprocess_server
 from tests.support.server import XmppdServer, running_server
@@ -172,3 +173,16 @@ async def test_connections_per_address_are_limited(guarded_server: XmppdServer) 
         session.get(guarded_server.http_url + "/.well-known/host-meta") as r,
     ):
         assert r.status == 200
+
+
+async def test_bosh_sessions_per_address_are_limited(guarded_server: XmppdServer) -> None:
+    url = guarded_server.http_url + "/http-bind"
+    async with aiohttp.ClientSession() as http:
+        sessions = [BoshClient(http, url) for _ in range(4)]
+        for bosh in sessions[:3]:
+            assert (await bosh.create()).get("sid")
+        refused = await sessions[3].create()
+        assert (refused.get("type"), refused.get("condition")) == ("terminate", "policy-violation")
+        ended = await sessions[0].send(type="terminate")
+        assert ended.get("type") == "terminate"
+        assert (await sessions[3].create()).get("sid")  # room again

@@ -479,11 +479,18 @@ class BoshEndpoint:
         self.hosts = hosts
         self.origin_allowed = origin_allowed
         self.sessions: dict[str, BoshSession] = {}
+        self._per_address: dict[str, int] = {}
+        """Live sessions by client address (``http.max_connections_per_ip`` each)."""
         self._opened = metrics.counter("bosh_sessions_opened", "BOSH sessions created")
         metrics.gauge_function("bosh_sessions", "Live BOSH sessions", lambda: len(self.sessions))
 
     def forget(self, session: BoshSession) -> None:
-        self.sessions.pop(session.sid, None)
+        if self.sessions.pop(session.sid, None) is not None:
+            left = self._per_address.get(session.peer, 0) - 1
+            if left > 0:
+                self._per_address[session.peer] = left
+            else:
+                self._per_address.pop(session.peer, None)
 
     def _cors(self, request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin")
@@ -541,6 +548,12 @@ class BoshEndpoint:
         hold = _int_attr(body, "hold")
         if wait is None or hold is None:
             raise BoshError("bad-request")
+        count = self._per_address.get(client.address, 0)
+        if count >= self.config.max_connections_per_ip:
+            # A session outlives its requests: without this, one address could open
+            # sessions (each a client stream) as fast as it can send requests.
+            log.warning("bosh: too many sessions from %s", client.address)
+            raise BoshError("policy-violation")
         session = BoshSession(
             self,
             peer=client.address,
@@ -551,6 +564,7 @@ class BoshEndpoint:
             domain=to,
         )
         self.sessions[session.sid] = session
+        self._per_address[client.address] = count + 1
         self._opened.inc()
         session.start(self.open_c2s(session, False))
         return await session.request(_strip(body), rid)
