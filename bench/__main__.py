@@ -1,4 +1,4 @@
-"""CLI: ``python -m bench all|sessions|tls|chat|archive|presence|archive-query|echo-ceiling``.
+"""CLI: ``python -m bench all|sessions|tls|chat|archive|presence|archive-query|muc|echo-ceiling``.
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
@@ -38,12 +38,14 @@ from bench.common import (
     presence_rosters,
     user_name,
 )
+from bench.muc import LARGE_ROOM, run_muc
 from bench.presence import run_presence
 from bench.report import (
     archive_query_report,
     archive_report,
     chat_report,
     emit_json,
+    muc_report,
     presence_report,
     sessions_report,
     sweep_chart,
@@ -53,7 +55,7 @@ from bench.servers import SERVERS, Server, ServerUnavailable, make_server
 
 DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
 #: Every scenario, in the order ``all`` runs them.
-SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query"]
+SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc"]
 #: Scenarios with an echo-server ceiling of their own (archive uses chat's).
 ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
 #: Where ``--docs-charts`` copies the charts of the run.
@@ -100,6 +102,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--archive-messages", type=int, help="archive-query size (100000)")
     parser.add_argument("--archive-queries", type=int, help="archive-query repeats (20)")
+    parser.add_argument("--muc-sizes", type=_int_list, help="muc: room sizes, occupants (100,500)")
+    parser.add_argument(
+        "--muc-large",
+        action="store_true",
+        help=f"muc: also a room of {LARGE_ROOM:,} (xmppd and ejabberd only)",
+    )
+    parser.add_argument(
+        "--muc-rates", type=_int_list, help="muc sweep: offered deliveries/s, comma list"
+    )
+    parser.add_argument("--muc-step-seconds", type=float, help="muc step length (5)")
+    parser.add_argument("--muc-senders", type=int, help="muc: occupants that send (5)")
+    parser.add_argument(
+        "--muc-join-concurrency", type=int, help="muc: joins in flight per generator (10)"
+    )
     parser.add_argument(
         "--docs-charts",
         action="store_true",
@@ -156,6 +172,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.archive_rates = [500, 1000, 2000, 5000]
         s.archive_step_seconds = 2.0
         s.archive_messages, s.archive_queries = 10_000, 5
+        s.muc_sizes = [100]
+        s.muc_rates = [5000, 10000, 20000, 40000, 60000, 80000, 100000]
+        s.muc_step_seconds = 2.0
     overrides = {
         "tls_sessions": args.tls_sessions,
         "presence_users": args.presence_users,
@@ -167,10 +186,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "archive_step_seconds": args.archive_step_seconds,
         "archive_messages": args.archive_messages,
         "archive_queries": args.archive_queries,
+        "muc_sizes": args.muc_sizes,
+        "muc_rates": args.muc_rates,
+        "muc_step_seconds": args.muc_step_seconds,
+        "muc_senders": args.muc_senders,
+        "muc_join_concurrency": args.muc_join_concurrency,
     }
     for name, value in overrides.items():
         if value is not None:
             setattr(s, name, value)
+    s.muc_large = args.muc_large
     s.archive_backends = [b for b in args.archive_backends.split(",") if b]
     if args.sessions is not None:
         s.sessions = args.sessions
@@ -358,6 +383,8 @@ class Runner:
             return run_archive(server, s, log)
         if scenario == "archive-query":
             return run_archive_query(server, s, log)
+        if scenario == "muc":
+            return run_muc(server, s, log)
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def record(self, scenario: str, result: dict[str, Any]) -> None:
@@ -390,6 +417,7 @@ class Runner:
             "archive-query": lambda: archive_query_report(
                 self.results["archive-query"], s.archive_messages
             ),
+            "muc": lambda: muc_report(self.results["muc"]),
         }
         print()
         for scenario in self.scenarios:

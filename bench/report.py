@@ -412,3 +412,86 @@ def sweep_chart(results: Sequence[Result], path: Path, title: str, xlabel: str) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def muc_report(results: Sequence[Result]) -> str:
+    """One comparison per room size, then every server's sweep."""
+    out = [
+        "== muc: one room of N occupants; the first occupants send stamped groupchat "
+        "messages, every occupant times its copy =="
+    ]
+    sizes = sorted({r["occupants"] for r in results})
+    for n in sizes:
+        ok = {
+            r["server"]: r
+            for r in results
+            if r["occupants"] == n and "error" not in r and r["server"] in COMPARED
+        }
+        if not ok:
+            continue
+        out.append(f"\nroom of {n:,} occupants:")
+        out.append(
+            _comparison(
+                ok,
+                [
+                    ("max sustainable deliveries/s (offered)", _max_rate, 0),
+                    (
+                        "deliveries/s received at that rate",
+                        lambda r: r["delivered_per_s_at_max"],
+                        0,
+                    ),
+                    ("p50 fan-out latency at that rate (ms)", lambda r: r["p50_at_max_ms"], 1),
+                    ("p99 fan-out latency at that rate (ms)", lambda r: r["p99_at_max_ms"], 1),
+                    (f"join of occupant {n:,} (ms)", lambda r: r["join_last_ms"], 1),
+                    ("memory per occupant (KiB)", lambda r: r["kb_per_occupant"], 2),
+                    ("room filled, flood delivered (s)", lambda r: r["flood_seconds"], 1),
+                    ("others' load before, core0 (%)", _bg, 0),
+                ],
+            )
+        )
+    for r in results:
+        if "error" in r or not r.get("steps"):
+            continue
+        out.append(f"\n{r['server']} room of {r['occupants']:,} steps:")
+        out.append(muc_steps_table(r["steps"]))
+    out.extend(
+        f"  {r['server']} (room of {r.get('occupants')}): {r['error']}"
+        for r in results
+        if "error" in r
+    )
+    return "\n".join(out)
+
+
+def muc_steps_table(steps: Sequence[Result]) -> str:
+    header = [
+        "deliveries/s",
+        "msg/s",
+        "received/s",
+        "lost",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv cpu%",
+        "gen cpu%",
+        "gen lag ms",
+        "pass",
+    ]
+    rows = [
+        [
+            _num(s["rate"]),
+            _num(s["message_rate"]),
+            _num(s["delivered_per_s"], 0),
+            _num(s["lost"]),
+            _num(s["errors"]),
+            _num(s["p50_ms"]),
+            _num(s["p99_ms"]),
+            _num(s["max_ms"]),
+            _num(s["server_cpu_pct"], 0),
+            _num(s["generator_cpu_pct"], 0),
+            _num(s["generator_max_lag_ms"]),
+            "yes" if s["ok"] else "NO",
+        ]
+        for s in steps
+    ]
+    return _table(header, rows)

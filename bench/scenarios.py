@@ -62,6 +62,28 @@ class Settings:
     #: ``archive-query``: archive size of the one queried account, queries per kind
     archive_messages: int = 100_000
     archive_queries: int = 20
+    #: ``muc``: room sizes, the 5,000-occupant room (xmppd and ejabberd), offered
+    #: deliveries per second (messages/s x occupants), step length, senders, joins in flight
+    muc_sizes: list[int] = field(default_factory=lambda: [100, 500])
+    muc_large: bool = False
+    muc_rates: list[int] = field(
+        default_factory=lambda: [
+            2000,
+            5000,
+            10000,
+            20000,
+            30000,
+            50000,
+            75000,
+            100000,
+            150000,
+            200000,
+            300000,
+        ]
+    )
+    muc_step_seconds: float = 5.0
+    muc_senders: int = 5
+    muc_join_concurrency: int = 10
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0
@@ -75,6 +97,8 @@ class Settings:
             need = max(need, 2 * self.archive_pairs)
         if "archive-query" in scenarios:
             need = max(need, ARCHIVE_PEERS + 1)
+        if "muc" in scenarios:
+            need = max(need, *self.muc_sizes, *([5000] if self.muc_large else []))
         return need
 
 

@@ -15,6 +15,12 @@ Commands:
   offline and online again: ``<presence type='unavailable'>`` then ``<presence/>``, both
   with ``<status>SENDER:STEP:MICROSECONDS</status>``.
 * ``presence_collect``: latencies and counters of a presence step.
+* ``muc_join``: make sessions ``first .. first + count - 1`` (those not in the room yet)
+  join a room, ``concurrency`` at a time; each join is timed from its presence to the
+  self-presence (status 110), and the session then records the room's traffic.
+* ``muc_step``: from ``start_at`` the first ``senders`` occupants send ``rate`` stamped
+  groupchat messages per second in all (``<body>SENDER:STEP:MICROSECONDS</body>``).
+* ``muc_collect``: delivery latencies of a step (every occupant's copy) and counters.
 * ``mam_queries``: time XEP-0313 queries on the first session.
 * ``quiesce``: wait until nothing was received for a while (lets a server work off a backlog).
 * ``close``: close every session.  ``exit``: close and stop the process.
@@ -33,7 +39,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from bench.certs import client_context
-from bench.xmpp import PLAIN, Connection, PresenceRecorder, Recorder, login
+from bench.xmpp import PLAIN, Connection, MucRecorder, PresenceRecorder, Recorder, login
 
 MESSAGE_SUFFIX = b"</body></message>"
 
@@ -45,6 +51,9 @@ class Worker:
         self.sessions: list[Connection] = []
         self.recorder = Recorder()
         self.presence = PresenceRecorder()
+        self.muc = MucRecorder()
+        #: sessions in the room, in join order
+        self.occupants: list[Connection] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,6 +80,12 @@ class Worker:
             return await self.presence_step(**args)
         if command == "presence_collect":
             return self.presence_collect(**args)
+        if command == "muc_join":
+            return await self.muc_join(**args)
+        if command == "muc_step":
+            return await self.muc_step(**args)
+        if command == "muc_collect":
+            return self.muc_collect(**args)
         if command == "mam_queries":
             return await self.mam_queries(**args)
         if command in ("close", "exit"):
@@ -224,14 +239,15 @@ class Worker:
         rec = self.recorder
         quiet_now = False
         while time.monotonic() < loop_deadline:
-            last = max(rec.last_rx, self.presence.last_rx) / 1_000_000
+            last = max(rec.last_rx, self.presence.last_rx, self.muc.last_rx) / 1_000_000
             if time.monotonic() - last >= quiet:
                 quiet_now = True
                 break
             await asyncio.sleep(min(quiet, 0.05))
         if not keep:
             rec.lat.clear()
-        return {"quiet": quiet_now}
+        last_rx = max(rec.last_rx, self.presence.last_rx, self.muc.last_rx) / 1_000_000
+        return {"quiet": quiet_now, "last_rx": last_rx}
 
     # -- presence ---------------------------------------------------------------------
 
@@ -295,6 +311,92 @@ class Worker:
                 conn.presence_rec = self.presence
         return {"lat": array("q", latencies).tobytes(), "last_rx": rec.last_rx, **counters}
 
+    # -- group chat -------------------------------------------------------------------
+
+    async def muc_join(
+        self, room: str, first: int, count: int, concurrency: int, timeout: float
+    ) -> dict[str, Any]:
+        """Join ``room`` (a bare JID) with sessions ``first .. first + count - 1``, each
+        under its account name as nickname; returns each join's seconds."""
+        todo = [c for c in self.sessions[first : first + count] if c.muc_rec is None]
+        sem = asyncio.Semaphore(max(1, concurrency))
+        durations: list[float] = []
+        errors: list[str] = []
+        room_b = room.encode()
+
+        async def one(conn: Connection) -> None:
+            async with sem:
+                t0 = time.monotonic()
+                try:
+                    await asyncio.wait_for(conn.join_room(room_b + b"/" + conn.user), timeout)
+                except Exception as exc:
+                    if len(errors) < 100:
+                        errors.append(f"{conn.user.decode()}: {type(exc).__name__}: {exc}"[:400])
+                    return
+                durations.append(time.monotonic() - t0)
+                conn.tail = b""
+                conn.muc_rec = self.muc
+                self.occupants.append(conn)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(c) for c in todo))
+        return {
+            "ok": len(durations),
+            "failed": len(todo) - len(durations),
+            "errors": errors[:5],
+            "seconds": time.monotonic() - started,
+            "durations": array("d", durations).tobytes(),
+            "occupants": len(self.occupants),
+        }
+
+    async def muc_step(
+        self, room: str, step: int, rate: float, duration: float, start_at: float, senders: int
+    ) -> dict[str, Any]:
+        """``rate`` groupchat messages per second in all, round-robin over the first
+        ``senders`` occupants, for ``duration`` seconds from ``start_at``."""
+        conns = [c for c in self.occupants[:senders] if c.transport is not None]
+        if not conns or rate <= 0:
+            return {"sent": 0, "send_seconds": 0.0, "max_lag": 0.0}
+        prefix = b"<message type='groupchat' to='" + room.encode() + b"'><body>"
+        writes = [c.transport.write for c in conns if c.transport is not None]
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        monotonic = time.monotonic
+        t0 = monotonic()
+        end = t0 + duration
+        total = int(rate * duration)
+        sent = idx = 0
+        max_lag = 0.0
+        last = t0
+        n = len(writes)
+        while sent < total:
+            now = monotonic()
+            due = total if now >= end else int((now - t0) * rate)
+            if due > sent:
+                max_lag = max(max_lag, now - (t0 + (sent + 1) / rate))
+                middle = b"%d:%d:%d" % (idx, step, int(now * 1_000_000))
+                while sent < due:
+                    writes[idx](prefix + middle + MESSAGE_SUFFIX)
+                    idx = idx + 1 if idx + 1 < n else 0
+                    sent += 1
+                last = monotonic()
+            if sent < total:
+                await asyncio.sleep(0.001)
+        return {"sent": sent, "send_seconds": last - t0, "max_lag": max_lag}
+
+    def muc_collect(self, step: int) -> dict[str, Any]:
+        """The delivery latencies of ``step`` and the counters so far (then reset)."""
+        rec = self.muc
+        latencies = rec.lat.pop(step, [])
+        out = {
+            "lat": array("q", latencies).tobytes(),
+            "last_rx": rec.last_rx,
+            "presences": rec.presences,
+            "errors": rec.errors,
+            "occupants": len(self.occupants),
+        }
+        rec.presences = rec.errors = 0
+        return out
+
     # -- archive queries --------------------------------------------------------------
 
     async def mam_queries(
@@ -328,7 +430,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 conn.close()
         self.sessions.clear()
+        self.occupants.clear()
         self.recorder = Recorder()
+        self.muc = MucRecorder()
         await asyncio.sleep(0.2)
         return {"closed": n}
 

@@ -298,6 +298,27 @@ class PresenceRecorder:
         }
 
 
+class MucRecorder:
+    """Per-process store of the group chat phase (``muc``).
+
+    ``lat[step]`` holds the latency of every copy of a stamped groupchat message an
+    occupant received (µs; the sender's own copy counts: the room sends it back too);
+    ``presences`` counts the presence stanzas received in the room (join floods),
+    ``errors`` the error stanzas.
+    """
+
+    __slots__ = ("errors", "last_rx", "lat", "presences")
+
+    def __init__(self) -> None:
+        self.lat: dict[int, list[int]] = {}
+        self.presences = 0
+        self.errors = 0
+        self.last_rx = 0.0
+
+
+MUC_NS = b"http://jabber.org/protocol/muc"
+
+
 class Connection(asyncio.Protocol):
     """One client connection: awaitable element reader for login, fast path for chat."""
 
@@ -324,6 +345,8 @@ class Connection(asyncio.Protocol):
         self.presence_rec: PresenceRecorder | None = None
         self.index = -1
         self.seen: dict[tuple[int, bool], int] = {}
+        #: group chat phase: recorder once this connection is an occupant
+        self.muc_rec: MucRecorder | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -337,6 +360,10 @@ class Connection(asyncio.Protocol):
         prec = self.presence_rec
         if prec is not None:
             self._presence_data(prec, data)
+            return
+        mrec = self.muc_rec
+        if mrec is not None:
+            self._muc_data(mrec, data)
             return
         self.buf += data
         waiter = self.waiter
@@ -437,6 +464,63 @@ class Connection(asyncio.Protocol):
             if lst is None:
                 lst = rec.lat[step] = []
             lst.append(now - stamp)
+
+    # -- group chat fast path ---------------------------------------------------------
+    def _muc_data(self, rec: MucRecorder, data: bytes) -> None:
+        """Time every stamped groupchat body (``<body>SENDER:STEP:MICROSECONDS</body>``)
+        in complete messages; count presences; keep only what may still be an
+        incomplete message (presence floods are not buffered)."""
+        buf = self.tail + data if self.tail else data
+        now = time.monotonic_ns() // 1000
+        rec.last_rx = now
+        rec.presences += data.count(b"<presence")
+        end = buf.rfind(MESSAGE_END)
+        if end < 0:
+            start = buf.rfind(b"<message")
+            self.tail = buf[start:] if start >= 0 else buf[-16:]
+            return
+        self.tail = buf[end + 10 :]
+        chunk = buf[:end]
+        if b"type='error'" in chunk or b'type="error"' in chunk:
+            rec.errors += chunk.count(b"type='error'") + chunk.count(b'type="error"')
+        lat = rec.lat
+        for part in chunk.split(b"<body")[1:]:
+            gt = part.find(b">")
+            lt = part.find(b"<", gt)
+            fields = part[gt + 1 : lt].split(b":")
+            if len(fields) != 3:
+                continue
+            s = int(fields[1])
+            lst = lat.get(s)
+            if lst is None:
+                lst = lat[s] = []
+            lst.append(now - int(fields[2]))
+
+    async def join_room(self, occupant_jid: bytes) -> None:
+        """Send a join presence (no history) and return once the self-presence (status
+        110) arrived; raises on an error presence."""
+        self.buf, self.pos = b"", 0
+        self.send(
+            b"<presence to='"
+            + occupant_jid
+            + b"'><x xmlns='"
+            + MUC_NS
+            + b"'><history maxstanzas='0'/></x></presence>"
+        )
+        searched = 0
+        while True:
+            buf = self.buf
+            for marker in (b"code='110'", b'code="110"'):
+                if buf.find(marker, searched) >= 0:
+                    self.buf, self.pos = b"", 0
+                    return
+            i = buf.find(b"type='error'", searched)
+            if i < 0:
+                i = buf.find(b'type="error"', searched)
+            if i >= 0:
+                raise XmppError(f"join refused: {buf[max(0, i - 200) : i + 400]!r}")
+            searched = max(0, len(buf) - 16)
+            await self._more()
 
     # -- login helpers ----------------------------------------------------------------
     def send(self, data: bytes) -> None:

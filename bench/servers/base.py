@@ -44,6 +44,19 @@ class Features:
     """STARTTLS offered and required, with the run's certificate."""
     archive: ArchiveBackend | None = None
     """Message archive (XEP-0313) on for every account, stored in this database."""
+    muc: bool = False
+    """Group chat (XEP-0045) service at ``conference.<domain>``: temporary rooms, usable
+    as soon as created (no locking), no history on join, no rate or size limit below the
+    benchmark's (see :data:`MUC_MAX_OCCUPANTS`)."""
+
+
+#: Occupants a room may hold, where a server has a limit (the largest room is 5,000).
+MUC_MAX_OCCUPANTS = 10_000
+
+
+def muc_domain(domain: str) -> str:
+    """The group chat service of ``domain``."""
+    return f"conference.{domain}"
 
 
 def sqlite_count(path: Path, table: str) -> int:

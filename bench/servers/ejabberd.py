@@ -23,7 +23,13 @@ from pathlib import Path
 
 from bench import pg
 from bench.common import SCRAM_ITERATIONS, SCRAM_SALT, deb_version, run_text
-from bench.servers.base import Rosters, Server, ServerUnavailable, sqlite_count
+from bench.servers.base import (
+    MUC_MAX_OCCUPANTS,
+    Rosters,
+    Server,
+    ServerUnavailable,
+    sqlite_count,
+)
 
 EBIN_ROOT = Path("/usr/lib/x86_64-linux-gnu")
 
@@ -69,7 +75,7 @@ modules:
   mod_ping: {{}}
   mod_roster:
     versioning: false
-{archive_module}"""
+{archive_module}{muc_module}"""
 
 TLS_GLOBAL = """certfiles:
   - "{combined}"
@@ -89,6 +95,27 @@ sql_password: ""
 ARCHIVE_MODULE = """  mod_mam:
     db_type: sql
     default: always
+"""
+#: Group chat (the ``muc`` scenario) at conference.<domain> (mod_muc's default host):
+#: anyone local creates rooms, temporary and unarchived; no message or presence interval;
+#: ``max_users_presence`` raised so that a large room still broadcasts every presence
+#: (ejabberd stops broadcasting presence in a room above 1,000 occupants by default, which
+#: would not be the same work as the other servers do).  History: 20 messages (default).
+MUC_MODULE = """  mod_muc:
+    access: all
+    access_create: all
+    access_persistent: all
+    access_admin: none
+    max_users: {max_users}
+    max_users_presence: {max_users}
+    max_user_conferences: 100000
+    min_message_interval: 0
+    min_presence_interval: 0
+    history_size: 20
+    default_room_options:
+      persistent: false
+      mam: false
+      logging: false
 """
 #: mod_mam's table (old schema, the default of 23.01).
 ARCHIVE_TABLE = "archive"
@@ -201,6 +228,9 @@ class EjabberdServer(Server):
                 starttls="true" if tls else "false",
                 sql=sql,
                 archive_module=ARCHIVE_MODULE if self.features.archive else "",
+                muc_module=(
+                    MUC_MODULE.format(max_users=MUC_MAX_OCCUPANTS) if self.features.muc else ""
+                ),
             )
         )
 

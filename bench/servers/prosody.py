@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench import pg
 from bench.common import SCRAM_ITERATIONS, SCRAM_SALT, deb_version
-from bench.servers.base import Rosters, Server, ServerUnavailable, sqlite_count
+from bench.servers.base import Rosters, Server, ServerUnavailable, muc_domain, sqlite_count
 
 #: mod_storage_sql's archive table.
 ARCHIVE_TABLE = "prosodyarchive"
@@ -44,7 +44,7 @@ modules_enabled = {{ "roster", "saslauth", "disco", "ping"{modules} }}
 modules_disabled = {{ "offline", "s2s", "s2s_auth_certs" }}
 
 VirtualHost "{domain}"
-{host_ssl}"""
+{host_ssl}{muc_component}"""
 
 TLS_HOST = """    ssl = {{ certificate = "{cert}", key = "{key}" }}
 """
@@ -54,6 +54,14 @@ ARCHIVE_SETTINGS = """default_archive_policy = true
 archive_expires_after = "never"
 max_archive_query_results = 250
 sql = {sql}
+"""
+#: Group chat (the ``muc`` scenario): Prosody's bundled MUC as an internal component at
+#: conference.<domain>; new rooms usable at once (no locking, as on the other servers);
+#: history of 20 messages (its default); no mod_muc_limits (no rate limiting).
+MUC_COMPONENT = """
+Component "{service}" "muc"
+    muc_room_locking = false
+    max_history_messages = 20
 """
 SQLITE = '{{ driver = "SQLite3", database = "{path}" }}'
 POSTGRES = (
@@ -133,6 +141,11 @@ class ProsodyServer(Server):
                 storage=storage,
                 extra=extra,
                 modules=modules,
+                muc_component=(
+                    MUC_COMPONENT.format(service=muc_domain(self.domain))
+                    if self.features.muc
+                    else ""
+                ),
                 host_ssl=(
                     TLS_HOST.format(cert=self.certs.cert, key=self.certs.key)
                     if tls and self.certs is not None
