@@ -470,10 +470,15 @@ class Connection(asyncio.Protocol):
         """Time every stamped groupchat body (``<body>SENDER:STEP:MICROSECONDS</body>``)
         in complete messages; count presences; keep only what may still be an
         incomplete message (presence floods are not buffered)."""
-        buf = self.tail + data if self.tail else data
+        tail = self.tail
+        buf = tail + data if tail else data
         now = time.monotonic_ns() // 1000
         rec.last_rx = now
-        rec.presences += data.count(b"<presence")
+        # A "<presence" cut by the previous read starts in its last 8 bytes (the tail
+        # always ends with them); one wholly inside them cannot exist.
+        rec.presences += (
+            (tail[-8:] + data).count(b"<presence") if tail else data.count(b"<presence")
+        )
         end = buf.rfind(MESSAGE_END)
         if end < 0:
             start = buf.rfind(b"<message")
