@@ -100,7 +100,8 @@ ARCHIVE_MODULE = """  mod_mam:
 #: anyone local creates rooms, temporary and unarchived; no message or presence interval;
 #: ``max_users_presence`` raised so that a large room still broadcasts every presence
 #: (ejabberd stops broadcasting presence in a room above 1,000 occupants by default, which
-#: would not be the same work as the other servers do).  History: 20 messages (default).
+#: would not be the same work as the other servers do); a room's own ``max_users``
+#: (default 200) raised to the service's.  History: 20 messages (default).
 MUC_MODULE = """  mod_muc:
     access: all
     access_create: all
@@ -113,6 +114,7 @@ MUC_MODULE = """  mod_muc:
     min_presence_interval: 0
     history_size: 20
     default_room_options:
+      max_users: {max_users}
       persistent: false
       mam: false
       logging: false
