@@ -438,6 +438,21 @@ class HttpSection(Section):
         "session (hold = 0); closer ones are overactivity.",
     )
 
+    metrics: bool = Field(
+        True, description="Serve the metrics in the Prometheus text format at /metrics."
+    )
+    health: bool = Field(
+        True,
+        description="Serve the readiness report as JSON at /health (200 when every part "
+        "is ready, else 503 with the parts and their reasons).",
+    )
+    ops_allowed: tuple[str, ...] = Field(
+        ("127.0.0.0/8", "::1/128"),
+        description="Addresses or networks (CIDR) allowed to read /metrics and /health "
+        "(the client's address as the HTTP front works it out, behind trusted proxies the "
+        "forwarded one); others get 403. Empty: nobody.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _is_base_url(cls, v: str) -> str:
@@ -445,7 +460,7 @@ class HttpSection(Section):
             raise ValueError("expected an http:// or https:// URL without a trailing slash")
         return v
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "ops_allowed")
     @classmethod
     def _are_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for item in v:

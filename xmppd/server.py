@@ -29,6 +29,7 @@ from xmppd.jid import JID
 from xmppd.metrics import Metrics
 from xmppd.modules import ModuleManager
 from xmppd.observe import observe
+from xmppd.opsroutes import OpsEndpoints
 from xmppd.router import Router
 from xmppd.s2s.certs import TrustStore
 from xmppd.s2s.dialback import dialback_secret
@@ -172,6 +173,7 @@ class Server:
                     self.tls,
                     lambda: frozenset(self.hosts),
                 )
+                OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,

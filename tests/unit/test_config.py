@@ -44,6 +44,10 @@ def write(tmp_path: Path, text: str) -> Path:
             "HTTP listeners have no STARTTLS",
         ),
         ("[http]\npublic_url = 'chat.example.org'\n", "http.public_url: expected an http://"),
+        (
+            "[http]\nops_allowed = ['intranet']\n",
+            "http.ops_allowed: 'intranet' is not an IP address",
+        ),
         ("[http]\ntrusted_proxies = ['proxy']\n", "http.trusted_proxies: 'proxy' is not an IP"),
     ],
 )
