@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("export-user", "write an account's data as XEP-0227 XML")
     exp.add_argument("jid")
     exp.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
+    token = command("token", "manage the bearer tokens of the admin REST API")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    tcreate = tsub.add_parser("create", help="create a token (printed once)")
+    tcreate.add_argument("name", help="what the token is for")
+    tcreate.add_argument("--scope", choices=("read-only", "users", "admin"), default="read-only")
+    tsub.add_parser("list", help="list the tokens (never their secrets)")
+    trevoke = tsub.add_parser("revoke", help="revoke a token by its id")
+    trevoke.add_argument("token_id")
     docs = command("gen-docs", "regenerate docs/hooks.md and docs/modules/ from the code")
     docs.add_argument("--check", action="store_true", help="only report stale files")
     docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
@@ -147,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "export-user":
         jid = _jid(args.jid, config)
         return _with_server(config, lambda s: _export(s, jid, args.output), listen=False)
+    if cmd == "token":
+        return _with_server(config, lambda s: _token(s, args), listen=False)
     if cmd == "import-users":
         return _with_server(config, lambda s: _import(s, args.file, config), listen=False)
     return 2
@@ -335,4 +345,28 @@ async def _import(server: object, path: Path, config: ServerConfig) -> int:
 
     await asyncio.gather(*(one(jid, password) for jid, password in accounts))
     print(f"created {created} of {len(accounts)} accounts")
+    return 0
+
+
+async def _token(server: object, args: argparse.Namespace) -> int:
+    from xmppd.apitokens import ApiTokens
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    tokens = ApiTokens(server.core.db)
+    if args.token_command == "create":
+        token, text = await tokens.create(args.name, args.scope)
+        print(text)
+        print(
+            f"id {token.token_id}, scope {token.scope}: keep it, it is not shown again",
+            file=sys.stderr,
+        )
+        return 0
+    if args.token_command == "list":
+        for t in await tokens.list():
+            print(f"{t.token_id}\t{t.scope}\t{t.name}")
+        return 0
+    if not await tokens.revoke(args.token_id):
+        print(f"no token {args.token_id}", file=sys.stderr)
+        return 1
     return 0

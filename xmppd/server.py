@@ -13,6 +13,8 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
+from xmppd.adminapi import AdminApi
+from xmppd.apitokens import ApiTokens
 from xmppd.auth import sasl
 from xmppd.auth.accounts import Accounts
 from xmppd.auth.fast import FastTokens
@@ -174,6 +176,7 @@ class Server:
                     lambda: frozenset(self.hosts),
                 )
                 OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
+                AdminApi(self.core, ApiTokens(self.core.db)).register(self.core.http)
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,

@@ -67,3 +67,16 @@ keyval: Final = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     info={"schema_version": 1},
 )
+
+api_tokens: Final = sa.Table(
+    "xmppd_api_tokens",
+    METADATA,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    info={"schema_version": 1},
+)
+"""Bearer tokens of the admin REST API (server-wide). Only the SHA-256 of the secret
+part is stored; the token (``xat_<token_id>_<secret>``) is shown once, at creation."""
