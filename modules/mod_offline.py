@@ -10,6 +10,11 @@ bounces them), nor messages carrying the XEP-0334 ``<no-store/>`` hint; those ge
 Messages with only XEP-0085 chat states are discarded, as XEP-0160 §3 asks, unless
 they carry the XEP-0334 ``<store/>`` hint.
 
+Messages queued for a session that hibernates (XEP-0198 resumption pending) are stored
+too (``sm_store``) so that a crash does not lose them, but kept back while the session
+may resume; they are deleted once its client acknowledges them, and become ordinary
+offline messages if it never does (or after a restart).
+
 Other modules can reach the store through :data:`OFFLINE`.
 """
 
@@ -38,7 +43,14 @@ from xmppd.api import (
     hooks,
     ns,
 )
-from xmppd.api.hooks import Bind2Request, PresenceEvent, StanzaEvent, UserEvent
+from xmppd.api.hooks import (
+    Bind2Request,
+    HibernatedRelease,
+    HibernatedStanza,
+    PresenceEvent,
+    StanzaEvent,
+    UserEvent,
+)
 from xmppd.api.stanza import (
     Element,
     child,
@@ -206,6 +218,10 @@ class OfflineStore:
         self._ctx = ctx
         self._last_seq = 0
         self._flushing: dict[JID, tuple[asyncio.Lock, int]] = {}
+        self._held: set[int] = set()
+        """Messages stored for a hibernated session (``sm_store``): kept back from
+        every delivery while it may resume, as its own queue holds them. In memory
+        only: after a restart no session is left to resume, and they are delivered."""
 
     async def start(self) -> None:
         """Continue the sequence after what is stored (the clock may have gone back)."""
@@ -228,24 +244,59 @@ class OfflineStore:
 
     async def store(self, user: JID, stanza: Element, sender: JID) -> bool:
         """Stamp and store ``stanza`` for ``user``; ``False`` when the storage is full."""
+        return await self._insert(user, stanza, sender) is not None
+
+    async def hold(self, user: JID, stanza: Element, sender: JID) -> int | None:
+        """Store a message queued for a hibernated session of ``user`` and keep it back
+        until :meth:`release`; its number, or ``None`` when it is not stored (not worth
+        storing, or the storage is full)."""
+        ctx = self._ctx
+        decision = verdict(
+            stanza, store_receipts_and_markers=ctx.options.store_receipts_and_markers
+        )
+        if decision is not Verdict.STORE:
+            return None
+        seq = await self._insert(user, stanza, sender)
+        if seq is not None:
+            self._held.add(seq)
+        return seq
+
+    async def release(self, user: JID, seqs: list[int], *, acked: bool) -> None:
+        """Messages held for a hibernated session: acknowledged by the client (deleted),
+        or never acknowledged (now ordinary offline messages, delivered at once to an
+        available session of ``user`` if there is one)."""
+        if acked:
+            # Under the delivery lock: a delivery either sees them held, or deleted.
+            async with self._lock(user):
+                await self._delete(user, seqs)
+                self._held.difference_update(seqs)
+            return
+        self._held.difference_update(seqs)
+        ctx = self._ctx
+        ready = [s for s in ctx.sessions.available(user) if s.priority >= 0]
+        if ready:
+            await self.deliver(max(ready, key=lambda s: s.priority))
+
+    async def _insert(self, user: JID, stanza: Element, sender: JID) -> int | None:
         ctx = self._ctx
         now = time.time()
         data = serialize(_stamped(ctx, stanza, now)).decode("utf-8")
         async with ctx.db.transaction() as tx:
             stored = (await tx.execute(_COUNT, self._params(user))).scalar()
             if int(stored or 0) >= ctx.options.max_messages:
-                return False
+                return None
+            seq = self._next_seq()
             await tx.execute(
                 insert(messages).values(
                     host=ctx.domain,
                     username=user.local,
-                    seq=self._next_seq(),
+                    seq=seq,
                     stamp=now,
                     sender=str(sender),
                     stanza=data,
                 )
             )
-        return True
+        return seq
 
     async def deliver(self, session: Session) -> int:
         """Send every stored message to ``session``, oldest first, deleting each page
@@ -260,9 +311,14 @@ class OfflineStore:
                 if not rows:
                     break
                 delivered: list[int] = []
+                ended = False
                 try:
                     for row in rows:
+                        after = row.seq
+                        if row.seq in self._held:
+                            continue
                         if not ctx.sessions.is_current(session):
+                            ended = True
                             break
                         try:
                             stanza = parse_stored(row.stanza)
@@ -274,9 +330,8 @@ class OfflineStore:
                         delivered.append(row.seq)
                 finally:
                     await self._delete(user, delivered)
-                if len(delivered) < len(rows):
-                    break  # the session ended
-                after = delivered[-1]
+                if ended:
+                    break
         if sent:
             ctx.log.debug("delivered %d offline messages to %s", sent, session.jid)
         return sent
@@ -291,6 +346,8 @@ class OfflineStore:
             after = 0
             while rows := await ctx.db.fetch_all(_PAGE, {**self._params(user), "after": after}):
                 for row in rows:
+                    if row.seq in self._held:
+                        continue  # its session may resume and acknowledge it
                     try:
                         stanza = parse_stored(row.stanza)
                     except SyntaxError:
@@ -368,6 +425,22 @@ async def offline_message(ctx: Ctx, event: StanzaEvent) -> Stop | None:
     if ready:
         await store.deliver(max(ready, key=lambda s: s.priority))
     return STOP
+
+
+@module.fold(hooks.SM_STORE)
+async def store_hibernated(ctx: Ctx, token: str, event: HibernatedStanza) -> str:
+    """XEP-0198 hibernation: a durable copy of a message queued in memory, so that a
+    crash or restart does not lose it (it is delivered at the next login)."""
+    if token:
+        return token
+    seq = await ctx.service(OFFLINE).hold(event.session.jid.bare, event.stanza, event.from_)
+    return "" if seq is None else str(seq)
+
+
+@module.on(hooks.SM_STORE_RELEASE)
+async def release_hibernated(ctx: Ctx, event: HibernatedRelease) -> None:
+    seqs = [int(token) for token in event.tokens if token.isdigit()]
+    await ctx.service(OFFLINE).release(event.session.jid.bare, seqs, acked=event.acked)
 
 
 @module.fold(hooks.BIND2_BOUND)

@@ -84,6 +84,28 @@ class UserEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HibernatedStanza:
+    """A message queued for ``session`` while its stream-management session hibernates
+    (XEP-0198): it is in memory only until a handler of ``sm_store`` stores it."""
+
+    session: Session
+    stanza: Element
+    from_: JID
+
+
+@dataclass(frozen=True, slots=True)
+class HibernatedRelease:
+    """Stored copies (``tokens`` from ``sm_store``) of messages queued for ``session``
+    that no longer need one. ``acked``: the client acknowledged them, delete the copies;
+    otherwise the session ended without acknowledging them and each copy becomes an
+    ordinary offline message."""
+
+    session: Session
+    tokens: tuple[str, ...]
+    acked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturesContext:
     """Which stream features are being offered, and to whom."""
 
@@ -191,6 +213,24 @@ OFFLINE_MESSAGE: Final = EventHook[StanzaEvent](
     "A chat or normal message for an account with no session to take it (the account "
     "may not exist: check ctx.account_exists). A handler that stores it returns STOP; if "
     "none does, the sender gets service-unavailable.",
+)
+
+SM_STORE: Final = FoldHook[str, HibernatedStanza](
+    "sm_store",
+    "host",
+    "A chat or normal message is queued for a client whose stream-management session "
+    "hibernates, in memory only: store a durable copy that a crash or restart does not "
+    "lose, kept back from every session while this one may resume, and return a token "
+    "naming it (the value is '' until a handler stores it; return it unchanged if you "
+    "do not). The core releases each token through sm_store_release.",
+)
+
+SM_STORE_RELEASE: Final = EventHook[HibernatedRelease](
+    "sm_store_release",
+    "host",
+    "Copies stored through sm_store are no longer needed as such: the client "
+    "acknowledged the messages (delete them), or its session ended without "
+    "acknowledging them (deliver them as offline messages).",
 )
 
 
@@ -339,6 +379,8 @@ __all__ = [
     "FILTER_PACKET",
     "FeaturesContext",
     "HOST_STARTED",
+    "HibernatedRelease",
+    "HibernatedStanza",
     "HostEvent",
     "IQ_TO_BARE",
     "IQ_TO_FULL",
@@ -358,6 +400,8 @@ __all__ = [
     "RESOURCE_UNBOUND",
     "RouteInfo",
     "SERVER_STOPPING",
+    "SM_STORE",
+    "SM_STORE_RELEASE",
     "ServerEvent",
     "SessionEvent",
     "StreamElementEvent",

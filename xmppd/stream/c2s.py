@@ -247,6 +247,15 @@ class C2SStream(StreamMachine):
             if result is not stanza:  # a handler changed it (handlers copy to change)
                 data = None
             stanza = result
+        if self.state is _DETACHED and host is not None:
+            # Queued in memory only: store a durable copy before the sender's stanza
+            # counts as handled (its <a/>), so a crash does not lose it. A prepared
+            # serialisation (fan-out) carries the recipient's 'to': store what is sent.
+            sent = stanza if data is None else parse(data)
+            token = await self._store_durably(host, sent)
+            if token:
+                self._queue_stored(serialize(sent) if data is None else data, token)
+                return
         self._send_stanza(serialize(stanza) if data is None else data)
 
     def send_raw(self, stanza: Element) -> None:
@@ -269,6 +278,65 @@ class C2SStream(StreamMachine):
         self._write(data)
         if sm is not None and not sm.ack_requested:
             self._request_ack(soon=len(sm.unacked) >= ACK_EVERY)
+
+    async def _store_durably(self, host: StreamHost, stanza: Element) -> str:
+        """Hand a message for this hibernated session to ``sm_store``; its token, or ''."""
+        if (
+            self.sm is None
+            or stanza.tag != "message"
+            or stanza.get("type") in ("error", "groupchat", "headline")
+            or not host.bus.has_handlers(hooks.SM_STORE)
+        ):
+            return ""
+        try:
+            from_ = JID.parse(stanza.get("from", ""))
+        except InvalidJID:
+            return ""
+        event = hooks.HibernatedStanza(self.services.sessions.view(self), stanza, from_)
+        token = await host.bus.fold(hooks.SM_STORE, "", event)
+        return token if isinstance(token, str) else ""
+
+    def _queue_stored(self, data: bytes, token: str) -> None:
+        """Queue a stanza whose durable copy is ``token``; if it cannot be queued (the
+        session ended meanwhile), the copy becomes an offline message."""
+        sm = self.sm
+        queued = False
+        if sm is not None and self.state is not _CLOSED:
+            before = sm.sent
+            self._send_stanza(data)
+            queued = sm.sent != before and not self.closed
+            if queued:
+                sm.stored[sm.sent] = token
+        if not queued:
+            self._release([token], acked=False)
+
+    async def _store_unacked(self) -> None:
+        """On hibernation: store durable copies of the stanzas already queued (sent on
+        the lost connection, never acknowledged)."""
+        sm, host = self.sm, self.host
+        if sm is None or host is None:
+            return
+        for number, data in sm.pending():
+            if number in sm.stored or self.closed:
+                continue
+            token = await self._store_durably(host, parse(data))
+            if not token:
+                continue
+            if sm.is_pending(number) and not self.closed:
+                sm.stored[number] = token
+            else:  # acknowledged on resumption, or re-delivered at expiry meanwhile
+                self._release([token], acked=True)
+
+    def _release(self, tokens: list[str], *, acked: bool) -> None:
+        host = self.host
+        if tokens and host is not None:
+            event = hooks.HibernatedRelease(self.services.sessions.view(self), tuple(tokens), acked)
+            _ = self.services.start_task(_run_release(host, event), name="sm-store-release")
+
+    def _release_acked(self, sm: SmState) -> None:
+        if sm.released:
+            self._release(sm.released, acked=True)
+            sm.released = []
 
     def release_idle_memory(self, now: float, idle_for: float) -> bool:
         """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds."""
@@ -890,6 +958,8 @@ class C2SStream(StreamMachine):
             h = el.get("h", "")
             if not h.isdigit() or not sm.ack(int(h)):
                 self.close("undefined-condition", "acknowledged more stanzas than were sent")
+            else:
+                self._release_acked(sm)
         else:
             self._write(_sm_failed("unexpected-request"))
 
@@ -935,14 +1005,26 @@ class C2SStream(StreamMachine):
         self._hibernation = asyncio.get_running_loop().call_later(
             self.services.c2s.resume_timeout, self._expire
         )
+        if self.sm is not None and self.sm.unacked:
+            _ = self.services.start_task(self._store_unacked(), name="sm-store")
         log.debug("c2s %s: connection lost; resumable", self.summary())
 
     def _expire(self) -> None:
         """No resume in time: end the session, re-deliver what the client never acked."""
         if self.closed:
             return
-        pending = list(self.sm.unacked) if self.sm is not None else []
+        pending: list[bytes] = []
+        stored: list[str] = []
+        sm = self.sm
+        if sm is not None:
+            for number, data in sm.pending():
+                token = sm.stored.pop(number, None)
+                if token is None:
+                    pending.append(data)
+                else:  # already durable: it becomes an offline message
+                    stored.append(token)
         self._shutdown()
+        self._release(stored, acked=False)
         if pending:
             _ = self.services.start_task(self._redeliver(pending), name="sm-redeliver")
 
@@ -991,6 +1073,7 @@ class C2SStream(StreamMachine):
             return "item-not-found"
         if not old.sm.ack(int(h)):
             return "undefined-condition"
+        old._release_acked(old.sm)
         return old
 
     def resumed_element(self) -> Element:
@@ -1036,6 +1119,9 @@ class C2SStream(StreamMachine):
         sm = self.sm
         if sm is not None and self.services.resumable.get(sm.id) is self:
             del self.services.resumable[sm.id]
+        if sm is not None and sm.stored:  # never acknowledged: offline messages now
+            self._release(list(sm.stored.values()), acked=False)
+            sm.stored.clear()
         if previous is _BOUND or previous is _DETACHED:
             self.services.sessions.unbind(self)
             host = self.host
@@ -1057,6 +1143,10 @@ class C2SStream(StreamMachine):
         """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
         if self._unbound is not None:
             await asyncio.shield(self._unbound)
+
+
+async def _run_release(host: StreamHost, event: hooks.HibernatedRelease) -> None:
+    await host.bus.run(hooks.SM_STORE_RELEASE, event)
 
 
 def _sm_failed_element(condition: str) -> Element:

@@ -14,7 +14,17 @@ MOD: Final = 2**32
 class SmState:
     """Counts handled inbound stanzas and keeps outbound stanzas until acknowledged."""
 
-    __slots__ = ("ack_requested", "acked", "id", "inbound", "resumable", "sent", "unacked")
+    __slots__ = (
+        "ack_requested",
+        "acked",
+        "id",
+        "inbound",
+        "released",
+        "resumable",
+        "sent",
+        "stored",
+        "unacked",
+    )
 
     def __init__(self, *, resumable: bool) -> None:
         self.id = secrets.token_urlsafe(18) if resumable else ""
@@ -26,6 +36,11 @@ class SmState:
         """The client's last ``h``: stanzas it confirmed."""
         self.unacked: deque[bytes] = deque()
         self.ack_requested = False
+        self.stored: dict[int, str] = {}
+        """Durable copies of queued stanzas (``sm_store`` tokens), by the stanza's number
+        (``sent`` just after it was queued)."""
+        self.released: list[str] = []
+        """Tokens of stored stanzas the client acknowledged, to be released."""
 
     def handled_inbound(self) -> None:
         self.inbound = (self.inbound + 1) % MOD
@@ -39,8 +54,20 @@ class SmState:
         count = (h - self.acked) % MOD
         if count > len(self.unacked):
             return False
-        for _ in range(count):
+        for i in range(1, count + 1):
             self.unacked.popleft()
+            if self.stored:
+                token = self.stored.pop((self.acked + i) % MOD, None)
+                if token is not None:
+                    self.released.append(token)
         self.acked = h % MOD
         self.ack_requested = False
         return True
+
+    def pending(self) -> list[tuple[int, bytes]]:
+        """The unacknowledged stanzas with their numbers, oldest first."""
+        return [((self.acked + 1 + i) % MOD, data) for i, data in enumerate(self.unacked)]
+
+    def is_pending(self, number: int) -> bool:
+        """Whether stanza ``number`` is still queued, unacknowledged."""
+        return 0 < (number - self.acked) % MOD <= len(self.unacked)
