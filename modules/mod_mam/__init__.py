@@ -138,9 +138,19 @@ async def start(ctx: Ctx) -> None:
         ctx.spawn(_expire_periodically(archive), name=f"mod_mam retention {ctx.domain}")
 
 
+STOP_FLUSH_SECONDS: Final = 5.0
+"""How long stopping waits for queued archive rows to be written (the database may be
+down: the writer is retrying)."""
+
+
 @module.on_unload
 async def stop(ctx: Ctx) -> None:
-    await ctx.service(ARCHIVE).writer.flush()
+    writer = ctx.service(ARCHIVE).writer
+    try:
+        async with asyncio.timeout(STOP_FLUSH_SECONDS):
+            await writer.flush()
+    except TimeoutError:
+        ctx.log.error("stopping: %d archive rows could not be written; lost", writer.pending)
 
 
 async def _expire_periodically(archive: Archive) -> None:
@@ -177,6 +187,7 @@ async def archive_sent(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Elemen
         return stanza
     user = pctx.session.jid.bare
     if to.bare != user and await archive.wants(user, to):  # to oneself: archived once
+        await archive.writer.wait_for_room()
         archive.store(user, to, stanza, outgoing=True)
     return stanza
 
@@ -215,6 +226,7 @@ async def _archive_received(archive: Archive, user: JID, stanza: Element) -> Ele
         return None
     if not await archive.exists(user) or not await archive.wants(user, sender):
         return None
+    await archive.writer.wait_for_room()
     out = strip_ids(stanza, user)
     reserved = archive.reserve()
     child(out, "stanza-id", {"by": str(user), "id": str(reserved[0])}, namespace=NS_SID)

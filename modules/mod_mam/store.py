@@ -359,6 +359,14 @@ def _like(word: str) -> str:
 GATHER_SECONDS: Final = 0.01
 GATHER_ROWS: Final = 256
 """The writer waits up to GATHER_SECONDS for this many rows before a transaction."""
+MAX_QUEUED: Final = 20_000
+"""Rows queued and not yet written, at most. While the database cannot be written, the
+queue grows to this; then archiving a message waits for room, and so does the sender's
+stanza (and its XEP-0198 acknowledgement): the server stops acknowledging rather than
+lose."""
+RETRY_FIRST: Final = 0.1
+RETRY_MAX: Final = 5.0
+"""Back-off between attempts to write a batch the database refused: doubling, capped."""
 
 
 class Writer:
@@ -370,11 +378,20 @@ class Writer:
     for the next one (group commit). One INSERT per message cost ~150 µs of CPU on
     SQLite and ~650 µs plus a ~3 ms commit wait on PostgreSQL; batched, ~20 µs a row.
     Whatever reads the archive calls :meth:`flush` first, so it sees every row queued
-    before; a crash loses what was queued and not yet written (milliseconds' worth).
+    before; a crash loses what was queued and not yet written (milliseconds' worth, or
+    what queued during a database outage).
+
+    When the database cannot be written (down, unreachable), the batch is retried with
+    back-off until it can, and the module's health part (``mod_mam``) says the archive
+    is not ready and why. A row the database refuses for what it is (a duplicate: the
+    previous attempt committed after all) is not written twice; any other row error
+    loses that row only, logged.
     """
 
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
+        self._health = ctx.health.part(reason="starting")
+        self._failing = False
         self._queue: list[dict[str, Any]] = []
         self._queued = 0
         """Rows ever queued."""
@@ -389,6 +406,19 @@ class Writer:
         self._queue.append(row)
         self._queued += 1
         self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet written."""
+        return self._queued - self._done
+
+    def started(self) -> None:
+        self._health.set_ready()
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than :data:`MAX_QUEUED` rows wait to be written."""
+        while self._queued - self._done >= MAX_QUEUED and self._running:
+            await self._progress.wait()
 
     async def run(self) -> None:
         """The writer task (spawned on load, cancelled at stop)."""
@@ -413,26 +443,63 @@ class Writer:
     async def _write_queued(self) -> None:
         rows, self._queue = self._queue, []
         if rows:
-            await self._write(rows)
+            try:
+                await self._write(rows)
+            except asyncio.CancelledError:  # stopping: a last flush may still write them
+                self._queue[:0] = rows
+                raise
             self._done += len(rows)
         self._notify()
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
-        db = self._ctx.db
-        try:
-            async with db.transaction() as tx:
-                await tx.execute(_INSERT, rows)
-                if db.dialect == "sqlite":  # the same transaction keeps the index exact
-                    ids = [row["id"] for row in rows]
-                    bounds = {"host": self._ctx.domain, "low": min(ids), "high": max(ids)}
-                    await tx.execute(_FTS_INDEX, bounds)
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self._insert(rows)
+            except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+                if len(rows) == 1:
+                    self._row_refused(rows[0], exc)
+                    return
+                break
+            except Exception as exc:  # the database is down or unreachable: retry
+                self._unavailable(exc, len(rows))
+                if not self._running:  # the last flush while stopping: no more time
+                    self._ctx.log.error("could not archive %d messages; lost", len(rows))
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._failing:
+                self._failing = False
+                self._health.set_ready()
+                self._ctx.log.warning("archive writable again")
             return
-        except Exception:
-            if len(rows) == 1:
-                self._ctx.log.exception("could not archive a message; it is lost")
-                return
-        for row in rows:  # the batch failed: save the rows that can be saved
+        for row in rows:  # a row of the batch is refused: save the others
             await self._write([row])
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        db = self._ctx.db
+        async with db.transaction() as tx:
+            await tx.execute(_INSERT, rows)
+            if db.dialect == "sqlite":  # the same transaction keeps the index exact
+                ids = [row["id"] for row in rows]
+                bounds = {"host": self._ctx.domain, "low": min(ids), "high": max(ids)}
+                await tx.execute(_FTS_INDEX, bounds)
+
+    def _row_refused(self, row: dict[str, Any], exc: Exception) -> None:
+        if isinstance(exc, sa.exc.IntegrityError):
+            # The same host, user and id: an earlier attempt committed although its
+            # answer was lost with the connection. It is archived once.
+            self._ctx.log.debug("archive row %s was written already", row["id"])
+        else:
+            self._ctx.log.error("could not archive a message (%s); it is lost", exc)
+
+    def _unavailable(self, exc: Exception, rows: int) -> None:
+        reason = f"cannot write the archive: {type(exc).__name__}: {str(exc)[:200]}"
+        self._health.set_not_ready(reason)
+        if not self._failing:
+            self._failing = True
+            self._ctx.log.warning("%s; %d rows held, retrying", reason, rows)
 
     async def flush(self) -> None:
         """Return once every row queued so far is in the database."""
@@ -465,6 +532,7 @@ class Archive:
         if self.ctx.db.dialect == "sqlite":
             await self._create_fulltext_index()
         self.ctx.spawn(self.writer.run(), name=f"mod_mam writer {self.ctx.domain}")
+        self.writer.started()
 
     async def _create_fulltext_index(self) -> None:
         """SQLite: create the FTS5 index and its delete trigger once; index what is

@@ -18,15 +18,16 @@ SQLite those do not yield to the loop, which is what keeps the block atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from xmppd.storage.schema import METADATA, schema_versions
@@ -51,6 +52,10 @@ class _InlineTransaction:
 
     async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]:
         return self._conn.execute(stmt, params)
+
+
+_DATA_ERRORS: Final = (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError)
+"""Errors about the statement or its data: the connection stays usable."""
 
 
 class Database:
@@ -138,9 +143,24 @@ class Database:
             with self._sync.begin() as conn:
                 yield _InlineTransaction(conn)
         else:
-            assert self._async is not None
-            async with self._async.begin() as aconn:
+            async with self._connection() as aconn, aconn.begin():
                 yield aconn
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection (PostgreSQL) that is discarded, not pooled again, when
+        its work fails for another reason than the data (the server went away, or the
+        work was cancelled mid-query): asyncpg leaves such a connection unusable
+        ("another operation is in progress") and the pool would hand it out forever."""
+        assert self._async is not None
+        async with self._async.connect() as aconn:
+            try:
+                yield aconn
+            except BaseException as exc:
+                if not isinstance(exc, _DATA_ERRORS) and not aconn.invalidated:
+                    with contextlib.suppress(Exception):
+                        await aconn.invalidate()
+                raise
 
     async def execute(self, stmt: sa.Executable, params: Any = None) -> int:
         """Run a write statement in its own transaction; returns the affected row count."""
@@ -156,8 +176,7 @@ class Database:
         if self._sync is not None:
             with self._sync.connect() as conn:
                 return list(conn.execute(stmt, params).all())
-        assert self._async is not None
-        async with self._async.connect() as aconn:
+        async with self._connection() as aconn:
             return list((await aconn.execute(stmt, params)).all())
 
     async def fetch_one(
@@ -167,8 +186,7 @@ class Database:
             with self._sync.connect() as conn:
                 row: sa.Row[Any] | None = conn.execute(stmt, params).first()
                 return row
-        assert self._async is not None
-        async with self._async.connect() as aconn:
+        async with self._connection() as aconn:
             arow: sa.Row[Any] | None = (await aconn.execute(stmt, params)).first()
             return arow
 
