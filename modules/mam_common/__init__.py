@@ -11,6 +11,7 @@ import contextlib
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -52,6 +53,51 @@ def parse_id(text: str) -> int:
     if text.isdigit() and len(text) <= 19 and int(text) < 2**63:
         return int(text)
     raise StanzaError("item-not-found", "no such archive id")
+
+
+@dataclass(slots=True)
+class Bounds:
+    """The time and id bounds of a query form (times in microseconds, ids as integers)."""
+
+    start: int | None = None
+    end: int | None = None
+    after_id: int | None = None
+    before_id: int | None = None
+
+    def read(self, var: str, value: str) -> bool:
+        """Take the form field ``var`` if it is one of the bounds (``start``, ``end``,
+        ``after-id``, ``before-id``); ``False`` for any other field."""
+        if var == "start":
+            self.start = parse_stamp(value) if value else None
+        elif var == "end":
+            self.end = parse_stamp(value) if value else None
+        elif var == "after-id":
+            self.after_id = parse_id(value) if value else None
+        elif var == "before-id":
+            self.before_id = parse_id(value) if value else None
+        else:
+            return False
+        return True
+
+
+def query_fields(form: Element | None) -> Iterator[tuple[str, list[str]]]:
+    """``(var, values)`` of each field of a XEP-0313 query form, ``FORM_TYPE`` checked
+    (``bad-request`` unless it is urn:xmpp:mam:2) and left out."""
+    if form is None:
+        return
+    for field_el in form.iterfind(f"{{{ns.DATA_FORMS}}}field"):
+        var = field_el.get("var") or ""
+        values = [(v.text or "").strip() for v in field_el.iterfind(f"{{{ns.DATA_FORMS}}}value")]
+        if var == "FORM_TYPE":
+            if (values[0] if values else "") != NS_MAM:
+                raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
+            continue
+        yield var, values
+
+
+def unknown_field(var: str) -> StanzaError:
+    """The error for a query form field this archive does not filter on."""
+    return StanzaError("feature-not-implemented", f"unknown field {var[:60]!r}")
 
 
 def next_id(last: int, now_us: int) -> int:

@@ -67,7 +67,7 @@ import time
 from dataclasses import replace
 from typing import Final
 
-from modules.mam_common import fin, parse_id, parse_stamp, result_message
+from modules.mam_common import fin, parse_id, query_fields, result_message, unknown_field
 from modules.mam_common import parse_rsm as rsm_paging
 from modules.mod_mam.common import (
     FULLTEXT_FIELD,
@@ -253,28 +253,15 @@ def _require_owner(req: IqRequest) -> None:
 
 def parse_form(form: Element | None) -> Filters:
     f = Filters()
-    if form is None:
-        return f
-    for field in form.iterfind(f"{_XDATA}field"):
-        var = field.get("var")
-        values = [(v.text or "").strip() for v in field.iterfind(f"{_XDATA}value")]
+    for var, values in query_fields(form):
         value = values[0] if values else ""
-        if var == "FORM_TYPE":
-            if value != NS_MAM:
-                raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
-        elif var == "with":
+        if f.read(var, value):
+            continue
+        if var == "with":
             try:
                 f.with_ = JID.parse(value) if value else None
             except InvalidJID:
                 raise StanzaError("bad-request", "'with' is not a valid JID") from None
-        elif var == "start":
-            f.start = parse_stamp(value) if value else None
-        elif var == "end":
-            f.end = parse_stamp(value) if value else None
-        elif var == "after-id":
-            f.after_id = parse_id(value) if value else None
-        elif var == "before-id":
-            f.before_id = parse_id(value) if value else None
         elif var == "ids":
             f.ids = tuple(sorted({parse_id(v) for v in values if v}))
         elif var == FULLTEXT_FIELD:
@@ -283,7 +270,7 @@ def parse_form(form: Element | None) -> Filters:
                 raise StanzaError("bad-request", f"at most {MAX_FULLTEXT_WORDS} search words")
             f.fulltext = " ".join(words) or None
         else:
-            raise StanzaError("feature-not-implemented", f"unknown field {str(var)[:60]!r}")
+            raise unknown_field(var)
     return f
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.mam_common import Paging, format_stamp, to_microseconds
+from modules.mam_common import Bounds, Paging, format_stamp, to_microseconds
 from modules.mod_mam.common import (
     KEPT_STATUS,
     KEPT_WITHOUT_BODY,
@@ -218,14 +218,10 @@ class Prefs:
 
 
 @dataclass(slots=True)
-class Filters:
-    """The query form (times in microseconds, ids as integers)."""
+class Filters(Bounds):
+    """The query form: the bounds, plus who with, which ids and which words."""
 
     with_: JID | None = None
-    start: int | None = None
-    end: int | None = None
-    after_id: int | None = None
-    before_id: int | None = None
     ids: tuple[int, ...] | None = None
     fulltext: str | None = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.mam_common import Paging, next_id, now_us
+from modules.mam_common import Bounds, Paging, next_id, now_us
 from modules.mod_muc.common import Ctx, module
 from xmppd.api.storage import (
     BigInteger,
@@ -52,12 +52,8 @@ class Row:
     retracted: bool
 
 
-@dataclass(slots=True)
-class Filters:
-    start: int | None = None
-    end: int | None = None
-    after_id: int | None = None
-    before_id: int | None = None
+Filters = Bounds
+"""A room archive filters on the time and id bounds only."""
 
 
 @dataclass(slots=True)

@@ -25,10 +25,10 @@ from modules.mam_common import (
     NS_MAM,
     NS_SID,
     fin,
-    parse_id,
     parse_rsm,
-    parse_stamp,
+    query_fields,
     result_message,
+    unknown_field,
 )
 from modules.mod_muc import errors
 from modules.mod_muc.archive import Filters
@@ -1598,25 +1598,9 @@ def _mam_filters(form: Element | None) -> Filters:
     """The XEP-0313 query form of a room archive: ``start``, ``end``, ``before-id``,
     ``after-id``; any other field is ``feature-not-implemented``."""
     f = Filters()
-    if form is None:
-        return f
-    for field_el in form.iterfind(f"{{{ns.DATA_FORMS}}}field"):
-        var = field_el.get("var")
-        values = [(v.text or "").strip() for v in field_el.iterfind(f"{{{ns.DATA_FORMS}}}value")]
-        value = values[0] if values else ""
-        if var == "FORM_TYPE":
-            if value != NS_MAM:
-                raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
-        elif var == "start":
-            f.start = parse_stamp(value) if value else None
-        elif var == "end":
-            f.end = parse_stamp(value) if value else None
-        elif var == "after-id":
-            f.after_id = parse_id(value) if value else None
-        elif var == "before-id":
-            f.before_id = parse_id(value) if value else None
-        else:
-            raise StanzaError("feature-not-implemented", f"unknown field {str(var)[:60]!r}")
+    for var, values in query_fields(form):
+        if not f.read(var, values[0] if values else ""):
+            raise unknown_field(var)
     return f
 
 

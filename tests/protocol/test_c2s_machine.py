@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
 import subprocess
 import sys
 from collections.abc import Coroutine
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.memtransport import MemoryTransport
 from xmppd.auth.accounts import Accounts
 from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.config import AuthSection, C2SSection
@@ -32,9 +32,7 @@ from xmppd.stanza import Element
 from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2S_TRANSITIONS, C2SServices, C2SStream
 from xmppd.stream.component import COMPONENT_TRANSITIONS
-from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.machine import IllegalTransition, StreamMachine, StreamState
-from xmppd.stream.transport import Framing, StreamInput
 
 DOMAIN = "example.org"
 HEADER = (
@@ -42,59 +40,6 @@ HEADER = (
     b"xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>"
 )
 REPO = Path(__file__).resolve().parents[2]
-
-
-class MemoryTransport:
-    """The connection under a stream: collects what it writes; plaintext only."""
-
-    def __init__(self) -> None:
-        self.peer = "192.0.2.1"
-        self.is_secure = False
-        self.out = bytearray()
-        self.closed = False
-        self.wrote = asyncio.Event()
-
-    @property
-    def framing(self) -> Framing:
-        return XML_STREAM
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-        self.wrote.set()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def ssl_object(self) -> ssl.SSLObject | None:
-        return None
-
-    async def start_tls(self) -> None:
-        raise ConnectionError("no TLS in memory")
-
-    def attach(self, stream: StreamInput) -> None:
-        pass
-
-    def detach(self) -> None:
-        pass
-
-    async def until(self, marker: bytes) -> bytes:
-        """Everything written up to and including ``marker`` (and since); clears."""
-        async with asyncio.timeout(5):
-            while marker not in self.out:
-                self.wrote.clear()
-                await self.wrote.wait()
-        data = bytes(self.out)
-        self.out.clear()
-        return data
 
 
 class OneHost:

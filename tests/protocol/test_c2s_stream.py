@@ -2,76 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.memtransport import MemoryTransport
 from xmppd.config import parse_config
 from xmppd.jid import JID
 from xmppd.server import Server
-from xmppd.stream.framing import XML_STREAM
-from xmppd.stream.transport import Framing, StreamInput
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
     b"xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>"
 )
-
-
-class MemoryTransport:
-    """Collects what the stream writes; plaintext only."""
-
-    def __init__(self) -> None:
-        self.peer = "192.0.2.1"
-        self.is_secure = False
-        self.out = bytearray()
-        self.closed = False
-        self.wrote = asyncio.Event()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-        self.wrote.set()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def ssl_object(self) -> ssl.SSLObject | None:
-        return None
-
-    async def start_tls(self) -> None:
-        raise ConnectionError("no TLS in memory")
-
-    @property
-    def framing(self) -> Framing:
-        return XML_STREAM
-
-    def attach(self, stream: StreamInput) -> None:
-        pass
-
-    def detach(self) -> None:
-        pass
-
-    async def until(self, marker: bytes) -> bytes:
-        async with asyncio.timeout(5):
-            while marker not in self.out:
-                self.wrote.clear()
-                await self.wrote.wait()
-        data = bytes(self.out)
-        self.out.clear()
-        return data
 
 
 @pytest.fixture
