@@ -15,36 +15,20 @@ sends nothing to the room. Patterns are Python regular expressions.
 
 from __future__ import annotations
 
-import re
-from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from hooks.word_filter import PatternOptions
 from modules.mod_muc.hooks import GROUPCHAT_MESSAGE, GroupchatContext
-from xmppd.api import Drop, Element, HookSet, ModuleContext, Options, Priority, StanzaError
+from xmppd.api import Drop, Element, HookSet, ModuleContext, Priority, StanzaError
 from xmppd.api.stanza import copy
 
 
-class MucWordFilterOptions(Options):
-    patterns: tuple[str, ...] = Field((), description="Regular expressions to look for.")
+class MucWordFilterOptions(PatternOptions):
     action: Literal["mask", "refuse"] = Field(
         "mask", description="mask: replace matches with asterisks; refuse: policy-violation."
     )
-
-    @field_validator("patterns")
-    @classmethod
-    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid pattern {pattern!r}: {exc}") from None
-        return value
-
-    @cached_property
-    def compiled(self) -> tuple[re.Pattern[str], ...]:
-        return tuple(re.compile(p) for p in self.patterns)
 
 
 handlers: HookSet[MucWordFilterOptions] = HookSet(

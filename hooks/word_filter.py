@@ -33,14 +33,11 @@ from xmppd.api.hooks import RouteInfo
 from xmppd.api.stanza import child_text, error_reply
 
 
-class WordFilterOptions(Options):
+class PatternOptions(Options):
+    """Options of a filter by regular expressions (also used by ``muc_word_filter``):
+    the patterns, checked at start-up, compiled once."""
+
     patterns: tuple[str, ...] = Field((), description="Regular expressions to look for.")
-    action: Literal["drop", "bounce"] = Field(
-        "bounce", description="drop: discard silently; bounce: answer policy-violation."
-    )
-    exempt_domains: tuple[str, ...] = Field(
-        (), description="Senders from these domains are never filtered."
-    )
 
     @field_validator("patterns")
     @classmethod
@@ -55,6 +52,15 @@ class WordFilterOptions(Options):
     @cached_property
     def compiled(self) -> tuple[re.Pattern[str], ...]:
         return tuple(re.compile(p) for p in self.patterns)
+
+
+class WordFilterOptions(PatternOptions):
+    action: Literal["drop", "bounce"] = Field(
+        "bounce", description="drop: discard silently; bounce: answer policy-violation."
+    )
+    exempt_domains: tuple[str, ...] = Field(
+        (), description="Senders from these domains are never filtered."
+    )
 
 
 handlers: HookSet[WordFilterOptions] = HookSet(
