@@ -17,6 +17,14 @@ read, in whatever parser state (inside a tag name, attribute values, namespace
 declarations, text), count against ``max_stanza_size``; whitespace between stanzas
 (keepalives) is skipped without reaching the parser, so it is accepted indefinitely
 at no memory cost. A stream error releases the parser and everything it held.
+
+Two paths feed the parser. Between stanzas, a read (up to one slice and no longer than
+the limit) that ends at a tag's end and holds no CDATA, comment or processing
+instruction goes to lxml in one feed, whatever number of stanzas it holds (the common
+case under load: many small stanzas per read); if it ends inside a stanza, that
+stanza's bytes so far are found by tokenising the tags, which is exact there because
+every ``<`` starts a tag. Everything else is fed piece by piece, each piece ending
+where the current top-level element may end (:meth:`XmlReader._piece_end`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,14 @@ _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 _XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
 _ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _NAME = re.compile(rb"[A-Za-z_][-A-Za-z0-9_.:]*")
+_WS_BYTES: Final = b" \t\r\n"
+_TAG: Final = re.compile(rb"<(/?)[^\s/>'\"]*(?:[^>'\"]|'[^']*'|\"[^\"]*\")*?(/?)>")
+"""One tag, in a chunk where every ``<`` starts a tag: group 1 marks an end tag, group 2
+an empty-element tag. Quoted attribute values may hold ``>``."""
+_COMPLETE_TAG: Final = re.compile(
+    rb"</[^\s>]+\s*>|<[^\s/>'\"]+(?:\s+[^\s='\"/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*\s*/>"
+)
+"""A whole end tag or empty-element tag, nothing before or after it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,13 @@ class XmlReader:
                 pos = keepalive.end()
                 if pos == n:
                     break
+                whole = self._whole_segment_end(data, pos)
+                if whole:
+                    # The fast path: every stanza of this segment in one parser feed.
+                    if self._feed_whole(data[pos:whole], stanzas):
+                        break  # the peer closed its stream
+                    pos = whole
+                    continue
                 self._at_boundary = False
                 self._pending = 0
             end = self._piece_end(data, pos)
@@ -203,13 +226,98 @@ class XmlReader:
             # Counted before the parser sees it: every byte of a stanza, whatever state
             # the parser is in (tag name, attributes, namespace declarations, text).
             self._pending += len(piece)
-            if self._pending > self.max_stanza_size:
+            past_limit = self._pending > self.max_stanza_size
+            if past_limit and (
+                self._pending - len(piece) + len(piece.rstrip(b" \t\r\n")) > self.max_stanza_size
+            ):
                 raise StreamError("policy-violation", "stanza too large")
             if self._parser is None:
                 self._parser = self._new_parser()
             if self._feed_piece(piece, stanzas):
                 break  # the peer closed its stream
+            if past_limit and not self._at_boundary:
+                # Only whitespace went past the limit; that is allowed when it follows
+                # the stanza's end (a keepalive), not inside a stanza or a tag.
+                raise StreamError("policy-violation", "stanza too large")
+            if self._at_boundary:
+                # The stanza ended in the piece's last tag (see _piece_end); what follows
+                # that tag's '>' is character data at stream level. Whitespace: we are
+                # between stanzas. Anything else counts towards the next stanza.
+                if piece[-1] == 0x3E:  # '>': nothing follows
+                    self._pending = 0
+                else:
+                    rest = piece[piece.find(b">", piece.rfind(b"<")) + 1 :]
+                    if rest.strip(b" \t\r\n"):
+                        self._at_boundary = False
+                        self._pending = len(rest)
+                    else:
+                        self._pending = 0
         return stanzas
+
+    def _whole_segment_end(self, data: bytes, pos: int) -> int:
+        """End of a segment of ``data`` from ``pos`` (between stanzas) that may go to
+        the parser in one feed, or 0 when none may (then it is read piece by piece).
+
+        A segment may when no stanza in it can pass the limit (it is no longer than the
+        limit nor than one slice), when it ends at the end of a tag (a ``>``), and when
+        it has no markup that may hide a ``<`` (CDATA, comments, processing
+        instructions, DTDs): with none, every ``<`` starts a tag, which is what
+        :meth:`_settle` relies on to count the bytes of a stanza left unfinished.
+        """
+        n = len(data)
+        limit = min(n, pos + FEED_SLICE, pos + self.max_stanza_size)
+        if limit == n and data[n - 1] == 0x3E:
+            end = n
+        elif limit == n and data[n - 1] in _WS_BYTES:
+            end = len(data.rstrip(b" \t\r\n"))
+            if end <= pos or data[end - 1] != 0x3E:
+                return 0
+            end = n
+        else:
+            end = data.rfind(b">", pos, limit) + 1
+            if end <= pos:
+                return 0
+        if data.find(b"<!", pos, end) >= 0 or data.find(b"<?", pos, end) >= 0:
+            return 0
+        return end
+
+    def _feed_whole(self, data: bytes, stanzas: list[Element]) -> bool:
+        """Feed a segment that :meth:`_whole_segment_end` admitted, then work out where
+        the stream stands: between stanzas, or inside one whose bytes so far are known.
+        ``True`` when the segment held the end of the stream."""
+        if self._parser is None:
+            self._parser = self._new_parser()
+        if self._feed_piece(data, stanzas):
+            return True
+        end = len(data.rstrip(b" \t\r\n"))
+        if self._depth == 0 and _COMPLETE_TAG.fullmatch(data, data.rfind(b"<", 0, end), end):
+            # The chunk ends with a whole tag and every element is closed.
+            self._at_boundary = True
+            self._pending = 0
+        else:
+            self._settle(data)
+        return False
+
+    def _settle(self, data: bytes) -> None:
+        """After a whole-chunk feed that ended inside a stanza (or inside a tag): count
+        the bytes of that stanza, from the end of the last top-level element in ``data``
+        (found by tokenising the tags, which is exact for a chunk the parser accepted
+        and that has no CDATA, comment or processing instruction)."""
+        depth = 0
+        last_end = 0
+        for tag in _TAG.finditer(data):
+            if tag.group(1):  # an end tag
+                depth -= 1
+                if depth == 0:
+                    last_end = tag.end()
+            elif tag.group(2):  # an empty-element tag
+                if depth == 0:
+                    last_end = tag.end()
+            else:
+                depth += 1
+        rest = data[last_end:].lstrip(b" \t\r\n")
+        self._pending = len(rest)
+        self._at_boundary = self._depth == 0 and not rest
 
     def _piece_end(self, data: bytes, pos: int) -> int:
         """Where the next piece handed to the parser ends: at most FEED_SLICE bytes,
@@ -257,41 +365,35 @@ class XmlReader:
             if b"<!" in piece and (b"<!DOCTYPE" in piece or b"<!ENTITY" in piece):
                 raise StreamError("restricted-xml", "DTDs are not allowed") from None
             raise StreamError("not-well-formed") from None
-        for event, item in events:
-            el = cast(Element, item)
-            if event == "start":
-                self._depth += 1
-                self._at_boundary = False
-                if self._depth > self.max_depth:
-                    raise StreamError("policy-violation", "elements nested too deeply")
-            elif event == "end":
-                self._depth -= 1
-                if self._depth == 0:
-                    root = el.getparent()
-                    if root is not None:
-                        root.remove(el)
-                        root.text = None
-                    el.tail = None
-                    if el.tag[0] == "{":
-                        el = self._neutral(el)
-                    stanzas.append(el)
-                    self._at_boundary = True
-                elif self._depth < 0:
-                    self.closed = True
-                    return True
-            else:  # comment or processing instruction
-                raise StreamError("restricted-xml", "comments and processing instructions")
-        if self._at_boundary:
-            # The stanza ended in the piece's last tag (see _piece_end); what follows
-            # that tag's '>' is character data at stream level. Whitespace: we are
-            # between stanzas. Anything else counts towards the next stanza.
-            after = piece.find(b">", piece.rfind(b"<")) + 1
-            rest = piece[after:]
-            if rest.strip(b" \t\r\n"):
-                self._at_boundary = False
-                self._pending = len(rest)
-            else:
-                self._pending = 0
+        depth = self._depth
+        max_depth = self.max_depth
+        try:
+            for event, item in events:
+                if event == "start":
+                    depth += 1
+                    self._at_boundary = False
+                    if depth > max_depth:
+                        raise StreamError("policy-violation", "elements nested too deeply")
+                elif event == "end":
+                    depth -= 1
+                    if depth == 0:
+                        el = cast(Element, item)
+                        root = el.getparent()
+                        if root is not None:
+                            root.remove(el)
+                            root.text = None
+                        el.tail = None
+                        if el.tag[0] == "{":
+                            el = self._neutral(el)
+                        stanzas.append(el)
+                        self._at_boundary = True
+                    elif depth < 0:
+                        self.closed = True
+                        return True
+                else:  # comment or processing instruction
+                    raise StreamError("restricted-xml", "comments and processing instructions")
+        finally:
+            self._depth = depth
         return False
 
     def _neutral(self, el: Element) -> Element:
