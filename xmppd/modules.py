@@ -42,6 +42,7 @@ DEFAULT_MODULES: Final = (
     "avatar_conversion",
     "push",
     "muc",
+    "webclient",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 
