@@ -79,7 +79,7 @@ _ORIGIN: Final = re.compile(
     r"^(?:https?|wss?)://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 )
 """An origin safe to put in a CSP header (the request's Host could hold anything)."""
-_PATH: Final = re.compile(r"^(?:/[A-Za-z0-9_.\-~]+)+$")
+_PATH: Final = re.compile(r"^(?:/[A-Za-z0-9_\-~][A-Za-z0-9_.\-~]*)+$")
 
 
 class WebClientOptions(Options):
@@ -121,7 +121,10 @@ class WebClientOptions(Options):
     @classmethod
     def _is_path(cls, v: str) -> str:
         if not _PATH.match(v):
-            raise ValueError("expected a path such as '/chat' (letters, digits, '_.-~')")
+            raise ValueError(
+                "expected a path such as '/chat' (segments of letters, digits and '_.-~', "
+                "not starting with '.')"
+            )
         return v
 
     @field_validator("settings")

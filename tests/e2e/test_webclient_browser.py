@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.clients import Slix, register_account
@@ -132,6 +133,13 @@ async def test_converse_in_chromium_chats_with_a_slixmpp_client(
                         proc.kill()
                     await proc.wait()
                 done.cancel()
+        # The page used the transport it was set up for.
+        async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as r:
+            metrics = await r.text()
+    opened = f"xmppd_{connection}_sessions_opened_total "
+    assert any(
+        line.startswith(opened) and float(line.split()[-1]) >= 1 for line in metrics.splitlines()
+    ), [line for line in metrics.splitlines() if "sessions_opened" in line]
     print(f"screenshot of the page: {screenshot}")
     assert proc.returncode == 0, (out.decode() + err.decode())[-3000:]
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
