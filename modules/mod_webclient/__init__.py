@@ -314,10 +314,10 @@ class _Handlers:
             return self.ctx
         return found
 
-    async def install(self) -> Install | None:
-        """Converse.js, looked for again until found (installing it while the server
-        runs needs no restart)."""
-        if self._install is None:
+    async def install(self, *, refresh: bool = False) -> Install | None:
+        """Converse.js, looked for again until found and at each page load (installing
+        or upgrading it while the server runs needs no restart)."""
+        if self._install is None or refresh:
             opts = self.ctx.options
             where = Path(opts.converse_dir) if opts.converse_dir else DEFAULT_CONVERSE_DIR
             self._install = await asyncio.to_thread(find_install, where)
@@ -325,7 +325,7 @@ class _Handlers:
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         ctx = self._host_ctx(request)
-        install = await self.install()
+        install = await self.install(refresh=True)
         headers = dict(COMMON_HEADERS)
         headers["Cache-Control"] = "no-cache"
         if install is None:

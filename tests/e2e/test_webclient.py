@@ -206,3 +206,15 @@ async def test_without_converse_the_server_runs_and_the_page_says_how_to_install
         assert (await _get(srv.http_url + "/chat/14.0.0/converse.min.js"))[0] == 404
         assert (await _get(srv.http_url + "/.well-known/host-meta"))[0] == 200
         assert "Converse.js is not installed" in srv.log_text()
+
+
+async def test_converse_installed_while_the_server_runs_is_served_at_once(
+    tmp_path: Path, version: str
+) -> None:
+    place = tmp_path / "later"
+    with running_server(tmp_path, modules=_with({"converse_dir": str(place)}), http=True) as srv:
+        assert (await _get(srv.http_url + "/chat"))[0] == 503
+        place.symlink_to(WEB / "node_modules" / "converse.js")
+        status, _, body = await _get(srv.http_url + "/chat")
+        assert status == 200 and _settings(body)["assets_path"] == f"/chat/{version}/"
+        assert (await _get(f"{srv.http_url}/chat/{version}/converse.min.js"))[0] == 200
