@@ -127,9 +127,18 @@ async def test_a_websocket_client_logs_in_and_chats_with_a_tcp_client(
 
 
 async def test_the_xmpp_subprotocol_is_required(web_server: XmppdServer) -> None:
-    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-        await WsClient.connect(web_server, protocols=("chat",))
-    assert err.value.status == 400
+    # RFC 7395 §3.1: no XMPP session without the 'xmpp' subprotocol.
+    for protocols in (("chat",), (), ("mqtt", "stomp")):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await WsClient.connect(web_server, protocols=protocols)
+        assert err.value.status == 400
+    # Offered among others, 'xmpp' is the one chosen.
+    client = await WsClient.connect(web_server, protocols=("chat", "xmpp"))
+    try:
+        assert client.ws.protocol == "xmpp"
+        await client.open()
+    finally:
+        await client.close()
 
 
 async def test_web_pages_of_other_origins_are_refused(web_server: XmppdServer) -> None:
@@ -167,19 +176,31 @@ async def test_a_stream_header_instead_of_open_is_refused(web_server: XmppdServe
         await client.close()
 
 
-async def test_a_message_over_the_stanza_size_limit_ends_the_connection(
-    web_server: XmppdServer,
+@pytest.mark.parametrize("size", [300 * 1024, 3 * 1024 * 1024])
+async def test_a_message_over_the_stanza_size_limit_is_a_policy_violation(
+    web_server: XmppdServer, size: int
 ) -> None:
+    await register_account(web_server, f"wsbig{size}", "pw-big")
+    await register_account(web_server, f"wsstay{size}", "pw-stay")
+    bystander = await WsClient.connect(web_server)
     client = await WsClient.connect(web_server)
     try:
-        await client.open()
-        big = "x" * (300 * 1024)  # the default limit is 256 KiB
+        stay_jid = await bystander.login(f"wsstay{size}", "pw-stay")
+        await client.login(f"wsbig{size}", "pw-big")
+        big = "x" * size  # the default limit is 256 KiB
         await client.send_now(
-            f"<message xmlns='{CLIENT}' to='localhost'><body>{big}</body></message>"
+            f"<message xmlns='{CLIENT}' to='{stay_jid}'><body>{big}</body></message>"
         )
+        # RFC 7395 §3.6: the stream error and <close/>, then the WebSocket closes.
+        await client.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
+        assert client.stream_error() == "policy-violation"
         assert await client.wait_closed() == 1009  # message too big
+        # Another session on the same server keeps working.
+        pong = await bystander.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+        assert pong.get("type") == "result"
     finally:
         await client.close()
+        await bystander.close()
 
 
 async def test_connections_per_address_are_limited_behind_a_trusted_proxy(

@@ -205,6 +205,10 @@ class StreamMachine:
         """The transport closed (the peer went away, or we closed it)."""
         self._shutdown()
 
+    def stream_error(self, condition: str, text: str | None = None) -> None:
+        """A fault the transport found in the input: close with this stream error."""
+        self._fail(StreamError(condition, text))
+
     async def _drain(self) -> None:
         queue = self._queue
         try:

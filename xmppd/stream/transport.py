@@ -77,6 +77,10 @@ class StreamInput(Protocol):
     def connection_lost(self) -> None:
         """The connection is gone (the peer left, or the stream closed it)."""
 
+    def stream_error(self, condition: str, text: str | None = None) -> None:
+        """The transport found a fault in the input it cannot hand over (a WebSocket
+        message over the size limit): close with this stream error."""
+
 
 class Transport(Protocol):
     """What a stream needs from the connection under it."""

@@ -4,8 +4,9 @@ The handler checks the handshake (the ``xmpp`` subprotocol, the ``Origin`` of a 
 page, encryption), then a :class:`WebSocketTransport` carries one client stream:
 the same :class:`~xmppd.stream.c2s.C2SStream` as TCP, with the RFC 7395 framing
 (:mod:`xmppd.stream.wsframing`): one element per message, ``<open/>`` and
-``<close/>``. Messages larger than the stanza size limit end the connection (close
-code 1009). Output is queued by the synchronous ``write`` of the transport
+``<close/>``. A message larger than the stanza size limit is never read: the stream
+ends with a ``policy-violation`` stream error and ``<close/>``, then the WebSocket
+closes (code 1009, message too big). Output is queued by the synchronous ``write`` of the transport
 interface and sent, in order, by one sender task per connection; what waits there
 counts as the write buffer, so a client that reads too slowly is cut off exactly as
 over TCP.
@@ -17,10 +18,10 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from xmppd.httproutes import client_of
 from xmppd.stream.wsframing import WEBSOCKET, qualify_stanza
@@ -37,14 +38,34 @@ CLOSE_TIMEOUT: Final = 5.0
 """Seconds to wait for the peer's close frame or for queued output at the end."""
 
 
+class _Response(web.WebSocketResponse):
+    """aiohttp's WebSocket response, with a say before a close for a message too big.
+
+    aiohttp refuses a message over ``max_msg_size`` from its frame header (the body is
+    never read) and closes at once with code 1009; RFC 7395 §3.6 wants the XMPP stream
+    closed first, with its stream error. ``too_big`` runs once, before that close."""
+
+    too_big: Callable[[], Awaitable[None]] | None = None
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        hook, self.too_big = self.too_big, None
+        if hook is not None and code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            await hook()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class WebSocketTransport:
     """The transport interface over one aiohttp WebSocket."""
 
     __slots__ = (
+        "_close_code",
         "_closing",
         "_pending",
         "_pending_bytes",
         "_reading",
+        "_sender",
         "_ssl",
         "_wake",
         "is_secure",
@@ -67,6 +88,10 @@ class WebSocketTransport:
         self._reading = asyncio.Event()
         self._reading.set()
         self._closing = False
+        self._close_code: int = WSCloseCode.OK
+        self._sender: asyncio.Task[None] | None = None
+        if isinstance(ws, _Response):
+            ws.too_big = self._too_big
 
     @property
     def framing(self) -> Framing:
@@ -109,7 +134,7 @@ class WebSocketTransport:
     async def run(self) -> None:
         """Read messages into the stream until either side closes; send meanwhile."""
         async with asyncio.TaskGroup() as tasks:
-            sender = tasks.create_task(self._send())
+            sender = self._sender = tasks.create_task(self._send())
             try:
                 await self._receive()
             finally:
@@ -140,6 +165,24 @@ class WebSocketTransport:
             if self.stream is not None:
                 self.stream.data_received(data)
 
+    async def _too_big(self) -> None:
+        """A message over the limit: the stream's ``policy-violation`` and ``<close/>``
+        go out (the sender stops after them) before aiohttp's close frame."""
+        stream = self.stream
+        if stream is None:
+            return
+        log.warning("websocket %s: message over the stanza size limit", self.peer)
+        self._close_code = WSCloseCode.MESSAGE_TOO_BIG
+        stream.stream_error("policy-violation", "message too large")
+        self.close()
+        sender = self._sender
+        if sender is not None and sender is not asyncio.current_task():
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(sender)
+            except TimeoutError:
+                pass
+
     async def _send(self) -> None:
         ws = self.ws
         pending = self._pending
@@ -159,7 +202,7 @@ class WebSocketTransport:
             pending.clear()
             self._pending_bytes = 0
             self._closing = True
-            await ws.close()
+            await ws.close(code=self._close_code)
 
 
 def origin_allowed(config: HttpSection, request: web.Request) -> bool:
@@ -209,7 +252,7 @@ class WebSocketEndpoint:
             raise web.HTTPForbidden(text="origin not allowed\n")
         if not client.secure and self.c2s.require_encryption:
             raise web.HTTPForbidden(text="use https (wss://): encryption is required\n")
-        ws = web.WebSocketResponse(
+        ws = _Response(
             protocols=(SUBPROTOCOL,),
             heartbeat=self.config.websocket_ping,
             max_msg_size=self.c2s.max_stanza_size,
