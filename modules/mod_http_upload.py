@@ -127,6 +127,22 @@ class UploadOptions(Options):
         description="Who may request slots: 'local' (accounts of this server), 'anyone', "
         "'admins', 'nobody', or a list of JIDs and domains. Others get forbidden.",
     )
+    put_timeout: Duration = Field(
+        3600.0,
+        ge=1,
+        description="Longest a PUT may take, whatever its size; then the connection is "
+        "closed (408) and the partial file deleted (the slot may be tried again).",
+    )
+    min_put_rate: Size = Field(
+        8 * 1024,
+        ge=0,
+        description="Slowest average rate of a PUT body, in bytes per second: a PUT of "
+        "N bytes must end within put_grace + N / min_put_rate (slow-body attacks "
+        "hold a connection and a file open); 0: only put_timeout.",
+    )
+    put_grace: Duration = Field(
+        30.0, ge=1, description="Time a PUT gets on top of what min_put_rate allows."
+    )
     sweep_interval: Duration = Field(
         3600.0, ge=1, description="How often expired files and unused slots are removed."
     )
@@ -334,8 +350,17 @@ class _Handlers:
         host = row.host
         final = ctx.data_dir / slot
         part = ctx.data_dir / f"{slot}.part"
+        allowed = _put_deadline(ctx.options, size)
         try:
-            received = await _receive(request, part, size)
+            async with asyncio.timeout(allowed):
+                received = await _receive(request, part, size)
+        except TimeoutError:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            await ctx.db.execute(
+                update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
+            )
+            ctx.log.warning("upload: PUT from %s too slow; closing", request.remote)
+            return await _too_slow(request)
         except BaseException:
             await asyncio.to_thread(part.unlink, missing_ok=True)
             await ctx.db.execute(
@@ -374,6 +399,25 @@ class _Handlers:
             "Cache-Control": "public, max-age=86400, immutable",
         }
         return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+
+
+def _put_deadline(opts: UploadOptions, size: int) -> float:
+    """Seconds a PUT of ``size`` bytes may take."""
+    if opts.min_put_rate <= 0:
+        return opts.put_timeout
+    return min(opts.put_timeout, opts.put_grace + size / opts.min_put_rate)
+
+
+async def _too_slow(request: web.Request) -> web.StreamResponse:
+    """408, then the connection is closed (not kept alive, nor drained for the rest of
+    a body that comes too slowly)."""
+    response = web.Response(
+        status=408, headers={**CORS, "Connection": "close"}, text="upload too slow\n"
+    )
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def _is_active(ctype: str) -> bool:

@@ -5,6 +5,7 @@ to escape, active content served as an attachment, files removed with the accoun
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -239,3 +241,56 @@ async def test_old_files_and_unused_slots_expire(tmp_path: Path) -> None:
                 async with http.get(url) as r:
                     assert r.status == 404
         assert list((srv.data_dir / "mod_http_upload").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def strict_upload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    modules = {
+        **DEFAULT_TEST_MODULES,
+        "http_upload": {"min_put_rate": 1000, "put_grace": "1s", "put_timeout": "1h"},
+    }
+    with running_server(tmp_path_factory.mktemp("slowput"), http=True, modules=modules) as srv:
+        yield srv
+
+
+async def test_a_slow_upload_body_is_cut_off_and_never_served(
+    strict_upload_server: XmppdServer,
+) -> None:
+    srv = strict_upload_server
+    await register_account(srv, "trickler", "pw-trickle")
+    async with await XmlClient.login(srv, "trickler@localhost", "pw-trickle") as client:
+        # 2000 bytes at 1000 B/s at least, plus 1 s: 3 s in all.
+        put_url, headers, get_url = slot_urls(await request_slot(client, "slow.bin", 2000))
+        other_put, other_headers, other_get = slot_urls(await request_slot(client, "ok.bin", 10))
+    url = urlsplit(put_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            f"PUT {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Authorization: {headers['Authorization']}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 2000\r\n\r\n".encode()
+            + b"x" * 100
+        )
+        await writer.drain()
+        # Another upload on the same server goes through meanwhile.
+        async with aiohttp.ClientSession() as http:
+            async with http.put(other_put, data=b"0123456789", headers=other_headers) as r:
+                assert r.status == 201
+            async with http.get(other_get) as r:
+                assert await r.read() == b"0123456789"
+        started = time.monotonic()
+        async with asyncio.timeout(15):
+            answer = await reader.read()  # the answer, then the end of the connection
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert time.monotonic() - started < 10
+    finally:
+        writer.close()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(get_url) as r:
+            assert r.status == 404  # the half upload is never served
+        assert not [p for p in (srv.data_dir / "mod_http_upload").iterdir() if "." in p.name]
+        # The slot may be tried again, at a decent rate.
+        async with http.put(put_url, data=b"y" * 2000, headers=headers) as r:
+            assert r.status == 201
+        async with http.get(get_url) as r:
+            assert await r.read() == b"y" * 2000
