@@ -25,8 +25,9 @@ derived from the server secret, so any node sharing the secret can check it.
 - The service is listed in the host's disco#items; its disco#info has the
   ``max-file-size`` form (XEP-0363 §4).
 
-Files live on the local disk of the node that received the PUT (S3-compatible
-storage, which several nodes and a CDN could share, is not implemented).
+Files live on the local disk (``storage = "disk"``, the module's data directory) or
+in a bucket of S3-compatible object storage (``storage = "s3"``), which several nodes
+and a CDN can share: same URLs, limits and headers (:mod:`.storage`).
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ import hmac
 import mimetypes
 import secrets
 import time
+from collections.abc import AsyncIterator
 from hashlib import sha256
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
+from modules.mod_http_upload.storage import DiskStore, FileStore, S3Store
 from xmppd.api import (
     AccessRule,
     Duration,
@@ -53,6 +55,7 @@ from xmppd.api import (
     ModuleContext,
     Options,
     ServiceDomain,
+    ServiceKey,
     Size,
     StanzaError,
     hooks,
@@ -143,9 +146,44 @@ class UploadOptions(Options):
     put_grace: Duration = Field(
         30.0, ge=1, description="Time a PUT gets on top of what min_put_rate allows."
     )
+    storage: Literal["disk", "s3"] = Field(
+        "disk",
+        description="Where files live: 'disk' (the module's data directory on this node) "
+        "or 's3' (a bucket of S3-compatible object storage, shared by every node).",
+    )
+    s3_endpoint: str = Field(
+        "",
+        max_length=500,
+        pattern=r"^(https?://[^\s/]+/?)?$",
+        description="S3: the endpoint URL, such as https://s3.eu-west-1.amazonaws.com or "
+        "http://127.0.0.1:9000 (MinIO); requests use path-style URLs.",
+    )
+    s3_bucket: str = Field("", max_length=63, description="S3: the bucket (created beforehand).")
+    s3_region: str = Field("us-east-1", max_length=50, description="S3: the signing region.")
+    s3_access_key: str = Field("", max_length=200, description="S3: the access key id.")
+    s3_secret_key: SecretStr = Field(
+        SecretStr(""), description="S3: the secret access key (never logged)."
+    )
+    s3_prefix: str = Field(
+        "", max_length=200, description="S3: prefix of the object keys, such as 'upload/'."
+    )
     sweep_interval: Duration = Field(
         3600.0, ge=1, description="How often expired files and unused slots are removed."
     )
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> UploadOptions:
+        if self.storage == "s3":
+            missing = [
+                name
+                for name in ("s3_endpoint", "s3_bucket", "s3_access_key")
+                if not getattr(self, name)
+            ]
+            if not self.s3_secret_key.get_secret_value():
+                missing.append("s3_secret_key")
+            if missing:
+                raise ValueError(f"storage = 's3' needs {', '.join(missing)}")
+        return self
 
 
 module = Module(
@@ -170,6 +208,24 @@ files_table: Final = module.table(
 )
 """One row per slot: reserved at the request, stored once the PUT completed."""
 _F: Final = files_table.c
+
+
+STORE: Final = ServiceKey[FileStore]("http_upload.store")
+"""The host's file store."""
+
+
+def _make_store(ctx: Ctx) -> FileStore:
+    opts = ctx.options
+    if opts.storage == "s3":
+        return S3Store(
+            endpoint=opts.s3_endpoint,
+            bucket=opts.s3_bucket,
+            region=opts.s3_region,
+            access_key=opts.s3_access_key,
+            secret_key=opts.s3_secret_key.get_secret_value(),
+            prefix=opts.s3_prefix,
+        )
+    return DiskStore(ctx.data_dir)
 
 
 def service_domain(ctx: Ctx) -> str:
@@ -218,13 +274,22 @@ async def serve(ctx: Ctx) -> None:
 
     service.iq("get", ns.DISCO_INFO, "query")(disco_info)
     ctx.serve(service)
-    await asyncio.to_thread(ctx.data_dir.mkdir, parents=True, exist_ok=True)
+    store = _make_store(ctx)
+    await store.start()
+    ctx.provide(STORE, store)
     handlers = _Handlers(ctx)
     ctx.http_route("PUT", PATH, handlers.put)
     ctx.http_route("GET", PATH, handlers.get)
     ctx.http_route("OPTIONS", PATH, handlers.options)
     ctx.spawn(_sweep(ctx), name="http-upload-sweep")
-    ctx.log.info("HTTP File Upload at %s", domain)
+    ctx.log.info("HTTP File Upload at %s (files on %s)", domain, ctx.options.storage)
+
+
+@module.on_unload
+async def _close_store(ctx: Ctx) -> None:
+    store = ctx.optional_service(STORE)
+    if store is not None:
+        await store.close()
 
 
 async def _slot(ctx: Ctx, req: IqRequest) -> Element:
@@ -348,32 +413,20 @@ class _Handlers:
         if not claimed:
             raise web.HTTPConflict(headers=CORS, text="this slot was used\n")
         host = row.host
-        final = ctx.data_dir / slot
-        part = ctx.data_dir / f"{slot}.part"
         allowed = _put_deadline(ctx.options, size)
         try:
             async with asyncio.timeout(allowed):
-                received = await _receive(request, part, size)
-        except TimeoutError:
-            await asyncio.to_thread(part.unlink, missing_ok=True)
+                await ctx.service(STORE).save(slot, _body(request, size), size, ctype)
+        except BaseException as exc:
             await ctx.db.execute(
                 update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
             )
-            ctx.log.warning("upload: PUT from %s too slow; closing", request.remote)
-            return await _too_slow(request)
-        except BaseException:
-            await asyncio.to_thread(part.unlink, missing_ok=True)
-            await ctx.db.execute(
-                update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
-            )
+            if isinstance(exc, TimeoutError):
+                ctx.log.warning("upload: PUT from %s too slow; closing", request.remote)
+                return await _too_slow(request)
+            if isinstance(exc, _Incomplete):
+                raise web.HTTPBadRequest(headers=CORS, text="incomplete upload\n") from None
             raise
-        if received != size:
-            await asyncio.to_thread(part.unlink, missing_ok=True)
-            await ctx.db.execute(
-                update(files_table).where(_F.host == host, _F.slot == slot).values(state="reserved")
-            )
-            raise web.HTTPBadRequest(headers=CORS, text="incomplete upload\n")
-        await asyncio.to_thread(part.replace, final)
         await ctx.db.execute(
             update(files_table)
             .where(_F.host == host, _F.slot == slot)
@@ -387,7 +440,6 @@ class _Handlers:
         ctx, row = await self._row(slot, name)
         if row.state != "stored":
             raise web.HTTPNotFound(headers=CORS)
-        path = ctx.data_dir / slot
         ctype: str = row.content_type
         disposition = "attachment" if _is_active(ctype) else "inline"
         headers = {
@@ -398,7 +450,7 @@ class _Handlers:
             "Content-Security-Policy": "default-src 'none'; sandbox",
             "Cache-Control": "public, max-age=86400, immutable",
         }
-        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+        return await ctx.service(STORE).serve(request, slot, headers)
 
 
 def _put_deadline(opts: UploadOptions, size: int) -> float:
@@ -424,19 +476,20 @@ def _is_active(ctype: str) -> bool:
     return ctype in ACTIVE_TYPES or ctype.endswith("+xml") or "script" in ctype
 
 
-async def _receive(request: web.Request, part: Path, size: int) -> int:
-    """Stream the body to ``part`` (never more than ``size`` bytes); bytes received."""
+class _Incomplete(Exception):
+    """The client ended its body before the slot's size."""
+
+
+async def _body(request: web.Request, size: int) -> AsyncIterator[bytes]:
+    """The PUT body in chunks, never more than ``size`` bytes, and all of them."""
     received = 0
-    handle = await asyncio.to_thread(part.open, "wb")
-    try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            received += len(chunk)
-            if received > size:
-                raise web.HTTPRequestEntityTooLarge(size, received, headers=CORS)
-            await asyncio.to_thread(handle.write, chunk)
-    finally:
-        await asyncio.to_thread(handle.close)
-    return received
+    async for chunk in request.content.iter_chunked(CHUNK):
+        received += len(chunk)
+        if received > size:
+            raise web.HTTPRequestEntityTooLarge(size, received, headers=CORS)
+        yield chunk
+    if received != size:
+        raise _Incomplete()
 
 
 # ---------------------------------------------------------------------- expiry, removal
@@ -464,8 +517,9 @@ async def expire(ctx: Ctx, now: float | None = None) -> int:
 
 
 async def _delete(ctx: Ctx, slots: list[str]) -> int:
+    store = ctx.service(STORE)
     for slot in slots:
-        await asyncio.to_thread((ctx.data_dir / slot).unlink, missing_ok=True)
+        await store.remove(slot)
         await ctx.db.execute(delete(files_table).where(_F.host == ctx.domain, _F.slot == slot))
     return len(slots)
 
