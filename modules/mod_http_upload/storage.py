@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
@@ -38,6 +39,10 @@ _FORWARDED_RESPONSE: Final = (
 S3_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
 """No total limit (a PUT lasts as long as the client's upload, which has its own
 deadline), but a stalled storage is given up."""
+
+
+_UNSIGNED_PAYLOAD: Final = SimpleNamespace(s3={"payload_signing_enabled": False})
+"""What botocore's S3 signer reads to leave the body out of the signature."""
 
 
 class StoreError(Exception):
@@ -134,9 +139,9 @@ class S3Store:
         request: Any = AWSRequest(method=method, url=url, headers=headers)
         # Sign the headers only: the body streams through, unhashed (allowed by S3
         # for any request; TLS to the endpoint protects it on the way).
-        request.context["payload_signing_enabled"] = False
-        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
+        request.context["client_config"] = _UNSIGNED_PAYLOAD
         self._signer.add_auth(request)
+        assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
         return {k: str(v) for k, v in request.headers.items()}
 
     @property
