@@ -1,9 +1,10 @@
 """XEP-0215: the configured STUN/TURN services, with TURN credentials in coturn's
-shared-secret REST scheme (checked here by recomputing them as coturn does); the
-secret never leaves the server."""
+shared-secret REST scheme (recomputed here as coturn does, and accepted by a real
+coturn started by the test); the secret never leaves the server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,6 +17,7 @@ import pytest
 from lxml import etree
 
 from tests.support.clients import register_account
+from tests.support.coturn import Coturn, running_coturn, turn_allocates
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.xmlclient import XmlClient, error_condition
 from xmppd.config import load_config
@@ -106,6 +108,55 @@ async def test_services_with_turn_credentials(turn_server: XmppdServer) -> None:
             f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")
         ]
         assert NS in features
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    with running_coturn(tmp_path_factory.mktemp("coturn"), "real-turn-s3cret") as turn:
+        yield turn
+
+
+@pytest.fixture(scope="module")
+def coturn_xmppd(coturn: Coturn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    modules = {
+        **DEFAULT_TEST_MODULES,
+        "external_services": {
+            "services": [
+                {"type": "stun", "host": "127.0.0.1", "port": coturn.port},
+                {"type": "turn", "host": "127.0.0.1", "port": coturn.port, "secret": coturn.secret},
+            ],
+        },
+    }
+    with running_server(tmp_path_factory.mktemp("turnreal"), modules=modules) as srv:
+        yield srv
+
+
+async def test_turn_credentials_are_accepted_by_coturn(
+    coturn: Coturn, coturn_xmppd: XmppdServer
+) -> None:
+    await register_account(coturn_xmppd, "jingler", "pw-jingle")
+    async with await XmlClient.login(coturn_xmppd, "jingler@localhost", "pw-jingle") as client:
+        reply = await client.iq("get", f"<services xmlns='{NS}' type='turn'/>", to="localhost")
+    (turn,) = reply.findall(f"{{{NS}}}services/{{{NS}}}service")
+    assert (turn.get("host"), turn.get("port")) == ("127.0.0.1", str(coturn.port))
+    username, password = turn.get("username") or "", turn.get("password") or ""
+    assert username.endswith(":jingler@localhost") and password
+    wrong_password = base64.b64encode(hashlib.sha1(b"guess").digest()).decode()
+    expiry, _, user = username.partition(":")
+    other_user = f"{expiry}:mallory@localhost"  # someone else's name, this password
+    expired = f"{int(time.time()) - 60}:{user}"
+    expired_password = base64.b64encode(
+        hmac.new(coturn.secret.encode(), expired.encode(), hashlib.sha1).digest()
+    ).decode()
+    accepted, wrong, forged, late = await asyncio.gather(
+        turn_allocates(coturn, username, password),
+        turn_allocates(coturn, username, wrong_password),
+        turn_allocates(coturn, other_user, password),
+        turn_allocates(coturn, expired, expired_password),
+    )
+    assert accepted[0], accepted[1][-2000:]
+    for refused in (wrong, forged, late):
+        assert not refused[0], refused[1][-2000:]
 
 
 def test_the_example_config_documents_the_module(tmp_path: Path) -> None:
