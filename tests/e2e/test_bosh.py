@@ -259,3 +259,36 @@ async def test_a_session_with_nothing_held_ends_after_inactivity(
         assert gone is not None
     late = await bosh.send()
     assert (late.get("type"), late.get("condition")) == ("terminate", "item-not-found")
+
+
+async def test_bad_input_ends_only_its_own_session(
+    bosh_server: XmppdServer, http: aiohttp.ClientSession
+) -> None:
+    await register_account(bosh_server, "boshcalm", "pw-calm")
+    await register_account(bosh_server, "boshwild", "pw-wild")
+    calm, wild = client(bosh_server, http), client(bosh_server, http)
+    await calm.login("boshcalm", "pw-calm")
+    await wild.login("boshwild", "pw-wild")
+    # Malformed bodies naming the session: refused (HTTP 200, terminate, bad-request).
+    for data in (
+        f"<body xmlns='{HTTPBIND}' sid='{wild.sid}' rid='{wild.rid + 1}'><unclosed></body>",
+        f"<body xmlns='{HTTPBIND}' sid='{wild.sid}' rid='x{wild.rid + 1}'/>",
+        f"<body xmlns='{HTTPBIND}' sid='{wild.sid}' rid='{wild.rid + 1}' pause='soon'/>",
+    ):
+        response = await wild.post(data)
+        assert (response.get("type"), response.get("condition")) == ("terminate", "bad-request")
+    # A rid long past (no response kept for it) is item-not-found.
+    old = await wild.post(body(wild.rid - 50, wild.sid))
+    assert (old.get("type"), old.get("condition")) == ("terminate", "item-not-found")
+    # A rid far ahead ends the session; nothing answers on it afterwards.
+    ahead = await wild.post(body(wild.rid + 1000, wild.sid))
+    assert (ahead.get("type"), ahead.get("condition")) == ("terminate", "item-not-found")
+    after = await wild.send()
+    assert (after.get("type"), after.get("condition")) == ("terminate", "item-not-found")
+    # The other session goes on.
+    ping = "<iq xmlns='jabber:client' type='get' id='still' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    response = await calm.send(ping)
+    pong = next((el for el in response if el.get("id") == "still"), None)
+    if pong is None:
+        pong = await calm.until(lambda el: el.get("id") == "still")
+    assert pong.get("type") == "result"

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
+from tests.support.boshclient import BoshClient, body
 from tests.support.clients import register_account
 from tests.support.server import XmppdServer, running_server
 from tests.support.wsclient import CLIENT, FRAMING, SASL, SM, STREAMS, WsClient
@@ -248,3 +249,33 @@ async def test_a_websocket_session_resumes_over_tcp(web_server: XmppdServer) -> 
             assert got.get("to") == jid
         finally:
             await tcp.close()
+
+
+async def test_bosh_sessions_per_address_are_limited_behind_a_trusted_proxy(
+    web_server: XmppdServer,
+) -> None:
+    """The BOSH session limit counts the client named by the trusted proxy."""
+
+    async def create(http: aiohttp.ClientSession, address: str) -> BoshClient:
+        bosh = BoshClient(http, web_server.http_url + "/http-bind")
+        bosh.created = await bosh.post(
+            body(bosh.rid, None, "", to="localhost", wait="5", hold="1", ver="1.6"),
+            headers={"X-Forwarded-For": f"{address}, 127.0.0.1"},
+        )
+        bosh.sid = bosh.created.get("sid") or ""
+        return bosh
+
+    async with aiohttp.ClientSession() as http:
+        held = [await create(http, "203.0.113.50") for _ in range(4)]
+        assert all(bosh.sid for bosh in held)
+        refused = (await create(http, "203.0.113.50")).created
+        assert refused is not None
+        assert (refused.get("type"), refused.get("condition")) == ("terminate", "policy-violation")
+        other = await create(http, "198.51.100.50")  # another client behind the proxy
+        assert other.sid
+        for bosh in [*held, other]:
+            ended = await bosh.send(type="terminate")
+            assert ended.get("type") == "terminate"
+        again = await create(http, "203.0.113.50")  # room again
+        assert again.sid
+        await again.send(type="terminate")
