@@ -403,6 +403,14 @@ class HttpSection(Section):
         description="A new connection that has not sent its request headers within "
         "this time is closed (slow-header attacks).",
     )
+    request_body_timeout: Duration = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A request body read into memory (a BOSH request) must have arrived "
+        "within this time; else 408 and the connection is closed (slow-body attacks). "
+        "Uploads have their own limits (modules.http_upload: put_timeout, min_put_rate).",
+    )
     websocket: bool = Field(True, description="Serve XMPP over WebSocket at /xmpp-websocket.")
     allowed_origins: tuple[str, ...] = Field(
         (),

@@ -131,7 +131,9 @@ async def test_routes_metrics_and_stop_with_websockets_open(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
-    extra = "[http]\nrequest_header_timeout = 3\nmax_connections_per_ip = 3\n"
+    extra = (
+        "[http]\nrequest_header_timeout = 3\nrequest_body_timeout = 2\nmax_connections_per_ip = 3\n"
+    )
     with running_server(tmp_path_factory.mktemp("guarded"), http=True, extra=extra) as srv:
         yield srv
 
@@ -148,6 +150,27 @@ async def test_slow_request_headers_are_cut_off(guarded_server: XmppdServer) -> 
             assert r.status == 200
         async with asyncio.timeout(10):
             assert await reader.read() == b""  # closed without an answer
+    finally:
+        writer.close()
+
+
+async def test_a_slow_bosh_body_is_cut_off(guarded_server: XmppdServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_server.http_port)
+    try:
+        writer.write(
+            b"POST /http-bind HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: text/xml\r\nContent-Length: 200\r\n\r\n<body xmlns="
+        )
+        await writer.drain()
+        # Other clients are served meanwhile.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(guarded_server.http_url + "/.well-known/host-meta") as r,
+        ):
+            assert r.status == 200
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # 408, then the end of the connection
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     finally:
         writer.close()
 

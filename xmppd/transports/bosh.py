@@ -515,9 +515,12 @@ class BoshEndpoint:
         limit = self.c2s.max_stanza_size + BODY_OVERHEAD
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
-        data = await request.content.read(limit + 1)
-        if len(data) > limit:
-            raise web.HTTPRequestEntityTooLarge(limit, len(data))
+        try:
+            async with asyncio.timeout(self.config.request_body_timeout):
+                data = await _read_body(request, limit)
+        except TimeoutError:
+            log.warning("bosh: %s too slow to send its request body; closing", request.remote)
+            return await _too_slow(request)
         try:
             out = await self._respond(request, data)
         except BoshError as err:
@@ -590,3 +593,24 @@ def _terminate_body(condition: str) -> bytes:
             nsmap={None: NS_HTTPBIND},  # type: ignore[dict-item]
         )
     )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body (in as many reads as it takes), at most ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _too_slow(request: web.Request) -> web.StreamResponse:
+    """408, then the connection is closed (not kept alive, nor drained)."""
+    response = web.Response(status=408, headers={"Connection": "close"}, text="too slow\n")
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
