@@ -8,8 +8,10 @@ header is an HMAC of the slot's terms (slot, name, size, type, expiry) under a k
 derived from the server secret, so any node sharing the secret can check it.
 
 - The **PUT** is accepted once, within ``slot_lifetime``, with the header, the exact
-  size and the slot's content type; the body is streamed to a temporary file in the
-  module's data directory and renamed when complete, so a half upload is never served.
+  size and the slot's content type; the body is streamed to the store and becomes
+  visible only when complete, so a half upload is never served. It must arrive within
+  ``put_grace + size / min_put_rate`` (at most ``put_timeout``): a slower client gets
+  408, its connection is closed and the slot may be tried again.
   Other PUTs get 401/403 (bad or missing header), 409 (reused slot), 410 (expired
   slot), 413 or 400 (size).
 - The **GET** (and HEAD) serves the file with its type, ``Content-Disposition:
