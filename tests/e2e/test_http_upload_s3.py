@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -16,6 +18,7 @@ import pytest
 
 from tests.e2e.test_http_upload import request_slot, slot_urls
 from tests.support.clients import register_account
+from tests.support.inprocess import inprocess_server
 from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, running_s3
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.xmlclient import XmlClient
@@ -23,6 +26,18 @@ from tests.support.xmlclient import XmlClient
 BUCKET = "xmppd-uploads"
 PREFIX = "files/"
 MiB = 1024 * 1024
+
+
+def s3_options(s3: S3Server) -> dict[str, str]:
+    return {
+        "storage": "s3",
+        "s3_endpoint": s3.endpoint,
+        "s3_bucket": BUCKET,
+        "s3_region": REGION,
+        "s3_access_key": ACCESS_KEY,
+        "s3_secret_key": SECRET_KEY,
+        "s3_prefix": PREFIX,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +51,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_upload_server(
     s3: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[XmppdServer]:
-    modules = {
-        **DEFAULT_TEST_MODULES,
-        "http_upload": {
-            "max_file_size": "8MiB",
-            "storage": "s3",
-            "s3_endpoint": s3.endpoint,
-            "s3_bucket": BUCKET,
-            "s3_region": REGION,
-            "s3_access_key": ACCESS_KEY,
-            "s3_secret_key": SECRET_KEY,
-            "s3_prefix": PREFIX,
-        },
-    }
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {**s3_options(s3), "max_file_size": "8MiB"}}
     with running_server(tmp_path_factory.mktemp("s3up"), http=True, modules=modules) as srv:
         yield srv
 
@@ -77,7 +80,7 @@ async def test_files_go_to_the_bucket_and_come_back_with_ranges_and_etags(
             assert r.status == 201
         async with http.put(put_url, data=io.BytesIO(data), headers=headers) as r:
             assert r.status == 409
-        assert await asyncio.to_thread(s3.keys, BUCKET) == [PREFIX + slot]
+        assert await asyncio.to_thread(s3.keys, BUCKET, PREFIX) == [PREFIX + slot]
         async with http.get(get_url) as r:
             assert r.status == 200
             assert r.headers["Content-Type"] == "video/mp4"
@@ -138,14 +141,14 @@ async def test_active_content_is_an_attachment_and_a_half_upload_is_no_object(
                     break
             await asyncio.sleep(0.05)
         assert r.status == 400
-        assert PREFIX + slot not in await asyncio.to_thread(s3.keys, BUCKET)
+        assert PREFIX + slot not in await asyncio.to_thread(s3.keys, BUCKET, PREFIX)
         async with http.get(half_get) as r:
             assert r.status == 404
         async with http.put(half_put, data=io.BytesIO(b"k" * MiB), headers=half_headers) as r:
             assert r.status == 201
         async with http.get(half_get) as r:
             assert await r.read() == b"k" * MiB
-    assert PREFIX + slot in await asyncio.to_thread(s3.keys, BUCKET)
+    assert PREFIX + slot in await asyncio.to_thread(s3.keys, BUCKET, PREFIX)
 
 
 async def test_an_accounts_objects_go_with_it(s3: S3Server, s3_upload_server: XmppdServer) -> None:
@@ -161,7 +164,7 @@ async def test_an_accounts_objects_go_with_it(s3: S3Server, s3_upload_server: Xm
         ):
             assert r.status == 201
         slot = urlsplit(get_url).path.split("/")[2]
-        assert PREFIX + slot in await asyncio.to_thread(s3.keys, BUCKET)
+        assert PREFIX + slot in await asyncio.to_thread(s3.keys, BUCKET, PREFIX)
         reply = await client.iq(
             "set", "<query xmlns='jabber:iq:register'><remove/></query>", to=None
         )
@@ -174,7 +177,35 @@ async def test_an_accounts_objects_go_with_it(s3: S3Server, s3_upload_server: Xm
                     break
             await asyncio.sleep(0.05)
         assert r.status == 404
-    assert PREFIX + slot not in await asyncio.to_thread(s3.keys, BUCKET)
+    assert PREFIX + slot not in await asyncio.to_thread(s3.keys, BUCKET, PREFIX)
+
+
+async def test_old_objects_and_unused_slots_expire(s3: S3Server, tmp_path: Path) -> None:
+    from modules.mod_http_upload import expire
+
+    prefix = "expiry/"
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {**s3_options(s3), "s3_prefix": prefix}}
+    async with inprocess_server(tmp_path, http=True, modules=modules) as srv:
+        await register_account(srv, "s3keeper", "pw-keep")  # type: ignore[arg-type]
+        async with await XmlClient.login(srv, "s3keeper@localhost", "pw-keep") as client:  # type: ignore[arg-type]
+            put_url, headers, get_url = slot_urls(
+                await request_slot(client, "old.txt", 3, "text/plain")
+            )
+            unused = slot_urls(await request_slot(client, "never.txt", 3, "text/plain"))[2]
+        async with aiohttp.ClientSession() as http:
+            text = {**headers, "Content-Type": "text/plain"}
+            async with http.put(put_url, data=b"old", headers=text) as r:
+                assert r.status == 201
+            slot = urlsplit(get_url).path.split("/")[2]
+            assert await asyncio.to_thread(s3.keys, BUCKET, prefix) == [prefix + slot]
+            ctx = srv.server.modules.context("http_upload", "localhost")
+            assert ctx is not None
+            assert await expire(ctx) == 0  # nothing is old yet
+            assert await expire(ctx, now=time.time() + 31 * 86400) == 2  # file + unused slot
+            for url in (get_url, unused):
+                async with http.get(url) as r:
+                    assert r.status == 404
+        assert await asyncio.to_thread(s3.keys, BUCKET, prefix) == []
 
 
 def test_s3_storage_needs_its_settings() -> None:

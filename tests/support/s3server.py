@@ -38,8 +38,8 @@ class S3Server:
             aws_secret_access_key=SECRET_KEY,
         )
 
-    def keys(self, bucket: str) -> list[str]:
-        listing = self.client().list_objects_v2(Bucket=bucket)
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
         return sorted(obj["Key"] for obj in listing.get("Contents", []))
 
 
