@@ -45,10 +45,11 @@ from hashlib import sha256
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 from pydantic import Field, SecretStr, model_validator
 
-from modules.mod_http_upload.storage import DiskStore, FileStore, S3Store
+from modules.mod_http_upload.storage import DiskStore, FileStore, S3Store, StoreError
 from xmppd.api import (
     AccessRule,
     Duration,
@@ -428,6 +429,9 @@ class _Handlers:
                 return await _too_slow(request)
             if isinstance(exc, _Incomplete):
                 raise web.HTTPBadRequest(headers=CORS, text="incomplete upload\n") from None
+            if isinstance(exc, StoreError | aiohttp.ClientError):
+                ctx.log.warning("upload: storing %s failed: %s", slot, exc)
+                raise web.HTTPBadGateway(headers=CORS, text="storage failed\n") from None
             raise
         await ctx.db.execute(
             update(files_table)

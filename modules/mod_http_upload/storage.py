@@ -184,6 +184,19 @@ class S3Store:
         method = "HEAD" if request.method == "HEAD" else "GET"
         wanted = {h: request.headers[h] for h in _FORWARDED_REQUEST if h in request.headers}
         signed = self._sign(method, url, wanted)
+        try:
+            return await self._relay(request, method, url, signed, headers)
+        except aiohttp.ClientError as exc:  # the storage is unreachable
+            raise web.HTTPBadGateway(headers=_cors(headers), text=f"storage: {exc}\n") from None
+
+    async def _relay(
+        self,
+        request: web.Request,
+        method: str,
+        url: str,
+        signed: dict[str, str],
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
         async with self.session.request(method, url, headers=signed) as r:
             if r.status == 404:
                 raise web.HTTPNotFound(headers=_cors(headers))

@@ -20,7 +20,7 @@ from tests.e2e.test_http_upload import request_slot, slot_urls
 from tests.support.clients import register_account
 from tests.support.inprocess import inprocess_server
 from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, running_s3
-from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
+from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, free_port, running_server
 from tests.support.xmlclient import XmlClient
 
 BUCKET = "xmppd-uploads"
@@ -206,6 +206,25 @@ async def test_old_objects_and_unused_slots_expire(s3: S3Server, tmp_path: Path)
                 async with http.get(url) as r:
                     assert r.status == 404
         assert await asyncio.to_thread(s3.keys, BUCKET, prefix) == []
+
+
+async def test_unreachable_storage_is_a_bad_gateway(tmp_path: Path) -> None:
+    nobody = S3Server(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": s3_options(nobody)}
+    async with inprocess_server(tmp_path, http=True, modules=modules) as srv:
+        await register_account(srv, "s3lost", "pw-lost")  # type: ignore[arg-type]
+        async with await XmlClient.login(srv, "s3lost@localhost", "pw-lost") as client:  # type: ignore[arg-type]
+            put_url, headers, get_url = slot_urls(
+                await request_slot(client, "lost.txt", 4, "text/plain")
+            )
+        async with aiohttp.ClientSession() as http:
+            text = {**headers, "Content-Type": "text/plain"}
+            async with http.put(put_url, data=b"lost", headers=text) as r:
+                assert r.status == 502
+            async with http.get(get_url) as r:
+                assert r.status == 404  # never stored
+            async with http.put(put_url, data=b"lost", headers=text) as r:
+                assert r.status == 502  # the slot may be tried again
 
 
 def test_s3_storage_needs_its_settings() -> None:
