@@ -20,7 +20,7 @@ from tests.support.boshclient import (
     body,
 )
 from tests.support.clients import register_account
-from tests.support.server import XmppdServer, running_server
+from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.xmlclient import XmlClient, tag
 
 SM = "urn:xmpp:sm:3"
@@ -29,7 +29,10 @@ SM = "urn:xmpp:sm:3"
 @pytest.fixture(scope="module")
 def bosh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
     extra = '[http]\nallowed_origins = ["https://web.example"]\nbosh_polling = "10s"\n'
-    with running_server(tmp_path_factory.mktemp("bosh"), http=True, extra=extra) as srv:
+    modules = {**DEFAULT_TEST_MODULES, "offline": {}}
+    with running_server(
+        tmp_path_factory.mktemp("bosh"), http=True, extra=extra, modules=modules
+    ) as srv:
         yield srv
 
 
@@ -292,3 +295,23 @@ async def test_bad_input_ends_only_its_own_session(
     if pong is None:
         pong = await calm.until(lambda el: el.get("id") == "still")
     assert pong.get("type") == "result"
+
+
+async def test_a_bosh_client_gets_its_offline_messages(
+    bosh_server: XmppdServer, http: aiohttp.ClientSession
+) -> None:
+    await register_account(bosh_server, "boshaway", "pw-away")
+    await register_account(bosh_server, "boshsender", "pw-send")
+    async with await XmlClient.login(bosh_server, "boshsender@localhost", "pw-send") as sender:
+        sender.send(
+            "<message to='boshaway@localhost' type='chat'><body>while you were out</body></message>"
+        )
+        await sender.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+    bosh = client(bosh_server, http)
+    await bosh.login("boshaway", "pw-away")
+    response = await bosh.send(f"<presence xmlns='{CLIENT}'/>")
+    got = next((el for el in response if el.tag == f"{{{CLIENT}}}message"), None)
+    if got is None:
+        got = await bosh.until(lambda el: el.tag == f"{{{CLIENT}}}message")
+    assert got.findtext(f"{{{CLIENT}}}body") == "while you were out"
+    assert got.find("{urn:xmpp:delay}delay") is not None

@@ -14,7 +14,7 @@ from lxml import etree
 
 from tests.support.boshclient import BoshClient, body
 from tests.support.clients import register_account
-from tests.support.server import XmppdServer, running_server
+from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.wsclient import CLIENT, FRAMING, SASL, SM, STREAMS, WsClient
 from tests.support.xmlclient import XmlClient, tag
 
@@ -28,7 +28,10 @@ allowed_origins = ["https://web.example"]
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
-    with running_server(tmp_path_factory.mktemp("web"), http=True, extra=HTTP_CONFIG) as srv:
+    modules = {**DEFAULT_TEST_MODULES, "offline": {}}
+    with running_server(
+        tmp_path_factory.mktemp("web"), http=True, extra=HTTP_CONFIG, modules=modules
+    ) as srv:
         yield srv
 
 
@@ -279,3 +282,24 @@ async def test_bosh_sessions_per_address_are_limited_behind_a_trusted_proxy(
         again = await create(http, "203.0.113.50")  # room again
         assert again.sid
         await again.send(type="terminate")
+
+
+async def test_a_websocket_client_gets_its_offline_messages(web_server: XmppdServer) -> None:
+    await register_account(web_server, "wsaway", "pw-away")
+    await register_account(web_server, "wssender", "pw-send")
+    async with await XmlClient.login(web_server, "wssender@localhost", "pw-send") as sender:
+        sender.send(
+            "<message to='wsaway@localhost' type='chat'><body>while you were out</body></message>"
+        )
+        # The sender's ping answered: the message was handled (stored) before it.
+        await sender.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+    client = await WsClient.connect(web_server)
+    try:
+        await client.login("wsaway", "pw-away")
+        await client.send_now(f"<presence xmlns='{CLIENT}'/>")
+        got = await client.expect(lambda el: el.tag == f"{{{CLIENT}}}message")
+        assert got.findtext(f"{{{CLIENT}}}body") == "while you were out"
+        assert got.get("from", "").startswith("wssender@localhost")
+        assert got.find("{urn:xmpp:delay}delay") is not None
+    finally:
+        await client.close()

@@ -444,7 +444,11 @@ class BoshFraming:
 
     @property
     def message_per_element(self) -> bool:
-        return False
+        # Each element in a write of its own: the session qualifies each stanza with
+        # xmlns='jabber:client' (XEP-0206 §7), which it cannot do inside a joined burst
+        # (the second stanza of a burst would fall into the httpbind namespace of the
+        # <body/>); the session joins them into the next response anyway.
+        return True
 
     def reader(self, namespace: str, max_stanza_size: int) -> FramedReader:
         return WEBSOCKET.reader(namespace, max_stanza_size)
