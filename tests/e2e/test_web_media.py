@@ -6,6 +6,7 @@ published through PEP reach a subscribed contact that asked for them (+notify)."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -150,3 +151,30 @@ async def test_location_and_nickname_reach_a_subscribed_contact(
         await owner.stop()
         if listener is not None:
             await listener.stop()
+
+
+async def test_a_50_mb_video_downloads_whole_and_seeks(media_server: XmppdServer) -> None:
+    owner = await new_account(media_server, "filmmaker")
+    video = os.urandom(50 * 1024 * 1024)
+    client = await online(media_server, owner, plugins=UPLOADER)
+    try:
+        url = await client.xmpp.plugin["xep_0363"].upload_file(
+            "holiday.mp4", size=len(video), content_type="video/mp4", input_file=io.BytesIO(video)
+        )
+    finally:
+        await client.stop()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "video/mp4"
+            assert r.headers["Accept-Ranges"] == "bytes"
+            digest = hashlib.sha256()
+            async for chunk in r.content.iter_chunked(1024 * 1024):
+                digest.update(chunk)
+        assert digest.digest() == hashlib.sha256(video).digest()
+        # Seeking near the end, as a video player does.
+        start = len(video) - 3_000_000
+        async with http.get(url, headers={"Range": f"bytes={start}-"}) as r:
+            assert r.status == 206
+            assert r.headers["Content-Range"] == f"bytes {start}-{len(video) - 1}/{len(video)}"
+            assert await r.read() == video[start:]
