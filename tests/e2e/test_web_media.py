@@ -1,7 +1,8 @@
-"""Pictures, location and nickname between real clients (slixmpp): a picture uploaded
-through XEP-0363 and shared as an XEP-0066 out-of-band URL, in a chat and in a room,
-downloads byte-identical; user location (XEP-0080) and user nickname (XEP-0172)
-published through PEP reach a subscribed contact that asked for them (+notify)."""
+"""Pictures, videos, location and nickname between real clients (slixmpp): a picture
+uploaded through XEP-0363 and shared as an XEP-0066 out-of-band URL, in a chat and in a
+room, downloads byte-identical; a 50 MB video downloads whole and seeks; user location
+(XEP-0080) and user nickname (XEP-0172) published through PEP reach a subscribed
+contact that asked for them (+notify)."""
 
 from __future__ import annotations
 
