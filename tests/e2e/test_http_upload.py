@@ -294,3 +294,35 @@ async def test_a_slow_upload_body_is_cut_off_and_never_served(
             assert r.status == 201
         async with http.get(get_url) as r:
             assert await r.read() == b"y" * 2000
+
+
+async def test_an_expired_slot_is_gone(tmp_path: Path) -> None:
+    """A PUT whose signed expiry has passed gets 410 (the header is signed here with the
+    server's own key, as the slot request would have signed it earlier)."""
+    from modules.mod_http_upload import _token
+
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {}}
+    async with inprocess_server(tmp_path, http=True, modules=modules) as srv:
+        await register_account(srv, "latecomer", "pw-late")  # type: ignore[arg-type]
+        async with await XmlClient.login(srv, "latecomer@localhost", "pw-late") as client:  # type: ignore[arg-type]
+            put_url, headers, get_url = slot_urls(
+                await request_slot(client, "late.txt", 4, "text/plain")
+            )
+        ctx = srv.server.modules.context("http_upload", "localhost")
+        assert ctx is not None
+        slot = urlsplit(put_url).path.split("/")[2]
+        expired = int(time.time()) - 1
+        token = _token(ctx.derived_key("slots"), slot, "late.txt", 4, "text/plain", expired)
+        late = {"Authorization": f"Bearer {expired}.{token}", "Content-Type": "text/plain"}
+        async with aiohttp.ClientSession() as http:
+            async with http.put(put_url, data=b"late", headers=late) as r:
+                assert r.status == 410
+            async with http.get(get_url) as r:
+                assert r.status == 404
+            # The slot's own (unexpired) header still works.
+            async with http.put(
+                put_url,
+                data=b"late",
+                headers={**headers, **late, "Authorization": headers["Authorization"]},
+            ) as r:
+                assert r.status == 201
