@@ -15,6 +15,12 @@ too (``sm_store``) so that a crash does not lose them, but kept back while the s
 may resume; they are deleted once its client acknowledges them, and become ordinary
 offline messages if it never does (or after a restart).
 
+Stored messages expire: every ``expiry_interval`` the messages older than
+``expire_after`` (default 30 days) are deleted, logged at INFO with how many and for
+how many accounts, and counted in ``xmppd_mod_offline_expired_total``. The number
+waiting is the gauge ``xmppd_mod_offline_messages`` (recounted at each sweep, kept
+current in between); ``xmppd_mod_offline_stored_total`` counts messages stored.
+
 Other modules can reach the store through :data:`OFFLINE`.
 """
 
@@ -33,6 +39,7 @@ from pydantic import Field
 from xmppd.api import (
     JID,
     STOP,
+    Duration,
     Module,
     ModuleContext,
     Options,
@@ -103,6 +110,19 @@ class OfflineOptions(Options):
         description="Store messages without a body that carry only delivery receipts "
         "(XEP-0184) or chat markers (XEP-0333), so the sender's client learns of them "
         "later. When false, such messages are discarded.",
+    )
+    expire_after: Duration = Field(
+        30 * 86400.0,
+        gt=0,
+        description="Stored messages older than this are deleted undelivered (logged "
+        "and counted in xmppd_mod_offline_expired_total).",
+    )
+    expiry_interval: Duration = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="How often expired messages are looked for (also how often the "
+        "xmppd_mod_offline_messages gauge is recounted).",
     )
 
 
@@ -217,6 +237,10 @@ class OfflineStore:
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
         self._last_seq = 0
+        self.waiting = 0
+        """Messages stored on this host (a gauge; recounted by :meth:`expire`)."""
+        self.stored_count = 0
+        self.expired_count = 0
         self._flushing: dict[JID, tuple[asyncio.Lock, int]] = {}
         self._held: set[int] = set()
         """Messages stored for a hibernated session (``sm_store``): kept back from
@@ -230,6 +254,42 @@ class OfflineStore:
             select(func.max(messages.c.seq)).where(messages.c.host == ctx.domain)
         )
         self._last_seq = int(last or 0)
+        await self._recount()
+
+    async def _recount(self) -> None:
+        ctx = self._ctx
+        stored = await ctx.db.fetch_value(
+            select(func.count()).select_from(messages).where(messages.c.host == ctx.domain)
+        )
+        self.waiting = int(stored or 0)
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete messages stored longer than ``expire_after`` ago; how many went.
+
+        Held messages (a hibernated session's queue) are left: their session decides."""
+        ctx = self._ctx
+        cutoff = (time.time() if now is None else now) - ctx.options.expire_after
+        old = messages.c.host == ctx.domain, messages.c.stamp < cutoff
+        rows = await ctx.db.fetch_all(select(messages.c.username, messages.c.seq).where(*old))
+        by_user: dict[str, list[int]] = {}
+        for row in rows:
+            if row.seq not in self._held:
+                by_user.setdefault(row.username, []).append(int(row.seq))
+        expired = 0
+        for username, seqs in by_user.items():
+            user = JID.create(username, ctx.domain)
+            async with self._lock(user):
+                expired += await self._delete(user, seqs)
+        if expired:
+            self.expired_count += expired
+            ctx.log.info(
+                "offline messages expired: %d for %d accounts (older than %gs)",
+                expired,
+                len(by_user),
+                ctx.options.expire_after,
+            )
+        await self._recount()
+        return expired
 
     def _next_seq(self) -> int:
         self._last_seq = max(time.time_ns() // 1000, self._last_seq + 1)
@@ -296,6 +356,8 @@ class OfflineStore:
                     stanza=data,
                 )
             )
+        self.waiting += 1
+        self.stored_count += 1
         return seq
 
     async def deliver(self, session: Session) -> int:
@@ -358,16 +420,19 @@ class OfflineStore:
             await self._delete(user, archived)
         return len(archived)
 
-    async def _delete(self, user: JID, seqs: list[int]) -> None:
-        if seqs:
-            ctx = self._ctx
-            await ctx.db.execute(
-                delete(messages).where(
-                    messages.c.host == ctx.domain,
-                    messages.c.username == user.local,
-                    messages.c.seq.in_(seqs),
-                )
+    async def _delete(self, user: JID, seqs: list[int]) -> int:
+        if not seqs:
+            return 0
+        ctx = self._ctx
+        deleted = await ctx.db.execute(
+            delete(messages).where(
+                messages.c.host == ctx.domain,
+                messages.c.username == user.local,
+                messages.c.seq.in_(seqs),
             )
+        )
+        self.waiting = max(0, self.waiting - deleted)
+        return deleted
 
     @asynccontextmanager
     async def _lock(self, user: JID) -> AsyncIterator[None]:
@@ -387,9 +452,10 @@ class OfflineStore:
 
     async def remove_user(self, user: JID) -> None:
         ctx = self._ctx
-        await ctx.db.execute(
+        deleted = await ctx.db.execute(
             delete(messages).where(messages.c.host == ctx.domain, messages.c.username == user.local)
         )
+        self.waiting = max(0, self.waiting - deleted)
 
 
 OFFLINE: Final = ServiceKey[OfflineStore]("offline")
@@ -400,6 +466,27 @@ async def start(ctx: Ctx) -> None:
     store = OfflineStore(ctx)
     await store.start()
     ctx.provide(OFFLINE, store)
+    ctx.metrics.gauge_function(
+        "messages", "Offline messages waiting for their recipient.", lambda: store.waiting
+    )
+    ctx.metrics.counter_function(
+        "stored", "Messages stored for offline recipients.", lambda: store.stored_count
+    )
+    ctx.metrics.counter_function(
+        "expired",
+        "Offline messages deleted undelivered after expire_after.",
+        lambda: store.expired_count,
+    )
+    ctx.spawn(_expire_periodically(ctx, store), name="offline-expiry")
+
+
+async def _expire_periodically(ctx: Ctx, store: OfflineStore) -> None:
+    while True:
+        await asyncio.sleep(ctx.options.expiry_interval)
+        try:
+            await store.expire()
+        except Exception:  # a database outage: try again next time
+            ctx.log.warning("offline expiry failed; retrying in %gs", ctx.options.expiry_interval)
 
 
 @module.on(hooks.OFFLINE_MESSAGE)

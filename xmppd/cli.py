@@ -17,6 +17,7 @@ from xmppd import __version__
 from xmppd.auth.accounts import AccountExists, NoSuchAccount
 from xmppd.config import ConfigError, ServerConfig, load_config
 from xmppd.jid import JID, InvalidJID
+from xmppd.logsetup import configure as configure_logging
 
 log = logging.getLogger("xmppd")
 
@@ -113,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aiosqlite", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
+    configure_logging(config.server, command=args.command)
     if args.command == "check-config":
         from xmppd.server import Server
 

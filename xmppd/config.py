@@ -97,7 +97,23 @@ class ServerSection(Section):
     data_dir: Path = Field(
         Path("data"), description="Where the database, keys and certificates live."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="info: lifecycle, logins, failed logins and session ends; debug: "
+        "also one line per stanza.",
+    )
+    log_target: Literal["stderr", "file", "journal"] = Field(
+        "stderr",
+        description="Where the log goes: stderr, log_file, or the systemd journal (needs "
+        "python3-systemd; stderr otherwise).",
+    )
+    log_file: Path = Field(
+        Path("xmppd.log"),
+        description="The log file when log_target = 'file' (relative: to data_dir).",
+    )
+    log_format: Literal["plain", "json"] = Field(
+        "plain", description="plain text lines, or one JSON object per line."
+    )
     module_paths: tuple[Path, ...] = Field(
         (), description="Extra directories searched for mod_<name>.py module files."
     )

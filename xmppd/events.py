@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar, cast, final
@@ -130,6 +131,8 @@ class EventBus:
 
     name: str
     summarize: Summarize = default_summary
+    errors: Counter[str] = field(default_factory=Counter)
+    """Handler crashes by owner (module name or ``core``), read by the metrics."""
     _handlers: dict[int, list[Registration]] = field(default_factory=dict)
     _seq: int = 0
 
@@ -199,6 +202,7 @@ class EventBus:
         return value
 
     def _log_crash(self, reg: Registration, payload: object) -> None:
+        self.errors[reg.owner] += 1
         log.exception(
             "hook %s: handler %s of %s crashed on %s; skipped",
             reg.hook.name,

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
@@ -36,7 +38,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -111,6 +118,70 @@ class _FunctionFamily:
             for values, value in samples:
                 family.add_metric([str(v) for v in values], float(value))
         yield family
+
+
+class LatencyHistogram:
+    """A histogram cheap enough for the message path: :meth:`observe` is a bisect and
+    two additions (no lock: one event loop owns it), read only when scraped.
+
+    Declare it with :meth:`Metrics.fast_histogram`.
+    """
+
+    __slots__ = ("bounds", "buckets", "count", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.buckets = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs as the exposition format wants them."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.buckets, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+class _HistogramFamily:
+    """The collector behind :meth:`Metrics.fast_histogram`: one histogram per label set."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = labels
+        self.children: dict[tuple[str, ...], LatencyHistogram] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for values, hist in list(self.children.items()):
+            family.add_metric(list(values), hist.cumulative(), hist.total)
+        yield family
+
+
+class StanzaTraffic:
+    """Client stanzas in and out, counted where they pass (plain tallies, no lock).
+
+    ``inbound`` is keyed by the stanza's tag; ``outbound`` by the first byte after
+    ``<`` of what is written (``m``, ``p``, ``i``), which names the kind without
+    parsing. :mod:`xmppd.observe` turns both into ``xmppd_c2s_stanzas_total``.
+    """
+
+    __slots__ = ("inbound", "outbound")
+
+    def __init__(self) -> None:
+        self.inbound: Tally[str] = Tally()
+        self.outbound: Tally[int] = Tally()
 
 
 class Metrics:
@@ -196,6 +267,38 @@ class Metrics:
             ),
             Histogram,
         )
+
+    def fast_histogram(
+        self,
+        name: str,
+        documentation: str,
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        labels: Mapping[str, str] | None = None,
+    ) -> LatencyHistogram:
+        """A histogram ``xmppd_<name>`` for the hot path (see :class:`LatencyHistogram`);
+        ``labels`` tell several of one name apart (same label names for each)."""
+        _check_name(name)
+        names = _check_labels(tuple(labels or {}))
+        full = PREFIX + name
+        existing = self._declared.get(full)
+        if existing is None:
+            family = _HistogramFamily(full, documentation, names)
+            self.registry.register(family)
+            self._declared[full] = ("fast histogram", names, family)
+        else:
+            old_kind, old_labels, family_obj = existing
+            if old_kind != "fast histogram" or old_labels != names:
+                raise ValueError(
+                    f"metric {full} is already declared as a {old_kind} with labels {old_labels}"
+                )
+            assert isinstance(family_obj, _HistogramFamily)
+            family = family_obj
+        values = tuple((labels or {})[n] for n in names)
+        hist = family.children.get(values)
+        if hist is None:
+            hist = family.children[values] = LatencyHistogram(buckets)
+        return hist
 
     def _function_family(
         self, kind: Kind, name: str, documentation: str, labels: Sequence[str]

@@ -20,6 +20,13 @@ name                           type     meaning
 ``registrations_total``        counter  accounts created, by ``host``
 ``accounts_removed_total``     counter  accounts deleted, by ``host``
 ``stanzas_routed_total``       counter  stanzas through the router, by ``kind``
+``sessions``                   gauge    bound client sessions by ``host`` and ``transport``
+``c2s_stanzas_total``          counter  client stanzas by ``direction`` (in/out), ``kind``
+``routing_seconds``            histo    time :meth:`Router.route` takes (hooks included)
+``storage_query_seconds``      histo    time each SQL statement takes
+``hook_errors_total``          counter  hook handler crashes by ``owner`` (module)
+``event_loop_lag_seconds``     gauge    how late a 1 s timer last fired
+``tls_certificate_expiry_days`` gauge   days until a host's certificate expires
 =============================  =======  ==================================================
 
 plus prometheus-client's ``process_*`` and ``python_*`` metrics. Health parts:
@@ -30,19 +37,22 @@ again when the server stops).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING, Final, Protocol
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from xmppd import __version__, hooks
 from xmppd.health import Health
-from xmppd.metrics import Metrics, Samples
+from xmppd.metrics import LatencyHistogram, Metrics, Samples, StanzaTraffic
 
 if TYPE_CHECKING:
     from xmppd.auth.throttle import FailedLoginThrottle
     from xmppd.config import ServerConfig
     from xmppd.events import EventBus
-    from xmppd.storage.database import Database
+    from xmppd.sessions import Endpoint
+    from xmppd.tls import TlsContexts
 
 KINDS: Final = ("message", "presence", "iq")
 """Stanza kinds reported by name; anything else routed is reported as ``other``."""
@@ -51,6 +61,18 @@ KINDS: Final = ("message", "presence", "iq")
 class _Router(Protocol):
     @property
     def routed(self) -> Mapping[str, int]: ...
+
+    latency: LatencyHistogram
+
+
+class _Sessions(Sized, Protocol):
+    def endpoints(self) -> list[Endpoint]: ...
+
+
+class _Database(Protocol):
+    query_latency: LatencyHistogram
+
+    async def health_check(self) -> str | None: ...
 
 
 class _Components(Protocol):
@@ -76,7 +98,7 @@ class ObservedServer(Protocol):
         """``time.monotonic()`` at construction."""
 
     @property
-    def sessions(self) -> Sized: ...
+    def sessions(self) -> _Sessions: ...
     @property
     def router(self) -> _Router: ...
     @property
@@ -88,7 +110,12 @@ class ObservedServer(Protocol):
     @property
     def bus(self) -> EventBus: ...
     @property
-    def db(self) -> Database: ...
+    def db(self) -> _Database: ...
+    @property
+    def traffic(self) -> StanzaTraffic: ...
+    @property
+    def tls(self) -> TlsContexts | None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str | None = None) -> None: ...
     @property
     def listening_ports(self) -> Sequence[tuple[str, int]]: ...
 
@@ -96,7 +123,121 @@ class ObservedServer(Protocol):
 def observe(server: ObservedServer) -> None:
     """Declare the core metrics and health parts of ``server``."""
     _metrics(server)
+    _traffic_metrics(server)
+    _runtime_metrics(server)
     _health(server)
+
+
+_OUT_KINDS: Final = {ord("m"): "message", ord("p"): "presence", ord("i"): "iq"}
+
+
+def _traffic_metrics(server: ObservedServer) -> None:
+    m = server.metrics
+    sessions = server.sessions
+
+    def by_host_and_transport() -> Samples:
+        counts = Counter((e.domain, e.transport_name) for e in sessions.endpoints())
+        for domain in server.hosts:  # every host appears, with 0 when nobody is online
+            counts.setdefault((domain, "tcp"), 0)
+        return [((d, t), n) for (d, t), n in counts.items()]
+
+    m.samples_function(
+        "gauge",
+        "sessions",
+        "Client sessions bound on this node, by host and transport (tcp, websocket, bosh).",
+        ["host", "transport"],
+        by_host_and_transport,
+    )
+    traffic = server.traffic
+
+    def stanzas() -> Samples:
+        inbound = dict.fromkeys(KINDS, 0) | {"other": 0}
+        for kind, n in list(traffic.inbound.items()):
+            inbound[kind if kind in KINDS else "other"] += n
+        outbound = dict.fromkeys(KINDS, 0) | {"other": 0}
+        for first, n in list(traffic.outbound.items()):
+            outbound[_OUT_KINDS.get(first, "other")] += n
+        yield from ((("in", k), n) for k, n in inbound.items())
+        yield from ((("out", k), n) for k, n in outbound.items())
+
+    m.samples_function(
+        "counter",
+        "c2s_stanzas",
+        "Stanzas received from and sent to client sessions, by direction and kind.",
+        ["direction", "kind"],
+        stanzas,
+    )
+    server.router.latency = m.fast_histogram(
+        "routing_seconds",
+        "Seconds the router takes per stanza, filter_packet and delivery hooks included.",
+        buckets=server.router.latency.bounds,
+    )
+    server.db.query_latency = m.fast_histogram(
+        "storage_query_seconds",
+        "Seconds each SQL statement takes to execute.",
+        buckets=server.db.query_latency.bounds,
+    )
+    buses = [server.bus, *(host.bus for host in server.hosts.values())]
+
+    def hook_errors() -> Samples:
+        total: Counter[str] = Counter({"core": 0})
+        for bus in buses:
+            total.update(bus.errors)
+        return [((owner,), n) for owner, n in total.items()]
+
+    m.samples_function(
+        "counter",
+        "hook_errors",
+        "Hook handlers that raised (logged and skipped), by owner: a module or 'core'.",
+        ["owner"],
+        hook_errors,
+    )
+
+
+LAG_INTERVAL: Final = 1.0
+"""How often the event-loop lag is measured (seconds)."""
+
+
+def _runtime_metrics(server: ObservedServer) -> None:
+    m = server.metrics
+    lag = [0.0]
+    m.gauge_function(
+        "event_loop_lag_seconds",
+        f"How much later than asked a {LAG_INTERVAL:g} s timer last woke up: time the loop "
+        "spent busy with other work.",
+        lambda: lag[0],
+    )
+    started = [False]
+
+    async def measure() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_INTERVAL)
+            lag[0] = max(0.0, loop.time() - before - LAG_INTERVAL)
+
+    async def start(_event: hooks.HostEvent) -> None:
+        if not started[0]:
+            started[0] = True
+            server.spawn(measure(), name="event-loop-lag")
+
+    for host in server.hosts.values():
+        host.bus.add(hooks.HOST_STARTED, start, owner="metrics")
+
+    def expiry() -> Iterable[tuple[Sequence[str], float]]:
+        tls = server.tls
+        if tls is None:
+            return []
+        now = time.time()
+        return [((c.domain,), (c.not_after - now) / 86400) for c in tls.certificates()]
+
+    m.samples_function(
+        "gauge",
+        "tls_certificate_expiry_days",
+        "Days until a host's TLS certificate expires (negative: expired).",
+        ["host"],
+        expiry,
+    )
 
 
 def _metrics(server: ObservedServer) -> None:

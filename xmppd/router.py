@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from time import perf_counter
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from xmppd import hooks
@@ -19,6 +20,7 @@ from xmppd.errors import StanzaError
 from xmppd.events import Drop, EventBus
 from xmppd.hooks import RouteInfo
 from xmppd.jid import JID, InvalidJID
+from xmppd.metrics import LatencyHistogram
 from xmppd.stanza import Addressed, Element, copy, error_reply, summary
 
 if TYPE_CHECKING:
@@ -57,6 +59,23 @@ class ServedDomain(Destination, Protocol):
     def name(self) -> str: ...
 
 
+LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+"""Routing is sub-millisecond in memory; storage hooks (archive, offline) add more."""
+
+
 class DomainTaken(Exception):
     """A domain is already in the routing table."""
 
@@ -64,12 +83,14 @@ class DomainTaken(Exception):
 class Router:
     """The routing table and the one way into it (:meth:`route`)."""
 
-    __slots__ = ("_bus", "_table", "default", "routed")
+    __slots__ = ("_bus", "_table", "default", "latency", "routed")
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._table: dict[str, Destination] = {}
         self.routed: Counter[str] = Counter()  # by stanza kind, read by xmppd.observe
+        self.latency = LatencyHistogram(LATENCY_BUCKETS)
+        """Seconds :meth:`route` takes, hooks and delivery included (xmppd.observe)."""
         self.default: Destination = RemoteDomains(self)
         """The route for every domain not in the table (federation replaces it)."""
 
@@ -102,6 +123,13 @@ class Router:
     async def route(self, stanza: Element, origin: Session | None) -> None:
         """Run ``filter_packet`` once, then hand the stanza to its destination."""
         self.routed[stanza.tag] += 1
+        started = perf_counter()
+        try:
+            await self._route(stanza, origin)
+        finally:
+            self.latency.observe(perf_counter() - started)
+
+    async def _route(self, stanza: Element, origin: Session | None) -> None:
         bus = self._bus
         if bus.has_handlers(hooks.FILTER_PACKET):
             result = await bus.fold(hooks.FILTER_PACKET, stanza, RouteInfo(origin))

@@ -28,7 +28,7 @@ from xmppd.health import Health
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
-from xmppd.metrics import Metrics
+from xmppd.metrics import Metrics, StanzaTraffic
 from xmppd.modules import ModuleManager
 from xmppd.observe import observe
 from xmppd.opsroutes import OpsEndpoints
@@ -143,6 +143,8 @@ class Server:
         """The HTTP front, when a ``kind = "http"`` listener is configured."""
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
+        self.traffic = StanzaTraffic()
+        """Client stanzas in and out by kind (metrics)."""
         self.metrics: Metrics = self.core.metrics
         self.health: Health = self.core.health
         observe(self)  # the core's own metrics and health parts
@@ -210,6 +212,7 @@ class Server:
             secret=self.secret,
             fast_tokens=self.fast_tokens,
             tls=self.tls,
+            traffic=self.traffic,
         )
         self.component_services = ComponentServices(
             limits=self.config.c2s,

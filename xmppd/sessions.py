@@ -115,6 +115,10 @@ class Endpoint(Session, Protocol):
     is_interested: bool
 
     @property
+    def transport_name(self) -> str:
+        """``tcp``, ``websocket`` or ``bosh`` (metrics and logs)."""
+
+    @property
     def presence(self) -> Element | None: ...
 
     @presence.setter

@@ -28,6 +28,13 @@ class HostCertificate:
     context: ssl.SSLContext
     end_point_hash: bytes
     """tls-server-end-point channel binding data (RFC 5929 §4.1)."""
+    not_after: float = 0.0
+    """Unix time the leaf certificate expires (metrics: days remaining)."""
+
+
+def not_after(cert_pem: bytes) -> float:
+    """When the first certificate of a PEM file expires (Unix time)."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
 
 
 def generate_self_signed(domain: str, cert_path: Path, key_path: Path) -> None:
@@ -101,7 +108,8 @@ def load_host_certificate(
         if not cert_path.exists() or not key_path.exists():
             generate_self_signed(domain, cert_path, key_path)
     ctx = server_context(cert_path, key_path, min_version=min_version)
-    return HostCertificate(domain, ctx, end_point_hash(cert_path.read_bytes()))
+    pem = cert_path.read_bytes()
+    return HostCertificate(domain, ctx, end_point_hash(pem), not_after(pem))
 
 
 class TlsContexts:
@@ -127,6 +135,10 @@ class TlsContexts:
             cert = self._by_domain.get(name.split(".", 1)[1])
         if cert is not None:
             sslobj.context = cert.context
+
+    def certificates(self) -> list[HostCertificate]:
+        """Every host's certificate."""
+        return list(self._by_domain.values())
 
     def for_object(self, sslobj: ssl.SSLObject | None) -> HostCertificate:
         if sslobj is None:

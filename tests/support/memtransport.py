@@ -13,6 +13,8 @@ from xmppd.stream.transport import Framing, StreamInput
 class MemoryTransport:
     """The connection under a stream: collects what it writes; plaintext only."""
 
+    NAME = "memory"
+
     def __init__(self) -> None:
         self.peer = "192.0.2.1"
         self.is_secure = False

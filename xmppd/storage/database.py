@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol, TypeVar
@@ -30,6 +31,7 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from xmppd.metrics import LatencyHistogram
 from xmppd.storage.schema import METADATA, schema_versions
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,29 @@ class _InlineTransaction:
         return self._conn.execute(stmt, params)
 
 
+QUERY_BUCKETS: Final = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+)
+"""SQLite point queries take microseconds; PostgreSQL round trips a millisecond or so."""
+
 _DATA_ERRORS: Final = (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError)
 """Errors about the statement or its data: the connection stays usable."""
+
+
+def _query_started(conn: Connection, *_args: object) -> None:
+    conn.info["xmppd_query_started"] = time.perf_counter()
 
 
 class Database:
@@ -77,6 +100,16 @@ class Database:
         else:
             self._async = create_async_engine(url, pool_size=pool_size)
             self.dialect = self._async.dialect.name
+        self.query_latency = LatencyHistogram(QUERY_BUCKETS)
+        """Seconds each statement takes to execute (metrics: xmppd_storage_query_seconds)."""
+        engine = self._sync if self._sync is not None else self._async.sync_engine  # type: ignore[union-attr]
+        sa.event.listen(engine, "before_cursor_execute", _query_started)
+        sa.event.listen(engine, "after_cursor_execute", self._query_done)
+
+    def _query_done(self, conn: Connection, *_args: object) -> None:
+        started = conn.info.pop("xmppd_query_started", None)
+        if started is not None:
+            self.query_latency.observe(time.perf_counter() - started)
 
     async def start(self) -> None:
         """Create missing tables (core and every imported module) and record versions."""

@@ -13,19 +13,20 @@ import base64
 import binascii
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from lxml import etree
 
-from xmppd import hooks, ns
+from xmppd import hooks, ns, oplog
 from xmppd.auth import fast, sasl
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import Drop
 from xmppd.hooks import FeaturesContext, PacketContext, StanzaEvent
 from xmppd.iq import Scope
 from xmppd.jid import JID, InvalidJID, resourceprep
+from xmppd.metrics import StanzaTraffic
 from xmppd.server_secret import derive
 from xmppd.stanza import (
     IQ_TYPES,
@@ -38,6 +39,7 @@ from xmppd.stanza import (
     payload,
     serialize,
 )
+from xmppd.stanza import summary as stanza_summary
 from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
 from xmppd.stream.machine import StreamMachine, StreamState, Transitions
@@ -80,6 +82,8 @@ class C2SServices:
     """XEP-0484 FAST tokens, when SASL2 and FAST are enabled."""
     tls: TlsContexts | None = None
     """The certificates (channel binding); ``None`` without TLS listeners."""
+    traffic: StanzaTraffic = field(default_factory=StanzaTraffic)
+    """Client stanzas in and out by kind (read by the metrics)."""
 
 
 T = TypeVar("T")
@@ -133,6 +137,7 @@ class C2SStream(StreamMachine):
         "_hibernation",
         "_jid",
         "_jid_str",
+        "_mechanism",
         "_presence",
         "_sasl",
         "_sasl2",
@@ -178,6 +183,7 @@ class C2SStream(StreamMachine):
         self._sasl: sasl.Mechanism | None = None
         self._sasl2: sasl2.AuthenticateRequest | None = None
         self._sasl_failures = 0
+        self._mechanism = ""
 
     # ------------------------------------------------------------------ Session API
 
@@ -193,6 +199,10 @@ class C2SStream(StreamMachine):
     @property
     def peer(self) -> str:
         return self.transport.peer
+
+    @property
+    def transport_name(self) -> str:
+        return self.transport.NAME
 
     @property
     def is_secure(self) -> bool:
@@ -273,6 +283,9 @@ class C2SStream(StreamMachine):
                     self.close("policy-violation", "too many unacknowledged stanzas")
                 return
             sm.sent_stanza(data)
+        self.services.traffic.outbound[data[1]] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("c2s %s out: %s", self._jid_str, _head(data))
         if self.state is _DETACHED:
             return
         self._write(data)
@@ -605,9 +618,11 @@ class C2SStream(StreamMachine):
             try:
                 jid = JID.create(step.username, host.domain)
             except InvalidJID:
+                self._log_failure(step.username, mechanism, "invalid username")
                 self._sasl_failed(sasl.Failure("not-authorized"))
                 return
             self.services.throttle.succeeded(self.peer, mechanism, account=self._account(jid.local))
+            self._mechanism = mechanism
             self._jid = jid
             self._jid_str = str(jid)
             self._enter(_AUTHENTICATED)
@@ -621,6 +636,7 @@ class C2SStream(StreamMachine):
             await self.services.throttle.answer_failure(
                 self.peer, mechanism, account=self._account(failed.username)
             )
+            self._log_failure(failed.username, mechanism, step.condition)
             self._sasl_failed(step)
 
     # ------------------------------------------------------------------ SASL2 + Bind 2
@@ -671,6 +687,7 @@ class C2SStream(StreamMachine):
             await self.services.throttle.answer_failure(
                 self.peer, mech.name, account=self._account(mech.username)
             )
+            self._log_failure(mech.username, mech.name, step.condition)
             self._sasl2_failed(step)
             return
         await self._sasl2_success(step, mech, request)
@@ -719,9 +736,11 @@ class C2SStream(StreamMachine):
         try:
             jid = JID.create(step.username, host.domain)
         except InvalidJID:
+            self._log_failure(step.username, mech.name, "invalid username")
             self._sasl2_failed(sasl.Failure("not-authorized"))
             return
         self.services.throttle.succeeded(self.peer, mech.name, account=self._account(jid.local))
+        self._mechanism = mech.name
         self._jid = jid
         self._jid_str = str(jid)
         self._enter(_AUTHENTICATED)
@@ -825,6 +844,15 @@ class C2SStream(StreamMachine):
         if count:
             self._count_sasl_failure()
 
+    def _log_failure(self, username: str, mechanism: str, reason: str) -> None:
+        oplog.login_failed(
+            address=self.peer,
+            user=username,
+            mechanism=mechanism,
+            reason=reason,
+            transport=self.transport.NAME,
+        )
+
     def _account(self, username: str) -> str | None:
         """The throttle's key for an account of this stream's host (``None``: unknown)."""
         host = self.host
@@ -876,6 +904,12 @@ class C2SStream(StreamMachine):
         self._enter(_BOUND)  # first: a stream closed meanwhile is never registered
         replaced = self.services.sessions.bind(self)
         self._timeout.cancel()
+        oplog.login(
+            address=self.peer,
+            jid=self._jid_str,
+            mechanism=self._mechanism,
+            transport=self.transport.NAME,
+        )
         if replaced is not None and replaced is not self:
             replaced.close("conflict", "replaced by a new connection")
 
@@ -883,6 +917,9 @@ class C2SStream(StreamMachine):
 
     async def _on_stanza(self, el: Element) -> None:
         kind = el.tag
+        self.services.traffic.inbound[kind] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("c2s %s in: %s", self._jid_str, stanza_summary(el))
         if kind not in STANZA_KINDS:
             if kind in sasl2.ELEMENTS:
                 raise StreamError("policy-violation", "already authenticated")
@@ -1013,6 +1050,7 @@ class C2SStream(StreamMachine):
         """No resume in time: end the session, re-deliver what the client never acked."""
         if self.closed:
             return
+        self._ending("resumption timed out")
         pending: list[bytes] = []
         stored: list[str] = []
         sm = self.sm
@@ -1123,6 +1161,12 @@ class C2SStream(StreamMachine):
             self._release(list(sm.stored.values()), acked=False)
             sm.stored.clear()
         if previous is _BOUND or previous is _DETACHED:
+            oplog.session_ended(
+                address=self.peer,
+                jid=self._jid_str,
+                reason=self.end_reason or "closed",
+                transport=self.transport.NAME,
+            )
             self.services.sessions.unbind(self)
             host = self.host
             if host is not None:
@@ -1157,6 +1201,12 @@ def _sm_failed_element(condition: str) -> Element:
 
 def _sm_failed(condition: str) -> bytes:
     return etree.tostring(_sm_failed_element(condition))
+
+
+def _head(data: bytes) -> str:
+    """The start of a serialised stanza, for a debug line: its start tag, cut short."""
+    end = data.find(b">")
+    return data[: end + 1 if 0 < end < 200 else 200].decode("utf-8", "replace")
 
 
 def _drop_attr(el: Element, name: str) -> None:

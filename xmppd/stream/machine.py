@@ -92,6 +92,7 @@ class StreamMachine:
         "_timeout",
         "_worker",
         "_write_limit",
+        "end_reason",
         "last_activity",
         "reader",
         "state",
@@ -128,6 +129,8 @@ class StreamMachine:
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._timeout = loop.call_later(connect_timeout, self._connect_timed_out)
+        self.end_reason = ""
+        """Why the stream ended, for the log (set by the first close or loss)."""
 
     # ------------------------------------------------------------------ state
 
@@ -203,11 +206,17 @@ class StreamMachine:
 
     def connection_lost(self) -> None:
         """The transport closed (the peer went away, or we closed it)."""
+        self._ending("connection lost")
         self._shutdown()
 
     def stream_error(self, condition: str, text: str | None = None) -> None:
         """A fault the transport found in the input: close with this stream error."""
         self._fail(StreamError(condition, text))
+
+    def _ending(self, reason: str) -> None:
+        """Record why the stream ends unless a reason is already known."""
+        if not self.end_reason:
+            self.end_reason = reason
 
     async def _drain(self) -> None:
         queue = self._queue
@@ -221,6 +230,7 @@ class StreamMachine:
                     if item is None:
                         await self._on_header()
                     elif item is CLOSE_MARK:
+                        self._ending("closed by peer")
                         self.close()
                     else:
                         await self._on_element(item)
@@ -269,6 +279,7 @@ class StreamMachine:
         out = self._out
         if out and not write_batch(out, self.transport, self._write_limit):
             log.warning("%s: peer too slow to read; closing", self.summary())
+            self._ending("peer too slow to read")
             self._shutdown()
             self.transport.close()
 
@@ -277,7 +288,10 @@ class StreamMachine:
         if self.state is _CLOSED:
             return
         if condition is not None:
+            self._ending(f"{condition}: {text}" if text else condition)
             self._write(stream_error(condition, text))
+        else:
+            self._ending("closed by server")
         self._write(self.transport.framing.close())
         self._flush()
         self._shutdown()

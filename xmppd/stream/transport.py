@@ -12,7 +12,7 @@ How the bytes are framed is the transport's choice too (:class:`Framing`): RFC 6
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import ssl
@@ -84,6 +84,9 @@ class StreamInput(Protocol):
 
 class Transport(Protocol):
     """What a stream needs from the connection under it."""
+
+    NAME: ClassVar[str]
+    """The transport's name in metrics and logs: ``tcp``, ``websocket``, ``bosh``."""
 
     peer: str
     """The peer's address (for logs and the failed-login throttle)."""

@@ -29,7 +29,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from aiohttp import web
 from lxml import etree
@@ -102,6 +102,8 @@ class _Held:
 
 class BoshSession:
     """One BOSH session: the stream's transport, and the requests it rides on."""
+
+    NAME: ClassVar[str] = "bosh"
 
     __slots__ = (
         "_cache",

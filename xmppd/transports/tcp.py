@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from xmppd.stream.framing import XML_STREAM
 
@@ -56,6 +56,8 @@ LINGER_MAX_UNSENT: Final = 256 * 1024
 
 class C2SConnection(asyncio.Protocol):
     """asyncio glue: one per TCP connection; feeds a client stream."""
+
+    NAME: ClassVar[str] = "tcp"
 
     __slots__ = (
         "_linger",

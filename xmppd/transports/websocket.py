@@ -19,7 +19,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -58,6 +58,8 @@ class _Response(web.WebSocketResponse):
 
 class WebSocketTransport:
     """The transport interface over one aiohttp WebSocket."""
+
+    NAME: ClassVar[str] = "websocket"
 
     __slots__ = (
         "_close_code",
