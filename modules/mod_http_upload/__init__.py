@@ -253,6 +253,7 @@ def _token(key: bytes, slot: str, name: str, size: int, ctype: str, expires: int
 @module.on_load
 async def serve(ctx: Ctx) -> None:
     domain = service_domain(ctx)
+    ctx.metrics.counter("upload_bytes", "Bytes uploaded").labels()  # present from the start
     service = ServiceDomain(ctx, domain, name=ctx.options.name)
     service.identity("store", "file", ctx.options.name)
     service.feature(NS)

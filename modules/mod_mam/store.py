@@ -393,6 +393,8 @@ class Writer:
         """Rows ever queued."""
         self._done = 0
         """Rows ever handled (written, or lost to an error), in queue order."""
+        self.written = 0
+        """Rows ever committed (the metric xmppd_mod_mam_archive_writes_total)."""
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         """Set (and replaced) each time the writer has handled what it took."""
@@ -481,6 +483,7 @@ class Writer:
                 ids = [row["id"] for row in rows]
                 bounds = {"host": self._ctx.domain, "low": min(ids), "high": max(ids)}
                 await tx.execute(_FTS_INDEX, bounds)
+        self.written += len(rows)
 
     def _row_refused(self, row: dict[str, Any], exc: Exception) -> None:
         if isinstance(exc, sa.exc.IntegrityError):
@@ -529,6 +532,13 @@ class Archive:
             await self._create_fulltext_index()
         self.ctx.spawn(self.writer.run(), name=f"mod_mam writer {self.ctx.domain}")
         self.writer.started()
+        writer = self.writer
+        self.ctx.metrics.counter_function(
+            "archive_writes", "Messages written to user archives.", lambda: writer.written
+        )
+        self.ctx.metrics.gauge_function(
+            "archive_queue", "Messages waiting to be written to the archive.", lambda: writer.pending
+        )
 
     async def _create_fulltext_index(self) -> None:
         """SQLite: create the FTS5 index and its delete trigger once; index what is

@@ -27,6 +27,13 @@ async def start(ctx: Ctx) -> None:
     await service.archive.start()
     ctx.provide(MUC, service)
     ctx.serve_domain(service.domain, service, name=service.name)
+    rooms = service.rooms
+    ctx.metrics.gauge_function("rooms", "Rooms in memory (active).", lambda: len(rooms))
+    ctx.metrics.gauge_function(
+        "occupants",
+        "Occupants of the rooms in memory.",
+        lambda: sum(len(room.occupants) for room in list(rooms.values())),
+    )
 
 
 @module.on(hooks.SERVER_STOPPING)
