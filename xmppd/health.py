@@ -94,11 +94,17 @@ class HealthPart:
             log.info("health: %s is ready", self._label())
         self.ready, self.reason = True, ""
 
-    def set_not_ready(self, reason: str) -> None:
-        """The part does not work, because of ``reason`` (shown to operators)."""
+    def set_not_ready(self, reason: str, *, expected: bool = False) -> None:
+        """The part does not work, because of ``reason`` (shown to operators);
+        ``expected`` (the server is stopping): logged at INFO, not as a warning."""
         if self.ready:
             self.since = time.time()
-            log.warning("health: %s is not ready: %s", self._label(), reason)
+            log.log(
+                logging.INFO if expected else logging.WARNING,
+                "health: %s is not ready: %s",
+                self._label(),
+                reason,
+            )
         self.ready, self.reason = False, reason
 
     def status(self) -> PartStatus:

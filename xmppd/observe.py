@@ -343,6 +343,8 @@ def _health(server: ObservedServer) -> None:
 
     async def stopping(event: hooks.ServerEvent) -> None:
         for domain in server.hosts:
-            health.part("host", host=domain).set_not_ready(f"server stopping ({event.reason})")
+            health.part("host", host=domain).set_not_ready(
+                f"server stopping ({event.reason})", expected=True
+            )
 
     server.bus.add(hooks.SERVER_STOPPING, stopping, owner="health")

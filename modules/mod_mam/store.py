@@ -537,7 +537,9 @@ class Archive:
             "archive_writes", "Messages written to user archives.", lambda: writer.written
         )
         self.ctx.metrics.gauge_function(
-            "archive_queue", "Messages waiting to be written to the archive.", lambda: writer.pending
+            "archive_queue",
+            "Messages waiting to be written to the archive.",
+            lambda: writer.pending,
         )
 
     async def _create_fulltext_index(self) -> None:

@@ -118,12 +118,14 @@ def write_config(
     auth: dict[str, Any] | None = None,
     http_port: int | None = None,
     http_tls: bool = False,
+    server: dict[str, Any] | None = None,
 ) -> None:
     auth_options = {"failures_before_delay": 1000, **(auth or {})}
+    server_options = {"log_level": "debug", **(server or {})}
     lines = [
         "[server]",
         f"data_dir = {_toml_value(str(data_dir))}",
-        'log_level = "debug"',
+        *(f"{k} = {_toml_value(v)}" for k, v in server_options.items()),
         "[storage]",
         f"url = {_toml_value(storage_url)}",
         "[auth]",
@@ -225,12 +227,14 @@ def running_server(
     auth: dict[str, Any] | None = None,
     http: bool = False,
     http_tls: bool = False,
+    server: dict[str, Any] | None = None,
 ) -> Iterator[XmppdServer]:
     """Start ``python -m xmppd run`` and stop it (SIGTERM, then kill) afterwards.
 
     ``components`` (domain → secret) adds a loopback XEP-0114 listener and those
     external components (``XmppdServer.component_port``); ``admins``, the host's
-    administrators (bare JIDs)."""
+    administrators (bare JIDs); ``server``, extra ``[server]`` options (``log_level``
+    is ``debug`` unless given)."""
     tmp.mkdir(parents=True, exist_ok=True)
     with _storage(tmp, backend) as url:
         data_dir = tmp / "data"
@@ -258,6 +262,7 @@ def running_server(
                 auth=auth,
                 http_port=p4,
                 http_tls=http_tls,
+                server=server,
             )
             log = log_path.open("ab")
             proc = subprocess.Popen(

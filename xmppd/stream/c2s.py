@@ -1050,7 +1050,7 @@ class C2SStream(StreamMachine):
         """No resume in time: end the session, re-deliver what the client never acked."""
         if self.closed:
             return
-        self._ending("resumption timed out")
+        self._ending("resumption-timeout")
         pending: list[bytes] = []
         stored: list[str] = []
         sm = self.sm

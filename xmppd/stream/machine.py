@@ -206,7 +206,7 @@ class StreamMachine:
 
     def connection_lost(self) -> None:
         """The transport closed (the peer went away, or we closed it)."""
-        self._ending("connection lost")
+        self._ending("connection-lost")
         self._shutdown()
 
     def stream_error(self, condition: str, text: str | None = None) -> None:
@@ -230,7 +230,7 @@ class StreamMachine:
                     if item is None:
                         await self._on_header()
                     elif item is CLOSE_MARK:
-                        self._ending("closed by peer")
+                        self._ending("closed-by-peer")
                         self.close()
                     else:
                         await self._on_element(item)
@@ -279,7 +279,7 @@ class StreamMachine:
         out = self._out
         if out and not write_batch(out, self.transport, self._write_limit):
             log.warning("%s: peer too slow to read; closing", self.summary())
-            self._ending("peer too slow to read")
+            self._ending("peer-too-slow")
             self._shutdown()
             self.transport.close()
 
@@ -288,10 +288,10 @@ class StreamMachine:
         if self.state is _CLOSED:
             return
         if condition is not None:
-            self._ending(f"{condition}: {text}" if text else condition)
+            self._ending(condition)
             self._write(stream_error(condition, text))
         else:
-            self._ending("closed by server")
+            self._ending("closed-by-server")
         self._write(self.transport.framing.close())
         self._flush()
         self._shutdown()
