@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[common])
 
-    command("run", "run the server in the foreground")
+    run = command("run", "run the server in the foreground")
+    run.add_argument(
+        "--loopback",
+        action="store_true",
+        help="bind every listener to 127.0.0.1 whatever the configuration says "
+        "(what ./dev run does unless given --public)",
+    )
     command("check-config", "validate the configuration and exit")
     fed = command("check-federation", "explain, step by step, how this server reaches DOMAIN")
     fed.add_argument("domain")
@@ -133,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = asyncio.run(check_federation(config, args.domain.lower(), print))
         return 0 if ok else 1
     if args.command == "run":
-        return _run(config)
+        if args.loopback:
+            config = _loopback_only(config)
+        return _run(config, loopback=args.loopback)
     cmd = args.command
     if cmd == "adduser":
         jid = _jid(args.jid, config)
@@ -178,7 +186,22 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _run(config: ServerConfig) -> int:
+def _loopback_only(config: ServerConfig) -> ServerConfig:
+    """``config`` with every listener bound to 127.0.0.1."""
+    listeners = tuple(
+        listener.model_copy(update={"address": "127.0.0.1"}) for listener in config.listeners
+    )
+    return config.model_copy(update={"listeners": listeners})
+
+
+LOOPBACK_NOTE = (
+    "listening on loopback (127.0.0.1) only: clients on other machines cannot connect. "
+    "To listen publicly run `./dev run --public`, or `xmppd run` without --loopback, "
+    "with the address of each [[listeners]] set in the configuration (default 0.0.0.0)"
+)
+
+
+def _run(config: ServerConfig, *, loopback: bool = False) -> int:
     from xmppd.server import Server
 
     _install_uvloop()
@@ -193,6 +216,8 @@ def _run(config: ServerConfig) -> int:
         _tune_gc()
         ports = ", ".join(f"{p} ({mode})" for mode, p in server.listening_ports)
         log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
+        if loopback:
+            log.info(LOOPBACK_NOTE)
         try:
             await stop.wait()
         finally:
