@@ -27,6 +27,7 @@ from tests.support.server import (
     running_server,
     service_unavailable,
 )
+from tests.support.wsclient import WsClient
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 MODULES = {**DEFAULT_TEST_MODULES, "offline": {}, "mam": {}, "http_upload": {}}
@@ -257,3 +258,20 @@ async def test_every_dashboard_query_returns_data(server: XmppdServer, tmp_path:
         assert not pending, "queries without data: " + "; ".join(
             f"{title}: {expr}" for expr, title in pending.items()
         )
+
+
+async def test_a_websocket_session_is_counted_and_logged_by_its_transport(
+    server: XmppdServer,
+) -> None:
+    jid = await new_account(server, "webby")
+    client = await WsClient.connect(server)
+    try:
+        await client.open()
+        full = await client.login(jid.split("@")[0], PASSWORD, resource="browser")
+        _, during = await scrape(server)
+        assert value(during, "xmppd_sessions", host=server.domain, transport="websocket") >= 1
+    finally:
+        await client.close()
+    line = f"login: address=127.0.0.1 jid={full} mechanism="
+    logged = [x for x in server.log_text().splitlines() if line in x]
+    assert len(logged) == 1 and logged[0].endswith(" transport=websocket"), logged
