@@ -250,6 +250,10 @@ async def test_a_websocket_session_resumes_over_tcp(web_server: XmppdServer) -> 
             got = await tcp.expect(lambda el: el.tag == tag("message"))
             assert got.findtext(tag("body")) == "while away"
             assert got.get("to") == jid
+            # The operator's log: the WebSocket login, then the resumption over TCP.
+            log = web_server.log_text()
+            assert f"jid={jid} mechanism=PLAIN transport=websocket" in log
+            assert f"jid={jid} mechanism=PLAIN+resume transport=tcp" in log
         finally:
             await tcp.close()
 

@@ -371,6 +371,7 @@ class C2SStream(StreamMachine):
         if state is _BOUND and sm is not None and sm.resumable:
             self._hibernate()
         else:
+            self._ending("connection-lost")
             self._shutdown()
 
     def _answer_error(self, stanza: Element, err: StanzaError) -> None:
@@ -1147,6 +1148,12 @@ class C2SStream(StreamMachine):
             self._request_ack(soon=True)
         self._queue.extend(pipelined)
         self._start_worker()
+        oplog.login(
+            address=self.peer,
+            jid=self._jid_str,
+            mechanism=f"{new._mechanism}+resume",
+            transport=self.transport.NAME,
+        )
         log.debug("c2s %s: resumed", self.summary())
 
     def _on_shutdown(self, previous: StreamState) -> None:
