@@ -18,6 +18,7 @@ from xmppd.auth.accounts import AccountExists, NoSuchAccount
 from xmppd.config import ConfigError, ServerConfig, load_config
 from xmppd.jid import JID, InvalidJID
 from xmppd.logsetup import configure as configure_logging
+from xmppd.storage.migrate import SchemaOutOfDate
 
 log = logging.getLogger("xmppd")
 
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list the tokens (never their secrets)")
     trevoke = tsub.add_parser("revoke", help="revoke a token by its id")
     trevoke.add_argument("token_id")
+    db = command("db", "the database schema (migrations)")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", help="upgrade the schema to this release's (back up first)")
+    dsub.add_parser("current", help="print the schema revision and whether it is current")
     docs = command("gen-docs", "regenerate docs/hooks.md and docs/modules/ from the code")
     docs.add_argument("--check", action="store_true", help="only report stale files")
     docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(config.server, command=args.command)
+    # Alembic narrates every step at INFO; xmppd logs the upgrade itself.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "check-config":
         from xmppd.server import Server
 
@@ -142,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.loopback:
             config = _loopback_only(config)
         return _run(config, loopback=args.loopback)
+    if args.command == "db":
+        from xmppd.dbcli import db_command
+
+        return db_command(config, args.db_command)
     cmd = args.command
     if cmd == "adduser":
         jid = _jid(args.jid, config)
@@ -228,6 +239,9 @@ def _run(config: ServerConfig, *, loopback: bool = False) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except SchemaOutOfDate as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
@@ -252,6 +266,9 @@ def _with_server(
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except SchemaOutOfDate as exc:
+        print(f"cannot open the database: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _adduser(server: object, jid: JID, password: str) -> int:

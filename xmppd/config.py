@@ -126,6 +126,12 @@ class StorageSection(Section):
         "postgresql+asyncpg://user@host/db. Empty means <data_dir>/xmppd.sqlite3.",
     )
     pool_size: int = Field(10, ge=1, le=1000)
+    auto_upgrade: bool = Field(
+        True,
+        description="At start, upgrade the database schema to this release's (Alembic "
+        "revisions, as `xmppd db upgrade` does). Off: a database at an older revision "
+        "stops start-up until `xmppd db upgrade` is run; an empty one is still set up.",
+    )
 
     @field_validator("url")
     @classmethod

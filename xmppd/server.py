@@ -156,7 +156,7 @@ class Server:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_secret()
         self.modules.import_all()
-        await self.db.start()
+        await self.db.start(auto_upgrade=self.config.storage.auto_upgrade)
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
         await self.modules.load_all()
         for host in self.hosts.values():

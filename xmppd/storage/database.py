@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from xmppd.metrics import LatencyHistogram
+from xmppd.storage import migrate
 from xmppd.storage.schema import METADATA, schema_versions
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,38 @@ class Database:
         if started is not None:
             self.query_latency.observe(time.perf_counter() - started)
 
-    async def start(self) -> None:
-        """Create missing tables (core and every imported module) and record versions."""
-        if self._sync is not None:
-            METADATA.create_all(self._sync)
-        else:
-            assert self._async is not None
-            async with self._async.begin() as conn:
-                await conn.run_sync(METADATA.create_all)
+    async def start(self, *, auto_upgrade: bool = True) -> None:
+        """Bring the schema to this release's (``xmppd.storage.migrate``) and record the
+        tables' versions.
+
+        The revisions run when ``auto_upgrade`` is on or the database is empty; else a
+        database at an older revision raises :class:`~xmppd.storage.migrate.SchemaOutOfDate`.
+        Tables of modules that no revision covers (modules from ``server.module_paths``)
+        are then created from their definitions."""
+        schema = await self.run_schema_work(migrate.state)
+        if schema.current not in (None, schema.head) and not migrate.is_known(schema.current):
+            raise migrate.SchemaOutOfDate(
+                f"the database is at schema revision {schema.current}, which this "
+                f"release does not know (it stops at {schema.head}): it was upgraded "
+                "by a newer xmppd"
+            )
+        if not schema.is_current:
+            if not (auto_upgrade or schema.empty):
+                raise migrate.SchemaOutOfDate(
+                    "the database schema is at revision "
+                    f"{schema.current or 'none (made before migrations)'}, this release "
+                    f"needs {schema.head}: back the database up, then run `xmppd db upgrade` "
+                    "(or set storage.auto_upgrade = true)"
+                )
+            log.info(
+                "upgrading the database schema from %s to %s",
+                schema.current or "none",
+                schema.head,
+            )
+            await self.run_schema_work(migrate.upgrade)
+        created = await self.run_schema_work(_create_missing_tables)
+        for name in created:
+            log.warning("table %s is not covered by a migration: created from its model", name)
         async with self.transaction() as tx:
             for table in METADATA.sorted_tables:
                 version = table.info.get("schema_version")
@@ -127,6 +152,16 @@ class Database:
                         tx, schema_versions, {"name": table.name, "version": version}, ("name",)
                     )
         log.info("storage ready (%s)", self.dialect)
+
+    async def run_schema_work(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` (schema inspection or migration) on one connection in a
+        transaction, committed when it returns."""
+        if self._sync is not None:
+            with self._sync.begin() as conn:
+                return fn(conn)
+        assert self._async is not None
+        async with self._async.begin() as aconn:
+            return await aconn.run_sync(fn)
 
     async def checkpoints(self, every: float = 2.0) -> None:
         """SQLite only: checkpoint the WAL from a worker thread every ``every`` seconds,
@@ -275,6 +310,12 @@ class Database:
                 else lite.on_conflict_do_nothing(index_elements=list(keys))
             )
         await tx.execute(stmt)
+
+
+def _create_missing_tables(conn: Connection) -> list[str]:
+    missing = migrate.missing_tables(conn)
+    METADATA.create_all(conn, tables=missing)
+    return [t.name for t in missing]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

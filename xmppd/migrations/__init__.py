@@ -1,0 +1,1 @@
+"""Alembic migrations of the database schema (see xmppd.storage.migrate)."""
