@@ -120,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"{'stale' if args.check else 'wrote'}: {path}")
         return 1 if args.check and stale else 0
+    if args.command == "check-config":
+        logging.basicConfig(level=logging.WARNING)
+        from xmppd.configcheck import check_file
+
+        found = check_file(args.config)
+        if found:
+            print("configuration error:\n" + "\n".join(found), file=sys.stderr)
+            return 2
+        print("configuration OK")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -128,16 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.server, command=args.command)
     # Alembic narrates every step at INFO; xmppd logs the upgrade itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
-    if args.command == "check-config":
-        from xmppd.server import Server
-
-        try:
-            Server(config).check()
-        except ConfigError as exc:
-            print(f"configuration error:\n{exc}", file=sys.stderr)
-            return 2
-        print("configuration OK")
-        return 0
     if args.command == "check-federation":
         import asyncio
 

@@ -20,12 +20,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from xmppd.configtext import KeyLines, problems, strict_scalar
 from xmppd.jid import InvalidJID, domainprep
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -50,7 +53,12 @@ _PairT = TypeVar("_PairT", bound="_CertificatePair")
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message is meant for the admin, as is."""
+    """The configuration is invalid; the message is meant for the admin, as is (one
+    line per problem)."""
+
+    @property
+    def lines(self) -> list[str]:
+        return str(self).splitlines()
 
 
 def parse_duration(value: object) -> float:
@@ -88,9 +96,16 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors; values are frozen."""
+    """Base of every config section: unknown keys are errors; values are frozen;
+    numbers and booleans must be written as such, not as strings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return strict_scalar(cls, info.field_name, value)
 
 
 class ServerSection(Section):
@@ -563,48 +578,12 @@ class ServerConfig(Section):
     modules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True, description="File this was read from.")
+    _key_lines: KeyLines | None = PrivateAttr(None)
 
-    @model_validator(mode="after")
-    def _encryption_is_possible(self) -> Self:
-        if self.c2s.require_encryption:
-            for listener in self.listeners:
-                if listener.kind == "c2s" and listener.tls == "none":
-                    raise ValueError(
-                        f"listener on port {listener.port} has tls = 'none' but "
-                        "c2s.require_encryption is true: use 'starttls' or 'direct', or set "
-                        "c2s.require_encryption = false"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _components_are_distinct(self) -> Self:
-        seen: set[str] = set()
-        for index, component in enumerate(self.components):
-            where = f"components.{index}.domain"
-            if component.domain in self.hosts:
-                raise ValueError(
-                    f"{where}: {component.domain!r} is one of the hosts; a component "
-                    "needs a domain of its own (such as a subdomain)"
-                )
-            if component.domain in seen:
-                raise ValueError(f"{where}: {component.domain!r} is configured twice")
-            seen.add(component.domain)
-        return self
-
-    @model_validator(mode="after")
-    def _admins_are_local(self) -> Self:
-        for domain, section in self.hosts.items():
-            for index, admin in enumerate(section.admins):
-                where = f"hosts.{domain}.admins.{index}"
-                local, at, rest = admin.partition("@")
-                if not at or not local or "/" in rest:
-                    raise ValueError(f"{where}: {admin!r} is not a bare JID (user@domain)")
-                if rest.lower() not in self.hosts:
-                    raise ValueError(
-                        f"{where}: {admin!r} is not on one of this server's hosts "
-                        f"({', '.join(sorted(self.hosts))})"
-                    )
-        return self
+    @property
+    def key_lines(self) -> KeyLines | None:
+        """Where each key is in the file (``None``: not read from a file)."""
+        return self._key_lines
 
     @field_validator("hosts")
     @classmethod
@@ -630,41 +609,143 @@ class ServerConfig(Section):
         return section.hooks if section.hooks is not None else self.hooks
 
 
-def format_validation_error(source: str, err: ValidationError, prefix: str = "") -> str:
-    """``file: a.b.c: what was expected`` lines, one per problem."""
-    lines = []
-    for problem in err.errors():
-        path = ".".join(str(p) for p in (*((prefix,) if prefix else ()), *problem["loc"]))
-        msg = problem["msg"]
-        if problem["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
+def format_problem(source: str, path: str, message: str, lines: KeyLines | None = None) -> str:
+    """``file: key.path: message (line N)``."""
+    line = lines.line_of(path) if lines is not None else None
+    return f"{source}: {path}: {message}" + (f" (line {line})" if line else "")
+
+
+def format_validation_error(
+    source: str,
+    err: ValidationError,
+    prefix: str = "",
+    *,
+    model: type[BaseModel] | None = None,
+    lines: KeyLines | None = None,
+) -> str:
+    """``file: a.b.c: what was expected (line N)`` lines, one per problem."""
+    found = problems(err, model, prefix)
+    if lines is not None:  # in the file's order
+        found.sort(key=lambda item: lines.line_of(item[0]) or 1 << 30)
+    return "\n".join(format_problem(source, path, message, lines) for path, message in found)
 
 
 def load_config(path: Path | None) -> ServerConfig:
-    """Read and validate ``path`` (``None``: built-in defaults). Raises :class:`ConfigError`."""
+    """Read and validate ``path`` (``None``: built-in defaults). Raises :class:`ConfigError`
+    naming every problem found."""
     if path is None:
         return ServerConfig()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, source=path)
+    return parse_config(raw, source=path, text=text)
 
 
-def parse_config(raw: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
+def parse_config(
+    raw: Mapping[str, Any], *, source: Path | None = None, text: str | None = None
+) -> ServerConfig:
+    lines = KeyLines(text) if text is not None else None
+    where = str(source or "<config>")
     try:
         config = ServerConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(source or "<config>"), exc)) from None
+        raise ConfigError(
+            format_validation_error(where, exc, model=ServerConfig, lines=lines)
+        ) from None
+    found = cross_checks(config)
+    if found:
+        raise ConfigError("\n".join(format_problem(where, p, m, lines) for p, m in found))
     if source is not None:
         config = _resolve_paths(config, source)
+    config._key_lines = lines
     return config
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether binding both addresses on one port conflicts (a wildcard takes its family,
+    "::" both families on a dual-stack system)."""
+    if a == b or "::" in (a, b):
+        return True
+    if "0.0.0.0" in (a, b):
+        other = b if a == "0.0.0.0" else a
+        return ":" not in other
+    return False
+
+
+def cross_checks(config: ServerConfig) -> list[tuple[str, str]]:
+    """Problems between sections, all of them: (key path, message)."""
+    found: list[tuple[str, str]] = []
+    listeners = config.listeners
+    for index, listener in enumerate(listeners):
+        if config.c2s.require_encryption and listener.kind == "c2s" and listener.tls == "none":
+            found.append(
+                (
+                    f"listeners.{index}.tls",
+                    f"listener on port {listener.port} has tls = 'none' but "
+                    "c2s.require_encryption is true: use 'starttls' or 'direct', or set "
+                    "c2s.require_encryption = false",
+                )
+            )
+        for earlier in range(index):
+            other = listeners[earlier]
+            if (
+                listener.port
+                and listener.port == other.port
+                and _overlap(listener.address, other.address)
+            ):
+                found.append(
+                    (
+                        f"listeners.{index}",
+                        f"{listener.address} port {listener.port} is already taken by "
+                        f"listeners.{earlier} ({other.address} port {other.port}): two "
+                        "listeners cannot share an address and port",
+                    )
+                )
+    if config.components and not any(lst.kind == "component" for lst in listeners):
+        found.append(
+            (
+                "components",
+                "external components are configured but no listener has kind = "
+                "'component', so none of them can connect: add a [[listeners]] table with "
+                'kind = "component"',
+            )
+        )
+    seen: set[str] = set()
+    for index, component in enumerate(config.components):
+        where = f"components.{index}.domain"
+        if component.domain in config.hosts:
+            found.append(
+                (
+                    where,
+                    f"{component.domain!r} is one of the hosts; a component needs a "
+                    "domain of its own (such as a subdomain)",
+                )
+            )
+        if component.domain in seen:
+            found.append((where, f"{component.domain!r} is configured twice"))
+        seen.add(component.domain)
+    for domain, section in config.hosts.items():
+        for index, admin in enumerate(section.admins):
+            where = f"hosts.{domain}.admins.{index}"
+            local, at, rest = admin.partition("@")
+            if not at or not local or "/" in rest:
+                found.append((where, f"{admin!r} is not a bare JID (user@domain)"))
+            elif rest.lower() not in config.hosts:
+                found.append(
+                    (
+                        where,
+                        f"{admin!r} is not on one of this server's hosts "
+                        f"({', '.join(sorted(config.hosts))})",
+                    )
+                )
+    return found
 
 
 def _resolve_paths(config: ServerConfig, source: Path) -> ServerConfig:

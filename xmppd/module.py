@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from xmppd.access import AccessRule
 from xmppd.config import ConfigError
+from xmppd.configtext import strict_scalar
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import ModuleHealth
 from xmppd.httproutes import RouteTaken
@@ -51,6 +52,13 @@ class Options(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers and booleans must be written as such, not as strings."""
+        assert info.field_name is not None
+        return strict_scalar(cls, info.field_name, value)
 
 
 class NoOptions(Options):

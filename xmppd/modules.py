@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
-from xmppd.config import ConfigError, format_validation_error
+from xmppd.config import ConfigError, ServerConfig, format_problem, format_validation_error
+from xmppd.configtext import KeyLines, nearest
 from xmppd.events import EventBus, Registration
 from xmppd.module import HookSet, Module, ModuleContext, Options, Scope
 
@@ -47,11 +50,48 @@ DEFAULT_MODULES: Final = (
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 
 
+def module_table(config: ServerConfig, domain: str) -> dict[str, Any]:
+    """The modules ``domain`` loads and their raw options: its own table, else the global
+    one, else the defaults (:data:`DEFAULT_MODULES`; registration open on ``localhost``
+    from loopback)."""
+    table = dict(config.modules_for(domain))
+    if not table and config.hosts[domain].modules is None:
+        table = {name: {} for name in DEFAULT_MODULES}
+        if domain == "localhost":
+            # Open registration on the default host, but only from this machine: the
+            # default listeners accept connections on every interface.
+            table["register"] = {
+                "allow_registration": True,
+                "allowed_networks": ["127.0.0.0/8", "::1/128"],
+            }
+    return table
+
+
 @dataclass(slots=True)
 class LoadedModule:
     module: Module[Any]
     context: ModuleContext[Any]
     registrations: list[tuple[EventBus, Registration]] = field(default_factory=list)
+
+
+def available_modules() -> list[str]:
+    """Names of the modules that can be loaded (``modules/mod_<name>.py`` and packages,
+    including those in ``server.module_paths``)."""
+    import modules as modules_pkg
+
+    return sorted(
+        info.name.removeprefix("mod_")
+        for info in pkgutil.iter_modules(modules_pkg.__path__)
+        if info.name.startswith("mod_")
+    )
+
+
+def available_hook_files() -> list[str]:
+    import hooks as hooks_pkg
+
+    return sorted(
+        info.name for info in pkgutil.iter_modules(hooks_pkg.__path__) if info.name[0] != "_"
+    )
 
 
 def import_module(name: str) -> Module[Any]:
@@ -60,7 +100,9 @@ def import_module(name: str) -> Module[Any]:
         mod = importlib.import_module(f"modules.mod_{name}")
     except ModuleNotFoundError as exc:
         if exc.name in (f"modules.mod_{name}", "modules"):
-            raise ConfigError(f"{name}: no such module (modules/mod_{name}.py)") from None
+            guess = nearest(name, available_modules())
+            hint = f" (did you mean '{guess}'?)" if guess else ""
+            raise ConfigError(f"{name}: no such module (modules/mod_{name}.py){hint}") from None
         raise
     module = getattr(mod, "module", None)
     if not isinstance(module, Module):
@@ -74,7 +116,9 @@ def import_hookset(name: str) -> HookSet[Any]:
         mod = importlib.import_module(f"hooks.{name}")
     except ModuleNotFoundError as exc:
         if exc.name in (f"hooks.{name}", "hooks"):
-            raise ConfigError(f"hooks.{name}: no such hook file (hooks/{name}.py)") from None
+            guess = nearest(name, available_hook_files())
+            hint = f" (did you mean '{guess}'?)" if guess else ""
+            raise ConfigError(f"hooks.{name}: no such hook file (hooks/{name}.py){hint}") from None
         raise
     handlers = getattr(mod, "handlers", None)
     if not isinstance(handlers, HookSet):
@@ -82,13 +126,19 @@ def import_hookset(name: str) -> HookSet[Any]:
     return handlers
 
 
-def validate_options(module: Module[Any], raw: Any, path: str, source: str) -> Options:
-    """Validate a module's options; errors name the config path."""
+def validate_options(
+    module: Module[Any], raw: Any, path: str, source: str, lines: KeyLines | None = None
+) -> Options:
+    """Validate a module's options; errors name the config path (and line)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(format_problem(source, path, "expected a table of options", lines))
     try:
-        options: Options = module.options.model_validate(dict(raw or {}))
+        options: Options = module.options.model_validate(dict(raw))
         return options
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc, prefix=path)) from None
+        raise ConfigError(
+            format_validation_error(source, exc, prefix=path, model=module.options, lines=lines)
+        ) from None
 
 
 class ModuleManager:
@@ -101,18 +151,7 @@ class ModuleManager:
         self._plan: dict[str, list[tuple[Module[Any], Options]]] = {}
 
     def _module_table(self, domain: str) -> dict[str, Any]:
-        config = self._core.config
-        table = dict(config.modules_for(domain))
-        if not table and config.hosts[domain].modules is None:
-            table = {name: {} for name in DEFAULT_MODULES}
-            if domain == "localhost":
-                # Open registration on the default host, but only from this machine: the
-                # default listeners accept connections on every interface.
-                table["register"] = {
-                    "allow_registration": True,
-                    "allowed_networks": ["127.0.0.0/8", "::1/128"],
-                }
-        return table
+        return module_table(self._core.config, domain)
 
     def import_all(self) -> None:
         """Import and validate every module of every host (before tables are created)."""
@@ -123,6 +162,8 @@ class ModuleManager:
 
             if str(path) not in modules_pkg.__path__:
                 modules_pkg.__path__.append(str(path))
+        lines = config.key_lines
+        problems: list[str] = []
         for domain in config.hosts:
             plan: list[tuple[Module[Any], Options]] = []
             table = self._module_table(domain)
@@ -134,28 +175,52 @@ class ModuleManager:
                 try:
                     module = import_module(name)
                 except ConfigError as exc:
-                    raise ConfigError(f"{source}: {prefix}.{exc}") from None
-                chosen[name] = (module, validate_options(module, raw, f"{prefix}.{name}", source))
+                    line = lines.line_of(f"{prefix}.{name}") if lines is not None else None
+                    problems.append(
+                        f"{source}: {prefix}.{exc}" + (f" (line {line})" if line else "")
+                    )
+                    continue
+                try:
+                    options = validate_options(module, raw, f"{prefix}.{name}", source, lines)
+                except ConfigError as exc:
+                    problems.extend(exc.lines)
+                    continue
+                chosen[name] = (module, options)
+            if problems:
+                continue
             for name in list(chosen):
                 self._add_dependencies(chosen, chosen[name][0], source)
             for name in _dependency_order(chosen):
                 plan.append(chosen[name])
             hook_prefix = "hooks" if config.hosts[domain].hooks is None else f"hosts.{domain}.hooks"
             for name, raw in config.hooks_for(domain).items():
-                hookset = import_hookset(name)
+                try:
+                    hookset = import_hookset(name)
+                except ConfigError as exc:
+                    problems.append(f"{source}: {exc}")
+                    continue
                 global_hooks = [
                     r.hook.name for r in hookset.hook_handlers if r.hook.scope == "global"
                 ]
                 if config.hosts[domain].hooks is not None and global_hooks:
-                    raise ConfigError(
+                    problems.append(
                         f"{source}: {hook_prefix}.{name}: this hook file handles server-wide "
                         f"hooks ({', '.join(global_hooks)}); enable it in the global [hooks] "
                         "table instead"
                     )
-                plan.append(
-                    (hookset, validate_options(hookset, raw, f"{hook_prefix}.{name}", source))
-                )
+                    continue
+                try:
+                    hook_options = validate_options(
+                        hookset, raw, f"{hook_prefix}.{name}", source, lines
+                    )
+                except ConfigError as exc:
+                    problems.extend(exc.lines)
+                    continue
+                plan.append((hookset, hook_options))
             self._plan[domain] = plan
+        if problems:
+            # Hosts sharing the global [modules] table report the same problem once.
+            raise ConfigError("\n".join(dict.fromkeys(problems)))
 
     def _add_dependencies(
         self, chosen: dict[str, tuple[Module[Any], Options]], module: Module[Any], source: str

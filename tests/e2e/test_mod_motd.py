@@ -126,7 +126,7 @@ def test_valid_options_pass_check_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "path", "expected"),
     [
-        ({"text": 42}, "modules.motd.text", "valid string"),
+        ({"text": 42}, "modules.motd.text", "expected a string"),
         ({"text": "x" * 4001}, "modules.motd.text", "at most 4000"),
         ({"txt": "hello"}, "modules.motd.txt", "unknown key"),
     ],
