@@ -62,6 +62,14 @@ async def greet(ctx: Ctx, event: PresenceEvent) -> None:
     await ctx.send(_fill(ctx, element("message", attrs)))
 
 
+@module.on_reload
+async def reloaded(ctx: Ctx, old: MotdOptions) -> None:
+    """New text or subject: sessions that come online from now on get the new message
+    (those already greeted are not greeted again)."""
+    if ctx.options.text != old.text:
+        ctx.log.info("message of the day changed")
+
+
 @module.iq("get", NS_MOTD, "motd", to=Scope.HOST)
 async def current(ctx: Ctx, req: IqRequest) -> Element:
     if not ctx.options.text:

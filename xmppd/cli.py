@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         help="bind every listener to 127.0.0.1 whatever the configuration says "
         "(what ./dev run does unless given --public)",
     )
+    command(
+        "reload",
+        "make the running server re-read its configuration and certificates (SIGHUP)",
+    )
     command("check-config", "validate the configuration and exit")
     fed = command("check-federation", "explain, step by step, how this server reaches DOMAIN")
     fed.add_argument("domain")
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.loopback:
             config = _loopback_only(config)
         return _run(config, loopback=args.loopback)
+    if args.command == "reload":
+        from xmppd.pidfile import signal_running
+
+        return signal_running(config.server.data_dir, signal.SIGHUP, "reload")
     if args.command == "db":
         from xmppd.dbcli import db_command
 
@@ -213,6 +221,7 @@ LOOPBACK_NOTE = (
 
 
 def _run(config: ServerConfig, *, loopback: bool = False) -> int:
+    from xmppd.pidfile import remove_pid_file, write_pid_file
     from xmppd.server import Server
 
     _install_uvloop()
@@ -229,9 +238,19 @@ def _run(config: ServerConfig, *, loopback: bool = False) -> int:
         log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
         if loopback:
             log.info(LOOPBACK_NOTE)
+        reloading = asyncio.Lock()
+
+        async def reload() -> None:
+            async with reloading:  # one at a time; a second SIGHUP waits its turn
+                await server.reload()
+
+        loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(reload(), name="reload"))
+        pid_path = write_pid_file(config.server.data_dir)
         try:
             await stop.wait()
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            remove_pid_file(pid_path)
             await server.stop()
 
     try:

@@ -122,6 +122,9 @@ class Module(Generic[OptionsT]):
     unload_handlers: list[Callable[[ModuleContext[OptionsT]], Awaitable[None]]] = field(
         default_factory=list
     )
+    reload_handlers: list[Callable[[ModuleContext[OptionsT], OptionsT], Awaitable[None]]] = field(
+        default_factory=list
+    )
 
     def iq(
         self, type: str, namespace: str, tag: str, *, to: Scope = Scope.HOST
@@ -211,6 +214,22 @@ class Module(Generic[OptionsT]):
         """Run when the module is unloaded from a host (server stop)."""
         self.unload_handlers.append(fn)
         return fn
+
+    def on_reload(
+        self, fn: Callable[[ModuleContext[OptionsT], OptionsT], Awaitable[None]]
+    ) -> Callable[[ModuleContext[OptionsT], OptionsT], Awaitable[None]]:
+        """Run when a reload (``SIGHUP``, ``xmppd reload``) changed the module's options on
+        a host: ``async def h(ctx, old_options)``, with ``ctx.options`` already the new
+        ones. Declaring one says the module takes new options while running (it reads
+        ``ctx.options`` when it needs them, or rebuilds here what it derived from them);
+        without one, changed options are reported as needing a restart."""
+        self.reload_handlers.append(fn)
+        return fn
+
+    @property
+    def is_reloadable(self) -> bool:
+        """Whether the module takes new options without a restart (:meth:`on_reload`)."""
+        return bool(self.reload_handlers)
 
 
 _MODULE_METADATA = METADATA

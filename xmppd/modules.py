@@ -68,6 +68,15 @@ def module_table(config: ServerConfig, domain: str) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class ReloadPlan:
+    """What a reload would change in the modules (:meth:`ModuleManager.plan_reload`)."""
+
+    changes: list[tuple[ModuleContext[Any], Options, str]] = field(default_factory=list)
+    """(context, new options, key path) of reloadable modules whose options changed."""
+    restart: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class LoadedModule:
     module: Module[Any]
     context: ModuleContext[Any]
@@ -288,6 +297,65 @@ class ModuleManager:
         self._loaded.clear()
         self._contexts.clear()
         self._global_bound.clear()
+
+    def plan_reload(self, config: ServerConfig) -> ReloadPlan:
+        """Validate the module tables of ``config`` against what is loaded, changing
+        nothing. Raises :class:`ConfigError` with every problem."""
+        plan = ReloadPlan()
+        source = str(config.source or "<config>")
+        running = self._core.config
+        problems: list[str] = []
+        for domain, loaded_list in self._loaded.items():
+            if domain not in config.hosts:
+                continue  # a removed host: reported with the core's changes
+            prefix = (
+                "modules" if config.hosts[domain].modules is None else f"hosts.{domain}.modules"
+            )
+            table = module_table(config, domain)
+            loaded = {lm.module.name: lm for lm in loaded_list}
+            for name in table:
+                if name not in loaded:
+                    plan.restart.append(f"{prefix}.{name} (module added)")
+            for name in module_table(running, domain):
+                if name not in table:
+                    plan.restart.append(f"{prefix}.{name} (module removed)")
+            for name, raw in table.items():
+                if name not in loaded:
+                    continue
+                context = loaded[name].context
+                try:
+                    options = validate_options(
+                        loaded[name].module, raw, f"{prefix}.{name}", source, config.key_lines
+                    )
+                except ConfigError as exc:
+                    problems.extend(exc.lines)
+                    continue
+                if options == context.options:
+                    continue
+                if loaded[name].module.is_reloadable:
+                    plan.changes.append((context, options, f"{prefix}.{name}"))
+                else:
+                    plan.restart.append(f"{prefix}.{name} (the module does not reload)")
+        if problems:
+            raise ConfigError("\n".join(dict.fromkeys(problems)))
+        return plan
+
+    async def apply_reload(self, plan: ReloadPlan) -> tuple[list[str], list[str]]:
+        """Give the modules of ``plan`` their new options and run their reload
+        handlers; (applied, need a restart) key paths."""
+        applied: list[str] = []
+        for context, options, path in plan.changes:
+            old = context.options
+            context.options = options
+            try:
+                for fn in context.module.reload_handlers:
+                    await fn(context, old)
+            except Exception:
+                log.exception("%s: reloading %s failed; old options kept", context.domain, path)
+                context.options = old
+                continue
+            applied.append(f"{path} ({context.domain})")
+        return applied, list(dict.fromkeys(plan.restart))
 
     def context(self, module: str, domain: str) -> ModuleContext[Any] | None:
         """The context of ``module`` on host ``domain``, if loaded there (for tests and

@@ -32,6 +32,7 @@ from xmppd.metrics import Metrics, StanzaTraffic
 from xmppd.modules import ModuleManager
 from xmppd.observe import observe
 from xmppd.opsroutes import OpsEndpoints
+from xmppd.reload import ReloadReport, reload_server
 from xmppd.router import Router
 from xmppd.s2s.certs import TrustStore
 from xmppd.s2s.dialback import dialback_secret
@@ -141,6 +142,9 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self.http: HttpFront | None = None
         """The HTTP front, when a ``kind = "http"`` listener is configured."""
+        self._s2s_client_contexts: dict[str, ssl.SSLContext] = {}
+        """Outgoing federation's TLS contexts per host, built on first use (a reload
+        empties it, so renewed certificates are read again)."""
         self._stopped = asyncio.Event()
         self.modules = ModuleManager(self.core)
         self.traffic = StanzaTraffic()
@@ -226,7 +230,7 @@ class Server:
         services (federation is on)."""
         config = self.config
         data_dir = config.server.data_dir
-        contexts: dict[str, ssl.SSLContext] = {}
+        contexts = self._s2s_client_contexts
 
         def certificate_host(local: str) -> str:
             # A service domain (conference.example.org) presents its host's certificate,
@@ -375,6 +379,13 @@ class Server:
             return TlsContexts(certs)
 
         self.tls = await asyncio.to_thread(load)
+
+    async def reload(self) -> ReloadReport:
+        """Re-read the configuration file and certificates and apply what can change
+        while running (``SIGHUP``, ``xmppd reload``); see :mod:`xmppd.reload`."""
+        report = await reload_server(self)
+        self._s2s_client_contexts.clear()
+        return report
 
     @property
     def listening_ports(self) -> list[tuple[str, int]]:

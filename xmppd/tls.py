@@ -30,6 +30,8 @@ class HostCertificate:
     """tls-server-end-point channel binding data (RFC 5929 §4.1)."""
     not_after: float = 0.0
     """Unix time the leaf certificate expires (metrics: days remaining)."""
+    certificate_pem: bytes = b""
+    """The certificate file's contents when loaded."""
 
 
 def not_after(cert_pem: bytes) -> float:
@@ -109,7 +111,7 @@ def load_host_certificate(
             generate_self_signed(domain, cert_path, key_path)
     ctx = server_context(cert_path, key_path, min_version=min_version)
     pem = cert_path.read_bytes()
-    return HostCertificate(domain, ctx, end_point_hash(pem), not_after(pem))
+    return HostCertificate(domain, ctx, end_point_hash(pem), not_after(pem), pem)
 
 
 class TlsContexts:
@@ -148,6 +150,43 @@ class TlsContexts:
     @property
     def context(self) -> ssl.SSLContext:
         return self.default.context
+
+    def domains(self) -> list[str]:
+        return list(self._by_domain)
+
+    def renew(self, domain: str, cert_path: Path, key_path: Path) -> str | None:
+        """Load ``domain``'s certificate again from its files, into the context the
+        listeners already use, so the next handshake presents it and open connections
+        keep theirs. Returns what happened (``None``: the files hold the same
+        certificate). Raises ``OSError``/``ValueError``/``ssl.SSLError`` (nothing
+        changed) when the pair does not load."""
+        old = self._by_domain[domain]
+        pem = cert_path.read_bytes()
+        new_hash = end_point_hash(pem)
+        if new_hash == old.end_point_hash:
+            return None
+        # Check the pair on a scratch context first: a key that does not match would
+        # leave the live context with a certificate it cannot use.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert_path), str(key_path))
+        if _key_type(pem) != _key_type(old.certificate_pem):
+            raise ValueError(
+                "the new certificate's key type differs from the old one's (RSA/ECDSA); "
+                "that change needs a restart"
+            )
+        old.context.load_cert_chain(str(cert_path), str(key_path))
+        new = HostCertificate(domain, old.context, new_hash, not_after(pem), pem)
+        self._by_domain[domain] = new
+        self._by_context[id(old.context)] = new
+        if self.default is old:
+            self.default = new
+        expiry = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        return f"new certificate, valid until {expiry:%Y-%m-%d}"
+
+
+def _key_type(pem: bytes) -> str:
+    if not pem:
+        return ""
+    return type(x509.load_pem_x509_certificate(pem).public_key()).__name__
 
 
 def s2s_client_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
