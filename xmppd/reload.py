@@ -22,13 +22,11 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from xmppd.config import ConfigError, ServerConfig, load_config
-from xmppd.tls import certificate_paths
-
-if TYPE_CHECKING:
-    from xmppd.server import Server
+from xmppd.modules import ModuleManager
+from xmppd.tls import TlsContexts, certificate_paths
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +34,17 @@ RELOADABLE: Final = frozenset({"server.log_level"})
 """Core keys a reload applies (besides certificates and module options)."""
 _HANDLED: Final = ("modules", "hosts.*.modules")
 """Compared module by module (:meth:`xmppd.modules.ModuleManager.plan_reload`)."""
+
+
+class Reloadable(Protocol):
+    """What a reload needs of the server (:class:`xmppd.server.Server`)."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+    @property
+    def tls(self) -> TlsContexts | None: ...
+    @property
+    def modules(self) -> ModuleManager: ...
 
 
 @dataclass(slots=True)
@@ -78,7 +87,7 @@ def core_changes(old: ServerConfig, new: ServerConfig) -> list[str]:
     return [k for k in keys if before.get(k) != after.get(k) and not _is_module_key(k)]
 
 
-async def reload_server(server: Server) -> ReloadReport:
+async def reload_server(server: Reloadable) -> ReloadReport:
     report = ReloadReport()
     old = server.config
     source = old.source
@@ -119,7 +128,9 @@ async def reload_server(server: Server) -> ReloadReport:
     return report
 
 
-async def _renew_certificates(server: Server, config: ServerConfig, report: ReloadReport) -> None:
+async def _renew_certificates(
+    server: Reloadable, config: ServerConfig, report: ReloadReport
+) -> None:
     tls = server.tls
     if tls is None:  # not listening (CLI) or no TLS yet
         return
