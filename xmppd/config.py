@@ -644,8 +644,28 @@ def load_config(path: Path | None) -> ServerConfig:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {toml_error(exc)}") from None
     return parse_config(raw, source=path, text=text)
+
+
+def toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's message with its Python spelling of keys (``('a', 'b')``) written as
+    TOML (``a.b``) and the position moved to the end: ``... (line 3, column 5)``."""
+    text = str(exc)
+    where = re.search(r"\s*\(at line (\d+), column (\d+)\)", text)
+    if where:
+        text = text[: where.start()] + text[where.end() :]
+    text = re.sub(
+        r"\(((?:'[^']*'(?:, )?)+),?\)",
+        lambda m: ".".join(re.findall(r"'([^']*)'", m.group(1))),
+        text,
+    )
+    text = text[:1].lower() + text[1:]
+    if where:
+        text += f" (line {where.group(1)}, column {where.group(2)})"
+    elif "end of document" in text:
+        text += " (at the end of the file)"
+    return text
 
 
 def parse_config(

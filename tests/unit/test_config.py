@@ -278,3 +278,12 @@ def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
     assert lines.line_of("hosts.example.org.admins.0") == 11
     assert lines.line_of("hosts.example.org.certificate") == 14
     assert lines.line_of("storage.url") is None
+
+
+def test_toml_syntax_errors_speak_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[c2s]\nmax_unacked = 5\n[c2s]\nresume_timeout = 0\n"))
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'xmppd.toml'}: not valid TOML: cannot declare c2s twice (line 3, column 5)"
+    )
