@@ -7,7 +7,8 @@ What a reload does, in this order, all or nothing for the configuration:
 2. Reads every host's certificate and key again (a Let's Encrypt renewal) into the TLS
    contexts the listeners already use: the next handshake presents the new
    certificate, open connections keep theirs.
-3. Applies ``server.log_level``.
+3. Applies ``server.log_level`` and the failed-login limits
+   (``auth.failures_before_delay``, ``auth.max_failure_delay``).
 4. Gives modules that declare :meth:`~xmppd.module.Module.on_reload` their new options.
 5. Logs, as a warning, every other changed key: those need a restart (listeners,
    storage, hosts, limits read once at start, modules added or removed, options of
@@ -24,13 +25,16 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.config import ConfigError, ServerConfig, load_config
 from xmppd.modules import ModuleManager
 from xmppd.tls import TlsContexts, certificate_paths
 
 log = logging.getLogger(__name__)
 
-RELOADABLE: Final = frozenset({"server.log_level"})
+RELOADABLE: Final = frozenset(
+    {"server.log_level", "auth.failures_before_delay", "auth.max_failure_delay"}
+)
 """Core keys a reload applies (besides certificates and module options)."""
 _HANDLED: Final = ("modules", "hosts.*.modules")
 """Compared module by module (:meth:`xmppd.modules.ModuleManager.plan_reload`)."""
@@ -45,6 +49,8 @@ class Reloadable(Protocol):
     def tls(self) -> TlsContexts | None: ...
     @property
     def modules(self) -> ModuleManager: ...
+    @property
+    def throttle(self) -> FailedLoginThrottle: ...
 
 
 @dataclass(slots=True)
@@ -106,6 +112,14 @@ async def reload_server(server: Reloadable) -> ReloadReport:
     if logging.getLogger().level != level:
         logging.getLogger().setLevel(level)
         report.applied.append("server.log_level")
+    # Failed-login limits: read by the throttle at each failure.
+    throttle = server.throttle
+    if throttle.free_failures != new.auth.failures_before_delay:
+        throttle.free_failures = new.auth.failures_before_delay
+        report.applied.append("auth.failures_before_delay")
+    if throttle.max_delay != new.auth.max_failure_delay:
+        throttle.max_delay = new.auth.max_failure_delay
+        report.applied.append("auth.max_failure_delay")
     applied, restart = await server.modules.apply_reload(plan)
     report.applied += applied
     for key in core_changes(old, new):

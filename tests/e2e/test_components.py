@@ -101,7 +101,10 @@ def test_component_config_is_validated(tmp_path: Path) -> None:
             "configured twice",
         ),
         ({"components": [{"domain": "a.localhost", "secret": ""}]}, "must not be empty"),
-        ({"components": [{"domain": "a.localhost"}]}, "components.0.secret: required key is missing"),
+        (
+            {"components": [{"domain": "a.localhost"}]},
+            "components.0.secret: required key is missing",
+        ),
         ({"components": [{"domain": "Push.Localhost", "secret": "x"}]}, "lowercase"),
         ({"components": [{"domain": "a b", "secret": "x"}]}, "not a valid domain"),
     ]

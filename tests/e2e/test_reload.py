@@ -107,6 +107,7 @@ async def test_sighup_renews_the_certificate_and_options_keeping_sessions(tmp_pa
             await alice.close()
         assert "reload: localhost: new certificate" in log
         assert "modules.motd (localhost)" in log and "server.log_level" in log
+        assert "auth.failures_before_delay" in log.split("reload done")[-1].splitlines()[0]
         assert "need a restart to take effect: c2s.max_unacked" in log
         assert "Before the reload" not in log.split("reload done")[-1]
 
