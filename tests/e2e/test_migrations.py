@@ -219,3 +219,29 @@ def test_manual_upgrade_refuses_an_old_database_and_sets_up_an_empty_one(tmp_pat
     made = xmppd(config, "adduser", "dave@localhost", "--password", PASSWORD)
     assert made.returncode == 0, made.stderr
     assert xmppd(config, "db", "current").returncode == 0
+
+
+def test_tables_of_out_of_tree_modules_are_still_created(tmp_path: Path) -> None:
+    """A module from server.module_paths declares a table no revision knows: start-up
+    creates it from its definition, with a warning naming it (in a separate process,
+    so the suite's metadata stays as shipped)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "mod_outside.py").write_text(
+        "from xmppd.api import Module\n"
+        "from xmppd.api.storage import Column, String\n"
+        "module = Module('outside', 'A module from elsewhere')\n"
+        "notes = module.table('notes', Column('username', String(255), primary_key=True))\n"
+    )
+    db = tmp_path / "x.sqlite3"
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{db}")
+    config.write_text(
+        config.read_text().replace(
+            "[server]\n", f'[server]\nmodule_paths = ["{tmp_path / "mods"}"]\n'
+        )
+        + "[modules]\nroster = {}\noutside = {}\n"
+    )
+    done = xmppd(config, "users")
+    assert done.returncode == 0, done.stderr
+    assert "table mod_outside__notes is not covered by a migration" in done.stderr
+    assert sqlite_counts(db)["mod_outside__notes"] == 0
+    assert xmppd(config, "db", "current").returncode == 0
