@@ -1,11 +1,17 @@
 """A small authoritative DNS server for tests (dnspython): UDP on a free loopback port,
-answering SRV, A and AAAA records from a dict; anything else is NXDOMAIN."""
+answering SRV, A and AAAA records from a dict; anything else is NXDOMAIN.
+
+:func:`dns_server` runs in the test's event loop (xmppd's resolver, ``check``);
+:func:`threaded_dns_server` in a thread of its own, for servers that outlive one test
+(ejabberd's resolver is pointed at it through its ``inetrc``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import cast
 
 import dns.message
@@ -18,16 +24,14 @@ Zone = dict[tuple[str, str], list[str]]
 """(name, type) → record texts, e.g. ("_xmpp-server._tcp.x.test", "SRV"): ["0 5 5269 h.x.test."]."""
 
 
-class _Dns(asyncio.DatagramProtocol):
+class _Answers:
+    """The zone and the questions asked so far."""
+
     def __init__(self, zone: Zone) -> None:
         self.zone = {(n.lower().rstrip("."), t): v for (n, t), v in zone.items()}
-        self.transport: asyncio.DatagramTransport | None = None
         self.queries: list[tuple[str, str]] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
+    def answer(self, data: bytes) -> bytes:
         query = dns.message.from_wire(data)
         response = dns.message.make_response(query)
         question = query.question[0]
@@ -41,8 +45,20 @@ class _Dns(asyncio.DatagramProtocol):
             )
         elif not any(n == name for n, _ in self.zone):
             response.set_rcode(dns.rcode.NXDOMAIN)
+        return response.to_wire()
+
+
+class _Dns(asyncio.DatagramProtocol, _Answers):
+    def __init__(self, zone: Zone) -> None:
+        _Answers.__init__(self, zone)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
         assert self.transport is not None
-        self.transport.sendto(response.to_wire(), addr)
+        self.transport.sendto(self.answer(data), addr)
 
 
 @asynccontextmanager
@@ -58,3 +74,36 @@ async def dns_server(zone: Zone) -> AsyncIterator[tuple[str, _Dns]]:
         yield f"127.0.0.1:{port}", protocol
     finally:
         transport.close()
+
+
+@contextmanager
+def threaded_dns_server(zone: Zone) -> Iterator[tuple[int, _Answers]]:
+    """Serve ``zone`` from a thread; yields the UDP port on 127.0.0.1 and the answers
+    (their ``queries``). The thread ends with the block."""
+    answers = _Answers(zone)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                sock.sendto(answers.answer(data), addr)
+            except Exception:  # a malformed query is not answered
+                continue
+
+    thread = threading.Thread(target=serve, name="test-dns", daemon=True)
+    thread.start()
+    try:
+        yield int(sock.getsockname()[1]), answers
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        sock.close()
