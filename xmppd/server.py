@@ -47,6 +47,7 @@ from xmppd.stream.s2s import S2SInStream, S2SServices
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
 from xmppd.transports.http import HttpFront
+from xmppd.transports.peertls import PeerTlsContexts
 from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
 
@@ -189,6 +190,7 @@ class Server:
                 components_configured=bool(len(self.components)),
                 s2s=self.open_s2s if self.s2s is not None else None,
                 http=self.http.listen if self.http is not None else None,
+                s2s_tls=await self._peer_tls() if self.s2s is not None else None,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
             for listener, section in zip(self._listeners, self.config.listeners, strict=False):
@@ -275,6 +277,7 @@ class Server:
             start_task=self.tasks.start_task,
             on_authenticated=authenticated,
             incoming=self.s2s_incoming,
+            check_certificate=trust.check,
         )
         self.s2s = links
         self.router.default = links
@@ -361,6 +364,20 @@ class Server:
         )
         if auth.sasl2 and auth.fast:
             self.fast_tokens = FastTokens(self.db, self.secret, lifetime=auth.fast_token_lifetime)
+
+    async def _peer_tls(self) -> PeerTlsContexts | None:
+        """The TLS of s2s listeners: asks remotes for their certificate (SASL EXTERNAL)."""
+        if not any(section.kind == "s2s" for section in self.config.listeners):
+            return None
+        data_dir = self.config.server.data_dir
+        tls = self.config.tls
+        pairs = {
+            domain: certificate_paths(
+                domain, section.certificate or tls.certificate, section.key or tls.key, data_dir
+            )
+            for domain, section in self.config.hosts.items()
+        }
+        return await asyncio.to_thread(PeerTlsContexts, pairs, min_version=tls.min_version)
 
     async def _load_tls(self) -> None:
         data_dir = self.config.server.data_dir

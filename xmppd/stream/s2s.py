@@ -36,7 +36,7 @@ import asyncio
 import base64
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
@@ -80,6 +80,7 @@ _FEATURES: Final = f"{{{ns.STREAMS}}}features"
 _STREAM_ERROR: Final = f"{{{ns.STREAMS}}}error"
 _DB_RESULT: Final = f"{{{NS_DIALBACK}}}result"
 _DB_VERIFY: Final = f"{{{NS_DIALBACK}}}verify"
+_SASL_AUTH: Final = f"{{{ns.SASL}}}auth"
 _SASL_SUCCESS: Final = f"{{{ns.SASL}}}success"
 _SASL_FAILURE: Final = f"{{{ns.SASL}}}failure"
 _DB_NSMAP: Final = {"db": NS_DIALBACK}
@@ -121,6 +122,9 @@ class S2SServices:
     """``(direction, remote domain)``: counts authenticated streams (metrics)."""
     incoming: set[S2SInStream]
     """The open incoming streams (closed at server stop)."""
+    check_certificate: Callable[[Sequence[bytes], str], CertCheck] | None = None
+    """Validates a remote's certificate chain (DER, leaf first) for a domain (the
+    trust store of outgoing links); ``None``: no SASL EXTERNAL offered."""
 
 
 def _dialback_element(tag: str, attrs: dict[str, str], text: str | None = None) -> Element:
@@ -147,7 +151,14 @@ def _open_attrs(frm: str | None, to: str | None, stream_id: str | None) -> dict[
 class S2SInStream(StreamMachine):
     """A connection from a remote server, from stream header to close."""
 
-    __slots__ = ("authenticated", "local", "offer_starttls", "services")
+    __slots__ = (
+        "authenticated",
+        "cert_check",
+        "local",
+        "offer_starttls",
+        "remote_header",
+        "services",
+    )
 
     KIND = "s2s-in"
     TRANSITIONS = S2S_IN_TRANSITIONS
@@ -169,6 +180,10 @@ class S2SInStream(StreamMachine):
         """The local domain the remote addressed in its stream header."""
         self.authenticated: set[tuple[str, str]] = set()
         """(remote domain, local domain) pairs the remote proved."""
+        self.remote_header = ""
+        """The domain the remote named in its header's ``from`` (XEP-0178)."""
+        self.cert_check: CertCheck | None = None
+        """The remote's certificate checked for ``remote_header`` (after TLS)."""
         services.incoming.add(self)
 
     def summary(self) -> str:
@@ -188,10 +203,34 @@ class S2SInStream(StreamMachine):
             self._write(self._header_bytes(None))
             raise StreamError("host-unknown", f"{to} is not served here")
         self.local = to
+        try:
+            self.remote_header = domainprep(header.from_) if header.from_ else ""
+        except InvalidJID:
+            self.remote_header = ""
         self._write(self._header_bytes(to or None))
         if header.version is None or not header.version.startswith("1."):
             raise StreamError("unsupported-version", "XMPP 1.0 (RFC 6120) is required")
+        self._check_certificate()
         self._write(etree.tostring(self._features()))
+
+    def _check_certificate(self) -> None:
+        """Check the certificate the remote presented as TLS client, once, for the
+        domain of its header (XEP-0178 §3)."""
+        check = self.services.check_certificate
+        if self.cert_check is not None or check is None or not self.transport.is_secure:
+            return
+        if not self.remote_header:
+            return
+        chain_of = getattr(self.transport, "peer_chain", None)
+        chain: list[bytes] = chain_of() if callable(chain_of) else []
+        if chain:
+            self.cert_check = check(chain, self.remote_header)
+            log.debug(
+                "%s: certificate of %s: %s",
+                self.summary(),
+                self.remote_header,
+                self.cert_check.why(),
+            )
 
     def _header_bytes(self, domain: str | None) -> bytes:
         self.stream_id = secrets.token_urlsafe(16)
@@ -204,6 +243,15 @@ class S2SInStream(StreamMachine):
             tls = child(features, "starttls", namespace=ns.TLS)
             child(tls, "required")
         elif self.transport.is_secure:
+            check = self.cert_check
+            if (
+                not self.authenticated
+                and check is not None
+                and check.valid
+                and self.services.config.policy_for(check.domain) != "deny"
+            ):
+                mechanisms = child(features, "mechanisms", namespace=ns.SASL)
+                child(mechanisms, "mechanism", namespace=ns.SASL, text="EXTERNAL")
             db = child(features, "dialback", namespace=NS_DIALBACK_FEATURE)
             child(db, "errors")
         return features
@@ -218,6 +266,8 @@ class S2SInStream(StreamMachine):
             await self._on_db_result(el)
         elif tag == _DB_VERIFY:
             self._on_db_verify(el)
+        elif tag == _SASL_AUTH:
+            self._on_sasl_auth(el)
         elif tag == _STARTTLS and self.offer_starttls and not self.transport.is_secure:
             await self._starttls()
         elif tag == _STREAM_ERROR:
@@ -241,6 +291,47 @@ class S2SInStream(StreamMachine):
             return
         if self.state is _TLS:
             self._enter(_CONNECTED)
+
+    def _sasl_failure(self, condition: str, text: str) -> None:
+        failure = payload(ns.SASL, "failure")
+        child(failure, condition, namespace=ns.SASL)
+        child(failure, "text", namespace=ns.SASL, text=text)
+        self._write(etree.tostring(failure))
+
+    def _on_sasl_auth(self, el: Element) -> None:
+        """SASL EXTERNAL (RFC 6120 §6.4, XEP-0178): the remote is who its certificate
+        says, for the domain of its header (or the authorization identity it asks)."""
+        if self.authenticated or not self.transport.is_secure:
+            raise StreamError("policy-violation", "SASL is offered once, after TLS")
+        if el.get("mechanism") != "EXTERNAL":
+            self._sasl_failure("invalid-mechanism", "only EXTERNAL is offered")
+            return
+        text = (el.text or "").strip()
+        try:
+            authzid = "" if text in ("", "=") else base64.b64decode(text, validate=True).decode()
+            remote = domainprep(authzid) if authzid else self.remote_header
+        except (ValueError, InvalidJID):
+            self._sasl_failure("incorrect-encoding", "the authorization identity is not a domain")
+            return
+        check = self.cert_check
+        if not remote or not self.local:
+            self._sasl_failure("invalid-authzid", "the stream header needs from and to")
+            return
+        if remote != self.remote_header:
+            self._sasl_failure("invalid-authzid", "the authorization identity is not the header's")
+            return
+        if check is None or not check.valid:
+            why = check.why() if check is not None else "no certificate"
+            log.warning("%s: SASL EXTERNAL of %s refused: %s", self.summary(), remote, why)
+            self._sasl_failure("not-authorized", why)
+            return
+        if self.services.config.policy_for(remote) == "deny":
+            log.warning("%s: %s refused by policy (deny)", self.summary(), remote)
+            self._sasl_failure("not-authorized", "federation with you is not allowed")
+            return
+        self._write(etree.tostring(payload(ns.SASL, "success")))
+        self._authenticated(remote, self.local, "EXTERNAL")
+        self.reader.reset()  # the remote restarts its stream (RFC 6120 §6.4.6)
 
     def _on_db_verify(self, el: Element) -> None:
         """A receiving server checks a key we (as originating server) sent it."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from xmppd.config import ListenerSection
     from xmppd.stream.transport import Framing, StreamInput, Transport
     from xmppd.tls import TlsContexts
+    from xmppd.transports.peertls import PeerTlsContexts, TlsSession
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class StreamOpeners:
     offer STARTTLS."""
     http: Callable[[ListenerSection], Awaitable[asyncio.Server]] | None = None
     """Opens a ``kind = "http"`` listener (:mod:`xmppd.transports.http`)."""
+    s2s_tls: PeerTlsContexts | None = None
+    """TLS of s2s listeners that asks for the remote's certificate (SASL EXTERNAL);
+    ``None``: the hosts' standard contexts (no certificate asked)."""
 
 
 LINGER: Final = 2.0
@@ -247,6 +251,20 @@ async def _listen(
     def open_stream(transport: Transport) -> StreamInput:
         return open_kind(transport, offer_starttls)
 
+    peer_tls = openers.s2s_tls
+    if section.kind == "s2s" and peer_tls is not None:
+        direct = section.tls == "direct"
+        srv = await loop.create_server(
+            lambda: S2SInConnection(open_stream, peer_tls, direct=direct),
+            host=section.address,
+            port=section.port,
+            backlog=section.backlog,
+            reuse_address=True,
+        )
+        for sock in srv.sockets:
+            log.info("s2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
+        return srv
+
     srv = await loop.create_server(
         lambda: C2SConnection(open_stream, tls, section.tls),
         host=section.address,
@@ -259,6 +277,132 @@ async def _listen(
     for sock in srv.sockets:
         log.info("%s listening on %s (tls=%s)", section.kind, sock.getsockname()[:2], section.tls)
     return srv
+
+
+class S2SInConnection(C2SConnection):
+    """asyncio glue for an incoming s2s connection whose TLS (STARTTLS or direct) asks
+    for the remote's certificate and lets every certificate through the handshake
+    (:mod:`xmppd.transports.peertls`); the stream judges it (SASL EXTERNAL)."""
+
+    __slots__ = ("_handshake", "_peer_tls", "_session")
+
+    def __init__(
+        self,
+        open_stream: Callable[[Transport], StreamInput],
+        peer_tls: PeerTlsContexts,
+        *,
+        direct: bool,
+    ) -> None:
+        super().__init__(open_stream, None, "direct" if direct else "starttls")
+        self.is_secure = False  # until the handshake is done
+        self._peer_tls = peer_tls
+        self._session: TlsSession | None = None
+        self._handshake: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        if self._tls_mode != "direct":
+            self.stream = self._open(self)
+            return
+        self._begin_tls()
+        handshake = self._handshake
+        assert handshake is not None
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(30, self._abort_handshake)
+
+        def opened(done: asyncio.Future[None]) -> None:
+            timer.cancel()
+            if not done.cancelled() and done.exception() is None and self._transport is not None:
+                self.stream = self._open(self)
+
+        handshake.add_done_callback(opened)
+
+    def _abort_handshake(self) -> None:
+        if self._transport is not None and not self.is_secure:
+            self._transport.abort()
+
+    def _begin_tls(self) -> None:
+        self._session = self._peer_tls.session()
+        self._handshake = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        from xmppd.transports.peertls import TlsError
+
+        session = self._session
+        if session is None:
+            super().data_received(data)
+            return
+        try:
+            plain, out = session.receive(data)
+        except TlsError as exc:
+            self._tls_failed(exc)
+            return
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out)
+        if session.handshake_done and not self.is_secure:
+            self.is_secure = True
+            if self._handshake is not None and not self._handshake.done():
+                self._handshake.set_result(None)
+        if plain:
+            super().data_received(plain)
+        if session.closed:
+            self.close()
+
+    def _tls_failed(self, exc: Exception) -> None:
+        log.info("s2s-in %s: TLS failed: %s", self.peer, exc)
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionError(f"TLS handshake failed: {exc}"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionError("connection lost during TLS"))
+        super().connection_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        from xmppd.transports.peertls import TlsError
+
+        session = self._session
+        if session is None:
+            super().write(data)
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            transport.write(session.send(data))
+        except TlsError as exc:
+            self._tls_failed(exc)
+
+    def close(self) -> None:
+        session = self._session
+        transport = self._transport
+        if session is None or transport is None or transport.is_closing():
+            super().close()
+            return
+        if session.handshake_done:
+            transport.write(session.shutdown())
+        transport.close()
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return None  # not the ssl module's: see peer_chain()
+
+    def peer_chain(self) -> list[bytes]:
+        """The remote's certificates (DER, leaf first) from the TLS handshake."""
+        session = self._session
+        return session.peer_chain() if session is not None and session.handshake_done else []
+
+    async def start_tls(self) -> None:
+        if self._transport is None:
+            raise ConnectionError("no transport")
+        self._begin_tls()
+        handshake = self._handshake
+        assert handshake is not None
+        async with asyncio.timeout(30):
+            await handshake
 
 
 class OutgoingConnection(C2SConnection):

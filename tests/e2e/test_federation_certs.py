@@ -1,0 +1,145 @@
+"""Certificate authentication between servers (RFC 6120 §6.4 SASL EXTERNAL, XEP-0178,
+names per RFC 6125) and what happens without it.
+
+Three xmppd servers on loopback, pinned to each other's s2s listeners:
+``a.example`` and ``b.example`` hold certificates of a test CA (made with
+``cryptography``) that both trust (``s2s.ca_file``), ``a`` naming itself with DNS-IDs
+and ``b`` with an SRV-ID and an XmppAddr only; ``c.example`` has its generated
+self-signed certificate. ``a`` and ``b`` require valid certificates
+(``default_policy = "certificates"``) except that ``b`` allows dialback for ``c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.support.e2e import PASSWORD, new_account
+from tests.support.push import logged
+from tests.support.s2s import s2s_extra, wait_port
+from tests.support.server import XmppdServer, free_port, running_server
+from tests.support.testca import TestCA
+from tests.support.xmlclient import Element, XmlClient, error_condition, tag
+
+
+@dataclass
+class Trio:
+    a: XmppdServer
+    b: XmppdServer
+    c: XmppdServer
+
+
+def install_certificate(ca: TestCA, data_dir: Path, domain: str, **names: list[str]) -> None:
+    """Put a CA-signed certificate where xmppd takes ``domain``'s (with the CA after
+    the leaf, so clients that trust that file trust the chain)."""
+    cert, key = ca.issue(cn=domain, **names)
+    certs = data_dir / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    TestCA.write_pair(cert, key, certs / f"{domain}.crt", certs / f"{domain}.key")
+    with (certs / f"{domain}.crt").open("ab") as f:
+        f.write(ca.cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    tmp: Path = tmp_path_factory.mktemp("federation-certs")
+    ca = TestCA()
+    ca_file = ca.write_ca(tmp / "ca.crt")
+    install_certificate(ca, tmp / "a" / "data", "a.example", dns=["a.example", "*.a.example"])
+    install_certificate(
+        ca, tmp / "b" / "data", "b.example", srv=["b.example"], xmpp=["b.example"], dns=[]
+    )
+    ports = {d: free_port() for d in ("a.example", "b.example", "c.example")}
+
+    def pins(me: str) -> dict[str, str]:
+        return {d: f"127.0.0.1:{p}" for d, p in ports.items() if d != me}
+
+    strict = f'ca_file = "{ca_file}"\ndefault_policy = "certificates"\n'
+    more = {
+        "a.example": strict,
+        "b.example": strict + 'policies = { "c.example" = "dialback" }\n',
+        "c.example": f'ca_file = "{ca_file}"\n',
+    }
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                running_server(
+                    tmp / d[0], domain=d, extra=s2s_extra(ports[d], pins(d), more[d])
+                )
+            )
+            for d in ports
+        ]
+        for port in ports.values():
+            wait_port(port)
+        yield Trio(*servers)
+
+
+def body_is(body: str) -> object:
+    return lambda el: el.tag == tag("message") and el.findtext(tag("body")) == body
+
+
+async def test_ca_signed_certificates_authenticate_with_sasl_external_both_ways(
+    trio: Trio,
+) -> None:
+    alice_jid = await new_account(trio.a, "alice")
+    bob_jid = await new_account(trio.b, "bob")
+    async with (
+        await XmlClient.login(trio.a, alice_jid, PASSWORD, resource="r") as alice,
+        await XmlClient.login(trio.b, bob_jid, PASSWORD, resource="r") as bob,
+    ):
+        alice.send(f"<message to='{bob_jid}/r' type='chat'><body>signed</body></message>")
+        got: Element = await bob.expect(body_is("signed"))  # type: ignore[arg-type]
+        assert got.get("from") == f"{alice_jid}/r"
+        bob.send(f"<message to='{alice_jid}/r' type='chat'><body>sealed</body></message>")
+        await alice.expect(body_is("sealed"))  # type: ignore[arg-type]
+    # Each side accepted the other's certificate: a's DNS-ID, b's SRV-ID/XmppAddr.
+    await logged(trio.b, "a.example authenticated for b.example (EXTERNAL)")
+    await logged(trio.a, "b.example authenticated for a.example (EXTERNAL)")
+    await logged(trio.a, "s2s-out a.example→b.example")
+    for server in (trio.a, trio.b):
+        assert "authenticated (EXTERNAL; certificate: valid)" in server.log_text()
+        assert "(dialback)" not in server.log_text()
+
+
+async def test_dialback_is_used_when_the_certificate_does_not_validate_and_policy_allows(
+    trio: Trio,
+) -> None:
+    carol_jid = await new_account(trio.c, "carol")
+    bob_jid = await new_account(trio.b, "bob")
+    async with (
+        await XmlClient.login(trio.c, carol_jid, PASSWORD, resource="r") as carol,
+        await XmlClient.login(trio.b, bob_jid, PASSWORD, resource="r") as bob,
+    ):
+        carol.send(f"<message to='{bob_jid}/r' type='chat'><body>self-made</body></message>")
+        await bob.expect(body_is("self-made"))  # type: ignore[arg-type]
+    await logged(trio.b, "c.example authenticated for b.example (dialback)")
+    # b never offered EXTERNAL to c: its certificate is self-signed.
+    assert "SASL EXTERNAL of c.example refused" not in trio.b.log_text()
+
+
+async def test_a_remote_without_a_valid_certificate_is_refused_when_policy_requires_one(
+    trio: Trio,
+) -> None:
+    alice_jid = await new_account(trio.a, "alice")
+    carol_jid = await new_account(trio.c, "carol")
+    async with (
+        await XmlClient.login(trio.a, alice_jid, PASSWORD, resource="r") as alice,
+        await XmlClient.login(trio.c, carol_jid, PASSWORD, resource="r") as carol,
+    ):
+        # Outgoing: a refuses c's self-signed certificate; alice's stanza bounces.
+        reply = await alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="c.example")
+        assert reply.get("type") == "error"
+        assert error_condition(reply) == "remote-server-not-found"
+        text = reply.findtext(f"{tag('error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}text")
+        assert text is not None and text.startswith("certificate:"), text
+        assert "self-signed" in text
+        # Incoming: c's dialback to a is refused (a requires a certificate).
+        back = await carol.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="a.example")
+        assert back.get("type") == "error"
+        assert error_condition(back) == "remote-server-not-found"
+    await logged(trio.a, "c.example refused: the policy requires a valid certificate")
