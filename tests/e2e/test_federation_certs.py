@@ -68,9 +68,7 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
     with ExitStack() as stack:
         servers = [
             stack.enter_context(
-                running_server(
-                    tmp / d[0], domain=d, extra=s2s_extra(ports[d], pins(d), more[d])
-                )
+                running_server(tmp / d[0], domain=d, extra=s2s_extra(ports[d], pins(d), more[d]))
             )
             for d in ports
         ]
