@@ -314,6 +314,11 @@ class S2SSection(Section):
     retry_max: Duration = Field(
         600.0, gt=0, description="Longest wait between attempts to reach a failing domain."
     )
+    bidi: bool = Field(
+        True,
+        description="Bidirectional streams (XEP-0288): offered to remotes and asked of "
+        "remotes that offer it, so one connection carries both directions.",
+    )
     max_stanza_size: Size = Field(512 * 1024, ge=1024)
     max_write_buffer: Size = Field(16 * 1024 * 1024, ge=65536)
 

@@ -278,6 +278,7 @@ class Server:
             on_authenticated=authenticated,
             incoming=self.s2s_incoming,
             check_certificate=trust.check,
+            bidi_ready=links.bidi_ready,
         )
         self.s2s = links
         self.router.default = links

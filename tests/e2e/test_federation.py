@@ -299,6 +299,46 @@ async def test_an_idle_link_closes_and_the_next_stanza_opens_a_new_one(tmp_path:
         assert len(opened) == 2, opened
 
 
+async def test_one_connection_carries_both_directions_with_bidi(tmp_path: Path) -> None:
+    # XEP-0288: a asks b for a bidirectional stream; b's replies come back over it.
+    with federated_pair(tmp_path) as pair:
+        alice_jid = await new_account(pair.a, "alice")
+        bob_jid = await new_account(pair.b, "bob")
+        async with (
+            await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}/r'><body>there</body></message>")
+            await bob.expect(body_is("there"))  # type: ignore[arg-type]
+            for n in range(3):
+                bob.send(f"<message to='{alice_jid}/r'><body>back{n}</body></message>")
+                await alice.expect(body_is(f"back{n}"))  # type: ignore[arg-type]
+            pong = await bob.iq("get", f"<ping xmlns='{PING}'/>", to=pair.a.domain)
+            assert pong.get("type") == "result"
+        a_log, b_log = pair.a.log_text(), pair.b.log_text()
+        assert "; bidirectional (XEP-0288)" in a_log
+        assert "a.example authenticated for b.example (dialback; bidirectional)" in b_log
+        # b never connected to a, and a never accepted a stream from b.
+        assert "s2s-out b.example→a.example" not in b_log
+        assert "b.example authenticated for a.example" not in a_log
+
+
+async def test_without_bidi_each_direction_has_its_own_connection(tmp_path: Path) -> None:
+    with federated_pair(tmp_path, b_more="bidi = false\n") as pair:
+        alice_jid = await new_account(pair.a, "alice")
+        bob_jid = await new_account(pair.b, "bob")
+        async with (
+            await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}/r'><body>there</body></message>")
+            await bob.expect(body_is("there"))  # type: ignore[arg-type]
+            bob.send(f"<message to='{alice_jid}/r'><body>back</body></message>")
+            await alice.expect(body_is("back"))  # type: ignore[arg-type]
+        assert "bidirectional" not in pair.a.log_text() + pair.b.log_text()
+        assert "b.example authenticated for a.example (dialback)" in pair.a.log_text()
+
+
 async def test_policies_deny_and_certificates_refuse_streams_both_ways(tmp_path: Path) -> None:
     # b denies a; a requires a valid certificate from b (whose certificate is self-signed).
     with federated_pair(

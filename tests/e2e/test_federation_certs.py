@@ -6,7 +6,8 @@ Three xmppd servers on loopback, pinned to each other's s2s listeners:
 ``cryptography``) that both trust (``s2s.ca_file``), ``a`` naming itself with DNS-IDs
 and ``b`` with an SRV-ID and an XmppAddr only; ``c.example`` has its generated
 self-signed certificate. ``a`` and ``b`` require valid certificates
-(``default_policy = "certificates"``) except that ``b`` allows dialback for ``c``.
+(``default_policy = "certificates"``) except that ``b`` allows dialback for ``c``,
+and do not use bidirectional streams (each direction authenticates on its own).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.push import logged
 from tests.support.s2s import s2s_extra, wait_port
 from tests.support.server import XmppdServer, free_port, running_server
-from tests.support.testca import TestCA
+from tests.support.testca import TestCA, install_certificate
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
 
 
@@ -32,17 +32,6 @@ class Trio:
     a: XmppdServer
     b: XmppdServer
     c: XmppdServer
-
-
-def install_certificate(ca: TestCA, data_dir: Path, domain: str, **names: list[str]) -> None:
-    """Put a CA-signed certificate where xmppd takes ``domain``'s (with the CA after
-    the leaf, so clients that trust that file trust the chain)."""
-    cert, key = ca.issue(cn=domain, **names)
-    certs = data_dir / "certs"
-    certs.mkdir(parents=True, exist_ok=True)
-    TestCA.write_pair(cert, key, certs / f"{domain}.crt", certs / f"{domain}.key")
-    with (certs / f"{domain}.crt").open("ab") as f:
-        f.write(ca.cert.public_bytes(serialization.Encoding.PEM))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,8 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
     def pins(me: str) -> dict[str, str]:
         return {d: f"127.0.0.1:{p}" for d, p in ports.items() if d != me}
 
-    strict = f'ca_file = "{ca_file}"\ndefault_policy = "certificates"\n'
+    # Without XEP-0288 each direction has a connection of its own: EXTERNAL both ways.
+    strict = f'ca_file = "{ca_file}"\ndefault_policy = "certificates"\nbidi = false\n'
     more = {
         "a.example": strict,
         "b.example": strict + 'policies = { "c.example" = "dialback" }\n',

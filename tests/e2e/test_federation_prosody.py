@@ -24,6 +24,7 @@ from tests.support.muc import MUC, create_room, groupchat, join, next_groupchat
 from tests.support.prosody import ProsodyServer, require_prosody, running_prosody
 from tests.support.s2s import s2s_extra, wait_port
 from tests.support.server import XmppdServer, free_port, running_server
+from tests.support.testca import TestCA, install_certificate
 from tests.support.xmlclient import XmlClient
 
 XMPPD_DOMAIN = "xmppd.example"
@@ -180,3 +181,43 @@ async def test_a_prosody_user_joins_a_room_on_xmppd(servers: Interop) -> None:
         servers.xmppd.log_text(),
     )
     assert len(opened) == 1, opened
+
+
+async def test_one_connection_carries_both_directions_with_prosody_bidi(tmp_path: Path) -> None:
+    """Prosody with ``mod_s2s_bidi`` offers XEP-0288: xmppd asks for it on its
+    outgoing stream, and Prosody's users' stanzas come back over that connection.
+    The servers trust each other's certificates (SASL EXTERNAL), so no dialback
+    verification opens a second connection."""
+    require_prosody()
+    ca = TestCA("xmppd's CA (trusted by Prosody)")
+    ca_file = ca.write_ca(tmp_path / "xmppd-ca.crt")
+    install_certificate(ca, tmp_path / "xmppd" / "data", XMPPD_DOMAIN, dns=[XMPPD_DOMAIN])
+    xmppd_s2s = free_port()
+    here = ("127.0.0.1", xmppd_s2s)
+    with running_prosody(
+        tmp_path / "prosody", pins={XMPPD_DOMAIN: here}, bidi=True, trust_ca=ca_file
+    ) as prosody:
+        there = f"127.0.0.1:{prosody.s2s_port}"
+        extra = s2s_extra(xmppd_s2s, {prosody.domain: there}, f'ca_file = "{prosody.cafile}"\n')
+        with running_server(tmp_path / "xmppd", domain=XMPPD_DOMAIN, extra=extra) as xmppd:
+            wait_port(xmppd_s2s)
+            alice = await xmppd_user(xmppd)
+            carol = await prosody_user(prosody)
+            try:
+                alice.xmpp.send_message(mto=carol.jid, mbody="one wire", mtype="chat")
+                await take(carol.messages, lambda m: m["body"] == "one wire", timeout=20)
+                carol.xmpp.send_message(mto=alice.jid, mbody="both ways", mtype="chat")
+                back = await take(alice.messages, lambda m: m["body"] == "both ways", timeout=20)
+                assert str(back["from"]) == carol.jid
+                await carol.xmpp.plugin["xep_0199"].send_ping(XMPPD_DOMAIN, timeout=20)
+            finally:
+                await alice.stop()
+                await carol.stop()
+            log = xmppd.log_text()
+    assert re.search(
+        rf"s2s-out {XMPPD_DOMAIN}→{re.escape(prosody.domain)} \S+: authenticated "
+        r"\(EXTERNAL; certificate: valid\); bidirectional \(XEP-0288\)",
+        log,
+    ), log[-3000:]
+    # Prosody never opened a connection of its own to xmppd: one TCP connection.
+    assert "s2s-in" not in log, log[-3000:]

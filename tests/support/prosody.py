@@ -106,6 +106,8 @@ def write_config(
     pins: dict[str, tuple[str, int]],
     cert: Path,
     key: Path,
+    bidi: bool = False,
+    trust_ca: Path | None = None,
 ) -> Path:
     pin_lines = "".join(
         f"\t[{_lua(d)}] = {{ {_lua(h)}, {_lua(p)} }};\n" for d, (h, p) in pins.items()
@@ -126,7 +128,7 @@ admin_socket = {_lua(str(tmp / "admin.sock"))}
 certificates = {_lua(str(tmp / "certs"))}
 modules_enabled = {{
 	"roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version";
-	"posix"; "xmppd_test_pins";
+	"posix"; "xmppd_test_pins";{' "s2s_bidi";' if bidi else ""}
 }}
 modules_disabled = {{ "offline" }}
 authentication = "internal_hashed"
@@ -135,7 +137,9 @@ c2s_require_encryption = true
 s2s_require_encryption = true
 -- The xmppd side has a self-signed certificate: dialback (XEP-0220) authenticates it.
 s2s_secure_auth = false
-ssl = {{ certificate = {_lua(str(cert))}; key = {_lua(str(key))}; }}
+ssl = {{ certificate = {_lua(str(cert))}; key = {_lua(str(key))};{
+        f" cafile = {_lua(str(trust_ca))};" if trust_ca else ""
+    } }}
 xmppd_test_pins = {{
 {pin_lines}}}
 
@@ -156,9 +160,13 @@ def running_prosody(
     *,
     domain: str = "prosody.example",
     pins: dict[str, tuple[str, int]],
+    bidi: bool = False,
+    trust_ca: Path | None = None,
 ) -> Iterator[ProsodyServer]:
     """Start Prosody for ``domain`` (with a MUC service on ``rooms.<domain>``) and
-    stop it afterwards; ``pins`` maps xmppd's domains to their s2s listeners."""
+    stop it afterwards; ``pins`` maps xmppd's domains to their s2s listeners;
+    ``bidi`` enables ``mod_s2s_bidi`` (XEP-0288); ``trust_ca``: a CA whose certificates
+    Prosody accepts (SASL EXTERNAL instead of dialback)."""
     require_prosody()
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "data").mkdir(exist_ok=True)
@@ -182,6 +190,8 @@ def running_prosody(
             pins=pins,
             cert=tmp / "prosody.crt",
             key=tmp / "prosody.key",
+            bidi=bidi,
+            trust_ca=trust_ca,
         )
         out = (tmp / "prosody.out").open("ab")
         proc = subprocess.Popen(

@@ -109,3 +109,14 @@ class TestCA:
                 serialization.NoEncryption(),
             )
         )
+
+
+def install_certificate(ca: TestCA, data_dir: Path, domain: str, **names: list[str]) -> None:
+    """Put a certificate of ``ca`` where xmppd takes ``domain``'s (``data_dir``/certs),
+    with the CA after the leaf, so clients that trust that file trust the chain."""
+    cert, key = ca.issue(cn=domain, **names)
+    certs = data_dir / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    TestCA.write_pair(cert, key, certs / f"{domain}.crt", certs / f"{domain}.key")
+    with (certs / f"{domain}.crt").open("ab") as f:
+        f.write(ca.cert.public_bytes(serialization.Encoding.PEM))

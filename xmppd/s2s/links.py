@@ -16,6 +16,10 @@ each further failure, up to ``s2s.retry_max``) stanzas to it bounce at once with
 last reason instead of redialling for every stanza; the first stanza after that tries
 again. A link that authenticates clears the back-off.
 
+An incoming stream that asked for XEP-0288 (bidirectional s2s) and authenticated a
+remote domain is registered too: while we have no link of our own to that domain,
+stanzas from the local domains it authenticated go back over it.
+
 It also answers the incoming streams' need to check a dialback key
 (:meth:`S2SLinks.verify_dialback`): a short-lived stream to the remote's
 authoritative server carries one ``<db:verify/>``.
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Final
 from xmppd.errors import StanzaError
 from xmppd.s2s.certs import CertCheck, TrustStore
 from xmppd.s2s.resolve import make_resolver, resolve
-from xmppd.stream.s2s import LinkFailure, S2SOutStream, S2SServices
+from xmppd.stream.s2s import LinkFailure, S2SInStream, S2SOutStream, S2SServices
 from xmppd.tls import peer_chain
 from xmppd.transports.tcp import connect_outgoing
 
@@ -71,6 +75,7 @@ class S2SLinks:
 
     __slots__ = (
         "_backoff",
+        "_bidi",
         "_client_tls",
         "_links",
         "_resolver",
@@ -98,6 +103,7 @@ class S2SLinks:
         self._resolver = make_resolver(config.resolver, config.dns_timeout)
         self._links: dict[str, OutgoingLink] = {}
         self._backoff: dict[str, _Backoff] = {}
+        self._bidi: dict[str, S2SInStream] = {}
         self.services: S2SServices | None = None
         """Set by the server once assembled (the streams' services)."""
 
@@ -111,6 +117,15 @@ class S2SLinks:
             await _bounce(self._router, stanza, "remote-server-not-found", "policy: denied")
             return
         link = self._links.get(remote)
+        if link is None or link.stream is None:
+            back = self._bidi.get(remote)
+            if back is not None and back.closed:
+                del self._bidi[remote]
+            elif back is not None and back.can_send(remote, from_.domain):
+                # XEP-0288: the remote's own stream carries our stanzas back.
+                self.stats.stanzas_out[remote] += 1
+                back.send(stanza)
+                return
         if link is None:
             backoff = self._backoff.get(remote)
             if backoff is not None and backoff.waiting():
@@ -127,6 +142,11 @@ class S2SLinks:
             link = self._links[remote] = OutgoingLink(self, remote)
         self.stats.stanzas_out[remote] += 1
         await link.send(stanza, from_.domain)
+
+    def bidi_ready(self, stream: S2SInStream, remote: str) -> None:
+        """An incoming bidirectional stream (XEP-0288) authenticated ``remote``."""
+        self._bidi[remote] = stream
+        self._backoff.pop(remote, None)
 
     def queue_lengths(self) -> list[tuple[str, int]]:
         return [(d, len(link.queue)) for d, link in self._links.items()]

@@ -80,6 +80,8 @@ _FEATURES: Final = f"{{{ns.STREAMS}}}features"
 _STREAM_ERROR: Final = f"{{{ns.STREAMS}}}error"
 _DB_RESULT: Final = f"{{{NS_DIALBACK}}}result"
 _DB_VERIFY: Final = f"{{{NS_DIALBACK}}}verify"
+_BIDI: Final = f"{{{ns.BIDI}}}bidi"
+_BIDI_FEATURE: Final = f"{{{ns.BIDI_FEATURE}}}bidi"
 _SASL_AUTH: Final = f"{{{ns.SASL}}}auth"
 _SASL_SUCCESS: Final = f"{{{ns.SASL}}}success"
 _SASL_FAILURE: Final = f"{{{ns.SASL}}}failure"
@@ -125,6 +127,9 @@ class S2SServices:
     check_certificate: Callable[[Sequence[bytes], str], CertCheck] | None = None
     """Validates a remote's certificate chain (DER, leaf first) for a domain (the
     trust store of outgoing links); ``None``: no SASL EXTERNAL offered."""
+    bidi_ready: Callable[[S2SInStream, str], None] | None = None
+    """An incoming bidirectional stream (XEP-0288) authenticated ``remote``: our
+    stanzas to it may go back over it (the links register it)."""
 
 
 def _dialback_element(tag: str, attrs: dict[str, str], text: str | None = None) -> Element:
@@ -153,6 +158,7 @@ class S2SInStream(StreamMachine):
 
     __slots__ = (
         "authenticated",
+        "bidi",
         "cert_check",
         "local",
         "offer_starttls",
@@ -184,6 +190,8 @@ class S2SInStream(StreamMachine):
         """The domain the remote named in its header's ``from`` (XEP-0178)."""
         self.cert_check: CertCheck | None = None
         """The remote's certificate checked for ``remote_header`` (after TLS)."""
+        self.bidi = False
+        """The remote asked for a bidirectional stream (XEP-0288)."""
         services.incoming.add(self)
 
     def summary(self) -> str:
@@ -252,6 +260,8 @@ class S2SInStream(StreamMachine):
             ):
                 mechanisms = child(features, "mechanisms", namespace=ns.SASL)
                 child(mechanisms, "mechanism", namespace=ns.SASL, text="EXTERNAL")
+            if not self.authenticated and self.services.config.bidi:
+                child(features, "bidi", namespace=ns.BIDI_FEATURE)
             db = child(features, "dialback", namespace=NS_DIALBACK_FEATURE)
             child(db, "errors")
         return features
@@ -268,6 +278,10 @@ class S2SInStream(StreamMachine):
             self._on_db_verify(el)
         elif tag == _SASL_AUTH:
             self._on_sasl_auth(el)
+        elif tag == _BIDI and self.services.config.bidi and self.transport.is_secure:
+            if self.authenticated:
+                raise StreamError("policy-violation", "bidi is asked before authentication")
+            self.bidi = True
         elif tag == _STARTTLS and self.offer_starttls and not self.transport.is_secure:
             await self._starttls()
         elif tag == _STREAM_ERROR:
@@ -416,8 +430,26 @@ class S2SInStream(StreamMachine):
         if first:
             self._enter(_AUTHENTICATED)
             self._timeout.cancel()
-        log.info("%s: %s authenticated for %s (%s)", self.summary(), remote, local, method)
+        log.info(
+            "%s: %s authenticated for %s (%s%s)",
+            self.summary(),
+            remote,
+            local,
+            method,
+            "; bidirectional" if self.bidi else "",
+        )
         self.services.on_authenticated("in", remote)
+        if self.bidi and self.services.bidi_ready is not None:
+            self.services.bidi_ready(self, remote)
+
+    def can_send(self, remote: str, local: str) -> bool:
+        """Whether a stanza from our ``local`` to ``remote`` may go back over this
+        bidirectional stream (the pair is authenticated on it)."""
+        return self.bidi and not self.closed and (remote, local) in self.authenticated
+
+    def send(self, stanza: Element) -> None:
+        """Write ``stanza`` back to the remote (bidirectional streams only)."""
+        self._write(serialize(stanza))
 
     async def _on_stanza(self, el: Element) -> None:
         if self.state is not _AUTHENTICATED:
@@ -484,6 +516,7 @@ class S2SOutStream(StreamMachine):
     __slots__ = (
         "_tls_done",
         "auth_method",
+        "bidi",
         "cert_check",
         "events",
         "failure",
@@ -536,6 +569,9 @@ class S2SOutStream(StreamMachine):
         self.pending: dict[str, list[Element]] = {}
         """Stanzas from a local domain whose dialback is under way."""
         self.was_ready = False
+        self.bidi = False
+        """The remote accepted our request for a bidirectional stream (XEP-0288):
+        its stanzas to us come back over this stream."""
         self._tls_done = check_certificate
         if secure and check_certificate is not None:
             self.cert_check = check_certificate()
@@ -587,6 +623,8 @@ class S2SOutStream(StreamMachine):
             self._on_sasl_success()
         elif tag == _SASL_FAILURE:
             self._on_sasl_failure(el)
+        elif tag in STANZA_KINDS and self.bidi:
+            await self._on_bidi_stanza(el)
         elif tag == _STREAM_ERROR:
             condition = _condition(el)
             if self.failure is None:
@@ -625,6 +663,11 @@ class S2SOutStream(StreamMachine):
         if not cert_ok and self.policy == "certificates":
             why = check.why() if check is not None else "no certificate"
             raise self._give_up("certificate", f"the policy requires a valid certificate: {why}")
+        if self.services.config.bidi and features.find(_BIDI_FEATURE) is not None:
+            # XEP-0288 §2: asked before authentication; the remote then sends its
+            # stanzas for us over this stream instead of a connection of its own.
+            self._write(etree.tostring(payload(ns.BIDI, "bidi")))
+            self.bidi = True
         mechanisms = [
             (m.text or "").strip()
             for m in features.iterfind(f"{{{ns.SASL}}}mechanisms/{{{ns.SASL}}}mechanism")
@@ -718,10 +761,11 @@ class S2SOutStream(StreamMachine):
             self._timeout.cancel()
             check = self.cert_check
             log.info(
-                "%s: authenticated (%s; certificate: %s)",
+                "%s: authenticated (%s; certificate: %s)%s",
                 self.summary(),
                 method,
                 check.why() if check is not None else "none",
+                "; bidirectional (XEP-0288)" if self.bidi else "",
             )
             self.services.on_authenticated("out", self.remote)
             self.events.ready(self)
@@ -743,8 +787,34 @@ class S2SOutStream(StreamMachine):
         else:
             waiting.append(stanza)
 
+    async def _on_bidi_stanza(self, el: Element) -> None:
+        """A stanza from the remote on our bidirectional stream: it must come from the
+        domain this stream authenticated and go to one of ours that it accepted."""
+        if self.state is not _AUTHENTICATED:
+            raise StreamError("not-authorized", "not authenticated yet")
+        try:
+            frm = JID.parse(el.get("from") or "")
+        except InvalidJID:
+            raise StreamError("invalid-from", "'from' is missing or invalid") from None
+        try:
+            to = JID.parse(el.get("to") or "")
+        except InvalidJID:
+            raise StreamError("improper-addressing", "'to' is missing or invalid") from None
+        if frm.domain != self.remote:
+            log.warning("%s: bidi stanza from unauthenticated %s", self.summary(), frm.domain)
+            raise StreamError("invalid-from", f"{frm.domain} is not authenticated here")
+        if to.domain not in self.local_domains and not self.services.is_local(to.domain):
+            raise StreamError("host-unknown", f"{to.domain} is not served here")
+        await self.services.router.route(el, None)
+
     def _answer_error(self, stanza: Element, err: StanzaError) -> None:
-        """Nothing is answered on an outgoing stream (nothing but protocol arrives)."""
+        """Errors go back only on a bidirectional stream (else nothing but protocol
+        arrives on an outgoing one)."""
+        if not self.bidi:
+            return
+        reply = error_reply(stanza, err)
+        if reply is not None and reply.get("to"):
+            _ = self.services.start_task(self.services.router.route(reply, None), name="s2s-error")
 
     def _on_shutdown(self, previous: StreamState) -> None:
         if self.verify is not None and not self.verify.result.done():
