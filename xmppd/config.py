@@ -314,6 +314,19 @@ class S2SSection(Section):
     retry_max: Duration = Field(
         600.0, gt=0, description="Longest wait between attempts to reach a failing domain."
     )
+    incoming_rate: Size = Field(
+        256 * 1024,
+        ge=1024,
+        description="Bytes per second one incoming s2s connection may send (bursts of "
+        "one second's worth); a remote that sends faster is slowed down by pausing reads "
+        "from its connection, without affecting other connections.",
+    )
+    max_incoming_per_domain: int = Field(
+        10,
+        ge=1,
+        description="Authenticated incoming connections at once per remote domain; more "
+        "are refused (resource-constraint).",
+    )
     bidi: bool = Field(
         True,
         description="Bidirectional streams (XEP-0288): offered to remotes and asked of "

@@ -191,6 +191,7 @@ class Server:
                 s2s=self.open_s2s if self.s2s is not None else None,
                 http=self.http.listen if self.http is not None else None,
                 s2s_tls=await self._peer_tls() if self.s2s is not None else None,
+                s2s_rate=self.config.s2s.incoming_rate,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
             for listener, section in zip(self._listeners, self.config.listeners, strict=False):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import pytest
 
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.push import logged
-from tests.support.rawstream import RawClient, stream_error
-from tests.support.s2s import Federated, federated_pair, s2s_extra
-from tests.support.server import XmppdServer, free_port, running_server
+from tests.support.rawstream import stream_error
+from tests.support.s2s import Federated, RawServer, federated_pair, key_of, s2s_extra
+from tests.support.server import free_port, running_server
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
-from xmppd.s2s.dialback import dialback_key, dialback_secret
 
 PING = "urn:xmpp:ping"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -137,51 +135,6 @@ async def test_the_queue_of_a_link_that_is_coming_up_is_bounded(tmp_path: Path) 
                     assert error_text(bounce).startswith("closed:")
     finally:
         listener.close()
-
-
-S2S_HEADER = (
-    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
-    "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
-    "from='{frm}' to='{to}' version='1.0'>"
-)
-
-
-class RawServer:
-    """A raw s2s peer: opens a stream to ``port`` pretending to be ``frm``."""
-
-    def __init__(self, port: int, frm: str, to: str) -> None:
-        self.port, self.frm, self.to = port, frm, to
-        self.raw = RawClient.__new__(RawClient)
-        self.raw.received = b""
-        self.stream_id = ""
-
-    async def connect(self) -> None:
-        raw = self.raw
-        raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
-        features = await raw.read_until(b"</stream:features>")
-        assert b"<starttls" in features
-        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        await raw.read_until(b"<proceed")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        await raw.writer.start_tls(ctx, server_hostname=self.to)
-        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
-        opened = await raw.read_until(b"</stream:features>")
-        assert b"urn:xmpp:features:dialback" in opened
-        found = re.search(rb"<stream:stream [^>]*\bid=['\"]([^'\"]+)", opened)
-        assert found is not None
-        self.stream_id = found.group(1).decode()
-
-    def dialback(self, key: str) -> None:
-        self.raw.send(f"<db:result from='{self.frm}' to='{self.to}'>{key}</db:result>")
-
-
-def key_of(server: XmppdServer, receiving: str, stream_id: str) -> str:
-    """The dialback key ``server`` itself would send (read from its server.key)."""
-    secret = bytes.fromhex((server.data_dir / "server.key").read_text().strip())
-    return dialback_key(dialback_secret(secret), receiving, server.domain, stream_id)
 
 
 async def test_a_claimed_from_that_was_not_authenticated_closes_with_invalid_from(

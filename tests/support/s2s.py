@@ -5,14 +5,20 @@ other's domain to that listener (``[s2s] pins``), so no DNS is involved."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.rawstream import RawClient
 from tests.support.server import XmppdServer, free_port, running_server
+from xmppd.s2s.dialback import dialback_key, dialback_secret
 
 
 @dataclass
@@ -77,3 +83,55 @@ def federated_pair(
         wait_port(pa)
         wait_port(pb)
         yield Federated(a, b, pa, pb)
+
+
+S2S_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+    "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+    "from='{frm}' to='{to}' version='1.0'>"
+)
+
+
+class RawServer:
+    """A raw s2s peer: opens a stream to ``port`` pretending to be ``frm``."""
+
+    def __init__(self, port: int, frm: str, to: str) -> None:
+        self.port, self.frm, self.to = port, frm, to
+        self.raw = RawClient.__new__(RawClient)
+        self.raw.received = b""
+        self.stream_id = ""
+
+    async def connect(self) -> None:
+        raw = self.raw
+        raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
+        features = await raw.read_until(b"</stream:features>")
+        assert b"<starttls" in features
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await raw.read_until(b"<proceed")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        await raw.writer.start_tls(ctx, server_hostname=self.to)
+        raw.send(S2S_HEADER.format(frm=self.frm, to=self.to))
+        opened = await raw.read_until(b"</stream:features>")
+        assert b"urn:xmpp:features:dialback" in opened
+        found = re.search(rb"<stream:stream [^>]*\bid=['\"]([^'\"]+)", opened)
+        assert found is not None
+        self.stream_id = found.group(1).decode()
+
+    def dialback(self, key: str) -> None:
+        self.raw.send(f"<db:result from='{self.frm}' to='{self.to}'>{key}</db:result>")
+
+    async def close(self) -> None:
+        writer = self.raw.writer
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+def key_of(server: XmppdServer, receiving: str, stream_id: str) -> str:
+    """The dialback key ``server`` itself would send (read from its server.key)."""
+    secret = bytes.fromhex((server.data_dir / "server.key").read_text().strip())
+    return dialback_key(dialback_secret(secret), receiving, server.domain, stream_id)

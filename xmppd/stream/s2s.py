@@ -343,6 +343,9 @@ class S2SInStream(StreamMachine):
             log.warning("%s: %s refused by policy (deny)", self.summary(), remote)
             self._sasl_failure("not-authorized", "federation with you is not allowed")
             return
+        if self._too_many(remote):
+            self._sasl_failure("temporary-auth-failure", "too many connections")
+            return
         self._write(etree.tostring(payload(ns.SASL, "success")))
         self._authenticated(remote, self.local, "EXTERNAL")
         self.reader.reset()  # the remote restarts its stream (RFC 6120 §6.4.6)
@@ -392,6 +395,9 @@ class S2SInStream(StreamMachine):
             )
             self._db_error(remote, local, "not-authorized", "a valid certificate is required")
             return
+        if self._too_many(remote):
+            self._db_error(remote, local, "resource-constraint", "too many connections")
+            return
         try:
             async with asyncio.timeout(self.services.config.auth_timeout):
                 valid = await self.services.verify_dialback(local, remote, self.stream_id, key)
@@ -416,6 +422,25 @@ class S2SInStream(StreamMachine):
                 _dialback_element("result", {"from": local, "to": remote, "type": "valid"})
             )
         )
+
+    def _too_many(self, remote: str) -> bool:
+        """Whether ``remote`` already has ``max_incoming_per_domain`` other streams."""
+        limit = self.services.config.max_incoming_per_domain
+        others = sum(
+            1
+            for stream in self.services.incoming
+            if stream is not self and any(r == remote for r, _ in stream.authenticated)
+        )
+        if others >= limit:
+            log.warning(
+                "%s: %s refused: it has %d incoming connections already (limit %d)",
+                self.summary(),
+                remote,
+                others,
+                limit,
+            )
+            return True
+        return False
 
     def _db_error(self, remote: str, local: str, condition: str, text: str) -> None:
         reply = _dialback_element("result", {"from": local, "to": remote, "type": "error"})

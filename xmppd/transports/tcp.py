@@ -47,6 +47,8 @@ class StreamOpeners:
     s2s_tls: PeerTlsContexts | None = None
     """TLS of s2s listeners that asks for the remote's certificate (SASL EXTERNAL);
     ``None``: the hosts' standard contexts (no certificate asked)."""
+    s2s_rate: int = 256 * 1024
+    """Bytes per second one incoming s2s connection may send (:class:`ReadShaper`)."""
 
 
 LINGER: Final = 2.0
@@ -254,8 +256,9 @@ async def _listen(
     peer_tls = openers.s2s_tls
     if section.kind == "s2s" and peer_tls is not None:
         direct = section.tls == "direct"
+        rate = openers.s2s_rate
         srv = await loop.create_server(
-            lambda: S2SInConnection(open_stream, peer_tls, direct=direct),
+            lambda: S2SInConnection(open_stream, peer_tls, direct=direct, rate=rate),
             host=section.address,
             port=section.port,
             backlog=section.backlog,
@@ -279,12 +282,83 @@ async def _listen(
     return srv
 
 
+class ReadShaper:
+    """A token bucket on the bytes a connection hands to its stream: ``rate`` bytes a
+    second, bursts of one second's worth. Past the budget, what was read waits here
+    (at most one socket read) and reading from the socket pauses until the budget is
+    back, so a flooding peer is slowed down by TCP itself, nothing it sent is dropped,
+    and other connections are not affected. A pause the stream asked for (its queue
+    is full) is kept apart: reading resumes when neither wants it."""
+
+    __slots__ = (
+        "_deliver",
+        "_last",
+        "_pending",
+        "_timer",
+        "_tokens",
+        "_transport",
+        "rate",
+        "stream_paused",
+    )
+
+    def __init__(self, rate: int, deliver: Callable[[bytes], None]) -> None:
+        self.rate = float(rate)
+        self._deliver = deliver
+        self._tokens = float(rate)
+        self._last = 0.0
+        self._pending = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self.stream_paused = False
+
+    @property
+    def throttled(self) -> bool:
+        return bool(self._pending)
+
+    def received(self, data: bytes, transport: asyncio.Transport) -> None:
+        """Bytes read from the socket (after TLS): delivered within the budget."""
+        self._transport = transport
+        self._pending += data
+        if self._timer is None:
+            self._pump()
+
+    def _pump(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._last:
+            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        while self._pending:
+            if self._tokens < 1:
+                transport = self._transport
+                if transport is not None and not transport.is_closing():
+                    transport.pause_reading()
+                wait = (min(len(self._pending), self.rate) - self._tokens) / self.rate
+                self._timer = loop.call_later(max(wait, 0.01), self._pump)
+                return
+            size = min(len(self._pending), int(self._tokens))
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+            self._tokens -= size
+            self._deliver(chunk)
+        transport = self._transport
+        if not self.stream_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending.clear()
+
+
 class S2SInConnection(C2SConnection):
     """asyncio glue for an incoming s2s connection whose TLS (STARTTLS or direct) asks
     for the remote's certificate and lets every certificate through the handshake
     (:mod:`xmppd.transports.peertls`); the stream judges it (SASL EXTERNAL)."""
 
-    __slots__ = ("_handshake", "_peer_tls", "_session")
+    __slots__ = ("_handshake", "_peer_tls", "_session", "_shaper")
 
     def __init__(
         self,
@@ -292,12 +366,14 @@ class S2SInConnection(C2SConnection):
         peer_tls: PeerTlsContexts,
         *,
         direct: bool,
+        rate: int,
     ) -> None:
         super().__init__(open_stream, None, "direct" if direct else "starttls")
         self.is_secure = False  # until the handshake is done
         self._peer_tls = peer_tls
         self._session: TlsSession | None = None
         self._handshake: asyncio.Future[None] | None = None
+        self._shaper = ReadShaper(rate, super().data_received)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -330,9 +406,12 @@ class S2SInConnection(C2SConnection):
     def data_received(self, data: bytes) -> None:
         from xmppd.transports.peertls import TlsError
 
+        transport = self._transport
+        if transport is None:
+            return
         session = self._session
         if session is None:
-            super().data_received(data)
+            self._shaper.received(data, transport)
             return
         try:
             plain, out = session.receive(data)
@@ -346,7 +425,7 @@ class S2SInConnection(C2SConnection):
             if self._handshake is not None and not self._handshake.done():
                 self._handshake.set_result(None)
         if plain:
-            super().data_received(plain)
+            self._shaper.received(plain, transport)
         if session.closed:
             self.close()
 
@@ -356,11 +435,6 @@ class S2SInConnection(C2SConnection):
             self._handshake.set_exception(ConnectionError(f"TLS handshake failed: {exc}"))
         if self._transport is not None:
             self._transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(ConnectionError("connection lost during TLS"))
-        super().connection_lost(exc)
 
     def write(self, data: bytes) -> None:
         from xmppd.transports.peertls import TlsError
@@ -386,6 +460,21 @@ class S2SInConnection(C2SConnection):
         if session.handshake_done:
             transport.write(session.shutdown())
         transport.close()
+
+    def pause_reading(self) -> None:
+        self._shaper.stream_paused = True
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._shaper.stream_paused = False
+        if not self._shaper.throttled:
+            super().resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shaper.cancel()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionError("connection lost during TLS"))
+        C2SConnection.connection_lost(self, exc)
 
     def ssl_object(self) -> ssl.SSLObject | None:
         return None  # not the ssl module's: see peer_chain()
