@@ -53,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         "make the running server re-read its configuration and certificates (SIGHUP)",
     )
     command("check-config", "validate the configuration and exit")
+    chk = command(
+        "check",
+        "check the config, the certificates of every host and component and the DNS "
+        "records to publish (prints the ones to add)",
+    )
+    chk.add_argument(
+        "--target",
+        help="public host name of this machine, the SRV records' target (default: each "
+        "domain itself)",
+    )
     fed = command("check-federation", "explain, step by step, how this server reaches DOMAIN")
     fed.add_argument("domain")
     command("version", "print the version")
@@ -142,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.server, command=args.command)
     # Alembic narrates every step at INFO; xmppd logs the upgrade itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    if args.command == "check":
+        import asyncio
+
+        from xmppd.deploycheck import check_deployment
+        from xmppd.server import Server
+
+        try:
+            Server(config).check()
+        except ConfigError as exc:
+            print(f"FAIL configuration:\n{exc}")
+            return 2
+        print(f"OK   configuration {config.source or '(built-in defaults)'}")
+        report = asyncio.run(check_deployment(config, print, target=args.target))
+        return 1 if report.failures else 0
     if args.command == "check-federation":
         import asyncio
 

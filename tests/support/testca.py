@@ -111,10 +111,12 @@ class TestCA:
         )
 
 
-def install_certificate(ca: TestCA, data_dir: Path, domain: str, **names: list[str]) -> None:
+def install_certificate(
+    ca: TestCA, data_dir: Path, domain: str, *, days: int = 365, **names: list[str]
+) -> None:
     """Put a certificate of ``ca`` where xmppd takes ``domain``'s (``data_dir``/certs),
     with the CA after the leaf, so clients that trust that file trust the chain."""
-    cert, key = ca.issue(cn=domain, **names)
+    cert, key = ca.issue(cn=domain, days=days, **names)
     certs = data_dir / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     TestCA.write_pair(cert, key, certs / f"{domain}.crt", certs / f"{domain}.key")
