@@ -12,6 +12,9 @@ and do not use bidirectional streams (each direction authenticates on its own).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import ssl
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ import pytest
 
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.push import logged
-from tests.support.s2s import s2s_extra, wait_port
+from tests.support.rawstream import RawClient
+from tests.support.s2s import S2S_HEADER, s2s_extra, wait_port
 from tests.support.server import XmppdServer, free_port, running_server
 from tests.support.testca import TestCA, install_certificate
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
@@ -32,6 +36,8 @@ class Trio:
     a: XmppdServer
     b: XmppdServer
     c: XmppdServer
+    ca: TestCA
+    a_s2s_port: int
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
         ]
         for port in ports.values():
             wait_port(port)
-        yield Trio(*servers)
+        yield Trio(*servers, ca=ca, a_s2s_port=ports["a.example"])
 
 
 def body_is(body: str) -> object:
@@ -131,3 +137,57 @@ async def test_a_remote_without_a_valid_certificate_is_refused_when_policy_requi
         assert back.get("type") == "error"
         assert error_condition(back) == "remote-server-not-found"
     await logged(trio.a, "c.example refused: the policy requires a valid certificate")
+
+
+async def raw_with_certificate(trio: Trio, tmp: Path, frm: str, cert_names: list[str]) -> RawClient:
+    """A raw s2s peer to a.example that claims ``frm`` and presents a CA-signed client
+    certificate naming ``cert_names``; returns after the post-TLS features."""
+    cert, key = trio.ca.issue(cn=cert_names[0], dns=cert_names)
+    TestCA.write_pair(cert, key, tmp / "peer.crt", tmp / "peer.key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(tmp / "peer.crt", tmp / "peer.key")
+    raw = RawClient.__new__(RawClient)
+    raw.received = b""
+    raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", trio.a_s2s_port)
+    raw.send(S2S_HEADER.format(frm=frm, to="a.example"))
+    await raw.read_until(b"</stream:features>")
+    raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await raw.read_until(b"<proceed")
+    await raw.writer.start_tls(ctx, server_hostname="a.example")
+    raw.send(S2S_HEADER.format(frm=frm, to="a.example"))
+    return raw
+
+
+def sasl_auth(authzid: str) -> str:
+    text = base64.b64encode(authzid.encode()).decode() if authzid else "="
+    return f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{text}</auth>"
+
+
+async def test_sasl_external_is_only_for_the_domain_the_certificate_names(
+    trio: Trio, tmp_path: Path
+) -> None:
+    # A certificate for b.example does not make its holder mallory.example.
+    raw = await raw_with_certificate(trio, tmp_path, "mallory.example", ["b.example"])
+    try:
+        features = await raw.read_until(b"</stream:features>")
+        assert b"EXTERNAL" not in features, features
+        raw.send(sasl_auth(""))
+        refused = await raw.read_until(b"</failure>")
+        assert b"<not-authorized" in refused, refused
+    finally:
+        raw.writer.close()  # type: ignore[union-attr]
+    # With its header's domain it works, but not for another authorization identity.
+    raw = await raw_with_certificate(trio, tmp_path, "b.example", ["b.example"])
+    try:
+        features = await raw.read_until(b"</stream:features>")
+        assert b"<mechanism>EXTERNAL</mechanism>" in features, features
+        raw.send(sasl_auth("c.example"))
+        other = await raw.read_until(b"</failure>")
+        assert b"<invalid-authzid" in other, other
+        raw.send(sasl_auth("b.example"))
+        await raw.read_until(b"<success")
+    finally:
+        raw.writer.close()  # type: ignore[union-attr]
+    await logged(trio.a, "SASL EXTERNAL of mallory.example refused: certificate is not for")
