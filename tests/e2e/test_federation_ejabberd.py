@@ -50,7 +50,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
         keep_logs=tmp / "ejabberd",
         remote_s2s={XMPPD_DOMAIN: xmppd_s2s, f"conference.{XMPPD_DOMAIN}": xmppd_s2s},
     ) as ejabberd:
-        there = f"127.0.0.1:{ejabberd.s2s_port}"
+        there = f"{ejabberd.address}:{ejabberd.s2s_port}"
         extra = s2s_extra(xmppd_s2s, {ejabberd.domain: there, ejabberd.muc_domain: there})
         with running_server(tmp / "xmppd", domain=XMPPD_DOMAIN, extra=extra) as xmppd:
             wait_port(xmppd_s2s)
@@ -87,7 +87,7 @@ async def test_messages_cross_both_ways(servers: Interop) -> None:
     log = servers.xmppd.log_text()
     assert f"{servers.ejabberd.domain} authenticated for {XMPPD_DOMAIN} (dialback)" in log
     assert (
-        f"s2s-out {XMPPD_DOMAIN}→{servers.ejabberd.domain} (127.0.0.1:"
+        f"s2s-out {XMPPD_DOMAIN}→{servers.ejabberd.domain} ({servers.ejabberd.address}:"
         f"{servers.ejabberd.s2s_port}): authenticated (dialback; certificate: "
         "certificate chain does not validate"
     ) in log

@@ -67,6 +67,8 @@ class Slix:
         for plugin in plugins:
             self.xmpp.register_plugin(plugin)
         self.port = server.direct_tls_port if direct_tls else server.starttls_port
+        # A server under test may listen on a loopback address of its own (ejabberd).
+        self.address: str = getattr(server, "address", "127.0.0.1")
         self.initial_presence = initial_presence
         self.fetch_roster = fetch_roster
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
@@ -92,7 +94,7 @@ class Slix:
         return str(self.xmpp.boundjid)
 
     async def start(self, timeout: float = 20) -> Slix:
-        self.xmpp.connect(host="127.0.0.1", port=self.port)
+        self.xmpp.connect(host=self.address, port=self.port)
         async with asyncio.timeout(timeout):
             outcome = await self._started
         if outcome == "auth":

@@ -2,7 +2,8 @@
 
 Everything is in a directory of its own: ``ejabberd.yml``, ``ejabberdctl.cfg``, the
 Mnesia spool, logs, the certificate (an untrusted test CA's) and an ``inetrc``. It
-listens on free loopback ports (c2s STARTTLS and s2s). Its Erlang node is private:
+listens on a loopback address of its own (in 127/8, not 127.0.0.1) on free ports (c2s
+STARTTLS and s2s). Its Erlang node is private:
 a unique node name and cookie, its own distribution port (``ERL_DIST_PORT``: the node
 listens there and no epmd is used at all) and, should anything still start an epmd,
 a private ``ERL_EPMD_PORT`` (never the machine's 4369).
@@ -53,6 +54,8 @@ class EjabberdServer:
     cafile: Path
     home: Path
     env: dict[str, str]
+    address: str = "127.0.0.1"
+    """The loopback address it listens on (one of its own)."""
 
     @property
     def direct_tls_port(self) -> int:
@@ -118,7 +121,14 @@ def _yaml_str(value: str) -> str:
 
 
 def write_config(
-    home: Path, *, domain: str, muc_domain: str, c2s_port: int, s2s_port: int, certfile: Path
+    home: Path,
+    *,
+    domain: str,
+    muc_domain: str,
+    address: str,
+    c2s_port: int,
+    s2s_port: int,
+    certfile: Path,
 ) -> None:
     text = f"""\
 hosts:
@@ -129,17 +139,18 @@ certfiles:
   - {_yaml_str(str(certfile))}
 listen:
   - port: {c2s_port}
-    ip: "127.0.0.1"
+    ip: {_yaml_str(address)}
     module: ejabberd_c2s
     starttls_required: true
   - port: {s2s_port}
-    ip: "127.0.0.1"
+    ip: {_yaml_str(address)}
     module: ejabberd_s2s_in
 s2s_use_starttls: required
 s2s_dns_timeout: 2
 s2s_dns_retries: 1
 outgoing_s2s_families:
   - ipv4
+outgoing_s2s_ipv4_address: {_yaml_str(address)}
 auth_method: internal
 default_db: mnesia
 acl:
@@ -192,6 +203,19 @@ def write_ctl_config(home: Path, *, node: str, cookie: str, dist_port: int) -> N
         f'ERL_OPTIONS="-setcookie {cookie}"\n'
         "EJABBERD_BYPASS_WARNINGS=true\n"
     )
+
+
+def _own_loopback_address() -> str:
+    """A loopback address other than 127.0.0.1 (Linux routes all of 127/8 to lo)."""
+    for _ in range(20):
+        address = f"127.0.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 2}"
+        with socket.socket() as s:
+            try:
+                s.bind((address, 0))
+            except OSError:
+                continue
+        return address
+    return "127.0.0.1"
 
 
 def _owned_home() -> Path:
@@ -268,10 +292,12 @@ def _ejabberd_process(home: Path, domain: str, dns_port: int) -> Iterator[Ejabbe
     node = f"xmppdtest{secrets.token_hex(4)}@localhost"
     cookie = secrets.token_hex(16)
     last_error = ""
+    address = _own_loopback_address()
     for _attempt in range(3):
         c2s, s2s, dist = free_port(), free_port(), free_port()
         write_config(
             home,
+            address=address,
             domain=domain,
             muc_domain=muc_domain,
             c2s_port=c2s,
@@ -289,7 +315,7 @@ def _ejabberd_process(home: Path, domain: str, dns_port: int) -> Iterator[Ejabbe
             start_new_session=True,
             cwd=home,
         )
-        server = EjabberdServer(proc, domain, muc_domain, c2s, s2s, cafile, home, env)
+        server = EjabberdServer(proc, domain, muc_domain, c2s, s2s, cafile, home, env, address)
         try:
             _wait_started(server, (c2s, s2s))
             break
@@ -318,7 +344,7 @@ def _wait_started(server: EjabberdServer, ports: tuple[int, ...]) -> None:
                 )
             with socket.socket() as s:
                 s.settimeout(0.2)
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((server.address, port)) == 0:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ejabberd does not listen on {port}:\n{server.log_text()}")
