@@ -13,7 +13,7 @@ import pytest
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.push import logged
 from tests.support.rawstream import stream_error
-from tests.support.s2s import Federated, RawServer, federated_pair, key_of, s2s_extra
+from tests.support.s2s import Federated, RawServer, federated_pair, key_of, s2s_extra, wait_port
 from tests.support.server import free_port, running_server
 from tests.support.xmlclient import Element, XmlClient, error_condition, tag
 
@@ -325,3 +325,31 @@ async def test_policies_deny_and_certificates_refuse_streams_both_ways(tmp_path:
         peer.dialback(key_of(pair.b, pair.a.domain, peer.stream_id))
         answer = await peer.raw.read_until(b"</db:result>")
         assert b"<not-authorized" in answer, answer
+
+
+async def test_direct_tls_s2s_listener(tmp_path: Path) -> None:
+    # XEP-0368: b's s2s listener speaks TLS from the first byte; a is pinned to it with
+    # tls://, b reaches a over STARTTLS.
+    pa, pb = free_port(), free_port()
+    b_extra = s2s_extra(pb, {"a.example": f"127.0.0.1:{pa}"}).replace(
+        f"port = {pb}\n", f'port = {pb}\ntls = "direct"\n', 1
+    )
+    a_extra = s2s_extra(pa, {"b.example": f"tls://127.0.0.1:{pb}"})
+    with (
+        running_server(tmp_path / "a", domain="a.example", extra=a_extra) as a,
+        running_server(tmp_path / "b", domain="b.example", extra=b_extra) as b,
+    ):
+        wait_port(pa)
+        wait_port(pb)
+        alice_jid = await new_account(a, "alice")
+        bob_jid = await new_account(b, "bob")
+        async with (
+            await XmlClient.login(a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}/r'><body>direct</body></message>")
+            await bob.expect(body_is("direct"))  # type: ignore[arg-type]
+            bob.send(f"<message to='{alice_jid}/r'><body>back</body></message>")
+            await alice.expect(body_is("back"))  # type: ignore[arg-type]
+        assert f"s2s-out a.example→b.example (127.0.0.1:{pb}): authenticated" in a.log_text()
+        assert "a.example authenticated for b.example (dialback" in b.log_text()

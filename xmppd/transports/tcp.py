@@ -358,7 +358,7 @@ class S2SInConnection(C2SConnection):
     for the remote's certificate and lets every certificate through the handshake
     (:mod:`xmppd.transports.peertls`); the stream judges it (SASL EXTERNAL)."""
 
-    __slots__ = ("_handshake", "_peer_tls", "_session", "_shaper")
+    __slots__ = ("_handshake", "_handshake_timer", "_peer_tls", "_session", "_shaper")
 
     def __init__(
         self,
@@ -373,6 +373,7 @@ class S2SInConnection(C2SConnection):
         self._peer_tls = peer_tls
         self._session: TlsSession | None = None
         self._handshake: asyncio.Future[None] | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._shaper = ReadShaper(rate, super().data_received)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -382,18 +383,11 @@ class S2SInConnection(C2SConnection):
         if self._tls_mode != "direct":
             self.stream = self._open(self)
             return
-        self._begin_tls()
-        handshake = self._handshake
-        assert handshake is not None
+        # Direct TLS (XEP-0368): the stream opens once the handshake is done (in
+        # data_received, before the bytes that came with the last flight).
+        self._session = self._peer_tls.session()
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(30, self._abort_handshake)
-
-        def opened(done: asyncio.Future[None]) -> None:
-            timer.cancel()
-            if not done.cancelled() and done.exception() is None and self._transport is not None:
-                self.stream = self._open(self)
-
-        handshake.add_done_callback(opened)
+        self._handshake_timer = loop.call_later(30, self._abort_handshake)
 
     def _abort_handshake(self) -> None:
         if self._transport is not None and not self.is_secure:
@@ -422,6 +416,11 @@ class S2SInConnection(C2SConnection):
             self._transport.write(out)
         if session.handshake_done and not self.is_secure:
             self.is_secure = True
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            if self.stream is None and self._tls_mode == "direct":
+                self.stream = self._open(self)
             if self._handshake is not None and not self._handshake.done():
                 self._handshake.set_result(None)
         if plain:
@@ -472,6 +471,9 @@ class S2SInConnection(C2SConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shaper.cancel()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(ConnectionError("connection lost during TLS"))
         C2SConnection.connection_lost(self, exc)
