@@ -29,7 +29,6 @@ class RegisterOptions(Options):
     allow_registration: bool = Field(
         False, description="Let anyone create an account in-band (before logging in)."
     )
-    min_password_length: int = Field(8, ge=1, le=1024)
     registration_interval: Duration = Field(
         600.0, ge=0, description="Minimum time between two registrations from one address."
     )
@@ -109,8 +108,9 @@ async def register(ctx: Ctx, req: IqRequest) -> Element:
         raise StanzaError("not-authorized", "log in to remove an account")
     if not username or password is None:
         raise StanzaError("not-acceptable", "username and password are required")
-    if len(password) < ctx.options.min_password_length:
-        raise StanzaError("not-acceptable", "password too short")
+    problem = ctx.password_problem(password)
+    if problem is not None:
+        raise StanzaError("not-acceptable", problem)
     try:
         jid = JID.create(username, ctx.domain)
     except InvalidJID:
@@ -192,7 +192,8 @@ async def change_or_remove(ctx: Ctx, req: IqRequest) -> Element | None:
         same = False
     if not same:
         raise StanzaError("bad-request", "username does not match the account")
-    if len(password) < ctx.options.min_password_length:
-        raise StanzaError("not-acceptable", "password too short")
+    problem = ctx.password_problem(password)
+    if problem is not None:
+        raise StanzaError("not-acceptable", problem)
     await ctx.set_password(user, password)
     return req.result()

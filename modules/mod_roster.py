@@ -171,6 +171,11 @@ class Roster:
             return self._cache.setdefault(user, loaded)
         return loaded
 
+    @property
+    def max_items(self) -> int:
+        """The largest roster an account may have (option ``max_items``)."""
+        return self._ctx.options.max_items
+
     def forget_cached(self, user: JID) -> None:
         """Drop the in-memory copy (the user's last session ended)."""
         self._cache.pop(user.bare, None)

@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     tsub = token.add_subparsers(dest="token_command", required=True)
     tcreate = tsub.add_parser("create", help="create a token (printed once)")
     tcreate.add_argument("name", help="what the token is for")
-    tcreate.add_argument("--scope", choices=("read-only", "users", "admin"), default="read-only")
+    tcreate.add_argument(
+        "--scope", choices=("read-only", "users", "rooms", "admin"), default="read-only"
+    )
     tsub.add_parser("list", help="list the tokens (never their secrets)")
     trevoke = tsub.add_parser("revoke", help="revoke a token by its id")
     trevoke.add_argument("token_id")

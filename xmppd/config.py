@@ -9,6 +9,7 @@ Module and hook-file options are validated later, against each module's own
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from pydantic import (
 
 from xmppd.configtext import KeyLines, problems, strict_scalar
 from xmppd.jid import InvalidJID, domainprep
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -563,6 +566,17 @@ class HostSection(_CertificatePair):
     )
 
 
+class AccountsSection(Section):
+    min_password_length: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="The password policy: the shortest password accepted when an account "
+        "is created or its password changed, by the CLI, the admin API and in-band "
+        "registration alike.",
+    )
+
+
 class SessionsSection(Section):
     registry: Literal["memory", "serialised"] = Field(
         "memory",
@@ -579,6 +593,7 @@ class ServerConfig(Section):
     server: ServerSection = ServerSection()
     storage: StorageSection = StorageSection()
     auth: AuthSection = AuthSection()
+    accounts: AccountsSection = AccountsSection()
     c2s: C2SSection = C2SSection()
     sessions: SessionsSection = SessionsSection()
     s2s: S2SSection = S2SSection()
@@ -602,6 +617,15 @@ class ServerConfig(Section):
     def key_lines(self) -> KeyLines | None:
         """Where each key is in the file (``None``: not read from a file)."""
         return self._key_lines
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """COMPAT: ``modules.register.min_password_length`` (before 0.x) became
+        ``accounts.min_password_length``; the old key still works, with a warning."""
+        if isinstance(raw, dict):
+            return _move_min_password_length(raw)
+        return raw
 
     @field_validator("hosts")
     @classmethod
@@ -646,6 +670,52 @@ def format_validation_error(
     if lines is not None:  # in the file's order
         found.sort(key=lambda item: lines.line_of(item[0]) or 1 << 30)
     return "\n".join(format_problem(source, path, message, lines) for path, message in found)
+
+
+def _move_min_password_length(raw: dict[str, Any]) -> dict[str, Any]:
+    """Take the deprecated ``min_password_length`` out of every ``register`` module
+    section (top level and per host) and, unless ``accounts.min_password_length`` is
+    set, use the largest one found as the shared policy."""
+    found: list[int] = []
+    raw = dict(raw)
+
+    def strip(modules: Any, where: str) -> Any:
+        if not isinstance(modules, dict):
+            return modules
+        register = modules.get("register")
+        if not isinstance(register, dict) or "min_password_length" not in register:
+            return modules
+        register = dict(register)
+        value = register.pop("min_password_length")
+        log.warning(
+            "%s.register.min_password_length is deprecated: set "
+            "accounts.min_password_length instead (it applies to every way of setting "
+            "a password)",
+            where,
+        )
+        found.append(value)  # a wrong type is reported by the new key's validation
+        return {**modules, "register": register}
+
+    raw["modules"] = strip(raw.get("modules"), "modules")
+    if raw["modules"] is None:
+        del raw["modules"]
+    hosts = raw.get("hosts")
+    if isinstance(hosts, dict):
+        raw["hosts"] = {
+            name: (
+                {**section, "modules": strip(section["modules"], f"hosts.{name}.modules")}
+                if isinstance(section, dict) and "modules" in section
+                else section
+            )
+            for name, section in hosts.items()
+        }
+    accounts = raw.get("accounts")
+    if found and not (isinstance(accounts, dict) and "min_password_length" in accounts):
+        ints = [v for v in found if isinstance(v, int) and not isinstance(v, bool)]
+        value = max(ints) if len(ints) == len(found) else found[0]
+        base = accounts if isinstance(accounts, dict) else {}
+        raw["accounts"] = {**base, "min_password_length": value}
+    return raw
 
 
 def load_config(path: Path | None) -> ServerConfig:

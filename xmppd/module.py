@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from xmppd.access import AccessRule
+from xmppd.auth.passwords import password_problem
 from xmppd.config import ConfigError
 from xmppd.configtext import strict_scalar
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
@@ -449,6 +450,12 @@ class ModuleContext(Generic[OptionsT]):
 
     async def set_password(self, jid: JID, password: str) -> None:
         await self._core.accounts.set_password(jid.bare, password)
+
+    def password_problem(self, password: str) -> str | None:
+        """Why the server's password policy (``accounts.min_password_length``) refuses
+        ``password``, ``None`` when it is acceptable. Check before creating an account
+        or changing a password."""
+        return password_problem(password, self._core.config.accounts.min_password_length)
 
     # -- server facts and access
     def is_local(self, jid: JID) -> bool:

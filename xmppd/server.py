@@ -183,7 +183,7 @@ class Server:
                     lambda: frozenset(self.hosts),
                 )
                 OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
-                AdminApi(self.core, ApiTokens(self.core.db)).register(self.core.http)
+                AdminApi(self.core, ApiTokens(self.core.db), self.throttle).register(self.core.http)
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,

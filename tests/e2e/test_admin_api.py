@@ -56,10 +56,10 @@ async def test_tokens_users_and_sessions(tmp_path: Path) -> None:
             assert r.status == 409
         async with http.post(
             url + "/users",
-            json={"jid": "x@elsewhere.example", "password": "p"},
+            json={"jid": "x@elsewhere.example", "password": "long-enough"},
             headers=bearer(manager),
         ) as r:
-            assert r.status == 400
+            assert r.status == 404
 
         async with http.get(url + "/users?limit=2", headers=bearer(reader)) as r:
             assert r.status == 200
@@ -96,7 +96,7 @@ async def test_tokens_users_and_sessions(tmp_path: Path) -> None:
         async with http.get(srv.http_url + "/api/openapi.json") as r:
             doc = await r.json()
         assert doc["openapi"].startswith("3.")
-        assert set(doc["paths"]) == {"/api/v1/users", "/api/v1/users/{jid}", "/api/v1/sessions"}
+        assert {"/api/v1/users", "/api/v1/users/{jid}", "/api/v1/sessions"} <= set(doc["paths"])
         assert doc["components"]["schemas"]["NewUser"]["required"] == ["jid", "password"]
 
 

@@ -130,6 +130,8 @@ def write_config(
         f"url = {_toml_value(storage_url)}",
         "[auth]",
         *(f"{k} = {_toml_value(v)}" for k, v in auth_options.items()),
+        "[accounts]",
+        "min_password_length = 4",
         "[sessions]",
         f"registry = {_toml_value(SESSION_REGISTRY)}",
         "[[listeners]]",
@@ -179,7 +181,7 @@ DEFAULT_TEST_MODULES: dict[str, dict[str, Any]] = {
     "version": {},
     "time": {},
     "last": {},
-    "register": {"allow_registration": True, "min_password_length": 4},
+    "register": {"allow_registration": True},
     "muc": {},
 }
 

@@ -11,7 +11,13 @@ import sqlalchemy as sa
 from xmppd.auth.scram import SCRAM_HASHES, ScramCredentials, derive_credentials
 from xmppd.jid import JID
 from xmppd.storage.database import Database
-from xmppd.storage.schema import accounts, fast_tokens, keyval, scram_credentials
+from xmppd.storage.schema import (
+    accounts,
+    api_user_tokens,
+    fast_tokens,
+    keyval,
+    scram_credentials,
+)
 
 
 class AccountExists(Exception):
@@ -71,7 +77,8 @@ class Accounts:
             raise NoSuchAccount(str(jid))
         creds = await self._derive_all(password)
         async with self._db.transaction() as conn:
-            for table in (scram_credentials, fast_tokens):  # old FAST tokens die too
+            # old FAST and API user tokens die too
+            for table in (scram_credentials, fast_tokens, api_user_tokens):
                 await conn.execute(
                     sa.delete(table).where(
                         table.c.host == jid.domain, table.c.username == jid.local
@@ -83,9 +90,9 @@ class Accounts:
 
     async def revoke_credentials(self, jid: JID) -> None:
         """Make every password fail for ``jid`` (the account row stays, so the name
-        cannot be registered again until :meth:`delete`). FAST tokens go too."""
+        cannot be registered again until :meth:`delete`). FAST and API user tokens go too."""
         async with self._db.transaction() as conn:
-            for table in (scram_credentials, fast_tokens):
+            for table in (scram_credentials, fast_tokens, api_user_tokens):
                 await conn.execute(
                     sa.delete(table).where(
                         table.c.host == jid.domain, table.c.username == jid.local
@@ -104,13 +111,34 @@ class Accounts:
                     accounts.c.host == jid.domain, accounts.c.username == jid.local
                 )
             )
-            for table in (scram_credentials, fast_tokens, keyval):
+            for table in (scram_credentials, fast_tokens, api_user_tokens, keyval):
                 await conn.execute(
                     sa.delete(table).where(
                         table.c.host == jid.domain, table.c.username == jid.local
                     )
                 )
             return bool(result.rowcount)
+
+    async def page(self, domain: str, after: str, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` account names of ``domain`` after ``after``, in order, and
+        whether more follow (one query; the database does the paging)."""
+        rows = await self._db.fetch_all(
+            sa.select(accounts.c.username)
+            .where(accounts.c.host == domain, accounts.c.username > after)
+            .order_by(accounts.c.username)
+            .limit(limit + 1)
+        )
+        names = [r[0] for r in rows]
+        return names[:limit], len(names) > limit
+
+    async def created_at(self, jid: JID) -> float | None:
+        """When ``jid``'s account was created (Unix time), ``None`` when it does not exist."""
+        row = await self._db.fetch_one(
+            sa.select(accounts.c.created_at).where(
+                accounts.c.host == jid.domain, accounts.c.username == jid.local
+            )
+        )
+        return None if row is None else float(row[0])
 
     async def list(self, domain: str) -> list[str]:
         rows = await self._db.fetch_all(

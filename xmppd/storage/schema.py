@@ -80,3 +80,20 @@ api_tokens: Final = sa.Table(
 )
 """Bearer tokens of the admin REST API (server-wide). Only the SHA-256 of the secret
 part is stored; the token (``xat_<token_id>_<secret>``) is shown once, at creation."""
+
+api_user_tokens: Final = sa.Table(
+    "xmppd_api_user_tokens",
+    METADATA,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("username", sa.String(1023), primary_key=True),
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Index("ix_xmppd_api_user_tokens_token_id", "token_id", unique=True),
+    info={"schema_version": 1},
+)
+"""User-scoped bearer tokens of the REST API (``xut_<token_id>_<secret>``): act as one
+account on the ``/api/v1/me`` endpoints. Hashed like admin tokens; deleted with the
+account and when its password changes."""
