@@ -12,9 +12,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from xmppd import __version__
 from xmppd.auth.accounts import AccountExists, NoSuchAccount
+from xmppd.auth.passwords import password_problem
 from xmppd.config import ConfigError, ServerConfig, load_config
 from xmppd.jid import JID, InvalidJID
 from xmppd.logsetup import configure as configure_logging
@@ -188,18 +191,32 @@ def main(argv: list[str] | None = None) -> int:
 
         return db_command(config, args.db_command)
     cmd = args.command
-    if cmd == "adduser":
+    if cmd in ("adduser", "passwd"):
         jid = _jid(args.jid, config)
         password = _read_password(args.password)
-        return _with_server(config, lambda s: _adduser(s, jid, password), listen=False)
+        problem = password_problem(password, config.accounts.min_password_length)
+        if problem is not None:
+            print(f"refused: {problem}", file=sys.stderr)
+            return 1
+        if cmd == "adduser":
+            live = _live(config, "POST", "/users", {"jid": str(jid), "password": password})
+            if live is not None:
+                return _report(live, f"created {jid}", {409: f"{jid} already exists"})
+            return _with_server(config, lambda s: _adduser(s, jid, password), listen=False)
+        live = _live(config, "PUT", f"/users/{_q(jid)}/password", {"password": password})
+        if live is not None:
+            return _report(live, f"password of {jid} changed", {404: f"{jid} does not exist"})
+        return _with_server(config, lambda s: _passwd(s, jid, password), listen=False)
     if cmd == "deluser":
         jid = _jid(args.jid, config)
+        live = _live(config, "DELETE", f"/users/{_q(jid)}")
+        if live is not None:
+            return _report(live, f"deleted {jid}", {404: f"{jid} does not exist"})
         return _with_server(config, lambda s: _deluser(s, jid), listen=False)
-    if cmd == "passwd":
-        jid = _jid(args.jid, config)
-        password = _read_password(args.password)
-        return _with_server(config, lambda s: _passwd(s, jid, password), listen=False)
     if cmd == "users":
+        online = _live_users(config, args.host)
+        if online is not None:
+            return online
         return _with_server(config, lambda s: _users(s, args.host), listen=False)
     if cmd == "export-user":
         jid = _jid(args.jid, config)
@@ -209,6 +226,62 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "import-users":
         return _with_server(config, lambda s: _import(s, args.file, config), listen=False)
     return 2
+
+
+def _q(jid: JID) -> str:
+    return quote(str(jid), safe="@")
+
+
+def _live(
+    config: ServerConfig, method: str, path: str, body: dict[str, str] | None = None
+) -> tuple[int, Any] | None:
+    """Ask the running server (its control socket, :mod:`xmppd.control`); ``None``
+    when none runs, so the caller works on the database itself."""
+    from xmppd.control import ServerDown, call
+
+    try:
+        return asyncio.run(call(config.server.data_dir, method, path, body))
+    except ServerDown:
+        return None
+
+
+def _report(answer: tuple[int, Any], done: str, known: dict[int, str]) -> int:
+    status, data = answer
+    if status < 300:
+        print(done)
+        return 0
+    detail = data.get("detail", "") if isinstance(data, dict) else ""
+    print(known.get(status) or f"refused by the server ({status}): {detail}", file=sys.stderr)
+    return 1
+
+
+def _live_users(config: ServerConfig, host: str | None) -> int | None:
+    """``xmppd users`` through the running server: every account, with the resources
+    of those online. ``None`` when no server runs."""
+    sessions = _live(config, "GET", "/sessions")
+    if sessions is None:
+        return None
+    online: dict[str, list[str]] = {}
+    for session in sessions[1].get("sessions", []):
+        bare, _, resource = session["jid"].partition("/")
+        online.setdefault(bare, []).append(resource)
+    for domain in [host] if host else list(config.hosts):
+        after = ""
+        while True:
+            answer = _live(
+                config, "GET", f"/users?host={quote(domain)}&limit=1000&after={quote(after)}"
+            )
+            if answer is None or answer[0] != 200:
+                print(f"refused by the server: {answer}", file=sys.stderr)
+                return 1
+            for name in answer[1]["users"]:
+                jid = f"{name}@{domain}"
+                resources = online.get(jid)
+                print(f"{jid}\tonline: {', '.join(sorted(resources))}" if resources else jid)
+            after = answer[1]["next"]
+            if after is None:
+                break
+    return 0
 
 
 def _install_uvloop() -> None:
@@ -409,6 +482,8 @@ async def _import(server: object, path: Path, config: ServerConfig) -> int:
             problems.append(f"{path}:{number}: not an account JID of this server")
         elif not password:
             problems.append(f"{path}:{number}: no password")
+        elif problem := password_problem(password, config.accounts.min_password_length):
+            problems.append(f"{path}:{number}: {problem}")
         else:
             accounts.append((jid, password))
     if problems:

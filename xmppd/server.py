@@ -21,6 +21,7 @@ from xmppd.auth.fast import FastTokens
 from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.components import ComponentDestination
 from xmppd.config import ServerConfig
+from xmppd.control import ControlSocket
 from xmppd.core import Core
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus
@@ -150,6 +151,9 @@ class Server:
         self.modules = ModuleManager(self.core)
         self.traffic = StanzaTraffic()
         """Client stanzas in and out by kind (metrics)."""
+        self.admin_api = AdminApi(self.core, ApiTokens(self.core.db), self.throttle)
+        """The REST API (xmppd.adminapi), on the HTTP listeners and the control socket."""
+        self.control = ControlSocket(self.admin_api, config.server.data_dir)
         self.metrics: Metrics = self.core.metrics
         self.health: Health = self.core.health
         observe(self)  # the core's own metrics and health parts
@@ -184,6 +188,7 @@ class Server:
                 )
                 OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
                 AdminApi(self.core, ApiTokens(self.core.db), self.throttle).register(self.core.http)
+            await self.control.start()
             openers = StreamOpeners(
                 c2s=self.open_c2s,
                 component=self.open_component,
@@ -435,6 +440,7 @@ class Server:
             stream.close("system-shutdown")
         if self.http is not None:
             await self.http.stop()
+        await self.control.stop()
         await self.modules.unload_all()
         await self.tasks.cancel_all()
         for listener in self._listeners:

@@ -121,7 +121,11 @@ class AdminApi:
             raise ApiError(405, "method-not-allowed", f"{method} is not served here")
         raise ApiError(404, "not-found", "no such endpoint")
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(
+        self, request: web.Request, *, as_principal: Principal | None = None
+    ) -> web.StreamResponse:
+        """Serve one ``/api/v1`` request. ``as_principal``: the caller is known already
+        (the local control socket, :mod:`xmppd.control`); no token is read."""
         call: Call | None = None
         route: Route | None = None
         try:
@@ -131,7 +135,7 @@ class AdminApi:
             route, params = self._find(request.method, parts)
             call = Call(request, None, params)
             if route.scope != PUBLIC:
-                call.principal = await self._principal(request)
+                call.principal = as_principal or await self._principal(request)
                 if call.principal is None:
                     raise ApiError(401, "unauthorized", "a valid bearer token is required")
                 if not call.principal.allows(route.scope):

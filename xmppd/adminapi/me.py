@@ -25,7 +25,7 @@ from xmppd.auth.sasl import verify_password
 from xmppd.errors import StanzaError
 from xmppd.httproutes import client_of
 from xmppd.jid import JID, InvalidJID
-from xmppd.stanza import child, element, parse
+from xmppd.stanza import Element, child, element, parse
 
 API_RESOURCE = "api"
 """The resource of presence set through the API."""
@@ -182,8 +182,20 @@ class MeResource:
             raise ApiError(422, "invalid-body", "to: not a JID", field="to") from None
         call.audit_target = f"{call.user} -> {to}"
         msg = message(call.user, to, body.body, body.subject, body.type)
+        await self._archive_sent(call.user, to, msg)
         await self.api.core.router.route(msg, None)
         return Sent(id=msg.get("id", ""), recipients=1)
+
+    async def _archive_sent(self, user: JID, to: JID, msg: Element) -> None:
+        """Archive the sent message in the sender's archive, as ``mod_mam`` does for
+        what a client sends (the API has no session, so ``user_send_packet`` does not
+        run for it)."""
+        archive = self.api.core.hosts[user.domain].services.get("mam")
+        if archive is None or not archive.archivable(msg) or to.bare == user:
+            return
+        if await archive.wants(user, to):
+            await archive.writer.wait_for_room()
+            archive.store(user, to, msg, outgoing=True)
 
     async def archive(self, call: Call) -> ArchivePage:
         from modules.mam_common import Paging

@@ -1,0 +1,101 @@
+"""The local control socket: the REST API of a running server, for the ``xmppd`` CLI.
+
+A running server serves ``/api/v1`` on the Unix socket ``<data_dir>/xmppd.ctl``
+(mode 0600: whoever may read the server's data directory may administer it, as with
+the database itself), acting with scope ``admin`` as the principal
+``control-socket``. The CLI's account commands try it first, so that ``xmppd
+deluser`` ends the user's sessions through the server and ``xmppd users`` shows who
+is online; when no server answers there, they work on the database directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from xmppd.adminapi.base import Principal
+from xmppd.httproutes import CLIENT, HttpClient
+
+if TYPE_CHECKING:
+    from xmppd.adminapi import AdminApi
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME: Final = "xmppd.ctl"
+MAX_SOCKET_PATH: Final = 107
+"""The longest Unix socket path Linux binds (``sun_path`` is 108 bytes)."""
+PRINCIPAL: Final = Principal("local", "control-socket", "admin")
+
+
+def socket_path(data_dir: Path) -> Path:
+    return data_dir.resolve() / SOCKET_NAME
+
+
+class ControlSocket:
+    """Serves ``api`` on ``<data_dir>/xmppd.ctl`` while the server runs."""
+
+    def __init__(self, api: AdminApi, data_dir: Path) -> None:
+        self.api = api
+        self.path = socket_path(data_dir)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            log.warning("no control socket: the path %s is too long for a Unix socket", self.path)
+            return
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket of a server that did not stop cleanly
+        old = os.umask(0o177)
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        request[CLIENT] = HttpClient(address="local", secure=True, base_url="")
+        return await self.api.dispatch(request, as_principal=PRINCIPAL)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class ServerDown(Exception):
+    """No running server answers on the control socket."""
+
+
+async def call(
+    data_dir: Path, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """One request to the running server's API (``path`` under ``/api/v1``): its
+    status and decoded JSON (``None`` when empty). :class:`ServerDown` when no server
+    answers on the socket."""
+    sock = socket_path(data_dir)
+    if not sock.exists():
+        raise ServerDown(str(sock))
+    connector = aiohttp.UnixConnector(path=str(sock))
+    timeout = aiohttp.ClientTimeout(total=60)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.request(method, f"http://xmppd/api/v1{path}", json=body) as response,
+        ):
+            text = await response.text()
+            return response.status, json.loads(text) if text else None
+    except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
+        raise ServerDown(str(exc)) from None
