@@ -361,7 +361,7 @@ async def test_user_tokens_and_the_me_endpoints(
     assert await me("GET", "/me") == (200, {"jid": "alice@localhost"})
 
     bob = await online(srv, "bob")
-    status, sent = await me("POST", "/me/messages", {"to": "bob@localhost", "body": "one"})
+    status, _ = await me("POST", "/me/messages", {"to": "bob@localhost", "body": "one"})
     assert status == 202
     got = await bob.expect(is_message("one"))
     assert got.get("from") == "alice@localhost"
