@@ -51,7 +51,7 @@ class ControlSocket:
             log.warning("no control socket: the path %s is too long for a Unix socket", self.path)
             return
         app = web.Application(client_max_size=1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         with contextlib.suppress(FileNotFoundError):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import unquote
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, ValidationError
 
 from xmppd.auth.passwords import password_problem
 from xmppd.httproutes import client_of
@@ -286,5 +286,9 @@ def _xml_text(value: str) -> str:
     return value
 
 
-XmlText = Annotated[str, AfterValidator(_xml_text)]
+XmlText = Annotated[
+    str,
+    StringConstraints(pattern="^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]*$"),
+    AfterValidator(_xml_text),
+]
 """A string that can go into a stanza (no control characters or lone surrogates)."""

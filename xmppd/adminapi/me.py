@@ -11,10 +11,10 @@ reach another user's data.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from lxml import etree
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from xmppd.adminapi.base import ApiContext, ApiError, Call, Route, XmlText, not_found
 from xmppd.adminapi.messages import MAX_TEXT, Sent, message
@@ -55,10 +55,24 @@ class UserMessage(BaseModel):
     type: Literal["chat", "normal", "headline"] = "chat"
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+"""Archive ids embed the time in milliseconds shifted by 20 bits: later would overflow."""
+
+
+def _in_range(moment: datetime | None) -> datetime | None:
+    if moment is not None and not EARLIEST <= moment < LATEST:
+        raise ValueError("must be between 1970 and 2200")
+    return moment
+
+
+ArchiveTime = Annotated[AwareDatetime | None, AfterValidator(_in_range)]
+
+
 class ArchiveQuery(BaseModel):
     with_: str | None = Field(None, alias="with", max_length=3071, description="Peer JID.")
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: ArchiveTime = Field(None, description="From (ISO 8601 with a time zone), 1970-2200.")
+    end: ArchiveTime = Field(None, description="Until (ISO 8601 with a time zone), 1970-2200.")
     after: int | None = Field(None, ge=0, lt=2**63, description="'next' of the previous page.")
     limit: int = Field(50, ge=1, le=250)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from xmppd.auth.scram import prepare_password
+
 MAX_PASSWORD_LENGTH: Final = 1024
 """Longer passwords are refused: PBKDF2 over megabytes is a denial of service."""
 
@@ -19,6 +21,8 @@ def password_problem(password: str, min_length: int) -> str | None:
         return f"password too short (at least {min_length} characters)"
     if len(password) > MAX_PASSWORD_LENGTH:
         return f"password too long (at most {MAX_PASSWORD_LENGTH} characters)"
-    if "\0" in password:
-        return "password contains a NUL character"
+    try:
+        prepare_password(password)
+    except ValueError:
+        return "password contains characters PRECIS OpaqueString (RFC 8265) forbids"
     return None

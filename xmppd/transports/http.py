@@ -102,7 +102,8 @@ class HttpFront:
             app = web.Application(
                 middlewares=[self._middleware], client_max_size=self.config.max_request_size
             )
-            app.router.add_route("*", "/{tail:.*}", self._dispatch)
+            # [\s\S], not '.': a path with an encoded newline is ours to answer too.
+            app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
