@@ -14,6 +14,7 @@ import secrets
 from typing import Final
 
 from modules.mod_muc import errors
+from modules.mod_muc.admin import RoomAdmin
 from modules.mod_muc.archive import RoomArchive
 from modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
 from modules.mod_muc.config import Limits, RoomConfig
@@ -144,6 +145,15 @@ class MucService:
                 return None
             self.rooms[name] = room
             return room
+
+    @property
+    def admin(self) -> RoomAdmin:
+        """The service administrator's operations on rooms (the REST API's groups)."""
+        return RoomAdmin(self)
+
+    def defaults(self) -> RoomConfig:
+        """The configuration of a new room (the service's options)."""
+        return self._defaults()
 
     def _defaults(self) -> RoomConfig:
         options = self._ctx.options

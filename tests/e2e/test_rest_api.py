@@ -41,8 +41,17 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/auth/token"): {"jid": "bob@localhost", "password": "wrong-one"},
     ("POST", "/me/messages"): {"to": "bob@localhost", "body": "hi"},
     ("PUT", "/me/presence"): {"show": "away"},
+    ("POST", "/hosts/{host}/rooms"): {"name": "lobby"},
+    ("PATCH", "/hosts/{host}/rooms/{room}"): {"public": False},
+    ("PUT", "/hosts/{host}/rooms/{room}/affiliations/{jid}"): {"affiliation": "member"},
 }
-PARAMS = {"jid": "bob@localhost", "host": "localhost", "resource": "r", "contact": "c@x.example"}
+PARAMS = {
+    "jid": "bob@localhost",
+    "host": "localhost",
+    "resource": "r",
+    "contact": "c@x.example",
+    "room": "lobby",
+}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -121,7 +130,7 @@ async def test_every_endpoint_refuses_bad_tokens_scopes_and_foreign_users(
     assert status == 201
     user_token = issued["token"]
     routes = all_routes(ApiContext(core))
-    assert len(routes) >= 18
+    assert len(routes) >= 26
     for route in routes:
         body = BODIES.get((route.method, route.path))
         url = concrete(route.path)
@@ -148,8 +157,9 @@ async def test_every_endpoint_refuses_bad_tokens_scopes_and_foreign_users(
             status, problem = await api(route.method, url[len("/api/v1") :], body, token=token)
             assert status == 403, (what, status, problem)
             assert problem["error"] == "forbidden"
-        # Another host's user, or a malformed one: never found.
-        if "{jid}" in route.path:
+        # Another host's user, or a malformed one: never found. (Room members may be
+        # anyone's accounts: federation.)
+        if "{jid}" in route.path and "{room}" not in route.path:
             for foreign in ("bob@elsewhere.example", "bob@localhost/res", "@@", "localhost"):
                 path = concrete(route.path, jid=foreign)[len("/api/v1") :]
                 status, problem = await api(route.method, path, body, token=admin)
@@ -450,3 +460,87 @@ async def test_user_deleted_through_the_api_while_online(
     )
     assert sum((await user_rows(srv, "frank")).values()) > 0  # type: ignore[arg-type]
     assert not core.sessions.endpoints()
+
+
+async def test_rooms_as_groups(srv: InProcessServer, http: aiohttp.ClientSession) -> None:
+    core = srv.server.core
+    await core.accounts.create(JID.parse("alice@localhost"), "pw-alice")
+    api = Api(http, srv.http_url, await admin_token(srv, "rooms"))
+    muc = "conference.localhost"
+    group = {
+        "name": "team",
+        "owners": ["alice@localhost"],
+        "admins": ["bob@localhost"],
+        "members": ["carol@example.org"],
+        "settings": {"name": "The team", "members_only": True},
+    }
+    status, info = await api("POST", "/hosts/localhost/rooms", group)
+    assert status == 201, info
+    assert info["jid"] == f"team@{muc}" and info["settings"]["persistent"] is True
+    assert info["affiliations"] == {
+        "alice@localhost": "owner",
+        "bob@localhost": "admin",
+        "carol@example.org": "member",
+    }
+    status, problem = await api("POST", "/hosts/localhost/rooms", group)
+    assert (status, problem["error"]) == (409, "conflict")
+    status, problem = await api(
+        "POST", "/hosts/localhost/rooms", {**group, "name": "x", "owners": ["not a jid@@"]}
+    )
+    assert (status, problem["field"]) == (422, "owners")
+    assert await api("GET", "/hosts/localhost/rooms") == (
+        200,
+        {"service": muc, "rooms": ["team"]},
+    )
+
+    alice = await online(srv, "alice")
+    await alice.send_now(
+        f"<presence xmlns='{CLIENT}' to='team@{muc}/Alice'>"
+        "<x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    )
+    await alice.expect(
+        lambda el: el.tag == f"{{{CLIENT}}}presence" and el.get("from") == f"team@{muc}/Alice"
+    )
+    status, occupants = await api("GET", "/hosts/localhost/rooms/team/occupants")
+    assert occupants == {
+        "occupants": [
+            {"nick": "Alice", "jid": "alice@localhost", "role": "moderator", "affiliation": "owner"}
+        ]
+    }
+
+    # Members in and out, an admin made.
+    path = "/hosts/localhost/rooms/team/affiliations"
+    assert (await api("PUT", f"{path}/dave@localhost", {"affiliation": "member"}))[0] == 204
+    assert (await api("PUT", f"{path}/bob@localhost", {"affiliation": "owner"}))[0] == 204
+    assert (await api("DELETE", f"{path}/carol@example.org"))[0] == 204
+    assert (await api("DELETE", f"{path}/carol@example.org"))[0] == 404
+    status, problem = await api("PUT", f"{path}/erin@localhost", {"affiliation": "king"})
+    assert (status, problem["field"]) == (422, "affiliation")
+    status, info = await api("GET", "/hosts/localhost/rooms/team")
+    assert info["affiliations"] == {
+        "alice@localhost": "owner",
+        "bob@localhost": "owner",
+        "dave@localhost": "member",
+    }
+    # Configuration: occupants hear of it (status 104).
+    status, info = await api("PATCH", "/hosts/localhost/rooms/team", {"public": False})
+    assert status == 200 and info["settings"]["public"] is False
+    notice = await alice.expect(
+        lambda el: (
+            el.tag == f"{{{CLIENT}}}message"
+            and el.find(".//{http://jabber.org/protocol/muc#user}status[@code='104']") is not None
+        )
+    )
+    assert notice.get("from") == f"team@{muc}"
+    status, problem = await api("PATCH", "/hosts/localhost/rooms/team", {"history_length": 10**6})
+    assert (status, problem["field"]) == (422, "history_length")
+
+    # Destroyed: the occupant is told, the room is gone.
+    assert (await api("DELETE", "/hosts/localhost/rooms/team"))[0] == 204
+    gone = await alice.expect(
+        lambda el: el.tag == f"{{{CLIENT}}}presence" and el.get("type") == "unavailable"
+    )
+    assert gone.find(".//{http://jabber.org/protocol/muc#user}destroy") is not None
+    assert (await api("GET", "/hosts/localhost/rooms/team"))[0] == 404
+    assert (await api("GET", "/hosts/localhost/rooms"))[1]["rooms"] == []
+    await alice.close()

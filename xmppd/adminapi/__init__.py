@@ -6,7 +6,7 @@ Every request but ``POST /api/v1/auth/token`` carries ``Authorization: Bearer ..
 an admin token (``xat_...``, ``xmppd token create``; scopes ``read-only``, ``users``,
 ``rooms``, ``admin``) or a user token (``xut_...``, for the ``/me`` endpoints only);
 see :mod:`xmppd.apitokens`. One file per resource (``users``, ``sessions``,
-``messages``, ``rosters``, ``stats``, ``me``); each lists its :class:`~.base.Route`
+``messages``, ``rosters``, ``rooms``, ``stats``, ``me``); each lists its :class:`~.base.Route`
 objects, from which this module dispatches, validates and writes the OpenAPI
 document. Errors and the audit log: :mod:`xmppd.adminapi.base`.
 """
@@ -41,6 +41,7 @@ from xmppd.adminapi.base import (
 from xmppd.adminapi.me import MeResource
 from xmppd.adminapi.messages import MessageResource
 from xmppd.adminapi.openapi import openapi_document
+from xmppd.adminapi.rooms import RoomResource
 from xmppd.adminapi.rosters import RosterResource
 from xmppd.adminapi.sessions import SessionResource
 from xmppd.adminapi.stats import StatsResource
@@ -69,6 +70,7 @@ def all_routes(api: ApiContext) -> list[Route]:
         SessionResource(api),
         MessageResource(api),
         RosterResource(api),
+        RoomResource(api),
         StatsResource(api),
         MeResource(api),
     )
