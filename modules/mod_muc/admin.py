@@ -64,7 +64,7 @@ class RoomAdmin:
         return sorted(stored | set(self._service.rooms))
 
     async def get(self, name: str) -> Room:
-        self.room_jid(name)
+        name = self.room_jid(name).local  # as stored: nodeprep'd
         room = await self._service.room(name)
         if room is None or room.gone:
             raise RoomAdminError("not-found", f"no room {name!r}")
@@ -96,6 +96,7 @@ class RoomAdmin:
     ) -> Room:
         """A new room, unlocked, persistent unless ``settings`` say otherwise."""
         jid = self.room_jid(name)
+        name = jid.local
         service = self._service
         if name in service.rooms or await service.store.load(name) is not None:
             raise RoomAdminError("conflict", f"room {name!r} exists")
