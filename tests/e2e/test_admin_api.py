@@ -123,3 +123,25 @@ def test_token_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["-c", str(config), "token", "revoke", token_id]) == 1
     assert cli.main(["-c", str(config), "token", "list"]) == 0
     assert capsys.readouterr().out.strip() == ""
+
+
+async def test_the_api_page_and_openapi_document(tmp_path: Path) -> None:
+    async with (
+        inprocess_server(tmp_path, http=True) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(srv.http_url + "/api") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            page = await r.text()
+        assert "/api/openapi.json" in page and "/hosts/{host}/rooms" in page
+        async with http.get(srv.http_url + "/api/v2/users") as r:
+            assert r.status == 404
+        async with http.get(srv.http_url + "/api/openapi.json") as r:
+            doc = await r.json()
+        operations = [op for path in doc["paths"].values() for op in path.values()]
+        assert len(operations) >= 26
+        for op in operations:
+            assert {"401", "422"} <= set(op["responses"]), op["operationId"]
+            public = op.get("security") == []
+            assert public or "403" in op["responses"], op["operationId"]
+        assert doc["paths"]["/api/v1/auth/token"]["post"]["security"] == []

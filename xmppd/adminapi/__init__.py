@@ -1,6 +1,6 @@
 """The REST API, version 1: ``/api/v1/...`` on the HTTP listeners, described by the
 OpenAPI 3.1 document at ``/api/openapi.json`` (public: it holds no data) and a small
-page at ``/api/``.
+page at ``/api``.
 
 Every request but ``POST /api/v1/auth/token`` carries ``Authorization: Bearer ...``:
 an admin token (``xat_...``, ``xmppd token create``; scopes ``read-only``, ``users``,
@@ -58,7 +58,7 @@ __all__ = ["API", "OPENAPI_PATH", "AdminApi", "all_routes", "openapi_document"]
 log = logging.getLogger(__name__)
 
 _PAGE = """<!doctype html><meta charset="utf-8"><title>xmppd REST API</title>
-<h1>xmppd REST API v1</h1><p>OpenAPI document: <a href="openapi.json">openapi.json</a>.
+<h1>xmppd REST API v1</h1><p>OpenAPI document: <a href="/api/openapi.json">/api/openapi.json</a>.
 Send <code>Authorization: Bearer &lt;token&gt;</code>; see the admin guide.</p><ul>{}</ul>
 """
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 API: Final = "/api/v1"
 OPENAPI_PATH: Final = "/api/openapi.json"
-DOCS_PATH: Final = "/api/"
+DOCS_PATH: Final = "/api"
 MAX_BODY: Final = 64 * 1024
 """Request bodies above this are refused (413) before they are parsed."""
 
