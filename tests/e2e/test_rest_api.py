@@ -197,6 +197,8 @@ async def test_invalid_bodies_name_the_field_and_the_password_policy_applies(
         srv.http_url + "/api/v1/users", data=b"{not json", headers=bearer(api.token or "")
     ) as r:
         assert r.status == 422 and (await r.json())["error"] == "invalid-body"
+    status, problem = await api("GET", "/users?host=elsewhere.example")
+    assert (status, problem["error"]) == (404, "not-found")
     status, problem = await api("GET", "/no/such/thing")
     assert (status, problem["error"]) == (404, "not-found")
     with caplog.at_level(logging.INFO, logger="xmppd.audit"):
