@@ -5,24 +5,11 @@ an operator's kick; a deleted account's sessions get ``not-authorized``)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from xmppd.adminapi.base import ApiContext, Call, Route, not_found
-from xmppd.sessions import Endpoint, Session
-
-Transport = Literal["tcp", "websocket", "bosh"]
-
-
-def transport_of(session: object) -> Transport:
-    """How a session's client is connected, from its transport's class."""
-    name = type(getattr(session, "transport", session)).__name__.lower()
-    if "websocket" in name:
-        return "websocket"
-    if "bosh" in name:
-        return "bosh"
-    return "tcp"
+from xmppd.sessions import Endpoint
 
 
 class SessionInfo(BaseModel):
@@ -30,16 +17,16 @@ class SessionInfo(BaseModel):
 
     jid: str
     peer: str
-    transport: Transport
+    transport: str = Field(description="tcp, websocket or bosh")
     secure: bool
     detached: bool = Field(description="Waiting for a XEP-0198 resumption.")
 
 
-def session_info(s: Session) -> SessionInfo:
+def session_info(s: Endpoint) -> SessionInfo:
     return SessionInfo(
         jid=str(s.jid),
         peer=s.peer,
-        transport=transport_of(s),
+        transport=s.transport_name,
         secure=s.is_secure,
         detached=s.is_detached,
     )
@@ -97,7 +84,7 @@ class SessionResource:
         ]
 
     async def list_sessions(self, call: Call) -> SessionList:
-        found = [session_info(s) for s in self.api.core.sessions]
+        found = [session_info(s) for s in self.api.core.sessions.endpoints()]
         return SessionList(sessions=sorted(found, key=lambda s: s.jid))
 
     async def user_sessions(self, call: Call) -> SessionList:

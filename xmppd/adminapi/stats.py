@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from xmppd.adminapi.base import ApiContext, Call, Route
-from xmppd.adminapi.sessions import transport_of
 
 
 class HostStats(BaseModel):
@@ -45,7 +44,8 @@ class StatsResource:
         hosts = {domain: HostStats(sessions=0, online_users=0) for domain in core.hosts}
         users: dict[str, set[str]] = {domain: set() for domain in core.hosts}
         for endpoint in core.sessions.endpoints():
-            by_transport[transport_of(endpoint)] += 1
+            name = endpoint.transport_name
+            by_transport[name] = by_transport.get(name, 0) + 1
             domain = endpoint.jid.domain
             if domain in hosts:
                 hosts[domain].sessions += 1
