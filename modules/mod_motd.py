@@ -3,10 +3,16 @@
 The worked example of docs/module-guide.md: typed options, an event hook,
 per-session state, a stanza sent by the server, and an IQ handler that answers
 with a result or a ``StanzaError``.
+
+Admins may replace the configured message at run time (XEP-0133 *set-motd* in
+``mod_admin_adhoc``, through the :data:`MOTD` service); that message is stored and
+kept across restarts until an admin sets or deletes it again.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Final
 
 from pydantic import Field
@@ -17,6 +23,7 @@ from xmppd.api import (
     ModuleContext,
     Options,
     Scope,
+    ServiceKey,
     SessionKey,
     StanzaError,
     hooks,
@@ -43,23 +50,63 @@ Ctx = ModuleContext[MotdOptions]
 GREETED: Final = SessionKey("motd.greeted", False)
 """Set once this session has been sent the message (a session may go away and back)."""
 
+_STORE: Final = "motd"
+"""Key/value store of the admin-set message (username ``""``: the host's, no account's)."""
 
-def _fill(ctx: Ctx, parent: Element) -> Element:
-    """Add ``subject`` (if configured) and ``body`` children to ``parent``."""
-    if ctx.options.subject:
-        child(parent, "subject", text=ctx.options.subject)
-    child(parent, "body", text=ctx.options.text)
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    text: str
+    subject: str | None = None
+
+
+class Motd:
+    """The host's current message: the configured one, unless an admin set another."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self.current = Message(ctx.options.text, ctx.options.subject)
+
+    async def load(self) -> None:
+        stored = await self._ctx.keyval(_STORE).get("")
+        if stored is not None:
+            data = json.loads(stored)
+            self.current = Message(str(data.get("text", "")), data.get("subject"))
+
+    async def set(self, text: str, subject: str | None = None) -> None:
+        """Replace the message (``""``: none); kept across restarts."""
+        self.current = Message(text, subject or None)
+        value = json.dumps({"text": text, "subject": subject or None})
+        await self._ctx.keyval(_STORE).set("", value)
+
+
+MOTD: Final = ServiceKey[Motd]("motd")
+
+
+@module.on_load
+async def provide(ctx: Ctx) -> None:
+    motd = Motd(ctx)
+    await motd.load()
+    ctx.provide(MOTD, motd)
+
+
+def _fill(message: Message, parent: Element) -> Element:
+    """Add ``subject`` (if any) and ``body`` children to ``parent``."""
+    if message.subject:
+        child(parent, "subject", text=message.subject)
+    child(parent, "body", text=message.text)
     return parent
 
 
 @module.on(hooks.USER_AVAILABLE)
 async def greet(ctx: Ctx, event: PresenceEvent) -> None:
     session = event.session
-    if not ctx.options.text or ctx.sessions.get_state(session, GREETED):
+    message = ctx.service(MOTD).current
+    if not message.text or ctx.sessions.get_state(session, GREETED):
         return
     ctx.sessions.set_state(session, GREETED, True)
     attrs = {"type": "headline", "from": ctx.domain, "to": str(session.jid)}
-    await ctx.send(_fill(ctx, element("message", attrs)))
+    await ctx.send(_fill(message, element("message", attrs)))
 
 
 @module.on_reload
@@ -72,6 +119,7 @@ async def reloaded(ctx: Ctx, old: MotdOptions) -> None:
 
 @module.iq("get", NS_MOTD, "motd", to=Scope.HOST)
 async def current(ctx: Ctx, req: IqRequest) -> Element:
-    if not ctx.options.text:
+    message = ctx.service(MOTD).current
+    if not message.text:
         raise StanzaError("item-not-found", "there is no message of the day")
-    return req.result(_fill(ctx, payload(NS_MOTD, "motd")))
+    return req.result(_fill(message, payload(NS_MOTD, "motd")))

@@ -84,6 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("export-user", "write an account's data as XEP-0227 XML")
     exp.add_argument("jid")
     exp.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
+    bundle = command(
+        "export", "write everything stored about an account (XML and files) as a .tar.gz"
+    )
+    bundle.add_argument("jid")
+    bundle.add_argument(
+        "--output", "-o", type=Path, help="file to write (default: ./USER@HOST.tar.gz)"
+    )
+    erase = command("erase", "erase an account's data, now or after a grace period (GDPR)")
+    erase.add_argument("jid")
+    erase.add_argument(
+        "--grace",
+        default="0",
+        help="days to wait before the data is deleted (the account is disabled at once); "
+        "a number of days, or a duration such as '12h' (default: 0, erase now)",
+    )
+    erase.add_argument(
+        "--cancel",
+        action="store_true",
+        help="cancel a pending erasure (set a password again with 'passwd' to enable the account)",
+    )
     token = command("token", "manage the bearer tokens of the admin REST API")
     tsub = token.add_subparsers(dest="token_command", required=True)
     tcreate = tsub.add_parser("create", help="create a token (printed once)")
@@ -121,7 +141,7 @@ def _jid(text: str, config: ServerConfig) -> JID:
     except InvalidJID as exc:
         raise SystemExit(f"invalid JID {text!r}: {exc}") from None
     if not jid.local or jid.resource:
-        raise SystemExit(f"expected an account JID (user@host), got {text!r}")
+        raise SystemExit(f"expected an account JID (user@host), got {text!r}") from None
     if jid.domain not in config.hosts:
         raise SystemExit(f"{jid.domain} is not a host of this server ({', '.join(config.hosts)})")
     return jid
@@ -221,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "export-user":
         jid = _jid(args.jid, config)
         return _with_server(config, lambda s: _export(s, jid, args.output), listen=False)
+    if cmd == "export":
+        jid = _jid(args.jid, config)
+        output = args.output or Path(f"{jid.bare}.tar.gz")
+        return _with_server(config, lambda s: _export_bundle(s, jid, output), listen=False)
+    if cmd == "erase":
+        jid = _jid(args.jid, config)
+        grace = 0.0 if args.cancel else _grace(args.grace)
+        return _with_server(config, lambda s: _erase(s, jid, grace, args.cancel), listen=False)
     if cmd == "token":
         return _with_server(config, lambda s: _token(s, args), listen=False)
     if cmd == "import-users":
@@ -457,6 +485,65 @@ async def _export(server: object, jid: JID, output: Path | None) -> int:
     else:
         await asyncio.to_thread(output.write_bytes, data)
         print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _grace(text: str) -> float:
+    """``--grace``: a number of days, or a duration (``12h``)."""
+    from xmppd.config import parse_duration
+
+    try:
+        return float(text) * 86400.0
+    except ValueError:
+        pass
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise SystemExit(
+            f"--grace: expected days or a duration such as '12h', got {text!r}"
+        ) from None
+
+
+async def _export_bundle(server: object, jid: JID, output: Path) -> int:
+    from xmppd.datarights import write_export
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    try:
+        files = await write_export(server.core, jid, output)
+    except NoSuchAccount:
+        print(f"{jid} does not exist", file=sys.stderr)
+        return 1
+    print(f"wrote {output} ({files} files)")
+    return 0
+
+
+async def _erase(server: object, jid: JID, grace: float, cancel: bool) -> int:
+    import time
+
+    from xmppd.datarights import cancel_erasure, erase_user
+    from xmppd.server import Server
+
+    assert isinstance(server, Server)
+    if cancel:
+        if not await cancel_erasure(server.core, jid):
+            print(f"no erasure of {jid} is pending", file=sys.stderr)
+            return 1
+        print(f"erasure of {jid} cancelled; set a password to enable it again")
+        return 0
+    try:
+        pending = await erase_user(server.core, jid, grace)
+    except NoSuchAccount:
+        print(f"{jid} does not exist", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if pending is None:
+        print(f"erased {jid}")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pending.erase_at))
+        print(f"disabled {jid}; its data is erased at {when}")
     return 0
 
 

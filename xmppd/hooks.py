@@ -9,6 +9,7 @@ names as strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from xmppd.events import EventHook, FoldHook
@@ -81,6 +82,16 @@ class UserEvent:
     """An account, as a bare JID."""
 
     jid: JID
+
+
+@dataclass(frozen=True, slots=True)
+class UserFile:
+    """A file stored for an account (an HTTP upload): ``name`` as the user gave it
+    (it is made safe before use), where it is on disk, and its media type."""
+
+    name: str
+    path: Path
+    content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +345,14 @@ USER_EXPORT: Final = FoldHook[tuple["Element", ...], UserEvent](
     "as <query xmlns='jabber:iq:roster'>). Every module that stores user data should.",
 )
 
+USER_EXPORT_FILES: Final = FoldHook[tuple[UserFile, ...], UserEvent](
+    "user_export_files",
+    "host",
+    "Collecting the files stored for an account for a data export (`xmppd export`): "
+    "return the tuple with yours appended (uploads). They are written next to the "
+    "XEP-0227 document, under ``files/``.",
+)
+
 # ----------------------------------------------------------------------------- discovery
 
 DISCO_INFO: Final = FoldHook[DiscoInfo, DiscoQuery](
@@ -408,10 +427,12 @@ __all__ = [
     "StanzaEvent",
     "USER_AVAILABLE",
     "USER_EXPORT",
+    "USER_EXPORT_FILES",
     "USER_RECEIVE_PACKET",
     "USER_REGISTERED",
     "USER_REMOVED",
     "USER_SEND_PACKET",
     "USER_UNAVAILABLE",
     "UserEvent",
+    "UserFile",
 ]

@@ -15,6 +15,7 @@ from xmppd.access import AccessRule
 from xmppd.auth.passwords import password_problem
 from xmppd.config import ConfigError
 from xmppd.configtext import strict_scalar
+from xmppd.datarights import erase_user
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import ModuleHealth
 from xmppd.httproutes import RouteTaken
@@ -456,6 +457,21 @@ class ModuleContext(Generic[OptionsT]):
         ``password``, ``None`` when it is acceptable. Check before creating an account
         or changing a password."""
         return password_problem(password, self._core.config.accounts.min_password_length)
+    async def list_users(self, limit: int | None = None) -> list[str]:
+        """The usernames of this host's accounts, sorted (the first ``limit``)."""
+        return await self._core.accounts.list(self.domain, limit)
+
+    async def count_users(self) -> int:
+        """How many accounts this host has."""
+        return await self._core.accounts.count(self.domain)
+
+    async def erase_user(self, jid: JID, grace: float = 0.0) -> float | None:
+        """Erase an account and all its data (GDPR): at once when ``grace`` is 0
+        (returns ``None``), else disable it now and erase it after ``grace`` seconds,
+        even across a restart (returns the Unix time it is due). Raises
+        ``NoSuchAccount``, or ``ValueError`` for a grace period out of range."""
+        pending = await erase_user(self._core, jid, grace)
+        return None if pending is None else pending.erase_at
 
     # -- server facts and access
     def is_local(self, jid: JID) -> bool:

@@ -46,6 +46,8 @@ DEFAULT_MODULES: Final = (
     "push",
     "muc",
     "webclient",
+    "adhoc",
+    "admin_adhoc",
 )
 """Loaded on every host when the configuration has no ``[modules]`` table."""
 

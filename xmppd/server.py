@@ -23,6 +23,7 @@ from xmppd.components import ComponentDestination
 from xmppd.config import ServerConfig
 from xmppd.control import ControlSocket
 from xmppd.core import Core
+from xmppd.datarights import erasure_sweeper
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus
 from xmppd.health import Health
@@ -208,6 +209,8 @@ class Server:
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
         if listen and self.config.c2s.idle_release > 0:
             self.spawn(self._release_idle_memory(), name="idle-release")
+        if listen:
+            self.spawn(erasure_sweeper(self.core), name="erasure-sweeper")
 
     def _assemble_stream_services(self) -> None:
         """The explicit dependencies of streams (they never see the ``Server``)."""

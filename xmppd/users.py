@@ -37,6 +37,15 @@ async def export_user(core: Core, jid: JID) -> Element:
     return export_document(bare, creds, () if isinstance(parts, Drop) else parts)
 
 
+async def end_sessions(core: Core, jid: JID, text: str) -> None:
+    """Close every local session of the account ``jid`` and wait for their teardown."""
+    closing = []
+    for endpoint in core.sessions.endpoints_of(jid.bare):
+        endpoint.close("not-authorized", text)
+        closing.append(endpoint.wait_closed())
+    await asyncio.gather(*closing)
+
+
 async def remove_user(core: Core, jid: JID) -> bool:
     """Delete an account and all its data; its sessions are closed.
 
@@ -50,11 +59,7 @@ async def remove_user(core: Core, jid: JID) -> bool:
     existed = await core.accounts.exists(bare)
     await core.accounts.revoke_credentials(bare)
     for attempt in range(2):  # a second pass catches a login that was mid-flight
-        closing = []
-        for endpoint in core.sessions.endpoints_of(bare):
-            endpoint.close("not-authorized", "account removed")
-            closing.append(endpoint.wait_closed())
-        await asyncio.gather(*closing)
+        await end_sessions(core, bare, "account removed")
         if host is not None and attempt == 0:
             await host.bus.run(hooks.USER_REMOVED, hooks.UserEvent(bare))
     await core.accounts.delete(bare)

@@ -64,7 +64,7 @@ from xmppd.api import (
     hooks,
     ns,
 )
-from xmppd.api.hooks import UserEvent
+from xmppd.api.hooks import UserEvent, UserFile
 from xmppd.api.stanza import Element, child, payload
 from xmppd.api.storage import (
     BigInteger,
@@ -538,6 +538,20 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
         select(_F.slot).where(_F.host == ctx.domain, _F.owner == str(event.jid.bare))
     )
     await _delete(ctx, [r.slot for r in rows])
+
+
+@module.fold(hooks.USER_EXPORT_FILES)
+async def export_files(
+    ctx: Ctx, files: tuple[UserFile, ...], event: UserEvent
+) -> tuple[UserFile, ...]:
+    """A data export includes the account's stored uploads."""
+    rows = await ctx.db.fetch_all(
+        select(_F.slot, _F.name, _F.content_type).where(
+            _F.host == ctx.domain, _F.owner == str(event.jid.bare), _F.state == "stored"
+        )
+    )
+    mine = (UserFile(r.name, ctx.data_dir / r.slot, r.content_type) for r in rows)
+    return (*files, *mine)
 
 
 __all__ = ["expire", "module"]

@@ -134,7 +134,7 @@ async def start(ctx: Ctx) -> None:
     archive = Archive(ctx)
     await archive.start()
     ctx.provide(ARCHIVE, archive)
-    if ctx.options.retention != float("inf"):
+    if ctx.options.retention != float("inf") or _limited_users(ctx):
         ctx.spawn(_expire_periodically(archive), name=f"mod_mam retention {ctx.domain}")
 
 
@@ -153,12 +153,34 @@ async def stop(ctx: Ctx) -> None:
         ctx.log.error("stopping: %d archive rows could not be written; lost", writer.pending)
 
 
+def _limited_users(ctx: Ctx) -> dict[str, float]:
+    """Accounts with a finite retention of their own."""
+    return {u: age for u, age in ctx.options.retention_by_user.items() if age != float("inf")}
+
+
+async def expire_once(archive: Archive) -> int:
+    """Apply the host's and the accounts' retention once; returns the rows deleted."""
+    ctx = archive.ctx
+    now = time.time()
+    removed = 0
+    if ctx.options.retention != float("inf"):
+        keep = list(ctx.options.retention_by_user)
+        removed += await archive.expire(now - ctx.options.retention, keep=keep)
+    for username, age in _limited_users(ctx).items():
+        removed += await archive.expire_user(username, now - age)
+    return removed
+
+
 async def _expire_periodically(archive: Archive) -> None:
     ctx = archive.ctx
+    expired = ctx.metrics.counter(
+        "archive_expired", "Archived messages deleted because they outlived the retention."
+    )
     while True:
         try:
-            removed = await archive.expire(time.time() - ctx.options.retention)
+            removed = await expire_once(archive)
             if removed:
+                expired.inc(removed)
                 ctx.log.info("retention: removed %d archived messages", removed)
         except Exception:
             ctx.log.exception("retention: could not remove old archived messages")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from xmppd.api import Duration, Module, ModuleContext, Options
 
@@ -57,6 +57,10 @@ PREFS_CACHE: Final = 10_000
 """Accounts whose preferences are kept in memory (least recently used go first)."""
 
 
+Username = Annotated[str, StringConstraints(min_length=1, max_length=1023)]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
 class MamOptions(Options):
     default: Literal["always", "never", "roster"] = Field(
         "always",
@@ -69,6 +73,12 @@ class MamOptions(Options):
         gt=0,
         description="How long archived messages are kept, e.g. '365d'; 'forever' keeps "
         "them. Older entries are deleted at start-up and then every hour.",
+    )
+    retention_by_user: dict[Username, PositiveDuration] = Field(
+        default_factory=dict,
+        max_length=10_000,
+        description="Retention of some accounts, overriding 'retention': account name "
+        "(the part before @) to a duration, e.g. {alice = '30d', bob = 'forever'}.",
     )
     max_page_size: int = Field(
         250, ge=1, le=1000, description="Largest page of results a query returns (RSM max)."

@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -101,6 +101,37 @@ _PURGE_OLD: Final = delete(archive_table).where(
         .limit(PURGE_BATCH)
     ),
 )
+_PURGE_USER_OLD: Final = delete(archive_table).where(
+    _A.host == _HOST,
+    _A.username == _USER,
+    _A.id.in_(
+        select(_OLD.c.id)
+        .where(
+            _OLD.c.host == _HOST,
+            _OLD.c.username == _USER,
+            _OLD.c.id < bindparam("cutoff", type_=BigInteger),
+        )
+        .limit(PURGE_BATCH)
+    ),
+)
+
+
+def _purge_old_except(usernames: list[str]) -> sa.Delete:
+    """``_PURGE_OLD`` without the accounts that have their own retention."""
+    return delete(archive_table).where(
+        _A.host == _HOST,
+        _A.id.in_(
+            select(_OLD.c.id)
+            .where(
+                _OLD.c.host == _HOST,
+                _OLD.c.id < bindparam("cutoff", type_=BigInteger),
+                _OLD.c.username.not_in(usernames),
+            )
+            .limit(PURGE_BATCH)
+        ),
+    )
+
+
 _PURGE_USER: Final = delete(archive_table).where(
     _A.host == _HOST,
     _A.username == _USER,
@@ -756,10 +787,17 @@ class Archive:
                 return removed
             await asyncio.sleep(0)  # let other work run between batches
 
-    async def expire(self, older_than: float) -> int:
-        """Delete the entries stored before ``older_than`` (a Unix time)."""
-        cutoff = int(older_than * 1000) << 20  # ids below were reserved before it
-        return await self._purge(_PURGE_OLD, {"host": self.ctx.domain, "cutoff": cutoff})
+    async def expire(self, older_than: float, *, keep: Sequence[str] = ()) -> int:
+        """Delete the entries stored before ``older_than`` (a Unix time), except those
+        of the accounts named in ``keep`` (they have a retention of their own)."""
+        cutoff = _id_at(older_than)
+        stmt = _purge_old_except(list(keep)) if keep else _PURGE_OLD
+        return await self._purge(stmt, {"host": self.ctx.domain, "cutoff": cutoff})
+
+    async def expire_user(self, username: str, older_than: float) -> int:
+        """Delete the entries of one account stored before ``older_than``."""
+        params = {"host": self.ctx.domain, "username": username, "cutoff": _id_at(older_than)}
+        return await self._purge(_PURGE_USER_OLD, params)
 
     async def forget_user(self, user: JID) -> None:
         await self.writer.flush()
@@ -770,6 +808,11 @@ class Archive:
             )
         )
         self._prefs.pop(user.local, None)
+
+
+def _id_at(when: float) -> int:
+    """The smallest archive id reserved at or after ``when`` (ids start with the time)."""
+    return int(when * 1000) << 20
 
 
 ARCHIVE: Final = ServiceKey[Archive]("mam")

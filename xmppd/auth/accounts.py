@@ -140,13 +140,22 @@ class Accounts:
         )
         return None if row is None else float(row[0])
 
-    async def list(self, domain: str) -> list[str]:
+    async def list(self, domain: str, limit: int | None = None) -> list[str]:
+        """Usernames of ``domain``, sorted (the first ``limit`` when given)."""
         rows = await self._db.fetch_all(
             sa.select(accounts.c.username)
             .where(accounts.c.host == domain)
             .order_by(accounts.c.username)
+            .limit(limit)
         )
         return [r[0] for r in rows]
+
+    async def count(self, domain: str) -> int:
+        """How many accounts ``domain`` has."""
+        value = await self._db.fetch_value(
+            sa.select(sa.func.count()).select_from(accounts).where(accounts.c.host == domain)
+        )
+        return int(value or 0)
 
     async def get_scram(
         self, domain: str, username: str, hash_name: str
