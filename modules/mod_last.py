@@ -98,3 +98,19 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
     await ctx.db.execute(
         delete(seen).where(seen.c.host == ctx.domain, seen.c.username == event.jid.local)
     )
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """The last logout and its status: ``<last xmlns='urn:xmppd:export:0' at='unix'/>``."""
+    row = await ctx.db.fetch_one(
+        select(seen.c.at, seen.c.status).where(
+            seen.c.host == ctx.domain, seen.c.username == event.jid.local
+        )
+    )
+    if row is None:
+        return parts
+    last = payload(ns.XMPPD_EXPORT, "last", {"at": f"{row.at:.0f}"})
+    if row.status:
+        last.text = row.status
+    return (*parts, last)

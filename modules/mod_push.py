@@ -80,6 +80,7 @@ from xmppd.api import (
     StanzaError,
     Stop,
     hooks,
+    ns,
 )
 from xmppd.api.hooks import (
     PacketContext,
@@ -88,7 +89,17 @@ from xmppd.api.hooks import (
     StreamElementEvent,
     UserEvent,
 )
-from xmppd.api.stanza import Element, child, child_text, copy, element, new_id, parse, serialize
+from xmppd.api.stanza import (
+    Element,
+    child,
+    child_text,
+    copy,
+    element,
+    new_id,
+    parse,
+    payload,
+    serialize,
+)
 from xmppd.api.storage import Column, Float, String, Text, bindparam, delete, select
 
 NS_PUSH: Final = "urn:xmpp:push:0"
@@ -666,3 +677,17 @@ async def nonza(ctx: Ctx, event: StreamElementEvent) -> None:
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     await ctx.service(PUSH).remove_user(event.jid)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """The push registrations (app server, node, device resource, when); the
+    publish-options form is left out: it carries the app server's secret."""
+    rows = await ctx.db.fetch_all(_SELECT, {"host": ctx.domain, "username": event.jid.local})
+    if not rows:
+        return parts
+    push = payload(ns.XMPPD_EXPORT, "push")
+    for row in rows:
+        attrs = {"service": row.service, "node": row.node, "resource": row.resource}
+        child(push, "registration", {**attrs, "created": f"{row.created:.0f}"})
+    return (*parts, push)

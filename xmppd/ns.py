@@ -45,5 +45,8 @@ PIE: Final = "urn:xmpp:pie:0"
 PIE_SCRAM: Final = "urn:xmpp:pie:0#scram"
 HTTP_UPLOAD: Final = "urn:xmpp:http:upload:0"
 """XEP-0363: HTTP File Upload."""
+XMPPD_EXPORT: Final = "urn:xmppd:export:0"
+"""Our elements in a data export (XEP-0227 has none for them): last logout, push
+registrations, room affiliations and nicknames, PubSub service subscriptions, uploads."""
 EXTDISCO: Final = "urn:xmpp:extdisco:2"
 """XEP-0215: External Service Discovery."""

@@ -540,15 +540,33 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
     await _delete(ctx, [r.slot for r in rows])
 
 
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """The account's stored uploads, listed (the files themselves come through
+    ``user_export_files``)."""
+    rows = await ctx.db.fetch_all(
+        select(_F.name, _F.size, _F.content_type, _F.created_at)
+        .where(_F.host == ctx.domain, _F.owner == str(event.jid.bare), _F.state == "stored")
+        .order_by(_F.created_at)
+    )
+    if not rows:
+        return parts
+    uploads = payload(ns.XMPPD_EXPORT, "uploads", {"service": service_domain(ctx)})
+    for r in rows:
+        attrs = {"name": r.name, "size": str(r.size), "content-type": r.content_type}
+        child(uploads, "file", {**attrs, "created": f"{r.created_at:.0f}"})
+    return (*parts, uploads)
+
+
 @module.fold(hooks.USER_EXPORT_FILES)
 async def export_files(
     ctx: Ctx, files: tuple[UserFile, ...], event: UserEvent
 ) -> tuple[UserFile, ...]:
     """A data export includes the account's stored uploads."""
     rows = await ctx.db.fetch_all(
-        select(_F.slot, _F.name, _F.content_type).where(
-            _F.host == ctx.domain, _F.owner == str(event.jid.bare), _F.state == "stored"
-        )
+        select(_F.slot, _F.name, _F.content_type)
+        .where(_F.host == ctx.domain, _F.owner == str(event.jid.bare), _F.state == "stored")
+        .order_by(_F.created_at)
     )
     mine = (UserFile(r.name, ctx.data_dir / r.slot, r.content_type) for r in rows)
     return (*files, *mine)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from modules.mod_muc.common import NS_CONFERENCE, Ctx, MucOptions, module
 from modules.mod_muc.service import MUC, MucService
-from xmppd.api import JID, Drop, InvalidJID, Priority, hooks
+from xmppd.api import JID, Drop, InvalidJID, Priority, hooks, ns
 from xmppd.api.hooks import PacketContext, ServerEvent, UserEvent
-from xmppd.api.stanza import Element, copy, find_child
+from xmppd.api.stanza import Element, child, copy, find_child, payload
 
 __all__ = ["MUC", "MucOptions", "MucService", "module"]
 
@@ -74,7 +74,24 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
     """A deleted account loses its affiliations and registered nicknames."""
     service = ctx.service(MUC)
     await service.store.forget_user(event.jid.bare)
+    await service.archive.forget_sender(event.jid.bare)
     for room in service.rooms.values():
         room.affiliations.pop(event.jid.bare, None)
         room.reasons.pop(event.jid.bare, None)
         room.nicks.pop(event.jid.bare, None)
+
+
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """The account's affiliations and registered nicknames in this host's rooms."""
+    service = ctx.service(MUC)
+    affiliations, nicks = await service.store.user_entries(event.jid.bare)
+    if not affiliations and not nicks:
+        return parts
+    muc = payload(ns.XMPPD_EXPORT, "muc", {"service": service.domain})
+    for room, affiliation, reason in affiliations:
+        attrs = {"room": f"{room}@{service.domain}", "affiliation": affiliation}
+        child(muc, "affiliation", {**attrs, "reason": reason} if reason else attrs)
+    for room, nick in nicks:
+        child(muc, "nick", {"room": f"{room}@{service.domain}"}, text=nick)
+    return (*parts, muc)

@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from modules.mam_common import Bounds, Paging, next_id, now_us
 from modules.mod_muc.common import Ctx, module
+from xmppd.api import JID
 from xmppd.api.storage import (
     BigInteger,
     Boolean,
@@ -201,6 +202,15 @@ class RoomArchive:
                 or 0
             )
         return Page(rows, complete, count, index)
+
+    async def forget_sender(self, sender: JID) -> int:
+        """An account was erased: its messages stay in the rooms' history (they belong
+        to the conversation) but no longer name its JID; returns the rows changed."""
+        return await self.ctx.db.execute(
+            update(archive_table)
+            .where(_A.host == self.host, _A.sender == str(sender))
+            .values(sender="")
+        )
 
     async def delete_room(self, room: str) -> None:
         await self.ctx.db.execute(

@@ -206,6 +206,23 @@ class RoomStore:
         )
         return {row.room for row in rows}
 
+    async def user_entries(
+        self, jid: JID
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """``jid``'s (room, affiliation, reason) and (room, registered nickname)."""
+        affs = await self.ctx.db.fetch_all(
+            select(_A.room, _A.affiliation, _A.reason).where(
+                _A.host == self.host, _A.jid == str(jid)
+            )
+        )
+        nicks = await self.ctx.db.fetch_all(
+            select(_N.room, _N.nick).where(_N.host == self.host, _N.jid == str(jid))
+        )
+        return (
+            sorted((r.room, r.affiliation, r.reason) for r in affs),
+            sorted((r.room, r.nick) for r in nicks),
+        )
+
     async def forget_user(self, jid: JID) -> None:
         """An account was deleted: its affiliations and registered nicknames go."""
         async with self.ctx.db.transaction() as conn:

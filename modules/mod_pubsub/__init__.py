@@ -872,6 +872,22 @@ async def serve(ctx: Ctx) -> None:
     ctx.log.info("PubSub service at %s", domain)
 
 
+@module.fold(hooks.USER_EXPORT)
+async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
+    """The account's affiliations and subscriptions on the host's PubSub service."""
+    store = _store(ctx)
+    affiliations = await store.user_affiliations(event.jid)
+    subscriptions = await store.user_subscriptions(event.jid)
+    if not affiliations and not subscriptions:
+        return parts
+    service = payload(ns.XMPPD_EXPORT, "pubsub", {"service": str(store.service)})
+    for node, affiliation in affiliations:
+        child(service, "affiliation", {"node": node, "affiliation": affiliation})
+    for sub in subscriptions:
+        child(service, "subscription", {"node": sub.node, "jid": str(sub.jid), "subid": sub.subid})
+    return (*parts, service)
+
+
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     """The user's subscriptions and affiliations go; so do the nodes the user was the only

@@ -397,3 +397,21 @@ async def test_erase_command_erases_now(server: XmppdServer) -> None:
         assert reply["command"]["status"] == "completed", reply
     assert not await can_log_in(server, user, PASSWORD)
     assert set((await user_rows(server, user.split("@")[0])).values()) == {0}
+
+
+async def test_erase_command_with_grace_disables_at_once(server: XmppdServer) -> None:
+    user = await new_account(server, "paused")
+    local = user.split("@")[0]
+    async with Slix(server, user, PASSWORD) as victim, admin(server) as boss:
+        ended = on_disconnect(victim)
+        await victim.xmpp.update_roster("pal@localhost", name="Pal")
+        reply = await run_command(
+            boss, ERASE, [{"accountjids": [user], "grace": "7"}, {"confirm": True}]
+        )
+        assert reply["command"]["status"] == "completed", reply
+        async with asyncio.timeout(10):
+            await ended
+    assert not await can_log_in(server, user, PASSWORD)
+    rows = await user_rows(server, local)
+    assert rows["xmppd_accounts"] == 1 and rows["mod_roster__items"] == 1  # kept for 7 days
+    assert rows["xmppd_scram"] == 0
