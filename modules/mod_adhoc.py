@@ -254,7 +254,9 @@ async def execute(ctx: Ctx, req: IqRequest) -> Element:
 async def _run(registry: Commands, sid: str, command: Command, call: CommandCall) -> Step:
     try:
         return await command.handler(call)
-    except StanzaError:
+    except Exception:
+        # A refusal at the first stage ends the session (the requester starts again);
+        # later, the requester may correct the form and submit it again, or cancel.
         if call.stage == 0:
             registry.close(sid)
         raise
