@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import sqlite3
 import tarfile
 import time
 from collections.abc import Iterator
@@ -32,8 +31,10 @@ CLIENT = "jabber:client"
 PLUGINS = ("xep_0030", "xep_0054", "xep_0363", "xep_0191")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[XmppdServer]:
     modules = {
         **DEFAULT_TEST_MODULES,
         "vcard": {},
@@ -44,7 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
         "mam": {},
         "http_upload": {"max_file_size": "1MiB"},
     }
-    with running_server(tmp_path_factory.mktemp("gdpr"), http=True, modules=modules) as srv:
+    tmp = tmp_path_factory.mktemp(f"gdpr-{request.param}")
+    with running_server(tmp, backend=request.param, http=True, modules=modules) as srv:
         yield srv
 
 
@@ -181,6 +183,7 @@ async def test_erase_errors(server: XmppdServer) -> None:
     assert await can_log_in(server, user)
 
 
+@pytest.mark.timeout(180)  # four CLI runs (each starts the modules) and a restart
 async def test_grace_period_disables_at_once_and_survives_a_restart(server: XmppdServer) -> None:
     later = await new_account(server, "later")
     soon = await new_account(server, "soon")
@@ -208,6 +211,12 @@ async def test_grace_period_disables_at_once_and_survives_a_restart(server: Xmpp
     assert later_rows["mod_roster__items"] == 1 and later_rows["xmppd_accounts"] == 1
     assert not await can_log_in(server, later)
 
+
+async def test_a_pending_erasure_can_be_cancelled(server: XmppdServer) -> None:
+    later = await new_account(server, "undecided")
+    result = await asyncio.to_thread(server.cli, "erase", later, "--grace", "1")
+    assert result.returncode == 0, result.stderr
+    assert not await can_log_in(server, later)
     # Changing one's mind: cancel, then a new password enables the account again.
     result = await asyncio.to_thread(server.cli, "erase", later, "--cancel")
     assert result.returncode == 0, result.stderr
@@ -222,39 +231,62 @@ DAY_IDS = (86_400 * 1000) << 20
 """An archive id is the time in ms shifted left by 20: this many ids per day."""
 
 
-@pytest.fixture(scope="module")
-def retention_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def retention_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[XmppdServer]:
     mam = {"retention": "30d", "retention_by_user": {"short": "1d", "keeper": "forever"}}
     modules = {**DEFAULT_TEST_MODULES, "mam": mam}
-    with running_server(tmp_path_factory.mktemp("retention"), modules=modules) as srv:
+    tmp = tmp_path_factory.mktemp(f"retention-{request.param}")
+    with running_server(tmp, backend=request.param, modules=modules) as srv:
         yield srv
 
 
-def age_rows(db: Path, username: str, days: float, limit: int) -> None:
+async def age_rows(server: XmppdServer, username: str, days: float, limit: int) -> None:
     """Make ``limit`` of ``username``'s archive rows ``days`` older (ids carry the time)."""
-    with sqlite3.connect(db) as conn:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM mod_mam__archive WHERE username = ? ORDER BY id LIMIT ?",
-                (username, limit),
-            )
-        ]
-        shift = int(days * DAY_IDS)
-        for archive_id in ids:
-            conn.execute(
-                "UPDATE mod_mam__archive SET id = ?, stamp = stamp - ? WHERE username = ? "
-                "AND id = ?",
-                (archive_id - shift, int(days * 86_400e6), username, archive_id),
-            )
+    engine = create_async_engine(server.storage_url)
+    try:
+        async with engine.begin() as conn:
+            ids = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id FROM mod_mam__archive WHERE username = :u ORDER BY id LIMIT :n"
+                    ),
+                    {"u": username, "n": limit},
+                )
+            ).scalars()
+            for archive_id in list(ids):
+                await conn.execute(
+                    sa.text(
+                        "UPDATE mod_mam__archive SET id = :new, stamp = stamp - :us "
+                        "WHERE username = :u AND id = :old"
+                    ),
+                    {
+                        "new": archive_id - int(days * DAY_IDS),
+                        "us": int(days * 86_400e6),
+                        "u": username,
+                        "old": archive_id,
+                    },
+                )
+    finally:
+        await engine.dispose()
 
 
-def archive_ages(db: Path, username: str) -> list[int]:
+async def archive_ages(server: XmppdServer, username: str) -> list[int]:
     """Age in whole days of each of ``username``'s archive rows."""
-    now_ms = int(time.time() * 1000)
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT id FROM mod_mam__archive WHERE username = ?", (username,))
-        return sorted((now_ms - (r[0] >> 20)) // 86_400_000 for r in rows)
+    engine = create_async_engine(server.storage_url)
+    try:
+        async with engine.connect() as conn:
+            ids = (
+                await conn.execute(
+                    sa.text("SELECT id FROM mod_mam__archive WHERE username = :u"),
+                    {"u": username},
+                )
+            ).scalars()
+            now_ms = int(time.time() * 1000)
+            return sorted((now_ms - (i >> 20)) // 86_400_000 for i in ids)
+    finally:
+        await engine.dispose()
 
 
 async def test_retention_deletes_old_rows_only(retention_server: XmppdServer) -> None:
@@ -270,22 +302,21 @@ async def test_retention_deletes_old_rows_only(retention_server: XmppdServer) ->
             for n in range(4):
                 sender.xmpp.send_message(mto=f"{to}@localhost", mbody=f"m{n}", mtype="chat")
                 await receiver.next_message(lambda m, n=n: m["body"] == f"m{n}")
-    db = Path(server.storage_url.split("///", 1)[1])
 
-    async def counts() -> tuple[int, int, int]:
-        return tuple(len(archive_ages(db, u)) for u in ("short", "keeper", "other"))  # type: ignore[return-value]
+    async def counts() -> list[int]:
+        return [len(await archive_ages(server, u)) for u in ("short", "keeper", "other")]
 
-    await until_equal(counts, (4, 4, 8))
+    await until_equal(counts, [4, 4, 8])
 
-    age_rows(db, "short", 2, 2)  # past its own 1 day
-    age_rows(db, "keeper", 40, 2)  # past the host's 30 days, but kept forever
-    age_rows(db, "other", 2, 6)  # within the host's 30 days...
-    age_rows(db, "other", 38, 3)  # ...but 3 of them now past it (40 days)
+    await age_rows(server, "short", 2, 2)  # past its own 1 day
+    await age_rows(server, "keeper", 40, 2)  # past the host's 30 days, but kept forever
+    await age_rows(server, "other", 2, 6)  # within the host's 30 days...
+    await age_rows(server, "other", 38, 3)  # ...but 3 of them now past it (40 days)
     restart(server)  # retention runs at start-up, then hourly
 
     async def short_ages() -> list[int]:
-        return archive_ages(db, "short")
+        return await archive_ages(server, "short")
 
     await until_equal(short_ages, [0, 0])
-    assert archive_ages(db, "keeper") == [0, 0, 40, 40]
-    assert archive_ages(db, "other") == [0, 0, 2, 2, 2]
+    assert await archive_ages(server, "keeper") == [0, 0, 40, 40]
+    assert await archive_ages(server, "other") == [0, 0, 2, 2, 2]
