@@ -238,7 +238,7 @@ def retention_server(
     mam = {"retention": "30d", "retention_by_user": {"short": "1d", "keeper": "forever"}}
     modules = {**DEFAULT_TEST_MODULES, "mam": mam}
     tmp = tmp_path_factory.mktemp(f"retention-{request.param}")
-    with running_server(tmp, backend=request.param, modules=modules) as srv:
+    with running_server(tmp, backend=request.param, modules=modules, http=True) as srv:
         yield srv
 
 
@@ -320,3 +320,6 @@ async def test_retention_deletes_old_rows_only(retention_server: XmppdServer) ->
     await until_equal(short_ages, [0, 0])
     assert await archive_ages(server, "keeper") == [0, 0, 40, 40]
     assert await archive_ages(server, "other") == [0, 0, 2, 2, 2]
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'xmppd_mod_mam_archive_expired_total{host="localhost"} 5.0' in metrics
