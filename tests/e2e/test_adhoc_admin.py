@@ -301,15 +301,20 @@ def command(node: str, **attrs: str) -> str:
 
 
 def app_condition(reply: etree._Element) -> str | None:
-    for el in reply.iter(f"{{{COMMANDS}}}*"):
-        if el.getparent() is not None and el.getparent().tag == tag("error"):
-            return etree.QName(el).localname
-    return None
+    error = reply.find(tag("error"))
+    found = None if error is None else error.find(f"{{{COMMANDS}}}*")
+    return None if found is None else etree.QName(found).localname
 
 
 def command_of(reply: etree._Element) -> etree._Element:
     el = reply.find(f"{{{COMMANDS}}}command")
     assert el is not None, etree.tostring(reply)
+    return el
+
+
+def actions_of(cmd: etree._Element) -> etree._Element:
+    el = cmd.find(f"{{{COMMANDS}}}actions")
+    assert el is not None, etree.tostring(cmd)
     return el
 
 
@@ -335,7 +340,7 @@ async def test_xep0050_errors(server: XmppdServer) -> None:
         started = command_of(await boss.iq("set", command(node), to=server.domain))
         assert started.get("status") == "executing"
         sid = started.get("sessionid", "")
-        assert started.find(f"{{{COMMANDS}}}actions").get("execute") == "complete"
+        assert actions_of(started).get("execute") == "complete"
 
         # The session belongs to this command and this resource only.
         other = f"{ADMIN_NS}#delete-user"
@@ -367,14 +372,14 @@ async def test_multi_stage_erase_with_prev_and_cancel(server: XmppdServer) -> No
     async with await XmlClient.login(server, ADMIN, ADMIN_PASSWORD) as boss:
         first = command_of(await boss.iq("set", command(ERASE), to=server.domain))
         sid = first.get("sessionid", "")
-        assert first.find(f"{{{COMMANDS}}}actions").get("execute") == "next"
+        assert actions_of(first).get("execute") == "next"
         cmd = f"<command xmlns='{COMMANDS}' node='{ERASE}' sessionid='{sid}' action='complete'>"
         reply = await boss.iq("set", cmd + submit + "</command>", to=server.domain)
         assert app_condition(reply) == "bad-action"  # stage 1 of 3 offers only next
 
         cmd = f"<command xmlns='{COMMANDS}' node='{ERASE}' sessionid='{sid}' action='next'>"
         second = command_of(await boss.iq("set", cmd + submit + "</command>", to=server.domain))
-        actions = second.find(f"{{{COMMANDS}}}actions")
+        actions = actions_of(second)
         assert actions.get("execute") == "complete"
         assert actions.find(f"{{{COMMANDS}}}prev") is not None
         back = command_of(
