@@ -457,6 +457,7 @@ class ModuleContext(Generic[OptionsT]):
         ``password``, ``None`` when it is acceptable. Check before creating an account
         or changing a password."""
         return password_problem(password, self._core.config.accounts.min_password_length)
+
     async def list_users(self, limit: int | None = None) -> list[str]:
         """The usernames of this host's accounts, sorted (the first ``limit``)."""
         return await self._core.accounts.list(self.domain, limit)
