@@ -1,4 +1,5 @@
-"""CLI: ``python -m bench all|sessions|tls|chat|archive|presence|archive-query|muc|echo-ceiling``.
+"""CLI: ``python -m bench SCENARIO`` (all, sessions, tls, chat, archive, presence,
+archive-query, muc, storm, echo-ceiling).
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
@@ -48,14 +49,16 @@ from bench.report import (
     muc_report,
     presence_report,
     sessions_report,
+    storm_report,
     sweep_chart,
 )
 from bench.scenarios import Settings, run_chat, run_sessions, wait_idle
 from bench.servers import SERVERS, Server, ServerUnavailable, make_server
+from bench.storm import run_storm
 
 DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
 #: Every scenario, in the order ``all`` runs them.
-SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc"]
+SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc", "storm"]
 #: Scenarios with an echo-server ceiling of their own (archive uses chat's).
 ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
 #: Where ``--docs-charts`` copies the charts of the run.
@@ -117,6 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--muc-join-concurrency", type=int, help="muc: joins in flight per generator (10)"
     )
     parser.add_argument(
+        "--storm-sessions", type=int, help="storm: sessions that drop and come back (10000)"
+    )
+    parser.add_argument("--storm-pairs", type=int, help="storm: chatting pairs among them (200)")
+    parser.add_argument("--storm-rate", type=int, help="storm: their messages/s in all (1000)")
+    parser.add_argument(
         "--docs-charts",
         action="store_true",
         help=f"also copy the charts to {DOCS_CHARTS.relative_to(REPO_ROOT)}/ (final runs)",
@@ -175,6 +183,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.muc_sizes = [100]
         s.muc_rates = [5000, 10000, 20000, 40000, 60000, 80000, 100000]
         s.muc_step_seconds = 2.0
+        s.storm_sessions, s.storm_pairs, s.storm_rate = 500, 50, 200
+        s.storm_settle, s.storm_limit, s.storm_drain = 1.0, 120.0, 15.0
     overrides = {
         "tls_sessions": args.tls_sessions,
         "presence_users": args.presence_users,
@@ -191,6 +201,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "muc_step_seconds": args.muc_step_seconds,
         "muc_senders": args.muc_senders,
         "muc_join_concurrency": args.muc_join_concurrency,
+        "storm_sessions": args.storm_sessions,
+        "storm_pairs": args.storm_pairs,
+        "storm_rate": args.storm_rate,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -276,7 +289,7 @@ class Runner:
     def run(self) -> int:
         started = time.monotonic()
         try:
-            if "tls" in self.scenarios:
+            if "tls" in self.scenarios or "storm" in self.scenarios:
                 self.certs = make_certificate(self.workdir / "certs", DOMAIN)
             wants_echo = any(s in ECHO_SCENARIOS for s in self.scenarios)
             if wants_echo and (not self.args.no_echo or self.args.command == "echo-ceiling"):
@@ -385,6 +398,8 @@ class Runner:
             return run_archive_query(server, s, log)
         if scenario == "muc":
             return run_muc(server, s, log)
+        if scenario == "storm":
+            return run_storm(server, s, log)
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def record(self, scenario: str, result: dict[str, Any]) -> None:
@@ -418,6 +433,7 @@ class Runner:
                 self.results["archive-query"], s.archive_messages
             ),
             "muc": lambda: muc_report(self.results["muc"]),
+            "storm": lambda: storm_report(self.results["storm"]),
         }
         print()
         for scenario in self.scenarios:

@@ -495,3 +495,79 @@ def muc_steps_table(steps: Sequence[Result]) -> str:
         for s in steps
     ]
     return _table(header, rows)
+
+
+def storm_report(results: Sequence[Result]) -> str:
+    """One comparison per (drop, mode) the servers share, then every storm's row."""
+    out = [
+        "== storm: every session drops at once (cut = TCP reset while the server runs, "
+        "restart = server stop + start) and reconnects; lost = acknowledged by XEP-0198 "
+        "to its sender, never received =="
+    ]
+    ok = [r for r in results if "error" not in r]
+    for drop, mode in sorted({(r["drop"], r["mode"]) for r in ok}):
+        by_server = {
+            r["server"]: r
+            for r in ok
+            if r["drop"] == drop and r["mode"] == mode and r["server"] in COMPARED
+        }
+        if len(by_server) < 2:
+            continue
+        out.append(f"\n{drop}, {mode}:")
+        out.append(
+            _comparison(
+                by_server,
+                [
+                    ("seconds until all back", lambda r: r["all_back_seconds"], 2),
+                    ("server CPU per re-login (ms)", lambda r: r["cpu_ms_per_relogin"], 2),
+                    ("p50 reconnect (ms)", lambda r: r["reconnect_p50_ms"], 0),
+                    ("p99 reconnect (ms)", lambda r: r["reconnect_p99_ms"], 0),
+                    ("messages lost", lambda r: r["lost"], 0),
+                ],
+            )
+        )
+    header = [
+        "server",
+        "drop",
+        "mode",
+        "back",
+        "resumed",
+        "all back s",
+        "re-logins/s",
+        "cpu ms/login",
+        "p50 ms",
+        "p99 ms",
+        "sent",
+        "acked",
+        "lost",
+        "dup",
+        "RSS MiB before/after",
+    ]
+    rows = []
+    for r in ok:
+        rss_after = r["rss_after_kb"]
+        rows.append(
+            [
+                r["server"],
+                r["drop"],
+                r["mode"],
+                f"{r['back']}/{r['sessions']}",
+                _num(r["resumed"]),
+                _num(r["all_back_seconds"], 2),
+                _num(r["relogin_rate"], 0),
+                _num(r["cpu_ms_per_relogin"], 2),
+                _num(r["reconnect_p50_ms"], 0),
+                _num(r["reconnect_p99_ms"], 0),
+                _num(r["sent"]),
+                _num(r["acked"]),
+                _num(r["lost"]),
+                _num(r["duplicates"]),
+                f"{r['rss_before_kb'] / 1024:.1f} / "
+                + ("-" if rss_after is None else f"{rss_after / 1024:.1f}"),
+            ]
+        )
+    if rows:
+        out.append("\nevery storm:")
+        out.append(_table(header, rows))
+    out.extend(_error_lines(results))
+    return "\n".join(out)

@@ -84,6 +84,20 @@ class Settings:
     muc_step_seconds: float = 5.0
     muc_senders: int = 5
     muc_join_concurrency: int = 10
+    #: ``storm``: sessions, chatting pairs among them and their messages/s in all; the
+    #: clients' reconnect model (first wait drawn from [0, first), then exponential
+    #: back-off with full jitter from ``backoff`` up to ``backoff_cap`` seconds); how
+    #: long the chat runs before and after a storm, how long a storm may take and how
+    #: long the senders wait for the last acknowledgements
+    storm_sessions: int = 10_000
+    storm_pairs: int = 200
+    storm_rate: int = 1000
+    storm_first_wait: float = 1.0
+    storm_backoff: float = 1.0
+    storm_backoff_cap: float = 30.0
+    storm_settle: float = 2.0
+    storm_limit: float = 300.0
+    storm_drain: float = 30.0
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0
@@ -97,6 +111,8 @@ class Settings:
             need = max(need, 2 * self.archive_pairs)
         if "archive-query" in scenarios:
             need = max(need, ARCHIVE_PEERS + 1)
+        if "storm" in scenarios:
+            need = max(need, self.storm_sessions)
         if "muc" in scenarios:
             need = max(need, *self.muc_sizes, *([5000] if self.muc_large else []))
         return need

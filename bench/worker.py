@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from bench.certs import client_context
+from bench.storm_fleet import Fleet
 from bench.xmpp import PLAIN, Connection, MucRecorder, PresenceRecorder, Recorder, login
 
 MESSAGE_SUFFIX = b"</body></message>"
@@ -54,6 +55,8 @@ class Worker:
         self.muc = MucRecorder()
         #: sessions in the room, in join order
         self.occupants: list[Connection] = []
+        #: ``storm`` scenario clients
+        self.fleet = Fleet(index)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,6 +91,8 @@ class Worker:
             return self.muc_collect(**args)
         if command == "mam_queries":
             return await self.mam_queries(**args)
+        if command.startswith("storm_"):
+            return await self.storm(command[6:], args)
         if command in ("close", "exit"):
             return await self.close()
         if command == "ping":
@@ -248,6 +253,27 @@ class Worker:
             rec.lat.clear()
         last_rx = max(rec.last_rx, self.presence.last_rx, self.muc.last_rx) / 1_000_000
         return {"quiet": quiet_now, "last_rx": last_rx}
+
+    async def storm(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``storm_*`` commands: see :class:`bench.storm_fleet.Fleet`."""
+        fleet = self.fleet
+        if command == "login":
+            return await fleet.login(**args)
+        if command == "mode":
+            return fleet.set_mode(**args)
+        if command == "chat_start":
+            return fleet.chat_start(**args)
+        if command == "chat_stop":
+            return await fleet.chat_stop()
+        if command == "drop":
+            return await fleet.storm(**args)
+        if command == "quiesce":
+            return await fleet.quiesce(**args)
+        if command == "count":
+            return fleet.count(**args)
+        if command == "close":
+            return fleet.close()
+        raise ValueError(f"unknown storm command {command!r}")
 
     # -- presence ---------------------------------------------------------------------
 
@@ -431,6 +457,7 @@ class Worker:
                 conn.close()
         self.sessions.clear()
         self.occupants.clear()
+        self.fleet.close()
         self.recorder = Recorder()
         self.muc = MucRecorder()
         await asyncio.sleep(0.2)

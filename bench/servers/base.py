@@ -48,6 +48,10 @@ class Features:
     """Group chat (XEP-0045) service at ``conference.<domain>``: temporary rooms, usable
     as soon as created (no locking), no history on join, no rate or size limit below the
     benchmark's (see :data:`MUC_MAX_OCCUPANTS`)."""
+    mobile: bool = False
+    """What a phone relies on (the ``storm`` scenario): XEP-0198 stream management with
+    resumption, and offline storage (XEP-0160) for messages to accounts without a
+    session."""
 
 
 #: Occupants a room may hold, where a server has a limit (the largest room is 5,000).

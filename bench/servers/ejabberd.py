@@ -75,7 +75,7 @@ modules:
   mod_ping: {{}}
   mod_roster:
     versioning: false
-{archive_module}{muc_module}"""
+{mobile_modules}{archive_module}{muc_module}"""
 
 TLS_GLOBAL = """certfiles:
   - "{combined}"
@@ -90,6 +90,13 @@ sql_port: {port}
 sql_database: "{database}"
 sql_username: "{user}"
 sql_password: ""
+"""
+#: The storm scenario: XEP-0198 with resumption (unacknowledged messages go to offline
+#: storage when a session times out: ``resend_on_timeout: if_offline``) and offline
+#: storage in mnesia.
+MOBILE_MODULES = """  mod_stream_mgmt:
+    resend_on_timeout: if_offline
+  mod_offline: {}
 """
 #: mod_mam in SQL (the rest stays in mnesia): archive every message, for both parties.
 ARCHIVE_MODULE = """  mod_mam:
@@ -230,6 +237,7 @@ class EjabberdServer(Server):
                 starttls="true" if tls else "false",
                 sql=sql,
                 archive_module=ARCHIVE_MODULE if self.features.archive else "",
+                mobile_modules=MOBILE_MODULES if self.features.mobile else "",
                 muc_module=(
                     MUC_MODULE.format(max_users=MUC_MAX_OCCUPANTS) if self.features.muc else ""
                 ),

@@ -41,7 +41,7 @@ storage = {storage}
 -- run, mam in the archive runs).  No mod_limits (no rate limiting), no offline storage,
 -- no carbons, no smacks, no s2s.
 modules_enabled = {{ "roster", "saslauth", "disco", "ping"{modules} }}
-modules_disabled = {{ "offline", "s2s", "s2s_auth_certs" }}
+modules_disabled = {{ {disabled}"s2s", "s2s_auth_certs" }}
 
 VirtualHost "{domain}"
 {host_ssl}{muc_component}"""
@@ -127,6 +127,12 @@ class ProsodyServer(Server):
         modules = ', "tls"' if tls else ""
         extra = ""
         storage = '"internal"'
+        disabled = '"offline", '
+        if self.features.mobile:
+            # The storm scenario: Prosody 0.12's bundled mod_smacks (XEP-0198 with
+            # resumption, unacknowledged messages to offline storage) and mod_offline.
+            modules += ', "smacks", "offline"'
+            disabled = ""
         if self.features.archive is not None:
             modules += ', "mam"'
             storage = '{ archive = "sql" }  -- everything else: "internal" (files)'
@@ -141,6 +147,7 @@ class ProsodyServer(Server):
                 storage=storage,
                 extra=extra,
                 modules=modules,
+                disabled=disabled,
                 muc_component=(
                     MUC_COMPONENT.format(service=muc_domain(self.domain))
                     if self.features.muc

@@ -42,7 +42,7 @@ roster = {{}}
 presence = {{}}
 disco = {{}}
 ping = {{}}
-{archive_module}{muc_module}"""
+{mobile_module}{archive_module}{muc_module}"""
 
 TLS_SECTION = """
 [tls]
@@ -147,6 +147,9 @@ class XmppdServer(Server):
                 listener_tls="starttls" if tls else "none",
                 require_encryption="true" if tls else "false",
                 archive_module=ARCHIVE_MODULE if self.features.archive else "",
+                # The storm scenario: offline storage (stream management is on by
+                # default, resumable for 300 s; SASL2 and FAST too, over TLS).
+                mobile_module="offline = {}\n" if self.features.mobile else "",
                 muc_module=(
                     MUC_MODULE.format(max_occupants=MUC_MAX_OCCUPANTS) if self.features.muc else ""
                 ),
