@@ -541,6 +541,7 @@ def storm_report(results: Sequence[Result]) -> str:
         "acked",
         "lost",
         "dup",
+        "late",
         "RSS MiB before/after",
     ]
     rows = []
@@ -562,6 +563,7 @@ def storm_report(results: Sequence[Result]) -> str:
                 _num(r["acked"]),
                 _num(r["lost"]),
                 _num(r["duplicates"]),
+                _num(r.get("late")),
                 f"{r['rss_before_kb'] / 1024:.1f} / "
                 + ("-" if rss_after is None else f"{rss_after / 1024:.1f}"),
             ]

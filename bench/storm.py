@@ -222,6 +222,7 @@ def _one_storm(
         "duplicates": total("duplicates"),
         "resent": total("resent"),
         "late": total("late"),
+        "late_repeated": total("late_repeated"),
         "unacked_at_end": sum(q["unacked"] for q in quiet),
         "error_stanzas": total("error_stanzas"),
         "lost_examples": [e for c in counts for e in c["lost_examples"]][:5],
@@ -238,7 +239,7 @@ def _one_storm(
         f"p99 {fmt_ms(result['reconnect_p99_ms'])} ms, "
         f"{result['cpu_ms_per_relogin']} ms CPU/re-login; messages sent {result['sent']} "
         f"acked {result['acked']} lost {result['lost']} dup {result['duplicates']} "
-        f"late {result['late']}"
+        f"late {result['late']} (+{result['late_repeated']} repeated)"
         + (f"; server start {start_seconds} s" if start_seconds is not None else "")
     )
     return result

@@ -141,6 +141,8 @@ class StormSession:
         self.sent_ids: set[bytes] = set()
         #: ids of chat messages received, with how many times
         self.received: dict[bytes, int] = {}
+        #: ids received before the last count (to tell a late first delivery from a repeat)
+        self.history: set[bytes] = set()
         self.peer: bytes | None = None
         self.seq = 0
         self.sent = 0

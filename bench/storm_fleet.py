@@ -192,9 +192,11 @@ class Fleet:
     def count(self, reset: bool = True) -> dict[str, Any]:
         """Messages sent, acknowledged, received, lost and duplicated since the last
         count: ``lost`` are acknowledged ids the peer never received; ``late`` are
-        messages of an earlier count that arrived only now."""
+        messages of an earlier count that arrived for the first time only now (counted
+        lost then), ``late_repeated`` copies of earlier messages received again."""
         by_name = {s.user: s for s in self.sessions}
-        sent = acked = received = lost = duplicates = unacked = resent = errors = late = 0
+        sent = acked = received = lost = duplicates = unacked = resent = errors = 0
+        late = repeated = 0
         examples: list[str] = []
         for s in self.chatters:
             peer = by_name.get(s.peer.decode().partition("@")[0]) if s.peer else None
@@ -207,7 +209,13 @@ class Fleet:
             mine = f"{s.index}-".encode()
             ours = s.sent_ids
             got = {k: v for k, v in peer.received.items() if k in ours}
-            late += sum(1 for k in peer.received if k not in ours and k.startswith(mine))
+            for k, times in peer.received.items():
+                if k not in ours and k.startswith(mine):
+                    if k in peer.history:
+                        repeated += times
+                    else:
+                        late += 1
+                        repeated += times - 1
             received += len(got)
             duplicates += sum(v - 1 for v in got.values())
             missing = [m for m in s.acked if m not in got]
@@ -219,6 +227,7 @@ class Fleet:
                 s.sent = s.resent = s.errors = 0
                 s.acked.clear()
                 s.sent_ids.clear()
+                s.history.update(s.received)
                 s.received.clear()
         return {
             "sent": sent,
@@ -229,6 +238,7 @@ class Fleet:
             "unacked": unacked,
             "resent": resent,
             "late": late,
+            "late_repeated": repeated,
             "error_stanzas": errors,
             "lost_examples": examples[:5],
         }
