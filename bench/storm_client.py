@@ -126,6 +126,8 @@ class StormSession:
         #: resend unacknowledged messages on a new (not resumed) session, as real clients do
         self.resend = resend
         self.agent_id = str(uuid.uuid4())
+        #: the resource asked for in a legacy bind (the one bound last time)
+        self.resource = b"storm"
         self.token: bytes | None = None
         self.conn: StormConn | None = None
         self.sm_id: bytes | None = None
@@ -310,8 +312,8 @@ class StormSession:
                 return True
             if local_name(answer) != b"failed":
                 raise XmppError(f"resume: unexpected {answer[:300]!r}")
-        conn.send(BIND_IQ % b"storm")
-        await conn.wait_iq(b"bind1")
+        conn.send(BIND_IQ % self.resource)
+        self._bound(await conn.wait_iq(b"bind1"))
         if session_required(features):
             conn.send(SESSION_IQ)
             await conn.wait_iq(b"sess1")
@@ -366,6 +368,7 @@ class StormSession:
                 FAST_MECHANISM.encode()
             )
             answer = await _sasl2_scram(conn, self.user, self.password, agent + inline + request)
+        self._bound(answer)
         token = _token(answer)
         if token is not None:
             self.token = token
@@ -378,9 +381,9 @@ class StormSession:
             await _features(conn)
             conn.send(
                 b"<iq type='set' id='bind2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                b"<resource>storm</resource></bind></iq>"
+                b"<resource>" + self.resource + b"</resource></bind></iq>"
             )
-            await conn.wait_iq(b"bind2")
+            self._bound(await conn.wait_iq(b"bind2"))
             conn.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
             enabled = await _skip_to(conn, (b"enabled", b"failed"))
         else:
@@ -392,6 +395,19 @@ class StormSession:
         self._new_sm(enabled)
         self._go_live(conn)
         return False
+
+    def _bound(self, answer: bytes) -> None:
+        """Keep the resource the server bound (from a bind result's ``<jid>`` or SASL2's
+        ``<authorization-identifier>``): a client asks for the same one next time, so a
+        new session replaces its hibernated one instead of standing beside it."""
+        for start, end in ((b"<jid>", b"</jid>"), (b"authorization-identifier>", b"</")):
+            i = answer.find(start)
+            if i >= 0:
+                i += len(start)
+                jid = answer[i : answer.find(end, i)]
+                if b"/" in jid:
+                    self.resource = jid.partition(b"/")[2]
+                return
 
     def _new_sm(self, enabled: bytes) -> None:
         resumable = attr(enabled, b"resume") in (b"true", b"1")

@@ -9,6 +9,10 @@ reconnects with jittered back-off.  Then every message the server acknowledged t
 sender (XEP-0198 ``<a/>``) must have reached its recipient exactly once: live, from
 offline storage, or redelivered.  Messages never acknowledged are not resent (the
 client does not resend them here), so a duplicate can only come from the server.
+
+The same holds when every TCP connection is reset while the server runs and each client
+logs in afresh (no resumption) to the resource its hibernated session still holds: the new
+session replaces the hibernated one, whose queue must not be dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +32,9 @@ PASSWORD = "storm-secret"
 RATE = 400.0  # chat messages per second, all pairs together
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[XmppdServer]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServer]:
+    tmp_path = tmp_path_factory.mktemp("storm")
     with running_server(tmp_path, modules={**DEFAULT_TEST_MODULES, "offline": {}}) as srv:
         users = tmp_path / "users.txt"
         users.write_text("".join(f"s{i:03d}@{srv.domain} {PASSWORD}\n" for i in range(CLIENTS)))
@@ -100,3 +104,50 @@ async def scenario(server: XmppdServer) -> None:
 @pytest.mark.timeout(150)
 def test_restart_reconnect_loses_no_acknowledged_message(server: XmppdServer) -> None:
     asyncio.run(asyncio.wait_for(scenario(server), 150))
+
+
+async def cut_scenario(server: XmppdServer, clients: int) -> dict[str, Any]:
+    """Every TCP connection reset while the server runs; each client logs in afresh
+    (no resumption) to the same resource its hibernated session holds."""
+    fleet = Fleet(0)
+    users = [(i, f"s{i:03d}", f"s{i ^ 1:03d}@{server.domain}") for i in range(clients)]
+    await fleet.login(
+        "127.0.0.1",
+        server.starttls_port,
+        server.domain,
+        users,
+        PASSWORD,
+        concurrency=50,
+        timeout=30.0,
+        mode="scram",
+        resend=False,
+    )
+    try:
+        fleet.chat_start(RATE)
+        await asyncio.sleep(1.0)
+        back = await fleet.storm(
+            cut=True, concurrency=50, first=0.3, base=0.3, cap=2.0, timeout=20.0, limit=40.0
+        )
+        await asyncio.sleep(1.0)
+        await fleet.chat_stop()
+        quiet = await fleet.quiesce(timeout=10.0)
+        await asyncio.sleep(2.0)
+        return {**back, **fleet.count(), **quiet}
+    finally:
+        for session in fleet.sessions:
+            session.cut()
+        await asyncio.sleep(0.3)
+        fleet.close()
+
+
+@pytest.mark.timeout(120)
+def test_fresh_login_over_a_hibernated_session_loses_no_acknowledged_message(
+    server: XmppdServer,
+) -> None:
+    result = asyncio.run(asyncio.wait_for(cut_scenario(server, CLIENTS), 100))
+    summary = {k: v for k, v in result.items() if k != "durations"}
+    print(summary)
+    assert result["ok"] == CLIENTS, summary
+    assert result["acked"] > 0, summary
+    assert result["lost"] == 0, summary
+    assert result["duplicates"] == 0, summary

@@ -114,3 +114,16 @@ def test_a_session_is_created_outside_a_running_loop() -> None:
     # asyncio.Event() must not need a loop at construction (the fleet builds sessions first).
     asyncio.run(asyncio.sleep(0))
     live_session()
+
+
+def test_the_bound_resource_is_asked_for_again() -> None:
+    session, _, _ = live_session()
+    session._bound(
+        b"<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>u00003@bench.local/"
+        b"storm/Ab3x</authorization-identifier></success>"
+    )
+    assert session.resource == b"storm/Ab3x"
+    session._bound(
+        b"<iq type='result' id='bind1'><bind><jid>u00003@bench.local/r2</jid></bind></iq>"
+    )
+    assert session.resource == b"r2"
