@@ -1,5 +1,5 @@
 """CLI: ``python -m bench SCENARIO`` (all, sessions, tls, chat, archive, presence,
-archive-query, muc, storm, echo-ceiling).
+archive-query, muc, storm, ws-sessions, ws-chat, upload, echo-ceiling).
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
@@ -55,10 +55,22 @@ from bench.report import (
 from bench.scenarios import Settings, run_chat, run_sessions, wait_idle
 from bench.servers import SERVERS, Server, ServerUnavailable, make_server
 from bench.storm import run_storm
+from bench.web import (
+    WEB_SCENARIOS,
+    WebSettings,
+    run_upload,
+    run_ws_chat,
+    run_ws_sessions,
+    upload_report,
+    ws_chat_report,
+    ws_sessions_report,
+)
+from bench.web import quick as web_quick
 
 DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
 #: Every scenario, in the order ``all`` runs them.
 SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc", "storm"]
+SCENARIOS += WEB_SCENARIOS  # ws-sessions, ws-chat, upload (bench/web.py)
 #: Scenarios with an echo-server ceiling of their own (archive uses chat's).
 ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
 #: Where ``--docs-charts`` copies the charts of the run.
@@ -118,6 +130,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--muc-senders", type=int, help="muc: occupants that send (5)")
     parser.add_argument(
         "--muc-join-concurrency", type=int, help="muc: joins in flight per generator (10)"
+    )
+    parser.add_argument("--ws-sessions", type=int, help="ws-sessions size (default 1000)")
+    parser.add_argument("--ws-pairs", type=int, help="ws-chat online pairs (default 500)")
+    parser.add_argument("--ws-rates", type=_int_list, help="ws-chat sweep rates, msg/s")
+    parser.add_argument("--ws-step-seconds", type=float, help="ws-chat step length (5)")
+    parser.add_argument("--upload-files", type=int, help="upload: parallel files (20)")
+    parser.add_argument(
+        "--upload-sizes", type=_int_list, help="upload: file sizes in bytes (1e6,1e7)"
     )
     parser.add_argument(
         "--storm-sessions", type=int, help="storm: sessions that drop and come back (10000)"
@@ -226,6 +246,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
+def web_settings_from(args: argparse.Namespace) -> WebSettings:
+    w = WebSettings()
+    if args.quick:
+        web_quick(w)
+    overrides = {
+        "ws_sessions": args.ws_sessions,
+        "ws_pairs": args.ws_pairs,
+        "ws_rates": args.ws_rates,
+        "ws_step_seconds": args.ws_step_seconds,
+        "upload_files": args.upload_files,
+        "upload_sizes": args.upload_sizes,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(w, name, value)
+    return w
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -271,6 +309,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.settings = settings_from(args)
+        self.web = web_settings_from(args)
         if args.command == "all":
             self.scenarios = list(SCENARIOS)
         elif args.command == "echo-ceiling":
@@ -328,7 +367,9 @@ class Runner:
         """Configure ``server`` and create its accounts; returns the seconds it took."""
         server.certs = self.certs
         server.configure()
-        n_accounts = self.settings.accounts_needed(scenarios)
+        n_accounts = max(
+            self.settings.accounts_needed(scenarios), self.web.accounts_needed(scenarios)
+        )
         rosters = None
         if "presence" in scenarios:
             rosters = presence_rosters(self.settings.presence_users, self.settings.roster_size)
@@ -400,6 +441,12 @@ class Runner:
             return run_muc(server, s, log)
         if scenario == "storm":
             return run_storm(server, s, log)
+        if scenario == "ws-sessions":
+            return [run_ws_sessions(server, s, self.web, log)]
+        if scenario == "ws-chat":
+            return [run_ws_chat(server, s, self.web, log)]
+        if scenario == "upload":
+            return [run_upload(server, self.web, log)]
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def record(self, scenario: str, result: dict[str, Any]) -> None:
@@ -434,6 +481,11 @@ class Runner:
             ),
             "muc": lambda: muc_report(self.results["muc"]),
             "storm": lambda: storm_report(self.results["storm"]),
+            "ws-sessions": lambda: ws_sessions_report(
+                self.results["ws-sessions"], self.web.ws_sessions
+            ),
+            "ws-chat": lambda: ws_chat_report(self.results["ws-chat"], self.web.ws_pairs),
+            "upload": lambda: upload_report(self.results["upload"]),
         }
         print()
         for scenario in self.scenarios:

@@ -159,8 +159,11 @@ def login_sessions(
     pair_targets: list[str] | None = None,
     mechanism: str = PLAIN,
     tls: bool = False,
+    ws_url: str = "",
 ) -> dict[str, Any]:
-    """Log ``users`` in through the pool (pairs kept in one worker); aggregate the replies."""
+    """Log ``users`` in through the pool (pairs kept in one worker); aggregate the replies.
+
+    ``ws_url``: over XMPP over WebSocket at this URL instead of TCP."""
     n = len(pool)
     user_parts = split(users, n, chunk=2)
     target_parts = split(pair_targets, n, chunk=2) if pair_targets is not None else None
@@ -178,6 +181,8 @@ def login_sessions(
             "mechanism": mechanism,
             "tls": tls,
         }
+        if ws_url:
+            arg["ws_url"] = ws_url
         if target_parts is not None:
             arg["pair_targets"] = target_parts[i]
         args.append(arg)
@@ -404,6 +409,8 @@ class ChatPlan:
     drain_limit: float = 20.0
     """Seconds a server may take to work off a failed step's backlog before the next step;
     the sweep stops when it takes longer."""
+    ws_url: str = ""
+    """Sessions over XMPP over WebSocket at this URL (``ws-chat``); empty: TCP."""
 
 
 def chat_plan(settings: Settings, rates: Sequence[int] | None = None) -> ChatPlan:
@@ -442,7 +449,9 @@ def chat_sweep(
     try:
         with GeneratorPool(workers) as pool:
             log(f"{server.name}: logging in {2 * p} sessions for {p} chat pairs")
-            login = login_sessions(pool, server, users, settings, pair_targets=targets)
+            login = login_sessions(
+                pool, server, users, settings, pair_targets=targets, ws_url=plan.ws_url
+            )
             if login["failed"]:
                 log(f"{server.name}: {login['failed']} logins failed: {login['errors'][:2]}")
             senders_per_worker: list[int] = login["per_worker_ok"]

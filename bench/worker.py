@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.certs import client_context
 from bench.storm_fleet import Fleet
+from bench.wsclient import WsClients
 from bench.xmpp import PLAIN, Connection, MucRecorder, PresenceRecorder, Recorder, login
 
 MESSAGE_SUFFIX = b"</body></message>"
@@ -57,6 +58,8 @@ class Worker:
         self.occupants: list[Connection] = []
         #: ``storm`` scenario clients
         self.fleet = Fleet(index)
+        #: WebSocket logins (``login`` with ``ws_url``)
+        self.web = WsClients()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,7 +114,9 @@ class Worker:
         pair_targets: list[str] | None = None,
         mechanism: str = PLAIN,
         tls: bool = False,
+        ws_url: str = "",
     ) -> dict[str, Any]:
+        """Log ``users`` in over TCP, or over the WebSocket at ``ws_url`` if given."""
         sem = asyncio.Semaphore(max(1, concurrency))
         context = client_context() if tls else None
         durations: list[float] = []
@@ -122,19 +127,27 @@ class Worker:
             async with sem:
                 t0 = time.monotonic()
                 try:
-                    conn = await asyncio.wait_for(
-                        login(
-                            host,
-                            port,
-                            domain,
-                            user,
-                            password,
-                            f"b{self.index}",
-                            mechanism=mechanism,
-                            tls=context,
-                        ),
-                        timeout,
-                    )
+                    if ws_url:
+                        conn: Connection = await asyncio.wait_for(
+                            self.web.login(
+                                ws_url, domain, user, password, f"b{self.index}", mechanism
+                            ),
+                            timeout,
+                        )
+                    else:
+                        conn = await asyncio.wait_for(
+                            login(
+                                host,
+                                port,
+                                domain,
+                                user,
+                                password,
+                                f"b{self.index}",
+                                mechanism=mechanism,
+                                tls=context,
+                            ),
+                            timeout,
+                        )
                 except Exception as exc:
                     if len(errors) < 1000:
                         errors.append(f"{user}: {type(exc).__name__}: {exc}"[:400])
@@ -458,6 +471,7 @@ class Worker:
         self.sessions.clear()
         self.occupants.clear()
         self.fleet.close()
+        await self.web.close()
         self.recorder = Recorder()
         self.muc = MucRecorder()
         await asyncio.sleep(0.2)

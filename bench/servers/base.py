@@ -52,10 +52,24 @@ class Features:
     """What a phone relies on (the ``storm`` scenario): XEP-0198 stream management with
     resumption, and offline storage (XEP-0160) for messages to accounts without a
     session."""
+    web: bool = False
+    """An HTTP listener on :attr:`Server.http_port` (loopback) with XMPP over WebSocket at
+    :meth:`Server.ws_url` and HTTP File Upload (XEP-0363) at ``upload.<domain>``, files up
+    to :data:`UPLOAD_MAX_BYTES`, no quota below the benchmark's."""
 
 
 #: Occupants a room may hold, where a server has a limit (the largest room is 5,000).
 MUC_MAX_OCCUPANTS = 10_000
+
+
+#: Largest file the upload services accept (``web``), and bytes a user may upload.
+UPLOAD_MAX_BYTES = 64 * 1024 * 1024
+UPLOAD_QUOTA_BYTES = 16 * 1024 * 1024 * 1024
+
+
+def upload_domain(domain: str) -> str:
+    """The HTTP File Upload service of ``domain``."""
+    return f"upload.{domain}"
 
 
 def muc_domain(domain: str) -> str:
@@ -92,6 +106,9 @@ class Server(abc.ABC):
         self.certs: CertFiles | None = None
         #: database of the archive while :attr:`Features.archive` is "postgresql"
         self.pg_database: str | None = None
+        #: loopback port of the HTTP listener while :attr:`Features.web` (set by the
+        #: scenario before :meth:`using`)
+        self.http_port = 0
 
     # -- to implement ---------------------------------------------------------------------
     def check_available(self) -> None:  # noqa: B027 - optional hook
@@ -111,6 +128,10 @@ class Server(abc.ABC):
     ) -> None:
         """Create ``users`` (local parts) in bulk, and the roster items of ``rosters``;
         called after :meth:`configure`, while the server is stopped."""
+
+    def ws_url(self) -> str:
+        """The XMPP-over-WebSocket endpoint while :attr:`Features.web`."""
+        raise ServerUnavailable(f"WebSocket is not configured for {self.name}")
 
     def archive_rows(self) -> int | None:
         """Rows in the message archive (after a run with :attr:`Features.archive`)."""

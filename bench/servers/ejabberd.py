@@ -25,6 +25,7 @@ from bench import pg
 from bench.common import SCRAM_ITERATIONS, SCRAM_SALT, deb_version, run_text
 from bench.servers.base import (
     MUC_MAX_OCCUPANTS,
+    UPLOAD_MAX_BYTES,
     Rosters,
     Server,
     ServerUnavailable,
@@ -57,7 +58,7 @@ max_fsm_queue: 10000000
     access: c2s
     starttls: {starttls}
     starttls_required: {starttls}
-acl:
+{web_listener}acl:
   local:
     user_regexp: ""
 access_rules:
@@ -75,7 +76,7 @@ modules:
   mod_ping: {{}}
   mod_roster:
     versioning: false
-{mobile_modules}{archive_module}{muc_module}"""
+{mobile_modules}{archive_module}{muc_module}{upload_module}"""
 
 TLS_GLOBAL = """certfiles:
   - "{combined}"
@@ -125,6 +126,25 @@ MUC_MODULE = """  mod_muc:
       persistent: false
       mam: false
       logging: false
+"""
+#: ``web``: ejabberd_http on a loopback port with WebSocket (ejabberd_http_ws) at
+#: /xmpp-websocket and mod_http_upload's PUT/GET handler at /upload; no upload quota
+#: module (mod_http_upload_quota), so nothing limits the benchmark's files.
+WEB_LISTENER = """  -
+    port: {http_port}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    backlog: 1024
+    request_handlers:
+      "/xmpp-websocket": ejabberd_http_ws
+      "/upload": mod_http_upload
+"""
+UPLOAD_MODULE = """  mod_http_upload:
+    put_url: "http://127.0.0.1:{http_port}/upload"
+    get_url: "http://127.0.0.1:{http_port}/upload"
+    docroot: "{docroot}"
+    max_size: {max_size}
+    thumbnail: false
 """
 #: mod_mam's table (old schema, the default of 23.01).
 ARCHIVE_TABLE = "archive"
@@ -238,6 +258,18 @@ class EjabberdServer(Server):
                 sql=sql,
                 archive_module=ARCHIVE_MODULE if self.features.archive else "",
                 mobile_modules=MOBILE_MODULES if self.features.mobile else "",
+                web_listener=(
+                    WEB_LISTENER.format(http_port=self.http_port) if self.features.web else ""
+                ),
+                upload_module=(
+                    UPLOAD_MODULE.format(
+                        http_port=self.http_port,
+                        docroot=self.dir / "upload",
+                        max_size=UPLOAD_MAX_BYTES,
+                    )
+                    if self.features.web
+                    else ""
+                ),
                 muc_module=(
                     MUC_MODULE.format(max_users=MUC_MAX_OCCUPANTS) if self.features.muc else ""
                 ),
@@ -337,6 +369,9 @@ class EjabberdServer(Server):
                 else []
             ),
         ]
+
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/xmpp-websocket"
 
     def after_start(self) -> None:
         time.sleep(1.0)

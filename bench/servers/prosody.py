@@ -10,7 +10,16 @@ from pathlib import Path
 
 from bench import pg
 from bench.common import SCRAM_ITERATIONS, SCRAM_SALT, deb_version
-from bench.servers.base import Rosters, Server, ServerUnavailable, muc_domain, sqlite_count
+from bench.servers.base import (
+    UPLOAD_MAX_BYTES,
+    UPLOAD_QUOTA_BYTES,
+    Rosters,
+    Server,
+    ServerUnavailable,
+    muc_domain,
+    sqlite_count,
+    upload_domain,
+)
 
 #: mod_storage_sql's archive table.
 ARCHIVE_TABLE = "prosodyarchive"
@@ -43,8 +52,9 @@ storage = {storage}
 modules_enabled = {{ "roster", "saslauth", "disco", "ping"{modules} }}
 modules_disabled = {{ {disabled}"s2s", "s2s_auth_certs" }}
 
+{web_settings}
 VirtualHost "{domain}"
-{host_ssl}{muc_component}"""
+{host_ssl}{muc_component}{upload_component}"""
 
 TLS_HOST = """    ssl = {{ certificate = "{cert}", key = "{key}" }}
 """
@@ -62,6 +72,20 @@ MUC_COMPONENT = """
 Component "{service}" "muc"
     muc_room_locking = false
     max_history_messages = 20
+"""
+#: ``web``: HTTP on a loopback port only (no HTTPS port), WebSocket on the host at
+#: /xmpp-websocket (mod_websocket), uploads through mod_http_file_share (0.12's
+#: XEP-0363 module) as a component at upload.<domain>.
+WEB_SETTINGS = """http_ports = {{ {http_port} }}
+http_interfaces = {{ "127.0.0.1" }}
+https_ports = {{ }}
+https_interfaces = {{ }}
+consider_websocket_secure = true
+"""
+UPLOAD_COMPONENT = """
+Component "{service}" "http_file_share"
+    http_file_share_size_limit = {max_size}
+    http_file_share_daily_quota = {quota}
 """
 SQLITE = '{{ driver = "SQLite3", database = "{path}" }}'
 POSTGRES = (
@@ -137,8 +161,21 @@ class ProsodyServer(Server):
             modules += ', "mam"'
             storage = '{ archive = "sql" }  -- everything else: "internal" (files)'
             extra = ARCHIVE_SETTINGS.format(sql=self._sql_settings())
+        web = self.features.web
+        if web:
+            modules += ', "websocket"'
         self.config_path.write_text(
             CONFIG_TEMPLATE.format(
+                web_settings=WEB_SETTINGS.format(http_port=self.http_port) if web else "",
+                upload_component=(
+                    UPLOAD_COMPONENT.format(
+                        service=upload_domain(self.domain),
+                        max_size=UPLOAD_MAX_BYTES,
+                        quota=UPLOAD_QUOTA_BYTES,
+                    )
+                    if web
+                    else ""
+                ),
                 dir=self.dir,
                 port=self.port,
                 domain=self.domain,
@@ -217,6 +254,9 @@ class ProsodyServer(Server):
                 (roster_dir / f"{_encode_node(user)}.dat").write_text(
                     _roster_file(contacts, self.domain)
                 )
+
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/xmpp-websocket"
 
     def command(self) -> list[str]:
         return ["prosody", "--config", str(self.config_path), "-F"]
