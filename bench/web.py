@@ -339,7 +339,8 @@ async def _get_all(
 
 
 def _peak_kb(samples: Sequence[int], base: int) -> int | None:
-    return max(samples) - base if samples else None
+    """Highest sample above ``base`` (0 when RSS only fell: a collection ran)."""
+    return max(0, max(samples) - base) if samples else None
 
 
 async def _upload_size(server: Server, web: WebSettings, size: int, log: Log) -> dict[str, Any]:
@@ -428,8 +429,10 @@ def run_upload(server: Server, web: WebSettings, log: Log) -> dict[str, Any]:
 def _peak_growth(step: dict[str, Any] | None) -> int | None:
     if step is None:
         return None
-    values = [v for v in (step["put_rss_peak_growth_kb"], step["get_rss_peak_growth_kb"]) if v]
-    return max(values) if values else 0
+    values = [
+        v for v in (step["put_rss_peak_growth_kb"], step["get_rss_peak_growth_kb"]) if v is not None
+    ]
+    return max(values) if values else None
 
 
 # -- reports ------------------------------------------------------------------------------

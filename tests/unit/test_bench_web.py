@@ -108,3 +108,15 @@ def test_accounts_needed() -> None:
     assert web.accounts_needed(["ws-sessions", "ws-chat"]) == 40
     assert web.accounts_needed(["upload"]) == 1
     assert web.accounts_needed(["chat"]) == 0
+
+
+def test_rss_peak_growth_is_never_negative() -> None:
+    from bench.web import _peak_growth, _peak_kb
+
+    assert _peak_kb([100, 180, 150], 100) == 80
+    assert _peak_kb([90, 95], 100) == 0
+    assert _peak_kb([], 100) is None
+    step = {"put_rss_peak_growth_kb": 0, "get_rss_peak_growth_kb": 0}
+    assert _peak_growth(step) == 0
+    assert _peak_growth({"put_rss_peak_growth_kb": 5, "get_rss_peak_growth_kb": None}) == 5
+    assert _peak_growth(None) is None
