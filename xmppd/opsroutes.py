@@ -1,9 +1,12 @@
-"""The operator's endpoints on the HTTP listeners: ``GET /metrics`` and ``GET /health``.
+"""The operator's endpoints on the HTTP listeners: ``GET /metrics`` and the health probes.
 
 ``/metrics`` is the server's one metrics registry in the Prometheus text exposition
-format; ``/health`` is the readiness report as JSON, with HTTP 200 when every part is
-ready and 503 (with the parts and why they are not ready) otherwise, so a load
-balancer or an orchestrator's readiness probe can use the status alone.
+format; ``/health/ready`` (and its older name ``/health``) is the readiness report as
+JSON, with HTTP 200 when every part is ready and 503 (with the parts and why they are
+not ready) otherwise, so a load balancer or an orchestrator's readiness probe can use
+the status alone; ``/health/live`` answers 200 whenever the process serves HTTP at all
+(a liveness probe: restart only what no longer answers, not what waits for its
+database).
 
 Both are for the operator, not the world: only clients whose address (as the HTTP
 front works it out, i.e. the forwarded one behind a trusted proxy) falls in
@@ -29,11 +32,13 @@ if TYPE_CHECKING:
 
 METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/health"
+READY_PATH: Final = "/health/ready"
+LIVE_PATH: Final = "/health/live"
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 
 class OpsEndpoints:
-    """``/metrics`` and ``/health``, restricted to ``http.ops_allowed``."""
+    """``/metrics`` and the health probes, restricted to ``http.ops_allowed``."""
 
     def __init__(self, config: HttpSection, metrics: Metrics, health: Health) -> None:
         self.metrics = metrics
@@ -48,6 +53,8 @@ class OpsEndpoints:
             routes.add("GET", METRICS_PATH, self.serve_metrics)
         if self._health_on:
             routes.add("GET", HEALTH_PATH, self.serve_health)
+            routes.add("GET", READY_PATH, self.serve_health)
+            routes.add("GET", LIVE_PATH, self.serve_live)
 
     def allowed(self, address: str) -> bool:
         """Whether a client at ``address`` may read the operator's endpoints."""
@@ -83,4 +90,12 @@ class OpsEndpoints:
             text=json.dumps(report.as_dict()),
             content_type="application/json",
             headers=_NO_STORE,
+        )
+
+    async def serve_live(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        return web.Response(
+            text=json.dumps({"live": True}), content_type="application/json", headers=_NO_STORE
         )

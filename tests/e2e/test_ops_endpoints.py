@@ -41,16 +41,23 @@ async def test_metrics_and_health_from_loopback(tmp_path: Path) -> None:
         assert body["parts"] and all(p["ready"] for p in body["parts"])
 
         part = srv.server.health.part("ops-test", reason="warming up")
-        async with session.get(srv.http_url + "/health") as r:
-            assert r.status == 503
-            body = json.loads(await r.read())
-        assert body["ready"] is False
-        [down] = [p for p in body["parts"] if not p["ready"]]
-        assert down["name"] == "ops-test" and down["reason"] == "warming up"
+        for path in ("/health", "/health/ready"):
+            async with session.get(srv.http_url + path) as r:
+                assert r.status == 503
+                body = json.loads(await r.read())
+            assert body["ready"] is False
+            [down] = [p for p in body["parts"] if not p["ready"]]
+            assert down["name"] == "ops-test" and down["reason"] == "warming up"
+        # Not ready is not dead: the liveness probe still answers, so an orchestrator
+        # holds traffic back without restarting the process.
+        async with session.get(srv.http_url + "/health/live") as r:
+            assert r.status == 200
+            assert json.loads(await r.read()) == {"live": True}
 
         part.set_ready()
-        async with session.get(srv.http_url + "/health") as r:
-            assert r.status == 200
+        for path in ("/health", "/health/ready"):
+            async with session.get(srv.http_url + path) as r:
+                assert r.status == 200
         srv.server.health.remove("ops-test")
 
         async with session.post(srv.http_url + "/metrics") as r:
@@ -83,15 +90,15 @@ async def test_health_only_for_allowed_networks(
     proxied_server: XmppdServer, forwarded: str | None, status: int
 ) -> None:
     headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(proxied_server.http_url + "/health", headers=headers) as r,
-    ):
-        assert r.status == status
-        if status == 403:
-            assert b"ready" not in await r.read()
-        else:
-            assert json.loads(await r.read())["ready"] is True
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxied_server.http_url + "/health", headers=headers) as r:
+            assert r.status == status
+            if status == 403:
+                assert b"ready" not in await r.read()
+            else:
+                assert json.loads(await r.read())["ready"] is True
+        async with session.get(proxied_server.http_url + "/health/live", headers=headers) as r:
+            assert r.status == status
 
 
 async def test_metrics_can_be_turned_off(proxied_server: XmppdServer) -> None:
