@@ -6,8 +6,10 @@ the password policy, JSON errors and the audit log."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +36,7 @@ ROSTER = "jabber:iq:roster"
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/users"): {"jid": "newbie@localhost", "password": "long-enough"},
     ("PUT", "/users/{jid}/password"): {"password": "long-enough"},
+    ("POST", "/users/{jid}/erasure"): {"grace_days": 1},
     ("POST", "/users/{jid}/tokens"): {"name": "backend"},
     ("POST", "/users/{jid}/messages"): {"body": "hello"},
     ("POST", "/hosts/{host}/announce"): {"body": "maintenance at noon"},
@@ -546,3 +549,48 @@ async def test_rooms_as_groups(srv: InProcessServer, http: aiohttp.ClientSession
     assert (await api("GET", "/hosts/localhost/rooms/team"))[0] == 404
     assert (await api("GET", "/hosts/localhost/rooms"))[1]["rooms"] == []
     await alice.close()
+
+
+async def test_data_requests_export_and_erasure(
+    srv: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    """GDPR over the API: the export holds what the account stored (XEP-0227 in a
+    .tar.gz); an erasure with a grace period disables the account at once and can be
+    cancelled; an erasure without one leaves no row."""
+    api = Api(http, srv.http_url, await admin_token(srv, "users"))
+    assert (await api("POST", "/users", {"jid": "gina@localhost", "password": "pw-gina"}))[0] == 201
+    await api("PUT", "/users/gina@localhost/roster/hal@localhost", {"name": "Hal"})
+    headers = bearer(api.token or "")
+    async with http.get(srv.http_url + "/api/v1/users/gina@localhost/export", headers=headers) as r:
+        assert r.status == 200
+        assert r.content_type == "application/gzip"
+        assert "gina@localhost.tar.gz" in r.headers["Content-Disposition"]
+        data = await r.read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        document = tar.extractfile("export.xml")
+        assert document is not None
+        xml = document.read().decode()
+    assert "gina" in xml and "hal@localhost" in xml and "Hal" in xml
+
+    gina = await online(srv, "gina")
+    status, pending = await api("POST", "/users/gina@localhost/erasure", {"grace_days": 1})
+    assert status == 200 and pending["jid"] == "gina@localhost"
+    assert abs(pending["erase_at"] - (time.time() + 86400)) < 120
+    await gina.wait_closed()  # disabled at once
+    await gina.close()
+    again = await WsClient.connect(srv)  # type: ignore[arg-type]
+    with pytest.raises(PermissionError):
+        await again.login("gina", "pw-gina")
+    await again.close()
+    assert await api("GET", "/users/gina@localhost/erasure") == (200, pending)
+    assert (await api("DELETE", "/users/gina@localhost/erasure"))[0] == 204
+    status, problem = await api("GET", "/users/gina@localhost/erasure")
+    assert status == 404 and problem["error"] == "not-found"
+
+    status, problem = await api("POST", "/users/gina@localhost/erasure", {"grace_days": 400})
+    assert status == 422 and problem["field"] == "grace_days"
+    status, done = await api("POST", "/users/gina@localhost/erasure", {})
+    assert (status, done) == (200, {"jid": "gina@localhost", "erase_at": None})
+    rows = await user_rows(srv, "gina")  # type: ignore[arg-type]
+    assert sum(rows.values()) == 0, rows
+    assert (await api("GET", "/users/gina@localhost"))[0] == 404

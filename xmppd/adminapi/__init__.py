@@ -38,6 +38,7 @@ from xmppd.adminapi.base import (
     split_path,
     write_audit,
 )
+from xmppd.adminapi.datarequests import DataRequestResource
 from xmppd.adminapi.me import MeResource
 from xmppd.adminapi.messages import MessageResource
 from xmppd.adminapi.openapi import openapi_document
@@ -67,6 +68,7 @@ def all_routes(api: ApiContext) -> list[Route]:
     """Every endpoint of ``/api/v1``."""
     resources = (
         UserResource(api),
+        DataRequestResource(api),
         SessionResource(api),
         MessageResource(api),
         RosterResource(api),
@@ -150,7 +152,9 @@ class AdminApi:
             if route.body is not None:
                 call.body = await self._body(request, route.body)
             result = await route.handler(call)
-            response = json_response(result, route.status if result is not None else 204)
+            response = json_response(
+                result, route.status if result is not None else 204, route.download
+            )
         except ApiError as exc:
             response = json_response(exc.problem, exc.status)
             if exc.status == 401:

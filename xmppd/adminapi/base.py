@@ -120,6 +120,13 @@ class Call:
         return self.principal.account
 
 
+class Download(BaseModel):
+    """A file answered as is (``Route.download``), not as JSON."""
+
+    filename: str
+    data: bytes
+
+
 Handler = Callable[[Call], Awaitable[BaseModel | None]]
 
 
@@ -139,6 +146,9 @@ class Route:
     response: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     """Error statuses besides 401/403/422 that the endpoint answers."""
+    download: str | None = None
+    """Media type of a file the endpoint answers with instead of JSON (its handler
+    returns :class:`Download`)."""
     segments: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,9 +180,18 @@ def split_path(raw_path: str) -> list[str] | None:
     return [unquote(p) for p in rest.strip("/").split("/")]
 
 
-def json_response(model: BaseModel | None, status: int) -> web.Response:
+def json_response(
+    model: BaseModel | None, status: int, media_type: str | None = None
+) -> web.Response:
     if model is None:
         return web.Response(status=status)
+    if isinstance(model, Download):
+        return web.Response(
+            status=status,
+            body=model.data,
+            content_type=media_type or "application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{model.filename}"'},
+        )
     return web.Response(
         status=status, text=model.model_dump_json(), content_type="application/json"
     )

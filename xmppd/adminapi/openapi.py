@@ -66,7 +66,9 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
     if route.body is not None:
         op["requestBody"] = {"required": True, "content": _content(route.body)}
     ok: dict[str, Any] = {"description": _DESCRIPTIONS[route.status]}
-    if route.response is not None and route.status != 204:
+    if route.download is not None:
+        ok["content"] = {route.download: {"schema": {"type": "string", "format": "binary"}}}
+    elif route.response is not None and route.status != 204:
         ok["content"] = _content(route.response)
     responses: dict[str, Any] = {str(route.status): ok}
     errors = {401, 422, *route.errors}
