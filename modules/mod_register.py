@@ -118,14 +118,25 @@ async def register(ctx: Ctx, req: IqRequest) -> Element:
     peer = req.origin.peer if req.origin is not None else ""
     key = (ctx.domain, peer)
     now = time.monotonic()
-    if peer not in ctx.options.interval_exempt:
-        last = _last_registration.get(key)
-        if last is not None and now - last < ctx.options.registration_interval:
+    limited = peer not in ctx.options.interval_exempt
+    previous = _last_registration.get(key)
+    if limited:
+        if previous is not None and now - previous < ctx.options.registration_interval:
             raise StanzaError("resource-constraint", "too many registrations; try later")
+        # Take the address's slot before waiting on the database: parallel requests
+        # from one address would otherwise all pass the check above.
+        _last_registration[key] = now
     try:
         await ctx.register_user(jid, password)
-    except AccountExists:
-        raise StanzaError("conflict", "username taken") from None
+    except BaseException as exc:
+        if limited and _last_registration.get(key) == now:  # nothing registered: give it back
+            if previous is None:
+                del _last_registration[key]
+            else:
+                _last_registration[key] = previous
+        if isinstance(exc, AccountExists):
+            raise StanzaError("conflict", "username taken") from None
+        raise
     _last_registration[key] = now
     if len(_last_registration) > 10_000:  # forget addresses whose interval has passed
         horizon = now - ctx.options.registration_interval

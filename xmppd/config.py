@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -399,6 +400,31 @@ class C2SSection(Section):
     connect_timeout: Duration = Field(60.0, gt=0, description="Time to authenticate and bind.")
     max_write_buffer: Size = Field(
         4 * 1024 * 1024, ge=65536, description="A peer that reads slower than this is cut off."
+    )
+    input_rate: Size = Field(
+        256 * 1024,
+        ge=0,
+        description="Bytes per second one client stream may send on average (shaper, "
+        "before and after login); above it the server stops reading the connection for "
+        "a while (back-pressure), it drops nothing. 0 disables.",
+    )
+    input_burst: Size = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Bytes a client stream may send at once above input_rate (a login, "
+        "a roster, a catch-up after a network change).",
+    )
+    max_connections_per_ip: int = Field(
+        64,
+        ge=1,
+        description="Client connections (TCP and direct TLS listeners) one source address "
+        "may have open at once; the next one gets the stream error policy-violation and "
+        "is closed. WebSocket and BOSH are limited by http.max_connections_per_ip.",
+    )
+    connection_limit_exempt: tuple[IPvAnyNetwork, ...] = Field(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        description="Networks (CIDR) max_connections_per_ip does not apply to: loopback "
+        "by default (a local proxy or gateway); add a NAT gateway you trust.",
     )
     stream_management: bool = Field(True, description="Offer XEP-0198 stream management.")
     resume_timeout: Duration = Field(

@@ -49,6 +49,7 @@ from xmppd.stream.s2s import S2SInStream, S2SServices
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
 from xmppd.transports.http import HttpFront
+from xmppd.transports.peerlimit import ConnectionsPerAddress
 from xmppd.transports.peertls import PeerTlsContexts
 from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
@@ -198,6 +199,9 @@ class Server:
                 http=self.http.listen if self.http is not None else None,
                 s2s_tls=await self._peer_tls() if self.s2s is not None else None,
                 s2s_rate=self.config.s2s.incoming_rate,
+                c2s_per_address=ConnectionsPerAddress(
+                    self.config.c2s.max_connections_per_ip, self.config.c2s.connection_limit_exempt
+                ),
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
             for listener, section in zip(self._listeners, self.config.listeners, strict=False):

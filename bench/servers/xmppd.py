@@ -41,6 +41,7 @@ tls = "{listener_tls}"
 {web_listener}
 [c2s]
 require_encryption = {require_encryption}
+input_rate = 0   # no shaper: the servers compared run without one
 
 [hosts."{domain}"]
 

@@ -37,7 +37,7 @@ def main() -> None:
     total = int(sys.argv[1]) * MIB if len(sys.argv) > 1 else 64 * MIB
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_server(Path(tmp), modules={"ping": {}}) as srv,
+        running_server(Path(tmp), modules={"ping": {}}, extra="[c2s]\ninput_rate = 0\n") as srv,
     ):
         asyncio.run(_measure(srv.starttls_port, srv.process.pid, total))
 

@@ -46,7 +46,7 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppdServe
     with running_server(
         tmp_path_factory.mktemp("slow"),
         modules={"ping": {}},
-        extra=f"[c2s]\nmax_write_buffer = {WRITE_LIMIT}\n",
+        extra=f"[c2s]\nmax_write_buffer = {WRITE_LIMIT}\ninput_rate = 0\n",
     ) as srv:
         for user in ["sender", "alice", "bob", *(f"slow{i}" for i in range(SLOW))]:
             proc = srv.cli("adduser", f"{user}@{srv.domain}", input="secret-pw\n")

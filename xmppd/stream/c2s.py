@@ -164,6 +164,8 @@ class C2SStream(StreamMachine):
             max_stanza_size=cfg.max_stanza_size,
             connect_timeout=cfg.connect_timeout,
             write_limit=cfg.max_write_buffer,
+            input_rate=cfg.input_rate,
+            input_burst=cfg.input_burst,
         )
         self.services = services
         self.offer_starttls = offer_starttls

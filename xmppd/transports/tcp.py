@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
+from xmppd import ns
 from xmppd.stream.framing import XML_STREAM
+from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
@@ -49,6 +51,8 @@ class StreamOpeners:
     ``None``: the hosts' standard contexts (no certificate asked)."""
     s2s_rate: int = 256 * 1024
     """Bytes per second one incoming s2s connection may send (:class:`ReadShaper`)."""
+    c2s_per_address: ConnectionsPerAddress | None = None
+    """Open client connections per source address, shared by every c2s listener."""
 
 
 LINGER: Final = 2.0
@@ -66,6 +70,8 @@ class C2SConnection(asyncio.Protocol):
     NAME: ClassVar[str] = "tcp"
 
     __slots__ = (
+        "_counted",
+        "_limit",
         "_linger",
         "_open",
         "_tls",
@@ -81,8 +87,11 @@ class C2SConnection(asyncio.Protocol):
         open_stream: Callable[[Transport], StreamInput],
         tls: TlsContexts | None,
         tls_mode: str,
+        limit: ConnectionsPerAddress | None = None,
     ) -> None:
         self._open = open_stream
+        self._limit = limit
+        self._counted = False
         self._tls = tls
         self._tls_mode = tls_mode
         self._transport: asyncio.Transport | None = None
@@ -100,6 +109,13 @@ class C2SConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
+        if self._limit is not None:
+            if not self._limit.acquire(self.peer):
+                log.warning("c2s %s: too many connections from this address", self.peer)
+                self._transport.write(refusal(ns.CLIENT))
+                self.close()
+                return
+            self._counted = True
         self.stream = self._open(self)
 
     def data_received(self, data: bytes) -> None:
@@ -110,6 +126,9 @@ class C2SConnection(asyncio.Protocol):
         if self.stream is not None:
             self.stream.connection_lost()
             self.stream = None
+        if self._counted and self._limit is not None:
+            self._counted = False
+            self._limit.release(self.peer)
         self._transport = None
         if self._linger is not None:
             self._linger.cancel()
@@ -241,6 +260,7 @@ async def _listen(
         ssl_ctx = tls.context
     offer_starttls = section.tls == "starttls"
     opener = openers.c2s
+    limit = openers.c2s_per_address if section.kind == "c2s" else None
     if section.kind == "s2s":
         if openers.s2s is None:
             raise ValueError(
@@ -269,7 +289,7 @@ async def _listen(
         return srv
 
     srv = await loop.create_server(
-        lambda: C2SConnection(open_stream, tls, section.tls),
+        lambda: C2SConnection(open_stream, tls, section.tls, limit),
         host=section.address,
         port=section.port,
         ssl=ssl_ctx,
