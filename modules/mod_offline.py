@@ -46,6 +46,7 @@ from xmppd.api import (
     Priority,
     ServiceKey,
     Session,
+    StanzaError,
     Stop,
     hooks,
     ns,
@@ -68,12 +69,15 @@ from xmppd.api.stanza import (
     payload,
     serialize,
 )
+from xmppd.api.storage import REFUSED_FOR_DATA as _REFUSED
 from xmppd.api.storage import (
     BigInteger,
     Column,
     Float,
+    StorageUnavailable,
     String,
     Text,
+    WriteRetry,
     bindparam,
     delete,
     func,
@@ -104,6 +108,15 @@ class OfflineOptions(Options):
         description="Most messages stored for one account. When it is reached, further "
         "messages are refused with service-unavailable (XEP-0160 §2) until the user "
         "collects them.",
+    )
+    outage_wait: Duration = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How long storing a message waits for an unavailable database "
+        "(retried with back-off meanwhile; the sender's stanza is not acknowledged "
+        "until then). After it, the sender gets the error resource-constraint: the "
+        "message is never silently lost.",
     )
     store_receipts_and_markers: bool = Field(
         True,
@@ -242,6 +255,9 @@ class OfflineStore:
         self.stored_count = 0
         self.expired_count = 0
         self._flushing: dict[JID, tuple[asyncio.Lock, int]] = {}
+        self.retry = WriteRetry(
+            ctx.health.part(), ctx.log, "write offline messages", deadline=ctx.options.outage_wait
+        )
         self._held: set[int] = set()
         """Messages stored for a hibernated session (``sm_store``): kept back from
         every delivery while it may resume, as its own queue holds them. In memory
@@ -255,6 +271,7 @@ class OfflineStore:
         )
         self._last_seq = int(last or 0)
         await self._recount()
+        self._ctx.health.part().set_ready()
 
     async def _recount(self) -> None:
         ctx = self._ctx
@@ -316,7 +333,11 @@ class OfflineStore:
         )
         if decision is not Verdict.STORE:
             return None
-        seq = await self._insert(user, stanza, sender)
+        try:
+            seq = await self._insert(user, stanza, sender)
+        except StorageUnavailable:
+            ctx.log.error("could not store a message for hibernated %s; kept in memory", user)
+            return None
         if seq is not None:
             self._held.add(seq)
         return seq
@@ -338,27 +359,40 @@ class OfflineStore:
             await self.deliver(max(ready, key=lambda s: s.priority))
 
     async def _insert(self, user: JID, stanza: Element, sender: JID) -> int | None:
+        """Store one message; retried while the database is unavailable (then
+        :class:`StorageUnavailable`). Its ``seq`` is chosen once, so a retry after a
+        commit whose answer was lost meets the row's key and stores no second copy."""
         ctx = self._ctx
         now = time.time()
         data = serialize(_stamped(ctx, stanza, now)).decode("utf-8")
-        async with ctx.db.transaction() as tx:
-            stored = (await tx.execute(_COUNT, self._params(user))).scalar()
-            if int(stored or 0) >= ctx.options.max_messages:
-                return None
-            seq = self._next_seq()
-            await tx.execute(
-                insert(messages).values(
-                    host=ctx.domain,
-                    username=user.local,
-                    seq=seq,
-                    stamp=now,
-                    sender=str(sender),
-                    stanza=data,
-                )
-            )
-        self.waiting += 1
-        self.stored_count += 1
-        return seq
+        seq = self._next_seq()
+        row = {
+            "host": ctx.domain,
+            "username": user.local,
+            "seq": seq,
+            "stamp": now,
+            "sender": str(sender),
+            "stanza": data,
+        }
+
+        async def attempt() -> int | None:
+            try:
+                async with ctx.db.transaction() as tx:
+                    stored = (await tx.execute(_COUNT, self._params(user))).scalar()
+                    if int(stored or 0) >= ctx.options.max_messages:
+                        return None
+                    await tx.execute(insert(messages).values(**row))
+            except _REFUSED:
+                if not self.retry.failing:
+                    raise
+                ctx.log.debug("offline message %d was stored already", seq)
+            return seq
+
+        stored = await self.retry.run(attempt)
+        if stored is not None:
+            self.waiting += 1
+            self.stored_count += 1
+        return stored
 
     async def deliver(self, session: Session) -> int:
         """Send every stored message to ``session``, oldest first, deleting each page
@@ -497,12 +531,17 @@ async def offline_message(ctx: Ctx, event: StanzaEvent) -> Stop | None:
     if decision is Verdict.REFUSE:
         return None
     user = event.to.bare
-    if not await ctx.account_exists(user):
-        return None  # RFC 6121 §8.5.1: the core answers service-unavailable
-    if decision is Verdict.DISCARD:
-        return STOP
     store = ctx.service(OFFLINE)
-    if not await store.store(user, event.stanza, event.from_):
+    try:
+        if not await store.retry.run(lambda: ctx.account_exists(user)):
+            return None  # RFC 6121 §8.5.1: the core answers service-unavailable
+        if decision is Verdict.DISCARD:
+            return STOP
+        stored = await store.store(user, event.stanza, event.from_)
+    except StorageUnavailable:
+        ctx.log.error("offline storage unavailable: refused a message for %s", user)
+        raise StanzaError("resource-constraint", "offline storage is unavailable") from None
+    if not stored:
         ctx.log.info("offline storage of %s is full; refusing a message", user)
         return None
     # The user may have come online while this was being stored, after the delivery that

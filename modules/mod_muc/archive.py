@@ -10,14 +10,17 @@ from typing import Any, Final
 
 from modules.mam_common import Bounds, Paging, next_id, now_us
 from modules.mod_muc.common import Ctx, module
-from xmppd.api import JID
+from xmppd.api import JID, StanzaError
 from xmppd.api.storage import (
+    REFUSED_FOR_DATA,
     BigInteger,
     Boolean,
     Column,
     Index,
+    StorageUnavailable,
     String,
     Text,
+    WriteRetry,
     delete,
     func,
     select,
@@ -37,6 +40,11 @@ archive_table: Final = module.table(
     schema_version=1,
 )
 """One row per archived groupchat message of a persistent room."""
+
+OUTAGE_WAIT: Final = 30.0
+"""How long archiving a room's message waits for an unavailable database (retried with
+back-off; the message is neither sent to the room nor acknowledged meanwhile) before
+the sender gets the error resource-constraint."""
 
 _A: Final = archive_table.c
 _INDEXES: Final = (Index("ix_mod_muc__archive_id", _A.host, _A.id),)
@@ -95,11 +103,14 @@ class RoomArchive:
         self.ctx = ctx
         self.host = ctx.domain
         self._last_id = 0
+        self._health = ctx.health.part("archive")
+        self.retry = WriteRetry(self._health, ctx.log, "write room archives", deadline=OUTAGE_WAIT)
 
     async def start(self) -> None:
         """Continue the id sequence after what is stored (the clock may have gone back)."""
         last = await self.ctx.db.fetch_value(select(func.max(_A.id)).where(_A.host == self.host))
         self._last_id = int(last or 0)
+        self._health.set_ready()
 
     def reserve(self) -> tuple[int, int]:
         """A new id (for the archive and ``stanza-id``) and the time in microseconds."""
@@ -116,19 +127,35 @@ class RoomArchive:
         occupant_id: str,
         stanza: str,
     ) -> None:
-        await self.ctx.db.execute(
-            archive_table.insert().values(
-                host=self.host,
-                room=room,
-                id=reserved[0],
-                stamp=reserved[1],
-                nick=nick,
-                sender=sender,
-                occupant_id=occupant_id,
-                stanza=stanza,
-                retracted=False,
-            )
+        """Archive one message before it is sent to the room. While the database is
+        unavailable this is retried (the id is reserved already, so a retry after a
+        commit whose answer was lost finds the row and writes no second copy); after
+        :data:`OUTAGE_WAIT`, ``resource-constraint`` for the sender."""
+        insert = archive_table.insert().values(
+            host=self.host,
+            room=room,
+            id=reserved[0],
+            stamp=reserved[1],
+            nick=nick,
+            sender=sender,
+            occupant_id=occupant_id,
+            stanza=stanza,
+            retracted=False,
         )
+
+        async def attempt() -> None:
+            try:
+                await self.ctx.db.execute(insert)
+            except REFUSED_FOR_DATA:
+                if not self.retry.failing:
+                    raise
+                self.ctx.log.debug("room archive row %d was written already", reserved[0])
+
+        try:
+            await self.retry.run(attempt)
+        except StorageUnavailable:
+            self.ctx.log.error("room archive unavailable: refused a message in %s", room)
+            raise StanzaError("resource-constraint", "the room's archive is unavailable") from None
 
     async def get(self, room: str, archive_id: int) -> Row | None:
         row = await self.ctx.db.fetch_one(

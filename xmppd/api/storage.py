@@ -27,6 +27,7 @@ from sqlalchemy import (
 
 from xmppd.storage.database import Database
 from xmppd.storage.keyval import KeyValueStore
+from xmppd.storage.retry import REFUSED_FOR_DATA, StorageUnavailable, WriteRetry
 
 __all__ = [
     "JSON",
@@ -39,6 +40,8 @@ __all__ = [
     "Integer",
     "KeyValueStore",
     "LargeBinary",
+    "REFUSED_FOR_DATA",
+    "StorageUnavailable",
     "String",
     "Text",
     "and_",
@@ -49,5 +52,6 @@ __all__ = [
     "or_",
     "sa",
     "select",
+    "WriteRetry",
     "update",
 ]
