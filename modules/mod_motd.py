@@ -66,18 +66,28 @@ class Motd:
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
         self.current = Message(ctx.options.text, ctx.options.subject)
+        self.set_by_admin = False
+        """An admin's message replaces the configured one (until set or deleted again)."""
 
     async def load(self) -> None:
         stored = await self._ctx.keyval(_STORE).get("")
         if stored is not None:
             data = json.loads(stored)
             self.current = Message(str(data.get("text", "")), data.get("subject"))
+            self.set_by_admin = True
 
     async def set(self, text: str, subject: str | None = None) -> None:
         """Replace the message (``""``: none); kept across restarts."""
         self.current = Message(text, subject or None)
+        self.set_by_admin = True
         value = json.dumps({"text": text, "subject": subject or None})
         await self._ctx.keyval(_STORE).set("", value)
+
+    def configured(self, options: MotdOptions) -> None:
+        """The configuration changed (reload): its message applies unless an admin's
+        replaces it."""
+        if not self.set_by_admin:
+            self.current = Message(options.text, options.subject)
 
 
 MOTD: Final = ServiceKey[Motd]("motd")
@@ -113,8 +123,13 @@ async def greet(ctx: Ctx, event: PresenceEvent) -> None:
 async def reloaded(ctx: Ctx, old: MotdOptions) -> None:
     """New text or subject: sessions that come online from now on get the new message
     (those already greeted are not greeted again)."""
+    motd = ctx.service(MOTD)
+    motd.configured(ctx.options)
     if ctx.options.text != old.text:
-        ctx.log.info("message of the day changed")
+        if motd.set_by_admin:
+            ctx.log.info("configured message of the day changed; an admin's message replaces it")
+        else:
+            ctx.log.info("message of the day changed")
 
 
 @module.iq("get", NS_MOTD, "motd", to=Scope.HOST)
