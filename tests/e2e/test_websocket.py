@@ -192,13 +192,21 @@ async def test_a_message_over_the_stanza_size_limit_is_a_policy_violation(
         stay_jid = await bystander.login(f"wsstay{size}", "pw-stay")
         await client.login(f"wsbig{size}", "pw-big")
         big = "x" * size  # the default limit is 256 KiB
-        await client.send_now(
-            f"<message xmlns='{CLIENT}' to='{stay_jid}'><body>{big}</body></message>"
-        )
-        # RFC 7395 §3.6: the stream error and <close/>, then the WebSocket closes.
-        await client.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
-        assert client.stream_error() == "policy-violation"
-        assert await client.wait_closed() == 1009  # message too big
+        try:
+            await client.send_now(
+                f"<message xmlns='{CLIENT}' to='{stay_jid}'><body>{big}</body></message>"
+            )
+        except ConnectionError:
+            # Several MiB: the server may refuse the frame from its header and close
+            # before the client has written it all; the client then sees a reset
+            # instead of the stream error (nothing the server can do about bytes still
+            # in flight). The 300 KiB case always gets the error.
+            assert size > 1024 * 1024
+        else:
+            # RFC 7395 §3.6: the stream error and <close/>, then the WebSocket closes.
+            await client.expect(lambda el: el.tag == f"{{{FRAMING}}}close")
+            assert client.stream_error() == "policy-violation"
+            assert await client.wait_closed() == 1009  # message too big
         # Another session on the same server keeps working.
         pong = await bystander.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
         assert pong.get("type") == "result"

@@ -110,6 +110,12 @@ class Slix:
     async def stop(self) -> None:
         if self.xmpp.transport is not None:
             await self.xmpp.disconnect(wait=1)
+        transport = self.xmpp.transport
+        if transport is not None:
+            # The server did not close in time (a loaded machine): close the socket
+            # anyway, or it is left to the garbage collector (ResourceWarning, which
+            # pytest turns into a failure of whatever test runs then).
+            transport.abort()
 
     async def __aenter__(self) -> Slix:
         return await self.start()
