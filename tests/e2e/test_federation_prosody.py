@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Slix
+from tests.support.dnsserver import threaded_dns_server
 from tests.support.e2e import PASSWORD, befriend, new_account, online, take
 from tests.support.muc import MUC, create_room, groupchat, join, next_groupchat
 from tests.support.prosody import ProsodyServer, require_prosody, running_prosody
@@ -221,3 +222,64 @@ async def test_one_connection_carries_both_directions_with_prosody_bidi(tmp_path
     ), log[-3000:]
     # Prosody never opened a connection of its own to xmppd: one TCP connection.
     assert "s2s-in" not in log, log[-3000:]
+
+
+def test_check_federation_explains_four_different_failures(tmp_path: Path) -> None:
+    """``xmppd check-federation`` through a test DNS server: Prosody that is reachable, an
+    SRV record pointing at a closed port, a host whose certificate does not name it (the
+    policy requires certificates for it) and a domain without any DNS record."""
+    dead = free_port()
+    with running_prosody(tmp_path / "prosody", pins={}, extra_hosts=("wrongname.example",)) as p:
+        zone = {
+            ("_xmpp-server._tcp.prosody.example", "SRV"): [f"0 5 {p.s2s_port} xmpp.example."],
+            ("_xmpp-server._tcp.wrongname.example", "SRV"): [f"0 5 {p.s2s_port} xmpp.example."],
+            ("_xmpp-server._tcp.down.example", "SRV"): [f"0 5 {dead} xmpp.example."],
+            ("xmpp.example", "A"): ["127.0.0.1"],
+        }
+        with threaded_dns_server(zone) as (dns_port, answers):
+            extra = (
+                "[s2s]\n"
+                f'resolver = "127.0.0.1:{dns_port}"\n'
+                'dns_timeout = "3s"\n'
+                f'ca_file = "{p.cafile}"\n'
+                'policies = { "wrongname.example" = "certificates" }\n'
+            )
+            with running_server(tmp_path / "xmppd", domain=XMPPD_DOMAIN, extra=extra) as xmppd:
+                runs = {
+                    d: xmppd.cli("check-federation", d)
+                    for d in ("prosody.example", "down.example", "wrongname.example", "nx.example")
+                }
+        out = {d: r.stdout + r.stderr for d, r in runs.items()}
+        assert runs["prosody.example"].returncode == 0, out["prosody.example"]
+        good = out["prosody.example"]
+        assert f"SRV _xmpp-server._tcp.prosody.example: xmpp.example:{p.s2s_port}" in good
+        assert f"trying 127.0.0.1:{p.s2s_port} (STARTTLS" in good
+        assert "certificate: valid" in good
+        assert "would authenticate with" in good
+        assert "RESULT: federation can work" in good
+
+        assert runs["down.example"].returncode == 1
+        assert f"FAIL connect: 127.0.0.1:{dead} refused the connection" in out["down.example"]
+        assert "certificate" not in out["down.example"]
+
+        assert runs["wrongname.example"].returncode == 1, out["wrongname.example"]
+        wrong = out["wrongname.example"]
+        assert "certificate names: prosody.example" in wrong
+        assert (
+            "FAIL certificate: the policy for wrongname.example requires a valid certificate "
+            "and certificate is not for wrongname.example (it names: prosody.example"
+        ) in wrong
+
+        assert runs["nx.example"].returncode == 1
+        missing = out["nx.example"]
+        assert "DNS: SRV _xmpp-server._tcp.nx.example: none" in missing
+        assert "FAIL DNS: no address found for nx.example (SRV, AAAA and A)" in missing
+        assert "trying" not in missing
+        assert ("_xmpp-server._tcp.nx.example", "SRV") in answers.queries
+        # four different explanations
+        fails = [
+            next(line for line in o.splitlines() if "FAIL" in line)
+            for d, o in out.items()
+            if d != "prosody.example"
+        ]
+        assert len({f.split("] ", 1)[1].split(":")[0] for f in fails}) == 3

@@ -108,10 +108,12 @@ def write_config(
     key: Path,
     bidi: bool = False,
     trust_ca: Path | None = None,
+    extra_hosts: tuple[str, ...] = (),
 ) -> Path:
     pin_lines = "".join(
         f"\t[{_lua(d)}] = {{ {_lua(h)}, {_lua(p)} }};\n" for d, (h, p) in pins.items()
     )
+    more_hosts = "".join(f"VirtualHost {_lua(h)}\n" for h in extra_hosts)
     text = f"""\
 run_as_root = {"true" if os.geteuid() == 0 else "false"}
 pidfile = {_lua(str(tmp / "prosody.pid"))}
@@ -144,7 +146,7 @@ xmppd_test_pins = {{
 {pin_lines}}}
 
 VirtualHost {_lua(domain)}
-
+{more_hosts}
 Component {_lua(muc_domain)} "muc"
 	restrict_room_creation = false
 	muc_room_locking = false
@@ -162,11 +164,13 @@ def running_prosody(
     pins: dict[str, tuple[str, int]],
     bidi: bool = False,
     trust_ca: Path | None = None,
+    extra_hosts: tuple[str, ...] = (),
 ) -> Iterator[ProsodyServer]:
     """Start Prosody for ``domain`` (with a MUC service on ``rooms.<domain>``) and
     stop it afterwards; ``pins`` maps xmppd's domains to their s2s listeners;
     ``bidi`` enables ``mod_s2s_bidi`` (XEP-0288); ``trust_ca``: a CA whose certificates
-    Prosody accepts (SASL EXTERNAL instead of dialback)."""
+    Prosody accepts (SASL EXTERNAL instead of dialback); ``extra_hosts``: more virtual
+    hosts, served with the same certificate (which does not name them)."""
     require_prosody()
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "data").mkdir(exist_ok=True)
@@ -192,6 +196,7 @@ def running_prosody(
             key=tmp / "prosody.key",
             bidi=bidi,
             trust_ca=trust_ca,
+            extra_hosts=extra_hosts,
         )
         out = (tmp / "prosody.out").open("ab")
         proc = subprocess.Popen(

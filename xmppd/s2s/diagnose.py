@@ -34,12 +34,25 @@ async def check_federation(config: ServerConfig, domain: str, say: Callable[[str
         say(f"[{time.monotonic() - start:6.2f}s] {text}")
 
     local = next(iter(config.hosts))
-    step(f"checking federation from {local} to {domain}; policy: {s2s.policy_for(domain)}")
+    policy = s2s.policy_for(domain)
+    step(f"checking federation from {local} to {domain}; policy: {policy}")
+    if not s2s.enabled:
+        step("FAIL policy: federation is switched off ([s2s] enabled = false)")
+        return False
+    if policy == "deny":
+        step(f"FAIL policy: federation with {domain} is denied ([s2s] deny, allow or policies)")
+        return False
     res = await resolve(domain, make_resolver(s2s.resolver, s2s.dns_timeout), s2s.pins)
     for line in res.steps:
         step(f"DNS: {line}")
     if res.error is not None:
         step(f"FAIL {res.error}")
+        if not s2s.pins.get(domain):
+            step(
+                f"hint: {domain} needs an SRV record _xmpp-server._tcp.{domain} (or "
+                f"_xmpps-server._tcp for direct TLS) or an A/AAAA record for {domain} itself; "
+                "check the spelling of the domain and the resolver ([s2s] resolver)"
+            )
         return False
     trust = TrustStore(s2s.ca_file)
     section = config.hosts[local]
@@ -53,24 +66,35 @@ async def check_federation(config: ServerConfig, domain: str, say: Callable[[str
     ok = False
     for target in res.targets:
         mode = "direct TLS" if target.direct_tls else "STARTTLS"
-        step(f"trying {target.host}:{target.port} ({mode}, from {target.name})")
+        where = f"{target.host}:{target.port}"
+        step(f"trying {where} ({mode}, from {target.name})")
         try:
-            ok = (
-                await _try(
-                    target.host,
-                    target.port,
-                    target.direct_tls,
-                    ctx,
-                    local,
-                    domain,
-                    trust,
-                    s2s.connect_timeout,
-                    step,
-                )
-                or ok
+            ok = await _try(
+                target.host,
+                target.port,
+                target.direct_tls,
+                ctx,
+                local,
+                domain,
+                policy,
+                trust,
+                s2s.connect_timeout,
+                step,
             )
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            step(f"FAIL connect: {exc.__class__.__name__}: {exc}")
+        except ConnectionRefusedError:
+            step(
+                f"FAIL connect: {where} refused the connection: no server listens on that "
+                "port (server down, wrong port in DNS or pins) or a firewall rejects it"
+            )
+        except TimeoutError:
+            step(
+                f"FAIL timeout: no answer from {where} within {s2s.connect_timeout:g}s "
+                "(host down, or a firewall drops the packets)"
+            )
+        except ssl.SSLError as exc:
+            step(f"FAIL tls: the TLS handshake with {where} failed: {exc.reason or exc}")
+        except (OSError, ConnectionError) as exc:
+            step(f"FAIL connect: {where}: {exc.__class__.__name__}: {exc}")
         if ok:
             break
     step("RESULT: " + ("federation can work" if ok else "cannot federate with " + domain))
@@ -82,6 +106,23 @@ def s2s_client_context_no_cert() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+_CONDITION = re.compile(rb"<stream:error[^>]*>\s*<([a-z-]+)")
+_EXPLAIN = {
+    "host-unknown": "the server at this address does not serve {domain}",
+    "policy-violation": "the remote refuses us by its policy",
+    "not-authorized": "the remote does not accept our authentication",
+    "remote-connection-failed": "the remote could not connect back to us",
+    "see-other-host": "the remote sends us to another host",
+}
+
+
+def _stream_error(data: bytes, domain: str, step: Callable[[str], None]) -> None:
+    found = _CONDITION.search(data)
+    condition = found.group(1).decode() if found else "unknown"
+    why = _EXPLAIN.get(condition, "").format(domain=domain)
+    step(f"FAIL stream error: {condition}" + (f" ({why})" if why else ""))
 
 
 async def _read_until(reader: asyncio.StreamReader, pattern: bytes, timeout: float) -> bytes:
@@ -102,6 +143,7 @@ async def _try(
     ctx: ssl.SSLContext,
     local: str,
     domain: str,
+    policy: str,
     trust: TrustStore,
     timeout: float,
     step: Callable[[str], None],
@@ -116,7 +158,7 @@ async def _try(
         writer.write(header)
         features = await _read_until(reader, rb"</stream:features>|<stream:error", timeout)
         if b"<stream:error" in features:
-            step(f"FAIL stream error: {features[-300:]!r}")
+            _stream_error(features, domain, step)
             return False
         if not direct:
             if b"starttls" not in features:
@@ -146,7 +188,21 @@ async def _try(
         if check.valid and external:
             step("would authenticate with SASL EXTERNAL (if the remote accepts our certificate)")
             return True
-        if dialback:
+        if policy == "certificates":
+            if not check.valid:
+                step(
+                    f"FAIL certificate: the policy for {domain} requires a valid certificate "
+                    f"and {check.why()}"
+                )
+            else:
+                step(
+                    "FAIL auth: the remote does not offer SASL EXTERNAL (it does not accept "
+                    f"our certificate) and the policy for {domain} does not allow dialback"
+                )
+            return False
+        if dialback or b"jabber:server:dialback" in features:
+            if not check.valid:
+                step("the certificate does not validate, but the policy allows dialback")
             step("would authenticate with dialback (the remote calls back to verify our key)")
             return True
         step("FAIL auth: no usable authentication method")
