@@ -44,8 +44,10 @@ registration is disabled (§8). Nothing is retried on a timeout.
 component and its answer routed back here. While that component is not connected the
 push bounces with ``service-unavailable`` of type ``wait``, which keeps the
 registration (the push is not retried; the next message sends a new one). An app server
-on a remote domain needs federation, which does not exist yet: its pushes bounce with
-``remote-server-not-found`` (type ``cancel``), and the registration is disabled. A local
+on a remote domain is reached over federation (s2s): the push leaves from the account's
+bare JID like any IQ; when that domain cannot be reached it bounces with
+``remote-server-not-found`` or ``remote-server-timeout``, and the registration is
+disabled on the first (type ``cancel``) and kept on the second (type ``wait``). A local
 account can also act as app server; use its *full* JID then
 (``pushserver@example.org/app``): an IQ to an account's bare JID is answered by the
 server's own IQ handlers (the PEP service would take the publish), and never reaches a

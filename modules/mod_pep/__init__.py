@@ -34,11 +34,18 @@ own account).
   (disco#info to the client's full JID, node ``node#ver``, from the host) and trusted only
   if the answer hashes to ``ver`` (XEP-0115 §5); a session's presences are handled in
   order. A presence without caps keeps the session's interests.
+- **Remote contacts** (federation): a resource on another server that sends available
+  presence with caps to a local user is asked the same way (disco#info from the host,
+  over s2s) and then gets notifications of the nodes of the local owners whose roster
+  shows its account with subscription ``from`` or ``both``, like a local contact's
+  resource (and, when it becomes available, the last item of its interests of the user
+  its presence went to). Its unavailable presence forgets it; at most 10,000 remote
+  resources are remembered per server process (oldest forgotten first).
 
 Not implemented: explicit subscriptions (``subscribe`` and the like answer
 ``feature-not-implemented``), affiliations (so a whitelist holds only the owner), the
 ``roster`` and ``authorize`` access models, instant nodes, RSM paging of items, collection
-nodes, and notifications to remote contacts (there is no s2s yet).
+nodes.
 
 Other modules can read and write nodes through :data:`~modules.mod_pep.store.PEP`.
 """
@@ -61,6 +68,7 @@ from modules.mod_pep.common import (
     form_rules,
     module,
 )
+from modules.mod_pep.remote import REMOTE, RemoteResource, RemoteResources
 from modules.mod_pep.store import PEP, PepStore, StoredItem
 from modules.mod_roster import ROSTER
 from modules.pubsub_common import errors
@@ -220,8 +228,14 @@ async def _recipients(ctx: Ctx, owner: JID, name: str, config: NodeConfig) -> li
     ]
     if config.access_model not in ("presence", "open"):
         return found
+    remote = ctx.service(REMOTE)
     for item in (await ctx.service(ROSTER).items(owner)).values():
         if not item.has_from or item.contact == owner:
+            continue
+        if not ctx.is_local(item.contact):
+            for jid, resource in remote.of(item.contact):
+                if resource.priority >= 0 and wanted in resource.features:
+                    found.append(jid)
             continue
         for session in ctx.sessions.available(item.contact):
             if session.priority >= 0 and wanted in _features(ctx, session):
@@ -585,16 +599,16 @@ async def _send_last_items(ctx: Ctx, session: Session, names: frozenset[str]) ->
         contact = item.contact
         if item.has_to and contact.local and contact.domain == ctx.domain and contact != user:
             owners.append(contact)
-    await _send_last_items_of(ctx, session, owners, names, when=("on_sub_and_presence",))
+    await _send_last_items_of(ctx, session.jid, owners, names, when=("on_sub_and_presence",))
 
 
 async def _send_last_items_of(
-    ctx: Ctx, session: Session, owners: list[JID], names: frozenset[str], *, when: tuple[str, ...]
+    ctx: Ctx, to: JID, owners: list[JID], names: frozenset[str], *, when: tuple[str, ...]
 ) -> None:
     """The last item of each node of ``owners`` called one of ``names`` whose
-    ``pubsub#send_last_published_item`` is one of ``when``, if the session's user may
-    read it, to that session."""
-    user = session.jid.bare
+    ``pubsub#send_last_published_item`` is one of ``when``, if the user of the full
+    JID ``to`` (a local session or a remote resource) may read it, to ``to``."""
+    user = to.bare
     roster = ctx.service(ROSTER)
     store = _store(ctx)
     for owner, name, config in await store.matching(owners, names):
@@ -613,7 +627,7 @@ async def _send_last_items_of(
             continue
         data = last.payload if config.deliver_payloads else None
         event = items_event(name, last.item_id, data)
-        await _notify(ctx, owner, [session.jid], event, delayed=last.published_at)
+        await _notify(ctx, owner, [to], event, delayed=last.published_at)
 
 
 # ----------------------------------------------------------------------------- new contacts
@@ -652,7 +666,106 @@ async def _new_subscriber(ctx: Ctx, event: StanzaEvent) -> None:
         names = interested_nodes(_features(ctx, session))
         if session.priority >= 0 and names:
             when = ("on_sub", "on_sub_and_presence")
-            await _send_last_items_of(ctx, session, [owner], names, when=when)
+            await _send_last_items_of(ctx, session.jid, [owner], names, when=when)
+
+
+# ----------------------------------------------------------------------------- remote contacts
+
+
+@module.on(hooks.PRESENCE_TO_BARE, priority=Priority.EARLY)
+async def remote_presence(ctx: Ctx, event: StanzaEvent) -> None:
+    await _remote_presence(ctx, event)
+
+
+@module.on(hooks.PRESENCE_TO_FULL, priority=Priority.EARLY)
+async def remote_presence_to_full(ctx: Ctx, event: StanzaEvent) -> None:
+    await _remote_presence(ctx, event)
+
+
+async def _remote_presence(ctx: Ctx, event: StanzaEvent) -> None:
+    """Presence from a resource on another server to a local user: remember what the
+    resource wants notifications about (its caps), for the local owners whose roster
+    shows it with a subscription ``from``; forget it when it becomes unavailable."""
+    sender, kind = event.from_, event.stanza.get("type")
+    if not sender.resource or ctx.is_local(sender) or kind not in (None, "unavailable"):
+        return
+    table = ctx.service(REMOTE)
+    if kind == "unavailable":
+        table.remove(sender)
+        return
+    priority = _priority(event.stanza)
+    known = table.get(sender)
+    claim = parse_caps(event.stanza)
+    if claim is None or (known is not None and claim.key == known.adopted):
+        features = known.features if known is not None else frozenset()
+        table.set(sender, RemoteResource(features, claim.key if claim else None, priority))
+        return
+    cached = _store(ctx).cached_interests(claim.key)
+    if cached is not None:
+        await _adopt_remote(ctx, table, sender, event.to.bare, claim, cached, priority)
+        return
+    table.set(sender, RemoteResource(frozenset(), None, priority))
+    if sender in table.pending:
+        return  # one lookup at a time per resource; its next presence asks again
+    table.pending.add(sender)
+    ctx.spawn(
+        _learn_remote(ctx, table, sender, event.to.bare, claim, priority),
+        name="mod_pep remote caps",
+    )
+
+
+async def _learn_remote(
+    ctx: Ctx,
+    table: RemoteResources,
+    sender: JID,
+    user: JID,
+    claim: Caps,
+    priority: int,
+) -> None:
+    try:
+        store = _store(ctx)
+        interests = await store.stored_interests(claim.key)
+        if interests is None:
+            iq = element(
+                "iq", {"type": "get", "id": new_id(), "from": ctx.domain, "to": str(sender)}
+            )
+            iq.append(payload(ns.DISCO_INFO, "query", {"node": f"{claim.node}#{claim.ver}"}))
+            try:
+                reply = await ctx.request(iq, timeout=ctx.options.caps_timeout)
+            except IqTimeout:
+                ctx.log.debug("caps of %s: no disco#info answer", sender)
+                return
+            query = reply.find(f"{{{ns.DISCO_INFO}}}query")
+            if reply.get("type") != "result" or query is None:
+                return
+            interests = verified_interests(query, claim)
+            if interests is None:
+                ctx.log.info("caps of %s do not match its disco#info; not trusted", sender)
+                return
+            await store.store_interests(claim.key, interests)
+        if table.get(sender) is not None:  # still available
+            await _adopt_remote(ctx, table, sender, user, claim, interests, priority)
+    finally:
+        table.pending.discard(sender)
+
+
+async def _adopt_remote(
+    ctx: Ctx,
+    table: RemoteResources,
+    sender: JID,
+    user: JID,
+    claim: Caps,
+    interests: frozenset[str],
+    priority: int,
+) -> None:
+    """Take the remote resource's interests; it gets the last item of each node, new
+    among its interests, of the local user its presence went to (if it may read it)."""
+    known = table.get(sender)
+    before = known.features if known is not None else frozenset()
+    table.set(sender, RemoteResource(interests, claim.key, priority))
+    fresh = interested_nodes(interests) - interested_nodes(before)
+    if priority >= 0 and fresh and ctx.is_local(user):
+        await _send_last_items_of(ctx, sender, [user], fresh, when=("on_sub_and_presence",))
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -718,6 +831,7 @@ async def disco_items(
 async def provide(ctx: Ctx) -> None:
     ctx.provide(PEP, PepStore(ctx))
     ctx.provide(LOOKUPS, {})
+    ctx.provide(REMOTE, RemoteResources())
 
 
 @module.on(hooks.USER_REGISTERED)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.rawstream import RawClient
 from tests.support.server import XmppdServer, free_port, running_server
@@ -63,21 +64,38 @@ def federated_pair(
     a_more: str = "",
     b_more: str = "",
     a_pins: dict[str, str] | None = None,
+    b_pins: dict[str, str] | None = None,
+    modules: dict[str, dict[str, Any]] | None = None,
+    b_services: tuple[str, ...] = (),
 ) -> Iterator[Federated]:
+    """Two servers pinned to each other; ``a_pins``/``b_pins``: more pins (e.g. the
+    other's service subdomains); ``modules``: both servers' modules (else the tests'
+    default set); ``b_services``: more domains of b (``pubsub.b.example``) that a
+    reaches on b's listener."""
     pa, pb = free_port(), free_port()
     with ExitStack() as stack:
         a = stack.enter_context(
             running_server(
                 tmp / "a",
                 domain=a_domain,
-                extra=s2s_extra(pa, {b_domain: f"127.0.0.1:{pb}", **(a_pins or {})}, a_more),
+                modules=modules,
+                extra=s2s_extra(
+                    pa,
+                    {
+                        b_domain: f"127.0.0.1:{pb}",
+                        **{d: f"127.0.0.1:{pb}" for d in b_services},
+                        **(a_pins or {}),
+                    },
+                    a_more,
+                ),
             )
         )
         b = stack.enter_context(
             running_server(
                 tmp / "b",
                 domain=b_domain,
-                extra=s2s_extra(pb, {a_domain: f"127.0.0.1:{pa}"}, b_more),
+                modules=modules,
+                extra=s2s_extra(pb, {a_domain: f"127.0.0.1:{pa}", **(b_pins or {})}, b_more),
             )
         )
         wait_port(pa)
