@@ -321,9 +321,10 @@ class S2SSection(Section):
     incoming_rate: Size = Field(
         256 * 1024,
         ge=1024,
-        description="Bytes per second one incoming s2s connection may send (bursts of "
-        "one second's worth); a remote that sends faster is slowed down by pausing reads "
-        "from its connection, without affecting other connections.",
+        description="Bytes per second a remote may send on one s2s connection, incoming "
+        "or outgoing (with XEP-0288 its stanzas come back on ours; bursts of one second's "
+        "worth); a remote that sends faster is slowed down by pausing reads from its "
+        "connection, without affecting other connections.",
     )
     max_incoming_per_domain: int = Field(
         10,

@@ -45,7 +45,7 @@ from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2SServices, C2SStream
 from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
-from xmppd.stream.s2s import S2SInStream, S2SServices
+from xmppd.stream.s2s import S2SInStream, S2SServices, s2s_remote_of
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
 from xmppd.transports.http import HttpFront
@@ -199,6 +199,7 @@ class Server:
                 http=self.http.listen if self.http is not None else None,
                 s2s_tls=await self._peer_tls() if self.s2s is not None else None,
                 s2s_rate=self.config.s2s.incoming_rate,
+                s2s_on_throttle=self._s2s_throttled,
                 c2s_per_address=ConnectionsPerAddress(
                     self.config.c2s.max_connections_per_ip, self.config.c2s.connection_limit_exempt
                 ),
@@ -278,6 +279,9 @@ class Server:
         def authenticated(direction: str, remote: str) -> None:
             stats.authenticated[(direction, remote)] += 1
 
+        def refused(remote: str, reason: str) -> None:
+            stats.refused[(remote, reason)] += 1
+
         async def verify(local: str, remote: str, stream_id: str, key: str) -> bool:
             return await verify_dialback(links, local, remote, stream_id, key)
 
@@ -289,6 +293,7 @@ class Server:
             verify_dialback=verify,
             start_task=self.tasks.start_task,
             on_authenticated=authenticated,
+            on_refused=refused,
             incoming=self.s2s_incoming,
             check_certificate=trust.check,
             bidi_ready=links.bidi_ready,
@@ -296,6 +301,11 @@ class Server:
         self.s2s = links
         self.router.default = links
         register_metrics(self.metrics, links, self.s2s_incoming)
+
+    def _s2s_throttled(self, stream: object) -> None:
+        remote = s2s_remote_of(stream)
+        log.info("s2s-in %s: sends faster than [s2s] incoming_rate; slowed down", remote)
+        self.s2s_stats.throttled[("in", remote)] += 1
 
     def open_s2s(self, transport: Transport, offer_starttls: bool) -> S2SInStream:
         """An incoming server-to-server stream on a new connection (federation on)."""

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.push import logged
-from tests.support.s2s import Federated, RawServer, federated_pair, key_of
+from tests.support.s2s import Federated, RawServer, federated_pair, key_of, metric
 from tests.support.xmlclient import Element, XmlClient, tag
 
 RATE = 32 * 1024
@@ -24,7 +24,7 @@ RATE = 32 * 1024
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federated]:
     tmp: Path = tmp_path_factory.mktemp("federation-limits")
     b_more = f'incoming_rate = {RATE}\nmax_incoming_per_domain = 2\nauth_timeout = "2s"\n'
-    with federated_pair(tmp, b_more=b_more) as federated:
+    with federated_pair(tmp, b_more=b_more, http=True) as federated:
         yield federated
 
 
@@ -88,6 +88,7 @@ async def test_a_flooding_remote_is_throttled_without_hurting_others(pair: Feder
         budget = (len(flood) - RATE) / RATE  # beyond the first second's burst
         assert took >= budget * 0.9, (took, budget)
         await peer.close()
+        assert await metric(pair.b, "s2s_throttled_total", direction="in", domain="a.example") >= 1
 
 
 async def test_a_remote_that_does_not_authenticate_in_time_is_closed(pair: Federated) -> None:
@@ -121,6 +122,7 @@ async def test_connections_per_remote_domain_are_limited(pair: Federated) -> Non
         assert b"<resource-constraint" in refused, refused
         assert 1 <= len(accepted) <= 2
         await logged(pair.b, "a.example refused: it has 2 incoming connections already (limit 2)")
+        assert await metric(pair.b, "s2s_refused_total", domain="a.example", reason="limit") >= 1
         # A slot frees when one goes.
         closed_line = f"s2s-in {pair.a.domain} (127.0.0.1): closed"
         before = pair.b.log_text().count(closed_line)
@@ -139,3 +141,43 @@ async def test_connections_per_remote_domain_are_limited(pair: Federated) -> Non
     finally:
         for each in opened:
             await each.close()
+
+
+async def test_a_remote_flooding_over_our_bidirectional_connection_is_throttled(
+    tmp_path: Path,
+) -> None:
+    """XEP-0288: b sends its stanzas for a over a's outgoing connection; a applies its
+    incoming_rate to them as to an incoming connection's, and counts it."""
+    a_more = f"incoming_rate = {RATE}\n"
+    with federated_pair(tmp_path, a_more=a_more, http=True) as pair:
+        alice_jid = await new_account(pair.a, "alice")
+        bob_jid = await new_account(pair.b, "bob")
+        async with (
+            await XmlClient.login(pair.a, alice_jid, PASSWORD, resource="r") as alice,
+            await XmlClient.login(pair.b, bob_jid, PASSWORD, resource="r") as bob,
+        ):
+            alice.send(f"<message to='{bob_jid}/r' type='chat'><body>open</body></message>")
+            await bob.expect(lambda el: el.findtext(tag("body")) == "open", timeout=20)
+            await logged(pair.b, "a.example authenticated for b.example (dialback; bidirectional)")
+            padding = "x" * 1000
+            count = 100  # about 110 KB: over three seconds' worth at RATE
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for n in range(count):
+                bob.send(
+                    f"<message to='{alice_jid}/r' type='chat'><body>flood{n} {padding}</body>"
+                    "</message>"
+                )
+            for _ in range(count):
+                await alice.expect(is_body("flood"), timeout=15)  # type: ignore[arg-type]
+            took = loop.time() - started
+            assert took >= (count * 1100 - RATE) / RATE * 0.8, took
+            await logged(pair.a, "s2s-out b.example: the remote sends faster than incoming_rate")
+            throttled = await metric(
+                pair.a, "s2s_throttled_total", direction="out", domain="b.example"
+            )
+            assert throttled >= 1
+            # Only one connection between them: b did not open its own.
+            authenticated = "s2s_streams_authenticated_total"
+            assert await metric(pair.a, authenticated, direction="out", domain="b.example") == 1
+            assert await metric(pair.a, authenticated, direction="in", domain="b.example") == 0

@@ -67,11 +67,12 @@ def federated_pair(
     b_pins: dict[str, str] | None = None,
     modules: dict[str, dict[str, Any]] | None = None,
     b_services: tuple[str, ...] = (),
+    http: bool = False,
 ) -> Iterator[Federated]:
     """Two servers pinned to each other; ``a_pins``/``b_pins``: more pins (e.g. the
     other's service subdomains); ``modules``: both servers' modules (else the tests'
     default set); ``b_services``: more domains of b (``pubsub.b.example``) that a
-    reaches on b's listener."""
+    reaches on b's listener; ``http``: both serve HTTP (``/metrics``)."""
     pa, pb = free_port(), free_port()
     with ExitStack() as stack:
         a = stack.enter_context(
@@ -79,6 +80,7 @@ def federated_pair(
                 tmp / "a",
                 domain=a_domain,
                 modules=modules,
+                http=http,
                 extra=s2s_extra(
                     pa,
                     {
@@ -95,6 +97,7 @@ def federated_pair(
                 tmp / "b",
                 domain=b_domain,
                 modules=modules,
+                http=http,
                 extra=s2s_extra(pb, {a_domain: f"127.0.0.1:{pa}", **(b_pins or {})}, b_more),
             )
         )
@@ -153,3 +156,17 @@ def key_of(server: XmppdServer, receiving: str, stream_id: str) -> str:
     """The dialback key ``server`` itself would send (read from its server.key)."""
     secret = bytes.fromhex((server.data_dir / "server.key").read_text().strip())
     return dialback_key(dialback_secret(secret), receiving, server.domain, stream_id)
+
+
+async def metric(server: XmppdServer, name: str, **labels: str) -> float:
+    """The value of one sample of ``/metrics`` (0 when absent)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if not line.startswith(f"xmppd_{name}{{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -59,7 +59,7 @@ _FAILURE_CONDITION: Final = {"timeout": "remote-server-timeout"}
 class S2SStats:
     """Plain counters per remote domain, read by the metrics registry at scrape time."""
 
-    __slots__ = ("authenticated", "failures", "stanzas_out")
+    __slots__ = ("authenticated", "failures", "refused", "stanzas_out", "throttled")
 
     def __init__(self) -> None:
         self.authenticated: Counter[tuple[str, str]] = Counter()
@@ -68,6 +68,10 @@ class S2SStats:
         """(remote domain, reason) → outgoing attempts that failed."""
         self.stanzas_out: Counter[str] = Counter()
         """remote domain → stanzas handed to its link."""
+        self.refused: Counter[tuple[str, str]] = Counter()
+        """(remote domain, reason) → incoming authentications refused."""
+        self.throttled: Counter[tuple[str, str]] = Counter()
+        """(direction, remote domain) → times a connection was slowed down (its rate)."""
 
 
 class S2SLinks:
@@ -147,6 +151,10 @@ class S2SLinks:
         """An incoming bidirectional stream (XEP-0288) authenticated ``remote``."""
         self._bidi[remote] = stream
         self._backoff.pop(remote, None)
+
+    def _count_throttle(self, remote: str) -> None:
+        log.info("s2s-out %s: the remote sends faster than incoming_rate; slowed down", remote)
+        self.stats.throttled[("out", remote)] += 1
 
     def queue_lengths(self) -> list[tuple[str, int]]:
         return [(d, len(link.queue)) for d, link in self._links.items()]
@@ -255,6 +263,8 @@ class S2SLinks:
                 server_hostname=remote,
                 direct_tls=target.direct_tls,
                 timeout=self.config.connect_timeout,
+                rate=self.config.incoming_rate,
+                on_throttle=lambda: self._count_throttle(remote),
             )
         except ssl.SSLError as exc:
             raise LinkFailure("tls", f"TLS handshake failed: {exc}") from None
@@ -476,6 +486,22 @@ def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None
         "(dns, connect, tls, certificate, auth, policy, timeout, stream, closed)",
         ("domain", "reason"),
         lambda: [((d, r), n) for (d, r), n in stats.failures.items()],
+    )
+    metrics.samples_function(
+        "counter",
+        "s2s_refused",
+        "Incoming authentications refused, by remote domain and reason (certificate, "
+        "policy, limit, dialback)",
+        ("domain", "reason"),
+        lambda: [((d, r), n) for (d, r), n in stats.refused.items()],
+    )
+    metrics.samples_function(
+        "counter",
+        "s2s_throttled",
+        "Times an s2s connection was slowed down to [s2s] incoming_rate, by direction "
+        "(in; out: what a remote sends back on our connection) and remote domain",
+        ("direction", "domain"),
+        lambda: [((d, r), n) for (d, r), n in stats.throttled.items()],
     )
     metrics.samples_function(
         "counter",

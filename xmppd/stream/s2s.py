@@ -124,6 +124,8 @@ class S2SServices:
     """``(direction, remote domain)``: counts authenticated streams (metrics)."""
     incoming: set[S2SInStream]
     """The open incoming streams (closed at server stop)."""
+    on_refused: Callable[[str, str], None] = lambda remote, reason: None
+    """``(remote domain, reason)``: counts refused authentications (metrics)."""
     check_certificate: Callable[[Sequence[bytes], str], CertCheck] | None = None
     """Validates a remote's certificate chain (DER, leaf first) for a domain (the
     trust store of outgoing links); ``None``: no SASL EXTERNAL offered."""
@@ -337,10 +339,12 @@ class S2SInStream(StreamMachine):
         if check is None or not check.valid:
             why = check.why() if check is not None else "no certificate"
             log.warning("%s: SASL EXTERNAL of %s refused: %s", self.summary(), remote, why)
+            self.services.on_refused(remote, "certificate")
             self._sasl_failure("not-authorized", why)
             return
         if self.services.config.policy_for(remote) == "deny":
             log.warning("%s: %s refused by policy (deny)", self.summary(), remote)
+            self.services.on_refused(remote, "policy")
             self._sasl_failure("not-authorized", "federation with you is not allowed")
             return
         if self._too_many(remote):
@@ -387,12 +391,14 @@ class S2SInStream(StreamMachine):
         policy = self.services.config.policy_for(remote)
         if policy == "deny":
             log.warning("%s: %s refused by policy (deny)", self.summary(), remote)
+            self.services.on_refused(remote, "policy")
             self._db_error(remote, local, "forbidden", "federation with you is not allowed")
             return
         if policy == "certificates":
             log.warning(
                 "%s: %s refused: the policy requires a valid certificate", self.summary(), remote
             )
+            self.services.on_refused(remote, "certificate")
             self._db_error(remote, local, "not-authorized", "a valid certificate is required")
             return
         if self._too_many(remote):
@@ -409,6 +415,7 @@ class S2SInStream(StreamMachine):
             return
         if not valid:
             log.warning("%s: dialback key of %s is invalid", self.summary(), remote)
+            self.services.on_refused(remote, "dialback")
             self._write(
                 etree.tostring(
                     _dialback_element("result", {"from": local, "to": remote, "type": "invalid"})
@@ -439,6 +446,7 @@ class S2SInStream(StreamMachine):
                 others,
                 limit,
             )
+            self.services.on_refused(remote, "limit")
             return True
         return False
 
@@ -881,3 +889,13 @@ def _condition(el: Element) -> str:
         if isinstance(sub.tag, str) and etree.QName(sub).localname != "text":
             return etree.QName(sub).localname
     return "?"
+
+
+def s2s_remote_of(stream: object) -> str:
+    """The remote domain of an s2s stream, for logs and metrics (``"unknown"`` before
+    its header arrived)."""
+    if isinstance(stream, S2SInStream):
+        return stream.remote_header or "unknown"
+    if isinstance(stream, S2SOutStream):
+        return stream.remote
+    return "unknown"

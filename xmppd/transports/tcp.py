@@ -51,6 +51,8 @@ class StreamOpeners:
     ``None``: the hosts' standard contexts (no certificate asked)."""
     s2s_rate: int = 256 * 1024
     """Bytes per second one incoming s2s connection may send (:class:`ReadShaper`)."""
+    s2s_on_throttle: Callable[[StreamInput | None], None] | None = None
+    """Called with the stream when an incoming s2s connection starts being slowed down."""
     c2s_per_address: ConnectionsPerAddress | None = None
     """Open client connections per source address, shared by every c2s listener."""
 
@@ -276,9 +278,11 @@ async def _listen(
     peer_tls = openers.s2s_tls
     if section.kind == "s2s" and peer_tls is not None:
         direct = section.tls == "direct"
-        rate = openers.s2s_rate
+        rate, on_throttle = openers.s2s_rate, openers.s2s_on_throttle
         srv = await loop.create_server(
-            lambda: S2SInConnection(open_stream, peer_tls, direct=direct, rate=rate),
+            lambda: S2SInConnection(
+                open_stream, peer_tls, direct=direct, rate=rate, on_throttle=on_throttle
+            ),
             host=section.address,
             port=section.port,
             backlog=section.backlog,
@@ -313,7 +317,9 @@ class ReadShaper:
     __slots__ = (
         "_deliver",
         "_last",
+        "_on_throttle",
         "_pending",
+        "_throttling",
         "_timer",
         "_tokens",
         "_transport",
@@ -321,9 +327,17 @@ class ReadShaper:
         "stream_paused",
     )
 
-    def __init__(self, rate: int, deliver: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        rate: int,
+        deliver: Callable[[bytes], None],
+        on_throttle: Callable[[], None] | None = None,
+    ) -> None:
         self.rate = float(rate)
         self._deliver = deliver
+        self._on_throttle = on_throttle
+        """Called when the connection starts being slowed down (metrics)."""
+        self._throttling = False
         self._tokens = float(rate)
         self._last = 0.0
         self._pending = bytearray()
@@ -354,6 +368,10 @@ class ReadShaper:
                 transport = self._transport
                 if transport is not None and not transport.is_closing():
                     transport.pause_reading()
+                if not self._throttling:
+                    self._throttling = True
+                    if self._on_throttle is not None:
+                        self._on_throttle()
                 wait = (min(len(self._pending), self.rate) - self._tokens) / self.rate
                 self._timer = loop.call_later(max(wait, 0.01), self._pump)
                 return
@@ -362,6 +380,7 @@ class ReadShaper:
             del self._pending[:size]
             self._tokens -= size
             self._deliver(chunk)
+        self._throttling = False
         transport = self._transport
         if not self.stream_paused and transport is not None and not transport.is_closing():
             transport.resume_reading()
@@ -387,6 +406,7 @@ class S2SInConnection(C2SConnection):
         *,
         direct: bool,
         rate: int,
+        on_throttle: Callable[[StreamInput | None], None] | None = None,
     ) -> None:
         super().__init__(open_stream, None, "direct" if direct else "starttls")
         self.is_secure = False  # until the handshake is done
@@ -394,7 +414,11 @@ class S2SInConnection(C2SConnection):
         self._session: TlsSession | None = None
         self._handshake: asyncio.Future[None] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._shaper = ReadShaper(rate, super().data_received)
+        self._shaper = ReadShaper(
+            rate,
+            super().data_received,
+            None if on_throttle is None else lambda: on_throttle(self.stream),
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -518,9 +542,11 @@ class S2SInConnection(C2SConnection):
 
 class OutgoingConnection(C2SConnection):
     """asyncio glue for a connection we open to a remote server: TLS as the client
-    (``server_hostname`` for SNI), keepalive on."""
+    (``server_hostname`` for SNI), keepalive on. What the remote sends on it goes
+    through a :class:`ReadShaper` like an incoming connection's: with XEP-0288 the
+    remote's stanzas come back on it."""
 
-    __slots__ = ("_client_tls", "_server_hostname")
+    __slots__ = ("_client_tls", "_server_hostname", "_shaper")
 
     def __init__(
         self,
@@ -528,10 +554,30 @@ class OutgoingConnection(C2SConnection):
         client_tls: ssl.SSLContext,
         server_hostname: str,
         direct_tls: bool,
+        rate: int,
+        on_throttle: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(open_stream, None, "direct" if direct_tls else "starttls")
         self._client_tls = client_tls
         self._server_hostname = server_hostname
+        self._shaper = ReadShaper(rate, super().data_received, on_throttle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._shaper.received(data, self._transport)
+
+    def pause_reading(self) -> None:
+        self._shaper.stream_paused = True
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._shaper.stream_paused = False
+        if not self._shaper.throttled:
+            super().resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shaper.cancel()
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -567,13 +613,17 @@ async def connect_outgoing(
     server_hostname: str,
     direct_tls: bool,
     timeout: float,
+    rate: int = 256 * 1024,
+    on_throttle: Callable[[], None] | None = None,
 ) -> OutgoingConnection:
     """Open a TCP (and, for ``direct_tls``, TLS) connection to a remote server; the
     stream is opened on it by ``open_stream`` once connected (and encrypted)."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         _transport, protocol = await loop.create_connection(
-            lambda: OutgoingConnection(open_stream, client_tls, server_hostname, direct_tls),
+            lambda: OutgoingConnection(
+                open_stream, client_tls, server_hostname, direct_tls, rate, on_throttle
+            ),
             host=host,
             port=port,
             ssl=client_tls if direct_tls else None,
