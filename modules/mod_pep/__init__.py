@@ -35,7 +35,8 @@ own account).
   if the answer hashes to ``ver`` (XEP-0115 §5); a session's presences are handled in
   order. A presence without caps keeps the session's interests.
 - **Remote contacts** (federation): a resource on another server that sends available
-  presence with caps to a local user is asked the same way (disco#info from the host,
+  presence with caps to a local user whose roster shows it with subscription ``from`` or
+  ``both`` is asked the same way (disco#info from the host,
   over s2s) and then gets notifications of the nodes of the local owners whose roster
   shows its account with subscription ``from`` or ``both``, like a local contact's
   resource (and, when it becomes available, the last item of its interests of the user
@@ -693,6 +694,11 @@ async def _remote_presence(ctx: Ctx, event: StanzaEvent) -> None:
     if kind == "unavailable":
         table.remove(sender)
         return
+    if not ctx.is_local(event.to):
+        return
+    item = await ctx.service(ROSTER).item(event.to.bare, sender.bare)
+    if item is None or not item.has_from:
+        return  # not a contact that may get our user's notifications (a room occupant...)
     priority = _priority(event.stanza)
     known = table.get(sender)
     claim = parse_caps(event.stanza)
@@ -764,7 +770,7 @@ async def _adopt_remote(
     before = known.features if known is not None else frozenset()
     table.set(sender, RemoteResource(interests, claim.key, priority))
     fresh = interested_nodes(interests) - interested_nodes(before)
-    if priority >= 0 and fresh and ctx.is_local(user):
+    if priority >= 0 and fresh:
         await _send_last_items_of(ctx, sender, [user], fresh, when=("on_sub_and_presence",))
 
 
