@@ -9,15 +9,12 @@ as the actor; the creation access rules and per-user room limits do not apply.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from modules.mod_muc.config import ALLOW_PM, WHOIS, RoomConfig
 from modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
-from modules.mod_muc.room import Room, new_salt
+from modules.mod_muc.room import Room, RoomHost, new_salt
 from xmppd.api import JID, InvalidJID
-
-if TYPE_CHECKING:
-    from modules.mod_muc.service import MucService
 
 AFFILIATIONS: Final = ("owner", "admin", "member", "outcast", "none")
 SETTINGS: Final = frozenset(f.name for f in fields(RoomConfig))
@@ -41,8 +38,22 @@ class OccupantView:
     affiliation: str
 
 
+class RoomDirectory(RoomHost, Protocol):
+    """What the administrator's view needs from the service (``MucService``): its
+    rooms, in memory and stored, and how a new room is configured."""
+
+    domain: str
+    rooms: dict[str, Room]
+
+    async def room(self, name: str, *, creator: JID | None = None) -> Room | None:
+        """The room ``name``, loaded from storage if it is not in memory."""
+
+    def defaults(self) -> RoomConfig:
+        """The configuration of a new room."""
+
+
 class RoomAdmin:
-    def __init__(self, service: MucService) -> None:
+    def __init__(self, service: RoomDirectory) -> None:
         self._service = service
 
     @property
