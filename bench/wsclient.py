@@ -19,18 +19,14 @@ from collections import deque
 import aiohttp
 
 from bench.xmpp import (
-    BIND_IQ,
     PLAIN,
-    ROSTER_IQ,
-    SCRAM_SHA1,
-    SESSION_IQ,
     Connection,
     StreamClosed,
     XmppError,
+    authenticate,
+    bind_and_fetch_roster,
     local_name,
-    plain_auth,
-    scram_sha1,
-    session_required,
+    stream_features,
 )
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -195,32 +191,10 @@ async def ws_login(
     try:
         conn.send(open_element(domain))
         await conn.read_open()
-        features = await conn.next_element()
-        if local_name(features) != b"features":
-            raise XmppError(f"expected stream features, got {features[:200]!r}")
-        if b">" + mechanism.encode() + b"<" not in features:
-            raise XmppError(f"SASL {mechanism} not offered: {features[:400]!r}")
-        if mechanism == SCRAM_SHA1:
-            await scram_sha1(conn, user, password)
-        else:
-            conn.send(plain_auth(user, domain, password))
-            answer = await conn.next_element()
-            if local_name(answer) != b"success":
-                raise XmppError(f"authentication failed: {answer[:300]!r}")
+        await authenticate(conn, await stream_features(conn), user, domain, password, mechanism)
         conn.send(open_element(domain))
         await conn.read_open()
-        features = await conn.next_element()
-        if local_name(features) != b"features":
-            raise XmppError(f"expected stream features, got {features[:200]!r}")
-        conn.send(BIND_IQ % resource.encode())
-        bound = await conn.wait_iq(b"bind1")
-        i = bound.find(b"<jid>")
-        conn.jid = bound[i + 5 : bound.find(b"</jid>", i)] if i >= 0 else b""
-        if session_required(features):
-            conn.send(SESSION_IQ)
-            await conn.wait_iq(b"sess1")
-        conn.send(ROSTER_IQ)
-        await conn.wait_iq(b"roster1")
+        await bind_and_fetch_roster(conn, await stream_features(conn), resource)
         # one stanza per WebSocket message (RFC 7395 §3.3.3)
         conn.send(b"<presence/>")
         conn.send(b"<iq type='get' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>")

@@ -617,6 +617,43 @@ class Connection(asyncio.Protocol):
                 self.transport.close()
 
 
+async def stream_features(conn: Connection) -> bytes:
+    """The next element, which must be ``<stream:features/>``."""
+    features = await conn.next_element()
+    if local_name(features) != b"features":
+        raise XmppError(f"expected stream features, got {features[:200]!r}")
+    return features
+
+
+async def authenticate(
+    conn: Connection, features: bytes, user: str, domain: str, password: str, mechanism: str
+) -> None:
+    """SASL PLAIN or SCRAM-SHA-1, once ``features`` offer ``mechanism``."""
+    if b">" + mechanism.encode() + b"<" not in features:
+        raise XmppError(f"SASL {mechanism} not offered: {features[:400]!r}")
+    if mechanism == SCRAM_SHA1:
+        await scram_sha1(conn, user, password)
+    else:
+        conn.send(plain_auth(user, domain, password))
+        answer = await conn.next_element()
+        if local_name(answer) != b"success":
+            raise XmppError(f"authentication failed: {answer[:300]!r}")
+
+
+async def bind_and_fetch_roster(conn: Connection, features: bytes, resource: str) -> None:
+    """Bind ``resource`` (sets ``conn.jid``), open a session where the server still
+    asks for one, and get the roster, as clients do before their initial presence."""
+    conn.send(BIND_IQ % resource.encode())
+    bound = await conn.wait_iq(b"bind1")
+    i = bound.find(b"<jid>")
+    conn.jid = bound[i + 5 : bound.find(b"</jid>", i)] if i >= 0 else b""
+    if session_required(features):
+        conn.send(SESSION_IQ)
+        await conn.wait_iq(b"sess1")
+    conn.send(ROSTER_IQ)
+    await conn.wait_iq(b"roster1")
+
+
 async def login(
     host: str,
     port: int,
@@ -642,39 +679,16 @@ async def login(
         header = stream_header(domain)
         conn.send(header)
         await conn.read_stream_header()
-        features = await conn.next_element()
-        if local_name(features) != b"features":
-            raise XmppError(f"expected stream features, got {features[:200]!r}")
+        features = await stream_features(conn)
         if tls is not None:
             await starttls(conn, features, tls, domain)
             conn.send(header)
             await conn.read_stream_header()
-            features = await conn.next_element()
-            if local_name(features) != b"features":
-                raise XmppError(f"expected stream features, got {features[:200]!r}")
-        if b">" + mechanism.encode() + b"<" not in features:
-            raise XmppError(f"SASL {mechanism} not offered: {features[:400]!r}")
-        if mechanism == SCRAM_SHA1:
-            await scram_sha1(conn, user, password)
-        else:
-            conn.send(plain_auth(user, domain, password))
-            answer = await conn.next_element()
-            if local_name(answer) != b"success":
-                raise XmppError(f"authentication failed: {answer[:300]!r}")
+            features = await stream_features(conn)
+        await authenticate(conn, features, user, domain, password, mechanism)
         conn.send(header)
         await conn.read_stream_header()
-        features = await conn.next_element()
-        if local_name(features) != b"features":
-            raise XmppError(f"expected stream features, got {features[:200]!r}")
-        conn.send(BIND_IQ % resource.encode())
-        bound = await conn.wait_iq(b"bind1")
-        i = bound.find(b"<jid>")
-        conn.jid = bound[i + 5 : bound.find(b"</jid>", i)] if i >= 0 else b""
-        if session_required(features):
-            conn.send(SESSION_IQ)
-            await conn.wait_iq(b"sess1")
-        conn.send(ROSTER_IQ)
-        await conn.wait_iq(b"roster1")
+        await bind_and_fetch_roster(conn, await stream_features(conn), resource)
         conn.send(PRESENCE_AND_PING)
         await conn.wait_iq(b"ping1")
     except BaseException:
