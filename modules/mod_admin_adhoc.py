@@ -118,6 +118,14 @@ def _password(call: CommandCall, var: str = "password") -> str:
     return password
 
 
+def _check_policy(ctx: Ctx, password: str) -> None:
+    """The server's password policy (``accounts.min_password_length``, PRECIS), as
+    in-band registration, the CLI and the REST API apply it."""
+    problem = ctx.password_problem(password)
+    if problem is not None:
+        raise StanzaError("not-acceptable", problem)
+
+
 def _text(call: CommandCall, var: str) -> str:
     text = "\n".join(call.values.get(var, ()))
     if len(text) > MAX_TEXT:
@@ -151,6 +159,9 @@ async def add_user(ctx: Ctx, call: CommandCall) -> Step:
     password = _password(call)
     if call.value("password-verify") != password:
         raise StanzaError("bad-request", "the passwords differ")
+    if await ctx.account_exists(jid):
+        raise StanzaError("conflict", f"{jid.bare} already exists")
+    _check_policy(ctx, password)
     try:
         await ctx.register_user(jid, password)
     except AccountExists:
@@ -185,6 +196,9 @@ async def change_password(ctx: Ctx, call: CommandCall) -> Step:
         )
     jid = _account(ctx, call.required("accountjid"))
     password = _password(call)
+    if not await ctx.account_exists(jid):
+        raise StanzaError("item-not-found", f"no such account: {jid.bare}")
+    _check_policy(ctx, password)
     try:
         await ctx.set_password(jid, password)
     except NoSuchAccount:

@@ -171,6 +171,14 @@ async def test_add_user_then_change_password(server: XmppdServer) -> None:
         )
         assert again["error"]["condition"] == "conflict"
 
+        # The server's password policy holds here too (accounts.min_password_length).
+        weak = await run_command(
+            boss,
+            f"{ADMIN_NS}#change-user-password",
+            [{"accountjid": "made@localhost", "password": "abc"}],  # the tests allow 4+
+        )
+        assert weak["error"]["condition"] == "not-acceptable"
+
         reply = await run_command(
             boss,
             f"{ADMIN_NS}#change-user-password",
