@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "erase":
         jid = _jid(args.jid, config)
         grace = 0.0 if args.cancel else _grace(args.grace)
+        live_erase = _live_erase(config, jid, grace, args.cancel)
+        if live_erase is not None:
+            return live_erase
         return _with_server(config, lambda s: _erase(s, jid, grace, args.cancel), listen=False)
     if cmd == "token":
         return _with_server(config, lambda s: _token(s, args), listen=False)
@@ -261,7 +265,7 @@ def _q(jid: JID) -> str:
 
 
 def _live(
-    config: ServerConfig, method: str, path: str, body: dict[str, str] | None = None
+    config: ServerConfig, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, Any] | None:
     """Ask the running server (its control socket, :mod:`xmppd.control`); ``None``
     when none runs, so the caller works on the database itself."""
@@ -518,9 +522,34 @@ async def _export_bundle(server: object, jid: JID, output: Path) -> int:
     return 0
 
 
-async def _erase(server: object, jid: JID, grace: float, cancel: bool) -> int:
-    import time
+def _live_erase(config: ServerConfig, jid: JID, grace: float, cancel: bool) -> int | None:
+    """``xmppd erase`` through the running server, so the account's sessions end at
+    once (the REST API's ``/users/{jid}/erasure``). ``None`` when no server runs."""
+    if cancel:
+        live = _live(config, "DELETE", f"/users/{_q(jid)}/erasure")
+        if live is None:
+            return None
+        return _report(
+            live,
+            f"erasure of {jid} cancelled; set a password to enable it again",
+            {404: f"no erasure of {jid} is pending"},
+        )
+    live = _live(config, "POST", f"/users/{_q(jid)}/erasure", {"grace_days": grace / 86400})
+    if live is None:
+        return None
+    status, data = live
+    if status < 300 and isinstance(data, dict) and data.get("erase_at") is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(data["erase_at"]))
+        print(f"disabled {jid}; its data is erased at {when}")
+        return 0
+    return _report(
+        live,
+        f"erased {jid}",
+        {404: f"{jid} does not exist", 422: "the grace period must be between 0 and 366 days"},
+    )
 
+
+async def _erase(server: object, jid: JID, grace: float, cancel: bool) -> int:
     from xmppd.datarights import cancel_erasure, erase_user
     from xmppd.server import Server
 
