@@ -136,6 +136,19 @@ class ServerSection(Section):
     module_paths: tuple[Path, ...] = Field(
         (), description="Extra directories searched for mod_<name>.py module files."
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description='Processes serving this configuration on this machine ("auto": one '
+        "per core). More than one shares the listening sockets (SO_REUSEPORT) and needs "
+        "[cluster] redis_url: the workers form a local cluster through Redis.",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError('expected 1 to 256, or "auto"')
+        return v
 
 
 class StorageSection(Section):
@@ -614,6 +627,64 @@ class SessionsSection(Section):
     )
 
 
+class ClusterSection(Section):
+    """Several processes or machines serving the same hosts (docs/user-guide.md,
+    "Clustering"): live sessions and the node-to-node stanza bus in Redis, everything
+    stored in the shared database."""
+
+    redis_url: str = Field(
+        "",
+        description="Redis of the cluster (redis://host:port/db, rediss:// with TLS). "
+        "Empty: a single process, no cluster. With redis_mode = 'sentinel': "
+        "redis://sentinel1:26379,sentinel2:26379/db; with 'cluster': any node of the "
+        "Redis Cluster.",
+    )
+    redis_mode: Literal["single", "sentinel", "cluster"] = Field(
+        "single", description="One Redis, Redis Sentinel (failover), or a Redis Cluster."
+    )
+    sentinel_service: str = Field(
+        "xmppd", min_length=1, description="The Sentinel master name (redis_mode = 'sentinel')."
+    )
+    node: str = Field(
+        "",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="This node's name in the cluster; unique per process. Empty: the "
+        "machine's host name (a Kubernetes pod name), with -w<N> per worker.",
+    )
+    key_prefix: str = Field(
+        "xmppd", min_length=1, max_length=64, description="Prefix of every Redis key."
+    )
+    heartbeat_interval: Duration = Field(
+        2.0, gt=0, description="How often a node renews its liveness key."
+    )
+    node_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="A node whose liveness key is older than this is dead: the others "
+        "remove its sessions and take over its rooms and links.",
+    )
+    outage_hold: Duration = Field(
+        30.0,
+        ge=0,
+        description="While Redis is unreachable, stanzas for other nodes wait this long "
+        "(bounded by outage_hold_stanzas) before they bounce to their sender.",
+    )
+    outage_hold_stanzas: int = Field(100_000, ge=0, le=10_000_000)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_heartbeats(self) -> ClusterSection:
+        if self.node_timeout < 2 * self.heartbeat_interval:
+            raise ValueError("node_timeout must be at least twice heartbeat_interval")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ValueError("redis_url: expected a redis:// or rediss:// URL")
+        return self
+
+
 class ServerConfig(Section):
     """The whole configuration file."""
 
@@ -623,6 +694,7 @@ class ServerConfig(Section):
     accounts: AccountsSection = AccountsSection()
     c2s: C2SSection = C2SSection()
     sessions: SessionsSection = SessionsSection()
+    cluster: ClusterSection = ClusterSection()
     s2s: S2SSection = S2SSection()
     tls: TlsSection = TlsSection()
     listeners: tuple[ListenerSection, ...] = (
@@ -653,6 +725,15 @@ class ServerConfig(Section):
         if isinstance(raw, dict):
             return _move_min_password_length(raw)
         return raw
+
+    @model_validator(mode="after")
+    def _workers_need_a_cluster(self) -> ServerConfig:
+        if self.server.workers != 1 and not self.cluster.enabled:
+            raise ValueError(
+                "server.workers: more than one worker needs [cluster] redis_url (the "
+                "workers share sessions through Redis)"
+            )
+        return self
 
     @field_validator("hosts")
     @classmethod
