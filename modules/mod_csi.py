@@ -41,9 +41,10 @@ module = Module(
 Ctx = ModuleContext[CsiOptions]
 
 INACTIVE: SessionKey[bool] = SessionKey("csi.inactive", False)
-HELD: SessionKey[OrderedDict[str, bytes] | None] = SessionKey("csi.held", None)
+HELD: SessionKey[OrderedDict[str, bytes] | None] = SessionKey("csi.held", None, shared=False)
 """Held stanzas, serialized (an element would keep its parser alive), keyed so that a
-newer presence from the same sender replaces the older one."""
+newer presence from the same sender replaces the older one. Only the session's own
+node reads them (its delivery hook), so a cluster does not publish them."""
 
 _CHAT_STATE: Final = f"{{{CHAT_STATES}}}"
 

@@ -21,6 +21,7 @@ from xmppd.stanza import new_id
 
 if TYPE_CHECKING:
     from xmppd.auth.accounts import Accounts
+    from xmppd.cluster.node import ClusterNode
     from xmppd.config import ServerConfig
     from xmppd.events import EventBus
     from xmppd.host import Host
@@ -56,6 +57,8 @@ class Core:
     """The routes of the HTTP listeners (``xmppd.httproutes``)."""
     http_listeners: list[tuple[str, str, int]] = field(default_factory=list)
     """(scheme, address, bound port) of each open ``kind = "http"`` listener."""
+    cluster: ClusterNode | None = None
+    """This process's membership of a cluster (``None``: a single process)."""
     secret: bytes = b""
     """The persistent server secret (``xmppd.server_secret``), loaded at start before
     the modules; modules get keys derived from it (``ModuleContext.derived_key``)."""

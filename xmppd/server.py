@@ -19,6 +19,9 @@ from xmppd.auth import sasl
 from xmppd.auth.accounts import Accounts
 from xmppd.auth.fast import FastTokens
 from xmppd.auth.throttle import FailedLoginThrottle
+from xmppd.cluster.membership import default_node_name
+from xmppd.cluster.node import ClusterNode
+from xmppd.cluster.registry import ClusterSessions
 from xmppd.components import ComponentDestination
 from xmppd.config import ServerConfig
 from xmppd.control import ControlSocket
@@ -40,7 +43,7 @@ from xmppd.s2s.certs import TrustStore
 from xmppd.s2s.dialback import dialback_secret
 from xmppd.s2s.links import S2SLinks, S2SStats, register_metrics, verify_dialback
 from xmppd.server_secret import derive, load_or_create
-from xmppd.sessions import make_registry
+from xmppd.sessions import SessionRegistry, make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2SServices, C2SStream
@@ -85,11 +88,21 @@ def return_free_memory() -> None:
 class Server:
     """One xmppd process: a complete server (storage, hosts, modules, listeners)."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, node_name: str | None = None) -> None:
+        """``node_name``: this process's name in a cluster (default: ``[cluster] node``,
+        else the host name)."""
         self.config = config
         self.bus = EventBus("global", summarize=describe_payload)
-        self.sessions = make_registry(config.sessions.registry)
-        log.info("session registry: %s", config.sessions.registry)
+        self.cluster: ClusterNode | None = None
+        """This process's membership of a cluster (``[cluster] redis_url``), from start."""
+        self.sessions: SessionRegistry
+        if config.cluster.enabled:
+            name = node_name or config.cluster.node or default_node_name()
+            self.sessions = ClusterSessions(name)
+            log.info("session registry: cluster (node %s)", name)
+        else:
+            self.sessions = make_registry(config.sessions.registry)
+            log.info("session registry: %s", config.sessions.registry)
         self.router = Router(self.bus)
         self.iq_tracker = IqTracker()
         self.db = Database(config.storage_url(), pool_size=config.storage.pool_size)
@@ -169,7 +182,21 @@ class Server:
         self.modules.import_all()
         await self.db.start(auto_upgrade=self.config.storage.auto_upgrade)
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
+        if isinstance(self.sessions, ClusterSessions):
+            self.cluster = ClusterNode(
+                self.config.cluster,
+                self.sessions,
+                self.router,
+                self.hosts,
+                self.secret,
+                start_task=self.tasks.start_task,
+                health=self.health.part("cluster", reason="joining"),
+            )
+            self.core.cluster = self.cluster
+            self.cluster.register_metrics(self.metrics)
         await self.modules.load_all()
+        if self.cluster is not None:
+            await self.cluster.start()
         for host in self.hosts.values():
             host.bus.add(hooks.DISCO_ITEMS, self._subdomain_items)
         if listen:
@@ -458,6 +485,10 @@ class Server:
         if self.http is not None:
             await self.http.stop()
         await self.control.stop()
+        if self.cluster is not None:
+            for endpoint in self.sessions.endpoints():
+                await endpoint.wait_closed()
+            await self.cluster.stop()
         await self.modules.unload_all()
         await self.tasks.cancel_all()
         for listener in self._listeners:

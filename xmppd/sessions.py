@@ -43,13 +43,18 @@ class SessionKey(Generic[T]):
     """A typed key for per-session feature state that modules keep
     (``ctx.sessions.get_state(session, KEY)``). Values must be picklable: a registry
     may keep them outside this process. The registry returns ``default`` until a
-    value is set; never change a returned value in place, set a new one."""
+    value is set; never change a returned value in place, set a new one.
 
-    __slots__ = ("default", "name")
+    ``shared=False``: only the node holding the session reads the value (a queue the
+    session's own delivery hook keeps, say); a cluster registry does not publish it
+    to the other nodes, and reads of it on another node see ``default``."""
 
-    def __init__(self, name: str, default: T) -> None:
+    __slots__ = ("default", "name", "shared")
+
+    def __init__(self, name: str, default: T, *, shared: bool = True) -> None:
         self.name = name
         self.default = default
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"SessionKey({self.name!r})"

@@ -1,0 +1,266 @@
+"""Several xmppd nodes as one cluster for tests: shared PostgreSQL, shared Redis (a key
+prefix of their own), and a TCP front that hands successive connections to the nodes
+in turn, so the two parties of a test land on different nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import (
+    XmppdServer,
+    _stop,
+    _wait_listening,
+    free_port,
+    postgres_database,
+    service_unavailable,
+    write_config,
+)
+
+REDIS_URL = os.environ.get("XMPPD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_or_skip(url: str = REDIS_URL) -> None:
+    """Skip (fail in CI) when Redis does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.ConnectionError, OSError) as exc:
+        service_unavailable(f"Redis not reachable at {url}: {exc}")
+    finally:
+        client.close()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove every key a test cluster left in the shared Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+class TcpFront:
+    """A round-robin TCP relay on loopback (bytes are passed through untouched, so
+    TLS and channel binding are end to end), in a thread of the test process."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[asyncio.Server] = []
+        self._turn = itertools.count()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections: list[int] = []
+        """The backend index each connection went to, in order."""
+        self.pinned: int | None = None
+        """Send every new connection to this backend instead of taking turns."""
+        self._thread.start()
+
+    def add(self, backends: list[int]) -> int:
+        """Listen on a free port; connection N goes to ``backends[N % len]`` (a shared
+        turn counter across ports)."""
+        port = free_port()
+
+        async def serve() -> asyncio.Server:
+            return await asyncio.start_server(
+                lambda r, w: self._relay(r, w, backends), "127.0.0.1", port
+            )
+
+        server = asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
+        self._servers.append(server)
+        return port
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backends: list[int]
+    ) -> None:
+        index = self.pinned if self.pinned is not None else next(self._turn) % len(backends)
+        self.connections.append(index)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", backends[index])
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                if dst.can_write_eof():
+                    try:
+                        dst.write_eof()
+                    except (ConnectionError, OSError):
+                        dst.close()
+                else:
+                    dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                self._writers.discard(w)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for server in self._servers:
+                server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            for server in self._servers:
+                await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@dataclass
+class ClusterNodes:
+    """The nodes of a test cluster (``front`` is what clients connect to)."""
+
+    front: XmppdServer
+    nodes: list[XmppdServer]
+    redis_url: str
+    prefix: str
+    relay: TcpFront
+    logs: list[Path] = field(default_factory=list)
+
+
+def cluster_extra(redis_url: str, prefix: str, node: str, *, timeout: float = 3.0) -> str:
+    return (
+        "\n[cluster]\n"
+        f'redis_url = "{redis_url}"\n'
+        f'key_prefix = "{prefix}"\n'
+        f'node = "{node}"\n'
+        f"heartbeat_interval = {timeout / 4}\n"
+        f"node_timeout = {timeout}\n"
+    )
+
+
+@contextmanager
+def running_cluster(
+    tmp: Path,
+    *,
+    nodes: int = 2,
+    redis_url: str = REDIS_URL,
+    modules: dict[str, dict[str, Any]] | None = None,
+    extra: str = "",
+    domain: str = "localhost",
+    admins: list[str] | None = None,
+    auth: dict[str, Any] | None = None,
+    http: bool = False,
+    server: dict[str, Any] | None = None,
+    hooks: dict[str, dict[str, Any]] | None = None,
+    node_timeout: float = 3.0,
+) -> Iterator[ClusterNodes]:
+    """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
+    database and the shared Redis (a key prefix of their own), behind a TCP front."""
+    from tests.support.server import DEFAULT_TEST_MODULES
+
+    redis_or_skip(redis_url)
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    started: list[XmppdServer] = []
+    logs: list[Any] = []
+    relay = TcpFront()
+    try:
+        with postgres_database() as url:
+            for index in range(nodes):
+                node_dir = tmp / f"node{index + 1}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                data_dir = node_dir / "data"
+                if started:  # one identity: the first node's secret and certificate
+                    shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
+                    shutil.copy(started[0].data_dir / "server.key", data_dir / "server.key")
+                p1, p2 = free_port(), free_port()
+                p4 = free_port() if http else None
+                config_path = node_dir / "xmppd.toml"
+                log_path = node_dir / "xmppd.log"
+                write_config(
+                    config_path,
+                    data_dir=data_dir,
+                    storage_url=url,
+                    starttls_port=p1,
+                    direct_tls_port=p2,
+                    domain=domain,
+                    modules=DEFAULT_TEST_MODULES if modules is None else modules,
+                    hooks=hooks,
+                    extra=extra
+                    + cluster_extra(redis_url, prefix, f"node{index + 1}", timeout=node_timeout),
+                    admins=admins,
+                    auth=auth,
+                    http_port=p4,
+                    server=server,
+                )
+                log = log_path.open("ab")
+                logs.append(log)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                srv = XmppdServer(
+                    proc, data_dir, config_path, p1, p2, domain, "postgresql", log_path, url
+                )
+                srv.http_port = p4
+                started.append(srv)
+                _wait_listening(proc, tuple(p for p in (p1, p2, p4) if p), log_path)
+            first = started[0]
+            front = XmppdServer(
+                first.process,
+                first.data_dir,
+                first.config_path,
+                relay.add([n.starttls_port for n in started]),
+                relay.add([n.direct_tls_port for n in started]),
+                domain,
+                "postgresql",
+                first.log_path,
+                url,
+            )
+            if http:
+                front.http_port = relay.add([n.http_port or 0 for n in started])
+            try:
+                yield ClusterNodes(
+                    front, started, redis_url, prefix, relay, [n.log_path for n in started]
+                )
+            finally:
+                for srv in started:
+                    _stop(srv.process)
+    finally:
+        relay.close()
+        for log in logs:
+            log.close()
+        delete_prefix(redis_url, prefix)
+
+
+def start_node(node: XmppdServer) -> None:
+    """Start a stopped or killed node again with its configuration and ports."""
+    with node.log_path.open("ab") as log:
+        node.process = subprocess.Popen(
+            [sys.executable, "-m", "xmppd", "--config", str(node.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_listening(node.process, (node.starttls_port, node.direct_tls_port), node.log_path)

@@ -1,0 +1,269 @@
+"""The node-to-node stanza bus: one Redis stream per node (its inbox).
+
+A node writes to another's inbox what must happen there: a stanza for one of its
+sessions (``user_receive_packet`` runs on the receiving node, ``filter_packet`` does
+not run again), a session operation (close, state, presence), or a routed stanza for a
+service it holds (a room). One inbox per node, written in order through the node's
+:class:`~xmppd.cluster.writer.RedisWriter`, keeps the stanzas from one sender to one
+recipient in order whatever their kind.
+
+Entries stay in the inbox until handled, so when a node dies a survivor routes what it
+left unread again (:meth:`StanzaBus.reroute_inbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from redis.exceptions import ResponseError
+
+from xmppd.cluster.writer import OUTAGE_ERRORS
+from xmppd.errors import StanzaError
+from xmppd.jid import JID, InvalidJID
+from xmppd.sessions import SessionKey
+from xmppd.stanza import parse, serialize, summary
+
+if TYPE_CHECKING:
+    from xmppd.cluster.keys import Keys
+    from xmppd.cluster.records import RemoteSession, Signer
+    from xmppd.cluster.redisconn import RedisClient
+    from xmppd.cluster.registry import ClusterSessions
+    from xmppd.cluster.writer import RedisWriter
+    from xmppd.router import Router
+    from xmppd.stanza import Element
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS: Final = 3
+"""A stanza re-routed by a node that no longer held its session may be passed on this
+many times (views of a session that just moved converge within milliseconds)."""
+
+_hops: contextvars.ContextVar[int] = contextvars.ContextVar("cluster_hops", default=0)
+
+RECIPIENT_UNAVAILABLE: Final = StanzaError(
+    "recipient-unavailable", "the recipient's server node could not be reached in time"
+)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StanzaBus:
+    """Writes to other nodes' inboxes and handles this node's."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        signer: Signer,
+        node: str,
+        writer: RedisWriter,
+        registry: ClusterSessions,
+        router: Router,
+        *,
+        is_live: Callable[[str], bool],
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._signer = signer
+        self.node = node
+        self._writer = writer
+        self._registry = registry
+        self._router = router
+        self._is_live = is_live
+        self.received = 0
+        self.rerouted = 0
+
+    # ------------------------------------------------------------------ out
+
+    def _send(self, node: str, fields: dict[str, Any], stanza: Element | None = None) -> Any:
+        inbox = self._keys.inbox(node)
+
+        def build(pipe: Any) -> None:
+            pipe.xadd(inbox, fields, nomkstream=True)
+
+        on_drop = None
+        if stanza is not None:
+
+            async def on_drop() -> None:
+                await self._router.bounce(stanza, RECIPIENT_UNAVAILABLE)
+
+        return self._writer.submit(build, on_drop=on_drop)
+
+    async def deliver(self, session: RemoteSession, stanza: Element, data: bytes | None) -> None:
+        node = session.node
+        if not self._is_live(node):
+            await self._session_gone(session.jid, session.stream_id, stanza)
+            return
+        fields = {
+            "o": "dlv",
+            "f": str(session.jid),
+            "s": session.stream_id,
+            "d": data if data is not None else serialize(stanza),
+            "h": _hops.get(),
+        }
+        replies = await self._send(node, fields, stanza)
+        if replies and replies[0] is None:  # no inbox: the node is gone
+            await self._session_gone(session.jid, session.stream_id, stanza)
+
+    async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
+        """Route ``stanza`` (filtered already) on ``node``, which holds its destination
+        (a room, an outgoing link). ``False``: that node has no inbox (gone)."""
+        fields = {"o": "dsp", "t": str(to), "r": str(from_), "d": serialize(stanza)}
+        replies = await self._send(node, fields, stanza)
+        return not (replies and replies[0] is None)
+
+    def send_raw(self, session: RemoteSession, stanza: Element) -> None:
+        self._op(session, {"o": "raw", "d": serialize(stanza)})
+
+    def close(self, session: RemoteSession, condition: str | None, text: str | None) -> None:
+        self._op(session, {"o": "cls", "c": condition or "", "x": text or ""})
+
+    def set_state(self, session: RemoteSession, name: str, value: object) -> None:
+        self._op(session, {"o": "set", "k": name, "d": self._signer.dumps(value)})
+
+    def set_presence(self, session: RemoteSession, presence: bytes | None, priority: int) -> None:
+        self._op(session, {"o": "prs", "d": presence or b"", "p": priority})
+
+    def set_interested(self, session: RemoteSession) -> None:
+        self._op(session, {"o": "int"})
+
+    def _op(self, session: RemoteSession, fields: dict[str, Any]) -> None:
+        if not self._is_live(session.node):
+            return
+        fields["f"] = str(session.jid)
+        fields["s"] = session.stream_id
+        self._send(session.node, fields)
+
+    async def _session_gone(self, full: JID, stream_id: str, stanza: Element) -> None:
+        """The session a stanza was for is not where the view said: forget it and
+        route the stanza again (another resource, offline storage, or an error)."""
+        self._registry.remove_remote(full, stream_id)
+        hops = _hops.get()
+        if hops >= MAX_HOPS:
+            log.warning("cluster: gave up re-routing %s", summary(stanza))
+            await self._router.bounce(stanza, RECIPIENT_UNAVAILABLE)
+            return
+        self.rerouted += 1
+        token = _hops.set(hops + 1)
+        try:
+            from_ = JID.parse(stanza.get("from") or "")
+            await self._router.dispatch(stanza, full, from_, None)
+        except InvalidJID:
+            pass
+        finally:
+            _hops.reset(token)
+
+    # ------------------------------------------------------------------ in
+
+    async def open_inbox(self) -> None:
+        """Create this node's inbox (others write with NOMKSTREAM, so a dead node's
+        deleted inbox is never recreated by a late writer)."""
+        try:
+            await self._redis.xgroup_create(self._keys.inbox(self.node), "n", id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def consume(self) -> None:
+        """Handle this node's inbox in order (a task of the cluster node)."""
+        inbox = self._keys.inbox(self.node)
+        last = "0-0"
+        while True:
+            try:
+                found = await self._redis.xread({inbox: last}, count=500, block=1000)
+            except OUTAGE_ERRORS:
+                await asyncio.sleep(0.5)
+                continue
+            if not found:
+                continue
+            done: list[str] = []
+            for _name, entries in found:
+                for entry_id, fields in entries:
+                    last = _text(entry_id)
+                    done.append(last)
+                    self.received += 1
+                    try:
+                        await self._handle(fields)
+                    except Exception:
+                        log.exception("cluster: could not handle an inbox entry")
+            # Handled; if Redis is away now, a later batch or a reaper will see them.
+            with contextlib.suppress(*OUTAGE_ERRORS):
+                await self._redis.xdel(inbox, *done)
+
+    async def reroute_inbox(self, node: str) -> int:
+        """Route again what a dead node left unread, then delete its inbox."""
+        inbox = self._keys.inbox(node)
+        entries = await self._redis.xrange(inbox, count=100_000)
+        await self._redis.delete(inbox)
+        for _entry_id, fields in entries:
+            try:
+                await self._reroute(fields)
+            except Exception:
+                log.exception("cluster: could not re-route an entry of %s", node)
+        return len(entries)
+
+    async def _reroute(self, fields: dict[Any, Any]) -> None:
+        get = _getter(fields)
+        op, data = _text(get("o")), get("d")
+        if op == "dlv" and data:
+            full = JID.parse(_text(get("f")))
+            await self._session_gone(full, _text(get("s")), parse(data))
+        elif op == "dsp" and data:
+            await self._router.dispatch(
+                parse(data), JID.parse(_text(get("t"))), JID.parse(_text(get("r"))), None
+            )
+
+    async def _handle(self, fields: dict[Any, Any]) -> None:
+        get = _getter(fields)
+        op = _text(get("o"))
+        data = get("d") or b""
+        if op == "dsp":
+            await self._router.dispatch(
+                parse(data), JID.parse(_text(get("t"))), JID.parse(_text(get("r"))), None
+            )
+            return
+        full = JID.parse(_text(get("f")))
+        sid = _text(get("s"))
+        registry = self._registry
+        endpoint = registry.local_endpoint(full, sid)
+        if op == "dlv":
+            stanza = parse(data)
+            if endpoint is None:
+                token = _hops.set(int(_text(get("h") or b"0")) + 1)
+                try:
+                    await self._session_gone(full, sid, stanza)
+                finally:
+                    _hops.reset(token)
+                return
+            await endpoint.deliver(stanza, data)
+            return
+        if endpoint is None:
+            return
+        if op == "raw":
+            endpoint.send_raw(parse(data))
+        elif op == "cls":
+            endpoint.close(_text(get("c")) or None, _text(get("x")) or None)
+        elif op == "set":
+            value = self._signer.loads(data)
+            registry.set_state(endpoint, SessionKey(_text(get("k")), None), value)
+        elif op == "prs":
+            registry.set_presence(
+                endpoint, parse(data) if data else None, int(_text(get("p") or b"0"))
+            )
+        elif op == "int":
+            registry.set_interested(endpoint)
+
+
+def _getter(fields: dict[Any, Any]) -> Callable[[str], Any]:
+    def get(name: str) -> Any:
+        value = fields.get(name.encode())
+        return fields.get(name) if value is None else value
+
+    return get

@@ -1,0 +1,202 @@
+"""Session records in and out of Redis.
+
+Out: each change to a local session (bind, presence, shared state, unbind) is written
+to the account's hash and appended to the session log, once per event-loop turn for
+all the changes made in it. In: the log is tailed, and applied to the registry's view
+of other nodes; a node that starts, or that lost track (Redis restarted, the log was
+trimmed past where it was), reads every hash again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from xmppd.cluster.records import BadRecord, SessionRecord, Signer
+from xmppd.cluster.writer import OUTAGE_ERRORS
+from xmppd.jid import JID, InvalidJID
+
+if TYPE_CHECKING:
+    from xmppd.cluster.keys import Keys
+    from xmppd.cluster.redisconn import RedisClient
+    from xmppd.cluster.registry import ClusterSessions
+    from xmppd.cluster.writer import RedisWriter
+
+log = logging.getLogger(__name__)
+
+LOG_LENGTH: Final = 100_000
+"""About how many changes the session log keeps (a node that falls further behind
+reads the hashes again)."""
+
+DELETE_IF_SAME: Final = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '\\0' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+"""Remove a session's record only if it is still the same session (stream id)."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SessionFeed:
+    """Publishes this node's session changes and keeps the view of the others."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        signer: Signer,
+        registry: ClusterSessions,
+        writer: RedisWriter,
+        *,
+        on_removed: Callable[[JID, str], None] = lambda full, sid: None,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._signer = signer
+        self._registry = registry
+        self._writer = writer
+        self._on_removed = on_removed
+        self._scheduled = False
+        self._last_id = "0-0"
+        self.applied = 0
+        registry.on_change = self._schedule
+
+    # ------------------------------------------------------------------ out
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._scheduled = False
+        dirty, gone = self._registry.take_changes()
+        if not dirty and not gone:
+            return
+        keys, node, signer, registry = self._keys, self._registry.node, self._signer, self._registry
+        updates = [(e.jid, e.stream_id, registry.record_of(e)) for e in dirty]
+        removals = [(e.jid, e.stream_id) for e in gone]
+
+        def build(pipe: Any) -> None:
+            for full, sid, record in updates:
+                value = sid.encode() + b"\0" + signer.dumps(record)
+                bare = str(full.bare)
+                pipe.hset(keys.sessions(bare), full.resource, value)
+                pipe.sadd(keys.node_sessions(node), str(full))
+                pipe.xadd(
+                    keys.session_log(),
+                    {"b": bare, "r": full.resource, "s": sid, "v": value},
+                    maxlen=LOG_LENGTH,
+                    approximate=True,
+                )
+            for full, sid in removals:
+                self.remove_commands(pipe, node, full, sid)
+
+        _ = self._writer.submit(build)  # nobody waits: presence and state are not acks
+
+    def remove_commands(self, pipe: Any, node: str, full: JID, sid: str) -> None:
+        """Commands that remove a session's record (if still ``sid``) and log it."""
+        bare = str(full.bare)
+        keys = self._keys
+        pipe.eval(DELETE_IF_SAME, 1, keys.sessions(bare), full.resource, sid)
+        pipe.srem(keys.node_sessions(node), str(full))
+        pipe.xadd(
+            keys.session_log(),
+            {"b": bare, "r": full.resource, "s": sid, "v": b""},
+            maxlen=LOG_LENGTH,
+            approximate=True,
+        )
+
+    def republish_all(self) -> None:
+        """Publish every local session again (Redis lost them, or this node was taken
+        for dead during an outage)."""
+        for endpoint in self._registry.endpoints():
+            self._registry._mark(endpoint)
+
+    # ------------------------------------------------------------------ in
+
+    async def load(self) -> None:
+        """Read every session hash into the view, then follow the log from where it
+        stood before the read (changes in between are applied twice, harmlessly)."""
+        redis = self._redis
+        last = await redis.xrevrange(self._keys.session_log(), count=1)
+        self._last_id = _text(last[0][0]) if last else "0-0"
+        self._registry.clear_remote()
+        async for key in redis.scan_iter(match=self._keys.sessions_pattern(), count=1000):
+            bare = _text(key).split(":sess:", 1)[1]
+            fields = await redis.hgetall(key)
+            for resource, value in fields.items():
+                self._apply(bare, _text(resource), value)
+
+    async def follow(self) -> None:
+        """Tail the session log (a task of the cluster node); read everything again
+        after losing track."""
+        stream = self._keys.session_log()
+        while True:
+            try:
+                found = await self._redis.xread({stream: self._last_id}, count=1000, block=1000)
+            except OUTAGE_ERRORS:
+                await asyncio.sleep(0.5)
+                continue
+            if not found:
+                continue
+            for _name, entries in found:
+                for entry_id, fields in entries:
+                    self._last_id = _text(entry_id)
+                    self._apply_entry(fields)
+
+    async def catch_up_or_reload(self) -> None:
+        """After an outage: reload when the log no longer reaches back to where this
+        node stopped reading (trimmed, or Redis restarted empty)."""
+        first = await self._redis.xrange(self._keys.session_log(), count=1)
+        if self._last_id == "0-0" or not first or _id_less(self._last_id, _text(first[0][0])):
+            await self.load()
+
+    def _apply_entry(self, fields: dict[Any, Any]) -> None:
+        def field(name: str) -> Any:
+            return fields.get(name.encode(), fields.get(name))
+
+        bare, resource, sid, value = field("b"), field("r"), field("s"), field("v")
+        if bare is None or resource is None:
+            return
+        if value:
+            self._apply(_text(bare), _text(resource), value)
+            return
+        try:
+            full = JID.parse(f"{_text(bare)}/{_text(resource)}")
+        except InvalidJID:
+            return
+        if self._registry.remove_remote(full, _text(sid or "")) is not None:
+            self._on_removed(full, _text(sid or ""))
+
+    def _apply(self, bare: str, resource: str, value: bytes) -> None:
+        sep = value.find(b"\0")
+        if sep < 0:
+            return
+        try:
+            record = self._signer.loads(value[sep + 1 :])
+            full = JID.parse(f"{bare}/{resource}")
+        except (BadRecord, InvalidJID, ValueError) as exc:
+            log.warning("cluster: ignored the session record of %s/%s: %s", bare, resource, exc)
+            return
+        if isinstance(record, SessionRecord):
+            self.applied += 1
+            self._registry.apply_remote(full, record)
+
+
+def _id_less(a: str, b: str) -> bool:
+    """Stream id ``a`` comes before ``b``."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) < (int(bms), int(bseq or 0))
+
+
+__all__ = ["SessionFeed"]

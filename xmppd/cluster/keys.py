@@ -1,0 +1,46 @@
+"""Names of the cluster's Redis keys (docs/architecture.md lists what each holds)."""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Every key starts with ``[cluster] key_prefix``."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def sessions(self, bare: str) -> str:
+        """Hash: resource → ``<stream id>\\0<signed record>`` of an account's sessions."""
+        return f"{self.prefix}:sess:{bare}"
+
+    def sessions_pattern(self) -> str:
+        return f"{self.prefix}:sess:*"
+
+    def session_log(self) -> str:
+        """Stream of session changes every node tails to keep its view current."""
+        return f"{self.prefix}:sesslog"
+
+    def nodes(self) -> str:
+        """Hash: node name → what it told about itself (JSON), while it is a member."""
+        return f"{self.prefix}:nodes"
+
+    def heartbeat(self, node: str) -> str:
+        """The node's liveness: expires ``node_timeout`` after its last renewal."""
+        return f"{self.prefix}:alive:{node}"
+
+    def node_sessions(self, node: str) -> str:
+        """Set of the full JIDs a node has bound (what survivors remove when it dies)."""
+        return f"{self.prefix}:nodesess:{node}"
+
+    def inbox(self, node: str) -> str:
+        """Stream of stanzas and session operations for a node's sessions and services."""
+        return f"{self.prefix}:in:{node}"
+
+    def reaping(self, node: str) -> str:
+        """Lock: one survivor cleans up after a dead node."""
+        return f"{self.prefix}:reap:{node}"
+
+    def secret(self) -> str:
+        return f"{self.prefix}:secret"

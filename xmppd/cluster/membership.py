@@ -1,0 +1,185 @@
+"""Which nodes are alive, and who owns what.
+
+A node is in the cluster while its heartbeat key exists (renewed every
+``heartbeat_interval``, expiring after ``node_timeout``); there is no join step and no
+membership protocol of our own. Every node reads the member list at each heartbeat;
+a member whose heartbeat expired is dead, and one survivor (the one that takes its
+reaping lock) cleans up after it.
+
+Things placed on one node (a room, the outgoing link to a remote domain) go to the
+node chosen by rendezvous (highest-random-weight) hashing of their name over the live
+nodes: when a node dies only its share moves, and every node computes the same owner
+without asking anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from xmppd.cluster.writer import OUTAGE_ERRORS
+
+if TYPE_CHECKING:
+    from xmppd.cluster.keys import Keys
+    from xmppd.cluster.redisconn import RedisClient
+
+log = logging.getLogger(__name__)
+
+
+def default_node_name(worker: int | None = None) -> str:
+    """The machine's host name (a pod name in Kubernetes), ``-w<N>`` per worker."""
+    name = socket.gethostname().split(".")[0] or "xmppd"
+    return name if worker is None else f"{name}-w{worker}"
+
+
+def rendezvous_owner(key: str, nodes: list[str] | tuple[str, ...]) -> str | None:
+    """The node with the highest hash of (node, key): the owner of ``key``."""
+    best: str | None = None
+    best_weight = b""
+    for node in nodes:
+        weight = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
+        if best is None or weight > best_weight:
+            best, best_weight = node, weight
+    return best
+
+
+class Membership:
+    """This node's heartbeat and the live set of nodes."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        node: str,
+        *,
+        interval: float,
+        timeout: float,
+        on_dead: Callable[[str], Awaitable[None]],
+        on_change: Callable[[tuple[str, ...]], None],
+        on_outage: Callable[[bool], None],
+        on_rejoin: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.node = node
+        self._interval = interval
+        self._timeout = timeout
+        self._on_dead = on_dead
+        self._on_change = on_change
+        self._on_outage = on_outage
+        self._on_rejoin = on_rejoin
+        self.live: tuple[str, ...] = (node,)
+        """Live nodes, sorted (this one included while it can reach Redis)."""
+        self.heartbeat_age: dict[str, float] = {}
+        """Seconds since each live node's last heartbeat (``xmppd cluster status``)."""
+        self.down = False
+        self._healthy_since = 0.0
+        self.incarnation = os.urandom(8).hex()
+        """Tells this run of the node from an earlier one with the same name."""
+
+    def owner_of(self, key: str) -> str:
+        """The live node that owns ``key`` (a room JID, a remote domain)."""
+        return rendezvous_owner(key, self.live) or self.node
+
+    def is_live(self, node: str) -> bool:
+        return node in self.live
+
+    async def beat(self) -> None:
+        """Renew the heartbeat and announce this node (also the first time)."""
+        info = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()},
+            separators=(",", ":"),
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(
+            self._keys.heartbeat(self.node),
+            f"{self.incarnation}:{time.time():.3f}",
+            px=int(self._timeout * 1000),
+        )
+        pipe.hset(self._keys.nodes(), self.node, info)
+        await pipe.execute()
+
+    async def previous_life(self) -> bool:
+        """An earlier run of this node name left state behind (it crashed, or was
+        restarted before its heartbeat expired)."""
+        found = await self._redis.hexists(self._keys.nodes(), self.node)
+        return bool(found)
+
+    async def leave(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(self._keys.heartbeat(self.node))
+        pipe.hdel(self._keys.nodes(), self.node)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        """Heartbeat and watch the others, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.beat()
+                if self.down:
+                    self.down = False
+                    self._healthy_since = loop.time()
+                    self._on_outage(False)
+                    await self._on_rejoin()
+                elif not self._healthy_since:
+                    self._healthy_since = loop.time()
+                await self._watch(loop.time())
+            except OUTAGE_ERRORS as exc:
+                if not self.down:
+                    log.warning("cluster: cannot reach Redis for the heartbeat: %s", exc)
+                    self.down = True
+                    self._on_outage(True)
+            await asyncio.sleep(self._interval)
+
+    async def _watch(self, now: float) -> None:
+        members = [_text(m) for m in await self._redis.hkeys(self._keys.nodes())]
+        if not members:
+            return
+        beats = await self._redis.mget([self._keys.heartbeat(m) for m in members])
+        live: list[str] = []
+        dead: list[str] = []
+        ages: dict[str, float] = {}
+        wall = time.time()
+        for member, beat in zip(members, beats, strict=True):
+            if beat is None:
+                dead.append(member)
+                continue
+            live.append(member)
+            stamp = _text(beat).rpartition(":")[2]
+            try:
+                ages[member] = max(0.0, wall - float(stamp))
+            except ValueError:
+                ages[member] = 0.0
+        if self.node not in live:
+            live.append(self.node)
+        self.heartbeat_age = ages
+        live_sorted = tuple(sorted(live))
+        if live_sorted != self.live:
+            log.info("cluster: live nodes: %s", ", ".join(live_sorted))
+            self.live = live_sorted
+            self._on_change(live_sorted)
+        # A node that just came back from an outage waits a full timeout before it
+        # calls anyone dead: the others need a chance to renew their heartbeats too.
+        if now - self._healthy_since < self._timeout:
+            return
+        for member in dead:
+            if member == self.node:
+                continue
+            taken = await self._redis.set(
+                self._keys.reaping(member), self.node, nx=True, px=int(self._timeout * 6000)
+            )
+            if taken:
+                log.warning("cluster: node %s is dead (no heartbeat); taking over", member)
+                await self._on_dead(member)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

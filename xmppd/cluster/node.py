@@ -1,0 +1,281 @@
+"""One node of a cluster: assembles the Redis client, the writer, the session feed,
+the stanza bus and the membership, and cleans up after dead nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from xmppd import hooks
+from xmppd.cluster.bus import StanzaBus
+from xmppd.cluster.feed import SessionFeed
+from xmppd.cluster.keys import Keys
+from xmppd.cluster.membership import Membership
+from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
+from xmppd.cluster.redisconn import RedisClient, connect
+from xmppd.cluster.writer import OUTAGE_ERRORS, RedisWriter
+from xmppd.jid import JID, InvalidJID
+from xmppd.server_secret import derive
+
+if TYPE_CHECKING:
+    from xmppd.cluster.registry import ClusterSessions
+    from xmppd.config import ClusterSection
+    from xmppd.health import HealthPart
+    from xmppd.host import Host
+    from xmppd.metrics import Metrics
+    from xmppd.router import Router
+
+log = logging.getLogger(__name__)
+
+
+class ClusterStartError(RuntimeError):
+    """The node could not join (Redis unreachable at start)."""
+
+
+class ClusterNode:
+    """This process's membership of the cluster."""
+
+    def __init__(
+        self,
+        section: ClusterSection,
+        registry: ClusterSessions,
+        router: Router,
+        hosts: dict[str, Host],
+        secret: bytes,
+        *,
+        start_task: Callable[..., asyncio.Task[None]],
+        health: HealthPart,
+        redis: RedisClient | None = None,
+    ) -> None:
+        self.section = section
+        self.name = registry.node
+        self.registry = registry
+        self._router = router
+        self._hosts = hosts
+        self._start_task = start_task
+        self._health = health
+        self.redis: RedisClient = redis if redis is not None else connect(section)
+        self.keys = Keys(section.key_prefix)
+        self.signer = Signer(derive(secret, "cluster-records"))
+        self.writer = RedisWriter(
+            self.redis,
+            hold_seconds=section.outage_hold,
+            hold_max=section.outage_hold_stanzas,
+            on_outage=self._outage,
+            start_task=start_task,
+        )
+        self.membership = Membership(
+            self.redis,
+            self.keys,
+            self.name,
+            interval=section.heartbeat_interval,
+            timeout=section.node_timeout,
+            on_dead=self.reap,
+            on_change=self._live_changed,
+            on_outage=self._outage,
+            on_rejoin=self._rejoin,
+        )
+        self.feed = SessionFeed(self.redis, self.keys, self.signer, registry, self.writer)
+        self.bus = StanzaBus(
+            self.redis,
+            self.keys,
+            self.signer,
+            self.name,
+            self.writer,
+            registry,
+            router,
+            is_live=self.membership.is_live,
+        )
+        registry.ops = self.bus
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+        self.reaped: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Join: clean up after an earlier run of this node name, open the inbox, read
+        the other nodes' sessions, then heartbeat, publish and follow."""
+        try:
+            await self.redis.ping()
+            if await self.membership.previous_life():
+                log.info("cluster: cleaning up after an earlier run of node %s", self.name)
+                await self.reap(self.name)
+            await self.bus.open_inbox()
+            await self.membership.beat()
+            await self.feed.load()
+        except OUTAGE_ERRORS as exc:
+            raise ClusterStartError(
+                f"cluster: cannot reach Redis at {self.section.redis_url}: {exc}"
+            ) from None
+        for coro, name in (
+            (self.writer.run(), "cluster-writer"),
+            (self.feed.follow(), "cluster-feed"),
+            (self.bus.consume(), "cluster-inbox"),
+            (self.membership.run(), "cluster-membership"),
+        ):
+            self._tasks.append(self._start_task(coro, name=name))
+        self._health.set_ready()
+        log.info(
+            "cluster: node %s joined (%d nodes, %d sessions elsewhere)",
+            self.name,
+            len(self.membership.live),
+            self.registry.remote_count,
+        )
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what this node published so far is in Redis."""
+        await asyncio.sleep(0)  # let the per-turn publication queue itself
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.submit(lambda pipe: pipe.ping())
+        except TimeoutError:
+            log.warning("cluster: %d writes still queued at stop", self.writer.queued)
+
+    async def stop(self) -> None:
+        """Leave after this node's sessions were closed: publish their removal, hand
+        what is left in the inbox to the others, and stop heartbeating."""
+        self._health.set_not_ready("stopping", expected=True)
+        await self.flush()
+        consume = [t for t in self._tasks if t.get_name() == "cluster-inbox"]
+        for task in consume:
+            task.cancel()
+        try:
+            await self.membership.leave()
+            if len(self.membership.live) > 1:
+                await self.bus.reroute_inbox(self.name)
+            else:
+                await self.redis.delete(self.keys.inbox(self.name))
+            await self.redis.delete(self.keys.node_sessions(self.name))
+        except OUTAGE_ERRORS as exc:
+            log.warning("cluster: could not leave cleanly: %s", exc)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+
+    # ------------------------------------------------------------------ placement
+
+    def owner_of(self, key: str) -> str:
+        """The live node that owns ``key`` (rendezvous hashing)."""
+        return self.membership.owner_of(key)
+
+    def on_live_change(self, listener: Callable[[tuple[str, ...]], None]) -> None:
+        """Call ``listener(live nodes)`` when nodes join or die (placement moves)."""
+        self._listeners.append(listener)
+
+    def _live_changed(self, live: tuple[str, ...]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(live)
+            except Exception:
+                log.exception("cluster: a placement listener failed")
+
+    # ------------------------------------------------------------------ failures
+
+    def _outage(self, down: bool) -> None:
+        if down:
+            self._health.set_not_ready("Redis is unreachable")
+        elif not self.writer.down and not self.membership.down:
+            self._health.set_ready()
+
+    async def _rejoin(self) -> None:
+        """Redis is back: it may have lost everything (a restart without persistence)
+        or the others may have taken this node for dead; publish every local session
+        again and read the others' again."""
+        await self.bus.open_inbox()
+        self.feed.republish_all()
+        await self.feed.catch_up_or_reload()
+
+    async def reap(self, node: str) -> None:
+        """Clean up after a dead node (or an earlier run of this one): remove its
+        sessions (their contacts get unavailable presence through the usual
+        ``resource_unbound`` handlers), route again what its inbox held, forget it."""
+        keys = self.keys
+        members = await self.redis.smembers(keys.node_sessions(node))
+        ended: list[RemoteSession] = []
+        for member in members:
+            full_text = member.decode() if isinstance(member, bytes) else str(member)
+            try:
+                full = JID.parse(full_text)
+            except InvalidJID:
+                continue
+            value = await self.redis.hget(keys.sessions(str(full.bare)), full.resource)
+            record = self._record(value)
+            if record is None or record.node != node:
+                continue
+            session = self.registry.remove_remote(full, record.stream_id) or RemoteSession(
+                full, record
+            )
+            ended.append(session)
+
+            def build(pipe: Any, full: JID = full, sid: str = record.stream_id) -> None:
+                self.feed.remove_commands(pipe, node, full, sid)
+
+            _ = self.writer.submit(build)
+        await self.flush()
+        for session in ended:
+            host = self._hosts.get(session.jid.domain)
+            if host is not None:
+                try:
+                    await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(session))
+                except Exception:
+                    log.exception("cluster: resource_unbound failed for %s", session.jid)
+        rerouted = await self.bus.reroute_inbox(node)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.node_sessions(node))
+        if node != self.name:
+            pipe.hdel(keys.nodes(), node)
+        await pipe.execute()
+        self.reaped.append(node)
+        log.info(
+            "cluster: node %s: %d sessions ended, %d inbox entries routed again",
+            node,
+            len(ended),
+            rerouted,
+        )
+
+    def _record(self, value: bytes | None) -> SessionRecord | None:
+        if not value:
+            return None
+        sep = value.find(b"\0")
+        try:
+            record = self.signer.loads(value[sep + 1 :])
+        except (BadRecord, ValueError):
+            return None
+        return record if isinstance(record, SessionRecord) else None
+
+    # ------------------------------------------------------------------ metrics
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        registry, bus, writer = self.registry, self.bus, self.writer
+        metrics.gauge_function(
+            "cluster_nodes", "Live nodes of the cluster", lambda: len(self.membership.live)
+        )
+        metrics.gauge_function(
+            "cluster_local_sessions", "Sessions on this node", lambda: registry.local_count
+        )
+        metrics.gauge_function(
+            "cluster_remote_sessions",
+            "Sessions on other nodes this node knows of",
+            lambda: registry.remote_count,
+        )
+        metrics.counter_function(
+            "cluster_inbox_received", "Entries this node's inbox handled", lambda: bus.received
+        )
+        metrics.counter_function(
+            "cluster_rerouted",
+            "Stanzas routed again because their session had moved or ended",
+            lambda: bus.rerouted,
+        )
+        metrics.counter_function(
+            "cluster_redis_batches", "Pipelines written to Redis", lambda: writer.batches
+        )
+        metrics.counter_function(
+            "cluster_dropped",
+            "Cross-node writes given up after a Redis outage (stanzas bounced)",
+            lambda: writer.dropped,
+        )
+        metrics.gauge_function("cluster_queued", "Writes waiting for Redis", lambda: writer.queued)

@@ -1,0 +1,309 @@
+"""The cluster's session registry: this node's live sessions plus a current view of
+every other node's, behind the same :class:`~xmppd.sessions.SessionRegistry`
+interface as the single-process one.
+
+Lookups never wait for Redis: each node keeps the other nodes' sessions in memory
+(:class:`RemoteSession` records), kept current by tailing the session log
+(:mod:`xmppd.cluster.feed`). What a module does to a session on another node (deliver,
+close, set state) becomes an operation on that node's inbox (:mod:`xmppd.cluster.bus`).
+Changes to this node's sessions are published as they happen (batched per event-loop
+turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+
+from xmppd.cluster.records import RemoteSession, SessionRecord
+from xmppd.jid import JID
+from xmppd.sessions import MemorySessions, _best_priority
+from xmppd.stanza import serialize
+
+if TYPE_CHECKING:
+    from xmppd.sessions import Endpoint, Session, SessionKey
+    from xmppd.stanza import Element
+
+T = TypeVar("T")
+
+
+class RemoteOps(Protocol):
+    """What the registry asks of the stanza bus for sessions on other nodes."""
+
+    async def deliver(self, session: RemoteSession, stanza: Element, data: bytes | None) -> None:
+        """Send ``stanza`` to the session on its node (its ``user_receive_packet`` runs
+        there)."""
+
+    def send_raw(self, session: RemoteSession, stanza: Element) -> None: ...
+
+    def close(self, session: RemoteSession, condition: str | None, text: str | None) -> None: ...
+
+    def set_state(self, session: RemoteSession, name: str, value: object) -> None: ...
+
+    def set_presence(self, session: RemoteSession, presence: bytes | None, priority: int) -> None:
+        """Ask the node holding the session to record its presence."""
+
+    def set_interested(self, session: RemoteSession) -> None: ...
+
+
+class ClusterSessions(MemorySessions):
+    """Local endpoints (as :class:`MemorySessions`) plus the other nodes' sessions."""
+
+    __slots__ = (
+        "_dirty",
+        "_gone",
+        "_remote_bare",
+        "_remote_full",
+        "_shared",
+        "node",
+        "on_change",
+        "ops",
+    )
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+        self.ops: RemoteOps | None = None
+        """Set by the cluster node before the first session binds."""
+        self._remote_full: dict[JID, RemoteSession] = {}
+        self._remote_bare: dict[JID, dict[str, RemoteSession]] = {}
+        self._dirty: dict[JID, Endpoint] = {}
+        """Local sessions whose record changed since the last publication."""
+        self._gone: dict[JID, Endpoint] = {}
+        """Local sessions unbound since the last publication."""
+        self._shared: dict[int, dict[str, object]] = {}
+        """Shared per-session state of local sessions (``SessionKey.shared``), by
+        ``id(endpoint)``: what their records carry."""
+        self.on_change: Callable[[], None] = lambda: None
+        """Called when something is waiting to be published (the node schedules it)."""
+
+    # ------------------------------------------------------------------ lookups
+
+    def __len__(self) -> int:
+        return len(self._full) + len(self._remote_full)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter([*self._full.values(), *self._remote_full.values()])
+
+    @property
+    def local_count(self) -> int:
+        return len(self._full)
+
+    @property
+    def remote_count(self) -> int:
+        return len(self._remote_full)
+
+    def is_online(self, bare: JID) -> bool:
+        return bare in self._bare or bare in self._remote_bare
+
+    def get(self, full: JID) -> Session | None:
+        local = self._full.get(full)
+        if local is not None:
+            return local
+        return self._remote_full.get(full)
+
+    def of(self, bare: JID) -> list[Session]:
+        found: list[Session] = []
+        local = self._bare.get(bare)
+        if local:
+            found.extend(local.values())
+        remote = self._remote_bare.get(bare)
+        if remote:
+            found.extend(remote.values())
+        return found
+
+    def available(self, bare: JID) -> list[Session]:
+        return [s for s in self.of(bare) if s.is_available]
+
+    def message_targets(self, bare: JID) -> list[Session]:
+        if bare not in self._remote_bare:
+            return super().message_targets(bare)
+        return _best_priority(self.of(bare))
+
+    def is_current(self, session: Session) -> bool:
+        if isinstance(session, RemoteSession):
+            current = self._remote_full.get(session.jid)
+            return current is not None and current.stream_id == session.stream_id
+        return self._full.get(session.jid) is session
+
+    def local_endpoint(self, full: JID, stream_id: str) -> Endpoint | None:
+        """The local endpoint bound to ``full``, if it is the session ``stream_id``."""
+        endpoint = self._full.get(full)
+        if endpoint is None or endpoint.stream_id != stream_id:
+            return None
+        return endpoint
+
+    def remote_of_node(self, node: str) -> list[RemoteSession]:
+        return [s for s in self._remote_full.values() if s.node == node]
+
+    # ------------------------------------------------------------------ actions
+
+    def _ops(self) -> RemoteOps:
+        assert self.ops is not None, "the cluster node is not started"
+        return self.ops
+
+    async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
+        if isinstance(session, RemoteSession):
+            await self._ops().deliver(session, stanza, data)
+        else:
+            await cast("Endpoint", session).deliver(stanza, data)
+
+    def send_raw(self, session: Session, stanza: Element) -> None:
+        if isinstance(session, RemoteSession):
+            self._ops().send_raw(session, stanza)
+        else:
+            cast("Endpoint", session).send_raw(stanza)
+
+    def close(
+        self, session: Session, condition: str | None = None, text: str | None = None
+    ) -> None:
+        if isinstance(session, RemoteSession):
+            self._ops().close(session, condition, text)
+        else:
+            cast("Endpoint", session).close(condition, text)
+
+    async def wait_closed(self, session: Session) -> None:
+        if isinstance(session, RemoteSession):
+            return  # the other node runs its teardown; its record goes when done
+        await cast("Endpoint", session).wait_closed()
+
+    def get_state(self, session: Session, key: SessionKey[T]) -> T:
+        if isinstance(session, RemoteSession):
+            return cast(T, session.record.state.get(key.name, key.default))
+        return cast("Endpoint", session).get(key)
+
+    def set_state(self, session: Session, key: SessionKey[T], value: T) -> None:
+        if isinstance(session, RemoteSession):
+            if key.shared:
+                session.record.state[key.name] = value
+                self._ops().set_state(session, key.name, value)
+            return
+        endpoint = cast("Endpoint", session)
+        endpoint.set(key, value)
+        if key.shared:
+            self._shared.setdefault(id(endpoint), {})[key.name] = value
+            self._mark(endpoint)
+
+    def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
+        if isinstance(session, RemoteSession):
+            data = None if presence is None else serialize(presence)
+            session.record.presence = data
+            session.record.priority = priority
+            self._ops().set_presence(session, data, priority)
+            return session
+        endpoint = cast("Endpoint", session)
+        endpoint.presence = presence
+        endpoint.priority = priority
+        self._mark(endpoint)
+        return endpoint
+
+    def set_interested(self, session: Session) -> None:
+        if isinstance(session, RemoteSession):
+            session.record.interested = True
+            self._ops().set_interested(session)
+            return
+        endpoint = cast("Endpoint", session)
+        endpoint.is_interested = True
+        self._mark(endpoint)
+
+    # ------------------------------------------------------------------ the core's side
+
+    def bind(self, endpoint: Endpoint) -> Endpoint | None:
+        replaced = super().bind(endpoint)
+        full = endpoint.jid
+        self._gone.pop(full, None)
+        remote = self._remote_full.get(full)
+        if remote is not None:  # the same full JID on another node: that one goes
+            self._forget_remote(full, remote.stream_id)
+            self._ops().close(remote, "conflict", None)
+        self._mark(endpoint)
+        return replaced
+
+    def unbind(self, endpoint: Endpoint) -> bool:
+        if not super().unbind(endpoint):
+            return False
+        full = endpoint.jid
+        self._dirty.pop(full, None)
+        self._gone[full] = endpoint
+        self.on_change()
+        return True
+
+    def release(self, endpoint: Endpoint) -> None:
+        self._shared.pop(id(endpoint), None)
+
+    def _mark(self, endpoint: Endpoint) -> None:
+        if self._full.get(endpoint.jid) is not endpoint:
+            return  # not bound (yet): bind publishes it
+        self._dirty[endpoint.jid] = endpoint
+        self.on_change()
+
+    def take_changes(self) -> tuple[list[Endpoint], list[Endpoint]]:
+        """What to publish: (changed local sessions, unbound local sessions)."""
+        dirty, gone = list(self._dirty.values()), list(self._gone.values())
+        self._dirty.clear()
+        self._gone.clear()
+        return dirty, gone
+
+    def record_of(self, endpoint: Endpoint) -> SessionRecord:
+        """The record this node publishes for a local session."""
+        presence = endpoint.presence
+        elapsed = max(0.0, _loop_time() - endpoint.last_activity)
+        return SessionRecord(
+            node=self.node,
+            stream_id=endpoint.stream_id,
+            peer=endpoint.peer,
+            is_secure=endpoint.is_secure,
+            is_detached=endpoint.is_detached,
+            priority=endpoint.priority,
+            presence=None if presence is None else serialize(presence),
+            interested=endpoint.is_interested,
+            last_activity=time.time() - elapsed,
+            state=dict(self._shared.get(id(endpoint), ())),
+        )
+
+    # ------------------------------------------------------------------ the view
+
+    def apply_remote(self, full: JID, record: SessionRecord) -> None:
+        """A session on another node was bound or changed."""
+        if record.node == self.node:
+            return
+        local = self._full.get(full)
+        if local is not None and local.stream_id != record.stream_id:
+            # Bound here and there: the newer bind wins; the node that binds second
+            # closes the other (see bind), so a record for a session we hold is stale.
+            return
+        session = self._remote_full.get(full)
+        if session is not None and session.stream_id == record.stream_id:
+            session.record = record
+            return
+        session = RemoteSession(full, record)
+        self._remote_full[full] = session
+        self._remote_bare.setdefault(full.bare, {})[full.resource] = session
+
+    def remove_remote(self, full: JID, stream_id: str) -> RemoteSession | None:
+        """A session on another node ended (only if it is still the one with
+        ``stream_id``; ``""``: whichever it is)."""
+        return self._forget_remote(full, stream_id)
+
+    def _forget_remote(self, full: JID, stream_id: str) -> RemoteSession | None:
+        session = self._remote_full.get(full)
+        if session is None or (stream_id and session.stream_id != stream_id):
+            return None
+        del self._remote_full[full]
+        resources = self._remote_bare.get(full.bare)
+        if resources is not None:
+            resources.pop(full.resource, None)
+            if not resources:
+                del self._remote_bare[full.bare]
+        return session
+
+    def clear_remote(self) -> None:
+        """Forget the view (before reading it again from Redis)."""
+        self._remote_full.clear()
+        self._remote_bare.clear()
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
