@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Slix, register_account
-from tests.support.cluster import ClusterNodes, running_cluster, start_node
+from tests.support.cluster import ClusterNodes, running_cluster
 from tests.support.server import XmppdServer
 
 _counter = itertools.count()
