@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Slix, register_account
-from tests.support.cluster import ClusterNodes, running_cluster
+from tests.support.cluster import ClusterNodes, running_cluster, start_node
 from tests.support.server import XmppdServer
 
 _counter = itertools.count()
@@ -63,3 +63,97 @@ async def test_chat_between_nodes(cluster: ClusterNodes) -> None:
             (await b.next_message(lambda m: m["body"].startswith("n")))["body"] for _ in range(50)
         ]
         assert order == [f"n{i}" for i in range(50)]
+
+
+async def test_presence_between_nodes(cluster: ClusterNodes) -> None:
+    alice, bob = await new_user(cluster.front), await new_user(cluster.front)
+    async with (
+        Slix(on_node(cluster, 0), alice, PW) as a,
+        Slix(on_node(cluster, 1), bob, PW) as b,
+    ):
+        a.xmpp.auto_authorize = b.xmpp.auto_authorize = True
+        a.xmpp.auto_subscribe = b.xmpp.auto_subscribe = True
+        a.xmpp.send_presence(pto=bob, ptype="subscribe")
+        await a.next_presence(
+            lambda p: p["type"] == "available" and p["from"].bare == bob, timeout=15
+        )
+        await b.next_presence(
+            lambda p: p["type"] == "available" and p["from"].bare == alice, timeout=15
+        )
+        b.xmpp.send_presence(pstatus="busy", pshow="dnd")
+        got = await a.next_presence(lambda p: p["from"].bare == bob and p["show"] == "dnd")
+        assert got["status"] == "busy"
+        await b.stop()
+        gone = await a.next_presence(lambda p: p["from"].bare == bob and p["type"] == "unavailable")
+        assert gone["from"].resource
+
+
+async def test_same_account_on_both_nodes(cluster: ClusterNodes) -> None:
+    """A message to the bare JID reaches both resources (equal priority), wherever
+    they are; a resource bound again on the other node replaces the first session."""
+    alice, bob = await new_user(cluster.front), await new_user(cluster.front)
+    async with (
+        Slix(on_node(cluster, 0), bob, PW) as b1,
+        Slix(on_node(cluster, 1), bob, PW) as b2,
+        Slix(on_node(cluster, 0), alice, PW) as a,
+    ):
+        await asyncio.sleep(0.3)
+        a.xmpp.send_message(mto=bob, mbody="to both", mtype="chat")
+        await b1.next_message(lambda m: m["body"] == "to both")
+        await b2.next_message(lambda m: m["body"] == "to both")
+
+
+async def test_resource_conflict_across_nodes(cluster: ClusterNodes) -> None:
+    bob = await new_user(cluster.front)
+    first = Slix(on_node(cluster, 0), bob + "/phone", PW)
+    await first.start()
+    try:
+        await asyncio.sleep(0.3)
+        async with Slix(on_node(cluster, 1), bob + "/phone", PW) as second:
+            assert second.jid == bob + "/phone"
+            deadline = asyncio.get_running_loop().time() + 10
+            while first.xmpp.transport is not None and not first.xmpp.transport.is_closing():
+                assert asyncio.get_running_loop().time() < deadline, "old session not closed"
+                await asyncio.sleep(0.1)
+    finally:
+        await first.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[ClusterNodes]:
+    """A cluster for one test that stops or kills nodes."""
+    from tests.support.server import DEFAULT_TEST_MODULES
+
+    modules = {**DEFAULT_TEST_MODULES, "offline": {}}
+    with running_cluster(tmp_path, nodes=2, modules=modules) as nodes:
+        yield nodes
+
+
+async def test_node_killed_its_sessions_end_for_everyone(own_cluster: ClusterNodes) -> None:
+    """kill -9 of a node: the survivor removes its sessions (contacts see them go
+    unavailable) and messages to them go to offline storage."""
+    cluster = own_cluster
+    alice, bob = await new_user(cluster.front), await new_user(cluster.front)
+    async with Slix(on_node(cluster, 0), alice, PW) as a:
+        a.xmpp.auto_authorize = a.xmpp.auto_subscribe = True
+        b = Slix(on_node(cluster, 1), bob, PW)
+        b.xmpp.auto_authorize = b.xmpp.auto_subscribe = True
+        await b.start()
+        a.xmpp.send_presence(pto=bob, ptype="subscribe")
+        await a.next_presence(
+            lambda p: p["type"] == "available" and p["from"].bare == bob, timeout=15
+        )
+        cluster.nodes[1].process.kill()
+        cluster.nodes[1].process.wait()
+        gone = await a.next_presence(
+            lambda p: p["from"].bare == bob and p["type"] == "unavailable", timeout=20
+        )
+        assert gone["from"].resource
+        if b.xmpp.transport is not None:
+            b.xmpp.transport.abort()
+        a.xmpp.send_message(mto=bob, mbody="while you were away", mtype="chat")
+        await asyncio.sleep(0.5)
+        start_node(cluster.nodes[1])
+        async with Slix(on_node(cluster, 1), bob, PW) as b_again:
+            got = await b_again.next_message(lambda m: m["body"] == "while you were away")
+            assert got["from"].bare == alice
