@@ -67,6 +67,7 @@ class TcpFront:
         self._servers: list[asyncio.Server] = []
         self._turn = itertools.count()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.connections: list[int] = []
         """The backend index each connection went to, in order."""
         self.pinned: int | None = None
@@ -92,12 +93,18 @@ class TcpFront:
     ) -> None:
         index = self.pinned if self.pinned is not None else next(self._turn) % len(backends)
         self.connections.append(index)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", backends[index])
         except OSError:
-            writer.close()
+            writer.transport.abort()
+            self._writers.discard(writer)
+            self._tasks.discard(task)
             return
-        self._writers.update((writer, up_writer))
+        self._writers.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -119,8 +126,9 @@ class TcpFront:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             for w in (writer, up_writer):
-                w.close()
+                w.transport.abort()
                 self._writers.discard(w)
+            self._tasks.discard(task)
 
     def close(self) -> None:
         async def shutdown() -> None:
@@ -128,8 +136,13 @@ class TcpFront:
                 server.close()
             for w in list(self._writers):
                 w.transport.abort()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             for server in self._servers:
                 await server.wait_closed()
+            for _ in range(3):  # let the aborted transports close their sockets
+                await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

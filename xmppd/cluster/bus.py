@@ -67,7 +67,7 @@ class StanzaBus:
         registry: ClusterSessions,
         router: Router,
         *,
-        is_live: Callable[[str], bool],
+        is_dead: Callable[[str], bool],
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -76,7 +76,7 @@ class StanzaBus:
         self._writer = writer
         self._registry = registry
         self._router = router
-        self._is_live = is_live
+        self._is_dead = is_dead
         self.received = 0
         self.rerouted = 0
 
@@ -98,7 +98,7 @@ class StanzaBus:
 
     async def deliver(self, session: RemoteSession, stanza: Element, data: bytes | None) -> None:
         node = session.node
-        if not self._is_live(node):
+        if self._is_dead(node):
             await self._session_gone(session.jid, session.stream_id, stanza)
             return
         fields = {
@@ -135,7 +135,7 @@ class StanzaBus:
         self._op(session, {"o": "int"})
 
     def _op(self, session: RemoteSession, fields: dict[str, Any]) -> None:
-        if not self._is_live(session.node):
+        if self._is_dead(session.node):
             return
         fields["f"] = str(session.jid)
         fields["s"] = session.stream_id
@@ -198,10 +198,16 @@ class StanzaBus:
                 await self._redis.xdel(inbox, *done)
 
     async def reroute_inbox(self, node: str) -> int:
-        """Route again what a dead node left unread, then delete its inbox."""
-        inbox = self._keys.inbox(node)
-        entries = await self._redis.xrange(inbox, count=100_000)
-        await self._redis.delete(inbox)
+        """Route again what a dead node left unread. The inbox is renamed first, in one
+        step: from then on writers find no inbox and route their stanzas again
+        themselves, so nothing lands where nobody reads."""
+        inbox, reaped = self._keys.inbox(node), self._keys.reaped_inbox(node)
+        try:
+            await self._redis.rename(inbox, reaped)
+        except ResponseError:  # no such key: nothing left
+            return 0
+        entries = await self._redis.xrange(reaped, count=1_000_000)
+        await self._redis.delete(reaped)
         for _entry_id, fields in entries:
             try:
                 await self._reroute(fields)

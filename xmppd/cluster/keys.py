@@ -35,8 +35,13 @@ class Keys:
         return f"{self.prefix}:nodesess:{node}"
 
     def inbox(self, node: str) -> str:
-        """Stream of stanzas and session operations for a node's sessions and services."""
-        return f"{self.prefix}:in:{node}"
+        """Stream of stanzas and session operations for a node's sessions and services.
+        (The braces make it and :meth:`reaped_inbox` one Redis Cluster slot.)"""
+        return f"{self.prefix}:in:{{{node}}}"
+
+    def reaped_inbox(self, node: str) -> str:
+        """A dead node's inbox, renamed atomically by the survivor that empties it."""
+        return f"{self.prefix}:in:{{{node}}}:reaped"
 
     def reaping(self, node: str) -> str:
         """Lock: one survivor cleans up after a dead node."""

@@ -77,6 +77,8 @@ class Membership:
         self._on_rejoin = on_rejoin
         self.live: tuple[str, ...] = (node,)
         """Live nodes, sorted (this one included while it can reach Redis)."""
+        self.dead: frozenset[str] = frozenset()
+        """Members whose heartbeat had expired at the last look."""
         self.heartbeat_age: dict[str, float] = {}
         """Seconds since each live node's last heartbeat (``xmppd cluster status``)."""
         self.down = False
@@ -90,6 +92,11 @@ class Membership:
 
     def is_live(self, node: str) -> bool:
         return node in self.live
+
+    def is_dead(self, node: str) -> bool:
+        """Seen as a member without a heartbeat at the last look (a node that joined
+        since is neither live nor dead yet: its inbox says whether it exists)."""
+        return node in self.dead
 
     async def beat(self) -> None:
         """Renew the heartbeat and announce this node (also the first time)."""
@@ -161,6 +168,7 @@ class Membership:
         if self.node not in live:
             live.append(self.node)
         self.heartbeat_age = ages
+        self.dead = frozenset(dead)
         live_sorted = tuple(sorted(live))
         if live_sorted != self.live:
             log.info("cluster: live nodes: %s", ", ".join(live_sorted))

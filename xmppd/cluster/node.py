@@ -86,7 +86,7 @@ class ClusterNode:
             self.writer,
             registry,
             router,
-            is_live=self.membership.is_live,
+            is_dead=self.membership.is_dead,
         )
         registry.ops = self.bus
         self._tasks: list[asyncio.Task[None]] = []
