@@ -43,7 +43,6 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 from pydantic import Field, field_validator
 
-from modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
 from xmppd.api import (
     Duration,
     Element,
@@ -56,6 +55,7 @@ from xmppd.api import (
     hooks,
 )
 from xmppd.api.hooks import PacketContext, ServerEvent, SessionEvent, UserEvent
+from xmppd_modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
 
 EventType = Literal["login", "logout", "registration", "message", "room_created"]
 ALL_EVENTS: Final[tuple[EventType, ...]] = (

@@ -19,10 +19,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from hooks.word_filter import PatternOptions
-from modules.mod_muc.hooks import GROUPCHAT_MESSAGE, GroupchatContext
 from xmppd.api import Drop, Element, HookSet, ModuleContext, Priority, StanzaError
 from xmppd.api.stanza import copy
+from xmppd_hooks.word_filter import PatternOptions
+from xmppd_modules.mod_muc.hooks import GROUPCHAT_MESSAGE, GroupchatContext
 
 
 class MucWordFilterOptions(PatternOptions):

@@ -14,8 +14,6 @@ from typing import Final
 
 from pydantic import Field
 
-from modules.mod_motd import MOTD
-from modules.mod_roster import ROSTER
 from xmppd.api import (
     JID,
     AccessRule,
@@ -39,6 +37,8 @@ from xmppd.api.adhoc import (
     data_form,
 )
 from xmppd.api.stanza import Element, child, element, payload
+from xmppd_modules.mod_motd import MOTD
+from xmppd_modules.mod_roster import ROSTER
 
 NS_ADMIN: Final = "http://jabber.org/protocol/admin"
 """XEP-0133: the FORM_TYPE of every form, and the prefix of the command nodes."""

@@ -53,9 +53,6 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from modules.mod_pep import PEP
-from modules.mod_pep.common import NS_OWNER, NS_PUBLISH_OPTIONS, NS_PUBSUB
-from modules.mod_vcard import AVATARS, NS_VCARD
 from xmppd.api import (
     JID,
     IqTimeout,
@@ -71,6 +68,9 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import DiscoInfo, DiscoQuery, PacketContext
 from xmppd.api.stanza import Element, child, copy, element, new_id, parse, payload, serialize
+from xmppd_modules.mod_pep import PEP
+from xmppd_modules.mod_pep.common import NS_OWNER, NS_PUBLISH_OPTIONS, NS_PUBSUB
+from xmppd_modules.mod_vcard import AVATARS, NS_VCARD
 
 NS_DATA: Final = "urn:xmpp:avatar:data"
 NS_METADATA: Final = "urn:xmpp:avatar:metadata"

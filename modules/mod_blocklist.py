@@ -50,8 +50,6 @@ from typing import Final
 
 from pydantic import Field
 
-from modules.mod_presence import DIRECTED
-from modules.mod_roster import ROSTER, RosterItem
 from xmppd.api import (
     DROP,
     JID,
@@ -71,6 +69,8 @@ from xmppd.api import (
 from xmppd.api.hooks import PacketContext, RouteInfo, SessionEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, element, error_reply, new_id, payload
 from xmppd.api.storage import Column, String, bindparam, delete, select
+from xmppd_modules.mod_presence import DIRECTED
+from xmppd_modules.mod_roster import ROSTER, RosterItem
 
 NS_BLOCKING: Final = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS: Final = "urn:xmpp:blocking:errors"

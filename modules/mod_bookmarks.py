@@ -32,10 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final
 
-from modules.mod_pep import PEP
-from modules.mod_pep.common import NS_OWNER, NS_PUBLISH_OPTIONS, NS_PUBSUB
-from modules.mod_private import NS_PRIVATE
-from modules.mod_private import STORE as PRIVATE_STORE
 from xmppd.api import (
     JID,
     InvalidJID,
@@ -51,6 +47,10 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import DiscoInfo, DiscoQuery, PacketContext
 from xmppd.api.stanza import Element, child, element, new_id, parse, payload, serialize
+from xmppd_modules.mod_pep import PEP
+from xmppd_modules.mod_pep.common import NS_OWNER, NS_PUBLISH_OPTIONS, NS_PUBSUB
+from xmppd_modules.mod_private import NS_PRIVATE
+from xmppd_modules.mod_private import STORE as PRIVATE_STORE
 
 NS_BOOKMARKS: Final = "urn:xmpp:bookmarks:1"
 NS_LEGACY: Final = "storage:bookmarks"

@@ -7,7 +7,6 @@ from typing import Final
 
 from pydantic import Field
 
-from modules.mod_roster import ROSTER
 from xmppd.api import (
     IqRequest,
     Module,
@@ -21,6 +20,7 @@ from xmppd.api import (
 from xmppd.api.hooks import PresenceEvent, UserEvent
 from xmppd.api.stanza import Element, child_text, payload
 from xmppd.api.storage import Column, Float, String, Text, delete, select
+from xmppd_modules.mod_roster import ROSTER
 
 
 class LastOptions(Options):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from modules.mod_roster import ROSTER, Roster, RosterItem, Subscription
 from xmppd.api import (
     JID,
     STOP,
@@ -18,6 +17,7 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import PresenceEvent, SessionEvent, StanzaEvent
 from xmppd.api.stanza import Element, child_text, copy, element
+from xmppd_modules.mod_roster import ROSTER, Roster, RosterItem, Subscription
 
 module: Module[NoOptions] = Module(
     "presence",

@@ -64,7 +64,6 @@ from typing import Final
 
 from pydantic import Field
 
-from modules.mod_csi import INACTIVE
 from xmppd.api import (
     JID,
     Drop,
@@ -103,6 +102,7 @@ from xmppd.api.stanza import (
     serialize,
 )
 from xmppd.api.storage import Column, Float, String, Text, bindparam, delete, select
+from xmppd_modules.mod_csi import INACTIVE
 
 NS_PUSH: Final = "urn:xmpp:push:0"
 NS_PUBSUB: Final = "http://jabber.org/protocol/pubsub"

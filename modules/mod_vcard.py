@@ -34,7 +34,6 @@ from typing import Final
 
 from pydantic import Field
 
-from modules.mod_private import decode, encode
 from xmppd.api import (
     JID,
     IqRequest,
@@ -50,6 +49,7 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import PacketContext, SessionEvent, StanzaEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, find_child, payload, serialize
+from xmppd_modules.mod_private import decode, encode
 
 NS_VCARD: Final = "vcard-temp"
 NS_VCARD_UPDATE: Final = "vcard-temp:x:update"

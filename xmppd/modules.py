@@ -17,6 +17,7 @@ from xmppd.config import ConfigError, ServerConfig, format_problem, format_valid
 from xmppd.configtext import KeyLines, nearest
 from xmppd.events import EventBus, Registration
 from xmppd.module import HookSet, Module, ModuleContext, Options, Scope
+from xmppd.packages import HOOKS_PACKAGE, MODULES_PACKAGE
 
 if TYPE_CHECKING:
     from xmppd.core import Core
@@ -88,7 +89,7 @@ class LoadedModule:
 def available_modules() -> list[str]:
     """Names of the modules that can be loaded (``modules/mod_<name>.py`` and packages,
     including those in ``server.module_paths``)."""
-    import modules as modules_pkg
+    import xmppd_modules as modules_pkg
 
     return sorted(
         info.name.removeprefix("mod_")
@@ -98,7 +99,7 @@ def available_modules() -> list[str]:
 
 
 def available_hook_files() -> list[str]:
-    import hooks as hooks_pkg
+    import xmppd_hooks as hooks_pkg
 
     return sorted(
         info.name for info in pkgutil.iter_modules(hooks_pkg.__path__) if info.name[0] != "_"
@@ -108,9 +109,9 @@ def available_hook_files() -> list[str]:
 def import_module(name: str) -> Module[Any]:
     """Import ``modules/mod_<name>.py`` and return its ``module`` object."""
     try:
-        mod = importlib.import_module(f"modules.mod_{name}")
+        mod = importlib.import_module(f"{MODULES_PACKAGE}.mod_{name}")
     except ModuleNotFoundError as exc:
-        if exc.name in (f"modules.mod_{name}", "modules"):
+        if exc.name in (f"{MODULES_PACKAGE}.mod_{name}", MODULES_PACKAGE):
             guess = nearest(name, available_modules())
             hint = f" (did you mean '{guess}'?)" if guess else ""
             raise ConfigError(f"{name}: no such module (modules/mod_{name}.py){hint}") from None
@@ -124,9 +125,9 @@ def import_module(name: str) -> Module[Any]:
 def import_hookset(name: str) -> HookSet[Any]:
     """Import ``hooks/<name>.py`` and return its ``handlers`` HookSet."""
     try:
-        mod = importlib.import_module(f"hooks.{name}")
+        mod = importlib.import_module(f"{HOOKS_PACKAGE}.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name in (f"hooks.{name}", "hooks"):
+        if exc.name in (f"{HOOKS_PACKAGE}.{name}", HOOKS_PACKAGE):
             guess = nearest(name, available_hook_files())
             hint = f" (did you mean '{guess}'?)" if guess else ""
             raise ConfigError(f"hooks.{name}: no such hook file (hooks/{name}.py){hint}") from None
@@ -169,7 +170,7 @@ class ModuleManager:
         config = self._core.config
         source = str(config.source or "<config>")
         for path in config.server.module_paths:
-            import modules as modules_pkg
+            import xmppd_modules as modules_pkg
 
             if str(path) not in modules_pkg.__path__:
                 modules_pkg.__path__.append(str(path))

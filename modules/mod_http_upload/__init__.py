@@ -49,7 +49,6 @@ import aiohttp
 from aiohttp import web
 from pydantic import Field, SecretStr, model_validator
 
-from modules.mod_http_upload.storage import DiskStore, FileStore, S3Store, StoreError
 from xmppd.api import (
     AccessRule,
     Duration,
@@ -77,6 +76,7 @@ from xmppd.api.storage import (
     select,
     update,
 )
+from xmppd_modules.mod_http_upload.storage import DiskStore, FileStore, S3Store, StoreError
 
 Row = sa.Row[Any]
 

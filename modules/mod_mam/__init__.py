@@ -51,7 +51,7 @@ Archive ids are 64-bit integers (the time in milliseconds shifted left by 20 bit
 unique per host, not guessable from one another. Messages are stored as clients see
 them (``<message xmlns='jabber:client'>``), with their time in microseconds. Rows are
 written behind the message path by one task per host, many per transaction (see
-:class:`~modules.mod_mam.store.Writer`); every read of the archive waits for the rows
+:class:`~xmppd_modules.mod_mam.store.Writer`); every read of the archive waits for the rows
 queued before it. Entries older than ``retention`` are deleted hourly.
 
 ``xmppd export-user`` includes the archive, as XEP-0227 §6.7 describes (``export.py``).
@@ -67,34 +67,6 @@ import time
 from dataclasses import replace
 from typing import Final
 
-from modules.mam_common import fin, parse_id, query_fields, result_message, unknown_field
-from modules.mam_common import parse_rsm as rsm_paging
-from modules.mod_mam.common import (
-    FULLTEXT_FIELD,
-    MAX_FULLTEXT_WORDS,
-    MAX_PREF_JIDS,
-    NS_FULLTEXT,
-    NS_MAM,
-    NS_MAM_EXTENDED,
-    NS_SID,
-    NS_XDATA_VALIDATE,
-    PURGE_INTERVAL,
-    Ctx,
-    MamOptions,
-    module,
-)
-from modules.mod_mam.export import export as _export  # noqa: F401  (registers user_export)
-from modules.mod_mam.store import (
-    ARCHIVE,
-    SID_TAG,
-    Archive,
-    Filters,
-    Paging,
-    Prefs,
-    format_stamp,
-    has_forged_id,
-    strip_ids,
-)
 from xmppd.api import (
     JID,
     STOP,
@@ -119,6 +91,34 @@ from xmppd.api.hooks import (
     UserEvent,
 )
 from xmppd.api.stanza import Element, child, payload
+from xmppd_modules.mam_common import fin, parse_id, query_fields, result_message, unknown_field
+from xmppd_modules.mam_common import parse_rsm as rsm_paging
+from xmppd_modules.mod_mam.common import (
+    FULLTEXT_FIELD,
+    MAX_FULLTEXT_WORDS,
+    MAX_PREF_JIDS,
+    NS_FULLTEXT,
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    NS_SID,
+    NS_XDATA_VALIDATE,
+    PURGE_INTERVAL,
+    Ctx,
+    MamOptions,
+    module,
+)
+from xmppd_modules.mod_mam.export import export as _export  # noqa: F401  (registers user_export)
+from xmppd_modules.mod_mam.store import (
+    ARCHIVE,
+    SID_TAG,
+    Archive,
+    Filters,
+    Paging,
+    Prefs,
+    format_stamp,
+    has_forged_id,
+    strip_ids,
+)
 
 __all__ = ["ARCHIVE", "Archive", "MamOptions", "module"]
 

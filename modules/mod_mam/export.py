@@ -11,12 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
-from modules.mod_mam.common import NS_FORWARD, NS_MAM, Ctx, module
-from modules.mod_mam.store import ARCHIVE, archive_table, format_stamp
 from xmppd.api import JID, hooks, ns
 from xmppd.api.hooks import UserEvent
 from xmppd.api.stanza import Element, child, parse, payload
 from xmppd.api.storage import BigInteger, Integer, String, bindparam, select
+from xmppd_modules.mod_mam.common import NS_FORWARD, NS_MAM, Ctx, module
+from xmppd_modules.mod_mam.store import ARCHIVE, archive_table, format_stamp
 
 NS_PIE_MAM: Final = "urn:xmpp:pie:0#mam"
 EXPORT_PAGE: Final = 500

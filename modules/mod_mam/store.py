@@ -11,20 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.mam_common import Bounds, Paging, format_stamp, to_microseconds
-from modules.mod_mam.common import (
-    KEPT_STATUS,
-    KEPT_WITHOUT_BODY,
-    NS_HINTS,
-    NS_MAM,
-    NS_SID,
-    PAGE_BYTES,
-    PREFS_CACHE,
-    PURGE_BATCH,
-    Ctx,
-    module,
-)
-from modules.mod_roster import ROSTER
 from xmppd.api import JID, InvalidJID, ServiceKey, StanzaError, ns
 from xmppd.api.stanza import Element, child, copy, payload, serialize
 from xmppd.api.storage import (
@@ -42,6 +28,20 @@ from xmppd.api.storage import (
     sa,
     select,
 )
+from xmppd_modules.mam_common import Bounds, Paging, format_stamp, to_microseconds
+from xmppd_modules.mod_mam.common import (
+    KEPT_STATUS,
+    KEPT_WITHOUT_BODY,
+    NS_HINTS,
+    NS_MAM,
+    NS_SID,
+    PAGE_BYTES,
+    PREFS_CACHE,
+    PURGE_BATCH,
+    Ctx,
+    module,
+)
+from xmppd_modules.mod_roster import ROSTER
 
 archive_table: Final = module.table(
     "archive",

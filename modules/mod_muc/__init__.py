@@ -1,8 +1,9 @@
 """XEP-0045: Multi-User Chat — group chat rooms on ``conference.<host>``.
 
 The module serves the MUC domain of each host where it is loaded (option ``domain``)
-and keeps each room as one :class:`~modules.mod_muc.room.Room` (occupants, roles,
-affiliations, history, subject), found through :class:`~modules.mod_muc.service.MucService`.
+and keeps each room as one :class:`~xmppd_modules.mod_muc.room.Room` (occupants,
+roles, affiliations, history, subject), found through
+:class:`~xmppd_modules.mod_muc.service.MucService`.
 Persistent rooms (configuration, subject, affiliations, registered nicknames) are
 stored; temporary rooms vanish when their last occupant leaves. XEP-0249 direct
 invitations reach the invitee untouched and are shown to the room on the way (a
@@ -12,11 +13,12 @@ XEP-0421 occupant ids are added to everything a room sends on an occupant's beha
 
 from __future__ import annotations
 
-from modules.mod_muc.common import NS_CONFERENCE, Ctx, MucOptions, module
-from modules.mod_muc.service import MUC, MucService
-from xmppd.api import JID, Drop, InvalidJID, Priority, hooks, ns
+from xmppd.api import JID, Drop, InvalidJID, Priority, ns
+from xmppd.api import hooks as core_hooks  # importing .service binds "hooks" (.hooks)
 from xmppd.api.hooks import PacketContext, ServerEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, find_child, payload
+from xmppd_modules.mod_muc.common import NS_CONFERENCE, Ctx, MucOptions, module
+from xmppd_modules.mod_muc.service import MUC, MucService
 
 __all__ = ["MUC", "MucOptions", "MucService", "module"]
 
@@ -36,7 +38,7 @@ async def start(ctx: Ctx) -> None:
     )
 
 
-@module.on(hooks.SERVER_STOPPING)
+@module.on(core_hooks.SERVER_STOPPING)
 async def shutdown(ctx: Ctx, event: ServerEvent) -> None:
     """Occupants hear that the rooms close (status 332) before their streams do."""
     for domain in ctx.loaded_hosts():
@@ -47,7 +49,7 @@ async def shutdown(ctx: Ctx, event: ServerEvent) -> None:
 
 
 # Late: after the filters that may drop the message; the invitation itself is untouched.
-@module.fold(hooks.USER_SEND_PACKET, priority=Priority.LATE)
+@module.fold(core_hooks.USER_SEND_PACKET, priority=Priority.LATE)
 async def direct_invitation(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
     """XEP-0249: a direct invitation to one of this service's rooms is shown to the
     room on its way, so that a members-only room can make the invitee a member."""
@@ -69,7 +71,7 @@ async def direct_invitation(ctx: Ctx, stanza: Element, pctx: PacketContext) -> E
     return stanza
 
 
-@module.on(hooks.USER_REMOVED)
+@module.on(core_hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
     """A deleted account loses its affiliations and registered nicknames."""
     service = ctx.service(MUC)
@@ -81,7 +83,7 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
         room.nicks.pop(event.jid.bare, None)
 
 
-@module.fold(hooks.USER_EXPORT)
+@module.fold(core_hooks.USER_EXPORT)
 async def export(ctx: Ctx, parts: tuple[Element, ...], event: UserEvent) -> tuple[Element, ...]:
     """The account's affiliations and registered nicknames in this host's rooms."""
     service = ctx.service(MUC)

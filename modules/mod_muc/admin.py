@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Protocol
 
-from modules.mod_muc.config import ALLOW_PM, WHOIS, RoomConfig
-from modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
-from modules.mod_muc.room import Room, RoomHost, new_salt
 from xmppd.api import JID, InvalidJID
+from xmppd_modules.mod_muc.config import ALLOW_PM, WHOIS, RoomConfig
+from xmppd_modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
+from xmppd_modules.mod_muc.room import Room, RoomHost, new_salt
 
 AFFILIATIONS: Final = ("owner", "admin", "member", "outcast", "none")
 SETTINGS: Final = frozenset(f.name for f in fields(RoomConfig))

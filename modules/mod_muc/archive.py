@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.mam_common import Bounds, Paging, next_id, now_us
-from modules.mod_muc.common import Ctx, module
 from xmppd.api import JID, StanzaError
 from xmppd.api.storage import (
     REFUSED_FOR_DATA,
@@ -26,6 +24,8 @@ from xmppd.api.storage import (
     select,
     update,
 )
+from xmppd_modules.mam_common import Bounds, Paging, next_id, now_us
+from xmppd_modules.mod_muc.common import Ctx, module
 
 archive_table: Final = module.table(
     "archive",

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final
 
-from modules.mod_muc import errors
-from modules.mod_muc.common import NS_ROOMCONFIG, NS_ROOMINFO
 from xmppd.api import ns
 from xmppd.api.stanza import Element, child, payload
+from xmppd_modules.mod_muc import errors
+from xmppd_modules.mod_muc.common import NS_ROOMCONFIG, NS_ROOMINFO
 
 WHOIS: Final = ("moderators", "anyone")
 ALLOW_PM: Final = ("anyone", "participants", "moderators", "none")

@@ -21,7 +21,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
-from modules.mam_common import (
+from xmppd.api import JID, Drop, InvalidJID, StanzaError, ns
+from xmppd.api.stanza import (
+    Element,
+    child,
+    copy,
+    element,
+    error_reply,
+    find_child,
+    in_client_namespace,
+    iq_result,
+    new_id,
+    parse,
+    payload,
+    serialize,
+)
+from xmppd_modules.mam_common import (
     NS_MAM,
     NS_SID,
     fin,
@@ -30,9 +45,9 @@ from modules.mam_common import (
     result_message,
     unknown_field,
 )
-from modules.mod_muc import errors
-from modules.mod_muc.archive import Filters
-from modules.mod_muc.common import (
+from xmppd_modules.mod_muc import errors
+from xmppd_modules.mod_muc.archive import Filters
+from xmppd_modules.mod_muc.common import (
     AFFILIATION_RANK,
     AFFILIATIONS,
     NS_CONFERENCE,
@@ -50,7 +65,7 @@ from modules.mod_muc.common import (
     Ctx,
     Status,
 )
-from modules.mod_muc.config import (
+from xmppd_modules.mod_muc.config import (
     Limits,
     RoomConfig,
     apply_form,
@@ -59,7 +74,7 @@ from modules.mod_muc.config import (
     form_values,
     info_form,
 )
-from modules.mod_muc.hooks import (
+from xmppd_modules.mod_muc.hooks import (
     GROUPCHAT_MESSAGE,
     OCCUPANT_JOINED,
     OCCUPANT_LEFT,
@@ -71,25 +86,10 @@ from modules.mod_muc.hooks import (
     OccupantEvent,
     RoomEvent,
 )
-from xmppd.api import JID, Drop, InvalidJID, StanzaError, ns
-from xmppd.api.stanza import (
-    Element,
-    child,
-    copy,
-    element,
-    error_reply,
-    find_child,
-    in_client_namespace,
-    iq_result,
-    new_id,
-    parse,
-    payload,
-    serialize,
-)
 
 if TYPE_CHECKING:
-    from modules.mod_muc.archive import RoomArchive
-    from modules.mod_muc.store import RoomStore
+    from xmppd_modules.mod_muc.archive import RoomArchive
+    from xmppd_modules.mod_muc.store import RoomStore
 
 _X_MUC: Final = f"{{{NS_MUC}}}x"
 _X_USER: Final = f"{{{NS_MUC_USER}}}x"

@@ -13,13 +13,6 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
-from modules.mod_muc import errors
-from modules.mod_muc.admin import RoomAdmin
-from modules.mod_muc.archive import RoomArchive
-from modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
-from modules.mod_muc.config import Limits, RoomConfig
-from modules.mod_muc.room import Room, new_salt
-from modules.mod_muc.store import RoomStore
 from xmppd.api import (
     JID,
     IqRequest,
@@ -31,6 +24,13 @@ from xmppd.api import (
     ns,
 )
 from xmppd.api.stanza import Element, child, error_reply, payload
+from xmppd_modules.mod_muc import errors
+from xmppd_modules.mod_muc.admin import RoomAdmin
+from xmppd_modules.mod_muc.archive import RoomArchive
+from xmppd_modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
+from xmppd_modules.mod_muc.config import Limits, RoomConfig
+from xmppd_modules.mod_muc.room import Room, new_salt
+from xmppd_modules.mod_muc.store import RoomStore
 
 
 class MucService:

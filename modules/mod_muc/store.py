@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from modules.mod_muc.common import Ctx, module
 from xmppd.api import JID, InvalidJID
 from xmppd.api.storage import Column, Float, String, Text, delete, select, update
+from xmppd_modules.mod_muc.common import Ctx, module
 
 rooms_table: Final = module.table(
     "rooms",

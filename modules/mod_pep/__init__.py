@@ -48,7 +48,7 @@ Not implemented: explicit subscriptions (``subscribe`` and the like answer
 ``roster`` and ``authorize`` access models, instant nodes, RSM paging of items, collection
 nodes.
 
-Other modules can read and write nodes through :data:`~modules.mod_pep.store.PEP`.
+Other modules can read and write nodes through :data:`~xmppd_modules.mod_pep.store.PEP`.
 """
 
 from __future__ import annotations
@@ -59,43 +59,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from modules.mod_pep.caps import Caps, interested_nodes, parse_caps, verified_interests
-from modules.mod_pep.common import (
-    ACCESS_MODELS,
-    NOTIFY,
-    NS_OWNER,
-    NS_PUBSUB,
-    Ctx,
-    form_rules,
-    module,
-)
-from modules.mod_pep.remote import REMOTE, RemoteResource, RemoteResources
-from modules.mod_pep.store import PEP, PepStore, StoredItem
-from modules.mod_roster import ROSTER
-from modules.pubsub_common import errors
-from modules.pubsub_common.common import RESULT_BYTES
-from modules.pubsub_common.config import (
-    NodeConfig,
-    UnknownField,
-    apply,
-    config_form,
-    node_config,
-    publish_options,
-    unmet,
-)
-from modules.pubsub_common.protocol import (
-    action_of,
-    items_event,
-    items_result,
-    local_name,
-    node_event,
-    node_name,
-    notifications,
-    publication,
-    retract_event,
-    retraction,
-    should_notify_retract,
-)
 from xmppd.api import (
     JID,
     IqRequest,
@@ -111,6 +74,43 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import DiscoIdentity, DiscoInfo, DiscoItem, DiscoQuery, StanzaEvent, UserEvent
 from xmppd.api.stanza import Element, child, child_text, element, new_id, parse, payload
+from xmppd_modules.mod_pep.caps import Caps, interested_nodes, parse_caps, verified_interests
+from xmppd_modules.mod_pep.common import (
+    ACCESS_MODELS,
+    NOTIFY,
+    NS_OWNER,
+    NS_PUBSUB,
+    Ctx,
+    form_rules,
+    module,
+)
+from xmppd_modules.mod_pep.remote import REMOTE, RemoteResource, RemoteResources
+from xmppd_modules.mod_pep.store import PEP, PepStore, StoredItem
+from xmppd_modules.mod_roster import ROSTER
+from xmppd_modules.pubsub_common import errors
+from xmppd_modules.pubsub_common.common import RESULT_BYTES
+from xmppd_modules.pubsub_common.config import (
+    NodeConfig,
+    UnknownField,
+    apply,
+    config_form,
+    node_config,
+    publish_options,
+    unmet,
+)
+from xmppd_modules.pubsub_common.protocol import (
+    action_of,
+    items_event,
+    items_result,
+    local_name,
+    node_event,
+    node_name,
+    notifications,
+    publication,
+    retract_event,
+    retraction,
+    should_notify_retract,
+)
 
 __all__ = ["PEP", "PepStore", "module"]
 

@@ -10,9 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-from modules.mod_pep.common import NOTIFY
 from xmppd.api import ns
 from xmppd.api.stanza import Element
+from xmppd_modules.mod_pep.common import NOTIFY
 
 HASHES: Final[dict[str, str]] = {
     "sha-1": "sha1",

@@ -6,7 +6,8 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from modules.pubsub_common.common import (
+from xmppd.api import Duration, Module, ModuleContext, Options, Size
+from xmppd_modules.pubsub_common.common import (
     NS_ERRORS,
     NS_EVENT,
     NS_NODE_CONFIG,
@@ -14,8 +15,7 @@ from modules.pubsub_common.common import (
     NS_PUBLISH_OPTIONS,
     NS_PUBSUB,
 )
-from modules.pubsub_common.config import FormRules
-from xmppd.api import Duration, Module, ModuleContext, Options, Size
+from xmppd_modules.pubsub_common.config import FormRules
 
 __all__ = [
     "ACCESS_MODELS",

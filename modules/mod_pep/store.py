@@ -1,5 +1,5 @@
 """XEP-0163 storage: the node and item tables (the shared XEP-0060 store of
-:mod:`modules.pubsub_common.store`, keyed by username), the verified-caps table, and
+:mod:`xmppd_modules.pubsub_common.store`, keyed by username), the verified-caps table, and
 :class:`PepStore` (the ``PEP`` service)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import time
 from collections import OrderedDict
 from typing import Final
 
-from modules.mod_pep.common import Ctx, module
-from modules.pubsub_common.store import ItemPage, NodeStore, StoredItem, node_tables
 from xmppd.api import JID, ServiceKey
 from xmppd.api.storage import Column, Float, String, Text, bindparam, select
+from xmppd_modules.mod_pep.common import Ctx, module
+from xmppd_modules.pubsub_common.store import ItemPage, NodeStore, StoredItem, node_tables
 
 __all__ = ["PEP", "ItemPage", "PepStore", "StoredItem", "tables"]
 

@@ -2,7 +2,7 @@
 
 The service registers its domain (option ``domain``; listed with ``name`` in the host's
 disco#items) through ``ctx.serve`` and shares PEP's node store, configuration forms and
-error conditions (:mod:`modules.pubsub_common`); its own tables hold the nodes and items
+error conditions (:mod:`xmppd_modules.pubsub_common`); its own tables hold the nodes and items
 (keyed by the service's domain), the affiliations and the subscriptions.
 
 - **Create** (``<create node/>``, or ``<create/>`` for an instant node whose generated
@@ -60,18 +60,21 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
-from modules.mod_pubsub.common import (
+from xmppd.api import JID, InvalidJID, IqRequest, ServiceDomain, ServiceKey, StanzaError, hooks, ns
+from xmppd.api.hooks import UserEvent
+from xmppd.api.stanza import Element, child, error_reply, new_id, payload
+from xmppd_modules.mod_pubsub.common import (
     Ctx,
     default_config,
     form_rules,
     module,
     service_domain,
 )
-from modules.mod_pubsub.store import PubsubStore, Subscription
-from modules.mod_roster import ROSTER
-from modules.pubsub_common import errors
-from modules.pubsub_common.common import NS_OWNER, NS_PUBSUB, RESULT_BYTES
-from modules.pubsub_common.config import (
+from xmppd_modules.mod_pubsub.store import PubsubStore, Subscription
+from xmppd_modules.mod_roster import ROSTER
+from xmppd_modules.pubsub_common import errors
+from xmppd_modules.pubsub_common.common import NS_OWNER, NS_PUBSUB, RESULT_BYTES
+from xmppd_modules.pubsub_common.config import (
     NodeConfig,
     SubscriptionOptions,
     UnknownField,
@@ -83,7 +86,7 @@ from modules.pubsub_common.config import (
     subscription_options,
     unmet,
 )
-from modules.pubsub_common.protocol import (
+from xmppd_modules.pubsub_common.protocol import (
     items_event,
     items_result,
     local_name,
@@ -95,9 +98,6 @@ from modules.pubsub_common.protocol import (
     retraction,
     should_notify_retract,
 )
-from xmppd.api import JID, InvalidJID, IqRequest, ServiceDomain, ServiceKey, StanzaError, hooks, ns
-from xmppd.api.hooks import UserEvent
-from xmppd.api.stanza import Element, child, error_reply, new_id, payload
 
 __all__ = ["PUBSUB", "PubsubStore", "module"]
 

@@ -6,8 +6,8 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from modules.pubsub_common.config import FormRules, NodeConfig
 from xmppd.api import AccessRule, Module, ModuleContext, Options, Size
+from xmppd_modules.pubsub_common.config import FormRules, NodeConfig
 
 ACCESS_MODELS: Final = ("open", "presence", "whitelist")
 AccessModel = Literal["open", "presence", "whitelist"]

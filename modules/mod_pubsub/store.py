@@ -1,5 +1,5 @@
 """The PubSub service's storage: its nodes and items (the shared XEP-0060 store of
-:mod:`modules.pubsub_common.store`, keyed by the service's domain), affiliations and
+:mod:`xmppd_modules.pubsub_common.store`, keyed by the service's domain), affiliations and
 subscriptions."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.mod_pubsub.common import Ctx, module
-from modules.pubsub_common.config import NodeConfig, SubscriptionOptions
-from modules.pubsub_common.store import NodeStore, node_tables
 from xmppd.api import JID, KeyedLocks
 from xmppd.api.storage import Column, Float, Index, String, Text, bindparam, delete, select
+from xmppd_modules.mod_pubsub.common import Ctx, module
+from xmppd_modules.pubsub_common.config import NodeConfig, SubscriptionOptions
+from xmppd_modules.pubsub_common.store import NodeStore, node_tables
 
 AFFILIATIONS: Final = ("owner", "publisher", "member", "outcast")
 """Stored affiliations ('none' is the absence of a row)."""

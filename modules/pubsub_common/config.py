@@ -12,10 +12,14 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final
 
-from modules.pubsub_common.common import NS_NODE_CONFIG, NS_PUBLISH_OPTIONS, NS_SUBSCRIBE_OPTIONS
-from modules.pubsub_common.errors import BAD_REQUEST, INVALID_OPTIONS, NOT_ACCEPTABLE
 from xmppd.api import ns
 from xmppd.api.stanza import Element, child, payload
+from xmppd_modules.pubsub_common.common import (
+    NS_NODE_CONFIG,
+    NS_PUBLISH_OPTIONS,
+    NS_SUBSCRIBE_OPTIONS,
+)
+from xmppd_modules.pubsub_common.errors import BAD_REQUEST, INVALID_OPTIONS, NOT_ACCEPTABLE
 
 SEND_LAST: Final = ("never", "on_sub", "on_sub_and_presence")
 _FIELD: Final = f"{{{ns.DATA_FORMS}}}field"

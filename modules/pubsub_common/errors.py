@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from modules.pubsub_common.common import NS_ERRORS
 from xmppd.api import StanzaError
 from xmppd.api.stanza import payload
+from xmppd_modules.pubsub_common.common import NS_ERRORS
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from modules.pubsub_common.common import MAX_NAME_BYTES, NS_EVENT, NS_PUBSUB
-from modules.pubsub_common.errors import (
+from xmppd.api import JID, ns
+from xmppd.api.stanza import Element, child, copy, element, new_id, parse, payload, serialize
+from xmppd_modules.pubsub_common.common import MAX_NAME_BYTES, NS_EVENT, NS_PUBSUB
+from xmppd_modules.pubsub_common.errors import (
     BAD_REQUEST,
     INVALID_PAYLOAD,
     ITEM_REQUIRED,
@@ -16,8 +18,6 @@ from modules.pubsub_common.errors import (
     PAYLOAD_REQUIRED,
     PAYLOAD_TOO_BIG,
 )
-from xmppd.api import JID, ns
-from xmppd.api.stanza import Element, child, copy, element, new_id, parse, payload, serialize
 
 P: Final = f"{{{NS_PUBSUB}}}"
 

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from modules.pubsub_common.common import NODE_CACHE
-from modules.pubsub_common.config import NodeConfig
 from xmppd.api import JID, KeyedLocks, Module, ModuleContext
 from xmppd.api.storage import (
     BigInteger,
@@ -33,6 +31,8 @@ from xmppd.api.storage import (
     sa,
     select,
 )
+from xmppd_modules.pubsub_common.common import NODE_CACHE
+from xmppd_modules.pubsub_common.config import NodeConfig
 
 _HOST: Final = bindparam("host", type_=String)
 _OWNER: Final = bindparam("owner", type_=String)

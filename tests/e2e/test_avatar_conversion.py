@@ -20,14 +20,6 @@ import pytest
 from lxml import etree
 from slixmpp.exceptions import IqError
 
-from modules.mod_avatar_conversion import (
-    Image,
-    chosen_info,
-    dimensions,
-    sniff_type,
-    vcard_photo,
-    with_photo,
-)
 from tests.support.blocking import assert_no_crash
 from tests.support.clients import Slix
 from tests.support.e2e import (
@@ -41,6 +33,14 @@ from tests.support.e2e import (
 )
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from xmppd.api.stanza import parse
+from xmppd_modules.mod_avatar_conversion import (
+    Image,
+    chosen_info,
+    dimensions,
+    sniff_type,
+    vcard_photo,
+    with_photo,
+)
 
 NS_DATA: Final = "urn:xmpp:avatar:data"
 NS_METADATA: Final = "urn:xmpp:avatar:metadata"

@@ -12,12 +12,12 @@ from xml.sax.saxutils import escape
 import pytest
 from lxml import etree
 
-from modules.mod_mam.export import EXPORT_PAGE
 from tests.support.clients import Slix, register_account
 from tests.support.e2e import PASSWORD, new_account
 from tests.support.mam import DELAY, FORWARD, MAM, everything, stanza_ids
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 from tests.support.xmlclient import CLIENT, XmlClient, attrs, tag
+from xmppd_modules.mod_mam.export import EXPORT_PAGE
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -219,7 +219,7 @@ def test_the_example_config_documents_the_module(tmp_path: Path) -> None:
 
 
 async def test_old_files_and_unused_slots_expire(tmp_path: Path) -> None:
-    from modules.mod_http_upload import expire
+    from xmppd_modules.mod_http_upload import expire
 
     modules = {**DEFAULT_TEST_MODULES, "http_upload": {}}
     async with inprocess_server(tmp_path, http=True, modules=modules) as srv:
@@ -299,7 +299,7 @@ async def test_a_slow_upload_body_is_cut_off_and_never_served(
 async def test_an_expired_slot_is_gone(tmp_path: Path) -> None:
     """A PUT whose signed expiry has passed gets 410 (the header is signed here with the
     server's own key, as the slot request would have signed it earlier)."""
-    from modules.mod_http_upload import _token
+    from xmppd_modules.mod_http_upload import _token
 
     modules = {**DEFAULT_TEST_MODULES, "http_upload": {}}
     async with inprocess_server(tmp_path, http=True, modules=modules) as srv:

@@ -181,7 +181,7 @@ async def test_an_accounts_objects_go_with_it(s3: S3Server, s3_upload_server: Xm
 
 
 async def test_old_objects_and_unused_slots_expire(s3: S3Server, tmp_path: Path) -> None:
-    from modules.mod_http_upload import expire
+    from xmppd_modules.mod_http_upload import expire
 
     prefix = "expiry/"
     modules = {**DEFAULT_TEST_MODULES, "http_upload": {**s3_options(s3), "s3_prefix": prefix}}
@@ -228,7 +228,7 @@ async def test_unreachable_storage_is_a_bad_gateway(tmp_path: Path) -> None:
 
 
 def test_s3_storage_needs_its_settings() -> None:
-    from modules.mod_http_upload import UploadOptions
+    from xmppd_modules.mod_http_upload import UploadOptions
 
     with pytest.raises(ValueError, match="s3_endpoint, s3_bucket, s3_access_key, s3_secret_key"):
         UploadOptions.model_validate({"storage": "s3"})

@@ -14,7 +14,6 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.stanza import Iq
 
-from modules.mod_motd import NS_MOTD
 from tests.support.clients import Slix, register_account
 from tests.support.server import (
     DEFAULT_TEST_MODULES,
@@ -23,6 +22,7 @@ from tests.support.server import (
     running_server,
     write_config,
 )
+from xmppd_modules.mod_motd import NS_MOTD
 
 TEXT = "Welcome! The server restarts on Sunday at 06:00 UTC."
 SUBJECT = "Notice"

@@ -15,7 +15,6 @@ import pytest
 from lxml import etree
 from slixmpp.exceptions import IqError
 
-from modules.mod_pep.caps import compute_ver
 from tests.support.clients import Slix, register_account
 from tests.support.e2e import (
     ALL_PLUGINS,
@@ -60,6 +59,7 @@ from tests.support.pep import (
     texts,
 )
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
+from xmppd_modules.mod_pep.caps import compute_ver
 
 PUBSUB_PLUGINS = (*ALL_PLUGINS, "xep_0004", "xep_0060")
 TUNE_PLUGINS = (*PUBSUB_PLUGINS, "xep_0115", "xep_0163", "xep_0118")

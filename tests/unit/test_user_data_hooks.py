@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import modules
+import xmppd_modules
 from xmppd import hooks
 from xmppd.modules import import_module
 
 DATA = Path(__file__).parents[2] / "docs" / "data.md"
 WITH_TABLES = sorted(
     name
-    for info in pkgutil.iter_modules(modules.__path__)
+    for info in pkgutil.iter_modules(xmppd_modules.__path__)
     if info.name.startswith("mod_") and import_module(name := info.name[4:]).tables
 )
 

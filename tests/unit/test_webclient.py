@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from modules.mod_webclient import (
+from xmppd_modules.mod_webclient import (
     Install,
     WebClientOptions,
     _json_for_html,

@@ -212,8 +212,8 @@ class MeResource:
             archive.store(user, to, msg, outgoing=True)
 
     async def archive(self, call: Call) -> ArchivePage:
-        from modules.mam_common import Paging
-        from modules.mod_mam.store import Filters
+        from xmppd_modules.mam_common import Paging
+        from xmppd_modules.mod_mam.store import Filters
 
         q: ArchiveQuery = call.query
         user = call.user

@@ -134,7 +134,7 @@ class RoomResource:
         return self.api.service(host, "muc").admin
 
     async def _do(self, action: Callable[[], Awaitable[T]]) -> T:
-        from modules.mod_muc.admin import RoomAdminError
+        from xmppd_modules.mod_muc.admin import RoomAdminError
 
         try:
             return await action()

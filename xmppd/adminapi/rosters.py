@@ -108,7 +108,7 @@ class RosterResource:
         return await roster_of(self.api, user)
 
     async def put_item(self, call: Call) -> RosterEntry:
-        from modules.mod_roster import RosterItem
+        from xmppd_modules.mod_roster import RosterItem
 
         user = await self.api.existing_account(call.params["jid"])
         contact = self._contact(call.params["contact"])

@@ -33,6 +33,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from xmppd.packages import HOOKS_PACKAGE, MODULES_PACKAGE
 from xmppd.storage.schema import METADATA
 
 MIGRATIONS: Final = Path(__file__).resolve().parent.parent / "migrations"
@@ -97,7 +98,7 @@ def upgrade(connection: Connection, target: str = "head") -> None:
 def import_shipped_tables() -> sa.MetaData:
     """Import every module and hook file shipped with xmppd (their tables join
     :data:`~xmppd.storage.schema.METADATA`); the complete metadata."""
-    for package_name, prefix in (("modules", "mod_"), ("hooks", "")):
+    for package_name, prefix in ((MODULES_PACKAGE, "mod_"), (HOOKS_PACKAGE, "")):
         package = importlib.import_module(package_name)
         for info in pkgutil.iter_modules(package.__path__):
             if info.name.startswith(prefix) and not info.name.startswith("_"):
