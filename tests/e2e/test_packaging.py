@@ -1,7 +1,9 @@
 """Installing xmppd like a server: the systemd unit passes ``systemd-analyze verify``
-and its security check, the LICENSE file is the licence pyproject.toml names, and
+and its security check, the LICENSE file is the licence pyproject.toml names,
 ``xmppd run --loopback`` (what ``./dev run`` does) listens on loopback only and says
-how to listen publicly."""
+how to listen publicly, and the wheel installs ``modules/`` and ``hooks/`` as
+``xmppd_modules`` and ``xmppd_hooks`` (no top-level ``modules`` or ``hooks``) and runs
+from a fresh virtual environment, away from the checkout."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import hashlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -165,3 +170,214 @@ def test_dev_run_installs_only_what_running_needs_and_binds_loopback(tmp_path: P
     assert "pip install -q -e .[test]" in calls
     assert calls[-1] == "mypy"
     assert run_dev(tmp_path, "lint")[0] == "ruff check ."
+
+
+INSTALLED_AS = {"xmppd": "xmppd", "modules": "xmppd_modules", "hooks": "xmppd_hooks"}
+"""Folder of the repository → the package it is installed as (pyproject.toml)."""
+
+
+def folder_packages() -> set[str]:
+    """The packages the folders hold, under their installed names."""
+    found = set()
+    for folder, name in INSTALLED_AS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            if "node_modules" not in init.parts:
+                parts = init.parent.relative_to(ROOT / folder).parts
+                found.add(".".join((name, *parts)))
+    return found
+
+
+def test_the_package_list_is_the_folders_under_project_names() -> None:
+    """setuptools cannot discover packages through a renaming ``package-dir``, so they
+    are listed: a new package folder must be added there, or wheels miss it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"xmppd_modules": "modules", "xmppd_hooks": "hooks"}
+    listed = set(setuptools["packages"])
+    data_only = {"xmppd_modules.mod_webclient.web"}
+    assert listed - data_only == folder_packages()
+    assert not {p.partition(".")[0] for p in listed} & {"modules", "hooks"}
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """A wheel built from a copy of what the Dockerfile copies (the checkout's own
+    build directory stays untouched)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc")
+    for folder in INSTALLED_AS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    out = tmp_path / "wheel"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = out.glob("xmppd-*.whl")
+    return wheel
+
+
+def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
+    """A new virtual environment with only the wheel installed; its dependencies come
+    from this test environment's site-packages, added after its own (a path entry, so
+    the editable install's import hook there, which maps to this checkout, is not
+    run). The python of the new environment."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    done = subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    own = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(own, "test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python
+
+
+def test_the_wheel_installs_project_names_and_serves_from_a_fresh_venv(
+    tmp_path: Path,
+) -> None:
+    wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"xmppd", "xmppd_modules", "xmppd_hooks", "xmppd-0.1.0.dist-info"}
+    for path in (
+        "xmppd_modules/mod_roster.py",
+        "xmppd_modules/mod_muc/room.py",
+        "xmppd_modules/mod_webclient/init.js",
+        "xmppd_modules/mod_webclient/web/package-lock.json",
+        "xmppd_hooks/word_filter.py",
+        "xmppd/migrations/script.py.mako",
+    ):
+        assert path in names
+    shipped = {n.removesuffix("/__init__.py").replace("/", ".") for n in names}
+    assert folder_packages() <= shipped
+
+    python = fresh_venv(tmp_path, wheel)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = subprocess.run(
+        [str(python), "-c", PROBE],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "None None", "generic top-level names importable"
+    checkout = str(ROOT.resolve())
+    for line in lines[1:]:  # where xmppd, xmppd_modules, xmppd_hooks come from
+        assert line.startswith(str(tmp_path / "venv")) and checkout not in line, line
+
+    # check-config imports every shipped module and hook file, and one from
+    # server.module_paths, which joins the xmppd_modules package
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "mod_extra.py").write_text(EXTRA_MODULE)
+    port = free_port()
+    config = elsewhere / "xmppd.toml"
+    listeners = f'[[listeners]]\naddress = "127.0.0.1"\nport = {port}\ntls = "starttls"\n'
+    server = f'[server]\ndata_dir = "{tmp_path / "data"}"\nmodule_paths = ["{extra}"]\n'
+    modules = "".join(f"{name} = {{}}\n" for name in SHIPPED_MODULES)
+    config.write_text(
+        server + listeners + "[modules]\n" + modules + "extra = {}\n" + HOOKS_TABLES + ANALYTICS
+    )
+    xmppd = python.parent / "xmppd"
+    checked = subprocess.run(
+        [str(xmppd), "--config", str(config), "check-config"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # run with the default modules (no [modules] table) and answer a client
+    config.write_text(server + listeners + HOOKS_TABLES)
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(xmppd), "--config", str(config), "run"],
+            cwd=elsewhere,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "serving" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert "stream:features" in stream_features(port), log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0, log.read_text()
+
+
+PROBE = """
+import importlib.util, xmppd, xmppd_modules, xmppd_hooks, xmppd_modules.mod_muc
+print(importlib.util.find_spec("modules"), importlib.util.find_spec("hooks"))
+for mod in (xmppd, xmppd_modules, xmppd_hooks, xmppd_modules.mod_muc):
+    print(mod.__file__)
+"""
+
+SHIPPED_MODULES = sorted(
+    p.stem.removeprefix("mod_") if p.is_file() else p.name.removeprefix("mod_")
+    for p in (ROOT / "modules").iterdir()
+    if p.name.startswith("mod_") and (p.suffix == ".py" or (p / "__init__.py").exists())
+)
+
+EXTRA_MODULE = """
+from xmppd.api import Module
+from xmppd_modules.mod_roster import ROSTER  # a module of the package it joins
+
+module = Module("extra", "A module from server.module_paths", depends=("roster",))
+assert ROSTER
+"""
+
+HOOKS_TABLES = """
+[hooks.word_filter]
+patterns = ["casino"]
+[hooks.muc_word_filter]
+patterns = ["casino"]
+"""
+
+ANALYTICS = """
+[hooks.analytics]
+webhook_url = "http://127.0.0.1:9/events"
+"""
+
+
+def stream_features(port: int) -> str:
+    """What the server answers to a client's stream header, up to its features."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+            b"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+        )
+        received = b""
+        while b"</stream:features>" not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received.decode()
