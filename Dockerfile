@@ -1,6 +1,7 @@
 # xmppd container image (docs/admin-guide.md, "Installing as a service").
 #   docker build -t xmppd .
 #   docker compose up -d          # with PostgreSQL: compose.yaml
+#   docker compose -f config/compose.cluster.yaml up -d   # three nodes, Redis, PostgreSQL
 # The image runs as an unprivileged user, keeps its state in /var/lib/xmppd (a
 # volume) and reads /etc/xmppd/xmppd.toml (mount your own; the one built in listens
 # on every address and uses SQLite in the volume).
@@ -17,8 +18,11 @@ RUN python -m venv /opt/xmppd \
 
 FROM python:3.12-slim-bookworm
 COPY --from=build /opt/xmppd /opt/xmppd
-RUN useradd --system --home-dir /var/lib/xmppd --shell /usr/sbin/nologin xmppd \
- && install -d -o xmppd -g xmppd -m 0700 /var/lib/xmppd \
+# A fixed numeric user (10000) so that orchestrators can check it is not root
+# (Kubernetes runAsNonRoot) and give volumes to its group (fsGroup).
+RUN groupadd --system --gid 10000 xmppd \
+ && useradd --system --uid 10000 --gid xmppd --home-dir /var/lib/xmppd --shell /usr/sbin/nologin xmppd \
+ && install -d -o xmppd -g xmppd -m 0700 /var/lib/xmppd /var/lib/xmppd-shared \
  && install -d -m 0755 /etc/xmppd \
  && printf '%s\n' \
     '[server]' \
@@ -34,7 +38,7 @@ RUN useradd --system --home-dir /var/lib/xmppd --shell /usr/sbin/nologin xmppd \
     'address = "0.0.0.0"' \
     > /etc/xmppd/xmppd.toml
 ENV XMPPD_CONFIG=/etc/xmppd/xmppd.toml PATH=/opt/xmppd/bin:$PATH PYTHONUNBUFFERED=1
-USER xmppd
+USER 10000:10000
 WORKDIR /var/lib/xmppd
 VOLUME ["/var/lib/xmppd"]
 EXPOSE 5222 5223 5269 5280
