@@ -20,6 +20,7 @@ FROM python:3.12-slim-bookworm
 COPY --from=build /opt/xmppd /opt/xmppd
 # A fixed numeric user (10000) so that orchestrators can check it is not root
 # (Kubernetes runAsNonRoot) and give volumes to its group (fsGroup).
+# /var/lib/xmppd-shared: what the nodes of config/compose.cluster.yaml share.
 RUN groupadd --system --gid 10000 xmppd \
  && useradd --system --uid 10000 --gid xmppd --home-dir /var/lib/xmppd --shell /usr/sbin/nologin xmppd \
  && install -d -o xmppd -g xmppd -m 0700 /var/lib/xmppd /var/lib/xmppd-shared \

@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from xmppd.config import ServerConfig, load_config
+from xmppd.config import ServerConfig, load_config, parse_config
 from xmppd.configcheck import check_file
 from xmppd.tls import generate_self_signed
 
@@ -117,6 +117,10 @@ def compose_nodes() -> dict[str, Resource]:
     }
 
 
+def load_config_text(text: str) -> ServerConfig:
+    return parse_config(tomllib.loads(text), text=text)
+
+
 def checked(tmp_path: Path, text: str) -> ServerConfig:
     """The configuration ``text`` as the server reads it, after ``xmppd check-config``
     found no problem in it (its certificate paths, which point inside a pod or a
@@ -156,7 +160,7 @@ def test_kustomization_lists_every_manifest_and_keeps_secrets_out_of_git() -> No
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_passes_the_kubernetes_schemas(version: str) -> None:
-    documents = [(name, r) for name, r in resources()]
+    documents = resources()
     documents += [("secretGenerator", s) for s in generated_secrets()]
     assert len(documents) >= 10
     for name, resource in documents:
@@ -209,7 +213,9 @@ def test_manifests_refer_only_to_what_exists() -> None:
         if service["kind"] != "Service":
             continue
         pods = [
-            t for _, t in pod_templates() if selects(service["spec"]["selector"], t["metadata"]["labels"])
+            t
+            for _, t in pod_templates()
+            if selects(service["spec"]["selector"], t["metadata"]["labels"])
         ]
         assert pods, f"Service/{service['metadata']['name']} selects no pod"
         ports = {
@@ -265,18 +271,13 @@ def test_the_xmppd_nodes_are_three_hardened_and_probed_on_health() -> None:
     assert config.http.ops_allowed == ("127.0.0.0/8", "::1/128")
 
 
-def load_config_text(text: str) -> ServerConfig:
-    raw = tomllib.loads(text)
-    from xmppd.config import parse_config
-
-    return parse_config(raw, text=text)
-
-
 def test_the_configmap_is_a_valid_xmppd_config_for_these_manifests(tmp_path: Path) -> None:
     config = checked(tmp_path, configmap_toml())
     container = xmppd_container()
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in one("StatefulSet", "xmppd")["spec"]["template"]["spec"]["volumes"]}
+    volumes = {
+        v["name"]: v for v in one("StatefulSet", "xmppd")["spec"]["template"]["spec"]["volumes"]
+    }
     # the file the server reads is the ConfigMap's
     config_path = PurePosixPath(env_value(container, "XMPPD_CONFIG"))
     mount = mounts[str(config_path.parent)]
@@ -358,7 +359,7 @@ def haproxy_config() -> str:
     return text
 
 
-def test_haproxy_spreads_every_public_listener_over_the_three_nodes(tmp_path: Path) -> None:
+def test_haproxy_spreads_every_public_listener_over_the_three_nodes() -> None:
     config = load_config_text(compose()["configs"]["xmppd.toml"]["content"])
     hostnames = sorted(n["hostname"] for n in compose_nodes().values())
     sections = re.split(r"^listen ", haproxy_config(), flags=re.M)[1:]
