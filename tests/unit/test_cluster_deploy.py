@@ -10,115 +10,38 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tomllib
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from xmppd.config import ServerConfig, load_config, parse_config
+from tests.support.deploy_examples import (
+    COMPOSE,
+    GENERATED_SECRETS,
+    KUBE,
+    OPERATOR_SECRETS,
+    ROOT,
+    compose,
+    compose_nodes,
+    configmap_toml,
+    env_value,
+    generated_secrets,
+    kustomization,
+    load_config_text,
+    one,
+    pod_templates,
+    resources,
+    selects,
+    xmppd_container,
+)
+from xmppd.config import ServerConfig, load_config
 from xmppd.configcheck import check_file
 from xmppd.tls import generate_self_signed
 
-ROOT = Path(__file__).parents[2]
-KUBE = ROOT / "config" / "kubernetes"
-COMPOSE = ROOT / "config" / "compose.cluster.yaml"
 # The oldest Kubernetes release the manifests promise to work on, and the newest whose
 # schemas the installed kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
-# Made by the operator (kustomization.yaml's comment says how), not in the repository.
-GENERATED_SECRETS = {"xmppd-secrets": {"postgres-password", "server.key"}}
-OPERATOR_SECRETS = {"xmppd-tls": {"tls.crt", "tls.key"}}
-
-Resource = dict[str, Any]
-
-
-def kustomization() -> Resource:
-    data: Resource = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
-    return data
-
-
-def resources() -> list[tuple[str, Resource]]:
-    """(file name, resource) of every document of every manifest kustomization.yaml lists."""
-    found = []
-    for name in kustomization()["resources"]:
-        for doc in yaml.safe_load_all((KUBE / name).read_text()):
-            if doc is not None:
-                found.append((name, doc))
-    return found
-
-
-def generated_secrets() -> list[Resource]:
-    """The Secrets kustomization.yaml's secretGenerator makes, with placeholder values."""
-    made = []
-    for generator in kustomization()["secretGenerator"]:
-        keys = GENERATED_SECRETS[generator["name"]]
-        made.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": generator["name"]},
-                "type": generator.get("type", "Opaque"),
-                "stringData": dict.fromkeys(sorted(keys), "placeholder"),
-            }
-        )
-    return made
-
-
-def one(kind: str, name: str) -> Resource:
-    matches = [r for _, r in resources() if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
-
-
-def pod_templates() -> Iterator[tuple[Resource, Resource]]:
-    """(workload, pod template) of every Deployment and StatefulSet."""
-    for _, resource in resources():
-        if resource["kind"] in ("Deployment", "StatefulSet"):
-            yield resource, resource["spec"]["template"]
-
-
-def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
-def xmppd_container() -> Resource:
-    (container,) = one("StatefulSet", "xmppd")["spec"]["template"]["spec"]["containers"]
-    assert isinstance(container, dict)
-    return container
-
-
-def env_value(container: Resource, name: str) -> Any:
-    (entry,) = [e for e in container.get("env", ()) if e["name"] == name]
-    return entry.get("value", entry.get("valueFrom"))
-
-
-def configmap_toml() -> str:
-    text = one("ConfigMap", "xmppd-config")["data"]["xmppd.toml"]
-    assert isinstance(text, str)
-    return text
-
-
-def compose() -> Resource:
-    data: Resource = yaml.safe_load(COMPOSE.read_text())
-    return data
-
-
-def compose_nodes() -> dict[str, Resource]:
-    """The compose services that run an xmppd node (with the xmppd.toml config)."""
-    return {
-        name: service
-        for name, service in compose()["services"].items()
-        if any(c.get("source") == "xmppd.toml" for c in service.get("configs", ()))
-    }
-
-
-def load_config_text(text: str) -> ServerConfig:
-    return parse_config(tomllib.loads(text), text=text)
 
 
 def checked(tmp_path: Path, text: str) -> ServerConfig:
