@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+from cryptography import x509
 
 from tests.support.deploy_examples import (
     COMPOSE,
@@ -317,3 +319,28 @@ def test_the_haproxy_config_is_valid(tmp_path: Path) -> None:
     warnings = [line for line in done.stderr.splitlines() if "[WARNING]" in line]
     assert warnings and all("could not resolve address 'xmppd-" in w for w in warnings)
     assert check(bad).returncode != 0
+
+
+def test_the_compose_init_makes_one_secret_and_certificate_once(tmp_path: Path) -> None:
+    init = compose()["services"]["xmppd-init"]
+    assert init["image"] == compose_nodes()["xmppd-1"]["image"]
+    program, flag, script = init["command"]
+    assert (program, flag) == ("python", "-c")
+    assert script.count('"/var/lib/xmppd-shared"') == 1
+    script = script.replace('"/var/lib/xmppd-shared"', f'"{tmp_path}"')
+    made: dict[int, dict[str, bytes]] = {}
+    for run in range(2):  # a second run (the next `up`) changes nothing
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+        made[run] = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert made[0] == made[1]
+    config = load_config_text(compose()["configs"]["xmppd.toml"]["content"])
+    assert config.tls.certificate is not None and config.tls.key is not None
+    assert set(made[0]) == {"server.key", config.tls.certificate.name, config.tls.key.name}
+    assert re.fullmatch(rb"[0-9a-f]{64}\n", made[0]["server.key"])
+    assert (tmp_path / "server.key").stat().st_mode & 0o077 == 0
+    pem = x509.load_pem_x509_certificate(made[0][config.tls.certificate.name])
+    names = pem.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(config.hosts) <= set(names.get_values_for_type(x509.DNSName))
+    # each node copies the secret from the shared volume it mounts
+    for node in compose_nodes().values():
+        assert f"install -m 0600 {config.tls.certificate.parent}/server.key " in node["command"][-1]
