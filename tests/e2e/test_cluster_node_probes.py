@@ -9,6 +9,7 @@ so a wrong PGPASSWORD keeps the node from starting."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +127,10 @@ def test_a_node_of_the_example_is_probed_as_the_admin_guide_says(tmp_path: Path)
                 "ready", lambda: proc.poll() is None and probe("readinessProbe", port) == 0, log
             )
             assert all(probe(kind, port) == 0 for kind in PROBES)
+            # the node is in the cluster of the ConfigMap's redis_url (pointed here)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready") as answer:
+                parts = {p["name"]: p["ready"] for p in json.load(answer)["parts"]}
+            assert parts["cluster"] is True, parts
             pg.stop()
             wait_for("not ready without its database", lambda: probe("readinessProbe", port), log)
             assert probe("livenessProbe", port) == 0  # alive: a restart would not help
