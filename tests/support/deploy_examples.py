@@ -5,6 +5,7 @@ tests/e2e/test_cluster_node_probes.py)."""
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +30,15 @@ def kustomization() -> Resource:
     return data
 
 
+@functools.cache
+def _documents(path: Path) -> tuple[Resource, ...]:
+    """The YAML documents of ``path``, parsed once (callers must not change them)."""
+    return tuple(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
+
+
 def resources() -> list[tuple[str, Resource]]:
     """(file name, resource) of every document of every manifest kustomization.yaml lists."""
-    found = []
-    for name in kustomization()["resources"]:
-        for doc in yaml.safe_load_all((KUBE / name).read_text()):
-            if doc is not None:
-                found.append((name, doc))
-    return found
+    return [(name, doc) for name in kustomization()["resources"] for doc in _documents(KUBE / name)]
 
 
 def generated_secrets() -> list[Resource]:

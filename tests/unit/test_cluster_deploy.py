@@ -155,6 +155,9 @@ def test_manifests_refer_only_to_what_exists() -> None:
     budget = one("PodDisruptionBudget", "xmppd")
     labels = one("StatefulSet", "xmppd")["spec"]["template"]["metadata"]["labels"]
     assert selects(budget["spec"]["selector"]["matchLabels"], labels)
+    # int-or-string: the schema takes any string, the API server a number or "N%"
+    unavailable = budget["spec"]["maxUnavailable"]
+    assert isinstance(unavailable, int) or re.fullmatch(r"\d+%", unavailable)
     for _, policy in resources():
         if policy["kind"] == "NetworkPolicy":
             for rule in policy["spec"]["ingress"]:
