@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deploy_examples import configmap_toml, xmppd_container
+from tests.support.deploy_examples import configmap_toml, create_xmppd_database, xmppd_container
 from tests.support.pgcluster import PrivatePostgres, private_postgres
 from tests.support.server import free_port
 from xmppd.tls import generate_self_signed
@@ -36,12 +36,7 @@ PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 def password_postgres(pg: PrivatePostgres) -> None:
     """Role and database ``xmppd`` as the manifests expect, then TCP logins by
     password only (SCRAM), as in the postgres image."""
-    psql = [*pg.run_as, str(pg.bindir / "psql"), "-h", str(pg.base), "-p", str(pg.port)]
-    for sql in (
-        f"CREATE ROLE xmppd LOGIN PASSWORD '{PASSWORD}'",
-        "CREATE DATABASE xmppd OWNER xmppd",
-    ):
-        subprocess.run([*psql, "-U", "postgres", "-c", sql], check=True, capture_output=True)
+    create_xmppd_database(pg, PASSWORD)
     (pg.data / "pg_hba.conf").write_text(
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
     )

@@ -6,6 +6,7 @@ tests/e2e/test_cluster_node_probes.py)."""
 from __future__ import annotations
 
 import functools
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.pgcluster import PrivatePostgres
 from xmppd.config import ServerConfig, parse_config
 
 ROOT = Path(__file__).parents[2]
@@ -108,3 +110,13 @@ def compose_nodes() -> dict[str, Resource]:
 
 def load_config_text(text: str) -> ServerConfig:
     return parse_config(tomllib.loads(text), text=text)
+
+
+def create_xmppd_database(pg: PrivatePostgres, password: str) -> None:
+    """The role and database ``xmppd`` the examples' storage.url names, in ``pg``."""
+    psql = [*pg.run_as, str(pg.bindir / "psql"), "-h", str(pg.base), "-p", str(pg.port)]
+    for sql in (
+        f"CREATE ROLE xmppd LOGIN PASSWORD '{password}'",
+        "CREATE DATABASE xmppd OWNER xmppd",
+    ):
+        subprocess.run([*psql, "-U", "postgres", "-c", sql], check=True, capture_output=True)
