@@ -13,6 +13,7 @@ from typing import Final, Literal
 from pydantic import Field
 
 from xmppd.api import (
+    INVALIDATE_ALL,
     JID,
     IqRequest,
     Module,
@@ -147,6 +148,18 @@ class Roster:
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
         self._cache: dict[JID, _UserRoster] = {}
+        ctx.on_invalidate("roster", self._invalidated)
+
+    def _invalidated(self, key: str) -> None:
+        """Another node of the cluster changed a user's roster: drop this node's copy."""
+        if key == INVALIDATE_ALL:
+            self._cache.clear()
+        else:
+            self._cache.pop(JID.parse(key), None)
+
+    def _changed(self, user: JID) -> None:
+        """Stored a change of ``user``'s roster: other nodes drop their copies."""
+        self._ctx.invalidate("roster", str(user.bare))
 
     def _params(self, user: JID) -> dict[str, str]:
         return {"host": self._ctx.domain, "username": user.local}
@@ -157,6 +170,7 @@ class Roster:
         if cached is not None:
             return cached
         db, params = self._ctx.db, self._params(user)
+        generation = self._ctx.invalidation_generation
         rows = await db.fetch_all(_SELECT_ITEMS, params)
         version = await db.fetch_value(_SELECT_VERSION, params)
         pending = await db.fetch_all(_SELECT_PENDING, params)
@@ -167,7 +181,7 @@ class Roster:
         )
         # Another await may have cached it meanwhile; keep the first, as changes
         # made since went to it.
-        if self._ctx.sessions.is_online(user):
+        if self._ctx.sessions.is_online(user) and generation == self._ctx.invalidation_generation:
             return self._cache.setdefault(user, loaded)
         return loaded
 
@@ -217,6 +231,7 @@ class Roster:
         )
         roster.items[item.contact] = item
         version = await self._bump(user, roster)
+        self._changed(user)
         if push:
             await self.push(user, item, version)
 
@@ -231,6 +246,7 @@ class Roster:
         )
         roster.items.pop(contact.bare, None)
         version = await self._bump(user, roster)
+        self._changed(user)
         await self.push(user, RosterItem(contact.bare), version, removed=True)
 
     async def push(
@@ -269,6 +285,7 @@ class Roster:
             ("host", "username", "contact"),
         )
         roster.pending[contact.bare] = status
+        self._changed(user)
 
     async def clear_pending(self, user: JID, contact: JID) -> None:
         roster = await self._load(user)
@@ -282,6 +299,7 @@ class Roster:
             )
         )
         del roster.pending[contact.bare]
+        self._changed(user)
 
     async def forget_user(self, user: JID) -> None:
         self.forget_cached(user)
@@ -291,6 +309,7 @@ class Roster:
                     table.c.host == self._ctx.domain, table.c.username == user.local
                 )
             )
+        self._changed(user)
 
 
 ROSTER: Final = ServiceKey[Roster]("roster")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from xmppd.health import Health
 from xmppd.httproutes import HttpRoutes
+from xmppd.invalidation import CacheInvalidations
 from xmppd.iqtracker import IqTimeout
 from xmppd.metrics import Metrics
 from xmppd.stanza import new_id
@@ -57,6 +58,8 @@ class Core:
     """The routes of the HTTP listeners (``xmppd.httproutes``)."""
     http_listeners: list[tuple[str, str, int]] = field(default_factory=list)
     """(scheme, address, bound port) of each open ``kind = "http"`` listener."""
+    invalidations: CacheInvalidations = field(default_factory=CacheInvalidations)
+    """Cache invalidations between the nodes of a cluster (``xmppd.invalidation``)."""
     cluster: ClusterNode | None = None
     """This process's membership of a cluster (``None``: a single process)."""
     secret: bytes = b""

@@ -264,6 +264,7 @@ class ModuleContext(Generic[OptionsT]):
         self._peers = peers
         self._served: list[tuple[str, Destination]] = []
         self._routes: list[tuple[str, str]] = []
+        self._invalidation_handlers: list[tuple[str, Callable[[str], None]]] = []
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"xmppd.mod.{module.name}"), {"host": host.domain}
@@ -363,6 +364,35 @@ class ModuleContext(Generic[OptionsT]):
         for method, path in self._routes:
             self._core.http.remove(method, path)
         self._routes.clear()
+        for topic, handler in self._invalidation_handlers:
+            self._core.invalidations.unsubscribe(topic, handler)
+        self._invalidation_handlers.clear()
+
+    # -- caches in a cluster
+    def invalidate(self, topic: str, key: str) -> None:
+        """Tell the other nodes of a cluster that ``key`` of ``topic`` changed, so they
+        drop what they cached of it (nothing is sent in a single process). Call it
+        after the change is stored. Topics are per host: this module's name, the host
+        and ``topic`` make the name the other nodes' handlers are registered under."""
+        self._core.invalidations.publish(self._topic(topic), key)
+
+    def on_invalidate(self, topic: str, handler: Callable[[str], None]) -> None:
+        """Run ``handler(key)`` when another node invalidates ``key`` of ``topic`` on
+        this host (``key`` is ``"*"``, :data:`xmppd.invalidation.ALL`, when every entry
+        must go). Removed when the module is unloaded."""
+        name = self._topic(topic)
+        self._core.invalidations.subscribe(name, handler)
+        self._invalidation_handlers.append((name, handler))
+
+    @property
+    def invalidation_generation(self) -> int:
+        """Bumped by every invalidation this node receives: a cache that read stored
+        data across an await compares it before and after, and does not keep data
+        that may have been invalidated meanwhile."""
+        return self._core.invalidations.generation
+
+    def _topic(self, topic: str) -> str:
+        return f"{self.name}:{self.domain}:{topic}"
 
     def http_route(self, method: str, path: str, handler: HttpHandler) -> bool:
         """Serve ``method`` on ``path`` on every HTTP listener (``kind = "http"``), for

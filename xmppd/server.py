@@ -189,6 +189,7 @@ class Server:
                 self.router,
                 self.hosts,
                 self.secret,
+                invalidations=self.core.invalidations,
                 start_task=self.tasks.start_task,
                 health=self.health.part("cluster", reason="joining"),
             )

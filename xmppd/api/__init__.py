@@ -14,6 +14,7 @@ from xmppd.errors import StanzaError, StreamError
 from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import HealthCheck, HealthPart, ModuleHealth
 from xmppd.httproutes import HttpClient, HttpHandler, client_of
+from xmppd.invalidation import ALL as INVALIDATE_ALL
 from xmppd.iq import IqRequest
 from xmppd.iqtracker import IqTimeout
 from xmppd.jid import JID, InvalidJID
@@ -36,6 +37,7 @@ from xmppd.stanza import Element
 
 __all__ = [
     "DROP",
+    "INVALIDATE_ALL",
     "STOP",
     "JID",
     "AccessRule",

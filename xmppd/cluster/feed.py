@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from xmppd.cluster.redisconn import RedisClient
     from xmppd.cluster.registry import ClusterSessions
     from xmppd.cluster.writer import RedisWriter
+    from xmppd.invalidation import CacheInvalidations
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class SessionFeed:
         registry: ClusterSessions,
         writer: RedisWriter,
         *,
+        invalidations: CacheInvalidations,
         on_removed: Callable[[JID, str], None] = lambda full, sid: None,
     ) -> None:
         self._redis = redis
@@ -64,6 +66,8 @@ class SessionFeed:
         self._registry = registry
         self._writer = writer
         self._on_removed = on_removed
+        self._invalidations = invalidations
+        invalidations.publisher = self.publish_invalidation
         self._scheduled = False
         self._last_id = "0-0"
         self.applied = 0
@@ -115,6 +119,17 @@ class SessionFeed:
             approximate=True,
         )
 
+    def publish_invalidation(self, topic: str, key: str) -> None:
+        """Tell the other nodes to drop what they cached of ``key`` (through the
+        session log, in order with session changes)."""
+        log_key, node = self._keys.session_log(), self._registry.node
+
+        def build(pipe: Any) -> None:
+            fields = {"i": topic, "k": key, "n": node}
+            pipe.xadd(log_key, fields, maxlen=LOG_LENGTH, approximate=True)
+
+        _ = self._writer.submit(build)
+
     def republish_all(self) -> None:
         """Publish every local session again (Redis lost them, or this node was taken
         for dead during an outage)."""
@@ -130,6 +145,7 @@ class SessionFeed:
         last = await redis.xrevrange(self._keys.session_log(), count=1)
         self._last_id = _text(last[0][0]) if last else "0-0"
         self._registry.clear_remote()
+        self._invalidations.received_all()
         async for key in redis.scan_iter(match=self._keys.sessions_pattern(), count=1000):
             bare = _text(key).split(":sess:", 1)[1]
             fields = await redis.hgetall(key)
@@ -164,6 +180,11 @@ class SessionFeed:
         def field(name: str) -> Any:
             return fields.get(name.encode(), fields.get(name))
 
+        topic = field("i")
+        if topic is not None:
+            if _text(field("n")) != self._registry.node:
+                self._invalidations.received(_text(topic), _text(field("k")))
+            return
         bare, resource, sid, value = field("b"), field("r"), field("s"), field("v")
         if bare is None or resource is None:
             return

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from xmppd.config import ClusterSection
     from xmppd.health import HealthPart
     from xmppd.host import Host
+    from xmppd.invalidation import CacheInvalidations
     from xmppd.metrics import Metrics
     from xmppd.router import Router
 
@@ -45,6 +46,7 @@ class ClusterNode:
         hosts: dict[str, Host],
         secret: bytes,
         *,
+        invalidations: CacheInvalidations,
         start_task: Callable[..., asyncio.Task[None]],
         health: HealthPart,
         redis: RedisClient | None = None,
@@ -77,7 +79,14 @@ class ClusterNode:
             on_outage=self._outage,
             on_rejoin=self._rejoin,
         )
-        self.feed = SessionFeed(self.redis, self.keys, self.signer, registry, self.writer)
+        self.feed = SessionFeed(
+            self.redis,
+            self.keys,
+            self.signer,
+            registry,
+            self.writer,
+            invalidations=invalidations,
+        )
         self.bus = StanzaBus(
             self.redis,
             self.keys,
