@@ -9,7 +9,7 @@ import asyncio
 import ctypes
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
@@ -145,7 +145,7 @@ class Server:
         self.secret = b""
         """The persistent server secret (xmppd.server_secret), loaded by :meth:`start`."""
         self.fast_tokens: FastTokens | None = None
-        self.resumable: dict[str, C2SStream] = {}
+        self.resumable: MutableMapping[str, C2SStream] = {}
         """Stream-management sessions by resumption id."""
         self.c2s_services: C2SServices | None = None
         """What client streams use of the server; assembled by :meth:`start`."""
@@ -190,10 +190,12 @@ class Server:
                 self.hosts,
                 self.secret,
                 invalidations=self.core.invalidations,
+                resume_timeout=self.config.c2s.resume_timeout,
                 start_task=self.tasks.start_task,
                 health=self.health.part("cluster", reason="joining"),
             )
             self.core.cluster = self.cluster
+            self.resumable = self.cluster.resumable
             self.cluster.register_metrics(self.metrics)
         await self.modules.load_all()
         if self.cluster is not None:
@@ -257,6 +259,7 @@ class Server:
             throttle=self.throttle,
             start_task=self.tasks.start_task,
             resumable=self.resumable,
+            resume_elsewhere=self.cluster.handovers.take_over if self.cluster else None,
             secret=self.secret,
             fast_tokens=self.fast_tokens,
             tls=self.tls,

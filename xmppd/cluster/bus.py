@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from xmppd.cluster.records import RemoteSession, Signer
     from xmppd.cluster.redisconn import RedisClient
     from xmppd.cluster.registry import ClusterSessions
+    from xmppd.cluster.resumption import Handovers
     from xmppd.cluster.writer import RedisWriter
     from xmppd.router import Router
     from xmppd.stanza import Element
@@ -79,6 +80,8 @@ class StanzaBus:
         self._is_dead = is_dead
         self.received = 0
         self.rerouted = 0
+        self.handovers: Handovers | None = None
+        """Stream-management handovers (ops ``smt``/``smg``), set by the node."""
 
     # ------------------------------------------------------------------ out
 
@@ -118,6 +121,10 @@ class StanzaBus:
         fields = {"o": "dsp", "t": str(to), "r": str(from_), "d": serialize(stanza)}
         replies = await self._send(node, fields, stanza)
         return not (replies and replies[0] is None)
+
+    def send_op(self, node: str, fields: dict[str, Any]) -> None:
+        """Write an operation to ``node``'s inbox (nobody waits for it)."""
+        _ = self._send(node, fields)
 
     def send_raw(self, session: RemoteSession, stanza: Element) -> None:
         self._op(session, {"o": "raw", "d": serialize(stanza)})
@@ -234,6 +241,13 @@ class StanzaBus:
             await self._router.dispatch(
                 parse(data), JID.parse(_text(get("t"))), JID.parse(_text(get("r"))), None
             )
+            return
+        if op in ("smt", "smg"):
+            if self.handovers is not None:
+                if op == "smt":
+                    self.handovers.asked(get)
+                else:
+                    self.handovers.answered(get)
             return
         full = JID.parse(_text(get("f")))
         sid = _text(get("s"))

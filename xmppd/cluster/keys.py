@@ -47,5 +47,9 @@ class Keys:
         """Lock: one survivor cleans up after a dead node."""
         return f"{self.prefix}:reap:{node}"
 
+    def resumption(self, sm_id: str) -> str:
+        """The node holding a resumable stream-management session (XEP-0198)."""
+        return f"{self.prefix}:sm:{sm_id}"
+
     def secret(self) -> str:
         return f"{self.prefix}:secret"

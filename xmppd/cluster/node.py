@@ -15,6 +15,7 @@ from xmppd.cluster.keys import Keys
 from xmppd.cluster.membership import Membership
 from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
 from xmppd.cluster.redisconn import RedisClient, connect
+from xmppd.cluster.resumption import Handovers, ResumableSessions
 from xmppd.cluster.writer import OUTAGE_ERRORS, RedisWriter
 from xmppd.jid import JID, InvalidJID
 from xmppd.server_secret import derive
@@ -47,6 +48,7 @@ class ClusterNode:
         secret: bytes,
         *,
         invalidations: CacheInvalidations,
+        resume_timeout: float = 300.0,
         start_task: Callable[..., asyncio.Task[None]],
         health: HealthPart,
         redis: RedisClient | None = None,
@@ -98,6 +100,14 @@ class ClusterNode:
             is_dead=self.membership.is_dead,
         )
         registry.ops = self.bus
+        self.resumable = ResumableSessions(
+            self.keys, self.name, self.writer, ttl=resume_timeout + section.node_timeout
+        )
+        """The c2s streams' map of resumable sessions (announced in Redis)."""
+        self.handovers = Handovers(
+            self.redis, self.keys, self.name, self.signer, self.resumable, self.bus.send_op
+        )
+        self.bus.handovers = self.handovers
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
         self.reaped: list[str] = []
@@ -196,6 +206,7 @@ class ClusterNode:
         again and read the others' again."""
         await self.bus.open_inbox()
         self.feed.republish_all()
+        self.resumable.republish()
         await self.feed.catch_up_or_reload()
 
     async def reap(self, node: str) -> None:

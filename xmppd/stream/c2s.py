@@ -15,7 +15,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
 from lxml import etree
 
@@ -28,6 +28,7 @@ from xmppd.iq import Scope
 from xmppd.jid import JID, InvalidJID, resourceprep
 from xmppd.metrics import StanzaTraffic
 from xmppd.server_secret import derive
+from xmppd.sessions import SessionKey
 from xmppd.stanza import (
     IQ_TYPES,
     STANZA_KINDS,
@@ -43,16 +44,16 @@ from xmppd.stanza import summary as stanza_summary
 from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
 from xmppd.stream.machine import StreamMachine, StreamState, Transitions
-from xmppd.stream.sm import SmState
+from xmppd.stream.sm import Handover, SmState
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 
     from xmppd.auth.accounts import Accounts
     from xmppd.auth.fast import FastTokens
     from xmppd.auth.throttle import FailedLoginThrottle
     from xmppd.config import AuthSection, C2SSection
-    from xmppd.sessions import SessionKey, SessionRegistry
+    from xmppd.sessions import SessionRegistry
     from xmppd.stream.services import StanzaRouter, StreamHost, TaskStarter
     from xmppd.stream.transport import Transport
     from xmppd.tls import TlsContexts
@@ -84,9 +85,16 @@ class C2SServices:
     """The certificates (channel binding); ``None`` without TLS listeners."""
     traffic: StanzaTraffic = field(default_factory=StanzaTraffic)
     """Client stanzas in and out by kind (read by the metrics)."""
+    resume_elsewhere: ResumeElsewhere | None = None
+    """In a cluster: take over a resumable session another node holds (``None``: a
+    single process)."""
 
 
 T = TypeVar("T")
+
+ResumeElsewhere: TypeAlias = "Callable[[str, JID, int], Awaitable[Handover | str]]"
+"""``(resumption id, bare JID, client's h)`` → the session handed over by the node
+holding it, or the ``<failed/>`` condition (``item-not-found`` when no node has it)."""
 
 MAX_SASL_FAILURES: Final = 5
 
@@ -134,6 +142,7 @@ class C2SStream(StreamMachine):
     __slots__ = (
         "_ack_timer",
         "_data",
+        "_handed_over",
         "_hibernation",
         "_jid",
         "_jid_str",
@@ -179,6 +188,8 @@ class C2SStream(StreamMachine):
         self.is_interested = False
         self._data: dict[str, Any] | None = None
         self._unbound: asyncio.Task[None] | None = None
+        self._handed_over = False
+        """The session moved to another cluster node: it ends here without teardown."""
         self.sm: SmState | None = None
         self._hibernation: asyncio.TimerHandle | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -540,7 +551,7 @@ class C2SStream(StreamMachine):
         elif tag == "iq" and len(el) == 1 and el[0].tag == _SESSION:
             self.send_raw(iq_result(el))
         elif tag == _SM_RESUME:
-            self._resume(el)
+            await self._resume(el)
         elif tag in sasl2.ELEMENTS:
             raise StreamError("policy-violation", "already authenticated")
         elif tag.startswith(_SM_PREFIX):
@@ -752,7 +763,17 @@ class C2SStream(StreamMachine):
         if token is not None:
             extra.append(token)
         if request.resume is not None:
-            old = self._resumable_session(request.resume)
+            old = await self._find_resumable(request.resume)
+            if isinstance(old, Handover):
+                resumed = payload(sm_ns.NS, "resumed", {"previd": old.sm_id, "h": str(old.inbound)})
+                self._jid = JID.parse(old.jid)
+                self._jid_str = old.jid
+                self.sm = old.restore()
+                features = await self._features()
+                self.sm = None
+                announce = sasl2.success(old.jid, step.data, [*extra, resumed])
+                self._adopt(old, announce + etree.tostring(features))
+                return
             if not isinstance(old, str):
                 extra.append(old.resumed_element())
                 # The resumed session's features: it is bound and has stream management,
@@ -1090,13 +1111,28 @@ class C2SStream(StreamMachine):
                 if reply is not None and reply.get("to"):
                     await self.services.router.route(reply, None)
 
-    def _resume(self, el: Element) -> None:
+    async def _resume(self, el: Element) -> None:
         """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
-        old = self._resumable_session(el)
+        old = await self._find_resumable(el)
         if isinstance(old, str):
             self._write(_sm_failed(old))
-            return
-        old._take_over(self, etree.tostring(old.resumed_element()))
+        elif isinstance(old, Handover):
+            resumed = payload(sm_ns.NS, "resumed", {"previd": old.sm_id, "h": str(old.inbound)})
+            self._adopt(old, etree.tostring(resumed))
+        else:
+            old._take_over(self, etree.tostring(old.resumed_element()))
+
+    async def _find_resumable(self, el: Element) -> C2SStream | Handover | str:
+        """The session ``<resume/>`` asks for: here, or handed over by the cluster node
+        that holds it; or the ``<failed/>`` condition."""
+        found = self._resumable_session(el)
+        elsewhere = self.services.resume_elsewhere
+        if found != "item-not-found" or elsewhere is None or self._jid is None:
+            return found
+        h = el.get("h", "")
+        if not h.isdigit():
+            return "item-not-found"
+        return await elsewhere(el.get("previd", ""), self._jid.bare, int(h))
 
     def _resumable_session(self, el: Element) -> C2SStream | str:
         """The session ``<resume/>`` asks for, with the client's ``h`` applied; or the
@@ -1116,6 +1152,70 @@ class C2SStream(StreamMachine):
             return "undefined-condition"
         old._release_acked(old.sm)
         return old
+
+    def hand_over(self, bare: JID, h: int) -> Handover | str:
+        """Give this resumable session to another cluster node, where its client
+        resumes with ``h``; it ends here quietly (no unavailable presence, its stored
+        copies go with it). The ``<failed/>`` condition when it cannot."""
+        sm = self.sm
+        if self.closed or sm is None or not sm.resumable or self._jid is None:
+            return "item-not-found"
+        if self._jid.bare != bare:
+            return "item-not-found"
+        if not sm.ack(h):
+            return "undefined-condition"
+        self._release_acked(sm)
+        # All of it, also what only this node reads (a client-state queue of held
+        # stanzas): it is the session's, and continues on the new node.
+        state = dict(self._data or {})
+        handover = Handover(
+            jid=self._jid_str,
+            sm_id=sm.id,
+            inbound=sm.inbound,
+            acked=sm.acked,
+            unacked=list(sm.unacked),
+            stored=dict(sm.stored),
+            presence=self._presence,
+            priority=self.priority,
+            interested=self.is_interested,
+            state=state,
+            mechanism=self._mechanism,
+        )
+        sm.stored.clear()  # they move with the session: not offline messages here
+        sm.unacked.clear()
+        self._handed_over = True
+        self._ending("moved-to-another-node")
+        if self.state is _BOUND:
+            self.transport.detach()
+            self.transport.close()
+        self._shutdown()
+        return handover
+
+    def _adopt(self, handover: Handover, announce: bytes) -> None:
+        """Continue a session handed over by another cluster node on this stream."""
+        assert self._jid is not None
+        self._jid = JID.parse(handover.jid)
+        self._jid_str = handover.jid
+        self.sm = handover.restore()
+        self.services.resumable[self.sm.id] = self
+        self._presence = handover.presence
+        self.priority = handover.priority
+        self.is_interested = handover.interested
+        self._mechanism = f"{handover.mechanism or self._mechanism}"
+        self._go_live()
+        sessions = self.services.sessions
+        for name, value in handover.state.items():
+            sessions.set_state(self, SessionKey(name, None), value)
+        if handover.presence is not None:
+            sessions.set_presence(self, parse(handover.presence), handover.priority)
+        if handover.interested:
+            sessions.set_interested(self)
+        self._write(announce)
+        for data in self.sm.unacked:
+            self._write(data)
+        if self.sm.unacked:
+            self._request_ack(soon=True)
+        log.debug("c2s %s: resumed (handed over by another node)", self.summary())
 
     def resumed_element(self) -> Element:
         assert self.sm is not None
@@ -1178,7 +1278,7 @@ class C2SStream(StreamMachine):
             )
             self.services.sessions.unbind(self)
             host = self.host
-            if host is not None:
+            if host is not None and not self._handed_over:
                 self._unbound = self.services.start_task(
                     self._announce_unbound(host), name="resource_unbound"
                 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 NS: Final = "urn:xmpp:sm:3"
 MOD: Final = 2**32
@@ -71,3 +72,39 @@ class SmState:
     def is_pending(self, number: int) -> bool:
         """Whether stanza ``number`` is still queued, unacknowledged."""
         return 0 < (number - self.acked) % MOD <= len(self.unacked)
+
+
+@dataclass(slots=True)
+class Handover:
+    """A resumable session handed from one cluster node to another: what the new node
+    needs to continue it where the client left it (XEP-0198 resumption on another
+    node). Plain data: it travels between nodes."""
+
+    jid: str
+    """The session's full JID."""
+    sm_id: str
+    inbound: int
+    """Stanzas the old node handled from the client (the ``h`` of ``<resumed/>``)."""
+    acked: int
+    """The client's ``h``: what it confirmed."""
+    unacked: list[bytes]
+    """Stanzas sent and not acknowledged, oldest first (sent again after resuming)."""
+    stored: dict[int, str] = field(default_factory=dict)
+    """Durable copies (``sm_store`` tokens) of some of them, by stanza number."""
+    presence: bytes | None = None
+    priority: int = 0
+    interested: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+    """Per-session state (``SessionKey`` name → value)."""
+    mechanism: str = ""
+
+    def restore(self, *, resumable: bool = True) -> SmState:
+        """The stream-management state on the new node."""
+        sm = SmState(resumable=resumable)
+        sm.id = self.sm_id
+        sm.inbound = self.inbound
+        sm.acked = self.acked
+        sm.unacked = deque(self.unacked)
+        sm.sent = (self.acked + len(self.unacked)) % MOD
+        sm.stored = dict(self.stored)
+        return sm

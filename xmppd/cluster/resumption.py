@@ -1,0 +1,174 @@
+"""Stream-management resumption across nodes (XEP-0198): a client whose connection
+dropped may reconnect to any node and resume there.
+
+Each node records in Redis which node holds each resumable session it has
+(``sm:<id>`` → node, kept while the session lasts). A node asked to resume a session
+it does not hold asks the holder, over the stanza bus, to hand it over: the holder
+applies the client's ``h``, sends back the session (its JID, counters, unacknowledged
+stanzas, presence and state) and ends its copy without telling anyone it went away;
+the new node continues it. If the holder died, the session died with it: the client
+gets ``item-not-found`` and logs in again, and what was sent to it and not yet
+acknowledged is in offline storage or comes again from the dead node's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from xmppd.stream.sm import Handover
+
+if TYPE_CHECKING:
+    from xmppd.cluster.keys import Keys
+    from xmppd.cluster.records import Signer
+    from xmppd.cluster.writer import RedisWriter
+    from xmppd.jid import JID
+
+log = logging.getLogger(__name__)
+
+HANDOVER_TIMEOUT: Final = 5.0
+"""How long a node waits for the holder of a session to hand it over."""
+
+
+class ResumableStream(Protocol):
+    """What the holder of a session does when another node takes it over."""
+
+    def hand_over(self, bare: JID, h: int) -> Handover | str: ...
+
+
+class ResumableSessions(MutableMapping[str, Any]):
+    """This node's resumable sessions by id (the c2s streams' ``resumable`` map),
+    announcing in Redis which node holds each."""
+
+    def __init__(self, keys: Keys, node: str, writer: RedisWriter, ttl: float) -> None:
+        self._local: dict[str, Any] = {}
+        self._keys = keys
+        self._node = node
+        self._writer = writer
+        self._ttl_ms = int(ttl * 1000)
+
+    def __getitem__(self, sm_id: str) -> Any:
+        return self._local[sm_id]
+
+    def __setitem__(self, sm_id: str, stream: Any) -> None:
+        self._local[sm_id] = stream
+        key, node, ttl = self._keys.resumption(sm_id), self._node, self._ttl_ms
+        _ = self._writer.submit(lambda pipe: pipe.set(key, node, px=ttl))
+
+    def __delitem__(self, sm_id: str) -> None:
+        del self._local[sm_id]
+        key, node = self._keys.resumption(sm_id), self._node
+        # Only if still ours: a node that took the session over has written its name.
+        _ = self._writer.submit(lambda pipe: pipe.eval(_DELETE_IF_OURS, 1, key, node))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._local)
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    def republish(self) -> None:
+        """Announce every held session again (Redis lost them)."""
+        for sm_id, stream in list(self._local.items()):
+            self[sm_id] = stream
+
+
+_DELETE_IF_OURS: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Handovers:
+    """Asks other nodes for sessions and answers their asks (bus operations ``smt``
+    and ``smg``)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        keys: Keys,
+        node: str,
+        signer: Signer,
+        resumable: ResumableSessions,
+        send: Callable[[str, dict[str, Any]], Any],
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._node = node
+        self._signer = signer
+        self._resumable = resumable
+        self._send = send
+        self._waiting: dict[str, asyncio.Future[Handover | str]] = {}
+        self.handed_over = 0
+        self.taken_over = 0
+
+    async def take_over(self, sm_id: str, bare: JID, h: int) -> Handover | str:
+        """The session ``sm_id`` from the node holding it (``item-not-found`` if none)."""
+        holder = await self._redis.get(self._keys.resumption(sm_id))
+        if holder is None:
+            return "item-not-found"
+        node = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if node == self._node:
+            return "item-not-found"
+        request = os.urandom(8).hex()
+        future: asyncio.Future[Handover | str] = asyncio.get_running_loop().create_future()
+        self._waiting[request] = future
+        try:
+            self._send(
+                node,
+                {"o": "smt", "q": request, "n": self._node, "i": sm_id, "j": str(bare), "h": h},
+            )
+            async with asyncio.timeout(HANDOVER_TIMEOUT):
+                result = await future
+        except TimeoutError:
+            log.info("cluster: node %s did not hand over session %s in time", node, sm_id)
+            return "item-not-found"
+        finally:
+            self._waiting.pop(request, None)
+        if isinstance(result, Handover):
+            self.taken_over += 1
+            # The holder deleted its entry; this node holds the session now (the
+            # stream registers itself in the resumable map when it adopts it).
+        return result
+
+    def asked(self, fields: Callable[[str], Any]) -> None:
+        """Another node asks for a session this node holds."""
+        from xmppd.jid import JID, InvalidJID
+
+        request, asker, sm_id = _text(fields("q")), _text(fields("n")), _text(fields("i"))
+        result: Handover | str = "item-not-found"
+        stream = self._resumable._local.get(sm_id)
+        if stream is not None:
+            try:
+                result = stream.hand_over(JID.parse(_text(fields("j"))), int(_text(fields("h"))))
+            except (InvalidJID, ValueError):
+                result = "item-not-found"
+        if isinstance(result, Handover):
+            self.handed_over += 1
+            payload = {"o": "smg", "q": request, "d": self._signer.dumps(result)}
+        else:
+            payload = {"o": "smg", "q": request, "c": result}
+        self._send(asker, payload)
+
+    def answered(self, fields: Callable[[str], Any]) -> None:
+        """The holder answered one of this node's asks."""
+        future = self._waiting.get(_text(fields("q")))
+        if future is None or future.done():
+            return  # timed out meanwhile (the session ended there: nothing to do)
+        data = fields("d")
+        if data:
+            handover = self._signer.loads(data)
+            future.set_result(handover if isinstance(handover, Handover) else "item-not-found")
+        else:
+            future.set_result(_text(fields("c")) or "item-not-found")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
