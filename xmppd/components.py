@@ -36,10 +36,17 @@ class ComponentDestination:
         self._router = router
 
     async def deliver(self, stanza: Element, to: JID, from_: JID, origin: Session | None) -> None:
-        component = self._components.connected(self.domain)
+        components = self._components
+        component = components.connected(self.domain)
         if component is not None:
             await component.deliver(stanza)
-        elif stanza.tag != "presence":
+            return
+        remote = components.remote
+        if remote is not None:  # connected to another node of the cluster?
+            node = remote.held_elsewhere(self.domain)
+            if node is not None and await remote.forward(node, stanza, to, from_):
+                return
+        if stanza.tag != "presence":
             await self._router.bounce(stanza, COMPONENT_UNAVAILABLE)
 
     def __repr__(self) -> str:

@@ -196,6 +196,7 @@ class Server:
             )
             self.core.cluster = self.cluster
             self.resumable = self.cluster.resumable
+            self.components.remote = self.cluster.components
             self.cluster.register_metrics(self.metrics)
         await self.modules.load_all()
         if self.cluster is not None:

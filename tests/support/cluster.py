@@ -188,6 +188,7 @@ def running_cluster(
     server: dict[str, Any] | None = None,
     hooks: dict[str, dict[str, Any]] | None = None,
     node_timeout: float = 3.0,
+    components: dict[str, str] | None = None,
 ) -> Iterator[ClusterNodes]:
     """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
     database and the shared Redis (a key prefix of their own), behind a TCP front."""
@@ -209,6 +210,7 @@ def running_cluster(
                     shutil.copy(started[0].data_dir / "server.key", data_dir / "server.key")
                 p1, p2 = free_port(), free_port()
                 p4 = free_port() if http else None
+                p3 = free_port() if components else None
                 config_path = node_dir / "xmppd.toml"
                 log_path = node_dir / "xmppd.log"
                 write_config(
@@ -226,6 +228,8 @@ def running_cluster(
                     auth=auth,
                     http_port=p4,
                     server=server,
+                    component_port=p3,
+                    components=components,
                 )
                 log = log_path.open("ab")
                 logs.append(log)
@@ -238,8 +242,9 @@ def running_cluster(
                     proc, data_dir, config_path, p1, p2, domain, "postgresql", log_path, url
                 )
                 srv.http_port = p4
+                srv.component_port = p3
                 started.append(srv)
-                _wait_listening(proc, tuple(p for p in (p1, p2, p4) if p), log_path)
+                _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
             first = started[0]
             front = XmppdServer(
                 first.process,

@@ -51,5 +51,9 @@ class Keys:
         """The node holding a resumable stream-management session (XEP-0198)."""
         return f"{self.prefix}:sm:{sm_id}"
 
+    def components(self) -> str:
+        """Hash: component domain → the node it is connected to (XEP-0114)."""
+        return f"{self.prefix}:components"
+
     def secret(self) -> str:
         return f"{self.prefix}:secret"

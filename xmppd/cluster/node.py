@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
 from xmppd.cluster.bus import StanzaBus
+from xmppd.cluster.components import ClusterComponents
 from xmppd.cluster.feed import SessionFeed
 from xmppd.cluster.keys import Keys
 from xmppd.cluster.membership import Membership
@@ -108,6 +109,17 @@ class ClusterNode:
             self.redis, self.keys, self.name, self.signer, self.resumable, self.bus.send_op
         )
         self.bus.handovers = self.handovers
+        self.components = ClusterComponents(
+            self.redis,
+            self.keys,
+            self.name,
+            self.writer,
+            invalidations,
+            forward=self.bus.dispatch_on,
+            is_dead=self.membership.is_dead,
+        )
+        """Where external components are connected (set as the component registry's
+        ``remote`` by the server)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
         self.reaped: list[str] = []
@@ -125,6 +137,7 @@ class ClusterNode:
             await self.bus.open_inbox()
             await self.membership.beat()
             await self.feed.load()
+            await self.components.load()
         except OUTAGE_ERRORS as exc:
             raise ClusterStartError(
                 f"cluster: cannot reach Redis at {self.section.redis_url}: {exc}"
@@ -207,7 +220,10 @@ class ClusterNode:
         await self.bus.open_inbox()
         self.feed.republish_all()
         self.resumable.republish()
+        self.components.republish()
         await self.feed.catch_up_or_reload()
+        if self.components.stale:
+            await self.components.load()
 
     async def reap(self, node: str) -> None:
         """Clean up after a dead node (or an earlier run of this one): remove its
@@ -243,6 +259,7 @@ class ClusterNode:
                     await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(session))
                 except Exception:
                     log.exception("cluster: resource_unbound failed for %s", session.jid)
+        await self.components.forget_node(node)
         rerouted = await self.bus.reroute_inbox(node)
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(keys.node_sessions(node))

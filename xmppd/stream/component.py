@@ -44,7 +44,7 @@ import secrets
 from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from lxml import etree
 
@@ -99,18 +99,35 @@ def handshake_digest(stream_id: str, secret: str) -> str:
     return hashlib.sha1((stream_id + secret).encode("utf-8")).hexdigest()
 
 
+class RemoteComponents(Protocol):
+    """In a cluster: which node each component is connected to (the cluster node)."""
+
+    def held_elsewhere(self, domain: str) -> str | None:
+        """The other node the component of ``domain`` is connected to, if any."""
+
+    def connected(self, domain: str) -> None:
+        """The component connected to this node."""
+
+    def disconnected(self, domain: str) -> None: ...
+
+    async def forward(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
+        """Route ``stanza`` on ``node`` (``False``: that node is gone)."""
+
+
 class ComponentRegistry:
     """The configured components (domain → secret) and which of them are connected.
 
     The router asks ``domain in registry`` only for domains that are not local hosts,
-    then :meth:`connected` for the stream to deliver to.
+    then :meth:`connected` for the stream to deliver to. In a cluster a component
+    connects to one node; ``remote`` tells where, and the others forward to it.
     """
 
-    __slots__ = ("_connected", "_secrets")
+    __slots__ = ("_connected", "_secrets", "remote")
 
     def __init__(self, sections: Iterable[ComponentSection]) -> None:
         self._secrets: dict[str, SecretStr] = {c.domain: c.secret for c in sections}
         self._connected: dict[str, ComponentStream] = {}
+        self.remote: RemoteComponents | None = None
 
     def __contains__(self, domain: str) -> bool:
         return domain in self._secrets
@@ -137,12 +154,19 @@ class ComponentRegistry:
         current = self._connected.get(stream.domain)
         if current is not None and current is not stream:
             return False
+        remote = self.remote
+        if remote is not None and current is None and remote.held_elsewhere(stream.domain):
+            return False
         self._connected[stream.domain] = stream
+        if remote is not None and current is None:
+            remote.connected(stream.domain)
         return True
 
     def unregister(self, stream: ComponentStream) -> None:
         if self._connected.get(stream.domain) is stream:
             del self._connected[stream.domain]
+            if self.remote is not None:
+                self.remote.disconnected(stream.domain)
 
     def close_all(self, condition: str) -> None:
         for stream in list(self._connected.values()):
