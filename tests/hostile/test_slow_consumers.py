@@ -168,6 +168,10 @@ async def test_non_reading_tls_clients_are_cut_off_and_memory_returns(
         await pinger
         drain.cancel()
 
+        print(
+            f"RSS baseline {baseline / MIB:.1f} MiB, peak {watch.peak / MIB:.1f} MiB during "
+            f"the attack; round trips max {max(watch.round_trips, default=0):.2f} s"
+        )
         closed = await asyncio.gather(*(_is_closed(c, 10) for c in slow))
         assert all(closed), f"{closed.count(False)} of {SLOW} slow clients still connected"
         for client in slow:
