@@ -6,11 +6,10 @@ layer)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import ssl
-from collections.abc import Callable, Coroutine, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
 from xmppd.adminapi import AdminApi
@@ -30,6 +29,7 @@ from xmppd.datarights import erasure_sweeper
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus
 from xmppd.health import Health
+from xmppd.heap import note_freed, trim_if_worthwhile
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
@@ -62,27 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def return_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``).
-
-    libxml2 parser state freed for idle sessions lies between live allocations, so
-    without this the RSS would not shrink even though the memory is free.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+IDLE_CHECK: Final = 2.5
+"""Seconds between heap checks when idle parsers are not released (``idle_release = 0``)."""
 
 
 class Server:
@@ -243,7 +224,7 @@ class Server:
                     self.core.http_listeners.append((scheme, section.address, port))
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
-        if listen and self.config.c2s.idle_release > 0:
+        if listen:
             self.spawn(self._release_idle_memory(), name="idle-release")
         if listen:
             self.spawn(erasure_sweeper(self.core), name="erasure-sweeper")
@@ -355,21 +336,24 @@ class Server:
         return ComponentStream(self.component_services, transport)
 
     async def _release_idle_memory(self) -> None:
-        """Every so often, let idle client streams free their parsers."""
+        """Every so often, let idle client streams free their parsers (unless
+        ``c2s.idle_release`` is 0), and give the heap back to the OS once enough
+        parsers were freed, by them or by streams that ended (:mod:`xmppd.heap`)."""
         idle_for = self.config.c2s.idle_release
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(idle_for / 2)
-            now = loop.time()
-            released = 0
-            for endpoint in self.sessions.endpoints():
-                release = getattr(endpoint, "release_idle_memory", None)
-                if release is not None and release(now, idle_for):
-                    released += 1
-            if released:
-                log.debug("released the parsers of %d idle sessions", released)
-                if released >= 64:
-                    return_free_memory()
+            await asyncio.sleep(idle_for / 2 if idle_for > 0 else IDLE_CHECK)
+            if idle_for > 0:
+                now = loop.time()
+                released = 0
+                for endpoint in self.sessions.endpoints():
+                    release = getattr(endpoint, "release_idle_memory", None)
+                    if release is not None and release(now, idle_for):
+                        released += 1
+                if released:
+                    log.debug("released the parsers of %d idle sessions", released)
+                    note_freed(released)
+            trim_if_worthwhile()
 
     def check(self) -> None:
         """Validate without side effects: module and hook options, configured certificates.

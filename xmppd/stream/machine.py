@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from xmppd.errors import StanzaError, StreamError
+from xmppd.heap import note_freed
 from xmppd.stanza import summary
 from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
 
@@ -387,6 +388,7 @@ class StreamMachine:
         if previous is _CLOSED:
             return
         self._enter(_CLOSED)
+        note_freed()  # the reader's parser goes with the stream: worth a heap trim
         self._timeout.cancel()
         if self._shaper is not None:
             self._shaper.cancel()

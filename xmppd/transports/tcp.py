@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from xmppd import ns
+from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
 
@@ -101,6 +102,11 @@ class C2SConnection(asyncio.Protocol):
         self.peer = ""
         self.is_secure = tls_mode == "direct"
         self._linger: asyncio.TimerHandle | None = None
+
+    def __del__(self) -> None:
+        # Its buffers (a TLS connection's are ~256 KiB in uvloop) are freed with it:
+        # also after a TLS handshake that never completed, when no stream was opened.
+        note_freed()
 
     @property
     def framing(self) -> Framing:

@@ -1,0 +1,91 @@
+"""Giving the memory of ended streams back to the operating system.
+
+A stream's XML parser (lxml's ``XMLPullParser``, ~20-30 KB of libxml2 state) sits in a
+reference cycle inside lxml (its root element's document points back to the parser),
+so dropping it frees nothing until the cyclic garbage collector runs, and the server
+runs that rarely (``gc.set_threshold(50_000, 20, 20)`` after ``gc.freeze()``, for
+throughput): after thousands of half-open streams ended, their parsers stayed in
+memory. And what the collector frees, glibc keeps in its heap between live objects,
+so the RSS does not shrink without ``malloc_trim``.
+
+Whoever drops parsers calls :func:`note_freed` (a stream that ends, an idle session
+that releases its parser); the server's memory task calls :func:`trim_if_worthwhile`
+every few seconds, which collects and trims once at least :data:`TRIM_AFTER` were
+dropped since the last time, and no more often than keeps the time spent in it under
+:data:`MAX_SHARE` of the wall clock. Measured with 2,700 half-open streams (a header,
+then a start tag that never ends; ``python -m xmppd run``): +41 MiB while held, and
+before this still +42 MiB after they closed; now +6.5 MiB. Process-wide, as the heap is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+TRIM_AFTER: Final = 64
+"""Dropped parsers (ended streams, released idle parsers) that make a collection and a
+trim worth it."""
+MAX_SHARE: Final = 0.02
+"""At most this share of the time goes to these collections: after one that took
+``t`` seconds, the next waits at least ``t / MAX_SHARE`` (a full collection on a server
+with many sessions takes tens of milliseconds)."""
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim: Final = _load_malloc_trim()
+
+
+class _Freed:
+    """How many parsers were dropped since the last trim, and when the next may be."""
+
+    __slots__ = ("count", "not_before")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.not_before = 0.0
+
+
+_freed: Final = _Freed()
+
+
+def note_freed(count: int = 1) -> None:
+    """``count`` streams' parsers were (or are about to be) dropped."""
+    _freed.count += count
+
+
+def return_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; elsewhere nothing)."""
+    _freed.count = 0
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def trim_if_worthwhile() -> bool:
+    """Collect cyclic garbage and trim the heap when at least :data:`TRIM_AFTER`
+    parsers were dropped since the last time and :data:`MAX_SHARE` allows; whether it
+    did."""
+    freed = _freed
+    now = time.monotonic()
+    if freed.count < TRIM_AFTER or now < freed.not_before:
+        return False
+    dropped = freed.count
+    gc.collect()
+    return_free_memory()
+    took = time.monotonic() - now
+    freed.not_before = now + took / MAX_SHARE
+    log.debug("%d parsers dropped: collected and trimmed in %.1f ms", dropped, took * 1000)
+    return True
