@@ -23,13 +23,14 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from xmppd.errors import StanzaError, StreamError
 from xmppd.heap import note_freed
 from xmppd.stanza import summary
 from xmppd.stream.framing import CLOSE_MARK, stream_error, write_batch
+from xmppd.stream.shaper import Shaper
 
 if TYPE_CHECKING:
     from xmppd.stanza import Element
@@ -39,50 +40,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_HIGH_WATER: Final = 500
 """Elements waiting to be handled before the transport stops being read."""
-
-
-class Shaper:
-    """A token bucket on a stream's input (ejabberd's shaper): ``rate`` bytes per second
-    on average, ``burst`` at once. Nothing is dropped: a read that goes over it is held
-    (one read's worth, already in memory) and the stream stops reading its connection
-    until the debt is paid, so the peer's TCP window closes (back-pressure); then the
-    held bytes are handled and reading resumes."""
-
-    __slots__ = ("_resume", "_stamp", "_tokens", "burst", "held", "rate")
-
-    def __init__(self, rate: int, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1)
-        self._tokens = float(self.burst)
-        self._stamp = now
-        self._resume: asyncio.TimerHandle | None = None
-        self.held: list[bytes] = []
-        """Input read over the rate, handled when the pause ends (in order)."""
-
-    @property
-    def holding(self) -> bool:
-        """Reading is paused until the bucket refills."""
-        return self._resume is not None
-
-    def take(self, size: int, now: float) -> float:
-        """Count ``size`` bytes read at ``now``; the seconds to stop reading (0: none)."""
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - size
-        self._stamp = now
-        return -self._tokens / self.rate if self._tokens < 0 else 0.0
-
-    def hold(self, seconds: float, resume: Callable[[], None]) -> None:
-        """Call ``resume`` once ``seconds`` have passed."""
-
-        def done() -> None:
-            self._resume = None
-            resume()
-
-        self._resume = asyncio.get_running_loop().call_later(seconds, done)
-
-    def cancel(self) -> None:
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
 
 
 class StreamState(enum.Enum):
@@ -176,7 +133,18 @@ class StreamMachine:
         self._out: list[bytes] = []
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
-        self._shaper = Shaper(input_rate, input_burst, loop.time()) if input_rate > 0 else None
+        self._shaper = (
+            Shaper(
+                input_rate,
+                input_burst,
+                loop.time(),
+                deliver=self._feed,
+                pause=self._pause_input,
+                resume=self._resume_input,
+            )
+            if input_rate > 0
+            else None
+        )
         self._timeout = loop.call_later(connect_timeout, self._connect_timed_out)
         self.end_reason = ""
         """Why the stream ended, for the log (set by the first close or loss)."""
@@ -232,17 +200,8 @@ class StreamMachine:
         now = self.last_activity = asyncio.get_running_loop().time()
         shaper = self._shaper
         if shaper is not None:
-            wait = shaper.take(len(data), now)
-            if shaper.holding:  # read before the pause took effect: after what is held
-                shaper.held.append(data)
-                return
-            if wait > 0:
-                # Over the rate: these bytes wait (they are in memory already: one read)
-                # and nothing more is read until they are paid for.
-                shaper.held.append(data)
-                shaper.hold(wait, self._release_held)
-                self.transport.pause_reading()
-                return
+            shaper.received(data, now)  # to _feed, now or once paid for
+            return
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -269,21 +228,12 @@ class StreamMachine:
         if self._queue and self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
 
-    def _release_held(self) -> None:
-        """The shaper's pause is over: handle what it held, then read again (or wait
-        longer, when more arrived meanwhile)."""
-        shaper = self._shaper
-        if shaper is None or self.state is _CLOSED:
-            return
-        wait = shaper.take(0, asyncio.get_running_loop().time())
-        if wait > 0:
-            shaper.hold(wait, self._release_held)
-            return
-        held, shaper.held = shaper.held, []
-        for data in held:
-            if self.closed:  # a stream error in what came before
-                return
-            self._feed(data)
+    def _pause_input(self) -> None:
+        """The shaper's pause starts (the stream's transport may change on resumption)."""
+        self.transport.pause_reading()
+
+    def _resume_input(self) -> None:
+        """The shaper's pause is over: read again unless the queue is still full."""
         if not self._paused and not self.closed:
             self.transport.resume_reading()
 
@@ -392,7 +342,6 @@ class StreamMachine:
         self._timeout.cancel()
         if self._shaper is not None:
             self._shaper.cancel()
-            self._shaper.held.clear()
         self._queue.clear()
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from xmppd import ns
 from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
+from xmppd.stream.shaper import Shaper
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class StreamOpeners:
     """TLS of s2s listeners that asks for the remote's certificate (SASL EXTERNAL);
     ``None``: the hosts' standard contexts (no certificate asked)."""
     s2s_rate: int = 256 * 1024
-    """Bytes per second one incoming s2s connection may send (:class:`ReadShaper`)."""
+    """Bytes per second one incoming s2s connection may send (:class:`ShapedConnection`)."""
     s2s_on_throttle: Callable[[StreamInput | None], None] | None = None
     """Called with the stream when an incoming s2s connection starts being slowed down."""
     c2s_per_address: ConnectionsPerAddress | None = None
@@ -312,98 +313,66 @@ async def _listen(
     return srv
 
 
-class ReadShaper:
-    """A token bucket on the bytes a connection hands to its stream: ``rate`` bytes a
-    second, bursts of one second's worth. Past the budget, what was read waits here
-    (at most one socket read) and reading from the socket pauses until the budget is
-    back, so a flooding peer is slowed down by TCP itself, nothing it sent is dropped,
-    and other connections are not affected. A pause the stream asked for (its queue
-    is full) is kept apart: reading resumes when neither wants it."""
+class ShapedConnection(C2SConnection):
+    """A connection whose input goes through a :class:`~xmppd.stream.shaper.Shaper`
+    before its stream (s2s, incoming and outgoing): ``rate`` bytes a second, bursts of
+    one second's worth. Its stream's own pauses (a full queue) are kept apart from the
+    shaper's: reading resumes when neither wants it paused."""
 
-    __slots__ = (
-        "_deliver",
-        "_last",
-        "_on_throttle",
-        "_pending",
-        "_throttling",
-        "_timer",
-        "_tokens",
-        "_transport",
-        "rate",
-        "stream_paused",
-    )
+    __slots__ = ("_shaper", "_stream_paused")
 
     def __init__(
         self,
+        open_stream: Callable[[Transport], StreamInput],
+        tls_mode: str,
         rate: int,
-        deliver: Callable[[bytes], None],
-        on_throttle: Callable[[], None] | None = None,
+        on_throttle: Callable[[], None] | None,
     ) -> None:
-        self.rate = float(rate)
-        self._deliver = deliver
-        self._on_throttle = on_throttle
-        """Called when the connection starts being slowed down (metrics)."""
-        self._throttling = False
-        self._tokens = float(rate)
-        self._last = 0.0
-        self._pending = bytearray()
-        self._timer: asyncio.TimerHandle | None = None
-        self._transport: asyncio.Transport | None = None
-        self.stream_paused = False
+        super().__init__(open_stream, None, tls_mode)
+        self._stream_paused = False
+        self._shaper = Shaper(
+            rate,
+            rate,
+            deliver=super().data_received,
+            pause=self._shaper_pause,
+            resume=self._shaper_resume,
+            on_throttle=on_throttle,
+        )
 
-    @property
-    def throttled(self) -> bool:
-        return bool(self._pending)
+    def _shape(self, data: bytes) -> None:
+        """Bytes read from the socket (after TLS): to the stream within the budget."""
+        self._shaper.received(data, asyncio.get_running_loop().time())
 
-    def received(self, data: bytes, transport: asyncio.Transport) -> None:
-        """Bytes read from the socket (after TLS): delivered within the budget."""
-        self._transport = transport
-        self._pending += data
-        if self._timer is None:
-            self._pump()
-
-    def _pump(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._last:
-            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        while self._pending:
-            if self._tokens < 1:
-                transport = self._transport
-                if transport is not None and not transport.is_closing():
-                    transport.pause_reading()
-                if not self._throttling:
-                    self._throttling = True
-                    if self._on_throttle is not None:
-                        self._on_throttle()
-                wait = (min(len(self._pending), self.rate) - self._tokens) / self.rate
-                self._timer = loop.call_later(max(wait, 0.01), self._pump)
-                return
-            size = min(len(self._pending), int(self._tokens))
-            chunk = bytes(self._pending[:size])
-            del self._pending[:size]
-            self._tokens -= size
-            self._deliver(chunk)
-        self._throttling = False
+    def _shaper_pause(self) -> None:
         transport = self._transport
-        if not self.stream_paused and transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _shaper_resume(self) -> None:
+        transport = self._transport
+        if not self._stream_paused and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._pending.clear()
+    def pause_reading(self) -> None:
+        self._stream_paused = True
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._stream_paused = False
+        if not self._shaper.holding:
+            super().resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shaper.cancel()
+        super().connection_lost(exc)
 
 
-class S2SInConnection(C2SConnection):
+class S2SInConnection(ShapedConnection):
     """asyncio glue for an incoming s2s connection whose TLS (STARTTLS or direct) asks
     for the remote's certificate and lets every certificate through the handshake
     (:mod:`xmppd.transports.peertls`); the stream judges it (SASL EXTERNAL)."""
 
-    __slots__ = ("_handshake", "_handshake_timer", "_peer_tls", "_session", "_shaper")
+    __slots__ = ("_handshake", "_handshake_timer", "_peer_tls", "_session")
 
     def __init__(
         self,
@@ -414,17 +383,17 @@ class S2SInConnection(C2SConnection):
         rate: int,
         on_throttle: Callable[[StreamInput | None], None] | None = None,
     ) -> None:
-        super().__init__(open_stream, None, "direct" if direct else "starttls")
+        super().__init__(
+            open_stream,
+            "direct" if direct else "starttls",
+            rate,
+            None if on_throttle is None else lambda: on_throttle(self.stream),
+        )
         self.is_secure = False  # until the handshake is done
         self._peer_tls = peer_tls
         self._session: TlsSession | None = None
         self._handshake: asyncio.Future[None] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._shaper = ReadShaper(
-            rate,
-            super().data_received,
-            None if on_throttle is None else lambda: on_throttle(self.stream),
-        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -455,7 +424,7 @@ class S2SInConnection(C2SConnection):
             return
         session = self._session
         if session is None:
-            self._shaper.received(data, transport)
+            self._shape(data)
             return
         try:
             plain, out = session.receive(data)
@@ -474,7 +443,7 @@ class S2SInConnection(C2SConnection):
             if self._handshake is not None and not self._handshake.done():
                 self._handshake.set_result(None)
         if plain:
-            self._shaper.received(plain, transport)
+            self._shape(plain)
         if session.closed:
             self.close()
 
@@ -510,23 +479,13 @@ class S2SInConnection(C2SConnection):
             transport.write(session.shutdown())
         transport.close()
 
-    def pause_reading(self) -> None:
-        self._shaper.stream_paused = True
-        super().pause_reading()
-
-    def resume_reading(self) -> None:
-        self._shaper.stream_paused = False
-        if not self._shaper.throttled:
-            super().resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shaper.cancel()
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(ConnectionError("connection lost during TLS"))
-        C2SConnection.connection_lost(self, exc)
+        super().connection_lost(exc)
 
     def ssl_object(self) -> ssl.SSLObject | None:
         return None  # not the ssl module's: see peer_chain()
@@ -546,13 +505,13 @@ class S2SInConnection(C2SConnection):
             await handshake
 
 
-class OutgoingConnection(C2SConnection):
+class OutgoingConnection(ShapedConnection):
     """asyncio glue for a connection we open to a remote server: TLS as the client
     (``server_hostname`` for SNI), keepalive on. What the remote sends on it goes
-    through a :class:`ReadShaper` like an incoming connection's: with XEP-0288 the
-    remote's stanzas come back on it."""
+    through the same shaper as an incoming connection's: with XEP-0288 the remote's
+    stanzas come back on it."""
 
-    __slots__ = ("_client_tls", "_server_hostname", "_shaper")
+    __slots__ = ("_client_tls", "_server_hostname")
 
     def __init__(
         self,
@@ -563,27 +522,13 @@ class OutgoingConnection(C2SConnection):
         rate: int,
         on_throttle: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(open_stream, None, "direct" if direct_tls else "starttls")
+        super().__init__(open_stream, "direct" if direct_tls else "starttls", rate, on_throttle)
         self._client_tls = client_tls
         self._server_hostname = server_hostname
-        self._shaper = ReadShaper(rate, super().data_received, on_throttle)
 
     def data_received(self, data: bytes) -> None:
         if self._transport is not None:
-            self._shaper.received(data, self._transport)
-
-    def pause_reading(self) -> None:
-        self._shaper.stream_paused = True
-        super().pause_reading()
-
-    def resume_reading(self) -> None:
-        self._shaper.stream_paused = False
-        if not self._shaper.throttled:
-            super().resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._shaper.cancel()
-        super().connection_lost(exc)
+            self._shape(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
