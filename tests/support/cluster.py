@@ -5,6 +5,7 @@ in turn, so the two parties of a test land on different nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -162,7 +163,16 @@ class ClusterNodes:
     logs: list[Path] = field(default_factory=list)
 
 
-def cluster_extra(redis_url: str, prefix: str, node: str, *, timeout: float = 3.0) -> str:
+def cluster_extra(
+    redis_url: str,
+    prefix: str,
+    node: str,
+    *,
+    timeout: float = 3.0,
+    options: dict[str, Any] | None = None,
+) -> str:
+    from tests.support.server import _toml_value
+
     return (
         "\n[cluster]\n"
         f'redis_url = "{redis_url}"\n'
@@ -170,6 +180,7 @@ def cluster_extra(redis_url: str, prefix: str, node: str, *, timeout: float = 3.
         f'node = "{node}"\n'
         f"heartbeat_interval = {timeout / 4}\n"
         f"node_timeout = {timeout}\n"
+        + "".join(f"{k} = {_toml_value(v)}\n" for k, v in (options or {}).items())
     )
 
 
@@ -189,6 +200,7 @@ def running_cluster(
     hooks: dict[str, dict[str, Any]] | None = None,
     node_timeout: float = 3.0,
     components: dict[str, str] | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> Iterator[ClusterNodes]:
     """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
     database and the shared Redis (a key prefix of their own), behind a TCP front."""
@@ -223,7 +235,13 @@ def running_cluster(
                     modules=DEFAULT_TEST_MODULES if modules is None else modules,
                     hooks=hooks,
                     extra=extra
-                    + cluster_extra(redis_url, prefix, f"node{index + 1}", timeout=node_timeout),
+                    + cluster_extra(
+                        redis_url,
+                        prefix,
+                        f"node{index + 1}",
+                        timeout=node_timeout,
+                        options=cluster,
+                    ),
                     admins=admins,
                     auth=auth,
                     http_port=p4,
@@ -270,7 +288,8 @@ def running_cluster(
         relay.close()
         for log in logs:
             log.close()
-        delete_prefix(redis_url, prefix)
+        with contextlib.suppress(Exception):  # a test may have stopped its own Redis
+            delete_prefix(redis_url, prefix)
 
 
 def start_node(node: XmppdServer) -> None:
@@ -282,3 +301,65 @@ def start_node(node: XmppdServer) -> None:
             stderr=subprocess.STDOUT,
         )
     _wait_listening(node.process, (node.starttls_port, node.direct_tls_port), node.log_path)
+
+
+class RedisProcess:
+    """A redis-server of a test's own on a free loopback port (nothing kept on disk),
+    which the test may stop and start again."""
+
+    def __init__(self, tmp: Path) -> None:
+        if shutil.which("redis-server") is None:
+            service_unavailable("redis-server is not installed")
+        self.port = free_port()
+        self.dir = tmp
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """Kill it (what it held is gone: no persistence)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@contextmanager
+def own_redis(tmp: Path) -> Iterator[RedisProcess]:
+    redis = RedisProcess(tmp)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRY_DELAY: Final = 0.25
+"""Seconds between tries to write to an inbox that is missing while its node lives."""
+
 MAX_HOPS: Final = 3
 """A stanza re-routed by a node that no longer held its session may be passed on this
 many times (views of a session that just moved converge within milliseconds)."""
@@ -69,6 +72,8 @@ class StanzaBus:
         router: Router,
         *,
         is_dead: Callable[[str], bool],
+        start_task: Callable[..., asyncio.Task[None]],
+        hold_seconds: float = 30.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -78,6 +83,8 @@ class StanzaBus:
         self._registry = registry
         self._router = router
         self._is_dead = is_dead
+        self._start_task = start_task
+        self.hold_seconds = hold_seconds
         self.received = 0
         self.rerouted = 0
         self.handovers: Handovers | None = None
@@ -85,7 +92,17 @@ class StanzaBus:
 
     # ------------------------------------------------------------------ out
 
-    def _send(self, node: str, fields: dict[str, Any], stanza: Element | None = None) -> Any:
+    def _send(
+        self,
+        node: str,
+        fields: dict[str, Any],
+        stanza: Element | None = None,
+        *,
+        no_inbox: Callable[[], None] | None = None,
+    ) -> Any:
+        """Queue an entry for ``node``'s inbox; ``no_inbox`` runs if it has none when
+        the write reaches Redis (the node is gone, or Redis lost everything and the
+        node has not opened its inbox again yet)."""
         inbox = self._keys.inbox(node)
 
         def build(pipe: Any) -> None:
@@ -97,23 +114,63 @@ class StanzaBus:
             async def on_drop() -> None:
                 await self._router.bounce(stanza, RECIPIENT_UNAVAILABLE)
 
-        return self._writer.submit(build, on_drop=on_drop)
+        def on_result(replies: list[Any]) -> None:
+            if replies and replies[0] is None and no_inbox is not None:
+                no_inbox()
+
+        return self._writer.submit(build, on_drop=on_drop, on_result=on_result)
+
+    def _retry_or_reroute(
+        self, node: str, fields: dict[str, Any], stanza: Element, full: JID, sid: str, since: float
+    ) -> None:
+        """An entry found no inbox: try again shortly while its node is alive (it opens
+        its inbox again after Redis came back empty), within ``outage_hold``; route it
+        again (another resource, offline storage) once the node is known dead."""
+        loop = asyncio.get_running_loop()
+        if self._is_dead(node) or loop.time() - since > self.hold_seconds:
+            hops = int(fields.get("h", 0))
+            _ = self._start_task(
+                self._gone_with_hops(full, sid, stanza, hops), name="cluster-reroute"
+            )
+            return
+
+        def again() -> None:
+            _ = self._send(
+                node,
+                fields,
+                stanza,
+                no_inbox=lambda: self._retry_or_reroute(node, fields, stanza, full, sid, since),
+            )
+
+        loop.call_later(RETRY_DELAY, again)
+
+    async def _gone_with_hops(self, full: JID, sid: str, stanza: Element, hops: int) -> None:
+        token = _hops.set(hops)
+        try:
+            await self._session_gone(full, sid, stanza)
+        finally:
+            _hops.reset(token)
 
     async def deliver(self, session: RemoteSession, stanza: Element, data: bytes | None) -> None:
         node = session.node
         if self._is_dead(node):
             await self._session_gone(session.jid, session.stream_id, stanza)
             return
+        full, sid = session.jid, session.stream_id
         fields = {
             "o": "dlv",
-            "f": str(session.jid),
-            "s": session.stream_id,
+            "f": str(full),
+            "s": sid,
             "d": data if data is not None else serialize(stanza),
             "h": _hops.get(),
         }
-        replies = await self._send(node, fields, stanza)
-        if replies and replies[0] is None:  # no inbox: the node is gone
-            await self._session_gone(session.jid, session.stream_id, stanza)
+        since = asyncio.get_running_loop().time()
+        await self._send(
+            node,
+            fields,
+            stanza,
+            no_inbox=lambda: self._retry_or_reroute(node, fields, stanza, full, sid, since),
+        )
 
     async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
         """Route ``stanza`` (filtered already) on ``node``, which holds its destination

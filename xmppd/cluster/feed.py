@@ -58,6 +58,7 @@ class SessionFeed:
         writer: RedisWriter,
         *,
         invalidations: CacheInvalidations,
+        is_dead: Callable[[str], bool] = lambda node: False,
         on_removed: Callable[[JID, str], None] = lambda full, sid: None,
     ) -> None:
         self._redis = redis
@@ -67,6 +68,7 @@ class SessionFeed:
         self._writer = writer
         self._on_removed = on_removed
         self._invalidations = invalidations
+        self._is_dead = is_dead
         invalidations.publisher = self.publish_invalidation
         self._scheduled = False
         self._last_id = "0-0"
@@ -140,17 +142,27 @@ class SessionFeed:
 
     async def load(self) -> None:
         """Read every session hash into the view, then follow the log from where it
-        stood before the read (changes in between are applied twice, harmlessly)."""
+        stood before the read (changes in between are applied twice, harmlessly).
+
+        Sessions in the view that Redis no longer has stay while their node is alive:
+        after Redis restarted empty, each node publishes its sessions again, and until
+        then the others must not take them for gone."""
         redis = self._redis
         last = await redis.xrevrange(self._keys.session_log(), count=1)
         self._last_id = _text(last[0][0]) if last else "0-0"
-        self._registry.clear_remote()
         self._invalidations.received_all()
+        seen: set[tuple[str, str]] = set()
         async for key in redis.scan_iter(match=self._keys.sessions_pattern(), count=1000):
             bare = _text(key).split(":sess:", 1)[1]
             fields = await redis.hgetall(key)
             for resource, value in fields.items():
+                seen.add((bare, _text(resource)))
                 self._apply(bare, _text(resource), value)
+        registry = self._registry
+        for session in list(registry.remote_sessions()):
+            jid = session.jid
+            if (str(jid.bare), jid.resource) not in seen and self._is_dead(session.node):
+                registry.remove_remote(jid, session.stream_id)
 
     async def follow(self) -> None:
         """Tail the session log (a task of the cluster node); read everything again

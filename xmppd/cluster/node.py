@@ -89,6 +89,7 @@ class ClusterNode:
             registry,
             self.writer,
             invalidations=invalidations,
+            is_dead=lambda node: self.membership.is_dead(node),
         )
         self.bus = StanzaBus(
             self.redis,
@@ -99,6 +100,8 @@ class ClusterNode:
             registry,
             router,
             is_dead=self.membership.is_dead,
+            start_task=start_task,
+            hold_seconds=section.outage_hold,
         )
         registry.ops = self.bus
         self.resumable = ResumableSessions(

@@ -135,6 +135,9 @@ class ClusterSessions(MemorySessions):
             return None
         return endpoint
 
+    def remote_sessions(self) -> list[RemoteSession]:
+        return list(self._remote_full.values())
+
     def remote_of_node(self, node: str) -> list[RemoteSession]:
         return [s for s in self._remote_full.values() if s.node == node]
 

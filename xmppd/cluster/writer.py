@@ -42,6 +42,7 @@ class _Pending:
     created: float
     on_drop: Callable[[], Awaitable[None]] | None
     future: asyncio.Future[list[Any]] | None = field(default=None)
+    on_result: Callable[[list[Any]], None] | None = None
 
 
 class RedisWriter:
@@ -70,13 +71,18 @@ class RedisWriter:
         self.batches = 0
 
     def submit(
-        self, build: Build, *, on_drop: Callable[[], Awaitable[None]] | None = None
+        self,
+        build: Build,
+        *,
+        on_drop: Callable[[], Awaitable[None]] | None = None,
+        on_result: Callable[[list[Any]], None] | None = None,
     ) -> asyncio.Future[list[Any]]:
         """Queue commands; the future gives their replies once sent. While Redis is down
-        it resolves at once with no replies (the commands stay queued)."""
+        it resolves at once with no replies (the commands stay queued). ``on_result``
+        gets the replies whenever they come, also after an outage."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        pending = _Pending(build, loop.time(), on_drop, future)
+        pending = _Pending(build, loop.time(), on_drop, future, on_result)
         if self.down:
             future.set_result([])
             pending.future = None
@@ -124,6 +130,11 @@ class RedisWriter:
                     offset += size
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_result(mine)
+                    if pending.on_result is not None:
+                        try:
+                            pending.on_result(mine)
+                        except Exception:
+                            log.exception("cluster: a write's result handler failed")
 
     def _set_down(self, down: bool, exc: BaseException | None) -> None:
         if down == self.down:
