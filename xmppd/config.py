@@ -671,6 +671,21 @@ class ClusterSection(Section):
         "(bounded by outage_hold_stanzas) before they bounce to their sender.",
     )
     outage_hold_stanzas: int = Field(100_000, ge=0, le=10_000_000)
+    drain_timeout: Duration = Field(
+        30.0,
+        ge=0,
+        description="On stop (SIGTERM), how long a node of a cluster waits for its clients "
+        "to move to other nodes: stream-management sessions are handed over when their "
+        "clients resume elsewhere; others are asked to reconnect (see-other-host when "
+        "another node has a public_address, else system-shutdown). 0: no drain.",
+    )
+    public_address: str = Field(
+        "",
+        max_length=300,
+        description="host or host:port at which clients reach this node directly; sent "
+        "in see-other-host when another node drains. Empty: clients reconnect to "
+        "the cluster's usual address.",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -6,6 +6,7 @@ layer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Coroutine, MutableMapping
@@ -460,7 +461,44 @@ class Server:
                 break
         return ports
 
+    async def drain(self) -> None:
+        """A cluster node about to stop: stop accepting connections and move this
+        node's clients to the others (docs/user-guide.md, "Draining a node").
+
+        Resumable stream-management sessions lose their connection without the stream
+        ending, so their clients resume on another node, which takes the session over
+        with everything unacknowledged; the others are asked to reconnect
+        (``see-other-host`` with another node's public address, else
+        ``system-shutdown``). Waits ``[cluster] drain_timeout`` at most."""
+        cluster = self.cluster
+        timeout = self.config.cluster.drain_timeout
+        if cluster is None or timeout <= 0 or not cluster.can_drain():
+            return
+        for listener in self._listeners:
+            if listener.sockets:
+                listener.close()
+        redirect = await cluster.drain()
+        moved = 0
+        for endpoint in self.sessions.endpoints():
+            move = getattr(endpoint, "move_elsewhere", None)
+            if move is not None:
+                move(redirect)
+                moved += 1
+        log.info(
+            "draining: %d sessions asked to move%s; waiting up to %gs",
+            moved,
+            f" (see-other-host {redirect})" if redirect else "",
+            timeout,
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await cluster.registry.no_local_sessions()
+        left = len(self.sessions.endpoints())
+        log.info("drained: %d sessions left to close", left)
+
     async def stop(self, reason: str = "shutdown") -> None:
+        if reason == "shutdown":
+            await self.drain()
         await self.bus.run(hooks.SERVER_STOPPING, hooks.ServerEvent(reason))
         for listener in self._listeners:
             listener.close()

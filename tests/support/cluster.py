@@ -201,6 +201,7 @@ def running_cluster(
     node_timeout: float = 3.0,
     components: dict[str, str] | None = None,
     cluster: dict[str, Any] | None = None,
+    public_addresses: bool = False,
 ) -> Iterator[ClusterNodes]:
     """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
     database and the shared Redis (a key prefix of their own), behind a TCP front."""
@@ -240,7 +241,10 @@ def running_cluster(
                         prefix,
                         f"node{index + 1}",
                         timeout=node_timeout,
-                        options=cluster,
+                        options={
+                            **(cluster or {}),
+                            **({"public_address": f"127.0.0.1:{p1}"} if public_addresses else {}),
+                        },
                     ),
                     admins=admins,
                     auth=auth,

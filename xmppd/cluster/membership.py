@@ -82,6 +82,12 @@ class Membership:
         self.heartbeat_age: dict[str, float] = {}
         """Seconds since each live node's last heartbeat (``xmppd cluster status``)."""
         self.down = False
+        self.draining = False
+        """Leaving: no more heartbeats, and no longer an owner of anything."""
+        self.public_address = ""
+        """Published in this node's info: where clients reach it directly."""
+        self.addresses: dict[str, str] = {}
+        """The public address each live node published (those that have one)."""
         self._healthy_since = 0.0
         self.incarnation = os.urandom(8).hex()
         """Tells this run of the node from an earlier one with the same name."""
@@ -101,7 +107,12 @@ class Membership:
     async def beat(self) -> None:
         """Renew the heartbeat and announce this node (also the first time)."""
         info = json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()},
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.time(),
+                "address": self.public_address,
+            },
             separators=(",", ":"),
         )
         pipe = self._redis.pipeline(transaction=False)
@@ -119,6 +130,16 @@ class Membership:
         found = await self._redis.hexists(self._keys.nodes(), self.node)
         return bool(found)
 
+    async def drain(self) -> None:
+        """Stop being a member (others take over rooms and links) but keep running: the
+        node still answers for its sessions until they have moved."""
+        self.draining = True
+        live = tuple(n for n in self.live if n != self.node)
+        if live != self.live:
+            self.live = live
+            self._on_change(live)
+        await self.leave()
+
     async def leave(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(self._keys.heartbeat(self.node))
@@ -129,6 +150,9 @@ class Membership:
         """Heartbeat and watch the others, until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
+            if self.draining:
+                await asyncio.sleep(self._interval)
+                continue
             try:
                 await self.beat()
                 if self.down:
@@ -147,7 +171,10 @@ class Membership:
             await asyncio.sleep(self._interval)
 
     async def _watch(self, now: float) -> None:
-        members = [_text(m) for m in await self._redis.hkeys(self._keys.nodes())]
+        infos = {
+            _text(k): _text(v) for k, v in (await self._redis.hgetall(self._keys.nodes())).items()
+        }
+        members = list(infos)
         if not members:
             return
         beats = await self._redis.mget([self._keys.heartbeat(m) for m in members])
@@ -165,8 +192,19 @@ class Membership:
                 ages[member] = max(0.0, wall - float(stamp))
             except ValueError:
                 ages[member] = 0.0
-        if self.node not in live:
+        if self.node not in live and not self.draining:
             live.append(self.node)
+        if self.draining and self.node in live:
+            live.remove(self.node)
+        addresses = {}
+        for member in live:
+            try:
+                address = json.loads(infos[member]).get("address", "")
+            except (ValueError, AttributeError):
+                address = ""
+            if address:
+                addresses[member] = str(address)
+        self.addresses = addresses
         self.heartbeat_age = ages
         self.dead = frozenset(dead)
         live_sorted = tuple(sorted(live))

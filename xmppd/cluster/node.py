@@ -82,6 +82,7 @@ class ClusterNode:
             on_outage=self._outage,
             on_rejoin=self._rejoin,
         )
+        self.membership.public_address = section.public_address
         self.feed = SessionFeed(
             self.redis,
             self.keys,
@@ -168,6 +169,23 @@ class ClusterNode:
                 await self.writer.submit(lambda pipe: pipe.ping())
         except TimeoutError:
             log.warning("cluster: %d writes still queued at stop", self.writer.queued)
+
+    def can_drain(self) -> bool:
+        """Other nodes are alive to take this one's clients."""
+        return any(node != self.name for node in self.membership.live)
+
+    async def drain(self) -> str | None:
+        """Leave the cluster's placement (rooms and links move to the others) while
+        still serving this node's sessions; the public address of another node for
+        ``see-other-host`` (``None``: none published)."""
+        self._health.set_not_ready("draining", expected=True)
+        others = [n for n in self.membership.live if n != self.name]
+        await self.membership.drain()
+        addresses = self.membership.addresses
+        for node in others:
+            if node in addresses:
+                return addresses[node]
+        return None
 
     async def stop(self) -> None:
         """Leave after this node's sessions were closed: publish their removal, hand

@@ -53,6 +53,7 @@ class ClusterSessions(MemorySessions):
 
     __slots__ = (
         "_dirty",
+        "_emptied",
         "_gone",
         "_remote_bare",
         "_remote_full",
@@ -76,6 +77,7 @@ class ClusterSessions(MemorySessions):
         self._shared: dict[int, dict[str, object]] = {}
         """Shared per-session state of local sessions (``SessionKey.shared``), by
         ``id(endpoint)``: what their records carry."""
+        self._emptied: asyncio.Event | None = None
         self.on_change: Callable[[], None] = lambda: None
         """Called when something is waiting to be published (the node schedules it)."""
 
@@ -231,7 +233,16 @@ class ClusterSessions(MemorySessions):
         self._dirty.pop(full, None)
         self._gone[full] = endpoint
         self.on_change()
+        if not self._full and self._emptied is not None:
+            self._emptied.set()
         return True
+
+    async def no_local_sessions(self) -> None:
+        """Wait until no session is bound on this node (a drain)."""
+        if not self._full:
+            return
+        self._emptied = asyncio.Event()
+        await self._emptied.wait()
 
     def release(self, endpoint: Endpoint) -> None:
         self._shared.pop(id(endpoint), None)

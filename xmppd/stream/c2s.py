@@ -1191,6 +1191,22 @@ class C2SStream(StreamMachine):
         self._shutdown()
         return handover
 
+    def move_elsewhere(self, redirect: str | None) -> None:
+        """This node is draining: a resumable session loses its connection but not its
+        stream, so its client resumes on another node (which takes it over); any other
+        is asked to reconnect, to ``redirect`` (``see-other-host``) when known."""
+        sm = self.sm
+        if self.state is _DETACHED:
+            return  # waits for its client wherever it comes back
+        if self.state is _BOUND and sm is not None and sm.resumable:
+            self._flush()
+            self.transport.close()
+            return
+        if redirect:
+            self.close("see-other-host", redirect)
+        else:
+            self.close("system-shutdown")
+
     def _adopt(self, handover: Handover, announce: bytes) -> None:
         """Continue a session handed over by another cluster node on this stream."""
         assert self._jid is not None

@@ -22,10 +22,15 @@ _STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
 
 
 def stream_error(condition: str, text: str | None) -> bytes:
-    """``<stream:error>`` with an RFC 6120 §4.9.3 condition and an optional text."""
+    """``<stream:error>`` with an RFC 6120 §4.9.3 condition and an optional text.
+
+    For ``see-other-host`` the text is the other host (``host`` or ``host:port``,
+    §4.9.3.19) and goes inside the condition element."""
     err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
-    child(err, condition, namespace=ns.STREAM_ERRORS)
-    if text:
+    cond = child(err, condition, namespace=ns.STREAM_ERRORS)
+    if condition == "see-other-host":
+        cond.text = text
+    elif text:
         t = child(err, "text", namespace=ns.STREAM_ERRORS, text=text)
         t.set(f"{{{ns.XML}}}lang", "en")
     return etree.tostring(err)
