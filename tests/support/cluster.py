@@ -37,6 +37,7 @@ def redis_or_skip(url: str = REDIS_URL) -> None:
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    # (A Redis Cluster node answers PING too.)
     try:
         client.ping()
     except (redis.ConnectionError, OSError) as exc:
@@ -51,9 +52,8 @@ def delete_prefix(url: str, prefix: str) -> None:
 
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for key in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
+            client.delete(key)
     finally:
         client.close()
 
@@ -367,3 +367,82 @@ def own_redis(tmp: Path) -> Iterator[RedisProcess]:
         yield redis
     finally:
         redis.stop()
+
+
+@contextmanager
+def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``masters`` redis-server processes on free loopback ports
+    (created with ``redis-cli --cluster create``); yields a URL of one of them."""
+    import socket
+    import time
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        service_unavailable("redis-server / redis-cli are not installed")
+    ports = [free_port() for _ in range(masters)]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            node_dir = tmp / f"redis-{port}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            processes.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while True:  # until every slot is served
+            info = subprocess.run(
+                ["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            if "cluster_state:ok" in info:
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

@@ -177,7 +177,10 @@ class Membership:
         members = list(infos)
         if not members:
             return
-        beats = await self._redis.mget([self._keys.heartbeat(m) for m in members])
+        pipe = self._redis.pipeline(transaction=False)  # not MGET: keys in several slots
+        for member in members:
+            pipe.get(self._keys.heartbeat(member))
+        beats = await pipe.execute()
         live: list[str] = []
         dead: list[str] = []
         ages: dict[str, float] = {}

@@ -166,7 +166,8 @@ class ClusterNode:
         await asyncio.sleep(0)  # let the per-turn publication queue itself
         try:
             async with asyncio.timeout(timeout):
-                await self.writer.submit(lambda pipe: pipe.ping())
+                key = self.keys.heartbeat(self.name)
+                await self.writer.submit(lambda pipe: pipe.exists(key))
         except TimeoutError:
             log.warning("cluster: %d writes still queued at stop", self.writer.queued)
 
