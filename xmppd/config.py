@@ -686,6 +686,16 @@ class ClusterSection(Section):
         "in see-other-host when another node drains. Empty: clients reconnect to "
         "the cluster's usual address.",
     )
+    http_address: str = Field(
+        "",
+        max_length=300,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)?(:[0-9]{1,5})?$",
+        description="Where this node accepts HTTP requests the other nodes pass on to "
+        "it (a BOSH request for a session this node holds): host or host:port on a "
+        "network the nodes share; no port or :0: a free port, published in Redis (one "
+        "per worker). Empty: the first HTTP listener's address (when it listens on every "
+        "address, the address the machine's host name resolves to).",
+    )
 
     @property
     def enabled(self) -> bool:

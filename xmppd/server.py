@@ -52,6 +52,8 @@ from xmppd.stream.component import ComponentRegistry, ComponentServices, Compone
 from xmppd.stream.s2s import S2SInStream, S2SServices, s2s_remote_of
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
+from xmppd.transports.bosh import BODY_OVERHEAD
+from xmppd.transports.boshrelay import BoshRelay, relay_address
 from xmppd.transports.http import HttpFront
 from xmppd.transports.peerlimit import ConnectionsPerAddress
 from xmppd.transports.peertls import PeerTlsContexts
@@ -141,6 +143,8 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self.http: HttpFront | None = None
         """The HTTP front, when a ``kind = "http"`` listener is configured."""
+        self.bosh_relay: BoshRelay | None = None
+        """In a cluster with BOSH: passes requests on to the node holding the session."""
         self._s2s_client_contexts: dict[str, ssl.SSLContext] = {}
         """Outgoing federation's TLS contexts per host, built on first use (a reload
         empties it, so renewed certificates are read again)."""
@@ -223,12 +227,60 @@ class Server:
                     port = int(listener.sockets[0].getsockname()[1])
                     scheme = "https" if section.tls == "direct" else "http"
                     self.core.http_listeners.append((scheme, section.address, port))
+            await self._start_bosh_relay()
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
         if listen:
             self.spawn(self._release_idle_memory(), name="idle-release")
         if listen:
             self.spawn(erasure_sweeper(self.core), name="erasure-sweeper")
+
+    async def _start_bosh_relay(self) -> None:
+        """In a cluster, BOSH requests may land on any node: open this node's relay
+        listener and publish its address (docs/architecture.md, "HTTP transports")."""
+        cluster, http = self.cluster, self.http
+        if cluster is None or http is None or not self.config.http.bosh:
+            return
+        listener = next(s for s in self.config.listeners if s.kind == "http")
+        host, port = await relay_address(self.config.cluster.http_address, listener.address)
+
+        async def address_of(node: str) -> str | None:
+            url = (await cluster.node_info(node)).get("http")
+            return url if isinstance(url, str) else None
+
+        relay = BoshRelay(
+            cluster.name,
+            derive(self.secret, "cluster-http"),
+            is_live=cluster.membership.is_live,
+            address_of=address_of,
+            hold_timeout=self.config.http.bosh_max_wait + 30,
+            max_body=self.config.c2s.max_stanza_size + BODY_OVERHEAD,
+        )
+        bosh = http.bosh
+        url = await relay.listen(
+            host,
+            port,
+            lambda data, client: bosh.answer(data, client, relayed=True),
+            http.count_request,
+        )
+        bosh.relay = relay
+        self.bosh_relay = relay
+        self.metrics.counter_function(
+            "bosh_relay_forwarded",
+            "BOSH requests passed on to the node holding the session",
+            lambda: relay.forwarded,
+        )
+        self.metrics.counter_function(
+            "bosh_relay_taken",
+            "BOSH requests other nodes passed on to this one",
+            lambda: relay.taken,
+        )
+        self.metrics.counter_function(
+            "bosh_relay_refused",
+            "Relay requests refused (not signed by a node)",
+            lambda: relay.refused,
+        )
+        await cluster.announce(http=url)
 
     def _assemble_stream_services(self) -> None:
         """The explicit dependencies of streams (they never see the ``Server``)."""
@@ -511,6 +563,8 @@ class Server:
             stream.close("system-shutdown")
         if self.http is not None:
             await self.http.stop()
+        if self.bosh_relay is not None:
+            await self.bosh_relay.stop()
         await self.control.stop()
         if self.cluster is not None:
             for endpoint in self.sessions.endpoints():

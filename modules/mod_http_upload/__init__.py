@@ -27,9 +27,12 @@ derived from the server secret, so any node sharing the secret can check it.
 - The service is listed in the host's disco#items; its disco#info has the
   ``max-file-size`` form (XEP-0363 §4).
 
-Files live on the local disk (``storage = "disk"``, the module's data directory) or
-in a bucket of S3-compatible object storage (``storage = "s3"``), which several nodes
-and a CDN can share: same URLs, limits and headers (:mod:`.storage`).
+Files live in a directory (``storage = "disk"``: the module's data directory, or
+``directory``, which the nodes of a cluster must all mount) or in a bucket of
+S3-compatible object storage (``storage = "s3"``), which several nodes and a CDN can
+share: same URLs, limits and headers (:mod:`.storage`). Slots are rows of the shared
+database and their header is checked with the shared server secret, so in a cluster
+the slot requested on one node is PUT and fetched through any node.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from hashlib import sha256
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -151,8 +155,15 @@ class UploadOptions(Options):
     )
     storage: Literal["disk", "s3"] = Field(
         "disk",
-        description="Where files live: 'disk' (the module's data directory on this node) "
-        "or 's3' (a bucket of S3-compatible object storage, shared by every node).",
+        description="Where files live: 'disk' (a directory: see 'directory') or 's3' (a "
+        "bucket of S3-compatible object storage, shared by every node).",
+    )
+    directory: str = Field(
+        "",
+        max_length=4096,
+        description="storage = 'disk': the directory of the files. Empty: the module's "
+        "data directory on this node. In a cluster every node must see the same files: "
+        "a directory all nodes mount (NFS, a shared volume), or storage = 's3'.",
     )
     s3_endpoint: str = Field(
         "",
@@ -228,7 +239,12 @@ def _make_store(ctx: Ctx) -> FileStore:
             secret_key=opts.s3_secret_key.get_secret_value(),
             prefix=opts.s3_prefix,
         )
-    return DiskStore(ctx.data_dir)
+    return DiskStore(disk_directory(ctx))
+
+
+def disk_directory(ctx: Ctx) -> Path:
+    """Where ``storage = 'disk'`` keeps the files."""
+    return Path(ctx.options.directory) if ctx.options.directory else ctx.data_dir
 
 
 def service_domain(ctx: Ctx) -> str:
@@ -568,7 +584,8 @@ async def export_files(
         .where(_F.host == ctx.domain, _F.owner == str(event.jid.bare), _F.state == "stored")
         .order_by(_F.created_at)
     )
-    mine = (UserFile(r.name, ctx.data_dir / r.slot, r.content_type) for r in rows)
+    directory = disk_directory(ctx)
+    mine = (UserFile(r.name, directory / r.slot, r.content_type) for r in rows)
     return (*files, *mine)
 
 

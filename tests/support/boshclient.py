@@ -31,11 +31,17 @@ def body(rid: int, sid: str | None = None, content: str = "", **attrs: str) -> s
 
 
 class BoshClient:
-    """One BOSH session against ``url`` (``.../http-bind``)."""
+    """One BOSH session against ``url`` (``.../http-bind``); with ``also``, successive
+    requests go to ``url`` and the ``also`` URLs in turn (the nodes of a cluster)."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, also: tuple[str, ...] = ()
+    ) -> None:
         self.session = session
         self.url = url
+        self.urls = (url, *also)
+        self.posts = 0
+        """Requests sent so far (request N went to ``urls[N % len(urls)]``)."""
         self.rid = random.randint(1_000_000, 9_000_000)
         self.sid = ""
         self.created: Element | None = None
@@ -43,8 +49,10 @@ class BoshClient:
 
     async def post(self, data: str | bytes, headers: dict[str, str] | None = None) -> Element:
         """POST raw data; the response <body/> (HTTP 200 expected)."""
+        url = self.urls[self.posts % len(self.urls)]
+        self.posts += 1
         async with self.session.post(
-            self.url,
+            url,
             data=data.encode() if isinstance(data, str) else data,
             headers={"Content-Type": "text/xml; charset=utf-8", **(headers or {})},
         ) as r:

@@ -244,6 +244,8 @@ def running_cluster(
                         options={
                             **(cluster or {}),
                             **({"public_address": f"127.0.0.1:{p1}"} if public_addresses else {}),
+                            # the BOSH relay listener: loopback, a free port
+                            **({"http_address": "127.0.0.1"} if http else {}),
                         },
                     ),
                     admins=admins,
@@ -304,7 +306,8 @@ def start_node(node: XmppdServer) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    _wait_listening(node.process, (node.starttls_port, node.direct_tls_port), node.log_path)
+    ports = (node.starttls_port, node.direct_tls_port, node.http_port)
+    _wait_listening(node.process, tuple(p for p in ports if p), node.log_path)
 
 
 class RedisProcess:

@@ -91,6 +91,9 @@ class Membership:
         self._healthy_since = 0.0
         self.incarnation = os.urandom(8).hex()
         """Tells this run of the node from an earlier one with the same name."""
+        self.info: dict[str, object] = {}
+        """What else this node tells the others in its entry of the nodes hash (such
+        as ``http``: where it takes HTTP requests passed on by other nodes)."""
 
     def owner_of(self, key: str) -> str:
         """The live node that owns ``key`` (a room JID, a remote domain)."""
@@ -108,6 +111,7 @@ class Membership:
         """Renew the heartbeat and announce this node (also the first time)."""
         info = json.dumps(
             {
+                **self.info,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "since": time.time(),

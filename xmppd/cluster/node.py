@@ -4,6 +4,7 @@ the stanza bus and the membership, and cleans up after dead nodes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -209,6 +210,26 @@ class ClusterNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
+
+    async def announce(self, **fields: object) -> None:
+        """Add ``fields`` to what this node publishes about itself in the nodes hash
+        (kept at every heartbeat; written now)."""
+        self.membership.info.update(fields)
+        try:
+            await self.membership.beat()
+        except OUTAGE_ERRORS as exc:
+            log.warning("cluster: could not announce %s yet: %s", ", ".join(fields), exc)
+
+    async def node_info(self, node: str) -> dict[str, Any]:
+        """What ``node`` published about itself (empty when it is not a member)."""
+        raw = await self.redis.hget(self.keys.nodes(), node)
+        if not raw:
+            return {}
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
     # ------------------------------------------------------------------ placement
 

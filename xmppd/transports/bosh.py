@@ -17,8 +17,9 @@ condition='...'/>``. A stream error goes out as ``remote-stream-error`` with the
 ``<stream:error/>`` inside. When the session ends without a ``terminate`` (inactivity),
 the stream sees a lost connection, so a session with stream management can resume.
 
-Session state lives in this process (see docs/architecture.md for what a cluster
-needs).
+Session state lives in this process. In a cluster the session id names its node,
+and a request that lands on another node is passed on to it
+(:mod:`xmppd.transports.boshrelay`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lxml import etree
 
 from xmppd import ns
 from xmppd.errors import StreamError
-from xmppd.httproutes import client_of
+from xmppd.httproutes import HttpClient, client_of
 from xmppd.stream.wsframing import WEBSOCKET, FramedReader, qualify_stanza
 from xmppd.stream.xmlreader import XmlReader
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from xmppd.metrics import Metrics
     from xmppd.stanza import Element
     from xmppd.stream.transport import Framing, StreamInput, Transport
+    from xmppd.transports.boshrelay import BoshRelay
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +142,10 @@ class BoshSession:
         wait: float,
         hold: int,
         domain: str,
+        sid_suffix: str = "",
     ) -> None:
         self._endpoint = endpoint
-        self.sid = secrets.token_urlsafe(18)
+        self.sid = secrets.token_urlsafe(18) + sid_suffix
         self.peer = peer
         self.is_secure = is_secure
         self.rid = rid
@@ -485,6 +488,8 @@ class BoshEndpoint:
         self.hosts = hosts
         self.origin_allowed = origin_allowed
         self.sessions: dict[str, BoshSession] = {}
+        self.relay: BoshRelay | None = None
+        """In a cluster: passes requests for other nodes' sessions on to them."""
         self._per_address: dict[str, int] = {}
         """Live sessions by client address (``http.max_connections_per_ip`` each)."""
         self._opened = metrics.counter("bosh_sessions_opened", "BOSH sessions created")
@@ -527,27 +532,41 @@ class BoshEndpoint:
         except TimeoutError:
             log.warning("bosh: %s too slow to send its request body; closing", request.remote)
             return await _too_slow(request)
-        try:
-            out = await self._respond(request, data)
-        except BoshError as err:
-            out = _terminate_body(err.condition)
+        out = await self.answer(data, client_of(request))
         return web.Response(body=out, content_type=CONTENT_TYPE, charset="utf-8", headers=headers)
 
-    async def _respond(self, request: web.Request, data: bytes) -> bytes:
+    async def answer(self, data: bytes, client: HttpClient, *, relayed: bool = False) -> bytes:
+        """The response body to the request body ``data`` from ``client``. A request
+        for a session of another node is passed on to it, unless it was ``relayed``
+        here already (then only this node's sessions are served)."""
+        try:
+            return await self._respond(data, client, relayed)
+        except BoshError as err:
+            return _terminate_body(err.condition)
+
+    async def _respond(self, data: bytes, client: HttpClient, relayed: bool) -> bytes:
         body = parse_body(data, self.c2s.max_stanza_size)
         rid = _int_attr(body, "rid")
         if rid is None:
             raise BoshError("bad-request")
         sid = body.get("sid")
         if sid is None:
-            return await self._create(request, body, rid)
+            if relayed:
+                raise BoshError("bad-request")
+            return await self._create(client, body, rid)
         session = self.sessions.get(sid)
         if session is None:
-            raise BoshError("item-not-found")
+            owner = self.relay.owner(sid) if self.relay is not None else None
+            if owner is None or relayed:
+                raise BoshError("item-not-found")
+            assert self.relay is not None
+            out = await self.relay.forward(owner, data, client)
+            if out is None:
+                raise BoshError("item-not-found")  # its node is gone, and the session too
+            return out
         return await session.request(body, rid)
 
-    async def _create(self, request: web.Request, body: Element, rid: int) -> bytes:
-        client = client_of(request)
+    async def _create(self, client: HttpClient, body: Element, rid: int) -> bytes:
         if not client.secure and self.c2s.require_encryption:
             raise BoshError("policy-violation")
         to = (body.get("to") or "").lower()
@@ -571,6 +590,7 @@ class BoshEndpoint:
             wait=float(min(max(wait, 1), int(self.config.bosh_max_wait))),
             hold=min(hold, self.config.bosh_max_hold),
             domain=to,
+            sid_suffix=self.relay.sid_suffix if self.relay is not None else "",
         )
         self.sessions[session.sid] = session
         self._per_address[client.address] = count + 1

@@ -20,7 +20,8 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
@@ -154,28 +155,42 @@ class HttpFront:
         client = self._client(request)
         request[CLIENT] = client
         method = request.method if request.method in _METHOD_LABELS else "other"
-        count = self._per_address.get(client.address, 0)
+        with self.count_request(client.address) as admitted:
+            if not admitted:
+                self._requests.labels(method=method, status="429").inc()
+                return web.Response(status=429, text="too many concurrent requests\n")
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                self._requests.labels(method=method, status=str(status)).inc()
+
+    @contextmanager
+    def count_request(self, address: str) -> Iterator[bool]:
+        """Count an open request from ``address`` while the block runs; ``False`` (not
+        counted) when the address has ``max_connections_per_ip`` open already. Also
+        used for BOSH requests other cluster nodes pass on, with the real client's
+        address."""
+        count = self._per_address.get(address, 0)
         if count >= self.config.max_connections_per_ip:
             self._refused.inc()
-            self._requests.labels(method=method, status="429").inc()
-            log.warning("http: too many concurrent requests from %s", client.address)
-            return web.Response(status=429, text="too many concurrent requests\n")
-        self._per_address[client.address] = count + 1
-        status = 500
+            log.warning("http: too many concurrent requests from %s", address)
+            yield False
+            return
+        self._per_address[address] = count + 1
         try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
+            yield True
         finally:
-            left = self._per_address[client.address] - 1
+            left = self._per_address[address] - 1
             if left:
-                self._per_address[client.address] = left
+                self._per_address[address] = left
             else:
-                del self._per_address[client.address]
-            self._requests.labels(method=method, status=str(status)).inc()
+                del self._per_address[address]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         methods = self.routes.methods_for(request.path)
