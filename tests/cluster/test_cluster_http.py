@@ -118,7 +118,7 @@ async def test_bosh_through_the_round_robin_front(cluster: ClusterNodes) -> None
 
 
 async def test_unknown_sid_and_unsigned_relay(cluster: ClusterNodes) -> None:
-    node1, node2 = cluster.nodes
+    node2 = cluster.nodes[1]
     async with aiohttp.ClientSession() as http:
         client = BoshClient(http, bosh_url(node2))
         for sid in ("nothere.node1", "nothere.node9", "nothere", "nothere.node2"):
@@ -188,6 +188,47 @@ async def test_websocket_on_one_node_chats_with_tcp_on_another(cluster: ClusterN
             tcp.xmpp.send_message(mto=full, mbody="to ws", mtype="chat")
             await ws.expect(is_message("to ws"))
     assert ws_jid
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[ClusterNodes]:
+    """Two nodes behind a trusted proxy, at most 2 open requests per client address."""
+    extra = '[http]\nmax_connections_per_ip = 2\ntrusted_proxies = ["127.0.0.1"]\n'
+    with running_cluster(tmp_path, nodes=2, http=True, extra=extra) as nodes:
+        yield nodes
+
+
+async def test_relayed_requests_count_against_the_real_client_address(
+    limited: ClusterNodes,
+) -> None:
+    """Three clients each hold a request through node2 on their sessions on node1:
+    node1 counts each under its own address (not node2's), and one address's requests
+    sent directly and relayed count together there."""
+    node1, node2 = limited.nodes
+    async with aiohttp.ClientSession() as http:
+        clients: list[BoshClient] = []
+        for i in range(4):
+            name, _ = await new_user(node1)
+            client = BoshClient(http, bosh_url(node1), also=(bosh_url(node2),))
+            client.headers = {"X-Forwarded-For": f"198.51.100.{min(i, 2) + 1}"}
+            await client.login(name, PW, resource=f"r{i}")
+            assert client.sid.endswith(".node1")
+            clients.append(client)
+        # Clients 0, 1, 2 (three addresses) hold a request each through node2.
+        for client in clients[:3]:
+            client.urls = (bosh_url(node2),)
+        held = [asyncio.create_task(c.send()) for c in clients[:3]]
+        # Address .3 (clients 2 and 3): one more relayed, one direct to node1 ...
+        await asyncio.sleep(0.5)
+        clients[3].urls = (bosh_url(node1),)
+        third = asyncio.create_task(clients[3].send())
+        await asyncio.sleep(0.5)
+        # ... and node1 refuses a third from .3 relayed by node2 (node2 counts 2).
+        again = body(clients[2].next_rid(), clients[2].sid)
+        async with http.post(bosh_url(node2), data=again, headers=clients[2].headers) as r:
+            assert r.status == 429, await r.text()
+        for out in await asyncio.gather(*held, third):
+            assert out.get("type") is None, etree.tostring(out)  # empty after wait
 
 
 async def test_bosh_owner_killed_ends_the_session(cluster: ClusterNodes) -> None:

@@ -42,6 +42,8 @@ class BoshClient:
         self.urls = (url, *also)
         self.posts = 0
         """Requests sent so far (request N went to ``urls[N % len(urls)]``)."""
+        self.headers: dict[str, str] = {}
+        """Sent with every request (``X-Forwarded-For``...)."""
         self.rid = random.randint(1_000_000, 9_000_000)
         self.sid = ""
         self.created: Element | None = None
@@ -54,7 +56,7 @@ class BoshClient:
         async with self.session.post(
             url,
             data=data.encode() if isinstance(data, str) else data,
-            headers={"Content-Type": "text/xml; charset=utf-8", **(headers or {})},
+            headers={"Content-Type": "text/xml; charset=utf-8", **self.headers, **(headers or {})},
         ) as r:
             assert r.status == 200, (r.status, await r.text())
             return etree.fromstring(await r.read())

@@ -118,7 +118,9 @@ class BoshRelay:
 
     async def forward(self, node: str, data: bytes, client: HttpClient) -> bytes | None:
         """Pass a request body on to ``node`` and return its answer; ``None`` when the
-        node is gone or cannot be reached (the session is lost)."""
+        node is gone or cannot be reached (the session is lost);
+        :class:`aiohttp.web.HTTPTooManyRequests` when the owner refused the request
+        by the per-address limit."""
         if not self._is_live(node):
             return None
         url = await self._address(node, fresh=False)
@@ -174,6 +176,10 @@ class BoshRelay:
         }
         async with self._client.post(url + PATH, data=data, headers=headers) as response:
             body = await response.read()
+            if response.status == 429:
+                # The client has too many requests open on the owner (counted with
+                # those it sent there directly): it hears so, the session lives on.
+                raise web.HTTPTooManyRequests(text="too many concurrent requests\n")
             if response.status != 200:
                 log.warning("bosh relay: node %s answered %d", node, response.status)
                 return None
