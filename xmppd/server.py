@@ -251,7 +251,7 @@ class Server:
         relay = BoshRelay(
             cluster.name,
             derive(self.secret, "cluster-http"),
-            is_live=cluster.membership.is_live,
+            is_live=cluster.is_live_now,
             address_of=address_of,
             hold_timeout=self.config.http.bosh_max_wait + 30,
             max_body=self.config.c2s.max_stanza_size + BODY_OVERHEAD,

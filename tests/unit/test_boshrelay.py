@@ -43,7 +43,7 @@ async def test_relay_address_defaults_to_the_http_listener() -> None:
 
 def test_signature_binds_nodes_client_and_body() -> None:
     key = b"k" * 32
-    a = BoshRelay("a", key, is_live=lambda n: True, address_of=_none, hold_timeout=5, max_body=1)
+    a = BoshRelay("a", key, is_live=_yes, address_of=_none, hold_timeout=5, max_body=1)
     client = HttpClient("198.51.100.7", True, "")
     stamp = f"{time.time():.3f}"
     good = a._sign("b", "a", stamp, client, b"<body/>")
@@ -52,11 +52,13 @@ def test_signature_binds_nodes_client_and_body() -> None:
     assert good != a._sign("b", "a", stamp, HttpClient("198.51.100.8", True, ""), b"<body/>")
     assert good != a._sign("b", "a", stamp, HttpClient("198.51.100.7", False, ""), b"<body/>")
     assert good != a._sign("b", "a", stamp, client, b"<body rid='2'/>")
-    other = BoshRelay(
-        "a", b"x" * 32, is_live=lambda n: True, address_of=_none, hold_timeout=5, max_body=1
-    )
+    other = BoshRelay("a", b"x" * 32, is_live=_yes, address_of=_none, hold_timeout=5, max_body=1)
     assert good != other._sign("b", "a", stamp, client, b"<body/>")
 
 
 async def _none(node: str) -> str | None:
     return None
+
+
+async def _yes(node: str) -> bool:
+    return True

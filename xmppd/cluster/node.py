@@ -231,6 +231,16 @@ class ClusterNode:
             return {}
         return info if isinstance(info, dict) else {}
 
+    async def is_live_now(self, node: str) -> bool:
+        """Whether ``node`` is live: in this node's view, or (a node that joined since
+        the last look at the members) by its heartbeat key in Redis."""
+        if self.membership.is_live(node):
+            return True
+        try:
+            return bool(await self.redis.exists(self.keys.heartbeat(node)))
+        except OUTAGE_ERRORS:
+            return False
+
     # ------------------------------------------------------------------ placement
 
     def owner_of(self, key: str) -> str:

@@ -68,12 +68,13 @@ class BoshRelay:
         node: str,
         key: bytes,
         *,
-        is_live: Callable[[str], bool],
+        is_live: Callable[[str], Awaitable[bool]],
         address_of: Callable[[str], Awaitable[str | None]],
         hold_timeout: float,
         max_body: int,
     ) -> None:
-        """``address_of(node)``: the relay URL a node published (``None``: none);
+        """``is_live(node)``: whether a node is a live member of the cluster;
+        ``address_of(node)``: the relay URL it published (``None``: none);
         ``hold_timeout``: longest an owner may hold a request (``bosh_max_wait`` and
         a margin)."""
         self.node = node
@@ -121,7 +122,7 @@ class BoshRelay:
         node is gone or cannot be reached (the session is lost);
         :class:`aiohttp.web.HTTPTooManyRequests` when the owner refused the request
         by the per-address limit."""
-        if not self._is_live(node):
+        if not await self._is_live(node):
             return None
         url = await self._address(node, fresh=False)
         if url is None:
