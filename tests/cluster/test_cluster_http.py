@@ -92,6 +92,16 @@ async def test_bosh_requests_alternate_between_nodes(cluster: ClusterNodes) -> N
             # held requests, through either node, carry the messages
             await client.until(is_message(f"to bosh {i}"))
         assert len({client.urls[n % 2] for n in range(client.posts)}) == 2
+        # A request held on node1 through node2 is answered as soon as a message comes.
+        client.urls = (bosh_url(node2),)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        held = asyncio.create_task(client.send())
+        await asyncio.sleep(0.5)
+        b.xmpp.send_message(mto=jid, mbody="while held", mtype="chat")
+        out = await held
+        assert [el for el in out if is_message("while held")(el)], etree.tostring(out)
+        assert loop.time() - started < 3  # not after the 5 s wait
         out = await client.send(type="terminate")
         assert out.get("type") == "terminate"
 

@@ -48,6 +48,8 @@ HEADER_SIGNATURE: Final = "X-Xmppd-Signature"
 MAX_SKEW: Final = 60.0
 """Seconds a relayed request's time stamp may differ from the owner's clock."""
 CONNECT_TIMEOUT: Final = 5.0
+BODY_TIMEOUT: Final = 10.0
+"""A relayed body (sent whole by a node) must have arrived within this time."""
 
 Answer = Callable[[bytes, HttpClient], Awaitable[bytes]]
 """The owner's side: answer a request body for ``client`` (its sessions only)."""
@@ -206,7 +208,11 @@ class BoshRelay:
         return self.url
 
     async def _take(self, request: web.Request) -> web.StreamResponse:
-        data = await request.read()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                data = await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout() from None
         client = self._verify(request, data)
         if client is None:
             self.refused += 1
