@@ -34,8 +34,9 @@ UPLOAD = "urn:xmpp:http:upload:0"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNodes]:
     tmp: Path = tmp_path_factory.mktemp("httpcluster")
-    shared = tmp / "uploads"  # what an NFS mount or a shared volume is in production
-    modules = {**DEFAULT_TEST_MODULES, "http_upload": {"directory": str(shared)}}
+    # running_cluster points both nodes' upload directory at one (an NFS mount or a
+    # shared volume in production)
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {}}
     with running_cluster(tmp, nodes=2, http=True, modules=modules) as nodes:
         yield nodes
 

@@ -184,6 +184,17 @@ def cluster_extra(
     )
 
 
+def shared_uploads(tmp: Path, modules: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Uploads on disk go to one directory all nodes share (what an NFS mount is in
+    production): the first node's own, so tests find the files where one server
+    keeps them."""
+    options = modules.get("http_upload")
+    if options is None or options.get("storage") == "s3" or options.get("directory"):
+        return modules
+    shared = tmp / "node1" / "data" / "mod_http_upload"
+    return {**modules, "http_upload": {**options, "directory": str(shared)}}
+
+
 @contextmanager
 def running_cluster(
     tmp: Path,
@@ -208,6 +219,7 @@ def running_cluster(
     from tests.support.server import DEFAULT_TEST_MODULES
 
     redis_or_skip(redis_url)
+    modules = shared_uploads(tmp, DEFAULT_TEST_MODULES if modules is None else modules)
     prefix = f"t{uuid.uuid4().hex[:10]}"
     started: list[XmppdServer] = []
     logs: list[Any] = []
@@ -233,7 +245,7 @@ def running_cluster(
                     starttls_port=p1,
                     direct_tls_port=p2,
                     domain=domain,
-                    modules=DEFAULT_TEST_MODULES if modules is None else modules,
+                    modules=modules,
                     hooks=hooks,
                     extra=extra
                     + cluster_extra(
