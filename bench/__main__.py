@@ -1,5 +1,5 @@
 """CLI: ``python -m bench SCENARIO`` (all, sessions, tls, chat, archive, presence,
-archive-query, muc, storm, ws-sessions, ws-chat, upload, echo-ceiling).
+archive-query, muc, storm, ws-sessions, ws-chat, upload, cluster, echo-ceiling).
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
@@ -26,6 +26,8 @@ from typing import Any
 
 from bench.archive import run_archive, run_archive_query
 from bench.certs import CertFiles, make_certificate
+from bench.cluster import ClusterSettings, run_cluster
+from bench.cluster import quick as cluster_quick
 from bench.common import (
     DOMAIN,
     GENERATOR_CPU,
@@ -45,6 +47,7 @@ from bench.report import (
     archive_query_report,
     archive_report,
     chat_report,
+    cluster_report,
     emit_json,
     muc_report,
     presence_report,
@@ -71,6 +74,12 @@ DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
 #: Every scenario, in the order ``all`` runs them.
 SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc", "storm"]
 SCENARIOS += WEB_SCENARIOS  # ws-sessions, ws-chat, upload (bench/web.py)
+SCENARIOS += ["cluster"]  # xmppd only: two nodes and a Redis (bench/cluster.py)
+#: Scenarios only xmppd has (the others have no such feature to compare).
+XMPPD_ONLY = {
+    "archive-query": "archive-query is measured for xmppd only",
+    "cluster": "cluster is xmppd only (Prosody and ejabberd have no comparable Redis cluster)",
+}
 #: Scenarios with an echo-server ceiling of their own (archive uses chat's).
 ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
 #: Where ``--docs-charts`` copies the charts of the run.
@@ -144,6 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--storm-pairs", type=int, help="storm: chatting pairs among them (200)")
     parser.add_argument("--storm-rate", type=int, help="storm: their messages/s in all (1000)")
+    parser.add_argument("--cluster-pairs", type=int, help="cluster: chat pairs (200)")
+    parser.add_argument("--cluster-rates", type=_int_list, help="cluster: rates, msg/s (2000,5000)")
+    parser.add_argument("--cluster-step-seconds", type=float, help="cluster: step length (5)")
+    parser.add_argument("--cluster-repeats", type=int, help="cluster: steps per rate (3)")
+    parser.add_argument(
+        "--cluster-idle-sessions", type=int, help="cluster: idle sessions for memory (2000)"
+    )
     parser.add_argument(
         "--docs-charts",
         action="store_true",
@@ -264,6 +280,23 @@ def web_settings_from(args: argparse.Namespace) -> WebSettings:
     return w
 
 
+def cluster_settings_from(args: argparse.Namespace) -> ClusterSettings:
+    c = ClusterSettings()
+    if args.quick:
+        cluster_quick(c)
+    overrides = {
+        "pairs": args.cluster_pairs,
+        "rates": args.cluster_rates,
+        "step_seconds": args.cluster_step_seconds,
+        "repeats": args.cluster_repeats,
+        "idle_sessions": args.cluster_idle_sessions,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(c, name, value)
+    return c
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -310,6 +343,7 @@ class Runner:
         self.args = args
         self.settings = settings_from(args)
         self.web = web_settings_from(args)
+        self.cluster = cluster_settings_from(args)
         if args.command == "all":
             self.scenarios = list(SCENARIOS)
         elif args.command == "echo-ceiling":
@@ -358,10 +392,12 @@ class Runner:
     def _scenarios_for(self, name: str) -> list[str]:
         if name == "echo":
             return [s for s in self.scenarios if s in ECHO_SCENARIOS]
-        if name != "xmppd" and "archive-query" in self.scenarios:
-            log(f"{name}: archive-query is measured for xmppd only; skipped")
-            return [s for s in self.scenarios if s != "archive-query"]
-        return self.scenarios
+        if name == "xmppd":
+            return self.scenarios
+        for scenario, why in XMPPD_ONLY.items():
+            if scenario in self.scenarios:
+                log(f"{name}: {why}; skipped")
+        return [s for s in self.scenarios if s not in XMPPD_ONLY]
 
     def _setup(self, server: Server, scenarios: list[str]) -> float:
         """Configure ``server`` and create its accounts; returns the seconds it took."""
@@ -447,6 +483,8 @@ class Runner:
             return [run_ws_chat(server, s, self.web, log)]
         if scenario == "upload":
             return [run_upload(server, self.web, log)]
+        if scenario == "cluster":
+            return [run_cluster(server, s, self.cluster, log)]
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def record(self, scenario: str, result: dict[str, Any]) -> None:
@@ -486,6 +524,7 @@ class Runner:
             ),
             "ws-chat": lambda: ws_chat_report(self.results["ws-chat"], self.web.ws_pairs),
             "upload": lambda: upload_report(self.results["upload"]),
+            "cluster": lambda: cluster_report(self.results["cluster"]),
         }
         print()
         for scenario in self.scenarios:

@@ -573,3 +573,72 @@ def storm_report(results: Sequence[Result]) -> str:
         out.append(_table(header, rows))
     out.extend(_error_lines(results))
     return "\n".join(out)
+
+
+def cluster_report(results: Sequence[Result]) -> str:
+    """Same-node against cross-node per rate (medians over the repeats), Redis memory per
+    session and the nodes' memory per local and remote session."""
+    out = [
+        "== cluster (xmppd only: two nodes, one Redis; Prosody and ejabberd have no "
+        "comparable Redis cluster); CPU = nodes A + B, per delivered message =="
+    ]
+    for r in results:
+        if "error" in r:
+            continue
+        out.append(
+            f"{r['pairs']} pairs, {r['step_seconds']} s steps x {r['repeats']}; "
+            f"{r['placement_of_processes']}; {r['redis']}"
+        )
+        header = [
+            "placement",
+            "rate",
+            "p50 ms",
+            "p99 ms",
+            "lost",
+            "CPU µs/msg",
+            "A",
+            "B",
+            "Redis",
+            "Redis cmd/msg",
+            "Redis B in/msg",
+            "Redis B out/msg",
+            "core0 %",
+        ]
+        rows = []
+        for placement, data in r["placements"].items():
+            for rate, row in data["by_rate"].items():
+                rows.append(
+                    [
+                        placement,
+                        _num(int(rate)),
+                        _num(row["p50_ms"], 2),
+                        _num(row["p99_ms"], 2),
+                        _num(row["lost"]),
+                        _num(row["cpu_us_per_msg"]),
+                        _num(row["cpu_us_per_msg_node_a"]),
+                        _num(row["cpu_us_per_msg_node_b"]),
+                        _num(row["cpu_us_per_msg_redis"]),
+                        _num(row["redis_commands_per_msg"], 2),
+                        _num(row["redis_net_in_bytes_per_msg"], 0),
+                        _num(row["redis_net_out_bytes_per_msg"], 0),
+                        _num(row["core0_busy_pct"], 0),
+                    ]
+                )
+        out.append(_table(header, rows))
+        for rate, o in r["cross_node_overhead"].items():
+            out.append(
+                f"cross-node overhead at {int(rate):,} msg/s: "
+                f"+{_num(o['extra_cpu_us_per_msg'])} µs/msg ({_num(o['cpu_ratio'], 2)}x)"
+            )
+        idle = {p: d["redis_idle_commands_per_s"] for p, d in r["placements"].items()}
+        out.append(f"Redis commands/s while idle (heartbeats, blocking reads): {idle}")
+        m = r["memory"]
+        out.append(
+            f"{m['idle_sessions_ok']:,} idle sessions on node B: Redis "
+            f"{_num(m['redis_bytes_per_session'], 0)} B/session, "
+            f"{_num(m['redis_keys_per_session'], 2)} keys/session; RSS per session: node B "
+            f"(holds it) {_num(m['node_b_kb_per_local_session'], 2)} KiB, node A (its view) "
+            f"{_num(m['node_a_kb_per_remote_session'], 3)} KiB"
+        )
+    out.extend(_error_lines(results))
+    return "\n".join(out)
