@@ -53,11 +53,15 @@ from bench.scenarios import Log, Settings, _chat_step, background_load, login_se
 from bench.servers.base import Server, ServerUnavailable
 from bench.servers.xmppd import XmppdServer
 from bench.xmpp import SCRAM_SHA1
+from xmppd.cluster.keys import Keys
 
 #: The two placements of a pair's parties, in the order they run.
 PLACEMENTS = ("same-node", "cross-node")
 #: Key prefix of the cluster in its Redis.
 KEY_PREFIX = "bench"
+#: The session log every node tails (a stream capped at ~100,000 entries by the nodes:
+#: its share of the memory per session does not grow with the cluster).
+SESSION_LOG = Keys(KEY_PREFIX).session_log()
 
 
 @dataclass
@@ -151,6 +155,11 @@ class RedisServer:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
+    def key_bytes(self, key: str) -> int:
+        """``MEMORY USAGE key SAMPLES 0`` (every element counted); 0 if it does not exist."""
+        assert self._client is not None
+        return int(self._client.memory_usage(key, samples=0) or 0)
 
 
 def command_calls(info: Mapping[str, Any]) -> dict[str, int]:
@@ -429,11 +438,13 @@ def _idle_sessions(
     users = [user_name(2 * cs.pairs + i) for i in range(n)]
     time.sleep(1.0)
     info0 = RedisSample.of(redis.info())
+    log0 = redis.key_bytes(SESSION_LOG)
     rss_a0, rss_b0 = tree_rss_kb(a.pid), tree_rss_kb(b.pid)
     login = login_sessions(pool, b, users, settings, mechanism=SCRAM_SHA1)
     ok = login["ok"]
     time.sleep(3.0)  # A has read the session log; allocator settled
     info1 = RedisSample.of(redis.info())
+    log1 = redis.key_bytes(SESSION_LOG)
     rss_a1, rss_b1 = tree_rss_kb(a.pid), tree_rss_kb(b.pid)
     pool.call_all("close", [{}] * len(pool))
     res = {
@@ -443,6 +454,7 @@ def _idle_sessions(
         "redis_used_memory_before": info0.used_memory,
         "redis_used_memory_after": info1.used_memory,
         "redis_bytes_per_session": per(info1.used_memory - info0.used_memory, ok, 1),
+        "redis_session_log_bytes_per_session": per(log1 - log0, ok, 1),
         "redis_keys_before": info0.keys,
         "redis_keys_after": info1.keys,
         "redis_keys_per_session": per(info1.keys - info0.keys, ok, 3),
@@ -453,8 +465,10 @@ def _idle_sessions(
     }
     log(
         f"cluster: {ok}/{n} idle sessions on node B: Redis "
-        f"{res['redis_bytes_per_session']} B and {res['redis_keys_per_session']} keys per "
-        f"session; RSS per session: B (holds it) {res['node_b_kb_per_local_session']} KiB, "
+        f"{res['redis_bytes_per_session']} B (session log "
+        f"{res['redis_session_log_bytes_per_session']} B) and "
+        f"{res['redis_keys_per_session']} keys per session; RSS per session: "
+        f"B (holds it) {res['node_b_kb_per_local_session']} KiB, "
         f"A (view) {res['node_a_kb_per_remote_session']} KiB"
     )
     return res

@@ -635,7 +635,8 @@ def cluster_report(results: Sequence[Result]) -> str:
         m = r["memory"]
         out.append(
             f"{m['idle_sessions_ok']:,} idle sessions on node B: Redis "
-            f"{_num(m['redis_bytes_per_session'], 0)} B/session, "
+            f"{_num(m['redis_bytes_per_session'], 0)} B/session (session log "
+            f"{_num(m.get('redis_session_log_bytes_per_session'), 0)} B of it), "
             f"{_num(m['redis_keys_per_session'], 2)} keys/session; RSS per session: node B "
             f"(holds it) {_num(m['node_b_kb_per_local_session'], 2)} KiB, node A (its view) "
             f"{_num(m['node_a_kb_per_remote_session'], 3)} KiB"

@@ -36,6 +36,7 @@ def test_tiny_cluster_run(tmp_path: Path) -> None:
     # entry in the node's session set: hundreds of bytes to a few KiB each.
     assert 0.9 <= memory["redis_keys_per_session"] <= 1.1
     assert 100 < memory["redis_bytes_per_session"] < 20_000
+    assert 0 < memory["redis_session_log_bytes_per_session"] < memory["redis_bytes_per_session"]
     assert memory["node_b_kb_per_local_session"] is not None
 
     same = res["placements"]["same-node"]

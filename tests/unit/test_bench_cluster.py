@@ -165,6 +165,7 @@ def test_the_report_has_one_row_per_placement_and_rate() -> None:
         "memory": {
             "idle_sessions_ok": 100,
             "redis_bytes_per_session": 1787.0,
+            "redis_session_log_bytes_per_session": 300.0,
             "redis_keys_per_session": 1.01,
             "node_b_kb_per_local_session": 30.5,
             "node_a_kb_per_remote_session": 1.25,
@@ -175,5 +176,8 @@ def test_the_report_has_one_row_per_placement_and_rate() -> None:
     assert any(line.startswith("same-node ") and "120.0" in line for line in lines)
     assert any(line.startswith("cross-node") and "280.0" in line for line in lines)
     assert "cross-node overhead at 2,000 msg/s: +160.0 µs/msg (2.33x)" in text
-    assert "Redis 1,787 B/session" in text and "node A (its view) 1.250 KiB" in text
+    assert (
+        "Redis 1,787 B/session (session log 300 B of it)" in text
+        and "node A (its view) 1.250 KiB" in text
+    )
     assert "xmppd: boom" in text
