@@ -12,7 +12,8 @@ cluster, so they are not run.
 First, ``idle_sessions`` accounts log in on node B and stay idle: Redis's ``used_memory``
 and key count before and after give bytes and keys per session, and the RSS of both
 nodes before and after gives the memory of a session on the node that holds it (B) and
-of its entry in every other node's view of the cluster (A).  This comes first, on heaps
+of its entry in every other node's view of the cluster (A), whose CPU time over the
+logins is what a login elsewhere costs every node.  This comes first, on heaps
 that no chat session has churned yet (freed memory would be reused and hide the cost).
 
 Then, for each placement, P pairs are logged in (the sender of pair k on node A; its recipient
@@ -440,12 +441,14 @@ def _idle_sessions(
     info0 = RedisSample.of(redis.info())
     log0 = redis.key_bytes(SESSION_LOG)
     rss_a0, rss_b0 = tree_rss_kb(a.pid), tree_rss_kb(b.pid)
+    cpu_a0 = a.cpu_seconds()
     login = login_sessions(pool, b, users, settings, mechanism=SCRAM_SHA1)
     ok = login["ok"]
     time.sleep(3.0)  # A has read the session log; allocator settled
     info1 = RedisSample.of(redis.info())
     log1 = redis.key_bytes(SESSION_LOG)
     rss_a1, rss_b1 = tree_rss_kb(a.pid), tree_rss_kb(b.pid)
+    cpu_a1 = a.cpu_seconds()
     pool.call_all("close", [{}] * len(pool))
     res = {
         "idle_sessions": n,
@@ -462,6 +465,9 @@ def _idle_sessions(
         "node_b_kb_per_local_session": per(rss_b1 - rss_b0, ok, 2),
         "node_a_rss_kb": [rss_a0, rss_a1],
         "node_a_kb_per_remote_session": per(rss_a1 - rss_a0, ok, 3),
+        # What a login elsewhere costs every other node (reading the session log into
+        # its view), heartbeats of the same seconds included.
+        "node_a_cpu_us_per_remote_login": per(1e6 * (cpu_a1 - cpu_a0), ok, 1),
     }
     log(
         f"cluster: {ok}/{n} idle sessions on node B: Redis "
@@ -469,7 +475,8 @@ def _idle_sessions(
         f"{res['redis_session_log_bytes_per_session']} B) and "
         f"{res['redis_keys_per_session']} keys per session; RSS per session: "
         f"B (holds it) {res['node_b_kb_per_local_session']} KiB, "
-        f"A (view) {res['node_a_kb_per_remote_session']} KiB"
+        f"A (view) {res['node_a_kb_per_remote_session']} KiB and "
+        f"{res['node_a_cpu_us_per_remote_login']} µs of CPU"
     )
     return res
 

@@ -639,7 +639,8 @@ def cluster_report(results: Sequence[Result]) -> str:
             f"{_num(m.get('redis_session_log_bytes_per_session'), 0)} B of it), "
             f"{_num(m['redis_keys_per_session'], 2)} keys/session; RSS per session: node B "
             f"(holds it) {_num(m['node_b_kb_per_local_session'], 2)} KiB, node A (its view) "
-            f"{_num(m['node_a_kb_per_remote_session'], 3)} KiB"
+            f"{_num(m['node_a_kb_per_remote_session'], 3)} KiB and "
+            f"{_num(m.get('node_a_cpu_us_per_remote_login'))} µs CPU per login on B"
         )
     out.extend(_error_lines(results))
     return "\n".join(out)

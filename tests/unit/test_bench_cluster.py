@@ -169,6 +169,7 @@ def test_the_report_has_one_row_per_placement_and_rate() -> None:
             "redis_keys_per_session": 1.01,
             "node_b_kb_per_local_session": 30.5,
             "node_a_kb_per_remote_session": 1.25,
+            "node_a_cpu_us_per_remote_login": 80.0,
         },
     }
     text = cluster_report([result, {"scenario": "cluster", "server": "xmppd", "error": "boom"}])
@@ -178,6 +179,6 @@ def test_the_report_has_one_row_per_placement_and_rate() -> None:
     assert "cross-node overhead at 2,000 msg/s: +160.0 µs/msg (2.33x)" in text
     assert (
         "Redis 1,787 B/session (session log 300 B of it)" in text
-        and "node A (its view) 1.250 KiB" in text
+        and "node A (its view) 1.250 KiB and 80.0 µs CPU" in text
     )
     assert "xmppd: boom" in text
