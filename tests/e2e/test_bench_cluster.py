@@ -25,13 +25,13 @@ def test_tiny_cluster_run(tmp_path: Path) -> None:
     except pg.PostgresUnavailable as exc:
         service_unavailable(str(exc))
     server = XmppdServer(tmp_path, free_port())  # gives the run's directory and name only
-    cs = ClusterSettings(pairs=10, rates=[200], step_seconds=1.0, repeats=1, idle_sessions=50)
+    cs = ClusterSettings(pairs=10, rates=[200], step_seconds=1.0, repeats=1, idle_sessions=100)
     logged: list[str] = []
     res = run_cluster(server, Settings(), cs, logged.append)
 
     assert res["scenario"] == "cluster" and res["nodes_alive_after"]
     memory = res["memory"]
-    assert memory["idle_sessions_ok"] == 50
+    assert memory["idle_sessions_ok"] == 100
     # Each session is a hash field of its account's key (one key per account) plus an
     # entry in the node's session set: hundreds of bytes to a few KiB each.
     assert 0.9 <= memory["redis_keys_per_session"] <= 1.1
