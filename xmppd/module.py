@@ -30,6 +30,7 @@ from xmppd.users import register_user, remove_user
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from xmppd.cluster.placement import KeyOf, Placement
     from xmppd.core import Core
     from xmppd.host import Host
     from xmppd.httproutes import HttpHandler
@@ -265,6 +266,7 @@ class ModuleContext(Generic[OptionsT]):
         self._served: list[tuple[str, Destination]] = []
         self._routes: list[tuple[str, str]] = []
         self._invalidation_handlers: list[tuple[str, Callable[[str], None]]] = []
+        self._cluster_listeners: list[Callable[[], None]] = []
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"xmppd.mod.{module.name}"), {"host": host.domain}
@@ -337,11 +339,29 @@ class ModuleContext(Generic[OptionsT]):
             iq.set("from", self.domain)
         return await self._core.request(iq, timeout=timeout)
 
-    def serve_domain(self, domain: str, destination: Destination, *, name: str = "") -> None:
+    def serve_domain(
+        self,
+        domain: str,
+        destination: Destination,
+        *,
+        name: str = "",
+        placed_by: KeyOf | None = None,
+    ) -> Destination:
         """Route every stanza for ``domain`` (and its JIDs) to ``destination`` for as long
         as this module is loaded on this host. The host lists it in its disco#items
         (with ``name``) when it is a subdomain of the host. ``ConfigError`` when
-        something else already serves the domain (a host, a component, a module)."""
+        something else already serves the domain (a host, a component, a module).
+
+        ``placed_by`` (in a cluster): the placement key of a stanza's ``to``
+        (``by_bare_jid``: one room per key; ``by_domain``: the whole service on one
+        node; ``None`` from the function: handled on the node the stanza reached).
+        Each stanza is then handed to ``destination`` on the node that owns its key
+        (see :attr:`cluster`); outside a cluster it changes nothing. Returns what the
+        router hands the domain's stanzas to (the placing wrapper in a cluster): a
+        module that passes a stanza on to a placed thing delivers it there."""
+        cluster = self.cluster
+        if cluster is not None and placed_by is not None:
+            destination = cluster.place(destination, placed_by)
         try:
             self._core.router.add(domain, destination)
         except DomainTaken as exc:
@@ -349,10 +369,28 @@ class ModuleContext(Generic[OptionsT]):
         self._served.append((domain, destination))
         if domain.endswith("." + self.domain):
             self._host.served[domain] = name
+        return destination
 
-    def serve(self, service: ServedDomain) -> None:
+    def serve(self, service: ServedDomain, *, placed_by: KeyOf | None = None) -> Destination:
         """:meth:`serve_domain` for a :class:`~xmppd.service.ServiceDomain`."""
-        self.serve_domain(service.domain, service, name=service.name)
+        return self.serve_domain(service.domain, service, name=service.name, placed_by=placed_by)
+
+    @property
+    def cluster(self) -> Placement | None:
+        """This node's share of the cluster (``None``: a single process): the owner of
+        a placement key (``owner_of``, ``is_mine``), the live nodes. A module that
+        holds placed things (rooms) lets go of those it no longer owns in
+        :meth:`on_cluster_change`."""
+        node = self._core.cluster
+        return None if node is None else node.placement
+
+    def on_cluster_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Run ``listener()`` in the background each time nodes join or leave the
+        cluster (owners may have changed), for as long as this module is loaded. Does
+        nothing outside a cluster."""
+        cluster = self.cluster
+        if cluster is not None:
+            self._cluster_listeners.append(cluster.on_change(listener))
 
     def stop_serving(self) -> None:
         """Remove this context's domains from the routing table and its HTTP routes
@@ -361,6 +399,9 @@ class ModuleContext(Generic[OptionsT]):
             self._core.router.remove(domain, destination)
             self._host.served.pop(domain, None)
         self._served.clear()
+        for remove in self._cluster_listeners:
+            remove()
+        self._cluster_listeners.clear()
         for method, path in self._routes:
             self._core.http.remove(method, path)
         self._routes.clear()

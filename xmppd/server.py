@@ -21,6 +21,7 @@ from xmppd.auth.fast import FastTokens
 from xmppd.auth.throttle import FailedLoginThrottle
 from xmppd.cluster.membership import default_node_name
 from xmppd.cluster.node import ClusterNode
+from xmppd.cluster.placement import by_domain
 from xmppd.cluster.registry import ClusterSessions
 from xmppd.components import ComponentDestination
 from xmppd.config import ServerConfig
@@ -365,7 +366,11 @@ class Server:
             bidi_ready=links.bidi_ready,
         )
         self.s2s = links
-        self.router.default = links
+        # One outgoing link per remote domain for the whole cluster: stanzas to a remote
+        # domain leave through the node that rendezvous hashing of the domain chooses.
+        self.router.default = (
+            links if self.cluster is None else self.cluster.placement.place(links, by_domain)
+        )
         register_metrics(self.metrics, links, self.s2s_incoming)
 
     def _s2s_throttled(self, stream: object) -> None:

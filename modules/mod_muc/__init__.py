@@ -13,7 +13,7 @@ XEP-0421 occupant ids are added to everything a room sends on an occupant's beha
 
 from __future__ import annotations
 
-from xmppd.api import JID, Drop, InvalidJID, Priority, ns
+from xmppd.api import JID, Drop, InvalidJID, Priority, by_bare_jid, ns
 from xmppd.api import hooks as core_hooks  # importing .service binds "hooks" (.hooks)
 from xmppd.api.hooks import PacketContext, ServerEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, find_child, payload
@@ -28,7 +28,10 @@ async def start(ctx: Ctx) -> None:
     service = MucService(ctx)
     await service.archive.start()
     ctx.provide(MUC, service)
-    ctx.serve_domain(service.domain, service, name=service.name)
+    service.entry = ctx.serve_domain(
+        service.domain, service, name=service.name, placed_by=by_bare_jid
+    )
+    ctx.on_cluster_change(service.rebalance)
     rooms = service.rooms
     ctx.metrics.gauge_function("rooms", "Rooms in memory (active).", lambda: len(rooms))
     ctx.metrics.gauge_function(
@@ -68,6 +71,8 @@ async def direct_invitation(ctx: Ctx, stanza: Element, pctx: PacketContext) -> E
     room = service.rooms.get(room_jid.local)
     if room is not None:
         await room.handle(copy(stanza), room_jid.bare, pctx.session.jid)
+    elif not service.holds(room_jid):  # shown to the room on its node
+        await service.entry.deliver(copy(stanza), room_jid.bare, pctx.session.jid, None)
     return stanza
 
 

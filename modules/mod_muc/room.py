@@ -634,7 +634,7 @@ class Room:
                 raise errors.NOT_OCCUPANT()
             await self._groupchat(stanza, occupant, from_)
             return
-        if _addressed_elsewhere(stanza, self.jid):
+        if addressed_elsewhere(stanza, self.jid):
             # A XEP-0249 direct invitation an occupant sent to someone (the service
             # shows it to the room on its way, see the module's user_send_packet fold).
             await self._direct_invite(stanza, occupant, from_)
@@ -1572,7 +1572,7 @@ class _Forwarded(Exception):
     """The IQ was forwarded to an occupant: the answer comes later, from it."""
 
 
-def _addressed_elsewhere(stanza: Element, room: JID) -> bool:
+def addressed_elsewhere(stanza: Element, room: JID) -> bool:
     """A XEP-0249 invitation on its way to someone else (its ``to`` is not the room)."""
     if find_child(stanza, NS_CONFERENCE, "x") is None:
         return False

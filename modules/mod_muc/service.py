@@ -4,8 +4,13 @@ every stanza for the domain to. Stanzas to the service itself go to its
 occupant go to the room, found (or loaded, or created by a join) by its JID.
 
 Rooms are found through :meth:`MucService.room` and handed stanzas with
-:meth:`Room.handle`: that pair is the seam where a cluster would place rooms on
-nodes by hashing the room JID.
+:meth:`Room.handle`. In a cluster the service is served placed by the room's bare JID
+(``ctx.serve_domain(..., placed_by=by_bare_jid)``): each room lives on the node that
+rendezvous hashing of its JID chooses, every node forwards the room's stanzas there,
+and when nodes join or die a node lets go of the rooms it no longer owns
+(:meth:`MucService.rebalance`): their occupants are told with status 332, and the new
+owner loads a persistent room from storage on its first stanza. Queries to the
+service itself (disco, unique names) are answered by the node they reach.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Final
 
 from xmppd.api import (
     JID,
+    Destination,
     IqRequest,
     KeyedLocks,
     ServiceDomain,
@@ -29,7 +35,7 @@ from xmppd_modules.mod_muc.admin import RoomAdmin
 from xmppd_modules.mod_muc.archive import RoomArchive
 from xmppd_modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
 from xmppd_modules.mod_muc.config import Limits, RoomConfig
-from xmppd_modules.mod_muc.room import Room, new_salt
+from xmppd_modules.mod_muc.room import Room, addressed_elsewhere, new_salt
 from xmppd_modules.mod_muc.store import RoomStore
 
 
@@ -51,6 +57,11 @@ class MucService:
         self.service.feature(NS_MUC)
         self.service.iq("get", ns.DISCO_ITEMS, "query")(self._disco_items)
         self.service.iq("get", NS_MUC_UNIQUE, "unique")(self._unique)
+        self.entry: Destination = self
+        """What the router hands the domain's stanzas to: in a cluster, the placement
+        that forwards each to its room's node (set when the service is served)."""
+        self.released = 0
+        """Rooms let go of because another node owns them now (cluster)."""
 
     # RoomHost
     @property
@@ -74,7 +85,32 @@ class MucService:
             del self.rooms[room.name]
 
     async def redeliver(self, stanza: Element, to: JID, from_: JID) -> None:
-        await self.deliver(stanza, to, from_, None)
+        # Through the placement: a room released to another node gets its late stanzas.
+        await self.entry.deliver(stanza, to, from_, None)
+
+    # ------------------------------------------------------------------ cluster
+
+    def holds(self, room: JID) -> bool:
+        """Whether this node holds ``room`` (always, outside a cluster)."""
+        cluster = self._ctx.cluster
+        return cluster is None or cluster.is_mine(str(room.bare))
+
+    async def rebalance(self) -> None:
+        """Nodes joined or died: let go of the rooms another node owns now. Their
+        occupants are told the room shut down (332), so that clients join again (the
+        join reaches the new owner); stanzas already queued for a released room follow
+        it there."""
+        for room in list(self.rooms.values()):
+            if not self.holds(room.jid):
+                await self.release(room)
+
+    async def release(self, room: Room) -> None:
+        """Unload ``room`` from this node (its stored state stays)."""
+        self.forget(room)
+        room.gone = True
+        self.released += 1
+        self._ctx.log.info("room %s moved to another node", room.jid)
+        await room.shutdown()
 
     # ------------------------------------------------------------------ Destination
 
@@ -84,6 +120,8 @@ class MucService:
             return
         room = self.rooms.get(to.local)
         if room is None:
+            if addressed_elsewhere(stanza, to.bare):
+                return  # a direct invitation shown to a room not in memory: no occupant
             try:
                 room = await self.room(to.local, creator=self._creator(stanza, to, from_))
             except StanzaError as err:

@@ -60,7 +60,17 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
-from xmppd.api import JID, InvalidJID, IqRequest, ServiceDomain, ServiceKey, StanzaError, hooks, ns
+from xmppd.api import (
+    JID,
+    InvalidJID,
+    IqRequest,
+    ServiceDomain,
+    ServiceKey,
+    StanzaError,
+    by_domain,
+    hooks,
+    ns,
+)
 from xmppd.api.hooks import UserEvent
 from xmppd.api.stanza import Element, child, error_reply, new_id, payload
 from xmppd_modules.mod_pubsub.common import (
@@ -868,7 +878,14 @@ async def serve(ctx: Ctx) -> None:
         service.iq(kind, namespace, tag)(partial(_at_service, handler, ctx))
     # Ours answers node queries too; without a node, from the facts registered above.
     service.iq("get", ns.DISCO_INFO, "query")(partial(_at_service, disco_info, ctx, service))
-    ctx.serve(service)
+    # In a cluster the whole service lives on one node (chosen by its domain): the node
+    # configurations are cached and changes to a node are serialized in memory.
+    ctx.serve(service, placed_by=by_domain)
+
+    async def moved() -> None:
+        store.forget_all_cached()  # this node may take the service (back) over
+
+    ctx.on_cluster_change(moved)
     ctx.log.info("PubSub service at %s", domain)
 
 

@@ -178,6 +178,11 @@ class NodeStore:
             params["node"] = node
         return params
 
+    def forget_all_cached(self) -> None:
+        """Drop the cached node configurations (another process may have changed the
+        nodes meanwhile: a cluster node that takes a service over)."""
+        self._nodes.clear()
+
     def lock(self, owner: JID) -> asyncio.Lock:
         """The lock that serializes changes to ``owner``'s nodes (hold a reference)."""
         return self._locks.lock(self._key(owner))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from xmppd.access import AccessRule
 from xmppd.api import hooks, ns
 from xmppd.auth.accounts import AccountExists, NoSuchAccount
+from xmppd.cluster.placement import KeyOf, Placement, by_bare_jid, by_domain
 from xmppd.config import Duration, Size
 from xmppd.errors import StanzaError, StreamError
 from xmppd.events import DROP, STOP, Drop, EventHook, FoldHook, Priority, Stop
@@ -40,6 +41,7 @@ __all__ = [
     "INVALIDATE_ALL",
     "STOP",
     "JID",
+    "KeyOf",
     "AccessRule",
     "AccountExists",
     "Destination",
@@ -69,6 +71,7 @@ __all__ = [
     "NoSuchAccount",
     "Options",
     "OwnIqWatch",
+    "Placement",
     "Priority",
     "Scope",
     "ServiceDomain",
@@ -80,6 +83,8 @@ __all__ = [
     "StanzaError",
     "Stop",
     "StreamError",
+    "by_bare_jid",
+    "by_domain",
     "client_of",
     "hooks",
     "ns",

@@ -174,13 +174,36 @@ class Membership:
                     self._on_outage(True)
             await asyncio.sleep(self._interval)
 
+    async def refresh(self) -> None:
+        """Read the live nodes now (at start, so that placement is right before the
+        first stanza), without declaring anyone dead."""
+        await self._read_live()
+
     async def _watch(self, now: float) -> None:
+        dead = await self._read_live()
+        # A node that just came back from an outage waits a full timeout before it
+        # calls anyone dead: the others need a chance to renew their heartbeats too.
+        if now - self._healthy_since < self._timeout:
+            return
+        for member in dead:
+            if member == self.node:
+                continue
+            taken = await self._redis.set(
+                self._keys.reaping(member), self.node, nx=True, px=int(self._timeout * 6000)
+            )
+            if taken:
+                log.warning("cluster: node %s is dead (no heartbeat); taking over", member)
+                await self._on_dead(member)
+
+    async def _read_live(self) -> list[str]:
+        """Update :attr:`live` (and the addresses, ages, dead set) from the heartbeats;
+        the members whose heartbeat expired."""
         infos = {
             _text(k): _text(v) for k, v in (await self._redis.hgetall(self._keys.nodes())).items()
         }
         members = list(infos)
         if not members:
-            return
+            return []
         pipe = self._redis.pipeline(transaction=False)  # not MGET: keys in several slots
         for member in members:
             pipe.get(self._keys.heartbeat(member))
@@ -219,19 +242,7 @@ class Membership:
             log.info("cluster: live nodes: %s", ", ".join(live_sorted))
             self.live = live_sorted
             self._on_change(live_sorted)
-        # A node that just came back from an outage waits a full timeout before it
-        # calls anyone dead: the others need a chance to renew their heartbeats too.
-        if now - self._healthy_since < self._timeout:
-            return
-        for member in dead:
-            if member == self.node:
-                continue
-            taken = await self._redis.set(
-                self._keys.reaping(member), self.node, nx=True, px=int(self._timeout * 6000)
-            )
-            if taken:
-                log.warning("cluster: node %s is dead (no heartbeat); taking over", member)
-                await self._on_dead(member)
+        return dead
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,7 @@ from xmppd.cluster.components import ClusterComponents
 from xmppd.cluster.feed import SessionFeed
 from xmppd.cluster.keys import Keys
 from xmppd.cluster.membership import Membership
+from xmppd.cluster.placement import NodeView, Placement
 from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
 from xmppd.cluster.redisconn import RedisClient, connect
 from xmppd.cluster.resumption import Handovers, ResumableSessions
@@ -128,6 +129,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
         self.reaped: list[str] = []
+        self.placement = Placement(NodeView(self), start_task)
+        """Who holds what (rooms, services, outgoing links): ``ctx.cluster``."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +144,7 @@ class ClusterNode:
                 await self.reap(self.name)
             await self.bus.open_inbox()
             await self.membership.beat()
+            await self.membership.refresh()
             await self.feed.load()
             await self.components.load()
         except OUTAGE_ERRORS as exc:
