@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,9 +214,11 @@ def running_cluster(
     components: dict[str, str] | None = None,
     cluster: dict[str, Any] | None = None,
     public_addresses: bool = False,
+    node_extra: Callable[[int], str] | None = None,
 ) -> Iterator[ClusterNodes]:
     """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
-    database and the shared Redis (a key prefix of their own), behind a TCP front."""
+    database and the shared Redis (a key prefix of their own), behind a TCP front.
+    ``node_extra(index)``: more configuration for one node (its own s2s listener)."""
     from tests.support.server import DEFAULT_TEST_MODULES
 
     redis_or_skip(redis_url)
@@ -248,6 +251,7 @@ def running_cluster(
                     modules=modules,
                     hooks=hooks,
                     extra=extra
+                    + (node_extra(index) if node_extra is not None else "")
                     + cluster_extra(
                         redis_url,
                         prefix,
@@ -281,6 +285,8 @@ def running_cluster(
                 srv.component_port = p3
                 started.append(srv)
                 _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
+            if (server or {}).get("log_level", "debug") in ("debug", "info"):
+                wait_live(started)  # (read from the logs)
             first = started[0]
             front = XmppdServer(
                 first.process,
@@ -461,3 +467,23 @@ def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
         for process in processes:
             process.kill()
             process.wait()
+
+
+def wait_live(nodes: list[XmppdServer], timeout: float = 15.0) -> None:
+    """Wait until every node in ``nodes`` (all running) counts all of them as live (so
+    placement is the same everywhere): the last ``live nodes`` line of each log."""
+    names = ", ".join(sorted(node.log_path.parent.name for node in nodes))
+    wanted = f"cluster: live nodes: {names}"
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        while True:
+            lines = [
+                line
+                for line in node.log_path.read_text(errors="replace").splitlines()
+                if "cluster: live nodes: " in line
+            ]
+            if lines and lines[-1].endswith(wanted):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.log_path}: never saw {wanted!r}")
+            time.sleep(0.05)
