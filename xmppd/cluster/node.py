@@ -15,7 +15,7 @@ from xmppd.cluster.components import ClusterComponents
 from xmppd.cluster.feed import SessionFeed
 from xmppd.cluster.keys import Keys
 from xmppd.cluster.membership import Membership
-from xmppd.cluster.placement import NodeView, Placement
+from xmppd.cluster.placement import Placement
 from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
 from xmppd.cluster.redisconn import RedisClient, connect
 from xmppd.cluster.resumption import Handovers, ResumableSessions
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from xmppd.invalidation import CacheInvalidations
     from xmppd.metrics import Metrics
     from xmppd.router import Router
+    from xmppd.stanza import Element
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
         self.reaped: list[str] = []
-        self.placement = Placement(NodeView(self), start_task)
+        self.placement = Placement(self, start_task)
         """Who holds what (rooms, services, outgoing links): ``ctx.cluster``."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -250,6 +251,15 @@ class ClusterNode:
     def owner_of(self, key: str) -> str:
         """The live node that owns ``key`` (rendezvous hashing)."""
         return self.membership.owner_of(key)
+
+    @property
+    def live(self) -> tuple[str, ...]:
+        """The live nodes, sorted (this one included)."""
+        return self.membership.live
+
+    async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
+        """Route ``stanza`` on ``node`` (:meth:`StanzaBus.dispatch_on`)."""
+        return await self.bus.dispatch_on(node, stanza, to, from_)
 
     def on_live_change(self, listener: Callable[[tuple[str, ...]], None]) -> None:
         """Call ``listener(live nodes)`` when nodes join or die (placement moves)."""

@@ -32,7 +32,6 @@ from xmppd.cluster.membership import rendezvous_owner
 if TYPE_CHECKING:
     import asyncio
 
-    from xmppd.cluster.node import ClusterNode
     from xmppd.jid import JID
     from xmppd.router import Destination
     from xmppd.sessions import Session
@@ -57,7 +56,8 @@ def by_domain(to: JID) -> str:
 
 
 class ClusterView(Protocol):
-    """What placement uses of the cluster node (:class:`~xmppd.cluster.node.ClusterNode`)."""
+    """What placement uses of the cluster node (:class:`~xmppd.cluster.node.ClusterNode`
+    has it)."""
 
     name: str
 
@@ -69,29 +69,6 @@ class ClusterView(Protocol):
     def live(self) -> tuple[str, ...]: ...
 
     async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool: ...
-
-
-class NodeView:
-    """:class:`ClusterView` over a :class:`~xmppd.cluster.node.ClusterNode`."""
-
-    __slots__ = ("_node", "name")
-
-    def __init__(self, node: ClusterNode) -> None:
-        self._node = node
-        self.name = node.name
-
-    def owner_of(self, key: str) -> str:
-        return self._node.owner_of(key)
-
-    def on_live_change(self, listener: Callable[[tuple[str, ...]], None]) -> None:
-        self._node.on_live_change(listener)
-
-    @property
-    def live(self) -> tuple[str, ...]:
-        return self._node.membership.live
-
-    async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
-        return await self._node.bus.dispatch_on(node, stanza, to, from_)
 
 
 class PlacedDestination:
