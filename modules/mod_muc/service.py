@@ -38,6 +38,9 @@ from xmppd_modules.mod_muc.config import Limits, RoomConfig
 from xmppd_modules.mod_muc.room import Room, addressed_elsewhere, new_salt
 from xmppd_modules.mod_muc.store import RoomStore
 
+_LISTED: Final = "muc-room"
+"""What a cluster node announces of the temporary public rooms it holds."""
+
 
 class MucService:
     """One host's group chat service and the rooms it holds in memory."""
@@ -62,6 +65,8 @@ class MucService:
         that forwards each to its room's node (set when the service is served)."""
         self.released = 0
         """Rooms let go of because another node owns them now (cluster)."""
+        self._announced: dict[str, str] = {}
+        """Temporary public rooms this node lists for the others (cluster): name → title."""
 
     # RoomHost
     @property
@@ -110,7 +115,30 @@ class MucService:
         room.gone = True
         self.released += 1
         self._ctx.log.info("room %s moved to another node", room.jid)
+        await self._list(room)
         await room.shutdown()
+
+    async def _list(self, room: Room) -> None:
+        """Keep the other nodes' view of this node's temporary public rooms current
+        (persistent ones are listed from storage): written only when it changes."""
+        cluster = self._ctx.cluster
+        if cluster is None:
+            return
+        listed = (
+            self.rooms.get(room.name) is room
+            and not room.gone
+            and not room.locked
+            and room.config.public
+            and not room.config.persistent
+        )
+        title = room.config.name if listed else None
+        if self._announced.get(room.name) == title:
+            return
+        if title is None:
+            self._announced.pop(room.name, None)
+        else:
+            self._announced[room.name] = title
+        await cluster.announce(_LISTED, str(room.jid), title)
 
     # ------------------------------------------------------------------ Destination
 
@@ -133,6 +161,7 @@ class MucService:
             await self._bounce(stanza, errors.NO_SUCH_ROOM())
             return
         await room.handle(stanza, to, from_)
+        await self._list(room)
 
     @staticmethod
     def _creator(stanza: Element, to: JID, from_: JID) -> JID | None:
@@ -232,6 +261,12 @@ class MucService:
             config = RoomConfig.from_json(config_json, self._defaults())
             if config.public:
                 listed[name] = config.name
+        cluster = self._ctx.cluster
+        if cluster is not None:  # temporary public rooms on every node
+            for jid, title in (await cluster.announced(_LISTED)).items():
+                local, _, domain = jid.partition("@")
+                if domain == self.domain:
+                    listed[local] = title
         for name, room in self.rooms.items():
             if room.config.public and not room.locked:
                 listed[name] = room.config.name

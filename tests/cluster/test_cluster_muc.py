@@ -6,7 +6,7 @@ the rooms it owns move to it (their occupants are told, status 332)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from lxml import etree
 from tests.e2e.test_muc import closing, login
 from tests.e2e.test_muc_archive import forwarded_body, mam_query
 from tests.support.cluster import ClusterNodes, running_cluster, start_node
+from tests.support.e2e import until_equal
 from tests.support.muc import (
     DISCO_ITEMS,
     body,
@@ -70,9 +71,16 @@ async def self_ping(client: XmlClient, room: str, nick: str, timeout: float = 10
     )
 
 
-def unavailable_332(room: str, nick: str) -> object:
+def unavailable_from(room: str, nick: str) -> Callable[[Element], bool]:
     def match(el: Element) -> bool:
-        return (
+        return bool(el.get("from") == f"{room}/{nick}" and el.get("type") == "unavailable")
+
+    return match
+
+
+def unavailable_332(room: str, nick: str) -> Callable[[Element], bool]:
+    def match(el: Element) -> bool:
+        return bool(
             el.tag == tag("presence")
             and el.get("from") == f"{room}/{nick}"
             and el.get("type") == "unavailable"
@@ -112,22 +120,41 @@ async def test_occupants_on_both_nodes_share_one_room(
                 assert (await self_ping(carol, room, "carol")).get("type") == "result"
 
 
+async def listed_rooms(client: XmlClient) -> set[str]:
+    reply = await client.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to="conference.localhost")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    return {i.get("jid", "") for i in reply.iter(f"{{{DISCO_ITEMS}}}item")}
+
+
 async def test_public_rooms_are_listed_by_every_node(cluster: ClusterNodes) -> None:
-    """disco#items of the service lists a persistent public room through both nodes,
-    whichever node holds it."""
-    rooms = [room_on("node1"), room_on("node2")]
+    """disco#items of the service lists the public rooms through both nodes, whichever
+    node holds them: persistent ones (stored) and temporary ones (announced by their
+    node while they exist)."""
+    persistent = [room_on("node1"), room_on("node2")]
+    temporary = [room_on("node1"), room_on("node2")]
     client, _ = await login(cluster.nodes[0], "lst")
-    async with closing(client):
-        for room in rooms:
+    askers = [(await login(node, "lst"))[0] for node in cluster.nodes]
+    async with closing(client, *askers):
+        for room in persistent:
             await persistent_room(client, room)
-        for index in (0, 1):
-            asker, _ = await login(cluster.nodes[index], "lst")
-            async with closing(asker):
-                reply = await asker.iq(
-                    "get", f"<query xmlns='{DISCO_ITEMS}'/>", to="conference.localhost"
-                )
-                listed = {i.get("jid") for i in reply.iter(f"{{{DISCO_ITEMS}}}item")}
-                assert set(rooms) <= listed, etree.tostring(reply)
+        for room in temporary:
+            await join(client, room, "owner")
+            assert (await instant_room(client, room)).get("type") == "result"
+        for asker in askers:
+            listed = await listed_rooms(asker)
+            assert set(persistent + temporary) <= listed, listed
+        # The temporary rooms vanish with their last occupant, from both lists (their
+        # node withdraws them right after the room handled the leave).
+        for room in temporary:
+            client.send(f"<presence to='{room}/owner' type='unavailable'/>")
+            await client.expect(unavailable_from(room, "owner"))
+        for asker in askers:
+
+            async def temporary_listed(asker: XmlClient = asker) -> set[str]:
+                return set(temporary) & await listed_rooms(asker)
+
+            await until_equal(temporary_listed, set())
+            assert set(persistent) <= await listed_rooms(asker)
 
 
 async def test_a_room_comes_back_on_a_survivor_and_moves_back(

@@ -43,6 +43,11 @@ class Keys:
         """A dead node's inbox, renamed atomically by the survivor that empties it."""
         return f"{self.prefix}:in:{{{node}}}:reaped"
 
+    def listing(self, node: str) -> str:
+        """Hash: what a node holds and lists for everyone (``<kind>\\0<key>`` → value:
+        its temporary public rooms), removed with the node."""
+        return f"{self.prefix}:list:{node}"
+
     def reaping(self, node: str) -> str:
         """Lock: one survivor cleans up after a dead node."""
         return f"{self.prefix}:reap:{node}"

@@ -15,7 +15,7 @@ from xmppd.cluster.components import ClusterComponents
 from xmppd.cluster.feed import SessionFeed
 from xmppd.cluster.keys import Keys
 from xmppd.cluster.membership import Membership
-from xmppd.cluster.placement import Placement
+from xmppd.cluster.placement import Listing, Placement
 from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
 from xmppd.cluster.redisconn import RedisClient, connect
 from xmppd.cluster.resumption import Handovers, ResumableSessions
@@ -130,7 +130,9 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
         self.reaped: list[str] = []
-        self.placement = Placement(self, start_task)
+        self.placement = Placement(
+            self, start_task, Listing(self.redis, self.keys.listing, self.name)
+        )
         """Who holds what (rooms, services, outgoing links): ``ctx.cluster``."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -208,7 +210,9 @@ class ClusterNode:
                 await self.bus.reroute_inbox(self.name)
             else:
                 await self.redis.delete(self.keys.inbox(self.name))
-            await self.redis.delete(self.keys.node_sessions(self.name))
+            await self.redis.delete(
+                self.keys.node_sessions(self.name), self.keys.listing(self.name)
+            )
         except OUTAGE_ERRORS as exc:
             log.warning("cluster: could not leave cleanly: %s", exc)
         for task in self._tasks:
@@ -329,7 +333,7 @@ class ClusterNode:
         await self.components.forget_node(node)
         rerouted = await self.bus.reroute_inbox(node)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(keys.node_sessions(node))
+        pipe.delete(keys.node_sessions(node), keys.listing(node))
         if node != self.name:
             pipe.hdel(keys.nodes(), node)
         await pipe.execute()

@@ -28,10 +28,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from xmppd.cluster.membership import rendezvous_owner
+from xmppd.cluster.writer import OUTAGE_ERRORS
 
 if TYPE_CHECKING:
     import asyncio
 
+    from xmppd.cluster.redisconn import RedisClient
     from xmppd.jid import JID
     from xmppd.router import Destination
     from xmppd.sessions import Session
@@ -120,16 +122,77 @@ class PlacedDestination:
         await self.inner.deliver(stanza, to, from_, origin)
 
 
+class Listing:
+    """What each node holds and lists for the others (a Redis hash per node, removed
+    when the node leaves or is reaped): the temporary public rooms of a MUC service,
+    which are not stored, so that every node can list them."""
+
+    __slots__ = ("_key", "_node", "_redis")
+
+    def __init__(self, redis: RedisClient, key: Callable[[str], str], node: str) -> None:
+        self._redis = redis
+        self._key = key
+        self._node = node
+
+    async def put(self, kind: str, key: str, value: str | None) -> None:
+        field = f"{kind}\0{key}"
+        try:
+            if value is None:
+                await self._redis.hdel(self._key(self._node), field)
+            else:
+                await self._redis.hset(self._key(self._node), field, value)
+        except OUTAGE_ERRORS as exc:
+            log.warning("cluster: could not update the listing of %s: %s", key, exc)
+
+    async def read(self, kind: str, nodes: tuple[str, ...]) -> dict[str, str]:
+        prefix = f"{kind}\0".encode()
+        pipe = self._redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(self._key(node))
+        try:
+            found = await pipe.execute()
+        except OUTAGE_ERRORS as exc:
+            log.warning("cluster: could not read the nodes' listings: %s", exc)
+            return {}
+        listed: dict[str, str] = {}
+        for entries in found:
+            for field, value in entries.items():
+                name = field if isinstance(field, bytes) else str(field).encode()
+                if name.startswith(prefix):
+                    text = value.decode() if isinstance(value, bytes) else str(value)
+                    listed[name[len(prefix) :].decode()] = text
+        return listed
+
+
 class Placement:
     """This node's share of the cluster, as modules see it (``ctx.cluster``)."""
 
-    __slots__ = ("_cluster", "_listeners", "_start_task")
+    __slots__ = ("_cluster", "_listeners", "_listing", "_start_task")
 
-    def __init__(self, cluster: ClusterView, start_task: Callable[..., asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        cluster: ClusterView,
+        start_task: Callable[..., asyncio.Task[None]],
+        listing: Listing | None = None,
+    ) -> None:
         self._cluster = cluster
         self._start_task = start_task
+        self._listing = listing
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         cluster.on_live_change(self._changed)
+
+    async def announce(self, kind: str, key: str, value: str | None) -> None:
+        """List ``key`` (of ``kind``, e.g. ``"muc-room"``) as held by this node, with
+        ``value`` (``None``: no longer). Entries go with the node when it leaves or
+        dies."""
+        if self._listing is not None:
+            await self._listing.put(kind, key, value)
+
+    async def announced(self, kind: str) -> dict[str, str]:
+        """Every live node's entries of ``kind`` (key → value), this node's included."""
+        if self._listing is None:
+            return {}
+        return await self._listing.read(kind, self._cluster.live)
 
     @property
     def node(self) -> str:
