@@ -158,6 +158,12 @@ class MucService:
         if room is None:
             if stanza.tag == "presence" and stanza.get("type") is not None:
                 return  # unavailable, probes...: nothing to answer for a room that is not
+            if stanza.tag == "iq" and to.resource:
+                # Nobody is an occupant of a room that does not exist (any more: its
+                # node died, the server restarted). XEP-0410 reads item-not-found as
+                # "still joined under another nick", so a self-ping gets not-acceptable.
+                await self._bounce(stanza, errors.NOT_OCCUPANT())
+                return
             await self._bounce(stanza, errors.NO_SUCH_ROOM())
             return
         await room.handle(stanza, to, from_)

@@ -174,6 +174,9 @@ async def test_a_room_comes_back_on_a_survivor_and_moves_back(
         assert (await submit_config(owner, room, PERSISTENT)).get("type") == "result"
         bob, _, _ = await user_in_room(survivor, room, "bob")
         lost, _, _ = await user_in_room(doomed, room, "lost")
+        temporary = room_on("node1")
+        await join(bob, temporary, "bob")
+        assert (await instant_room(bob, temporary)).get("type") == "result"
         for text in ("one", "two"):
             await groupchat(owner, room, text)
             await next_groupchat(bob, room, text)
@@ -186,6 +189,10 @@ async def test_a_room_comes_back_on_a_survivor_and_moves_back(
         # handles what its inbox held: the ping waits that long, then fails.
         reply = await self_ping(bob, room, "bob", timeout=20)
         assert reply.get("type") == "error"
+        assert error_condition(reply) == "not-acceptable"
+        # A temporary room is gone with its node: not an occupant either (XEP-0410
+        # reads item-not-found as "still joined under another nick").
+        reply = await self_ping(bob, temporary, "bob")
         assert error_condition(reply) == "not-acceptable"
         # Joining again: the room is loaded from storage with its archive.
         rejoined = await join(bob, room, "bob")
