@@ -368,9 +368,16 @@ class Server:
         self.s2s = links
         # One outgoing link per remote domain for the whole cluster: stanzas to a remote
         # domain leave through the node that rendezvous hashing of the domain chooses.
-        self.router.default = (
-            links if self.cluster is None else self.cluster.placement.place(links, by_domain)
-        )
+        if self.cluster is None:
+            self.router.default = links
+        else:
+            placement = self.cluster.placement
+            self.router.default = placement.place(links, by_domain)
+
+            async def release_links() -> None:
+                links.release(placement.is_mine)
+
+            placement.on_change(release_links)
         register_metrics(self.metrics, links, self.s2s_incoming)
 
     def _s2s_throttled(self, stream: object) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import ClusterNodes, running_cluster
-from tests.support.e2e import PASSWORD, new_account
+from tests.support.cluster import ClusterNodes, running_cluster, start_node, wait_live
+from tests.support.e2e import PASSWORD, new_account, until_equal
 from tests.support.s2s import metric, s2s_extra, wait_port
 from tests.support.server import XmppdServer, free_port, running_server
+from tests.support.server import _stop as stop
 from tests.support.xmlclient import XmlClient, tag
 from xmppd.cluster.membership import rendezvous_owner
 
@@ -76,3 +77,55 @@ async def test_one_outgoing_link_per_remote_domain(
     finally:
         for client in (*clients, far):
             await client.close()
+
+
+async def gauge(server: XmppdServer, name: str) -> float:
+    """An unlabelled gauge of ``/metrics``."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(f"xmppd_{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_the_link_moves_with_its_owner(
+    federation: tuple[ClusterNodes, XmppdServer],
+) -> None:
+    """The owner of the remote domain stops: the other node opens its own link; the
+    owner comes back: the other node closes its link and sends through the owner."""
+    cluster, b = federation
+    owner = ("node1", "node2").index(rendezvous_owner(B, ("node1", "node2")))
+    owner_node, other = cluster.nodes[owner], cluster.nodes[1 - owner]
+    user = await new_account(other, "fed")
+    remote = await new_account(b, "far")
+    far = await XmlClient.login(b, remote, PASSWORD, resource="r")
+    client = await XmlClient.login(other, user, PASSWORD, resource="r")
+    try:
+        client.send(f"<message to='{remote}/r' type='chat'><body>first</body></message>")
+        await far.expect(is_message("first"), timeout=30)
+        assert await gauge(owner_node, "s2s_outgoing_links") == 1
+        assert await gauge(other, "s2s_outgoing_links") == 0
+
+        stop(owner_node.process)
+        wait_live([other])
+        client.send(f"<message to='{remote}/r' type='chat'><body>alone</body></message>")
+        await far.expect(is_message("alone"), timeout=30)
+        assert await gauge(other, "s2s_outgoing_links") == 1
+
+        start_node(owner_node)
+        wait_live(cluster.nodes)
+
+        async def other_links() -> float:
+            return await gauge(other, "s2s_outgoing_links")
+
+        await until_equal(other_links, 0)
+        client.send(f"<message to='{remote}/r' type='chat'><body>again</body></message>")
+        await far.expect(is_message("again"), timeout=30)
+        assert await gauge(owner_node, "s2s_outgoing_links") == 1
+        assert await gauge(other, "s2s_outgoing_links") == 0
+    finally:
+        await client.close()
+        await far.close()

@@ -179,6 +179,18 @@ class S2SLinks:
         if self._links.get(link.domain) is link and link.is_idle():
             del self._links[link.domain]
 
+    def release(self, keep: Callable[[str], bool]) -> int:
+        """Close the open links to the remote domains ``keep`` refuses (in a cluster:
+        another node sends to them now), as an idle link closes; a link still
+        connecting comes up and idles out. The number closed."""
+        closed = 0
+        for domain, link in list(self._links.items()):
+            if link.stream is not None and not keep(domain):
+                log.info("s2s %s: another cluster node sends there now; closing the link", domain)
+                link.stream.close()
+                closed += 1
+        return closed
+
     def close_all(self) -> None:
         for link in list(self._links.values()):
             link.close()
