@@ -13,7 +13,9 @@ XEP-0421 occupant ids are added to everything a room sends on an occupant's beha
 
 from __future__ import annotations
 
-from xmppd.api import JID, Drop, InvalidJID, Priority, by_bare_jid, ns
+from typing import Final
+
+from xmppd.api import INVALIDATE_ALL, JID, Drop, InvalidJID, Priority, by_bare_jid, ns
 from xmppd.api import hooks as core_hooks  # importing .service binds "hooks" (.hooks)
 from xmppd.api.hooks import PacketContext, ServerEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, find_child, payload
@@ -21,6 +23,9 @@ from xmppd_modules.mod_muc.common import NS_CONFERENCE, Ctx, MucOptions, module
 from xmppd_modules.mod_muc.service import MUC, MucService
 
 __all__ = ["MUC", "MucOptions", "MucService", "module"]
+
+FORGOTTEN: Final = "removed-account"
+"""Invalidation topic: an account was removed (its affiliations leave every room)."""
 
 
 @module.on_load
@@ -32,6 +37,14 @@ async def start(ctx: Ctx) -> None:
         service.domain, service, name=service.name, placed_by=by_bare_jid
     )
     ctx.on_cluster_change(service.rebalance)
+
+    def forgotten(key: str) -> None:
+        # ALL (this node lost track of invalidations): rooms hold no cache of other
+        # accounts' data to drop; what a removed account left is gone from storage.
+        if key != INVALIDATE_ALL:
+            service.forget_user(JID.parse(key))
+
+    ctx.on_invalidate(FORGOTTEN, forgotten)
     rooms = service.rooms
     ctx.metrics.gauge_function("rooms", "Rooms in memory (active).", lambda: len(rooms))
     ctx.metrics.gauge_function(
@@ -82,10 +95,8 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
     service = ctx.service(MUC)
     await service.store.forget_user(event.jid.bare)
     await service.archive.forget_sender(event.jid.bare)
-    for room in service.rooms.values():
-        room.affiliations.pop(event.jid.bare, None)
-        room.reasons.pop(event.jid.bare, None)
-        room.nicks.pop(event.jid.bare, None)
+    service.forget_user(event.jid.bare)
+    ctx.invalidate(FORGOTTEN, str(event.jid.bare))  # rooms held by other cluster nodes
 
 
 @module.fold(core_hooks.USER_EXPORT)

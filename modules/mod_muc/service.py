@@ -100,6 +100,14 @@ class MucService:
         cluster = self._ctx.cluster
         return cluster is None or cluster.is_mine(str(room.bare))
 
+    def forget_user(self, bare: JID) -> None:
+        """A removed account leaves the affiliations and nicknames of the rooms in
+        memory here (storage is done by the caller)."""
+        for room in self.rooms.values():
+            room.affiliations.pop(bare, None)
+            room.reasons.pop(bare, None)
+            room.nicks.pop(bare, None)
+
     async def rebalance(self) -> None:
         """Nodes joined or died: let go of the rooms another node owns now. Their
         occupants are told the room shut down (332), so that clients join again (the

@@ -111,6 +111,10 @@ from xmppd_modules.pubsub_common.protocol import (
 
 __all__ = ["PUBSUB", "PubsubStore", "module"]
 
+NODES_CHANGED: Final = "nodes"
+"""Invalidation topic: nodes were deleted outside the service's own handling (account
+removal, which runs on the cluster node where the account was removed)."""
+
 PUBSUB: Final = ServiceKey[PubsubStore]("pubsub")
 """The PubSub service's store on a host."""
 
@@ -886,6 +890,8 @@ async def serve(ctx: Ctx) -> None:
         store.forget_all_cached()  # this node may take the service (back) over
 
     ctx.on_cluster_change(moved)
+    # Account removal deletes nodes on whichever node the account was removed.
+    ctx.on_invalidate(NODES_CHANGED, lambda _key: store.forget_all_cached())
     ctx.log.info("PubSub service at %s", domain)
 
 
@@ -926,6 +932,7 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
                 continue
             recipients = _recipients(config, await store.subscriptions(name))
             await store.remove(name)
+            ctx.invalidate(NODES_CHANGED, name)  # the node holding the service caches them
         if config.notify_delete and recipients:
             await _notify(
                 ctx, [r for r in recipients if r.bare != user], node_event("delete", name)

@@ -18,6 +18,8 @@ from tests.support.cluster import ClusterNodes, running_cluster, start_node
 from tests.support.e2e import until_equal
 from tests.support.muc import (
     DISCO_ITEMS,
+    MUC_ADMIN,
+    admin_set,
     body,
     codes,
     groupchat,
@@ -155,6 +157,37 @@ async def test_public_rooms_are_listed_by_every_node(cluster: ClusterNodes) -> N
 
             await until_equal(temporary_listed, set())
             assert set(persistent) <= await listed_rooms(asker)
+
+
+async def test_a_removed_account_leaves_rooms_on_every_node(cluster: ClusterNodes) -> None:
+    """An account removed through one node loses its affiliation in a room held in
+    memory by the other node (the removal is told to every node)."""
+    room = room_on("node1")
+    owner, _, _ = await user_in_room(cluster.nodes[0], room, "owner", prefix="own")
+    async with closing(owner):
+        await submit_config(owner, room, PERSISTENT)
+        leaver, leaver_jid = await login(cluster.nodes[1], "gone")
+        async with closing(leaver):
+            item = f"<item affiliation='member' jid='{leaver_jid}'/>"
+            assert (await admin_set(owner, room, item)).get("type") == "result"
+            assert leaver_jid in await members(owner, room)
+            reply = await leaver.iq(
+                "set", "<query xmlns='jabber:iq:register'><remove/></query>", to=None
+            )
+            assert reply.get("type") == "result", etree.tostring(reply)
+
+        async def still_member() -> bool:
+            return leaver_jid in await members(owner, room)
+
+        await until_equal(still_member, False)
+
+
+async def members(client: XmlClient, room: str) -> set[str]:
+    reply = await client.iq(
+        "get", f"<query xmlns='{MUC_ADMIN}'><item affiliation='member'/></query>", to=room
+    )
+    assert reply.get("type") == "result", etree.tostring(reply)
+    return {i.get("jid", "") for i in reply.iter(f"{{{MUC_ADMIN}}}item")}
 
 
 async def test_a_room_comes_back_on_a_survivor_and_moves_back(

@@ -11,10 +11,11 @@ import pytest
 from lxml import etree
 
 from tests.support.cluster import ClusterNodes, running_cluster
-from tests.support.e2e import new_account
+from tests.support.e2e import new_account, until_equal
 from tests.support.pep import DISCO_ITEMS, close, entry, login, publish
 from tests.support.pubsub import create, entries, from_service, subscribe
 from tests.support.server import DEFAULT_TEST_MODULES
+from tests.support.xmlclient import error_condition
 from xmppd.cluster.membership import rendezvous_owner
 
 SERVICE = "pubsub.localhost"
@@ -55,3 +56,31 @@ async def test_subscribers_on_both_nodes_get_a_publication(cluster: ClusterNodes
         assert "news" in {i.get("node") for i in reply.iter(f"{{{DISCO_ITEMS}}}item")}
     finally:
         await close(alice, bob)
+
+
+async def test_nodes_of_a_removed_account_are_gone_on_every_node(cluster: ClusterNodes) -> None:
+    """An account removed through the node that does not hold the service takes its
+    nodes with it; the node holding the service forgets them too (it caches nodes)."""
+    owner = ("node1", "node2").index(rendezvous_owner(SERVICE, ("node1", "node2")))
+    other = cluster.nodes[1 - owner]
+    alice_jid = await new_account(other, "ps")
+    bob_jid = await new_account(cluster.nodes[owner], "ps")
+    alice = await login(other, alice_jid)
+    try:
+        bob = await login(cluster.nodes[owner], bob_jid)
+        try:
+            assert (await create(alice, SERVICE, "doomed")).get("type") == "result"
+            assert (await subscribe(bob, SERVICE, "doomed")).get("type") == "result"
+            reply = await alice.iq(
+                "set", "<query xmlns='jabber:iq:register'><remove/></query>", to=None
+            )
+            assert reply.get("type") == "result", etree.tostring(reply)
+
+            async def subscribing() -> object:
+                return error_condition(await subscribe(bob, SERVICE, "doomed"))
+
+            await until_equal(subscribing, "item-not-found")
+        finally:
+            await close(bob)
+    finally:
+        await close(alice)
