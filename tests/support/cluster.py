@@ -487,3 +487,85 @@ def wait_live(nodes: list[XmppdServer], timeout: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{node.log_path}: never saw {wanted!r}")
             time.sleep(0.05)
+
+
+@dataclass
+class SentinelSetup:
+    """A Redis master, a replica and one Sentinel watching them (service ``xmppd``)."""
+
+    master: subprocess.Popen[bytes]
+    replica: subprocess.Popen[bytes]
+    sentinel: subprocess.Popen[bytes]
+    master_port: int
+    replica_port: int
+    sentinel_port: int
+
+    @property
+    def url(self) -> str:
+        """What ``[cluster] redis_url`` names in sentinel mode: the Sentinels."""
+        return f"redis://127.0.0.1:{self.sentinel_port}/0"
+
+
+@contextmanager
+def redis_sentinel(tmp: Path) -> Iterator[SentinelSetup]:
+    """Master, replica and Sentinel on free loopback ports; the Sentinel fails over
+    within a few seconds of the master's death."""
+    import socket
+    import time
+
+    if shutil.which("redis-server") is None:
+        service_unavailable("redis-server is not installed")
+    tmp.mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in range(3)]
+    master_port, replica_port, sentinel_port = ports
+    base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)]
+    conf = tmp / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp}\n"
+        f"sentinel monitor xmppd 127.0.0.1 {master_port} 1\n"
+        "sentinel down-after-milliseconds xmppd 1000\n"
+        "sentinel failover-timeout xmppd 5000\n"
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    processes = [
+        subprocess.Popen(["redis-server", "--port", str(master_port), *base], **quiet),  # type: ignore[call-overload]
+        subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(replica_port),
+                "--replicaof",
+                "127.0.0.1",
+                str(master_port),
+                *base,
+            ],
+            **quiet,  # type: ignore[call-overload]
+        ),
+    ]
+    try:
+        for port in (master_port, replica_port):
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        processes.append(subprocess.Popen(["redis-server", str(conf), "--sentinel"], **quiet))  # type: ignore[call-overload]
+        deadline = time.monotonic() + 15
+        while True:  # until the Sentinel knows the master and its replica
+            info = subprocess.run(
+                ["redis-cli", "-p", str(sentinel_port), "sentinel", "replicas", "xmppd"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            if str(replica_port) in info:
+                break
+            assert time.monotonic() < deadline, "the Sentinel did not find the replica"
+            time.sleep(0.2)
+        yield SentinelSetup(*processes, *ports)  # type: ignore[arg-type]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
