@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         help="bind every listener to 127.0.0.1 whatever the configuration says "
         "(what ./dev run does unless given --public)",
     )
+    # Internal: how the supervisor of ``server.workers`` starts worker N (xmppd.workers).
+    run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     command(
         "reload",
         "make the running server re-read its configuration and certificates (SIGHUP)",
@@ -115,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list the tokens (never their secrets)")
     trevoke = tsub.add_parser("revoke", help="revoke a token by its id")
     trevoke.add_argument("token_id")
+    cluster = command("cluster", "the cluster this configuration belongs to ([cluster])")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True)
+    cstatus = csub.add_parser(
+        "status", help="nodes, sessions per node and heartbeat age, read from Redis"
+    )
+    cstatus.add_argument("--json", action="store_true", help="print JSON instead of a table")
     db = command("db", "the database schema (migrations)")
     dsub = db.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", help="upgrade the schema to this release's (back up first)")
@@ -175,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(config.server, command=args.command)
+    worker = getattr(args, "worker", None)
+    process = None
+    if args.command == "run" and config.worker_count > 1:
+        process = "supervisor" if worker is None else f"w{worker}"
+    configure_logging(config.server, command=args.command, process=process)
     # Alembic narrates every step at INFO; xmppd logs the upgrade itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "check":
@@ -202,11 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         if args.loopback:
             config = _loopback_only(config)
+        if args.worker is not None:
+            return _run(config, loopback=args.loopback, worker=args.worker)
+        if config.worker_count > 1:
+            return _supervise(config, loopback=args.loopback)
         return _run(config, loopback=args.loopback)
     if args.command == "reload":
         from xmppd.pidfile import signal_running
 
         return signal_running(config.server.data_dir, signal.SIGHUP, "reload")
+    if args.command == "cluster":
+        from xmppd.cluster.status import status_command
+
+        return status_command(config, as_json=args.json)
     if args.command == "db":
         from xmppd.dbcli import db_command
 
@@ -351,19 +371,53 @@ LOOPBACK_NOTE = (
 )
 
 
-def _run(config: ServerConfig, *, loopback: bool = False) -> int:
+def _supervise(config: ServerConfig, *, loopback: bool) -> int:
+    """``xmppd run`` with ``server.workers`` > 1: prepare once, then run and watch the
+    workers (:mod:`xmppd.workers`)."""
+    from xmppd.pidfile import remove_pid_file, write_pid_file
+    from xmppd.workers import Supervisor, prepare
+
+    async def main_async() -> int:
+        await prepare(config)
+        supervisor = Supervisor(config, config.worker_count, loopback=loopback)
+        pid_path = write_pid_file(config.server.data_dir)
+        try:
+            return await supervisor.run()
+        finally:
+            remove_pid_file(pid_path)
+
+    try:
+        return asyncio.run(main_async())
+    except SchemaOutOfDate as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(config: ServerConfig, *, loopback: bool = False, worker: int | None = None) -> int:
+    """Serve in this process (alone, or as worker ``worker`` of a supervisor)."""
     from xmppd.pidfile import remove_pid_file, write_pid_file
     from xmppd.server import Server
+    from xmppd.workers import die_with_supervisor, signal_ready
 
+    if worker is not None:
+        die_with_supervisor()
     _install_uvloop()
 
     async def main_async() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        server = Server(config)
+        if worker is None:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        else:  # Ctrl-C reaches the whole process group: the supervisor decides
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        server = Server(config, worker=worker)
         await server.start()
+        if worker is not None:
+            signal_ready()
         _tune_gc()
         ports = ", ".join(f"{p} ({mode})" for mode, p in server.listening_ports)
         log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
@@ -376,12 +430,13 @@ def _run(config: ServerConfig, *, loopback: bool = False) -> int:
                 await server.reload()
 
         loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(reload(), name="reload"))
-        pid_path = write_pid_file(config.server.data_dir)
+        pid_path = write_pid_file(config.server.data_dir) if worker is None else None
         try:
             await stop.wait()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
-            remove_pid_file(pid_path)
+            if pid_path is not None:
+                remove_pid_file(pid_path)
             await server.stop()
 
     try:
@@ -404,7 +459,9 @@ def _with_server(
     from xmppd.server import Server
 
     async def go() -> int:
-        server = Server(config)
+        # Never a cluster node: the command would pass for (and clean up after) the
+        # node of the same name.
+        server = Server(config, standalone=True)
         await server.start(listen=listen)
         try:
             return await action(server)

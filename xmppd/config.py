@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -141,6 +142,13 @@ class ServerSection(Section):
         description='Processes serving this configuration on this machine ("auto": one '
         "per core). More than one shares the listening sockets (SO_REUSEPORT) and needs "
         "[cluster] redis_url: the workers form a local cluster through Redis.",
+    )
+    secret_file: Path | None = Field(
+        None,
+        description="File holding the server secret (64 hex digits, or any random text "
+        "of 32 characters or more), shared by every node of a cluster (a Kubernetes "
+        "Secret). Unset: <data_dir>/server.key, or in a cluster on PostgreSQL the "
+        "database's copy, made by the first node.",
     )
 
     @field_validator("workers")
@@ -758,7 +766,21 @@ class ServerConfig(Section):
                 "server.workers: more than one worker needs [cluster] redis_url (the "
                 "workers share sessions through Redis)"
             )
+        if self.server.workers != 1 and self.storage_url().startswith("sqlite"):
+            raise ValueError(
+                "server.workers: more than one worker needs a database server "
+                "(storage.url = postgresql+asyncpg://...): an SQLite file is written by "
+                "one process only"
+            )
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes ``xmppd run`` starts (``"auto"``: one per core)."""
+        workers = self.server.workers
+        if workers == "auto":
+            return max(1, os.cpu_count() or 1)
+        return workers
 
     @field_validator("hosts")
     @classmethod

@@ -6,6 +6,10 @@ the database itself), acting with scope ``admin`` as the principal
 ``control-socket``. The CLI's account commands try it first, so that ``xmppd
 deluser`` ends the user's sessions through the server and ``xmppd users`` shows who
 is online; when no server answers there, they work on the database directly.
+
+With ``server.workers`` each worker serves its own socket, ``xmppd-w<N>.ctl``; the
+CLI asks whichever answers first. Any worker acts for all of them: the session
+registry of a cluster sees and ends sessions on every node.
 """
 
 from __future__ import annotations
@@ -34,16 +38,30 @@ MAX_SOCKET_PATH: Final = 107
 PRINCIPAL: Final = Principal("local", "control-socket", "admin")
 
 
-def socket_path(data_dir: Path) -> Path:
-    return data_dir.resolve() / SOCKET_NAME
+def socket_path(data_dir: Path, worker: int | None = None) -> Path:
+    """The control socket of the server (or of its worker number ``worker``)."""
+    name = SOCKET_NAME if worker is None else f"xmppd-w{worker}.ctl"
+    return data_dir.resolve() / name
+
+
+def socket_paths(data_dir: Path) -> list[Path]:
+    """Every control socket present in ``data_dir``: the single server's, then the
+    workers' in worker order."""
+    single = socket_path(data_dir)
+    workers = sorted(
+        data_dir.resolve().glob("xmppd-w*.ctl"),
+        key=lambda p: int(p.stem[len("xmppd-w") :]) if p.stem[len("xmppd-w") :].isdigit() else 0,
+    )
+    return ([single] if single.exists() else []) + workers
 
 
 class ControlSocket:
-    """Serves ``api`` on ``<data_dir>/xmppd.ctl`` while the server runs."""
+    """Serves ``api`` on ``<data_dir>/xmppd.ctl`` (``xmppd-w<N>.ctl`` for worker N)
+    while the server runs."""
 
-    def __init__(self, api: AdminApi, data_dir: Path) -> None:
+    def __init__(self, api: AdminApi, data_dir: Path, *, worker: int | None = None) -> None:
         self.api = api
-        self.path = socket_path(data_dir)
+        self.path = socket_path(data_dir, worker)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -79,15 +97,28 @@ class ServerDown(Exception):
     """No running server answers on the control socket."""
 
 
+class _NotConnected(ServerDown):
+    """Nothing accepted the connection on one socket (the request never ran)."""
+
+
 async def call(
     data_dir: Path, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, Any]:
     """One request to the running server's API (``path`` under ``/api/v1``): its
     status and decoded JSON (``None`` when empty). :class:`ServerDown` when no server
-    answers on the socket."""
-    sock = socket_path(data_dir)
-    if not sock.exists():
-        raise ServerDown(str(sock))
+    answers on any control socket (with workers: the first worker that answers)."""
+    found = socket_paths(data_dir)
+    if not found:
+        raise ServerDown(str(socket_path(data_dir)))
+    for sock in found:
+        try:
+            return await _call(sock, method, path, body)
+        except _NotConnected:
+            continue  # a stale socket, or a worker restarting: try the next one
+    raise ServerDown(", ".join(str(p) for p in found))
+
+
+async def _call(sock: Path, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
     connector = aiohttp.UnixConnector(path=str(sock))
     timeout = aiohttp.ClientTimeout(total=60)
     try:
@@ -97,5 +128,7 @@ async def call(
         ):
             text = await response.text()
             return response.status, json.loads(text) if text else None
-    except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
+    except (aiohttp.ClientConnectorError, FileNotFoundError) as exc:
+        raise _NotConnected(str(exc)) from None
+    except aiohttp.ClientConnectionError as exc:  # connected: the request may have run
         raise ServerDown(str(exc)) from None

@@ -174,7 +174,7 @@ async def run_due_erasures(core: Core, now: float | None = None) -> list[JID]:
             await remove_user(core, pending.jid)
             log.info("erased account %s (grace period over)", pending.jid)
             erased.append(pending.jid)
-        elif core.sessions.endpoints_of(pending.jid):
+        elif core.sessions.of(pending.jid):
             await end_sessions(core, pending.jid, "account disabled")
     return erased
 

@@ -36,7 +36,12 @@ class UtcFormatter(logging.Formatter):
 
 
 class JsonFormatter(UtcFormatter):
-    """One JSON object per line."""
+    """One JSON object per line (with ``process``: which worker or the supervisor,
+    under ``server.workers``)."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -45,6 +50,8 @@ class JsonFormatter(UtcFormatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.process is not None:
+            out["process"] = self.process
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out["fields"] = fields
@@ -62,8 +69,10 @@ def _journal_handler() -> logging.Handler | None:
     return handler
 
 
-def configure(section: ServerSection, *, command: str = "run") -> None:
-    """Set up the root logger for ``command`` from the ``[server]`` section."""
+def configure(section: ServerSection, *, command: str = "run", process: str | None = None) -> None:
+    """Set up the root logger for ``command`` from the ``[server]`` section.
+    ``process``: the name of this process among the workers of ``server.workers``
+    (``w0``, ``w1``, ``supervisor``), shown on each line."""
     level = logging.getLevelName(section.log_level.upper())
     if command != "run":
         level = max(level, logging.WARNING)
@@ -81,7 +90,12 @@ def configure(section: ServerSection, *, command: str = "run") -> None:
         handler = logging.FileHandler(path, encoding="utf-8")
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if section.log_format == "json" else UtcFormatter(PLAIN_FORMAT)
+    plain = (
+        PLAIN_FORMAT
+        if process is None
+        else PLAIN_FORMAT.replace("%(name)s", f"[{process}] %(name)s")
+    )
+    formatter = JsonFormatter(process) if section.log_format == "json" else UtcFormatter(plain)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

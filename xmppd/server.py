@@ -44,7 +44,8 @@ from xmppd.router import Router
 from xmppd.s2s.certs import TrustStore
 from xmppd.s2s.dialback import dialback_secret
 from xmppd.s2s.links import S2SLinks, S2SStats, register_metrics, verify_dialback
-from xmppd.server_secret import derive, load_or_create
+from xmppd.server_secret import derive
+from xmppd.server_secret import load as load_secret
 from xmppd.sessions import SessionRegistry, make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
@@ -70,19 +71,39 @@ IDLE_CHECK: Final = 2.5
 """Seconds between heap checks when idle parsers are not released (``idle_release = 0``)."""
 
 
+def worker_node_name(configured: str, worker: int | None) -> str:
+    """A process's node name: ``[cluster] node`` (else the host name), with
+    ``-w<N>`` for worker N of ``server.workers``."""
+    if not configured:
+        return default_node_name(worker)
+    return configured if worker is None else f"{configured}-w{worker}"
+
+
 class Server:
     """One xmppd process: a complete server (storage, hosts, modules, listeners)."""
 
-    def __init__(self, config: ServerConfig, *, node_name: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        node_name: str | None = None,
+        worker: int | None = None,
+        standalone: bool = False,
+    ) -> None:
         """``node_name``: this process's name in a cluster (default: ``[cluster] node``,
-        else the host name)."""
+        else the host name; ``-w<worker>`` appended for a worker of ``xmppd run``).
+        ``worker``: this process is worker number ``worker`` of ``server.workers``: its
+        listeners share their ports with the other workers (SO_REUSEPORT) and its
+        control socket is its own. ``standalone``: never join the cluster (the CLI's
+        offline commands, which must not pass for a node)."""
         self.config = config
+        self.worker = worker
         self.bus = EventBus("global", summarize=describe_payload)
         self.cluster: ClusterNode | None = None
         """This process's membership of a cluster (``[cluster] redis_url``), from start."""
         self.sessions: SessionRegistry
-        if config.cluster.enabled:
-            name = node_name or config.cluster.node or default_node_name()
+        if config.cluster.enabled and not standalone:
+            name = node_name or worker_node_name(config.cluster.node, worker)
             self.sessions = ClusterSessions(name)
             log.info("session registry: cluster (node %s)", name)
         else:
@@ -155,7 +176,7 @@ class Server:
         """Client stanzas in and out by kind (metrics)."""
         self.admin_api = AdminApi(self.core, ApiTokens(self.core.db), self.throttle)
         """The REST API (xmppd.adminapi), on the HTTP listeners and the control socket."""
-        self.control = ControlSocket(self.admin_api, config.server.data_dir)
+        self.control = ControlSocket(self.admin_api, config.server.data_dir, worker=worker)
         self.metrics: Metrics = self.core.metrics
         self.health: Health = self.core.health
         observe(self)  # the core's own metrics and health parts
@@ -165,9 +186,9 @@ class Server:
     async def start(self, *, listen: bool = True) -> None:
         """Prepare storage, load modules on every host, then open the listeners."""
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        self._load_secret()
         self.modules.import_all()
         await self.db.start(auto_upgrade=self.config.storage.auto_upgrade)
+        await self._load_secret()
         self.spawn(self.db.checkpoints(), name="sqlite-checkpoints")
         if isinstance(self.sessions, ClusterSessions):
             self.cluster = ClusterNode(
@@ -205,6 +226,7 @@ class Server:
                     self.open_c2s,
                     self.tls,
                     lambda: frozenset(self.hosts),
+                    reuse_port=self.worker is not None,
                 )
                 OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
                 AdminApi(self.core, ApiTokens(self.core.db), self.throttle).register(self.core.http)
@@ -221,6 +243,7 @@ class Server:
                 c2s_per_address=ConnectionsPerAddress(
                     self.config.c2s.max_connections_per_ip, self.config.c2s.connection_limit_exempt
                 ),
+                reuse_port=self.worker is not None,
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
             for listener, section in zip(self._listeners, self.config.listeners, strict=False):
@@ -229,6 +252,8 @@ class Server:
                     scheme = "https" if section.tls == "direct" else "http"
                     self.core.http_listeners.append((scheme, section.address, port))
             await self._start_bosh_relay()
+            if self.worker is not None:
+                log.info("worker %d listening (ports shared with the other workers)", self.worker)
         for host in self.hosts.values():
             await host.bus.run(hooks.HOST_STARTED, hooks.HostEvent(host.domain))
         if listen:
@@ -459,9 +484,9 @@ class Server:
             )
         return (*items, *found) if found else items
 
-    def _load_secret(self) -> None:
+    async def _load_secret(self) -> None:
         auth = self.config.auth
-        self.secret = load_or_create(self.config.server.data_dir)
+        self.secret = await load_secret(self.config, self.db)
         self.core.secret = self.secret
         # Unknown users get the same fake SCRAM salt after a restart, as real ones do.
         sasl.configure_unknown_user_disguise(

@@ -21,6 +21,8 @@ and write back every change they make.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -287,6 +289,34 @@ class _JidMaps:
     def endpoints_of(self, bare: JID) -> list[Endpoint]:
         resources = self._bare.get(bare)
         return list(resources.values()) if resources else []
+
+
+async def end_sessions(
+    registry: SessionRegistry,
+    sessions: list[Session],
+    condition: str,
+    text: str | None = None,
+    *,
+    timeout: float = 10.0,
+) -> int:
+    """Close ``sessions``, local or on other nodes, and wait (up to ``timeout``)
+    until their teardown is done: a local one's hooks have run, a remote one is no
+    longer bound (its node unbinds it when its stream ends). How many were closed."""
+    for session in sessions:
+        registry.close(session, condition, text)
+
+    async def gone(session: Session) -> None:
+        await registry.wait_closed(session)
+        # On another node: no local event tells when it ends; its record goes then.
+        for _ in range(int(timeout / 0.05) + 1):
+            if not registry.is_current(session):
+                return
+            await asyncio.sleep(0.05)
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(gone(s) for s in sessions))
+    return len(sessions)
 
 
 def _best_priority(sessions: list[Session]) -> list[Session]:

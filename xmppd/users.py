@@ -4,14 +4,13 @@ hooks that let every module add or delete its part (``user_registered``,
 
 from __future__ import annotations
 
-import asyncio
-
 from xmppd import hooks
 from xmppd.auth.scram import SCRAM_HASHES
 from xmppd.core import Core
 from xmppd.events import Drop
 from xmppd.export import export_document
 from xmppd.jid import JID
+from xmppd.sessions import end_sessions as close_sessions
 from xmppd.stanza import Element
 
 
@@ -38,12 +37,10 @@ async def export_user(core: Core, jid: JID) -> Element:
 
 
 async def end_sessions(core: Core, jid: JID, text: str) -> None:
-    """Close every local session of the account ``jid`` and wait for their teardown."""
-    closing = []
-    for endpoint in core.sessions.endpoints_of(jid.bare):
-        endpoint.close("not-authorized", text)
-        closing.append(endpoint.wait_closed())
-    await asyncio.gather(*closing)
+    """Close every session of the account ``jid`` (in a cluster: on every node) and
+    wait for their teardown."""
+    registry = core.sessions
+    await close_sessions(registry, registry.of(jid.bare), "not-authorized", text)
 
 
 async def remove_user(core: Core, jid: JID) -> bool:

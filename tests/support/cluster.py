@@ -233,9 +233,8 @@ def running_cluster(
                 node_dir = tmp / f"node{index + 1}"
                 node_dir.mkdir(parents=True, exist_ok=True)
                 data_dir = node_dir / "data"
-                if started:  # one identity: the first node's secret and certificate
+                if started:  # one certificate (the secret is the database's)
                     shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
-                    shutil.copy(started[0].data_dir / "server.key", data_dir / "server.key")
                 p1, p2 = free_port(), free_port()
                 p4 = free_port() if http else None
                 p3 = free_port() if components else None

@@ -4,31 +4,47 @@ an operator's kick; a deleted account's sessions get ``not-authorized``)."""
 
 from __future__ import annotations
 
-import asyncio
+from typing import TYPE_CHECKING, cast
 
 from pydantic import BaseModel, Field
 
 from xmppd.adminapi.base import ApiContext, Call, Route, not_found
-from xmppd.sessions import Endpoint
+from xmppd.cluster.records import RemoteSession
+from xmppd.cluster.registry import ClusterSessions
+from xmppd.sessions import Session, SessionRegistry, end_sessions
+
+if TYPE_CHECKING:
+    from xmppd.sessions import Endpoint
 
 
 class SessionInfo(BaseModel):
-    """A bound client session."""
+    """A bound client session (in a cluster: on any node)."""
 
     jid: str
     peer: str
-    transport: str = Field(description="tcp, websocket or bosh")
+    transport: str = Field(description="tcp, websocket or bosh (empty: on another node)")
     secure: bool
     detached: bool = Field(description="Waiting for a XEP-0198 resumption.")
+    node: str | None = Field(
+        None, description="The cluster node (or worker) it is bound on; null: no cluster."
+    )
 
 
-def session_info(s: Endpoint) -> SessionInfo:
+def session_info(s: Session, registry: SessionRegistry | None = None) -> SessionInfo:
+    """``s`` as the API shows it; ``registry`` tells the node of a local session."""
+    if isinstance(s, RemoteSession):
+        node: str | None = s.node
+        transport = ""
+    else:
+        node = registry.node if isinstance(registry, ClusterSessions) else None
+        transport = cast("Endpoint", s).transport_name
     return SessionInfo(
         jid=str(s.jid),
         peer=s.peer,
-        transport=s.transport_name,
+        transport=transport,
         secure=s.is_secure,
         detached=s.is_detached,
+        node=node,
     )
 
 
@@ -84,33 +100,34 @@ class SessionResource:
         ]
 
     async def list_sessions(self, call: Call) -> SessionList:
-        found = [session_info(s) for s in self.api.core.sessions.endpoints()]
+        registry = self.api.core.sessions
+        found = [session_info(s, registry) for s in registry]
         return SessionList(sessions=sorted(found, key=lambda s: s.jid))
 
     async def user_sessions(self, call: Call) -> SessionList:
         jid = await self.api.existing_account(call.params["jid"])
-        found = [session_info(s) for s in self.api.core.sessions.endpoints_of(jid)]
+        registry = self.api.core.sessions
+        found = [session_info(s, registry) for s in registry.of(jid)]
         return SessionList(sessions=sorted(found, key=lambda s: s.jid))
 
-    async def _end(self, endpoints: list[Endpoint]) -> int:
-        closing = []
-        for endpoint in endpoints:
-            endpoint.close("policy-violation", "ended by the server's administrator")
-            closing.append(endpoint.wait_closed())
-        async with asyncio.timeout(10):
-            await asyncio.gather(*closing)
-        return len(closing)
+    async def _end(self, sessions: list[Session]) -> int:
+        return await end_sessions(
+            self.api.core.sessions,
+            sessions,
+            "policy-violation",
+            "ended by the server's administrator",
+        )
 
     async def kick_all(self, call: Call) -> Kicked:
         jid = await self.api.existing_account(call.params["jid"])
         call.audit_target = str(jid)
-        return Kicked(closed=await self._end(self.api.core.sessions.endpoints_of(jid)))
+        return Kicked(closed=await self._end(self.api.core.sessions.of(jid)))
 
     async def kick_one(self, call: Call) -> None:
         jid = await self.api.existing_account(call.params["jid"])
         resource = call.params["resource"]
         call.audit_target = f"{jid}/{resource}"
-        found = [e for e in self.api.core.sessions.endpoints_of(jid) if e.jid.resource == resource]
+        found = [s for s in self.api.core.sessions.of(jid) if s.jid.resource == resource]
         if not found:
             raise not_found(f"no session {jid}/{resource}")
         await self._end(found)

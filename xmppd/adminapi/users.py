@@ -159,7 +159,7 @@ class UserResource:
         if created is None:
             raise not_found(f"no user {jid}")
         sessions = sorted(
-            (session_info(s) for s in self.api.core.sessions.endpoints_of(jid)),
+            (session_info(s, self.api.core.sessions) for s in self.api.core.sessions.of(jid)),
             key=lambda s: s.jid,
         )
         return UserInfo(jid=str(jid), created_at=created, online=bool(sessions), sessions=sessions)

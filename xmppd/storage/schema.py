@@ -97,3 +97,14 @@ api_user_tokens: Final = sa.Table(
 """User-scoped bearer tokens of the REST API (``xut_<token_id>_<secret>``): act as one
 account on the ``/api/v1/me`` endpoints. Hashed like admin tokens; deleted with the
 account and when its password changes."""
+
+server_secret: Final = sa.Table(
+    "xmppd_server_secret",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("secret", sa.String(512), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    info={"schema_version": 1},
+)
+"""The server secret of a cluster on a shared database (xmppd.server_secret): one row
+(``id`` = 1, the secret as hex), inserted by the first node to start."""

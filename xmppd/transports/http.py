@@ -62,8 +62,13 @@ class HttpFront:
         open_c2s: Callable[[Transport, bool], StreamInput],
         tls: TlsContexts | None,
         hosts: Callable[[], frozenset[str]],
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: bind with SO_REUSEPORT (the workers of ``server.workers``
+        share the HTTP ports)."""
         self.config = config
+        self.reuse_port = reuse_port
         self.routes = routes
         self.tls = tls
         self._proxies: tuple[Network, ...] = tuple(
@@ -126,6 +131,7 @@ class HttpFront:
             ssl=ssl_ctx,
             backlog=section.backlog,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             ssl_handshake_timeout=30 if ssl_ctx else None,
         )
         for sock in srv.sockets:

@@ -57,6 +57,9 @@ class StreamOpeners:
     """Called with the stream when an incoming s2s connection starts being slowed down."""
     c2s_per_address: ConnectionsPerAddress | None = None
     """Open client connections per source address, shared by every c2s listener."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT: the workers of ``server.workers`` each bind every
+    listener and the kernel spreads new connections over them."""
 
 
 LINGER: Final = 2.0
@@ -294,6 +297,7 @@ async def _listen(
             port=section.port,
             backlog=section.backlog,
             reuse_address=True,
+            reuse_port=openers.reuse_port or None,
         )
         for sock in srv.sockets:
             log.info("s2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
@@ -306,6 +310,7 @@ async def _listen(
         ssl=ssl_ctx,
         backlog=section.backlog,
         reuse_address=True,
+        reuse_port=openers.reuse_port or None,
         ssl_handshake_timeout=30 if ssl_ctx else None,
     )
     for sock in srv.sockets:
@@ -594,6 +599,7 @@ async def _listen_components(
         port=section.port,
         backlog=section.backlog,
         reuse_address=True,
+        reuse_port=openers.reuse_port or None,
     )
     for sock in srv.sockets:
         log.info("component listener on %s", sock.getsockname()[:2])
