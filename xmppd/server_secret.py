@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from xmppd.storage.schema import server_secret
 
@@ -119,9 +120,9 @@ async def shared_secret(db: Database, initial: bytes | None = None) -> bytes:
     new random key), then read, so that every node, even those starting together,
     ends with the one row that won."""
     candidate = initial if initial is not None else secrets.token_bytes(_KEY_BYTES)
-    await db.upsert(
-        server_secret, {"id": 1, "secret": candidate.hex(), "created_at": time.time()}, ("id",)
-    )
+    row = {"id": 1, "secret": candidate.hex(), "created_at": time.time()}
+    dialect = postgresql if db.dialect == "postgresql" else sqlite
+    await db.execute(dialect.insert(server_secret).values(**row).on_conflict_do_nothing())
     stored = await db.fetch_value(sa.select(server_secret.c.secret).where(server_secret.c.id == 1))
     if not isinstance(stored, str):
         raise SecretError("the database holds no server secret after inserting one")
