@@ -46,13 +46,15 @@ class Workers:
         """What each member of the cluster told about itself (``pid``...), from Redis."""
         import redis
 
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            self.redis_url, socket_connect_timeout=2, decode_responses=True
+        )
         try:
-            found = client.hgetall(f"{self.prefix}:nodes")
+            found: dict[str, str] = client.hgetall(f"{self.prefix}:nodes")  # type: ignore[assignment]
             live = {
-                k.decode(): json.loads(v)
-                for k, v in found.items()
-                if client.exists(f"{self.prefix}:alive:{k.decode()}")
+                name: json.loads(info)
+                for name, info in found.items()
+                if client.exists(f"{self.prefix}:alive:{name}")
             }
         finally:
             client.close()
