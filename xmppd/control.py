@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,6 +27,8 @@ from aiohttp import web
 
 from xmppd.adminapi.base import Principal
 from xmppd.httproutes import CLIENT, HttpClient
+from xmppd.metrics import CONTENT_TYPE
+from xmppd.workermetrics import NODE_HEADER
 
 if TYPE_CHECKING:
     from xmppd.adminapi import AdminApi
@@ -59,9 +62,21 @@ class ControlSocket:
     """Serves ``api`` on ``<data_dir>/xmppd.ctl`` (``xmppd-w<N>.ctl`` for worker N)
     while the server runs."""
 
-    def __init__(self, api: AdminApi, data_dir: Path, *, worker: int | None = None) -> None:
+    def __init__(
+        self,
+        api: AdminApi,
+        data_dir: Path,
+        *,
+        worker: int | None = None,
+        metrics: Callable[[], bytes] | None = None,
+        node: str = "",
+    ) -> None:
+        """``metrics`` (a worker's): also serve ``GET /metrics``, this process's own
+        metrics, for the worker that answers a scrape (:mod:`xmppd.workermetrics`)."""
         self.api = api
         self.path = socket_path(data_dir, worker)
+        self._metrics = metrics
+        self._node = node
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -69,6 +84,8 @@ class ControlSocket:
             log.warning("no control socket: the path %s is too long for a Unix socket", self.path)
             return
         app = web.Application(client_max_size=1024 * 1024)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -80,6 +97,12 @@ class ControlSocket:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+
+    async def _serve_metrics(self, request: web.Request) -> web.StreamResponse:
+        assert self._metrics is not None
+        return web.Response(
+            body=self._metrics(), headers={NODE_HEADER: self._node, "Content-Type": CONTENT_TYPE}
+        )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         request[CLIENT] = HttpClient(address="local", secure=True, base_url="")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -40,8 +41,18 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 class OpsEndpoints:
     """``/metrics`` and the health probes, restricted to ``http.ops_allowed``."""
 
-    def __init__(self, config: HttpSection, metrics: Metrics, health: Health) -> None:
+    def __init__(
+        self,
+        config: HttpSection,
+        metrics: Metrics,
+        health: Health,
+        *,
+        render: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
+        """``render``: what ``/metrics`` answers instead of this process's metrics
+        (under ``server.workers``, every worker's: :mod:`xmppd.workermetrics`)."""
         self.metrics = metrics
+        self._render = render
         self.health = health
         self._metrics_on = config.metrics
         self._health_on = config.health
@@ -76,7 +87,7 @@ class OpsEndpoints:
         if refused is not None:
             return refused
         return web.Response(
-            body=self.metrics.render(),
+            body=self.metrics.render() if self._render is None else await self._render(),
             headers={"Content-Type": CONTENT_TYPE, **_NO_STORE},
         )
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
@@ -61,6 +61,7 @@ from xmppd.transports.peerlimit import ConnectionsPerAddress
 from xmppd.transports.peertls import PeerTlsContexts
 from xmppd.transports.tcp import StreamOpeners, start_listeners
 from xmppd.users import export_user, register_user, remove_user
+from xmppd.workermetrics import gather as gather_worker_metrics
 
 if TYPE_CHECKING:
     from xmppd.stream.transport import Transport
@@ -176,7 +177,13 @@ class Server:
         """Client stanzas in and out by kind (metrics)."""
         self.admin_api = AdminApi(self.core, ApiTokens(self.core.db), self.throttle)
         """The REST API (xmppd.adminapi), on the HTTP listeners and the control socket."""
-        self.control = ControlSocket(self.admin_api, config.server.data_dir, worker=worker)
+        self.control = ControlSocket(
+            self.admin_api,
+            config.server.data_dir,
+            worker=worker,
+            metrics=self.core.metrics.render if worker is not None else None,
+            node=getattr(self.sessions, "node", ""),
+        )
         self.metrics: Metrics = self.core.metrics
         self.health: Health = self.core.health
         observe(self)  # the core's own metrics and health parts
@@ -228,7 +235,9 @@ class Server:
                     lambda: frozenset(self.hosts),
                     reuse_port=self.worker is not None,
                 )
-                OpsEndpoints(self.config.http, self.metrics, self.health).register(self.core.http)
+                OpsEndpoints(
+                    self.config.http, self.metrics, self.health, render=self._metrics_render()
+                ).register(self.core.http)
                 AdminApi(self.core, ApiTokens(self.core.db), self.throttle).register(self.core.http)
             await self.control.start()
             openers = StreamOpeners(
@@ -307,6 +316,18 @@ class Server:
             lambda: relay.refused,
         )
         await cluster.announce(http=url)
+
+    def _metrics_render(self) -> Callable[[], Awaitable[bytes]] | None:
+        """Under ``server.workers``: ``/metrics`` shows every worker's, by node."""
+        if self.worker is None or self.cluster is None:
+            return None
+        data_dir, sock, node = self.config.server.data_dir, self.control.path, self.cluster.name
+        render = self.metrics.render
+
+        async def every_worker() -> bytes:
+            return await gather_worker_metrics(data_dir, sock, node, render)
+
+        return every_worker
 
     def _assemble_stream_services(self) -> None:
         """The explicit dependencies of streams (they never see the ``Server``)."""

@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import Slix, register_account
 from tests.support.cluster import REDIS_URL, cluster_extra, delete_prefix, redis_or_skip
@@ -35,7 +37,7 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
-    with running_workers(tmp_path_factory.mktemp("workers"), workers=2) as running:
+    with running_workers(tmp_path_factory.mktemp("workers"), workers=2, http=True) as running:
         yield running
 
 
@@ -88,6 +90,29 @@ async def test_connections_spread_over_workers_and_users_chat_across_them(
         b.xmpp.send_message(mto=a.jid, mbody="and back", mtype="chat")
         got = await a.next_message(lambda m: m["body"] == "and back")
         assert got["from"] == b.xmpp.boundjid
+
+
+async def test_one_scrape_shows_every_worker_by_node(workers: Workers) -> None:
+    """Whichever worker the kernel hands the scrape to, /metrics has every worker's
+    series, labelled with its node, and each family once."""
+    port = workers.server.http_port
+    for _ in range(4):  # several connections: several workers answer
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            assert response.status == 200
+            text = await response.text()
+        families = {
+            f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("xmppd_")
+        }
+        nodes = {s.labels["node"] for s in families["xmppd_cluster_nodes"].samples}
+        assert nodes == {"wk-w0", "wk-w1"}
+        assert text.count("# TYPE xmppd_cluster_nodes gauge") == 1
+        sessions = {
+            s.labels["node"]: s.value for s in families["xmppd_cluster_local_sessions"].samples
+        }
+        assert set(sessions) == {"wk-w0", "wk-w1"}
 
 
 async def test_killed_worker_is_restarted_and_its_sessions_end(workers: Workers) -> None:
