@@ -121,7 +121,10 @@ class Supervisor:
             keepers = [
                 asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self.count)
             ]
-            await asyncio.gather(*keepers)
+            results = await asyncio.gather(*keepers, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         finally:
             if self._killer is not None:
                 self._killer.cancel()
@@ -154,7 +157,13 @@ class Supervisor:
         first = True
         while not self._stopping.is_set():
             started = loop.time()
-            ready, code = await self._run_once(index)
+            try:
+                ready, code = await self._run_once(index)
+            except OSError as exc:  # cannot even start a process: stop them all
+                log.error("supervisor: cannot start worker %d: %s", index, exc)
+                self._failed = 1
+                self._stop("a worker could not start")
+                return
             if self._stopping.is_set():
                 return
             if first and not ready:
