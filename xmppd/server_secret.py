@@ -110,8 +110,16 @@ async def load(config: ServerConfig, db: Database) -> bytes:
         assert key is not None
         return key
     if uses_database(config):
-        local = read_key_file(config.server.data_dir / FILE_NAME, missing_ok=True)
-        return await shared_secret(db, local)
+        path = config.server.data_dir / FILE_NAME
+        local = read_key_file(path, missing_ok=True)
+        key = await shared_secret(db, local)
+        if local is not None and local != key:
+            log.warning(
+                "ignored %s: the cluster's server secret is the one in the database (set "
+                "[server] secret_file to use a file on every node instead)",
+                path,
+            )
+        return key
     return load_or_create(config.server.data_dir)
 
 

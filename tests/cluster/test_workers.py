@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -41,15 +41,18 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         yield running
 
 
-async def sessions_by_node(running: Workers, expected: int) -> dict[str, str]:
+async def sessions_by_node(
+    running: Workers, expected: int = 0, until: Callable[[dict[str, str]], bool] | None = None
+) -> dict[str, str]:
     """Full JID → node of every session, as the REST API of whichever worker answers
-    on the control sockets lists them, once ``expected`` sessions are listed."""
+    on the control sockets lists them, once ``expected`` sessions are listed (or
+    ``until`` holds)."""
     async with asyncio.timeout(20):
         while True:
             status, body = await call(running.server.data_dir, "GET", "/sessions")
             assert status == 200, body
             found = {s["jid"]: s["node"] for s in body["sessions"]}
-            if len(found) >= expected:
+            if until(found) if until is not None else len(found) >= expected:
                 return found
             await asyncio.sleep(0.1)
 
@@ -90,6 +93,12 @@ async def test_connections_spread_over_workers_and_users_chat_across_them(
         b.xmpp.send_message(mto=a.jid, mbody="and back", mtype="chat")
         got = await a.next_message(lambda m: m["body"] == "and back")
         assert got["from"] == b.xmpp.boundjid
+
+        # The CLI's control socket reaches one worker, which acts for all: deleting
+        # b's account ends its session on the other worker.
+        status, _ = await call(workers.server.data_dir, "DELETE", f"/users/{b.xmpp.boundjid.bare}")
+        assert status == 204
+        await sessions_by_node(workers, until=lambda found: b.jid not in found)
 
 
 async def test_one_scrape_shows_every_worker_by_node(workers: Workers) -> None:
