@@ -73,7 +73,9 @@ async def clients_on_every_worker(
                 await stack.enter_async_context(Slix(running.server, f"{name}@localhost", PW))
             )
             if len(clients) >= at_least:
-                nodes = await sessions_by_node(running, len(clients))
+                mine = {c.jid for c in clients}
+                listed = await sessions_by_node(running, until=mine.issubset)
+                nodes = {jid: listed[jid] for jid in mine}
                 if len(set(nodes.values())) == running.count:
                     break
         yield clients, nodes
@@ -143,8 +145,9 @@ async def test_killed_worker_is_restarted_and_its_sessions_end(workers: Workers)
         while workers.worker_pids().get("wk-w1") in (None, victim):
             assert time.monotonic() < deadline, "the supervisor did not restart worker 1"
             await asyncio.sleep(0.1)
-        listed = await sessions_by_node(workers, 1)
-        assert b.jid not in listed
+        listed = await sessions_by_node(
+            workers, until=lambda found: b.jid not in found and a.jid in found
+        )
         assert nodes[a.jid] == listed[a.jid] == "wk-w0"
         log = workers.server.log_text()
         assert "worker 1 exited (status -9); starting it again" in log
