@@ -22,8 +22,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.boshclient import BoshClient
 from tests.support.clients import Slix, register_account
 from tests.support.cluster import REDIS_URL, cluster_extra, delete_prefix, redis_or_skip
+from tests.support.component import SlixComponent, ctag
 from tests.support.server import free_port, postgres_database, write_config
 from tests.support.workers import Workers, running_workers
 from xmppd.config import ConfigError, load_config
@@ -32,12 +34,18 @@ from xmppd.control import call
 pytestmark = pytest.mark.timeout(240)  # each start imports xmppd in three processes
 
 PW = "s3cret-pw"
+COMPONENT = "gateway.localhost"
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
-    with running_workers(tmp_path_factory.mktemp("workers"), workers=2, http=True) as running:
+    with running_workers(
+        tmp_path_factory.mktemp("workers"),
+        workers=2,
+        http=True,
+        components={COMPONENT: "comp-secret"},
+    ) as running:
         yield running
 
 
@@ -124,6 +132,68 @@ async def test_one_scrape_shows_every_worker_by_node(workers: Workers) -> None:
             s.labels["node"]: s.value for s in families["xmppd_cluster_local_sessions"].samples
         }
         assert set(sessions) == {"wk-w0", "wk-w1"}
+
+
+async def test_a_bosh_session_is_served_whichever_worker_gets_the_request(
+    workers: Workers,
+) -> None:
+    """Every request on a new connection, so the kernel spreads them over the workers:
+    the ones that do not hold the session pass the request on to the one that does
+    (the cluster's BOSH relay: each worker is a node)."""
+    name = f"w{next(_counter)}"
+    await register_account(workers.server, name, PW)
+    url = f"http://127.0.0.1:{workers.server.http_port}/http-bind"
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        bosh = BoshClient(http, url)
+        jid = await bosh.login(name, PW)
+        assert jid.startswith(f"{name}@localhost/")
+        for i in range(10):
+            response = await bosh.send(
+                f"<iq xmlns='jabber:client' type='get' id='p{i}' to='localhost'>"
+                "<ping xmlns='urn:xmpp:ping'/></iq>"
+            )
+            if not any(el.get("id") == f"p{i}" for el in response):
+                await bosh.until(lambda el, i=i: el.get("id") == f"p{i}")
+        async with http.get(f"http://127.0.0.1:{workers.server.http_port}/metrics") as r:
+            text = await r.text()
+    forwarded = sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "xmppd_bosh_relay_forwarded"
+        for s in f.samples
+        if s.name == "xmppd_bosh_relay_forwarded_total"
+    )
+    assert forwarded > 0
+
+
+async def test_a_component_serves_users_of_every_worker(workers: Workers) -> None:
+    """The component connects to one worker; a user on the other worker reaches it
+    (through the cluster) and gets its answer."""
+    component = await SlixComponent(workers.server, COMPONENT, "comp-secret").connected()
+    try:
+        deadline = time.monotonic() + 15
+        while (held := workers.component_node(COMPONENT)) is None:
+            assert time.monotonic() < deadline, "the component's node was not published"
+            await asyncio.sleep(0.05)
+        async with clients_on_every_worker(workers, at_least=2) as (clients, nodes):
+            user = next(c for c in clients if nodes[c.jid] != held)
+            user.xmpp.send_message(mto=f"bot@{COMPONENT}", mbody="hello gateway", mtype="chat")
+            got = await component.next(
+                lambda el: (
+                    el.tag == ctag("message") and el.findtext(ctag("body")) == "hello gateway"
+                )
+            )
+            assert got.get("from") == user.jid
+            component.send_message(user.jid, "hello user", mfrom=f"bot@{COMPONENT}")
+            answer = await user.next_message(lambda m: m["body"] == "hello user")
+            assert answer["from"] == f"bot@{COMPONENT}"
+    finally:
+        await component.stop()
+    deadline = time.monotonic() + 15
+    while workers.component_node(COMPONENT) is not None:  # it left: the key goes
+        assert time.monotonic() < deadline, "the component's node was not withdrawn"
+        await asyncio.sleep(0.05)
 
 
 async def test_killed_worker_is_restarted_and_its_sessions_end(workers: Workers) -> None:

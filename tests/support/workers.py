@@ -73,6 +73,19 @@ class Workers:
                 raise TimeoutError(f"live nodes {sorted(nodes)}, expected {sorted(expected)}")
             time.sleep(0.1)
 
+    def component_node(self, domain: str) -> str | None:
+        """The node an external component is connected to, as published in Redis."""
+        import redis
+
+        client = redis.Redis.from_url(
+            self.redis_url, socket_connect_timeout=2, decode_responses=True
+        )
+        try:
+            value = client.hget(f"{self.prefix}:components", domain)
+        finally:
+            client.close()
+        return value if isinstance(value, str) else None
+
     def worker_pids(self) -> dict[str, int]:
         return {name: int(info["pid"]) for name, info in self.nodes().items()}
 
@@ -86,6 +99,7 @@ def running_workers(
     http: bool = False,
     node_timeout: float = 3.0,
     extra: str = "",
+    components: dict[str, str] | None = None,
 ) -> Iterator[Workers]:
     """``xmppd run`` with ``server.workers = workers``; returns once every worker is a
     live node of its cluster."""
@@ -99,6 +113,7 @@ def running_workers(
             log_path = tmp / "xmppd.log"
             p1, p2 = free_port(), free_port()
             p4 = free_port() if http else None
+            p3 = free_port() if components else None
             write_config(
                 config_path,
                 data_dir=data_dir,
@@ -108,6 +123,8 @@ def running_workers(
                 modules=DEFAULT_TEST_MODULES if modules is None else modules,
                 extra=extra + cluster_extra(REDIS_URL, prefix, NODE, timeout=node_timeout),
                 http_port=p4,
+                component_port=p3,
+                components=components,
                 server={"workers": workers},
             )
             with log_path.open("ab") as log:
@@ -121,9 +138,10 @@ def running_workers(
                 proc, data_dir, config_path, p1, p2, "localhost", "postgresql", log_path, url
             )
             server.http_port = p4
+            server.component_port = p3
             running = Workers(server, workers, REDIS_URL, prefix)
             try:
-                _wait_listening(proc, tuple(p for p in (p1, p2, p4) if p), log_path)
+                _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
                 running.wait_nodes({running.node(i) for i in range(workers)})
                 yield running
             finally:
