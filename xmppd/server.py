@@ -582,7 +582,7 @@ class Server:
         ``system-shutdown``). Waits ``[cluster] drain_timeout`` at most."""
         cluster = self.cluster
         timeout = self.config.cluster.drain_timeout
-        if cluster is None or timeout <= 0 or not cluster.can_drain():
+        if cluster is None or timeout <= 0 or not cluster.can_drain() or self._siblings_only():
             return
         for listener in self._listeners:
             if listener.sockets:
@@ -605,6 +605,15 @@ class Server:
                 await cluster.registry.no_local_sessions()
         left = len(self.sessions.endpoints())
         log.info("drained: %d sessions left to close", left)
+
+    def _siblings_only(self) -> bool:
+        """A worker whose only live peers are the other workers of its supervisor:
+        they all stop together, so there is nowhere to drain to."""
+        if self.worker is None or self.cluster is None:
+            return False
+        name = self.cluster.name
+        base = name[: name.rfind("-w") + 2]
+        return all(node.startswith(base) for node in self.cluster.membership.live)
 
     async def stop(self, reason: str = "shutdown") -> None:
         if reason == "shutdown":

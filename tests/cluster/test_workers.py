@@ -224,15 +224,22 @@ async def test_killed_worker_is_restarted_and_its_sessions_end(workers: Workers)
 
 
 def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
-    with running_workers(tmp_path, workers=2) as running:
+    """Clients connected to both workers; the workers stop together, so none drains
+    into the others (a drain would wait drain_timeout for clients to move)."""
+    with running_workers(tmp_path, workers=2, cluster='drain_timeout = "120s"\n') as running:
         pids = running.worker_pids()
         sockets = sorted(p.name for p in running.server.data_dir.glob("*.ctl"))
         assert sockets == ["xmppd-w0.ctl", "xmppd-w1.ctl"]
         assert (running.server.data_dir / "xmppd.pid").read_text().strip() == str(
             running.server.process.pid
         )
-        running.server.process.send_signal(signal.SIGTERM)
-        assert running.server.process.wait(timeout=30) == 0
+
+        async def stop_with_clients() -> int:
+            async with clients_on_every_worker(running, at_least=2):
+                running.server.process.send_signal(signal.SIGTERM)
+                return await asyncio.to_thread(running.server.process.wait, 30)
+
+        assert asyncio.run(stop_with_clients()) == 0
         for pid in pids.values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
@@ -241,6 +248,7 @@ def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
         assert not (running.server.data_dir / "xmppd.pid").exists()
         log = running.server.log_text()
         assert "supervisor: every worker has stopped" in log
+        assert "draining:" not in log
         assert "Traceback" not in log
 
 

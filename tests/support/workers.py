@@ -100,9 +100,10 @@ def running_workers(
     node_timeout: float = 3.0,
     extra: str = "",
     components: dict[str, str] | None = None,
+    cluster: str = "",
 ) -> Iterator[Workers]:
     """``xmppd run`` with ``server.workers = workers``; returns once every worker is a
-    live node of its cluster."""
+    live node of its cluster. ``cluster``: more ``[cluster]`` lines."""
     redis_or_skip()
     prefix = f"t{uuid.uuid4().hex[:10]}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -111,29 +112,41 @@ def running_workers(
             data_dir = tmp / "data"
             config_path = tmp / "xmppd.toml"
             log_path = tmp / "xmppd.log"
-            p1, p2 = free_port(), free_port()
-            p4 = free_port() if http else None
-            p3 = free_port() if components else None
-            write_config(
-                config_path,
-                data_dir=data_dir,
-                storage_url=url,
-                starttls_port=p1,
-                direct_tls_port=p2,
-                modules=DEFAULT_TEST_MODULES if modules is None else modules,
-                extra=extra + cluster_extra(REDIS_URL, prefix, NODE, timeout=node_timeout),
-                http_port=p4,
-                component_port=p3,
-                components=components,
-                server={"workers": workers},
-            )
-            with log_path.open("ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            for attempt in range(3):
+                # Fresh ports on each attempt: a port found free can be taken by
+                # someone else before the workers bind it.
+                p1, p2 = free_port(), free_port()
+                p4 = free_port() if http else None
+                p3 = free_port() if components else None
+                write_config(
+                    config_path,
+                    data_dir=data_dir,
+                    storage_url=url,
+                    starttls_port=p1,
+                    direct_tls_port=p2,
+                    modules=DEFAULT_TEST_MODULES if modules is None else modules,
+                    extra=extra
+                    + cluster_extra(REDIS_URL, prefix, NODE, timeout=node_timeout)
+                    + cluster,
+                    http_port=p4,
+                    component_port=p3,
+                    components=components,
+                    server={"workers": workers},
                 )
+                with log_path.open("ab") as log:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    )
+                try:
+                    _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
+                    break
+                except RuntimeError:
+                    _stop(proc)
+                    if attempt == 2:
+                        raise
             server = XmppdServer(
                 proc, data_dir, config_path, p1, p2, "localhost", "postgresql", log_path, url
             )
@@ -141,7 +154,6 @@ def running_workers(
             server.component_port = p3
             running = Workers(server, workers, REDIS_URL, prefix)
             try:
-                _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
                 running.wait_nodes({running.node(i) for i in range(workers)})
                 yield running
             finally:
