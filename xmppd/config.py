@@ -772,6 +772,12 @@ class ServerConfig(Section):
                 "(storage.url = postgresql+asyncpg://...): an SQLite file is written by "
                 "one process only"
             )
+        port = re.search(r":([0-9]+)$", self.cluster.http_address)
+        if self.server.workers != 1 and port is not None and int(port.group(1)) != 0:
+            raise ValueError(
+                "cluster.http_address: with server.workers each worker needs a relay port "
+                "of its own: give a host without a port (or :0)"
+            )
         return self
 
     @property

@@ -291,6 +291,18 @@ def test_workers_refuse_sqlite(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_workers_refuse_a_fixed_relay_port(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text(
+        '[server]\nworkers = 2\n[storage]\nurl = "postgresql+asyncpg://x@h/db"\n'
+        '[cluster]\nredis_url = "redis://127.0.0.1:1/0"\nhttp_address = "10.0.0.5:5290"\n'
+    )
+    with pytest.raises(ConfigError, match="each worker needs a relay port of its own"):
+        load_config(path)
+    path.write_text(path.read_text().replace(":5290", ""))
+    assert load_config(path).cluster.http_address == "10.0.0.5"
+
+
 def test_auto_is_one_worker_per_core(tmp_path: Path) -> None:
     path = tmp_path / "x.toml"
     path.write_text(
