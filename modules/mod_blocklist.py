@@ -39,7 +39,8 @@ Enforcement, for accounts of hosts where the module is loaded:
 The lists of online accounts are kept in memory (loaded on first use, updated on every
 change, moved to a small LRU when the last session ends); offline accounts' lists are
 read from storage once and kept in that LRU. One cache serves every host of the server,
-as the routing filter is global.
+as the routing filter is global. In a cluster, a node that stores a change tells the
+others (``ctx.invalidate``), which drop their copy and read the list again.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pydantic import Field
 
 from xmppd.api import (
     DROP,
+    INVALIDATE_ALL,
     JID,
     Drop,
     InvalidJID,
@@ -167,6 +169,18 @@ class Blocklists:
         self._offline_max = ctx.options.offline_cache_size
         self._epoch = 0
         """Bumped by every change: a load that raced with one is not cached."""
+        ctx.on_invalidate("list", self._invalidated)
+
+    def _invalidated(self, key: str) -> None:
+        """Another node of the cluster changed an account's list: drop this node's
+        copy (read again on next use), and stop assuming no list has items."""
+        self.in_use = True
+        if key == INVALIDATE_ALL:
+            self._epoch += 1
+            self._online.clear()
+            self._offline.clear()
+        else:
+            self.forget_cached(JID.parse(key))
 
     async def check_in_use(self) -> None:
         if not self.in_use:
@@ -193,20 +207,22 @@ class Blocklists:
         if items is not None:
             self._remember(user, items)
             return items
-        epoch = self._epoch
+        epoch, generation = self._epoch, self._ctx.invalidation_generation
         rows = await self._ctx.db.fetch_all(
             _SELECT_ITEMS, {"host": user.domain, "username": user.local}
         )
         items = frozenset(row.jid for row in rows) or _EMPTY
-        if epoch == self._epoch:
+        if epoch == self._epoch and generation == self._ctx.invalidation_generation:
             self._remember(user, items)
         return items
 
     def _changed(self, user: JID, items: frozenset[str]) -> None:
+        """Stored a change of ``user``'s list: keep it here, other nodes drop theirs."""
         self._epoch += 1
         self._online.pop(user, None)
         self._offline.pop(user, None)
         self._remember(user, items or _EMPTY)
+        self._ctx.invalidate("list", str(user))
 
     async def add(self, user: JID, added: Iterable[str]) -> frozenset[str]:
         current = await self.get(user)
@@ -251,6 +267,7 @@ class Blocklists:
             )
         )
         self.forget_cached(user)
+        self._ctx.invalidate("list", str(user))
 
 
 BLOCKLIST: Final = ServiceKey[Blocklists]("blocklist")

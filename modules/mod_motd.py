@@ -68,6 +68,11 @@ class Motd:
         self.current = Message(ctx.options.text, ctx.options.subject)
         self.set_by_admin = False
         """An admin's message replaces the configured one (until set or deleted again)."""
+        ctx.on_invalidate("message", self._invalidated)
+
+    def _invalidated(self, _key: str) -> None:
+        """An admin set the message through another node of the cluster: read it again."""
+        self._ctx.spawn(self.load(), name="motd-reload")
 
     async def load(self) -> None:
         stored = await self._ctx.keyval(_STORE).get("")
@@ -82,6 +87,7 @@ class Motd:
         self.set_by_admin = True
         value = json.dumps({"text": text, "subject": subject or None})
         await self._ctx.keyval(_STORE).set("", value)
+        self._ctx.invalidate("message", "")
 
     def configured(self, options: MotdOptions) -> None:
         """The configuration changed (reload): its message applies unless an admin's

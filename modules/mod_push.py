@@ -65,6 +65,7 @@ from typing import Final
 from pydantic import Field
 
 from xmppd.api import (
+    INVALIDATE_ALL,
     JID,
     Drop,
     Duration,
@@ -244,6 +245,37 @@ class PushService:
         self._gone: OrderedDict[str, None] = OrderedDict()
         """Ids of registrations disabled lately: ignored even if a read saw them."""
         self._pending: dict[JID, dict[tuple[JID, str], _Pending]] = {}
+        ctx.on_invalidate("registrations", self._invalidated)
+
+    # ------------------------------------------------------------------ cluster
+
+    def _invalidated(self, key: str) -> None:
+        """Another node of the cluster changed an account's registrations: drop the
+        cached copy, and stop pending pushes for registrations that are gone."""
+        self._epoch += 1
+        if key == INVALIDATE_ALL:
+            self._cache.clear()
+            users = list(self._pending)
+        else:
+            user = JID.parse(key)
+            self._cache.pop(user, None)
+            users = [user] if user in self._pending else []
+        for user in users:
+            self._ctx.spawn(self._drop_gone(user), name="push-invalidated")
+
+    async def _drop_gone(self, user: JID) -> None:
+        """Forget the pending pushes of ``user`` whose registration is no longer stored."""
+        pending = self._pending.get(user)
+        if not pending:
+            return
+        stored = {r.reg_id for r in await self._read(user)}
+        gone = [s.reg for s in list(pending.values()) if s.reg.reg_id not in stored]
+        if gone:
+            self._changed(user, gone)
+
+    def _stored(self, user: JID) -> None:
+        """A change of ``user``'s registrations is stored: other nodes drop theirs."""
+        self._ctx.invalidate("registrations", str(user))
 
     # ------------------------------------------------------------------ storage
 
@@ -272,7 +304,7 @@ class PushService:
         if cached is None:
             epoch = self._epoch
             cached = await self._read(user)
-            if epoch == self._epoch:
+            if epoch == self._epoch:  # (invalidations from other nodes bump it too)
                 self._cache[user] = cached
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
@@ -322,6 +354,7 @@ class PushService:
             ("host", "username", "service", "node"),
         )
         self._changed(user, [])
+        self._stored(user)
 
     async def _delete(self, user: JID, reg: Registration) -> None:
         t = registrations.c
@@ -345,6 +378,8 @@ class PushService:
         self._changed(user, gone)
         for reg in gone:
             await self._delete(user, reg)
+        if gone:
+            self._stored(user)
         return len(gone)
 
     async def remove_user(self, user: JID) -> None:
@@ -357,6 +392,7 @@ class PushService:
                 registrations.c.username == user.local,
             )
         )
+        self._stored(user)
 
     # ------------------------------------------------------------------ devices
 
@@ -459,6 +495,7 @@ class PushService:
             )
             self._changed(user, [reg])
             await self._delete(user, reg)
+            self._stored(user)
         else:
             ctx.log.warning(
                 "app server %s answered a push for %s with %s (%s)",

@@ -18,7 +18,8 @@ clients send, unless the client put its own ``vcard-temp:x:update`` element with
 ``<photo/>`` in it (an element without ``<photo/>`` is replaced, XEP-0398 §5).
 When a vCard set changes that hash, the available presence of each of the account's
 resources is broadcast again with the new hash (not for resources whose client manages
-the element itself). The hashes of online accounts are kept in memory.
+the element itself). The hashes of online accounts are kept in memory; in a cluster,
+the node that stores a vCard tells the others to drop theirs (``ctx.invalidate``).
 
 Storage: the key/value store ``vcard`` (the vCard as a JSON form of its element tree,
 and its photo hash under the key ``photo_hash``).
@@ -35,6 +36,7 @@ from typing import Final
 from pydantic import Field
 
 from xmppd.api import (
+    INVALIDATE_ALL,
     JID,
     IqRequest,
     Module,
@@ -108,21 +110,37 @@ class Avatars:
     def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
         self._hashes: dict[JID, str | None] = {}
+        ctx.on_invalidate("photo", self._invalidated)
+
+    def _invalidated(self, key: str) -> None:
+        """Another node of the cluster stored a vCard: drop this node's hash."""
+        if key == INVALIDATE_ALL:
+            self._hashes.clear()
+        else:
+            self._hashes.pop(JID.parse(key), None)
 
     async def get(self, user: JID) -> str | None:
         if user in self._hashes:
             return self._hashes[user]
+        generation = self._ctx.invalidation_generation
         found = await self._ctx.keyval(STORE).get(user.local, HASH_KEY)
-        if self._ctx.sessions.is_online(user):
+        if self._ctx.sessions.is_online(user) and generation == self._ctx.invalidation_generation:
             return self._hashes.setdefault(user, found)
         return found
 
     def set(self, user: JID, value: str) -> None:
+        """The account stored a vCard with this photo hash (other nodes drop theirs)."""
         if self._ctx.sessions.is_online(user):
             self._hashes[user] = value
+        self._ctx.invalidate("photo", str(user))
 
     def forget(self, user: JID) -> None:
         self._hashes.pop(user, None)
+
+    def removed(self, user: JID) -> None:
+        """The account was deleted: forget its hash here and on the other nodes."""
+        self.forget(user)
+        self._ctx.invalidate("photo", str(user))
 
     @property
     def max_vcard_size(self) -> int:
@@ -247,7 +265,7 @@ async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
 
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
-    ctx.service(AVATARS).forget(event.jid.bare)
+    ctx.service(AVATARS).removed(event.jid.bare)
     await ctx.keyval(STORE).delete(event.jid.local)
 
 

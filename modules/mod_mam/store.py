@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from xmppd.api import JID, InvalidJID, ServiceKey, StanzaError, ns
+from xmppd.api import INVALIDATE_ALL, JID, InvalidJID, ServiceKey, StanzaError, ns
 from xmppd.api.stanza import Element, child, copy, payload, serialize
 from xmppd.api.storage import (
     BigInteger,
@@ -551,8 +551,21 @@ class Archive:
         self.ctx = ctx
         self._last_id = 0
         self._prefs: OrderedDict[str, Prefs] = OrderedDict()
+        """Preferences of recently used accounts, by username (dropped when another
+        node of a cluster stores a change)."""
+        self._prefs_epoch = 0
+        """Bumped by every change: a read that overlapped one is not cached."""
         self._default = Prefs(ctx.options.default)
         self.writer = Writer(ctx)
+        ctx.on_invalidate("prefs", self._prefs_invalidated)
+
+    def _prefs_invalidated(self, key: str) -> None:
+        """Another node stored preferences of the account ``key`` (a username)."""
+        self._prefs_epoch += 1
+        if key == INVALIDATE_ALL:
+            self._prefs.clear()
+        else:
+            self._prefs.pop(key, None)
 
     async def start(self) -> None:
         """Continue the id sequence after what is stored (the clock may have gone back),
@@ -649,6 +662,7 @@ class Archive:
         if cached is not None:
             self._prefs.move_to_end(user.local)
             return cached
+        epoch = self._prefs_epoch
         row = await self.ctx.db.fetch_one(_PREFS, self._params(user))
         prefs = self._default
         if row is not None:
@@ -657,7 +671,8 @@ class Archive:
                 frozenset(json.loads(row.always_jids)),
                 frozenset(json.loads(row.never_jids)),
             )
-        self._remember(user, prefs)
+        if epoch == self._prefs_epoch:
+            self._remember(user, prefs)
         return prefs
 
     def _remember(self, user: JID, prefs: Prefs) -> None:
@@ -677,7 +692,9 @@ class Archive:
             },
             ("host", "username"),
         )
+        self._prefs_epoch += 1
         self._remember(user, prefs)
+        self.ctx.invalidate("prefs", user.local)
 
     async def wants(self, user: JID, other: JID) -> bool:
         """Whether ``user``'s preferences archive messages with ``other``."""
@@ -807,7 +824,9 @@ class Archive:
                 prefs_table.c.host == self.ctx.domain, prefs_table.c.username == user.local
             )
         )
+        self._prefs_epoch += 1
         self._prefs.pop(user.local, None)
+        self.ctx.invalidate("prefs", user.local)
 
 
 def _id_at(when: float) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from xmppd.api import JID, KeyedLocks, Module, ModuleContext
+from xmppd.api import INVALIDATE_ALL, JID, KeyedLocks, Module, ModuleContext
 from xmppd.api.storage import (
     BigInteger,
     Boolean,
@@ -171,6 +171,21 @@ class NodeStore:
         self._nodes: OrderedDict[str, dict[str, NodeConfig]] = OrderedDict()
         self._locks = KeyedLocks()
         self._last_stamp = 0
+        ctx.on_invalidate("nodes", self._invalidated)
+
+    def _invalidated(self, key: str) -> None:
+        """Another node of the cluster changed the nodes of the owner ``key`` (the
+        owner column's value): drop this node's configurations."""
+        if key == INVALIDATE_ALL:
+            self._nodes.clear()
+        else:
+            self._nodes.pop(key, None)
+
+    def changed(self, owner: JID) -> None:
+        """``owner``'s nodes changed in storage (committed): other nodes of a cluster
+        drop their copy. :meth:`save_node` and :meth:`delete_node` do it themselves
+        unless given a transaction, whose owner calls this after the commit."""
+        self._ctx.invalidate("nodes", self._key(owner))
 
     def _params(self, owner: JID, node: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"host": self._ctx.domain, "owner": self._key(owner)}
@@ -201,8 +216,11 @@ class NodeStore:
         if cached is not None:
             self._nodes.move_to_end(key)
             return cached
+        generation = self._ctx.invalidation_generation
         rows = await self._ctx.db.fetch_all(self._tables.select_nodes, self._params(owner))
         loaded = {row.node: _config(row) for row in rows}
+        if generation != self._ctx.invalidation_generation:
+            return loaded  # another node may have changed them meanwhile: not kept
         cached = self._nodes.setdefault(key, loaded)  # keep one loaded meanwhile
         while len(self._nodes) > NODE_CACHE:
             self._nodes.popitem(last=False)
@@ -254,6 +272,8 @@ class NodeStore:
             if name in nodes:
                 await self._trim(tx, owner, name, keep)
         nodes[name] = config
+        if tx is None:
+            self.changed(owner)
 
     async def delete_node(self, owner: JID, name: str, *, tx: Any = None) -> None:
         """Delete a node and its items (with ``tx``, inside that transaction)."""
@@ -267,6 +287,8 @@ class NodeStore:
             await tx.execute(self._tables.purge, params)
             await tx.execute(self._tables.delete_node, params)
         nodes.pop(name, None)
+        if tx is None:
+            self.changed(owner)
 
     # ------------------------------------------------------------------ items
 
@@ -374,3 +396,4 @@ class NodeStore:
             for statement in self._tables.forget_owner:
                 await tx.execute(statement, params)
         self.forget_cached(owner)
+        self.changed(owner)
