@@ -46,7 +46,7 @@ others (``ctx.invalidate``), which drop their copy and read the list again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from pydantic import Field
@@ -216,13 +216,13 @@ class Blocklists:
             self._remember(user, items)
         return items
 
-    def _changed(self, user: JID, items: frozenset[str]) -> None:
+    def _changed(self, user: JID, items: frozenset[str]) -> Awaitable[object]:
         """Stored a change of ``user``'s list: keep it here, other nodes drop theirs."""
         self._epoch += 1
         self._online.pop(user, None)
         self._offline.pop(user, None)
         self._remember(user, items or _EMPTY)
-        self._ctx.invalidate("list", str(user))
+        return self._ctx.invalidate("list", str(user))
 
     async def add(self, user: JID, added: Iterable[str]) -> frozenset[str]:
         current = await self.get(user)
@@ -234,7 +234,7 @@ class Blocklists:
                     values = {"host": user.domain, "username": user.local, "jid": jid}
                     await db.upsert_in(tx, items_table, values, ("host", "username", "jid"))
             self.in_use = True
-            self._changed(user, current | new)
+            await self._changed(user, current | new)
         return new
 
     async def remove(self, user: JID, removed: Iterable[str] | None) -> frozenset[str]:
@@ -246,7 +246,7 @@ class Blocklists:
             if removed is not None:
                 cond.append(items_table.c.jid.in_(sorted(gone)))
             await self._ctx.db.execute(delete(items_table).where(*cond))
-            self._changed(user, current - gone)
+            await self._changed(user, current - gone)
         return gone
 
     def went_offline(self, user: JID) -> None:
@@ -267,7 +267,7 @@ class Blocklists:
             )
         )
         self.forget_cached(user)
-        self._ctx.invalidate("list", str(user))
+        await self._ctx.invalidate("list", str(user))
 
 
 BLOCKLIST: Final = ServiceKey[Blocklists]("blocklist")

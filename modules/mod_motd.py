@@ -87,7 +87,7 @@ class Motd:
         self.set_by_admin = True
         value = json.dumps({"text": text, "subject": subject or None})
         await self._ctx.keyval(_STORE).set("", value)
-        self._ctx.invalidate("message", "")
+        await self._ctx.invalidate("message", "")
 
     def configured(self, options: MotdOptions) -> None:
         """The configuration changed (reload): its message applies unless an admin's

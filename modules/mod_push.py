@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -273,9 +274,9 @@ class PushService:
         if gone:
             self._changed(user, gone)
 
-    def _stored(self, user: JID) -> None:
+    def _stored(self, user: JID) -> Awaitable[object]:
         """A change of ``user``'s registrations is stored: other nodes drop theirs."""
-        self._ctx.invalidate("registrations", str(user))
+        return self._ctx.invalidate("registrations", str(user))
 
     # ------------------------------------------------------------------ storage
 
@@ -354,7 +355,7 @@ class PushService:
             ("host", "username", "service", "node"),
         )
         self._changed(user, [])
-        self._stored(user)
+        await self._stored(user)
 
     async def _delete(self, user: JID, reg: Registration) -> None:
         t = registrations.c
@@ -379,7 +380,7 @@ class PushService:
         for reg in gone:
             await self._delete(user, reg)
         if gone:
-            self._stored(user)
+            await self._stored(user)
         return len(gone)
 
     async def remove_user(self, user: JID) -> None:
@@ -392,7 +393,7 @@ class PushService:
                 registrations.c.username == user.local,
             )
         )
-        self._stored(user)
+        await self._stored(user)
 
     # ------------------------------------------------------------------ devices
 
@@ -495,7 +496,7 @@ class PushService:
             )
             self._changed(user, [reg])
             await self._delete(user, reg)
-            self._stored(user)
+            await self._stored(user)
         else:
             ctx.log.warning(
                 "app server %s answered a push for %s with %s (%s)",

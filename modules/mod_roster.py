@@ -7,6 +7,7 @@ the :class:`Roster` service this module provides on each host.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -157,9 +158,10 @@ class Roster:
         else:
             self._cache.pop(JID.parse(key), None)
 
-    def _changed(self, user: JID) -> None:
-        """Stored a change of ``user``'s roster: other nodes drop their copies."""
-        self._ctx.invalidate("roster", str(user.bare))
+    def _changed(self, user: JID) -> Awaitable[object]:
+        """Stored a change of ``user``'s roster: other nodes drop their copies (await
+        it before a reply or push, so that the others no longer use them)."""
+        return self._ctx.invalidate("roster", str(user.bare))
 
     def _params(self, user: JID) -> dict[str, str]:
         return {"host": self._ctx.domain, "username": user.local}
@@ -231,7 +233,7 @@ class Roster:
         )
         roster.items[item.contact] = item
         version = await self._bump(user, roster)
-        self._changed(user)
+        await self._changed(user)
         if push:
             await self.push(user, item, version)
 
@@ -246,7 +248,7 @@ class Roster:
         )
         roster.items.pop(contact.bare, None)
         version = await self._bump(user, roster)
-        self._changed(user)
+        await self._changed(user)
         await self.push(user, RosterItem(contact.bare), version, removed=True)
 
     async def push(
@@ -285,7 +287,7 @@ class Roster:
             ("host", "username", "contact"),
         )
         roster.pending[contact.bare] = status
-        self._changed(user)
+        await self._changed(user)
 
     async def clear_pending(self, user: JID, contact: JID) -> None:
         roster = await self._load(user)
@@ -299,7 +301,7 @@ class Roster:
             )
         )
         del roster.pending[contact.bare]
-        self._changed(user)
+        await self._changed(user)
 
     async def forget_user(self, user: JID) -> None:
         self.forget_cached(user)
@@ -309,7 +311,7 @@ class Roster:
                     table.c.host == self._ctx.domain, table.c.username == user.local
                 )
             )
-        self._changed(user)
+        await self._changed(user)
 
 
 ROSTER: Final = ServiceKey[Roster]("roster")

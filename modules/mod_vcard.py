@@ -31,6 +31,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Awaitable
 from typing import Final
 
 from pydantic import Field
@@ -128,19 +129,20 @@ class Avatars:
             return self._hashes.setdefault(user, found)
         return found
 
-    def set(self, user: JID, value: str) -> None:
-        """The account stored a vCard with this photo hash (other nodes drop theirs)."""
+    def set(self, user: JID, value: str) -> Awaitable[object]:
+        """The account stored a vCard with this photo hash (other nodes drop theirs:
+        await it before answering)."""
         if self._ctx.sessions.is_online(user):
             self._hashes[user] = value
-        self._ctx.invalidate("photo", str(user))
+        return self._ctx.invalidate("photo", str(user))
 
     def forget(self, user: JID) -> None:
         self._hashes.pop(user, None)
 
-    def removed(self, user: JID) -> None:
+    def removed(self, user: JID) -> Awaitable[object]:
         """The account was deleted: forget its hash here and on the other nodes."""
         self.forget(user)
-        self._ctx.invalidate("photo", str(user))
+        return self._ctx.invalidate("photo", str(user))
 
     @property
     def max_vcard_size(self) -> int:
@@ -245,7 +247,7 @@ async def set_vcard(ctx: Ctx, req: IqRequest) -> Element:
     before = await avatars.get(user)
     await store.set(user.local, json.dumps(encode(vcard)))
     await store.set(user.local, photo, HASH_KEY)
-    avatars.set(user, photo)
+    await avatars.set(user, photo)
     if photo != (before or "") and ctx.options.avatar_hash_in_presence:
         await _broadcast_new_hash(ctx, user, photo)
     return req.result()
@@ -265,7 +267,7 @@ async def fresh_account(ctx: Ctx, event: UserEvent) -> None:
 
 @module.on(hooks.USER_REMOVED)
 async def forget(ctx: Ctx, event: UserEvent) -> None:
-    ctx.service(AVATARS).removed(event.jid.bare)
+    await ctx.service(AVATARS).removed(event.jid.bare)
     await ctx.keyval(STORE).delete(event.jid.local)
 
 

@@ -13,8 +13,8 @@ drop everything: its handlers get :data:`ALL` as the key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,26 @@ ALL: Final = "*"
 Handler = Callable[[str], None]
 
 
+class _Sent:
+    """What :meth:`CacheInvalidations.publish` returns in a single process: nothing to
+    wait for."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # an empty generator: awaiting it returns at once
+
+
+SENT: Final = _Sent()
+
+
 class CacheInvalidations:
     """Topic → handlers on this node; a publisher to the others when clustered."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = {}
-        self.publisher: Callable[[str, str], None] | None = None
-        """Set by the cluster node (``None``: a single process)."""
+        self.publisher: Callable[[str, str], Awaitable[object]] | None = None
+        """Set by the cluster node (``None``: a single process); what it returns is done
+        when the invalidation is in Redis, where the other nodes read it."""
         self.generation = 0
         """Bumped by every invalidation received: a cache that loaded data across an
         await may compare it before and after, and not keep what may be stale."""
@@ -43,10 +56,13 @@ class CacheInvalidations:
         if handlers and handler in handlers:
             handlers.remove(handler)
 
-    def publish(self, topic: str, key: str) -> None:
-        """Tell the other nodes (none in a single process)."""
+    def publish(self, topic: str, key: str) -> Awaitable[object]:
+        """Tell the other nodes (none in a single process). Sent in any case; the result
+        may be awaited to know the others can read it (before answering a client whose
+        next stanza may reach another node)."""
         if self.publisher is not None:
-            self.publisher(topic, key)
+            return self.publisher(topic, key)
+        return SENT
 
     def received(self, topic: str, key: str) -> None:
         """Another node changed ``key`` of ``topic``."""

@@ -410,12 +410,17 @@ class ModuleContext(Generic[OptionsT]):
         self._invalidation_handlers.clear()
 
     # -- caches in a cluster
-    def invalidate(self, topic: str, key: str) -> None:
+    def invalidate(self, topic: str, key: str) -> Awaitable[object]:
         """Tell the other nodes of a cluster that ``key`` of ``topic`` changed, so they
         drop what they cached of it (nothing is sent in a single process). Call it
         after the change is stored. Topics are per host: this module's name, the host
-        and ``topic`` make the name the other nodes' handlers are registered under."""
-        self._core.invalidations.publish(self._topic(topic), key)
+        and ``topic`` make the name the other nodes' handlers are registered under.
+
+        It is sent whether or not the result is awaited; await it before answering the
+        client that made the change, so that its next stanza, or another client's that
+        reaches another node, finds that node's copy gone (the other nodes follow
+        Redis within a few milliseconds; awaiting takes one Redis round trip)."""
+        return self._core.invalidations.publish(self._topic(topic), key)
 
     def on_invalidate(self, topic: str, handler: Callable[[str], None]) -> None:
         """Run ``handler(key)`` when another node invalidates ``key`` of ``topic`` on

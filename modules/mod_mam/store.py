@@ -694,7 +694,7 @@ class Archive:
         )
         self._prefs_epoch += 1
         self._remember(user, prefs)
-        self.ctx.invalidate("prefs", user.local)
+        await self.ctx.invalidate("prefs", user.local)
 
     async def wants(self, user: JID, other: JID) -> bool:
         """Whether ``user``'s preferences archive messages with ``other``."""
@@ -826,7 +826,7 @@ class Archive:
         )
         self._prefs_epoch += 1
         self._prefs.pop(user.local, None)
-        self.ctx.invalidate("prefs", user.local)
+        await self.ctx.invalidate("prefs", user.local)
 
 
 def _id_at(when: float) -> int:

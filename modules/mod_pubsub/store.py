@@ -130,7 +130,7 @@ class PubsubStore(NodeStore):
                 self._base(node=name, jid=str(creator.bare), affiliation="owner"),
                 ("host", "service", "node", "jid"),
             )
-        self.changed(self.service)
+        await self.changed(self.service)
 
     async def remove(self, name: str) -> None:
         """Delete a node with its items, affiliations and subscriptions."""
@@ -139,7 +139,7 @@ class PubsubStore(NodeStore):
             await self.delete_node(self.service, name, tx=tx)
             await tx.execute(_DELETE_NODE_AFFILIATIONS, self._base(node=name))
             await tx.execute(_DELETE_NODE_SUBSCRIPTIONS, self._base(node=name))
-        self.changed(self.service)
+        await self.changed(self.service)
 
     # ------------------------------------------------------------------ affiliations
 

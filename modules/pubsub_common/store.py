@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -181,11 +181,11 @@ class NodeStore:
         else:
             self._nodes.pop(key, None)
 
-    def changed(self, owner: JID) -> None:
+    def changed(self, owner: JID) -> Awaitable[object]:
         """``owner``'s nodes changed in storage (committed): other nodes of a cluster
         drop their copy. :meth:`save_node` and :meth:`delete_node` do it themselves
         unless given a transaction, whose owner calls this after the commit."""
-        self._ctx.invalidate("nodes", self._key(owner))
+        return self._ctx.invalidate("nodes", self._key(owner))
 
     def _params(self, owner: JID, node: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"host": self._ctx.domain, "owner": self._key(owner)}
@@ -273,7 +273,7 @@ class NodeStore:
                 await self._trim(tx, owner, name, keep)
         nodes[name] = config
         if tx is None:
-            self.changed(owner)
+            await self.changed(owner)
 
     async def delete_node(self, owner: JID, name: str, *, tx: Any = None) -> None:
         """Delete a node and its items (with ``tx``, inside that transaction)."""
@@ -288,7 +288,7 @@ class NodeStore:
             await tx.execute(self._tables.delete_node, params)
         nodes.pop(name, None)
         if tx is None:
-            self.changed(owner)
+            await self.changed(owner)
 
     # ------------------------------------------------------------------ items
 
@@ -396,4 +396,4 @@ class NodeStore:
             for statement in self._tables.forget_owner:
                 await tx.execute(statement, params)
         self.forget_cached(owner)
-        self.changed(owner)
+        await self.changed(owner)

@@ -121,16 +121,16 @@ class SessionFeed:
             approximate=True,
         )
 
-    def publish_invalidation(self, topic: str, key: str) -> None:
+    def publish_invalidation(self, topic: str, key: str) -> asyncio.Future[list[Any]]:
         """Tell the other nodes to drop what they cached of ``key`` (through the
-        session log, in order with session changes)."""
+        session log, in order with session changes); done once it is in Redis."""
         log_key, node = self._keys.session_log(), self._registry.node
 
         def build(pipe: Any) -> None:
             fields = {"i": topic, "k": key, "n": node}
             pipe.xadd(log_key, fields, maxlen=LOG_LENGTH, approximate=True)
 
-        _ = self._writer.submit(build)
+        return self._writer.submit(build)
 
     def republish_all(self) -> None:
         """Publish every local session again (Redis lost them, or this node was taken
