@@ -56,10 +56,13 @@ class CacheInvalidations:
         if handlers and handler in handlers:
             handlers.remove(handler)
 
-    def publish(self, topic: str, key: str) -> Awaitable[object]:
-        """Tell the other nodes (none in a single process). Sent in any case; the result
-        may be awaited to know the others can read it (before answering a client whose
-        next stanza may reach another node)."""
+    def publish(self, topic: str, key: str) -> None:
+        """Tell the other nodes (none in a single process)."""
+        _ = self.send(topic, key)
+
+    def send(self, topic: str, key: str) -> Awaitable[object]:
+        """:meth:`publish`, handing back what to await to know the other nodes can read
+        it (before answering a client whose next stanza may reach another node)."""
         if self.publisher is not None:
             return self.publisher(topic, key)
         return SENT

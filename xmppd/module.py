@@ -420,7 +420,7 @@ class ModuleContext(Generic[OptionsT]):
         client that made the change, so that its next stanza, or another client's that
         reaches another node, finds that node's copy gone (the other nodes follow
         Redis within a few milliseconds; awaiting takes one Redis round trip)."""
-        return self._core.invalidations.publish(self._topic(topic), key)
+        return self._core.invalidations.send(self._topic(topic), key)
 
     def on_invalidate(self, topic: str, handler: Callable[[str], None]) -> None:
         """Run ``handler(key)`` when another node invalidates ``key`` of ``topic`` on

@@ -39,11 +39,12 @@ def test_a_failing_handler_does_not_stop_the_others() -> None:
 
 async def test_publish_without_a_cluster_sends_nothing_and_awaits_at_once() -> None:
     inv = CacheInvalidations()
-    await inv.publish("t", "k")  # nothing to wait for
+    inv.publish("t", "k")
+    await inv.send("t", "k")  # nothing to wait for
     assert inv.generation == 0
 
 
-async def test_publish_hands_back_what_the_publisher_returns() -> None:
+async def test_send_hands_back_what_the_publisher_returns() -> None:
     inv = CacheInvalidations()
     sent: list[tuple[str, str]] = []
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -53,7 +54,7 @@ async def test_publish_hands_back_what_the_publisher_returns() -> None:
         return future
 
     inv.publisher = publisher
-    waiting = inv.publish("t", "k")
+    waiting = inv.send("t", "k")
     assert sent == [("t", "k")]  # sent whether awaited or not
     asyncio.get_running_loop().call_soon(future.set_result, None)
     await waiting
