@@ -96,7 +96,7 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
     await service.store.forget_user(event.jid.bare)
     await service.archive.forget_sender(event.jid.bare)
     service.forget_user(event.jid.bare)
-    ctx.invalidate(FORGOTTEN, str(event.jid.bare))  # rooms held by other cluster nodes
+    await ctx.invalidate(FORGOTTEN, str(event.jid.bare))  # rooms held by other cluster nodes
 
 
 @module.fold(core_hooks.USER_EXPORT)

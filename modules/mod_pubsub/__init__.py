@@ -932,7 +932,7 @@ async def forget(ctx: Ctx, event: UserEvent) -> None:
                 continue
             recipients = _recipients(config, await store.subscriptions(name))
             await store.remove(name)
-            ctx.invalidate(NODES_CHANGED, name)  # the node holding the service caches them
+            await ctx.invalidate(NODES_CHANGED, name)  # the node holding the service caches them
         if config.notify_delete and recipients:
             await _notify(
                 ctx, [r for r in recipients if r.bare != user], node_event("delete", name)
