@@ -76,7 +76,7 @@ class Core:
 
     async def request(self, iq: Element, *, timeout: float = 30.0) -> Element:
         """Send an IQ get/set and await the result or error (``IqTimeout`` if none)."""
-        iq_id = iq.get("id") or new_id()
+        iq_id = self.iq_tracker.request_id(iq.get("id") or new_id())
         iq.set("id", iq_id)
         fut = self.iq_tracker.expect(iq_id, iq.get("to", ""))
         try:

@@ -211,6 +211,7 @@ class Server:
             )
             self.core.cluster = self.cluster
             self.resumable = self.cluster.resumable
+            self.cluster.answers_elsewhere(self.iq_tracker)
             self.components.remote = self.cluster.components
             self.cluster.register_metrics(self.metrics)
         await self.modules.load_all()

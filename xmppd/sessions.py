@@ -223,6 +223,10 @@ class SessionRegistry(Protocol):
     def release(self, endpoint: Endpoint) -> None:
         """Forget an unbound endpoint's state."""
 
+    def connection_changed(self, endpoint: Endpoint) -> None:
+        """A bound endpoint was detached or resumed (stream management): a registry
+        that publishes sessions publishes it again."""
+
     def endpoints(self) -> list[Endpoint]:
         """Every local bound endpoint (server stop, idle-memory release)."""
 
@@ -285,6 +289,9 @@ class _JidMaps:
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._full.values())
+
+    def connection_changed(self, endpoint: Endpoint) -> None:
+        """Nothing to publish in one process."""
 
     def endpoints_of(self, bare: JID) -> list[Endpoint]:
         resources = self._bare.get(bare)

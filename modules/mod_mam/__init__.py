@@ -211,7 +211,17 @@ async def archive_sent(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Elemen
     if to.bare != user and await archive.wants(user, to):  # to oneself: archived once
         await archive.writer.wait_for_room()
         archive.store(user, to, stanza, outgoing=True)
+        await _visible_everywhere(ctx, archive)
     return stanza
+
+
+async def _visible_everywhere(ctx: Ctx, archive: Archive) -> None:
+    """In a cluster, the row is written before the message goes on: a query on another
+    node (the recipient's, or the sender's other device's) must find what that device
+    was just sent, and only this node can flush what it queued. The writer still
+    commits many rows per transaction; one sender waits for its row's commit."""
+    if ctx.cluster is not None:
+        await archive.writer.flush()
 
 
 # Late: after the filters (blocking, word filters) that may drop the message.
@@ -232,6 +242,8 @@ async def archive_received(ctx: Ctx, stanza: Element, route: RouteInfo) -> Eleme
     if archive.archivable(stanza):
         try:
             stored = await _archive_received(archive, user, stanza)
+            if stored is not None:
+                await _visible_everywhere(host_ctx, archive)
         except Exception:  # deliver it anyway, but never with a forged id
             archive.ctx.log.exception("could not archive a message for %s", user)
             stored = None

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from xmppd.health import HealthPart
     from xmppd.host import Host
     from xmppd.invalidation import CacheInvalidations
+    from xmppd.iqtracker import IqTracker
     from xmppd.metrics import Metrics
     from xmppd.router import Router
     from xmppd.stanza import Element
@@ -178,6 +179,19 @@ class ClusterNode:
                 await self.writer.submit(lambda pipe: pipe.exists(key))
         except TimeoutError:
             log.warning("cluster: %d writes still queued at stop", self.writer.queued)
+
+    def answers_elsewhere(self, tracker: IqTracker) -> None:
+        """Answers to requests another node sent reach that node (``IqTracker``)."""
+        tracker.node = self.name
+
+        def forward(node: str, stanza: Element, from_: JID) -> None:
+            try:
+                to = JID.parse(stanza.get("to") or "")
+            except InvalidJID:
+                return
+            _ = self._start_task(self.bus.dispatch_on(node, stanza, to, from_), name="iq-answer")
+
+        tracker.elsewhere = forward
 
     def can_drain(self) -> bool:
         """Other nodes are alive to take this one's clients."""

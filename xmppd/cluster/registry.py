@@ -247,6 +247,9 @@ class ClusterSessions(MemorySessions):
     def release(self, endpoint: Endpoint) -> None:
         self._shared.pop(id(endpoint), None)
 
+    def connection_changed(self, endpoint: Endpoint) -> None:
+        self._mark(endpoint)
+
     def _mark(self, endpoint: Endpoint) -> None:
         if self._full.get(endpoint.jid) is not endpoint:
             return  # not bound (yet): bind publishes it

@@ -1068,6 +1068,7 @@ class C2SStream(StreamMachine):
         )
         if self.sm is not None and self.sm.unacked:
             _ = self.services.start_task(self._store_unacked(), name="sm-store")
+        self.services.sessions.connection_changed(self)
         log.debug("c2s %s: connection lost; resumable", self.summary())
 
     def _expire(self) -> None:
@@ -1265,6 +1266,7 @@ class C2SStream(StreamMachine):
         if self.sm.unacked:
             self._request_ack(soon=True)
         self._queue.extend(pipelined)
+        self.services.sessions.connection_changed(self)
         self._start_worker()
         oplog.login(
             address=self.peer,
