@@ -11,7 +11,10 @@ from typing import Any, Protocol
 from slixmpp import ClientXMPP
 from slixmpp.stanza import Message, Presence
 
-from tests.support.server import XmppdServer
+from tests.support.server import SESSION_REGISTRY, XmppdServer
+
+CLUSTER_SETTLE = 0.15
+"""Seconds a client waits after logging in when the suite runs against a cluster."""
 
 
 class AuthFailed(Exception):
@@ -105,6 +108,10 @@ class Slix:
             await self.xmpp.get_roster()
         if self.initial_presence:
             self.xmpp.send_presence()
+        if SESSION_REGISTRY == "cluster":
+            # The other nodes learn of this session's presence through Redis, a few
+            # milliseconds later; a test that writes to it at once would race that.
+            await asyncio.sleep(CLUSTER_SETTLE)
         return self
 
     async def stop(self) -> None:

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from slixmpp.exceptions import IqError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support.clients import ClientTarget, Slix, register_account
-from tests.support.server import XmppdServer
+from tests.support.clients import CLUSTER_SETTLE, ClientTarget, Slix, register_account
+from tests.support.server import SESSION_REGISTRY, XmppdServer
 
 PASSWORD = "e2e-secret"
 ROSTER = "jabber:iq:roster"
@@ -66,6 +66,8 @@ async def online(
     await client.start()
     client.xmpp.send_presence(ppriority=priority, pstatus=status)
     await take(client.presences, lambda p: p["from"] == client.xmpp.boundjid)
+    if SESSION_REGISTRY == "cluster":
+        await asyncio.sleep(CLUSTER_SETTLE)  # the other nodes learn of it
     return client
 
 

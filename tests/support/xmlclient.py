@@ -128,6 +128,10 @@ class XmlClient:
             # fails whichever test happens to be running then.
             await client.close()
             raise
+        from tests.support.server import SESSION_REGISTRY
+
+        if SESSION_REGISTRY == "cluster":
+            await asyncio.sleep(0.15)  # the other nodes learn of the session via Redis
         return client
 
     async def authenticate(self, username: str, password: str) -> None:
