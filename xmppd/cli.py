@@ -358,10 +358,7 @@ def _tune_gc() -> None:
 
 def _loopback_only(config: ServerConfig) -> ServerConfig:
     """``config`` with every listener bound to 127.0.0.1."""
-    listeners = tuple(
-        listener.model_copy(update={"address": "127.0.0.1"}) for listener in config.listeners
-    )
-    return config.model_copy(update={"listeners": listeners})
+    return config.on_loopback()
 
 
 LOOPBACK_NOTE = (

@@ -744,6 +744,21 @@ class ServerConfig(Section):
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True, description="File this was read from.")
     _key_lines: KeyLines | None = PrivateAttr(None)
+    _loopback: bool = PrivateAttr(False)
+
+    def on_loopback(self) -> ServerConfig:
+        """This configuration with every listener bound to 127.0.0.1 (``xmppd run
+        --loopback``, ``./dev run``); a reload applies the same to the file it reads."""
+        listeners = tuple(
+            listener.model_copy(update={"address": "127.0.0.1"}) for listener in self.listeners
+        )
+        copy = self.model_copy(update={"listeners": listeners})
+        copy._loopback = True
+        return copy
+
+    @property
+    def loopback_only(self) -> bool:
+        return self._loopback
 
     @property
     def key_lines(self) -> KeyLines | None:

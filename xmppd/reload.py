@@ -99,6 +99,8 @@ async def reload_server(server: Reloadable) -> ReloadReport:
     source = old.source
     try:
         new = load_config(source) if source is not None else old
+        if old.loopback_only and not new.loopback_only:  # started with --loopback
+            new = new.on_loopback()
         plan = server.modules.plan_reload(new)
     except ConfigError as exc:
         report.errors = str(exc).splitlines()

@@ -142,3 +142,48 @@ async def test_xmppd_reload_signals_the_server_and_a_bad_file_changes_nothing(
     # Stopped: the pid file is gone, and reload says so.
     again = server.cli("reload")
     assert again.returncode == 1 and "no running xmppd" in again.stderr
+
+
+def test_a_reload_after_run_loopback_asks_for_no_restart(tmp_path: Path) -> None:
+    """``xmppd run --loopback`` binds every listener to 127.0.0.1 whatever the file
+    says; a reload reads the file again and must not take those addresses for a change
+    that needs a restart."""
+    import subprocess
+    import sys
+
+    from tests.support.server import _stop, _wait_listening, free_port, write_config
+
+    config = tmp_path / "xmppd.toml"
+    p1, p2 = free_port(), free_port()
+    write_config(
+        config,
+        data_dir=tmp_path / "data",
+        storage_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}",
+        starttls_port=p1,
+        direct_tls_port=p2,
+        modules=DEFAULT_TEST_MODULES,
+    )
+    config.write_text(config.read_text().replace('address = "127.0.0.1"', 'address = "0.0.0.0"'))
+    log_path = tmp_path / "xmppd.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xmppd", "--config", str(config), "run", "--loopback"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_listening(proc, (p1, p2), log_path)
+        deadline = time.monotonic() + 20
+        while " serving " not in log_path.read_text():  # SIGHUP is handled from then on
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        while "reload done" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        text = log_path.read_text()
+        assert "need a restart" not in text, text[-3000:]
+        # Still on loopback only, after the reload as before.
+        assert "listening on loopback (127.0.0.1) only" in text
+    finally:
+        _stop(proc)
