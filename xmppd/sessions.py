@@ -457,6 +457,11 @@ class SessionSnapshot:
         return self.endpoint.last_activity
 
     @property
+    def transport_name(self) -> str:
+        """``tcp``, ``websocket`` or ``bosh`` (what the admin API shows)."""
+        return self.endpoint.transport_name
+
+    @property
     def presence(self) -> Element | None:
         return None if self.presence_bytes is None else etree.fromstring(self.presence_bytes)
 

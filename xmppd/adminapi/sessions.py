@@ -4,7 +4,7 @@ an operator's kick; a deleted account's sessions get ``not-authorized``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -14,7 +14,7 @@ from xmppd.cluster.registry import ClusterSessions
 from xmppd.sessions import Session, SessionRegistry, end_sessions
 
 if TYPE_CHECKING:
-    from xmppd.sessions import Endpoint
+    pass
 
 
 class SessionInfo(BaseModel):
@@ -37,7 +37,8 @@ def session_info(s: Session, registry: SessionRegistry | None = None) -> Session
         transport = ""
     else:
         node = registry.node if isinstance(registry, ClusterSessions) else None
-        transport = cast("Endpoint", s).transport_name
+        # An endpoint, or the serialised registry's snapshot of one: both tell it.
+        transport = str(getattr(s, "transport_name", ""))
     return SessionInfo(
         jid=str(s.jid),
         peer=s.peer,
