@@ -389,6 +389,23 @@ def own_redis(tmp: Path) -> Iterator[RedisProcess]:
         redis.stop()
 
 
+def cluster_node_port() -> int:
+    """A free port for a Redis Cluster node: its cluster bus listens on the port +
+    10000, which must exist (≤ 65535) and be free too."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 @contextmanager
 def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
     """A Redis Cluster of ``masters`` redis-server processes on free loopback ports
@@ -398,7 +415,7 @@ def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
 
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         service_unavailable("redis-server / redis-cli are not installed")
-    ports = [free_port() for _ in range(masters)]
+    ports = [cluster_node_port() for _ in range(masters)]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
