@@ -392,6 +392,17 @@ class ClusterNode:
             "Stanzas routed again because their session had moved or ended",
             lambda: bus.rerouted,
         )
+        handovers = self.handovers
+        metrics.counter_function(
+            "cluster_sessions_handed_over",
+            "Stream-management sessions this node handed to another node",
+            lambda: handovers.handed_over,
+        )
+        metrics.counter_function(
+            "cluster_sessions_taken_over",
+            "Stream-management sessions this node took over from another node",
+            lambda: handovers.taken_over,
+        )
         metrics.counter_function(
             "cluster_redis_batches", "Pipelines written to Redis", lambda: writer.batches
         )

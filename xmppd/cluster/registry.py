@@ -140,11 +140,6 @@ class ClusterSessions(MemorySessions):
     def remote_sessions(self) -> list[RemoteSession]:
         return list(self._remote_full.values())
 
-    def remote_of_node(self, node: str) -> list[RemoteSession]:
-        return [s for s in self._remote_full.values() if s.node == node]
-
-    # ------------------------------------------------------------------ actions
-
     def _ops(self) -> RemoteOps:
         assert self.ops is not None, "the cluster node is not started"
         return self.ops
@@ -315,11 +310,6 @@ class ClusterSessions(MemorySessions):
             if not resources:
                 del self._remote_bare[full.bare]
         return session
-
-    def clear_remote(self) -> None:
-        """Forget the view (before reading it again from Redis)."""
-        self._remote_full.clear()
-        self._remote_bare.clear()
 
 
 def _loop_time() -> float:
