@@ -5,8 +5,12 @@ trusted proxy), stream errors, discovery (XEP-0156)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -315,3 +319,139 @@ async def test_a_websocket_client_gets_its_offline_messages(web_server: XmppdSer
         assert got.find("{urn:xmpp:delay}delay") is not None
     finally:
         await client.close()
+
+
+# ---------------------------------------------------------------------- raw frames
+
+
+class RawWebSocket:
+    """A WebSocket client written out byte by byte, for what aiohttp's client would
+    never send: fragments, unmasked frames, pings with a payload, old versions."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def handshake(
+        cls, server: XmppdServer, *, version: str = "13"
+    ) -> tuple[RawWebSocket, bytes]:
+        """Open the connection; returns the client and the server's answer head."""
+        host, port = server.http_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /xmpp-websocket HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return cls(reader, writer), head
+
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> None:
+        n = len(payload)
+        head = bytes(((0x80 if fin else 0) | opcode, (0x80 if mask else 0) | n))
+        assert n < 126
+        if mask:
+            key = os.urandom(4)
+            payload = key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        self.writer.write(head + payload)
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next frame from the server (which never masks)."""
+        b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), 10)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await self.reader.readexactly(8), "big")
+        return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def closed_by_server(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(), 10) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_the_handshake_answer_follows_rfc_6455(web_server: XmppdServer) -> None:
+    ws, head = await RawWebSocket.handshake(web_server)
+    try:
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Protocol: xmpp" in head
+        assert b"Sec-WebSocket-Accept: " in head
+    finally:
+        ws.close()
+    old, head = await RawWebSocket.handshake(web_server, version="8")
+    try:
+        assert head.startswith(b"HTTP/1.1 426 ")
+        assert b"Sec-WebSocket-Version: 13" in head
+    finally:
+        old.close()
+
+
+async def test_fragments_pings_and_the_close_handshake(web_server: XmppdServer) -> None:
+    ws, _ = await RawWebSocket.handshake(web_server)
+    try:
+        opening = f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>".encode()
+        # The <open/> in three fragments, with a ping between two of them.
+        ws.send(0x1, opening[:10], fin=False)
+        ws.send(0x9, b"are you there")
+        ws.send(0x0, opening[10:30], fin=False)
+        ws.send(0x0, opening[30:])
+        assert await ws.frame() == (0xA, b"are you there")  # the pong echoes the payload
+        opcode, answer = await ws.frame()
+        assert opcode == 0x1 and answer.startswith(b"<open ")
+        opcode, features = await ws.frame()
+        assert opcode == 0x1 and b"features" in features
+        # The client closes: the server answers with its own close frame and hangs up.
+        ws.send(0x8, (1000).to_bytes(2, "big") + b"bye")
+        while True:
+            opcode, payload = await ws.frame()
+            if opcode == 0x8:
+                break
+        assert payload[:2] == (1000).to_bytes(2, "big")
+        assert await ws.closed_by_server()
+    finally:
+        ws.close()
+
+
+async def test_an_unmasked_frame_fails_the_connection_with_1002(web_server: XmppdServer) -> None:
+    ws, _ = await RawWebSocket.handshake(web_server)
+    try:
+        ws.send(0x1, f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>".encode(), mask=False)
+        opcode, payload = await ws.frame()
+        assert opcode == 0x8
+        assert int.from_bytes(payload[:2], "big") == 1002
+        assert await ws.closed_by_server()
+    finally:
+        ws.close()
+    # Everyone else is served.
+    status, _, _ = await get(web_server, "/.well-known/host-meta")
+    assert status == 200
+
+
+async def test_a_client_that_does_not_answer_pings_is_cut_off(tmp_path: Path) -> None:
+    config = "[http]\nwebsocket_ping = '1s'\n"
+    with running_server(tmp_path, http=True, extra=config) as server:
+        silent, _ = await RawWebSocket.handshake(server)
+        polite, _ = await RawWebSocket.handshake(server)
+        try:
+
+            async def answer_pings() -> None:
+                while True:
+                    opcode, payload = await polite.frame()
+                    if opcode == 0x9:
+                        polite.send(0xA, payload)
+
+            answering = asyncio.create_task(answer_pings())
+            opcode, _ = await silent.frame()
+            assert opcode == 0x9  # the first ping goes unanswered...
+            assert await silent.closed_by_server()  # ...and the next sweep cuts it
+            assert not answering.done()  # the polite one is still there
+            answering.cancel()
+        finally:
+            silent.close()
+            polite.close()

@@ -84,7 +84,7 @@ class HttpFront:
             "http_refused", "HTTP requests refused by the per-address limit"
         )
         self._runner: web.AppRunner | None = None
-        self.websocket = WebSocketEndpoint(config, c2s, metrics, open_c2s)
+        self.websocket = WebSocketEndpoint(config, c2s, metrics, open_c2s, self.hold)
         self.alt_connections: list[tuple[str, str]] = []
         """(XEP-0156 rel, path) of the connection methods served."""
         routes.add("GET", "/.well-known/host-meta", self._host_meta)
@@ -234,6 +234,20 @@ class HttpFront:
         base = self.config.public_url or f"{scheme}://{request.host}"
         return HttpClient(address=address, secure=secure, base_url=base)
 
+    def hold(self, address: str) -> Callable[[], None]:
+        """Count a long-lived client (a WebSocket session, after its request ended)
+        against ``address``'s limit of concurrent requests; the returned call ends it."""
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+
+        def release() -> None:
+            left = self._per_address.get(address, 0) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
+
+        return release
+
     def admit(self, address: str) -> bool:
         """Count a new TCP connection from ``address``; ``False``: over the limit."""
         if self._is_trusted(address):
@@ -295,9 +309,23 @@ class _Guard(asyncio.Protocol):
     dropped before aiohttp sees it, and a client that has not finished the headers of
     its first request within ``http.request_header_timeout`` is cut off (slow-header
     attacks: aiohttp itself has no such deadline; later requests on a keep-alive
-    connection are bounded by ``keepalive_timeout`` and the per-address limits)."""
+    connection are bounded by ``keepalive_timeout`` and the per-address limits).
 
-    __slots__ = ("_address", "_counted", "_front", "_inner", "_tail", "_timer", "_transport")
+    A WebSocket session takes the connection over (:meth:`take_over`): its bytes go
+    to the session from then on, and aiohttp, which sees the connection through an
+    :class:`_AiohttpSide`, finishes with it without touching the socket."""
+
+    __slots__ = (
+        "_address",
+        "_counted",
+        "_front",
+        "_inner",
+        "_side",
+        "_tail",
+        "_taken",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(self, front: HttpFront, inner: asyncio.BaseProtocol) -> None:
         self._front = front
@@ -306,7 +334,14 @@ class _Guard(asyncio.Protocol):
         self._counted = False
         self._tail = b""
         self._timer: asyncio.TimerHandle | None = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
+        self._side: _AiohttpSide | None = None
+        self._taken: asyncio.Protocol | None = None
+
+    @property
+    def raw(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -316,19 +351,37 @@ class _Guard(asyncio.Protocol):
             cast(asyncio.Transport, transport).abort()
             return
         self._counted = True
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(
             self._front.config.request_header_timeout, self._too_slow
         )
-        self._inner.connection_made(transport)
+        self._side = _AiohttpSide(self, self._transport)
+        self._inner.connection_made(self._side)
+
+    def take_over(self, receiver: Any) -> None:
+        """Hand the connection to ``receiver`` (``data_received``, ``eof_received``,
+        ``connection_lost``); aiohttp is told the connection is gone once it closes
+        its side."""
+        self._taken = receiver
+        if self._side is not None:
+            self._side.detached = True
+
+    def release_inner(self) -> None:
+        """aiohttp closed its side of a connection taken over: it may forget it."""
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            asyncio.get_running_loop().call_soon(inner.connection_lost, None)
 
     def _too_slow(self) -> None:
         self._timer = None
         log.warning("http: %s too slow to send its request headers; closing", self._address)
         if self._transport is not None:
-            cast(asyncio.Transport, self._transport).abort()
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self._taken is not None:
+            self._taken.data_received(data)
+            return
         if self._inner is None:
             return
         if self._timer is not None:
@@ -342,6 +395,9 @@ class _Guard(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._taken is not None:
+            self._taken.eof_received()
+            return None
         if self._inner is None:
             return None
         result: bool | None = self._inner.eof_received()
@@ -354,17 +410,74 @@ class _Guard(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self._front.release(self._address)
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            taken.connection_lost(exc)
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(exc)
         self._transport = None
 
     def pause_writing(self) -> None:
-        if self._inner is not None:
+        if self._taken is not None:
+            self._taken.pause_writing()
+        elif self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._inner is not None:
+        if self._taken is not None:
+            self._taken.resume_writing()
+        elif self._inner is not None:
             self._inner.resume_writing()
+
+
+class _AiohttpSide:
+    """The transport as aiohttp sees it: the real one, until a WebSocket session takes
+    the connection over; from then on what aiohttp writes is dropped and its close
+    only tells the guard that aiohttp is done."""
+
+    __slots__ = ("_real", "connection", "detached")
+
+    def __init__(self, connection: _Guard, real: asyncio.Transport) -> None:
+        self._real = real
+        self.connection = connection
+        """Read by the WebSocket endpoint to take the connection over."""
+        self.detached = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.detached:
+            self._real.write(data)
+
+    def writelines(self, data: Any) -> None:
+        if not self.detached:
+            self._real.writelines(data)
+
+    def write_eof(self) -> None:
+        if not self.detached:
+            self._real.write_eof()
+
+    def close(self) -> None:
+        if self.detached:
+            self.connection.release_inner()
+        else:
+            self._real.close()
+
+    def abort(self) -> None:
+        if self.detached:
+            self.connection.release_inner()
+        else:
+            self._real.abort()
+
+    def pause_reading(self) -> None:
+        if not self.detached:
+            self._real.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.detached:
+            self._real.resume_reading()
 
 
 _PUBLIC_CORS: Final = {"Access-Control-Allow-Origin": "*"}
