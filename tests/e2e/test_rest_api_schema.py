@@ -68,8 +68,11 @@ def _schemathesis(
             "fuzzing",
             "--mode",
             "all",
+            # One worker: hypothesis builds strategy reprs with ast.parse, which on
+            # CPython 3.11 can fail in threads ("AST constructor recursion depth
+            # mismatch", cpython#106905) and abort the run with a runtime error.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "13",
             "--no-shrink",
