@@ -1,6 +1,6 @@
 """XEP-0133: Service Administration — the host's admin commands over XEP-0050 ad-hoc
 commands: accounts, sessions, rosters, counts, announcements, the message of the day,
-and erasure of an account's data (GDPR).
+and export and erasure of an account's data (GDPR).
 
 Only requesters that pass the ``allow`` rule (by default the host's ``admins``) see and
 run them; every account named must belong to this host.
@@ -36,7 +36,7 @@ from xmppd.api.adhoc import (
     Step,
     data_form,
 )
-from xmppd.api.stanza import Element, child, element, payload
+from xmppd.api.stanza import Element, child, element, payload, serialize
 from xmppd_modules.mod_motd import MOTD
 from xmppd_modules.mod_roster import ROSTER
 
@@ -44,6 +44,12 @@ NS_ADMIN: Final = "http://jabber.org/protocol/admin"
 """XEP-0133: the FORM_TYPE of every form, and the prefix of the command nodes."""
 NODE_ERASE: Final = "urn:xmppd:admin:0#erase-user"
 """Our own command: erase an account's data now or after a grace period."""
+NODE_EXPORT: Final = "urn:xmppd:admin:0#export-user"
+"""Our own command: everything stored about an account, as a XEP-0227 document."""
+MAX_EXPORT_BYTES: Final = 1024 * 1024
+"""Largest export sent in a command's result: a bigger stanza could overrun the
+admin's connection (``c2s.max_write_buffer``) or the client's own limit; the CLI and
+the REST API write exports of any size."""
 MAX_JIDS: Final = 100
 """Accounts one command acts on."""
 MAX_PASSWORD: Final = 1024
@@ -350,6 +356,37 @@ async def delete_motd(ctx: Ctx, call: CommandCall) -> Step:
     return Done("Message of the day deleted")
 
 
+# ----------------------------------------------------------------------------- export
+
+
+async def export_user(ctx: Ctx, call: CommandCall) -> Step:
+    """Everything stored about an account (GDPR access and portability): the result
+    form names the account and the number of stored files, and carries the XEP-0227
+    ``<server-data>`` document, as ``get-user-roster`` carries the roster. The files
+    themselves (uploads) come only with ``xmppd export`` or the REST API."""
+    if call.stage == 0:
+        return Ask(_form("Exporting a user's data", _account_field()))
+    jid = _account(ctx, call.required("accountjid"))
+    try:
+        document, files = await ctx.export_user(jid)
+    except NoSuchAccount:
+        raise StanzaError("item-not-found", f"no such account: {jid.bare}") from None
+    size = len(serialize(document))
+    if size > MAX_EXPORT_BYTES:
+        raise StanzaError(
+            "policy-violation",
+            f"the export of {jid.bare} is {size} bytes, more than an ad-hoc result "
+            "carries: use xmppd export or the REST API",
+        )
+    form = _result(
+        FormField("accountjid", "jid-single", "The Jabber ID", values=(str(jid.bare),)),
+        FormField("files", "text-single", "Stored files (not included)", values=(str(files),)),
+    )
+    form.append(document)
+    ctx.log.info("admin %s exported %s", call.requester.bare, jid.bare)
+    return Done(form=form)
+
+
 # ----------------------------------------------------------------------------- erasure
 
 
@@ -436,6 +473,11 @@ async def register(ctx: Ctx) -> None:
     registry.add(
         Command(NODE_ERASE, "Erase User Data (GDPR)", functools.partial(erase_user, ctx), allowed)
     )
+    registry.add(
+        Command(
+            NODE_EXPORT, "Export User Data (GDPR)", functools.partial(export_user, ctx), allowed
+        )
+    )
 
 
 @module.on_unload
@@ -445,3 +487,4 @@ async def unregister(ctx: Ctx) -> None:
         for suffix, _, _ in COMMANDS:
             registry.remove(f"{NS_ADMIN}#{suffix}")
         registry.remove(NODE_ERASE)
+        registry.remove(NODE_EXPORT)

@@ -12,10 +12,11 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from xmppd.access import AccessRule
+from xmppd.auth.accounts import NoSuchAccount
 from xmppd.auth.passwords import password_problem
 from xmppd.config import ConfigError
 from xmppd.configtext import strict_scalar
-from xmppd.datarights import erase_user
+from xmppd.datarights import erase_user, export_files
 from xmppd.events import Drop, EventHook, FoldHook, Priority, Stop
 from xmppd.health import ModuleHealth
 from xmppd.httproutes import RouteTaken
@@ -25,7 +26,7 @@ from xmppd.router import DomainTaken
 from xmppd.server_secret import derive
 from xmppd.storage.keyval import KeyValueStore
 from xmppd.storage.schema import METADATA
-from xmppd.users import register_user, remove_user
+from xmppd.users import export_user, register_user, remove_user
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -541,6 +542,17 @@ class ModuleContext(Generic[OptionsT]):
     async def count_users(self) -> int:
         """How many accounts this host has."""
         return await self._core.accounts.count(self.domain)
+
+    async def export_user(self, jid: JID) -> tuple[Element, int]:
+        """Everything stored about an account (GDPR): its XEP-0227 ``<server-data>``
+        document (the ``user_export`` hook; credentials as SCRAM keys, never a
+        password) and how many stored files (uploads, ``user_export_files``) belong to
+        it; the files themselves travel only in ``xmppd export`` and the REST API's
+        archive. Raises ``NoSuchAccount``."""
+        if not await self._core.accounts.exists(jid.bare):
+            raise NoSuchAccount(str(jid.bare))
+        document = await export_user(self._core, jid)
+        return document, len(await export_files(self._core, jid))
 
     async def erase_user(self, jid: JID, grace: float = 0.0) -> float | None:
         """Erase an account and all its data (GDPR): at once when ``grace`` is 0

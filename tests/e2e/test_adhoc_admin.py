@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from lxml import etree
@@ -23,6 +24,8 @@ COMMANDS = "http://jabber.org/protocol/commands"
 ADMIN_NS = "http://jabber.org/protocol/admin"
 XDATA = "jabber:x:data"
 ERASE = "urn:xmppd:admin:0#erase-user"
+EXPORT = "urn:xmppd:admin:0#export-user"
+PIE = "urn:xmpp:pie:0"
 PLUGINS = ("xep_0030", "xep_0004", "xep_0050", "xep_0133")
 
 
@@ -87,6 +90,17 @@ def result_values(iq: Any) -> dict[str, Any]:
     return {k: v for k, v in iq["command"]["form"]["values"].items() if k != "FORM_TYPE"}
 
 
+def shape(el: Any) -> tuple[Any, ...]:
+    """An element as names, attributes, text and children, whatever its prefixes and
+    indentation."""
+    return (
+        el.tag,
+        sorted(el.attrib.items()),
+        (el.text or "").strip(),
+        [shape(c) for c in el],
+    )
+
+
 async def can_log_in(server: XmppdServer, jid: str, password: str) -> bool:
     try:
         async with Slix(server, jid, password, initial_presence=False, fetch_roster=False):
@@ -116,7 +130,7 @@ async def test_admin_lists_the_admin_commands_a_user_lists_none(server: XmppdSer
             "set-motd",
         ):
             assert f"{ADMIN_NS}#{suffix}" in nodes
-        assert ERASE in nodes
+        assert ERASE in nodes and EXPORT in nodes
         info = await boss.xmpp.plugin["xep_0030"].get_info(
             jid=server.domain, node=f"{ADMIN_NS}#add-user"
         )
@@ -399,6 +413,44 @@ async def test_multi_stage_erase_with_prev_and_cancel(server: XmppdServer) -> No
         )
         assert command_of(canceled).get("status") == "canceled"
     assert await can_log_in(server, user, PASSWORD)  # nothing was erased
+
+
+async def test_export_command_returns_the_users_data(server: XmppdServer) -> None:
+    user = await new_account(server, "exported")
+    async with Slix(server, user, PASSWORD) as owner:
+        await owner.xmpp.update_roster("pal@localhost", name="Pal", groups=["Friends"])
+    async with admin(server) as boss:
+        reply = await run_command(boss, EXPORT, [{"accountjid": user}])
+    assert reply["command"]["status"] == "completed", reply
+    assert result_values(reply) == {"accountjid": user, "files": "0"}
+    x = reply.xml.find(f"{{{COMMANDS}}}command/{{{XDATA}}}x")
+    [found] = x.findall(f"{{{PIE}}}server-data")
+    document = etree.fromstring(ElementTree.tostring(found))  # slixmpp's ElementTree -> lxml
+    account = document.find(f"{{{PIE}}}host/{{{PIE}}}user")
+    assert account is not None and account.get("name") == user.split("@")[0]
+    assert document.find(f"{{{PIE}}}host").get("jid") == server.domain
+    item = account.find("{jabber:iq:roster}query/{jabber:iq:roster}item")
+    assert item is not None and item.get("jid") == "pal@localhost" and item.get("name") == "Pal"
+    assert account.find("{urn:xmpp:pie:0#scram}scram-credentials") is not None
+    assert PASSWORD not in etree.tostring(document).decode()
+    # The same document as the operator's own command gives.
+    cli = await asyncio.to_thread(server.cli, "export-user", user)
+    assert cli.returncode == 0, cli.stderr
+    theirs = etree.fromstring(cli.stdout.encode())
+    assert shape(document) == shape(theirs)
+
+
+async def test_export_command_refusals(server: XmppdServer) -> None:
+    user = await new_account(server, "private")
+    async with admin(server) as boss:
+        reply = await run_command(boss, EXPORT, [{"accountjid": "nobody@localhost"}])
+        assert reply["error"]["condition"] == "item-not-found"
+        reply = await run_command(boss, EXPORT, [{"accountjid": "bob@elsewhere.example"}])
+        assert reply["error"]["condition"] == "not-allowed"
+    async with Slix(server, user, PASSWORD, plugins=PLUGINS) as plain:
+        reply = await run_command(plain, EXPORT, [{"accountjid": ADMIN}])
+        assert reply["error"]["condition"] == "forbidden"
+        assert reply.xml.find(f".//{{{PIE}}}server-data") is None
 
 
 async def test_erase_command_erases_now(server: XmppdServer) -> None:
