@@ -564,7 +564,8 @@ class HttpSection(Section):
         ("127.0.0.0/8", "::1/128"),
         description="Addresses or networks (CIDR) allowed to read /metrics and /health "
         "(the client's address as the HTTP front works it out, behind trusted proxies the "
-        "forwarded one); others get 403. Empty: nobody.",
+        "forwarded one); others get 403 unless they send a REST admin API token "
+        "(Authorization: Bearer xat_..., any scope). Empty: token holders only.",
     )
 
     @field_validator("public_url")

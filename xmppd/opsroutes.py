@@ -10,7 +10,9 @@ database).
 
 Both are for the operator, not the world: only clients whose address (as the HTTP
 front works it out, i.e. the forwarded one behind a trusted proxy) falls in
-``http.ops_allowed`` (loopback by default) are answered; anyone else gets 403.
+``http.ops_allowed`` (loopback by default), or that send a REST admin API token of any
+scope as ``Authorization: Bearer xat_...`` (a Prometheus scraping from another
+network), are answered. Anyone else gets 403, and a wrong or revoked token 401.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
+import sqlalchemy as sa
 from aiohttp import web
 
 from xmppd.httproutes import client_of
 from xmppd.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
+    from xmppd.apitokens import ApiTokens
     from xmppd.config import HttpSection
     from xmppd.health import Health
     from xmppd.httproutes import HttpRoutes
@@ -48,10 +52,14 @@ class OpsEndpoints:
         health: Health,
         *,
         render: Callable[[], Awaitable[bytes]] | None = None,
+        tokens: ApiTokens | None = None,
     ) -> None:
         """``render``: what ``/metrics`` answers instead of this process's metrics
-        (under ``server.workers``, every worker's: :mod:`xmppd.workermetrics`)."""
+        (under ``server.workers``, every worker's: :mod:`xmppd.workermetrics`);
+        ``tokens``: the REST API's tokens, which open the endpoints to clients outside
+        ``http.ops_allowed``."""
         self.metrics = metrics
+        self._tokens = tokens
         self._render = render
         self.health = health
         self._metrics_on = config.metrics
@@ -77,13 +85,27 @@ class OpsEndpoints:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self._allowed)
 
-    def _refuse(self, request: web.Request) -> web.Response | None:
+    async def _refuse(self, request: web.Request) -> web.Response | None:
+        """``None`` when the client may read the endpoints, else the answer: 403, or
+        401 for a bearer token that is not a valid admin API token."""
         if self.allowed(client_of(request).address):
             return None
-        return web.Response(status=403, text="forbidden\n")
+        kind, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if self._tokens is None or kind.lower() != "bearer":
+            return web.Response(status=403, text="forbidden\n")
+        try:
+            token = await self._tokens.check(credential.strip())
+        except (sa.exc.SQLAlchemyError, OSError):
+            # The database holds the tokens: without it no token can be checked.
+            return web.Response(status=503, text="cannot check the token now\n")
+        if token is None:
+            return web.Response(
+                status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
 
     async def serve_metrics(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refuse(request)
+        refused = await self._refuse(request)
         if refused is not None:
             return refused
         return web.Response(
@@ -92,7 +114,7 @@ class OpsEndpoints:
         )
 
     async def serve_health(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refuse(request)
+        refused = await self._refuse(request)
         if refused is not None:
             return refused
         report = await self.health.check()
@@ -104,7 +126,7 @@ class OpsEndpoints:
         )
 
     async def serve_live(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refuse(request)
+        refused = await self._refuse(request)
         if refused is not None:
             return refused
         return web.Response(

@@ -237,7 +237,11 @@ class Server:
                     reuse_port=self.worker is not None,
                 )
                 OpsEndpoints(
-                    self.config.http, self.metrics, self.health, render=self._metrics_render()
+                    self.config.http,
+                    self.metrics,
+                    self.health,
+                    render=self._metrics_render(),
+                    tokens=ApiTokens(self.core.db),
                 ).register(self.core.http)
                 AdminApi(self.core, ApiTokens(self.core.db), self.throttle).register(self.core.http)
             await self.control.start()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.inprocess import inprocess_server
 from tests.support.server import XmppdServer, running_server
@@ -109,3 +110,36 @@ async def test_metrics_can_be_turned_off(proxied_server: XmppdServer) -> None:
         ) as r,
     ):
         assert r.status == 404
+
+
+async def test_an_api_token_opens_them_to_other_networks(tmp_path: Path) -> None:
+    """A Prometheus outside ``http.ops_allowed`` scrapes with a REST API token: any
+    scope opens /metrics and the probes; a wrong, revoked or user token does not."""
+    extra = '[http]\nops_allowed = ["198.51.100.0/24"]\n'  # loopback is not allowed
+    with running_server(tmp_path, http=True, extra=extra) as srv:
+        made = srv.cli("token", "create", "prometheus", "--scope", "read-only")
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
+        revoked = srv.cli("token", "create", "gone", "--scope", "admin").stdout.strip()
+        assert srv.cli("token", "revoke", revoked.split("_")[1]).returncode == 0
+        async with aiohttp.ClientSession() as session:
+
+            async def get(path: str, bearer: str | None) -> tuple[int, str]:
+                headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+                async with session.get(srv.http_url + path, headers=headers) as r:
+                    return r.status, await r.text()
+
+            assert (await get("/metrics", None))[0] == 403
+            for wrong in (token[:-2] + "zz", revoked, "xut_a_b", "nonsense"):
+                status, _ = await get("/metrics", wrong)
+                assert status == 401, wrong
+            status, text = await get("/metrics", token)
+            assert status == 200
+            families = {f.name for f in text_string_to_metric_families(text)}
+            assert {"xmppd_sessions", "xmppd_http_requests"} <= families
+            for path in ("/health", "/health/ready", "/health/live"):
+                assert (await get(path, None))[0] == 403
+                status, body = await get(path, token)
+                assert status == 200, (path, body)
+        # The scrape with a wrong token is not an API call: nothing in the audit log.
+        assert "action=" not in srv.log_text()
