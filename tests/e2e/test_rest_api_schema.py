@@ -96,14 +96,22 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
         made = srv.cli("token", "create", "schemathesis", "--scope", "admin")
         assert made.returncode == 0, made.stderr
         token = made.stdout.strip()
-        for user in ("alice", "bob"):
+        for user in ("alice", "bob", "carol"):
             _post(
                 srv.http_url, "/users", {"jid": f"{user}@localhost", "password": "pw-long"}, token
             )
-        # Real accounts for the path parameters, so that requests reach the handlers
-        # (the invalid and foreign ones are tested in test_rest_api.py).
+        _post(srv.http_url, "/hosts/localhost/rooms", {"name": "lobby"}, token)
+        # Real accounts and a real room for the path parameters, so that requests
+        # reach the handlers (the invalid and foreign ones are tested in
+        # test_rest_api.py).
+        # The operations that delete or disable an account get one of their own (carol),
+        # so that bob stays for the others whatever order they run in.
         (tmp_path / "schemathesis.toml").write_text(
             '[parameters]\n"path.jid" = "bob@localhost"\n"path.host" = "localhost"\n'
+            '"path.room" = "lobby"\n'
+            "[[operations]]\n"
+            'include-name = ["DELETE /api/v1/users/{jid}", "POST /api/v1/users/{jid}/erasure"]\n'
+            'parameters = { "path.jid" = "carol@localhost" }\n'
         )
         runs = [("admin", token, ["--exclude-path-regex", "^/api/v1/me"])]
         issued = _user_token(srv.http_url, "alice@localhost", "pw-long")
