@@ -57,6 +57,7 @@ from bench.report import (
 )
 from bench.scenarios import Settings, run_chat, run_sessions, wait_idle
 from bench.servers import SERVERS, Server, ServerUnavailable, make_server
+from bench.soak import run_soak, soak_report
 from bench.storm import run_storm
 from bench.web import (
     WEB_SCENARIOS,
@@ -75,10 +76,14 @@ DEFAULT_SERVERS = "xmppd,prosody,ejabberd"
 SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", "muc", "storm"]
 SCENARIOS += WEB_SCENARIOS  # ws-sessions, ws-chat, upload (bench/web.py)
 SCENARIOS += ["cluster"]  # xmppd only: two nodes and a Redis (bench/cluster.py)
+SCENARIOS += ["soak"]  # xmppd only, not part of ``all``: memory over time (bench/soak.py)
+#: Scenarios ``all`` leaves out (long runs of their own).
+SEPARATE = ("soak",)
 #: Scenarios only xmppd has (the others have no such feature to compare).
 XMPPD_ONLY = {
     "archive-query": "archive-query is measured for xmppd only",
     "cluster": "cluster is xmppd only (Prosody and ejabberd have no comparable Redis cluster)",
+    "soak": "soak is measured for xmppd only (the goal is xmppd's own growth)",
 }
 #: Scenarios with an echo-server ceiling of their own (archive uses chat's).
 ECHO_SCENARIOS = ("sessions", "tls", "chat", "presence")
@@ -151,6 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--storm-sessions", type=int, help="storm: sessions that drop and come back (10000)"
     )
+    parser.add_argument(
+        "--soak-churn", type=int, help="soak: logins and logouts of one account (100000)"
+    )
+    parser.add_argument("--soak-sessions", type=int, help="soak: TLS sessions online (10000)")
+    parser.add_argument("--soak-rate", type=int, help="soak: chat messages/s in all (10000)")
+    parser.add_argument("--soak-seconds", type=float, help="soak: chat duration (600)")
     parser.add_argument("--storm-pairs", type=int, help="storm: chatting pairs among them (200)")
     parser.add_argument("--storm-rate", type=int, help="storm: their messages/s in all (1000)")
     parser.add_argument("--cluster-pairs", type=int, help="cluster: chat pairs (200)")
@@ -221,6 +232,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.muc_step_seconds = 2.0
         s.storm_sessions, s.storm_pairs, s.storm_rate = 500, 50, 200
         s.storm_settle, s.storm_limit, s.storm_drain = 1.0, 120.0, 15.0
+        s.soak_churn, s.soak_churn_warmup = 2_000, 200
+        s.soak_sessions, s.soak_pairs, s.soak_rate = 1_000, 100, 2_000
+        s.soak_seconds = 60.0
     overrides = {
         "tls_sessions": args.tls_sessions,
         "presence_users": args.presence_users,
@@ -240,6 +254,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "storm_sessions": args.storm_sessions,
         "storm_pairs": args.storm_pairs,
         "storm_rate": args.storm_rate,
+        "soak_churn": args.soak_churn,
+        "soak_sessions": args.soak_sessions,
+        "soak_rate": args.soak_rate,
+        "soak_seconds": args.soak_seconds,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -345,7 +363,7 @@ class Runner:
         self.web = web_settings_from(args)
         self.cluster = cluster_settings_from(args)
         if args.command == "all":
-            self.scenarios = list(SCENARIOS)
+            self.scenarios = [s for s in SCENARIOS if s not in SEPARATE]
         elif args.command == "echo-ceiling":
             self.scenarios = list(ECHO_SCENARIOS)
         else:
@@ -362,7 +380,7 @@ class Runner:
     def run(self) -> int:
         started = time.monotonic()
         try:
-            if "tls" in self.scenarios or "storm" in self.scenarios:
+            if any(s in self.scenarios for s in ("tls", "storm", "soak")):
                 self.certs = make_certificate(self.workdir / "certs", DOMAIN)
             wants_echo = any(s in ECHO_SCENARIOS for s in self.scenarios)
             if wants_echo and (not self.args.no_echo or self.args.command == "echo-ceiling"):
@@ -477,6 +495,8 @@ class Runner:
             return run_muc(server, s, log)
         if scenario == "storm":
             return run_storm(server, s, log)
+        if scenario == "soak":
+            return run_soak(server, s, log)
         if scenario == "ws-sessions":
             return [run_ws_sessions(server, s, self.web, log)]
         if scenario == "ws-chat":
@@ -519,6 +539,7 @@ class Runner:
             ),
             "muc": lambda: muc_report(self.results["muc"]),
             "storm": lambda: storm_report(self.results["storm"]),
+            "soak": lambda: soak_report(self.results["soak"]),
             "ws-sessions": lambda: ws_sessions_report(
                 self.results["ws-sessions"], self.web.ws_sessions
             ),

@@ -98,6 +98,17 @@ class Settings:
     storm_settle: float = 2.0
     storm_limit: float = 300.0
     storm_drain: float = 30.0
+    #: ``soak`` (bench/soak.py): logins and logouts of one account (after a warm-up),
+    #: logins in flight; then sessions online, chatting pairs among them, their
+    #: messages/s in all, for how long, RSS read every ``soak_sample`` seconds
+    soak_churn: int = 100_000
+    soak_churn_warmup: int = 1_000
+    soak_churn_concurrency: int = 50
+    soak_sessions: int = 10_000
+    soak_pairs: int = 500
+    soak_rate: int = 10_000
+    soak_seconds: float = 600.0
+    soak_sample: float = 10.0
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0
@@ -113,6 +124,8 @@ class Settings:
             need = max(need, ARCHIVE_PEERS + 1)
         if "storm" in scenarios:
             need = max(need, self.storm_sessions)
+        if "soak" in scenarios:
+            need = max(need, self.soak_sessions)
         if "muc" in scenarios:
             need = max(need, *self.muc_sizes, *([5000] if self.muc_large else []))
         return need

@@ -22,6 +22,8 @@ Commands:
   groupchat messages per second in all (``<body>SENDER:STEP:MICROSECONDS</body>``).
 * ``muc_collect``: delivery latencies of a step (every occupant's copy) and counters.
 * ``mam_queries``: time XEP-0313 queries on the first session.
+* ``churn``: ``count`` logins and logouts of one account, ``concurrency`` at a time,
+  each with a resource of its own (the ``soak`` scenario).
 * ``quiesce``: wait until nothing was received for a while (lets a server work off a backlog).
 * ``close``: close every session.  ``exit``: close and stop the process.
 """
@@ -80,6 +82,8 @@ class Worker:
             return await self.chat_step(**args)
         if command == "quiesce":
             return await self.quiesce(**args)
+        if command == "churn":
+            return await self.churn(**args)
         if command == "presence_start":
             return self.presence_start()
         if command == "presence_step":
@@ -249,6 +253,53 @@ class Worker:
             "errors": rec.errors - errors0,
             "misrouted": rec.misrouted - misrouted0,
         }
+
+    async def churn(
+        self,
+        host: str,
+        port: int,
+        domain: str,
+        user: str,
+        password: str,
+        count: int,
+        concurrency: int,
+        tls: bool = True,
+        mechanism: str = PLAIN,
+    ) -> dict[str, Any]:
+        """Log ``user`` in and out ``count`` times, ``concurrency`` at a time."""
+        context = client_context() if tls else None
+        numbers = iter(range(count))
+        ok = failed = 0
+        errors: list[str] = []
+
+        async def runner() -> None:
+            nonlocal ok, failed
+            for i in numbers:
+                try:
+                    conn = await asyncio.wait_for(
+                        login(
+                            host,
+                            port,
+                            domain,
+                            user,
+                            password,
+                            f"churn{self.index}-{i}",
+                            mechanism=mechanism,
+                            tls=context,
+                        ),
+                        60,
+                    )
+                except Exception as exc:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                conn.close()
+                ok += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(runner() for _ in range(max(1, concurrency))))
+        return {"ok": ok, "failed": failed, "errors": errors, "seconds": time.monotonic() - t0}
 
     async def quiesce(self, quiet: float, timeout: float, keep: bool = False) -> dict[str, Any]:
         """Wait until nothing arrived for ``quiet`` s (at most ``timeout``); unless
