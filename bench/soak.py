@@ -30,6 +30,8 @@ from bench.scenarios import Log, Settings, _chat_step, background_load, login_se
 from bench.servers.base import Features, Server
 from bench.xmpp import SCRAM_SHA1
 
+CHURN_CHUNKS = 10
+"""Parts of the churn after the warm-up, with an RSS reading after each."""
 GROWTH_LIMIT = 0.05
 """Goal: RSS at the end of the chat soak within 5 % of RSS after the first minute."""
 
@@ -87,16 +89,30 @@ def _churn(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
         time.sleep(2.0)
         rss_base = server.rss_kb()
         log(f"{server.name}: churn: {warmup} logins to warm up, RSS {rss_base / 1024:.1f} MiB")
-        rest = churn(total - warmup)
-        time.sleep(2.0)
-        rss_end = server.rss_kb()
+        # The rest in CHURN_CHUNKS parts with an RSS reading after each: a leak grows
+        # the series linearly, a high-water mark (a larger burst in flight) steps once.
+        series: list[dict[str, Any]] = []
+        rest: dict[str, Any] = {"ok": 0, "failed": 0, "errors": [], "seconds": 0.0}
+        remaining = total - warmup
+        for part in range(CHURN_CHUNKS, 0, -1):
+            count = remaining // part
+            remaining -= count
+            done = churn(count)
+            for key in ("ok", "failed", "seconds"):
+                rest[key] += done[key]
+            rest["errors"] += done["errors"]
+            time.sleep(2.0)
+            series.append({"logins": warmup + rest["ok"], "rss_kb": server.rss_kb()})
+        rss_end = series[-1]["rss_kb"]
         alive = server.running()
     logins = rest["ok"]
     growth = rss_end - rss_base
+    half = series[len(series) // 2]
+    second_half = rss_end - half["rss_kb"]
     log(
         f"{server.name}: churn: {logins} more logins and logouts of one account in "
         f"{rest['seconds']:.0f} s ({rest['failed']} failed), RSS {rss_base / 1024:.1f} -> "
-        f"{rss_end / 1024:.1f} MiB ({growth:+d} KiB)"
+        f"{rss_end / 1024:.1f} MiB ({growth:+d} KiB; {second_half:+d} KiB in the second half)"
     )
     return {
         "phase": "churn",
@@ -108,6 +124,13 @@ def _churn(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
         "rss_end_kb": rss_end,
         "growth_kb": growth,
         "bytes_per_login": round(1024 * growth / logins, 2) if logins else None,
+        "growth_second_half_kb": second_half,
+        "bytes_per_login_second_half": (
+            round(1024 * second_half / (logins + warmup - half["logins"]), 2)
+            if logins + warmup > half["logins"]
+            else None
+        ),
+        "series": series,
         "server_alive_after": alive,
     }
 
@@ -191,7 +214,9 @@ def soak_report(results: list[dict[str, Any]]) -> str:
                 f"churn: {r['logins']:,} logins and logouts of one account "
                 f"({r['failed']} failed, {r['login_rate']}/s): RSS "
                 f"{r['rss_after_warmup_kb'] / 1024:.1f} -> {r['rss_end_kb'] / 1024:.1f} MiB, "
-                f"{r['growth_kb']:+,} KiB, {r['bytes_per_login']} bytes per login"
+                f"{r['growth_kb']:+,} KiB, {r['bytes_per_login']} bytes per login; second "
+                f"half {r['growth_second_half_kb']:+,} KiB, "
+                f"{r['bytes_per_login_second_half']} bytes per login"
             )
         else:
             lines.append(
