@@ -91,7 +91,10 @@ def server_context(cert_path: Path, key_path: Path, *, min_version: str = "1.2")
     ctx.load_cert_chain(str(cert_path), str(key_path))
     ctx.set_alpn_protocols(["xmpp-client"])
     # Tickets would let a resumed session skip the certificate; keep handshakes simple.
+    # In TLS 1.3 OP_NO_TICKET alone means *stateful* tickets: OpenSSL would cache every
+    # connection's session in the context (~1 KiB each, up to 20,480). No ticket at all.
     ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     return ctx
 
 
