@@ -593,7 +593,10 @@ async def filter_delivery(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Ele
 # ----------------------------------------------------------------------------- lifecycle
 
 
-@module.on(hooks.RESOURCE_UNBOUND)
+# LATE: the other handlers of a session's end (presence's unavailable broadcast,
+# which reads the roster and the blocklist) still find the copy in memory instead of
+# loading it again from the database only for it to be dropped.
+@module.on(hooks.RESOURCE_UNBOUND, priority=Priority.LATE)
 async def drop_cache(ctx: Ctx, event: SessionEvent) -> None:
     user = event.session.jid.bare
     if not ctx.sessions.is_online(user):

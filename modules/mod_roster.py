@@ -20,6 +20,7 @@ from xmppd.api import (
     Module,
     ModuleContext,
     Options,
+    Priority,
     Scope,
     ServiceKey,
     StanzaError,
@@ -420,7 +421,10 @@ async def _cancel_subscriptions(ctx: Ctx, user: JID, item: RosterItem) -> None:
         )
 
 
-@module.on(hooks.RESOURCE_UNBOUND)
+# LATE: the other handlers of a session's end (presence's unavailable broadcast,
+# which reads the roster and the blocklist) still find the copy in memory instead of
+# loading it again from the database only for it to be dropped.
+@module.on(hooks.RESOURCE_UNBOUND, priority=Priority.LATE)
 async def drop_cache(ctx: Ctx, event: hooks.SessionEvent) -> None:
     user = event.session.jid.bare
     if not ctx.sessions.is_online(user):
