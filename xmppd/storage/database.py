@@ -237,7 +237,7 @@ class Database:
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def fetch_all(
-        self, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None
+        self, stmt: sa.Select[Any] | sa.CompoundSelect[Any], params: Mapping[str, Any] | None = None
     ) -> Sequence[sa.Row[Any]]:
         """Rows of a query. On hot paths, build ``stmt`` once with ``bindparam``
         placeholders and pass ``params``: building a statement costs more than running it."""
