@@ -10,7 +10,10 @@ FAST tokens are revoked and its sessions end; the account row stays, so the name
 cannot be registered again) and records when the data goes in the account's key/value
 data (store ``xmppd.erasure``). The server's sweeper (:func:`erasure_sweeper`) erases
 due accounts at start-up and then as they fall due, so the schedule survives a
-restart. The record goes with the account's key/value data when it is erased.
+restart. The record goes with the account's key/value data when it is erased. In a
+cluster one node sweeps: the owner of :data:`SWEEPER_KEY` by rendezvous hashing over
+the live nodes (another takes over within a sweep interval when it leaves or dies), so
+an account is erased once, not by every node at the same moment.
 
 These functions are the logic layer for the CLI (``xmppd export``, ``xmppd erase``),
 the ad-hoc command of ``mod_admin_adhoc`` and the REST admin API.
@@ -47,6 +50,8 @@ MAX_GRACE: Final = 366 * 86400.0
 """Longest grace period accepted (a year)."""
 SWEEP_INTERVAL: Final = 60.0
 """Seconds between two looks for due erasures (sooner when one falls due before)."""
+SWEEPER_KEY: Final = "xmppd:erasure-sweeper"
+"""The placement key of the erasure sweeper in a cluster (one node sweeps)."""
 EXPORT_XML: Final = "export.xml"
 """The XEP-0227 document's name in an export archive; files go under ``files/``."""
 
@@ -179,12 +184,21 @@ async def run_due_erasures(core: Core, now: float | None = None) -> list[JID]:
     return erased
 
 
+def sweeps_here(core: Core) -> bool:
+    """Whether this process runs the erasures: always outside a cluster; in one, the
+    node owning :data:`SWEEPER_KEY` (another node sweeps when it is gone)."""
+    cluster = core.cluster
+    return cluster is None or cluster.owner_of(SWEEPER_KEY) == cluster.name
+
+
 async def erasure_sweeper(core: Core) -> None:
-    """Run :func:`run_due_erasures` now and then until cancelled (the server's task)."""
+    """Run :func:`run_due_erasures` now and then until cancelled (the server's task);
+    in a cluster only on the node :func:`sweeps_here` names, the others only look."""
     while True:
         delay = SWEEP_INTERVAL
         try:
-            await run_due_erasures(core)
+            if sweeps_here(core):
+                await run_due_erasures(core)
             upcoming = await pending_erasures(core)
             if upcoming:
                 delay = min(delay, max(0.5, upcoming[0].erase_at - time.time()))
@@ -205,5 +219,7 @@ __all__ = [
     "pending_erasure",
     "pending_erasures",
     "run_due_erasures",
+    "SWEEPER_KEY",
+    "sweeps_here",
     "write_export",
 ]

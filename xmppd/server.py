@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
 from xmppd.adminapi import AdminApi
+from xmppd.adminapi.rooms import ROOMS_CALL, RoomResource
 from xmppd.apitokens import ApiTokens
 from xmppd.auth import sasl
 from xmppd.auth.accounts import Accounts
@@ -214,6 +215,8 @@ class Server:
             self.cluster.answers_elsewhere(self.iq_tracker)
             self.components.remote = self.cluster.components
             self.cluster.register_metrics(self.metrics)
+            # REST room endpoints run on the room's node (xmppd.adminapi.rooms).
+            self.cluster.serve(ROOMS_CALL, RoomResource(self.admin_api.context).answer)
         await self.modules.load_all()
         if self.cluster is not None:
             await self.cluster.start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Protocol
 
 from xmppd.api import JID, InvalidJID
+from xmppd_modules.mod_muc.common import LISTED
 from xmppd_modules.mod_muc.config import ALLOW_PM, WHOIS, RoomConfig
 from xmppd_modules.mod_muc.hooks import ROOM_CREATED, RoomEvent
 from xmppd_modules.mod_muc.room import Room, RoomHost, new_salt
@@ -69,10 +70,25 @@ class RoomAdmin:
         except InvalidJID:
             raise RoomAdminError("invalid", f"{name!r} is not a room name", "name") from None
 
+    def room_jid_or_none(self, name: str) -> JID | None:
+        """The JID of room ``name`` (``None``: not a room name)."""
+        try:
+            return JID.create(name, self.domain)
+        except InvalidJID:
+            return None
+
     async def names(self) -> list[str]:
-        """Every room: stored (persistent) ones and those in memory."""
-        stored = {name for name, _ in await self._service.store.rooms()}
-        return sorted(stored | set(self._service.rooms))
+        """Every room: stored (persistent) ones, those in memory, and in a cluster the
+        public temporary rooms the other nodes announce (a hidden temporary room is
+        known only to its node)."""
+        names = {name for name, _ in await self._service.store.rooms()}
+        cluster = self._service.ctx.cluster
+        if cluster is not None:
+            for jid in await cluster.announced(LISTED):
+                local, _, domain = jid.partition("@")
+                if domain == self.domain:
+                    names.add(local)
+        return sorted(names | set(self._service.rooms))
 
     async def get(self, name: str) -> Room:
         name = self.room_jid(name).local  # as stored: nodeprep'd

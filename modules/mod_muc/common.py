@@ -25,6 +25,9 @@ NS_MUC_REGISTER: Final = "http://jabber.org/protocol/muc#register"
 NS_CONFERENCE: Final = "jabber:x:conference"  # XEP-0249 direct invitations
 NS_VCARD: Final = "vcard-temp"
 
+LISTED: Final = "muc-room"
+"""What a cluster node announces of the temporary public rooms it holds."""
+
 Affiliation = Literal["owner", "admin", "member", "none", "outcast"]
 Role = Literal["moderator", "participant", "visitor", "none"]
 

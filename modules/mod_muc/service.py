@@ -33,13 +33,10 @@ from xmppd.api.stanza import Element, child, error_reply, payload
 from xmppd_modules.mod_muc import errors
 from xmppd_modules.mod_muc.admin import RoomAdmin
 from xmppd_modules.mod_muc.archive import RoomArchive
-from xmppd_modules.mod_muc.common import NS_MUC, NS_MUC_UNIQUE, Ctx
+from xmppd_modules.mod_muc.common import LISTED, NS_MUC, NS_MUC_UNIQUE, Ctx
 from xmppd_modules.mod_muc.config import Limits, RoomConfig
 from xmppd_modules.mod_muc.room import Room, addressed_elsewhere, new_salt
 from xmppd_modules.mod_muc.store import RoomStore
-
-_LISTED: Final = "muc-room"
-"""What a cluster node announces of the temporary public rooms it holds."""
 
 
 class MucService:
@@ -146,7 +143,7 @@ class MucService:
             self._announced.pop(room.name, None)
         else:
             self._announced[room.name] = title
-        await cluster.announce(_LISTED, str(room.jid), title)
+        await cluster.announce(LISTED, str(room.jid), title)
 
     # ------------------------------------------------------------------ Destination
 
@@ -277,7 +274,7 @@ class MucService:
                 listed[name] = config.name
         cluster = self._ctx.cluster
         if cluster is not None:  # temporary public rooms on every node
-            for jid, title in (await cluster.announced(_LISTED)).items():
+            for jid, title in (await cluster.announced(LISTED)).items():
                 local, _, domain = jid.partition("@")
                 if domain == self.domain:
                     listed[local] = title

@@ -4,19 +4,32 @@ members, show, configure, destroy; add or remove members, make admins; occupants
 
 Everything goes through ``mod_muc``'s ``MucService.admin`` (``modules/mod_muc/admin.py``)
 so occupants see the changes as XEP-0045 says (presence on an affiliation change,
-status 104 on a configuration change, the destroy notice)."""
+status 104 on a configuration change, the destroy notice).
+
+In a cluster a room lives on one node (rendezvous hashing of its JID): a request about
+one room (create, show, configure, destroy, occupants, affiliations) that reaches
+another node is passed on to the room's node as a node-to-node call
+(:mod:`xmppd.cluster.calls`, ``admin-api-rooms``), which runs the same handler there
+and answers; the node the request reached answers the HTTP client and writes the audit
+line. The list names the stored rooms, this node's rooms and the public temporary
+rooms the other nodes announce."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from dataclasses import replace
+from typing import Any, Final, Literal, TypeVar, cast
 
+from aiohttp import web
 from pydantic import BaseModel, Field
 
-from xmppd.adminapi.base import ApiContext, ApiError, Call, Route, XmlText
+from xmppd.adminapi.base import ApiContext, ApiError, Call, Handler, Route, XmlText
+from xmppd.cluster.calls import CallFailed
 from xmppd.jid import JID, InvalidJID
 
 T = TypeVar("T")
+ROOMS_CALL: Final = "admin-api-rooms"
+"""The node-to-node call that runs a room endpoint on the room's node."""
 Affiliation = Literal["owner", "admin", "member", "outcast", "none"]
 
 
@@ -104,6 +117,15 @@ class RoomResource:
         self.api = api
 
     def routes(self) -> list[Route]:
+        """The endpoints; in a cluster, those about one room run on its node."""
+        return [
+            route
+            if route.handler == self.list_rooms
+            else replace(route, handler=self._placed(route))
+            for route in self._routes()
+        ]
+
+    def _routes(self) -> list[Route]:
         base = "/hosts/{host}/rooms"
         one = base + "/{room}"
         return [
@@ -128,6 +150,81 @@ class RoomResource:
                   "Remove an account's affiliation (e.g. a member)", status=204,
                   errors=(404, 409, 503)),
         ]  # fmt: skip
+
+    # ------------------------------------------------------------------ cluster
+
+    def _placed(self, route: Route) -> Handler:
+        """``route``'s handler, run on the node that holds the room."""
+        local = route.handler
+
+        async def handler(call: Call) -> BaseModel | None:
+            node = self._owner(call)
+            if node is None:
+                return await local(call)
+            return await self._forward(node, route, call)
+
+        return handler
+
+    def _owner(self, call: Call) -> str | None:
+        """The other node that holds the room of ``call`` (``None``: this one)."""
+        cluster = self.api.core.cluster
+        if cluster is None:
+            return None
+        admin = self._admin(call)
+        name = call.params.get("room") or cast(NewRoom, call.body).name
+        jid = admin.room_jid_or_none(name)
+        if jid is None:
+            return None  # an invalid name: the local handler says so
+        owner = cluster.owner_of(str(jid))
+        return None if owner == cluster.name else owner
+
+    async def _forward(self, node: str, route: Route, call: Call) -> BaseModel | None:
+        cluster = self.api.core.cluster
+        assert cluster is not None
+        args = {
+            "method": route.method,
+            "path": route.path,
+            "params": dict(call.params),
+            "body": None if call.body is None else call.body.model_dump(mode="json"),
+        }
+        try:
+            answer = await cluster.call(node, ROOMS_CALL, args)
+        except CallFailed as exc:
+            raise ApiError(503, "unavailable", f"the room's node did not answer: {exc}") from None
+        call.audit_target = str(answer.get("target", ""))
+        problem = answer.get("problem")
+        if isinstance(problem, dict):
+            raise ApiError(int(answer["status"]), **problem)
+        result = answer.get("result")
+        if result is None or route.response is None:
+            return None
+        return route.response.model_validate(result)
+
+    async def answer(self, args: dict[str, Any]) -> dict[str, Any]:
+        """On the room's node: run a room endpoint another node passed on
+        (:data:`ROOMS_CALL`); the caller was authorised there."""
+        method, path = args.get("method"), args.get("path")
+        route = next((r for r in self._routes() if (r.method, r.path) == (method, path)), None)
+        if route is None:
+            return {"status": 404, "problem": {"error": "not-found", "detail": "no such endpoint"}}
+        # No HTTP request here: the room handlers read only params and body.
+        call = Call(cast(web.Request, None), None, dict(args.get("params") or {}))
+        if route.body is not None and args.get("body") is not None:
+            call.body = route.body.model_validate(args["body"])
+        try:
+            result = await route.handler(call)
+        except ApiError as exc:
+            return {
+                "status": exc.status,
+                "problem": exc.problem.model_dump(),
+                "target": call.audit_target,
+            }
+        return {
+            "result": None if result is None else result.model_dump(mode="json"),
+            "target": call.audit_target,
+        }
+
+    # ------------------------------------------------------------------ handlers
 
     def _admin(self, call: Call) -> Any:
         host = self.api.host(call.params["host"]).domain

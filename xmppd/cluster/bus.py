@@ -29,6 +29,7 @@ from xmppd.sessions import SessionKey
 from xmppd.stanza import parse, serialize, summary
 
 if TYPE_CHECKING:
+    from xmppd.cluster.calls import Calls
     from xmppd.cluster.keys import Keys
     from xmppd.cluster.records import RemoteSession, Signer
     from xmppd.cluster.redisconn import RedisClient
@@ -89,6 +90,8 @@ class StanzaBus:
         self.rerouted = 0
         self.handovers: Handovers | None = None
         """Stream-management handovers (ops ``smt``/``smg``), set by the node."""
+        self.calls: Calls | None = None
+        """Node-to-node calls (ops ``cll``/``clr``), set by the node."""
 
     # ------------------------------------------------------------------ out
 
@@ -306,12 +309,23 @@ class StanzaBus:
                 else:
                     self.handovers.answered(get)
             return
+        if op in ("cll", "clr"):
+            if self.calls is not None:
+                if op == "cll":
+                    self.calls.asked_for(get)
+                else:
+                    self.calls.answered(get)
+            return
         full = JID.parse(_text(get("f")))
         sid = _text(get("s"))
         registry = self._registry
         endpoint = registry.local_endpoint(full, sid)
         if op == "dlv":
             stanza = parse(data)
+            if endpoint is None and (not sid or registry.adoption_expected(full)):
+                # Forwarded by the node that handed the session to this one (``sid``
+                # empty: it does not know the new stream), maybe before it is bound.
+                endpoint = await registry.adopted(full)
             if endpoint is None:
                 token = _hops.set(int(_text(get("h") or b"0")) + 1)
                 try:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
 from xmppd.cluster.bus import StanzaBus
+from xmppd.cluster.calls import CallHandler, Calls
 from xmppd.cluster.components import ClusterComponents
 from xmppd.cluster.feed import SessionFeed
 from xmppd.cluster.keys import Keys
@@ -114,9 +115,18 @@ class ClusterNode:
         )
         """The c2s streams' map of resumable sessions (announced in Redis)."""
         self.handovers = Handovers(
-            self.redis, self.keys, self.name, self.signer, self.resumable, self.bus.send_op
+            self.redis,
+            self.keys,
+            self.name,
+            self.signer,
+            self.resumable,
+            self.bus.send_op,
+            registry,
         )
         self.bus.handovers = self.handovers
+        self.calls = Calls(self.name, self.signer, self.bus.send_op, start_task)
+        """Requests to other nodes (:meth:`call`, :meth:`serve`)."""
+        self.bus.calls = self.calls
         self.components = ClusterComponents(
             self.redis,
             self.keys,
@@ -214,6 +224,7 @@ class ClusterNode:
         """Leave after this node's sessions were closed: publish their removal, hand
         what is left in the inbox to the others, and stop heartbeating."""
         self._health.set_not_ready("stopping", expected=True)
+        await self.registry.settle_moves(timeout=2.0)
         await self.flush()
         consume = [t for t in self._tasks if t.get_name() == "cluster-inbox"]
         for task in consume:
@@ -274,6 +285,15 @@ class ClusterNode:
     def live(self) -> tuple[str, ...]:
         """The live nodes, sorted (this one included)."""
         return self.membership.live
+
+    async def call(self, node: str, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run handler ``name`` on ``node`` (:meth:`serve` there) with ``args`` (plain
+        values); its answer, or :class:`~xmppd.cluster.calls.CallFailed`."""
+        return await self.calls.call(node, name, args)
+
+    def serve(self, name: str, handler: CallHandler) -> None:
+        """Answer other nodes' calls named ``name``."""
+        self.calls.serve(name, handler)
 
     async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
         """Route ``stanza`` on ``node`` (:meth:`StanzaBus.dispatch_on`)."""

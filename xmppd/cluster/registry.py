@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
 
 from xmppd.cluster.records import RemoteSession, SessionRecord
 from xmppd.jid import JID
@@ -25,6 +25,10 @@ from xmppd.stanza import serialize
 if TYPE_CHECKING:
     from xmppd.sessions import Endpoint, Session, SessionKey
     from xmppd.stanza import Element
+
+MOVED_FOR: Final = 10.0
+"""Seconds a node forwards stanzas for a session it handed over, waiting for the new
+node's record (it comes in milliseconds)."""
 
 T = TypeVar("T")
 
@@ -52,9 +56,12 @@ class ClusterSessions(MemorySessions):
     """Local endpoints (as :class:`MemorySessions`) plus the other nodes' sessions."""
 
     __slots__ = (
+        "_adopting",
         "_dirty",
         "_emptied",
         "_gone",
+        "_moved",
+        "_moving",
         "_remote_bare",
         "_remote_full",
         "_shared",
@@ -78,6 +85,14 @@ class ClusterSessions(MemorySessions):
         """Shared per-session state of local sessions (``SessionKey.shared``), by
         ``id(endpoint)``: what their records carry."""
         self._emptied: asyncio.Event | None = None
+        self._moving: dict[JID, str] = {}
+        """Local sessions being handed to another node right now: full JID → node."""
+        self._moved: dict[JID, tuple[RemoteSession, float, Endpoint]] = {}
+        """Sessions handed over, until the new node's record arrives: full JID → (where
+        stanzas for it go meanwhile, until when, the local endpoint it was)."""
+        self._adopting: dict[JID, tuple[float, list[asyncio.Future[Endpoint | None]]]] = {}
+        """Sessions another node handed to this one that are not bound here yet: full
+        JID → (until when, who waits for the bind)."""
         self.on_change: Callable[[], None] = lambda: None
         """Called when something is waiting to be published (the node schedules it)."""
 
@@ -104,7 +119,10 @@ class ClusterSessions(MemorySessions):
         local = self._full.get(full)
         if local is not None:
             return local
-        return self._remote_full.get(full)
+        remote = self._remote_full.get(full)
+        if remote is not None:
+            return remote
+        return self._moved_to(full)
 
     def of(self, bare: JID) -> list[Session]:
         found: list[Session] = []
@@ -136,6 +154,83 @@ class ClusterSessions(MemorySessions):
         if endpoint is None or endpoint.stream_id != stream_id:
             return None
         return endpoint
+
+    def local_bound(self, full: JID) -> Endpoint | None:
+        """The local endpoint bound to ``full``, whichever its stream."""
+        return self._full.get(full)
+
+    # ------------------------------------------------------------------ handovers
+
+    def expect_handover(self, full: JID, node: str) -> None:
+        """The local session ``full`` is about to be handed to ``node``: when it
+        unbinds, its record stays in Redis (the new node's replaces it) and stanzas
+        for it go on to ``node`` (:meth:`handover_done` after the attempt)."""
+        self._moving[full] = node
+
+    def handover_done(self, full: JID) -> None:
+        self._moving.pop(full, None)
+
+    def _moved_to(self, full: JID) -> RemoteSession | None:
+        """Where a session handed over a moment ago went (its new record is on its way
+        through the session feed), or ``None``."""
+        moved = self._moved.get(full)
+        if moved is None:
+            return None
+        session, until, endpoint = moved
+        if _loop_time() > until:  # the new node never published: forget it here
+            self._settle(full, endpoint)
+            return None
+        return session
+
+    def _settle(self, full: JID, endpoint: Endpoint) -> None:
+        """Stop forwarding for a handed-over session; publish the removal of its old
+        record (only if still its own: a no-op once the new node's replaced it)."""
+        del self._moved[full]
+        if full not in self._full:
+            self._gone[full] = endpoint
+            self.on_change()
+
+    async def settle_moves(self, timeout: float) -> None:
+        """Before leaving: wait (at most ``timeout``) for the new nodes' records of the
+        sessions handed over, then give up on the others."""
+        for _ in range(max(1, int(timeout / 0.05))):  # records come through the feed
+            if not self._moved:
+                break
+            await asyncio.sleep(0.05)
+        for full, (_session, _until, endpoint) in list(self._moved.items()):
+            self._settle(full, endpoint)
+
+    def expect_adoption(self, full: JID, timeout: float) -> None:
+        """Another node handed session ``full`` to this one; its stream binds it in a
+        moment (stanzas for it that arrive first wait: :meth:`adopted`)."""
+        until = _loop_time() + timeout
+        _, waiters = self._adopting.get(full, (0.0, []))
+        self._adopting[full] = (until, waiters)
+
+    def adoption_expected(self, full: JID) -> bool:
+        return full in self._adopting
+
+    async def adopted(self, full: JID) -> Endpoint | None:
+        """The local endpoint of ``full``, once bound if it is being adopted here."""
+        endpoint = self._full.get(full)
+        if endpoint is not None:
+            return endpoint
+        pending = self._adopting.get(full)
+        if pending is not None and pending[0] < _loop_time():
+            del self._adopting[full]
+            pending = None
+        if pending is None:
+            return None
+        until, waiters = pending
+        future: asyncio.Future[Endpoint | None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            async with asyncio.timeout(max(0.0, until - _loop_time())):
+                return await future
+        except TimeoutError:
+            if self._adopting.get(full) is pending:
+                del self._adopting[full]
+            return self._full.get(full)
 
     def remote_sessions(self) -> list[RemoteSession]:
         return list(self._remote_full.values())
@@ -214,6 +309,11 @@ class ClusterSessions(MemorySessions):
         replaced = super().bind(endpoint)
         full = endpoint.jid
         self._gone.pop(full, None)
+        self._moved.pop(full, None)
+        _, waiters = self._adopting.pop(full, (0.0, []))
+        for future in waiters:
+            if not future.done():
+                future.set_result(endpoint)
         remote = self._remote_full.get(full)
         if remote is not None:  # the same full JID on another node: that one goes
             self._forget_remote(full, remote.stream_id)
@@ -226,8 +326,13 @@ class ClusterSessions(MemorySessions):
             return False
         full = endpoint.jid
         self._dirty.pop(full, None)
-        self._gone[full] = endpoint
-        self.on_change()
+        node = self._moving.pop(full, None)
+        if node is not None:  # handed over: see expect_handover
+            stub = RemoteSession(full, SessionRecord(node=node, stream_id=""))
+            self._moved[full] = (stub, _loop_time() + MOVED_FOR, endpoint)
+        else:
+            self._gone[full] = endpoint
+            self.on_change()
         if not self._full and self._emptied is not None:
             self._emptied.set()
         return True
@@ -281,6 +386,9 @@ class ClusterSessions(MemorySessions):
         """A session on another node was bound or changed."""
         if record.node == self.node:
             return
+        moved = self._moved.get(full)
+        if moved is not None:  # the new node's record replaced ours
+            self._settle(full, moved[2])
         local = self._full.get(full)
         if local is not None and local.stream_id != record.stream_id:
             # Bound here and there: the newer bind wins; the node that binds second

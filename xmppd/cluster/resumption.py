@@ -14,6 +14,7 @@ acknowledged is in offline storage or comes again from the dead node's inbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, MutableMapping
@@ -24,6 +25,7 @@ from xmppd.stream.sm import Handover
 if TYPE_CHECKING:
     from xmppd.cluster.keys import Keys
     from xmppd.cluster.records import Signer
+    from xmppd.cluster.registry import ClusterSessions
     from xmppd.cluster.writer import RedisWriter
     from xmppd.jid import JID
 
@@ -96,6 +98,7 @@ class Handovers:
         signer: Signer,
         resumable: ResumableSessions,
         send: Callable[[str, dict[str, Any]], Any],
+        registry: ClusterSessions,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -103,6 +106,7 @@ class Handovers:
         self._signer = signer
         self._resumable = resumable
         self._send = send
+        self._registry = registry
         self._waiting: dict[str, asyncio.Future[Handover | str]] = {}
         self.handed_over = 0
         self.taken_over = 0
@@ -144,10 +148,18 @@ class Handovers:
         result: Handover | str = "item-not-found"
         stream = self._resumable._local.get(sm_id)
         if stream is not None:
+            # Until the asker's record replaces this node's, stanzas for the session
+            # come here: they go on to the asker (no window where it is nowhere).
+            full: JID | None = getattr(stream, "jid", None)
+            if full is not None:
+                self._registry.expect_handover(full, asker)
             try:
                 result = stream.hand_over(JID.parse(_text(fields("j"))), int(_text(fields("h"))))
             except (InvalidJID, ValueError):
                 result = "item-not-found"
+            finally:
+                if full is not None:
+                    self._registry.handover_done(full)
         if isinstance(result, Handover):
             self.handed_over += 1
             payload = {"o": "smg", "q": request, "d": self._signer.dumps(result)}
@@ -163,6 +175,11 @@ class Handovers:
         data = fields("d")
         if data:
             handover = self._signer.loads(data)
+            if isinstance(handover, Handover):
+                from xmppd.jid import JID, InvalidJID
+
+                with contextlib.suppress(InvalidJID):  # stanzas forwarded by the holder wait
+                    self._registry.expect_adoption(JID.parse(handover.jid), HANDOVER_TIMEOUT)
             future.set_result(handover if isinstance(handover, Handover) else "item-not-found")
         else:
             future.set_result(_text(fields("c")) or "item-not-found")

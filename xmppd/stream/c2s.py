@@ -1189,6 +1189,10 @@ class C2SStream(StreamMachine):
         if self.state is _BOUND:
             self.transport.detach()
             self.transport.close()
+        # A stanza being handled now is counted in the ``h`` handed over: its client
+        # will not send it again, so it must finish here, not be cancelled (the queue
+        # behind it is dropped: not counted, the client sends those again).
+        self._worker = None
         self._shutdown()
         return handover
 
