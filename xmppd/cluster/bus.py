@@ -227,6 +227,16 @@ class StanzaBus:
         finally:
             _hops.reset(token)
 
+    async def route_abandoned(self, full: JID, held: list[tuple[Element, bytes | None]]) -> None:
+        """Stanzas held for a session whose adoption here never came: route them again
+        (another resource, offline storage, or an error)."""
+        for stanza, _data in held:
+            try:
+                from_ = JID.parse(stanza.get("from") or "")
+                await self._router.dispatch(stanza, full, from_, None)
+            except InvalidJID:
+                continue
+
     # ------------------------------------------------------------------ in
 
     async def open_inbox(self) -> None:
@@ -322,10 +332,12 @@ class StanzaBus:
         endpoint = registry.local_endpoint(full, sid)
         if op == "dlv":
             stanza = parse(data)
-            if endpoint is None and (not sid or registry.adoption_expected(full)):
-                # Forwarded by the node that handed the session to this one (``sid``
-                # empty: it does not know the new stream), maybe before it is bound.
-                endpoint = await registry.adopted(full)
+            if endpoint is None and not sid:
+                # Forwarded by the node that handed the session to this one (it does
+                # not know the new stream): held until the session is bound here.
+                if registry.hold_for_adoption(full, stanza, data or None):
+                    return
+                endpoint = registry.local_bound(full)
             if endpoint is None:
                 token = _hops.set(int(_text(get("h") or b"0")) + 1)
                 try:
@@ -333,7 +345,7 @@ class StanzaBus:
                 finally:
                     _hops.reset(token)
                 return
-            await endpoint.deliver(stanza, data)
+            await registry.deliver(endpoint, stanza, data)
             return
         if endpoint is None:
             return

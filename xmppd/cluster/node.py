@@ -110,6 +110,8 @@ class ClusterNode:
             hold_seconds=section.outage_hold,
         )
         registry.ops = self.bus
+        registry.start_task = start_task
+        registry.on_abandoned = self.bus.route_abandoned
         self.resumable = ResumableSessions(
             self.keys, self.name, self.writer, ttl=resume_timeout + section.node_timeout
         )

@@ -13,9 +13,10 @@ turn).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast
 
 from xmppd.cluster.records import RemoteSession, SessionRecord
 from xmppd.jid import JID
@@ -25,6 +26,11 @@ from xmppd.stanza import serialize
 if TYPE_CHECKING:
     from xmppd.sessions import Endpoint, Session, SessionKey
     from xmppd.stanza import Element
+
+log = logging.getLogger(__name__)
+
+Held: TypeAlias = tuple["Element", "bytes | None"]
+"""A stanza kept for a session being adopted, with its serialized form if known."""
 
 MOVED_FOR: Final = 10.0
 """Seconds a node forwards stanzas for a session it handed over, waiting for the new
@@ -59,6 +65,7 @@ class ClusterSessions(MemorySessions):
         "_adopting",
         "_dirty",
         "_emptied",
+        "_gates",
         "_gone",
         "_moved",
         "_moving",
@@ -66,8 +73,10 @@ class ClusterSessions(MemorySessions):
         "_remote_full",
         "_shared",
         "node",
+        "on_abandoned",
         "on_change",
         "ops",
+        "start_task",
     )
 
     def __init__(self, node: str) -> None:
@@ -90,9 +99,17 @@ class ClusterSessions(MemorySessions):
         self._moved: dict[JID, tuple[RemoteSession, float, Endpoint]] = {}
         """Sessions handed over, until the new node's record arrives: full JID → (where
         stanzas for it go meanwhile, until when, the local endpoint it was)."""
-        self._adopting: dict[JID, tuple[float, list[asyncio.Future[Endpoint | None]]]] = {}
+        self._adopting: dict[JID, list[Held]] = {}
         """Sessions another node handed to this one that are not bound here yet: full
-        JID → (until when, who waits for the bind)."""
+        JID → the stanzas forwarded for it meanwhile (delivered first once bound)."""
+        self._gates: dict[JID, list[Held]] = {}
+        """Adopted sessions whose held stanzas are being delivered: what comes for
+        them meanwhile queues behind (one sender's stanzas stay in order)."""
+        self.start_task: Callable[..., asyncio.Task[None]] | None = None
+        """Set by the cluster node (delivering held stanzas is a task of its own)."""
+        self.on_abandoned: Callable[[JID, list[Held]], Awaitable[None]] | None = None
+        """Route again what was held for a session whose adoption never came (set by
+        the stanza bus)."""
         self.on_change: Callable[[], None] = lambda: None
         """Called when something is waiting to be published (the node schedules it)."""
 
@@ -202,35 +219,49 @@ class ClusterSessions(MemorySessions):
 
     def expect_adoption(self, full: JID, timeout: float) -> None:
         """Another node handed session ``full`` to this one; its stream binds it in a
-        moment (stanzas for it that arrive first wait: :meth:`adopted`)."""
-        until = _loop_time() + timeout
-        _, waiters = self._adopting.get(full, (0.0, []))
-        self._adopting[full] = (until, waiters)
+        moment. Stanzas the old node forwards for it until then are held
+        (:meth:`hold_for_adoption`); after ``timeout`` without a bind they are routed
+        again (:attr:`on_abandoned`)."""
+        if full in self._adopting:
+            return
+        held: list[Held] = []
+        self._adopting[full] = held
+        asyncio.get_running_loop().call_later(timeout, self._adoption_expired, full, held)
 
-    def adoption_expected(self, full: JID) -> bool:
-        return full in self._adopting
+    def hold_for_adoption(self, full: JID, stanza: Element, data: bytes | None) -> bool:
+        """Keep a stanza for a session being adopted here (``False``: none is)."""
+        held = self._adopting.get(full)
+        if held is None:
+            return False
+        held.append((stanza, data))
+        return True
 
-    async def adopted(self, full: JID) -> Endpoint | None:
-        """The local endpoint of ``full``, once bound if it is being adopted here."""
-        endpoint = self._full.get(full)
-        if endpoint is not None:
-            return endpoint
-        pending = self._adopting.get(full)
-        if pending is not None and pending[0] < _loop_time():
-            del self._adopting[full]
-            pending = None
-        if pending is None:
-            return None
-        until, waiters = pending
-        future: asyncio.Future[Endpoint | None] = asyncio.get_running_loop().create_future()
-        waiters.append(future)
+    def _adoption_expired(self, full: JID, held: list[Held]) -> None:
+        if self._adopting.get(full) is not held:
+            return  # bound meanwhile
+        del self._adopting[full]
+        if held and self.on_abandoned is not None and self.start_task is not None:
+            _ = self.start_task(self.on_abandoned(full, held), name="cluster-abandoned")
+
+    def _open_gate(self, endpoint: Endpoint, held: list[Held]) -> None:
+        """The adopted session is bound: deliver what was held for it, in order, ahead
+        of anything routed to it from now on (which queues behind)."""
+        if not held or self.start_task is None:
+            return
+        self._gates[endpoint.jid] = held
+        _ = self.start_task(self._flush_gate(endpoint, held), name="cluster-adopted")
+
+    async def _flush_gate(self, endpoint: Endpoint, gate: list[Held]) -> None:
         try:
-            async with asyncio.timeout(max(0.0, until - _loop_time())):
-                return await future
-        except TimeoutError:
-            if self._adopting.get(full) is pending:
-                del self._adopting[full]
-            return self._full.get(full)
+            while gate:
+                stanza, data = gate.pop(0)
+                try:
+                    await endpoint.deliver(stanza, data)
+                except Exception:
+                    log.exception("cluster: could not deliver a held stanza to %s", endpoint.jid)
+        finally:
+            if self._gates.get(endpoint.jid) is gate:
+                del self._gates[endpoint.jid]
 
     def remote_sessions(self) -> list[RemoteSession]:
         return list(self._remote_full.values())
@@ -242,8 +273,13 @@ class ClusterSessions(MemorySessions):
     async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
         if isinstance(session, RemoteSession):
             await self._ops().deliver(session, stanza, data)
-        else:
-            await cast("Endpoint", session).deliver(stanza, data)
+            return
+        endpoint = cast("Endpoint", session)
+        gate = self._gates.get(endpoint.jid)
+        if gate is not None and self._full.get(endpoint.jid) is endpoint:
+            gate.append((stanza, data))  # behind what was held for the adoption
+            return
+        await endpoint.deliver(stanza, data)
 
     def send_raw(self, session: Session, stanza: Element) -> None:
         if isinstance(session, RemoteSession):
@@ -310,10 +346,9 @@ class ClusterSessions(MemorySessions):
         full = endpoint.jid
         self._gone.pop(full, None)
         self._moved.pop(full, None)
-        _, waiters = self._adopting.pop(full, (0.0, []))
-        for future in waiters:
-            if not future.done():
-                future.set_result(endpoint)
+        held = self._adopting.pop(full, None)
+        if held is not None:
+            self._open_gate(endpoint, held)
         remote = self._remote_full.get(full)
         if remote is not None:  # the same full JID on another node: that one goes
             self._forget_remote(full, remote.stream_id)
