@@ -167,6 +167,9 @@ class StanzaBus:
             "d": data if data is not None else serialize(stanza),
             "h": _hops.get(),
         }
+        fence = self._registry.fence_for(full)
+        if fence:
+            fields["w"] = fence
         since = asyncio.get_running_loop().time()
         await self._send(
             node,
@@ -185,6 +188,23 @@ class StanzaBus:
     def send_op(self, node: str, fields: dict[str, Any]) -> None:
         """Write an operation to ``node``'s inbox (nobody waits for it)."""
         _ = self._send(node, fields)
+
+    def fence(self, old: str, full: JID, fence: str, new: str) -> bool:
+        if self._is_dead(old):
+            return False
+        _ = self._send(
+            old,
+            {"o": "fnc", "f": str(full), "i": fence, "b": new},
+            no_inbox=lambda: self._fence_reached(new, str(full), fence),
+        )
+        return True
+
+    def _fence_reached(self, node: str, full: str, fence: str) -> None:
+        """Tell ``node`` that nothing more comes for ``full`` before ``fence``."""
+        if node == self.node:
+            self._registry.fence_passed(JID.parse(full), fence)
+        else:
+            self.send_op(node, {"o": "fnf", "f": full, "i": fence})
 
     def send_raw(self, session: RemoteSession, stanza: Element) -> None:
         self._op(session, {"o": "raw", "d": serialize(stanza)})
@@ -292,9 +312,15 @@ class StanzaBus:
                 log.exception("cluster: could not re-route an entry of %s", node)
         return len(entries)
 
+    def _pass_fence(self, get: Callable[[str], Any]) -> None:
+        self._fence_reached(_text(get("b")), _text(get("f")), _text(get("i")))
+
     async def _reroute(self, fields: dict[Any, Any]) -> None:
         get = _getter(fields)
         op, data = _text(get("o")), get("d")
+        if op == "fnc":
+            self._pass_fence(get)
+            return
         if op == "dlv" and data:
             full = JID.parse(_text(get("f")))
             await self._session_gone(full, _text(get("s")), parse(data))
@@ -319,6 +345,12 @@ class StanzaBus:
                 else:
                     self.handovers.answered(get)
             return
+        if op == "fnc":  # pass the fence on, behind what this node forwarded
+            self._pass_fence(get)
+            return
+        if op == "fnf":
+            self._registry.fence_passed(JID.parse(_text(get("f"))), _text(get("i")))
+            return
         if op in ("cll", "clr"):
             if self.calls is not None:
                 if op == "cll":
@@ -332,6 +364,15 @@ class StanzaBus:
         endpoint = registry.local_endpoint(full, sid)
         if op == "dlv":
             stanza = parse(data)
+            fence = _text(get("w") or b"")
+            # Sent here directly after the sender's view moved: what it sent through
+            # the old node comes first (the fence follows that).
+            if (
+                endpoint is not None
+                and fence
+                and registry.wait_for_fence(full, fence, stanza, data or None)
+            ):
+                return
             if endpoint is None and not sid:
                 # Forwarded by the node that handed the session to this one (it does
                 # not know the new stream): held until the session is bound here.
@@ -345,7 +386,7 @@ class StanzaBus:
                 finally:
                     _hops.reset(token)
                 return
-            await registry.deliver(endpoint, stanza, data)
+            await registry.deliver_arrived(endpoint, stanza, data)
             return
         if endpoint is None:
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 Held: TypeAlias = tuple["Element", "bytes | None"]
 """A stanza kept for a session being adopted, with its serialized form if known."""
+
+FENCE_WAIT: Final = 3.0
+"""Seconds stanzas wait on a session's new node for the fence through its old node
+(when the old node died, the fence never comes)."""
 
 MOVED_FOR: Final = 10.0
 """Seconds a node forwards stanzas for a session it handed over, waiting for the new
@@ -57,6 +62,10 @@ class RemoteOps(Protocol):
 
     def set_interested(self, session: RemoteSession) -> None: ...
 
+    def fence(self, old: str, full: JID, fence: str, new: str) -> bool:
+        """Ask node ``old`` to pass ``fence`` on to node ``new`` behind what this node
+        sent it for ``full`` (``False``: ``old`` is gone, nothing to wait for)."""
+
 
 class ClusterSessions(MemorySessions):
     """Local endpoints (as :class:`MemorySessions`) plus the other nodes' sessions."""
@@ -65,6 +74,8 @@ class ClusterSessions(MemorySessions):
         "_adopting",
         "_dirty",
         "_emptied",
+        "_fences",
+        "_fences_done",
         "_gates",
         "_gone",
         "_moved",
@@ -72,6 +83,7 @@ class ClusterSessions(MemorySessions):
         "_remote_bare",
         "_remote_full",
         "_shared",
+        "_waiting",
         "node",
         "on_abandoned",
         "on_change",
@@ -105,6 +117,14 @@ class ClusterSessions(MemorySessions):
         self._gates: dict[JID, list[Held]] = {}
         """Adopted sessions whose held stanzas are being delivered: what comes for
         them meanwhile queues behind (one sender's stanzas stay in order)."""
+        self._fences: dict[JID, tuple[str, float]] = {}
+        """Sessions whose view moved from one node to another: full JID → (fence, until
+        when). Stanzas this node sends them meanwhile wait on their new node for the
+        fence, which comes through the old node behind what went that way."""
+        self._waiting: dict[tuple[JID, str], list[Held]] = {}
+        """Stanzas for a local session waiting for a fence (:meth:`wait_for_fence`)."""
+        self._fences_done: dict[str, float] = {}
+        """Fences passed lately (fence → until when it is remembered)."""
         self.start_task: Callable[..., asyncio.Task[None]] | None = None
         """Set by the cluster node (delivering held stanzas is a task of its own)."""
         self.on_abandoned: Callable[[JID, list[Held]], Awaitable[None]] | None = None
@@ -248,20 +268,83 @@ class ClusterSessions(MemorySessions):
         of anything routed to it from now on (which queues behind)."""
         if not held or self.start_task is None:
             return
+        gate = self._gates.get(endpoint.jid)
+        if gate is not None:
+            gate.extend(held)
+            return
         self._gates[endpoint.jid] = held
         _ = self.start_task(self._flush_gate(endpoint, held), name="cluster-adopted")
 
     async def _flush_gate(self, endpoint: Endpoint, gate: list[Held]) -> None:
+        full = endpoint.jid
         try:
             while gate:
+                if self._full.get(full) is not endpoint:
+                    # The session ended or moved on meanwhile: route the rest again.
+                    rest = gate[:]
+                    gate.clear()
+                    if self.on_abandoned is not None:
+                        await self.on_abandoned(full, rest)
+                    return
                 stanza, data = gate.pop(0)
                 try:
                     await endpoint.deliver(stanza, data)
                 except Exception:
-                    log.exception("cluster: could not deliver a held stanza to %s", endpoint.jid)
+                    log.exception("cluster: could not deliver a held stanza to %s", full)
         finally:
-            if self._gates.get(endpoint.jid) is gate:
-                del self._gates[endpoint.jid]
+            if self._gates.get(full) is gate:
+                del self._gates[full]
+
+    # ------------------------------------------------------------------ fences
+
+    def _start_fence(self, full: JID, old: str, new: str) -> None:
+        """The view of ``full`` moves from node ``old`` to node ``new``: what this node
+        sent through ``old`` may still be on its way, so what it sends ``new`` from
+        now on waits there for a fence that ``old`` passes on behind it."""
+        fence = os.urandom(6).hex()
+        if self._ops().fence(old, full, fence, new):
+            self._fences[full] = (fence, _loop_time() + FENCE_WAIT)
+
+    def fence_for(self, full: JID) -> str:
+        """The fence stanzas this node sends to ``full`` carry now (``""``: none)."""
+        found = self._fences.get(full)
+        if found is None:
+            return ""
+        fence, until = found
+        if _loop_time() > until:
+            del self._fences[full]
+            return ""
+        return fence
+
+    def wait_for_fence(self, full: JID, fence: str, stanza: Element, data: bytes | None) -> bool:
+        """Keep a stanza for the local session ``full`` until ``fence`` has passed
+        (``False``: it has, deliver now)."""
+        if fence in self._fences_done:
+            return False
+        key = (full, fence)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = []
+            asyncio.get_running_loop().call_later(FENCE_WAIT, self.fence_passed, full, fence)
+        waiting.append((stanza, data))
+        return True
+
+    def fence_passed(self, full: JID, fence: str) -> None:
+        """``fence`` came through the old node (or waited long enough): deliver what
+        waited for it, behind anything still being delivered to the session."""
+        now = _loop_time()
+        self._fences_done[fence] = now + 2 * FENCE_WAIT
+        for old, until in list(self._fences_done.items()):
+            if until < now:
+                del self._fences_done[old]
+        waiting = self._waiting.pop((full, fence), None)
+        if not waiting:
+            return
+        endpoint = self._full.get(full)
+        if endpoint is not None:
+            self._open_gate(endpoint, waiting)
+        elif self.on_abandoned is not None and self.start_task is not None:
+            _ = self.start_task(self.on_abandoned(full, waiting), name="cluster-abandoned")
 
     def remote_sessions(self) -> list[RemoteSession]:
         return list(self._remote_full.values())
@@ -275,9 +358,19 @@ class ClusterSessions(MemorySessions):
             await self._ops().deliver(session, stanza, data)
             return
         endpoint = cast("Endpoint", session)
+        fence = self.fence_for(endpoint.jid)
+        if fence and self.wait_for_fence(endpoint.jid, fence, stanza, data):
+            return  # this node's own stanzas sent to the old node come first
+        await self.deliver_arrived(endpoint, stanza, data)
+
+    async def deliver_arrived(
+        self, endpoint: Endpoint, stanza: Element, data: bytes | None
+    ) -> None:
+        """Deliver a stanza another node sent to a local session: behind what is held
+        for it after an adoption or a fence, if anything is."""
         gate = self._gates.get(endpoint.jid)
         if gate is not None and self._full.get(endpoint.jid) is endpoint:
-            gate.append((stanza, data))  # behind what was held for the adoption
+            gate.append((stanza, data))
             return
         await endpoint.deliver(stanza, data)
 
@@ -353,6 +446,7 @@ class ClusterSessions(MemorySessions):
         if remote is not None:  # the same full JID on another node: that one goes
             self._forget_remote(full, remote.stream_id)
             self._ops().close(remote, "conflict", None)
+            self._start_fence(full, remote.node, self.node)
         self._mark(endpoint)
         return replaced
 
@@ -433,6 +527,8 @@ class ClusterSessions(MemorySessions):
         if session is not None and session.stream_id == record.stream_id:
             session.record = record
             return
+        if session is not None and session.node != record.node:
+            self._start_fence(full, session.node, record.node)
         session = RemoteSession(full, record)
         self._remote_full[full] = session
         self._remote_bare.setdefault(full.bare, {})[full.resource] = session
