@@ -45,6 +45,7 @@ class CountingClient:
         self.resumed = 0
         """How many times the session was resumed (on another node)."""
         self._numbers: dict[str, int] = {}
+        self._targets: dict[str, str] = {}
         self._stanzas_out = 0
         self._handled = 0
         self._client: RawClient | None = None
@@ -97,9 +98,18 @@ class CountingClient:
             raise ResumeFailed(f"{self.name}: {data!r}")
         h = re.search(rb"h=['\"](\d+)", match.group(0))
         assert h, data
-        self.acked_upto = max(self.acked_upto, int(h.group(1)))
+        handled = int(h.group(1))
+        self.acked_upto = max(self.acked_upto, handled)
         self.resumed += 1
+        # What the server never read (written into the dying connection) is sent
+        # again, as XEP-0198 says: the count goes on from the server's ``h``.
+        unacked = [b for b in self.sent if self._numbers[b] > handled]
+        targets = {b: self._targets[b] for b in unacked}
+        self._stanzas_out = handled
+        self.sent = [b for b in self.sent if self._numbers[b] <= handled]
         self._begin(client, data[match.end() :])
+        for body in unacked:
+            self.send(targets[body], body)
 
     def _begin(self, client: RawClient, buffered: bytes) -> None:
         self._client = client
@@ -116,6 +126,7 @@ class CountingClient:
         number = self._send_stanza(f"<message type='chat' to='{to}'><body>{body}</body></message>")
         self.sent.append(body)
         self._numbers[body] = number
+        self._targets[body] = to
         self.request_ack()
 
     def request_ack(self) -> None:

@@ -145,9 +145,12 @@ class Membership:
         await self.leave()
 
     async def leave(self) -> None:
+        """Leave cleanly. The member entry goes before the heartbeat: a node that
+        finds a member without a heartbeat then finds the entry gone when it looks
+        again (:meth:`_watch`), and does not take this node for dead."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.delete(self._keys.heartbeat(self.node))
         pipe.hdel(self._keys.nodes(), self.node)
+        pipe.delete(self._keys.heartbeat(self.node))
         await pipe.execute()
 
     async def run(self) -> None:
@@ -188,6 +191,8 @@ class Membership:
         for member in dead:
             if member == self.node:
                 continue
+            if not await self._redis.hexists(self._keys.nodes(), member):
+                continue  # it left cleanly while we looked (a drain): not dead
             taken = await self._redis.set(
                 self._keys.reaping(member), self.node, nx=True, px=int(self._timeout * 6000)
             )
