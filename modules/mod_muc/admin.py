@@ -52,6 +52,9 @@ class RoomDirectory(RoomHost, Protocol):
     def defaults(self) -> RoomConfig:
         """The configuration of a new room."""
 
+    async def relist(self, room: Room) -> None:
+        """Keep the other cluster nodes' room list current after a change."""
+
 
 class RoomAdmin:
     def __init__(self, service: RoomDirectory) -> None:
@@ -139,6 +142,7 @@ class RoomAdmin:
             await room.save()
         first_owner = owners[0].bare if owners else None
         await service.ctx.run(ROOM_CREATED, RoomEvent(jid, first_owner))
+        await service.relist(room)
         return room
 
     async def set_affiliation(self, room: Room, jid: JID, affiliation: str) -> None:
@@ -152,9 +156,11 @@ class RoomAdmin:
     async def configure(self, room: Room, changes: dict[str, Any]) -> None:
         new = self._config(room.config, changes)
         await room._reconfigure(new, {}, self._actor())
+        await self._service.relist(room)
 
     async def destroy(self, room: Room) -> None:
         await room.destroy(None, None)
+        await self._service.relist(room)
 
     def occupants(self, room: Room) -> list[OccupantView]:
         return [

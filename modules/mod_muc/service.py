@@ -123,6 +123,11 @@ class MucService:
         await self._list(room)
         await room.shutdown()
 
+    async def relist(self, room: Room) -> None:
+        """A room changed outside a stanza (the REST API): list it for the other nodes
+        as it is now."""
+        await self._list(room)
+
     async def _list(self, room: Room) -> None:
         """Keep the other nodes' view of this node's temporary public rooms current
         (persistent ones are listed from storage): written only when it changes."""
