@@ -23,6 +23,7 @@ from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.shaper import Shaper
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
+from xmppd.transports.tlslayer import TlsLayer, receive_buffer
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
@@ -71,18 +72,31 @@ LINGER_MAX_UNSENT: Final = 256 * 1024
 """Above this much unsent output, closing aborts at once (the buffer is freed)."""
 
 
-class C2SConnection(asyncio.Protocol):
-    """asyncio glue: one per TCP connection; feeds a client stream."""
+HANDSHAKE_TIMEOUT: Final = 30.0
+"""Seconds a TLS handshake (direct TLS or STARTTLS) may take."""
+
+
+class C2SConnection(asyncio.BufferedProtocol):
+    """asyncio glue: one per TCP connection; feeds a client stream.
+
+    TLS (direct, or STARTTLS on a plaintext connection) is this object's own
+    :class:`~xmppd.transports.tlslayer.TlsLayer` over the raw TCP transport, not the
+    event loop's TLS transport: the socket is read into one buffer shared by every
+    connection of the event loop (:func:`~xmppd.transports.tlslayer.receive_buffer`),
+    so an idle connection holds no read buffer of its own."""
 
     NAME: ClassVar[str] = "tcp"
 
     __slots__ = (
         "_counted",
+        "_layer",
         "_limit",
         "_linger",
         "_open",
         "_tls",
         "_tls_mode",
+        "_tls_timer",
+        "_tls_wait",
         "_transport",
         "is_secure",
         "peer",
@@ -104,37 +118,117 @@ class C2SConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.stream: StreamInput | None = None
         self.peer = ""
-        self.is_secure = tls_mode == "direct"
+        self.is_secure = False
         self._linger: asyncio.TimerHandle | None = None
+        self._layer: TlsLayer | None = None
+        """TLS, once started (direct TLS: from the first byte)."""
+        self._tls_wait: asyncio.Future[None] | None = None
+        """STARTTLS: resolved when the handshake is done."""
+        self._tls_timer: asyncio.TimerHandle | None = None
 
     def __del__(self) -> None:
-        # Its buffers (a TLS connection's are ~256 KiB in uvloop) are freed with it:
-        # also after a TLS handshake that never completed, when no stream was opened.
+        # Its TLS state (OpenSSL's ~17 KB) is freed with it: also after a TLS
+        # handshake that never completed, when no stream was opened.
         note_freed()
 
     @property
     def framing(self) -> Framing:
         return XML_STREAM
 
-    # asyncio.Protocol
+    # asyncio.BufferedProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
+        if self._tls_mode == "direct" and self._tls is not None:
+            # Direct TLS (XEP-0368): the stream opens once the handshake is done.
+            self._start_layer(self._tls.context)
+            return
+        self._open_stream()
+
+    def _open_stream(self) -> None:
+        assert self._transport is not None
         if self._limit is not None:
             if not self._limit.acquire(self.peer):
                 log.warning("c2s %s: too many connections from this address", self.peer)
-                self._transport.write(refusal(ns.CLIENT))
+                self.write(refusal(ns.CLIENT))
                 self.close()
                 return
             self._counted = True
         self.stream = self._open(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        layer = self._layer
+        if layer is None:
+            self.data_received(bytes(receive_buffer()[:nbytes]))
+        elif self._linger is None:  # closing: what the peer still sends is dropped
+            self._tls_received(layer, receive_buffer()[:nbytes])
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from the peer (decrypted if TLS is on)."""
         if self.stream is not None and self._linger is None:
             self.stream.data_received(data)
 
+    # TLS
+    def _start_layer(self, context: ssl.SSLContext) -> None:
+        self._layer = TlsLayer(context)
+        loop = asyncio.get_running_loop()
+        self._tls_timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        self._tls_timer = None
+        self._tls_broken("handshake timed out")
+
+    def _tls_received(self, layer: TlsLayer, data: memoryview) -> None:
+        try:
+            plain = layer.receive(data)
+        except ssl.SSLError as exc:
+            self._tls_broken(str(exc))
+            return
+        transport = self._transport
+        out = layer.output()
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
+        if layer.done and not self.is_secure:
+            self._tls_ready(layer)
+        if plain:
+            self.data_received(plain)
+        if layer.peer_closed:
+            self.close()
+
+    def _tls_ready(self, layer: TlsLayer) -> None:
+        self.is_secure = True
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s: TLS up (%s)", self.NAME, self.peer, layer.describe())
+        waiter = self._tls_wait
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.stream is None:
+            self._open_stream()
+
+    def _tls_broken(self, reason: str) -> None:
+        log.debug("%s %s: TLS failed: %s", self.NAME, self.peer, reason)
+        waiter = self._tls_wait
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError(f"TLS failed: {reason}"))
+        if self._transport is not None:
+            self._transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+        waiter = self._tls_wait
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("connection lost during the TLS handshake"))
+        self._layer = None
         if self.stream is not None:
             self.stream.connection_lost()
             self.stream = None
@@ -151,14 +245,29 @@ class C2SConnection(asyncio.Protocol):
 
     # Transport interface for the stream
     def write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        layer = self._layer
+        if layer is None:
+            transport.write(data)
+        elif layer.done:  # before: nothing can be sent yet (the stream is waiting)
+            try:
+                transport.write(layer.send(data))
+            except ssl.SSLError as exc:
+                self._tls_broken(str(exc))
 
     def close(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing() or self._linger is not None:
             return
-        if not transport.can_write_eof():  # TLS: close_notify, then the socket closes
+        layer = self._layer
+        if layer is not None:
+            if not layer.done:  # mid-handshake: nothing to say
+                transport.abort()
+                return
+            transport.write(layer.shutdown())  # close_notify, then as in plaintext
+        if not transport.can_write_eof():  # the loop's TLS transport (outgoing s2s)
             transport.close()
             return
         if transport.get_write_buffer_size() > LINGER_MAX_UNSENT:
@@ -184,6 +293,9 @@ class C2SConnection(asyncio.Protocol):
     def ssl_object(self) -> ssl.SSLObject | None:
         if self._transport is None:
             return None
+        layer = self._layer
+        if layer is not None:
+            return layer.obj if layer.done else None
         obj: Any = self._transport.get_extra_info("ssl_object")
         return obj if isinstance(obj, ssl.SSLObject) else None
 
@@ -194,16 +306,17 @@ class C2SConnection(asyncio.Protocol):
         self.stream = None
 
     async def start_tls(self) -> None:
+        """STARTTLS: every byte read from now on is TLS (RFC 6120 §5.4.3.3: nothing
+        more is taken in the clear); returns once the handshake is done."""
         tls = self._tls
-        if self._transport is None or tls is None:
+        if self._transport is None or tls is None or self._layer is not None:
             raise ConnectionError("no transport")
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(30):
-            new = await loop.start_tls(self._transport, self, tls.context, server_side=True)
-        if new is None:
-            raise ConnectionError("TLS upgrade failed")
-        self._transport = new
-        self.is_secure = True
+        waiter = self._tls_wait = asyncio.get_running_loop().create_future()
+        self._start_layer(tls.context)
+        try:
+            await waiter
+        finally:
+            self._tls_wait = None
 
 
 KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -266,10 +379,8 @@ async def _listen(
     if section.kind == "http":
         assert openers.http is not None
         return await openers.http(section)
-    ssl_ctx = None
     if section.tls == "direct":
         assert tls is not None
-        ssl_ctx = tls.context
     offer_starttls = section.tls == "starttls"
     opener = openers.c2s
     limit = openers.c2s_per_address if section.kind == "c2s" else None
@@ -303,15 +414,14 @@ async def _listen(
             log.info("s2s listening on %s (tls=%s)", sock.getsockname()[:2], section.tls)
         return srv
 
+    # Direct TLS too is the connection's own (C2SConnection), not the loop's.
     srv = await loop.create_server(
         lambda: C2SConnection(open_stream, tls, section.tls, limit),
         host=section.address,
         port=section.port,
-        ssl=ssl_ctx,
         backlog=section.backlog,
         reuse_address=True,
         reuse_port=openers.reuse_port or None,
-        ssl_handshake_timeout=30 if ssl_ctx else None,
     )
     for sock in srv.sockets:
         log.info("%s listening on %s (tls=%s)", section.kind, sock.getsockname()[:2], section.tls)
