@@ -173,20 +173,50 @@ class C2SConnection(asyncio.BufferedProtocol):
             self.stream.data_received(data)
 
     # TLS
-    def _start_layer(self, context: ssl.SSLContext) -> None:
-        self._layer = TlsLayer(context)
+    def _start_layer(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
+        layer = self._layer = TlsLayer(
+            context, server_side=server_side, server_hostname=server_hostname
+        )
         loop = asyncio.get_running_loop()
         self._tls_timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        if not server_side:  # the client speaks first
+            layer.start()
+            if self._transport is not None:
+                self._transport.write(layer.output())
+
+    async def _upgrade(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
+        """STARTTLS: every byte read from now on is TLS (RFC 6120 §5.4.3.3: nothing
+        more is taken in the clear); returns once the handshake is done."""
+        if self._transport is None or self._layer is not None:
+            raise ConnectionError("no transport")
+        waiter = self._tls_wait = asyncio.get_running_loop().create_future()
+        self._start_layer(context, server_side=server_side, server_hostname=server_hostname)
+        try:
+            await waiter
+        finally:
+            self._tls_wait = None
 
     def _handshake_timeout(self) -> None:
         self._tls_timer = None
-        self._tls_broken("handshake timed out")
+        self._tls_broken("handshake timed out", TimeoutError("TLS handshake timed out"))
 
     def _tls_received(self, layer: TlsLayer, data: memoryview) -> None:
         try:
             plain = layer.receive(data)
         except ssl.SSLError as exc:
-            self._tls_broken(str(exc))
+            self._tls_broken(str(exc), exc)
             return
         transport = self._transport
         out = layer.output()
@@ -207,17 +237,16 @@ class C2SConnection(asyncio.BufferedProtocol):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s: TLS up (%s)", self.NAME, self.peer, layer.describe())
         waiter = self._tls_wait
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-        elif self.stream is None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.stream is None and self._tls_mode == "direct":
             self._open_stream()
 
-    def _tls_broken(self, reason: str) -> None:
+    def _tls_broken(self, reason: str, exc: Exception | None = None) -> None:
         log.debug("%s %s: TLS failed: %s", self.NAME, self.peer, reason)
         waiter = self._tls_wait
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError(f"TLS failed: {reason}"))
+            waiter.set_exception(exc or ConnectionError(f"TLS failed: {reason}"))
         if self._transport is not None:
             self._transport.abort()
 
@@ -255,7 +284,7 @@ class C2SConnection(asyncio.BufferedProtocol):
             try:
                 transport.write(layer.send(data))
             except ssl.SSLError as exc:
-                self._tls_broken(str(exc))
+                self._tls_broken(str(exc), exc)
 
     def close(self) -> None:
         transport = self._transport
@@ -267,7 +296,7 @@ class C2SConnection(asyncio.BufferedProtocol):
                 transport.abort()
                 return
             transport.write(layer.shutdown())  # close_notify, then as in plaintext
-        if not transport.can_write_eof():  # the loop's TLS transport (outgoing s2s)
+        if not transport.can_write_eof():
             transport.close()
             return
         if transport.get_write_buffer_size() > LINGER_MAX_UNSENT:
@@ -306,17 +335,9 @@ class C2SConnection(asyncio.BufferedProtocol):
         self.stream = None
 
     async def start_tls(self) -> None:
-        """STARTTLS: every byte read from now on is TLS (RFC 6120 §5.4.3.3: nothing
-        more is taken in the clear); returns once the handshake is done."""
-        tls = self._tls
-        if self._transport is None or tls is None or self._layer is not None:
-            raise ConnectionError("no transport")
-        waiter = self._tls_wait = asyncio.get_running_loop().create_future()
-        self._start_layer(tls.context)
-        try:
-            await waiter
-        finally:
-            self._tls_wait = None
+        if self._tls is None:
+            raise ConnectionError("no TLS configured")
+        await self._upgrade(self._tls.context)
 
 
 KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -650,24 +671,34 @@ class OutgoingConnection(ShapedConnection):
         peer = self._transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         _enable_keepalive(self._transport.get_extra_info("socket"))
+        if self._tls_mode == "direct":
+            # The stream opens once the handshake is done (:meth:`handshake`).
+            self._tls_wait = asyncio.get_running_loop().create_future()
+            self._start_layer(
+                self._client_tls, server_side=False, server_hostname=self._server_hostname
+            )
+            return
         self.stream = self._open(self)
 
+    async def handshake(self) -> None:
+        """Direct TLS: wait for the handshake (raises :class:`ssl.SSLError`,
+        :class:`TimeoutError` or :class:`ConnectionError` when it fails)."""
+        waiter = self._tls_wait
+        if waiter is None:
+            return
+        try:
+            await waiter
+        except BaseException:
+            if self._transport is not None:
+                self._transport.abort()
+            raise
+        finally:
+            self._tls_wait = None
+
     async def start_tls(self) -> None:
-        if self._transport is None:
-            raise ConnectionError("no transport")
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(30):
-            new = await loop.start_tls(
-                self._transport,
-                self,
-                self._client_tls,
-                server_side=False,
-                server_hostname=self._server_hostname,
-            )
-        if new is None:
-            raise ConnectionError("TLS upgrade failed")
-        self._transport = new
-        self.is_secure = True
+        await self._upgrade(
+            self._client_tls, server_side=False, server_hostname=self._server_hostname
+        )
 
 
 async def connect_outgoing(
@@ -692,10 +723,8 @@ async def connect_outgoing(
             ),
             host=host,
             port=port,
-            ssl=client_tls if direct_tls else None,
-            server_hostname=server_hostname if direct_tls else None,
-            ssl_handshake_timeout=timeout if direct_tls else None,
         )
+        await protocol.handshake()  # direct TLS: our own layer, as on c2s connections
     return protocol
 
 
