@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import re
 import socket
@@ -109,6 +110,12 @@ class ManualTls:
         )
         await self.read_until(b"</iq>")
 
+    async def close(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
     def abort(self) -> None:
         """Vanish: an RST, no close_notify."""
         assert self.writer is not None
@@ -185,6 +192,7 @@ async def test_tls_12_and_13_clients(sqlite_server: XmppdServer, version: ssl.TL
     client.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert b"p1" in await client.read_until(rb"id=.p1")
     assert client.obj.session is not None and not client.obj.session.has_ticket
+    await client.close()
 
 
 async def test_records_cut_anywhere_are_reassembled(sqlite_server: XmppdServer) -> None:
@@ -211,6 +219,7 @@ async def test_records_cut_anywhere_are_reassembled(sqlite_server: XmppdServer) 
     for i in range(3):
         assert re.search(rb"id=.c%d" % i, got)
     assert b"x" * 50000 in got
+    await client.close()
 
 
 async def test_client_vanishing_mid_record(sqlite_server: XmppdServer) -> None:
@@ -245,6 +254,8 @@ async def test_client_vanishing_mid_record(sqlite_server: XmppdServer) -> None:
     reader.send("<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>")
     got = await reader.read_until(rb"id=.after")
     assert b"half" not in got
+    for client in (gone2, again, reader):
+        await client.close()
 
 
 async def test_close_notify_from_client_closes_stream(sqlite_server: XmppdServer) -> None:
@@ -261,3 +272,25 @@ async def test_close_notify_from_client_closes_stream(sqlite_server: XmppdServer
         while data := await client.reader.read(65536):
             client.incoming.write(data)
     client.obj.unwrap()  # the server's close_notify arrived: no exception
+    await client.close()
+
+
+async def test_nothing_pipelined_after_starttls_is_taken(sqlite_server: XmppdServer) -> None:
+    """RFC 6120 §5.4.3.3: what a client sent in the clear after ``<starttls/>`` is not
+    handled once TLS is up (STARTTLS injection)."""
+    server = sqlite_server
+    client = await RawClient(server).connect()
+    await client.open_stream()
+    client.send(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+        "<iq type='get' id='injected'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    await client.read_until(b"<proceed")
+    assert client.writer is not None
+    await client.writer.start_tls(client._tls(), server_hostname=server.domain)
+    features = await client.open_stream()
+    assert b"mechanisms" in features
+    client.send("<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = await client.read_until(rb"id=.after")
+    assert b"injected" not in got
+    await client.close()
