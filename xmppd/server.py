@@ -50,7 +50,7 @@ from xmppd.server_secret import load as load_secret
 from xmppd.sessions import SessionRegistry, make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
-from xmppd.stream.c2s import C2SServices, C2SStream
+from xmppd.stream.c2s import C2SServices, C2SStream, adopt_hibernated
 from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
 from xmppd.stream.s2s import S2SInStream, S2SServices, s2s_remote_of
 from xmppd.tasks import TaskOwner
@@ -350,11 +350,15 @@ class Server:
             start_task=self.tasks.start_task,
             resumable=self.resumable,
             resume_elsewhere=self.cluster.handovers.take_over if self.cluster else None,
+            sm_mirrors=self.cluster.mirrors if self.cluster else None,
             secret=self.secret,
             fast_tokens=self.fast_tokens,
             tls=self.tls,
             traffic=self.traffic,
         )
+        if self.cluster is not None:
+            services = self.c2s_services
+            self.cluster.adopt = lambda handover: adopt_hibernated(services, handover) is not None
         self.component_services = ComponentServices(
             limits=self.config.c2s,
             router=self.router,

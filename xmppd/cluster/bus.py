@@ -14,7 +14,6 @@ left unread again (:meth:`StanzaBus.reroute_inbox`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import ResponseError
 
+from xmppd.cluster.smmirror import INBOX_ENTRY, entry_after
 from xmppd.cluster.writer import OUTAGE_ERRORS
 from xmppd.errors import StanzaError
 from xmppd.jid import JID, InvalidJID
@@ -286,18 +286,23 @@ class StanzaBus:
                     last = _text(entry_id)
                     done.append(last)
                     self.received += 1
+                    token = INBOX_ENTRY.set(last)
                     try:
                         await self._handle(fields)
                     except Exception:
                         log.exception("cluster: could not handle an inbox entry")
-            # Handled; if Redis is away now, a later batch or a reaper will see them.
-            with contextlib.suppress(*OUTAGE_ERRORS):
-                await self._redis.xdel(inbox, *done)
+                    finally:
+                        INBOX_ENTRY.reset(token)
+            # Handled: deleted after (in the writer's order) what handling them wrote,
+            # such as the copies queued in stream-management mirrors.
+            _ = self._writer.submit(_xdel(inbox, done))
 
-    async def reroute_inbox(self, node: str) -> int:
+    async def reroute_inbox(self, node: str, queued: dict[str, str] | None = None) -> int:
         """Route again what a dead node left unread. The inbox is renamed first, in one
         step: from then on writers find no inbox and route their stanzas again
-        themselves, so nothing lands where nobody reads."""
+        themselves, so nothing lands where nobody reads. ``queued``: full JID → the last
+        entry the dead node queued for that session in its mirror (the session lives
+        on from the mirror, with those: they are not routed again)."""
         inbox, reaped = self._keys.inbox(node), self._keys.reaped_inbox(node)
         try:
             await self._redis.rename(inbox, reaped)
@@ -305,12 +310,26 @@ class StanzaBus:
             return 0
         entries = await self._redis.xrange(reaped, count=1_000_000)
         await self._redis.delete(reaped)
-        for _entry_id, fields in entries:
+        skipped = 0
+        for entry_id, fields in entries:
+            if queued and self._already_queued(_text(entry_id), fields, queued):
+                skipped += 1
+                continue
             try:
                 await self._reroute(fields)
             except Exception:
                 log.exception("cluster: could not re-route an entry of %s", node)
-        return len(entries)
+        if skipped:
+            log.info("cluster: %d entries of %s were in mirrored sessions already", skipped, node)
+        return len(entries) - skipped
+
+    @staticmethod
+    def _already_queued(entry_id: str, fields: dict[Any, Any], queued: dict[str, str]) -> bool:
+        get = _getter(fields)
+        if _text(get("o")) != "dlv":
+            return False
+        last = queued.get(_text(get("f")))
+        return last is not None and not entry_after(entry_id, last)
 
     def _pass_fence(self, get: Callable[[str], Any]) -> None:
         self._fence_reached(_text(get("b")), _text(get("f")), _text(get("i")))
@@ -403,6 +422,13 @@ class StanzaBus:
             )
         elif op == "int":
             registry.set_interested(endpoint)
+
+
+def _xdel(inbox: str, done: list[str]) -> Callable[[Any], None]:
+    def build(pipe: Any) -> None:
+        pipe.xdel(inbox, *done)
+
+    return build
 
 
 def _getter(fields: dict[Any, Any]) -> Callable[[str], Any]:

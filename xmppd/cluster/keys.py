@@ -56,6 +56,20 @@ class Keys:
         """The node holding a resumable stream-management session (XEP-0198)."""
         return f"{self.prefix}:sm:{sm_id}"
 
+    def sm_mirror(self, sm_id: str) -> str:
+        """Hash: a resumable session's stream-management copy (signed Handover ``r``,
+        counters ``i``/``a``, holder ``n``, bare JID ``j``, last inbox entry queued
+        from each node ``x:<node>``). Braces: one Redis Cluster slot with its queue."""
+        return f"{self.prefix}:smr:{{{sm_id}}}"
+
+    def sm_queue(self, sm_id: str) -> str:
+        """List: the session's unacknowledged stanzas, oldest first."""
+        return f"{self.prefix}:smq:{{{sm_id}}}"
+
+    def node_mirrors(self, node: str) -> str:
+        """Set of the resumption ids a node mirrors (what a survivor adopts)."""
+        return f"{self.prefix}:nodesm:{node}"
+
     def components(self) -> str:
         """Hash: component domain → the node it is connected to (XEP-0114)."""
         return f"{self.prefix}:components"

@@ -20,9 +20,11 @@ from xmppd.cluster.placement import Listing, Placement
 from xmppd.cluster.records import BadRecord, RemoteSession, SessionRecord, Signer
 from xmppd.cluster.redisconn import RedisClient, connect
 from xmppd.cluster.resumption import Handovers, ResumableSessions
+from xmppd.cluster.smmirror import SmMirrors
 from xmppd.cluster.writer import OUTAGE_ERRORS, RedisWriter
 from xmppd.jid import JID, InvalidJID
 from xmppd.server_secret import derive
+from xmppd.stream.sm import Handover
 
 if TYPE_CHECKING:
     from xmppd.cluster.registry import ClusterSessions
@@ -112,10 +114,17 @@ class ClusterNode:
         registry.ops = self.bus
         registry.start_task = start_task
         registry.on_abandoned = self.bus.route_abandoned
-        self.resumable = ResumableSessions(
-            self.keys, self.name, self.writer, ttl=resume_timeout + section.node_timeout
-        )
+        sm_ttl = resume_timeout + section.node_timeout
+        self.resumable = ResumableSessions(self.keys, self.name, self.writer, ttl=sm_ttl)
         """The c2s streams' map of resumable sessions (announced in Redis)."""
+        self.mirrors = SmMirrors(
+            self.redis, self.keys, self.name, self.writer, self.signer, ttl=sm_ttl + 60.0
+        )
+        """Copies of the resumable sessions' counters and queues (taken over when this
+        node dies)."""
+        self._mirror_refresh = max(1.0, sm_ttl / 3)
+        self.adopt: Callable[[Handover], bool] | None = None
+        """Continue a dead node's session here, hibernated (set by the server)."""
         self.handovers = Handovers(
             self.redis,
             self.keys,
@@ -124,6 +133,9 @@ class ClusterNode:
             self.resumable,
             self.bus.send_op,
             registry,
+            mirrors=self.mirrors,
+            is_dead=self.membership.is_dead,
+            is_live_now=self.is_live_now,
         )
         self.bus.handovers = self.handovers
         self.calls = Calls(self.name, self.signer, self.bus.send_op, start_task)
@@ -172,6 +184,7 @@ class ClusterNode:
             (self.feed.follow(), "cluster-feed"),
             (self.bus.consume(), "cluster-inbox"),
             (self.membership.run(), "cluster-membership"),
+            (self._refresh_mirrors(), "cluster-sm-mirrors"),
         ):
             self._tasks.append(self._start_task(coro, name=name))
         self._health.set_ready()
@@ -181,6 +194,14 @@ class ClusterNode:
             len(self.membership.live),
             self.registry.remote_count,
         )
+
+    async def _refresh_mirrors(self) -> None:
+        """Keep this node's stream-management entries in Redis while their sessions
+        last (they expire ``resume_timeout`` and a margin after it died)."""
+        while True:
+            await asyncio.sleep(self._mirror_refresh)
+            self.resumable.republish()
+            self.mirrors.refresh()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until what this node published so far is in Redis."""
@@ -337,10 +358,13 @@ class ClusterNode:
         sessions (their contacts get unavailable presence through the usual
         ``resource_unbound`` handlers), route again what its inbox held, forget it."""
         keys = self.keys
+        queued = await self._adopt_mirrored(node) if node != self.name else {}
         members = await self.redis.smembers(keys.node_sessions(node))
         ended: list[RemoteSession] = []
         for member in members:
             full_text = member.decode() if isinstance(member, bytes) else str(member)
+            if full_text in queued:
+                continue  # lives on here (or on the node its client resumed on)
             try:
                 full = JID.parse(full_text)
             except InvalidJID:
@@ -367,9 +391,9 @@ class ClusterNode:
                 except Exception:
                     log.exception("cluster: resource_unbound failed for %s", session.jid)
         await self.components.forget_node(node)
-        rerouted = await self.bus.reroute_inbox(node)
+        rerouted = await self.bus.reroute_inbox(node, queued)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(keys.node_sessions(node), keys.listing(node))
+        pipe.delete(keys.node_sessions(node), keys.listing(node), keys.node_mirrors(node))
         if node != self.name:
             pipe.hdel(keys.nodes(), node)
         await pipe.execute()
@@ -380,6 +404,34 @@ class ClusterNode:
             len(ended),
             rerouted,
         )
+
+    async def _adopt_mirrored(self, node: str) -> dict[str, str]:
+        """Take over the dead node's mirrored sessions as hibernated sessions of this
+        node (those a client resumed elsewhere already are left to it). Full JID → the
+        last entry of the dead node's inbox already in the session's queue."""
+        if self.adopt is None:
+            return {}
+        raw = await self.redis.smembers(self.keys.node_mirrors(node))
+        sm_ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+        adopted = 0
+        for sm_id in sm_ids:
+            handover = await self.mirrors.claim(sm_id, node)
+            if handover is None:
+                continue
+            try:
+                if self.adopt(handover):
+                    adopted += 1
+            except Exception:
+                log.exception("cluster: could not adopt session %s of %s", sm_id, node)
+        queued = await self.mirrors.last_entries(sm_ids, node)
+        for sm_id in sm_ids:  # every mirrored session lives on (here, or resumed)
+            full = await self.redis.hget(self.keys.sm_mirror(sm_id), "f")
+            if full:
+                queued.setdefault(full.decode() if isinstance(full, bytes) else str(full), "0-0")
+        await self.flush()
+        if sm_ids:
+            log.info("cluster: node %s: %d mirrored sessions adopted here", node, adopted)
+        return queued
 
     def _record(self, value: bytes | None) -> SessionRecord | None:
         if not value:

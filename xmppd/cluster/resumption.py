@@ -6,9 +6,10 @@ Each node records in Redis which node holds each resumable session it has
 it does not hold asks the holder, over the stanza bus, to hand it over: the holder
 applies the client's ``h``, sends back the session (its JID, counters, unacknowledged
 stanzas, presence and state) and ends its copy without telling anyone it went away;
-the new node continues it. If the holder died, the session died with it: the client
-gets ``item-not-found`` and logs in again, and what was sent to it and not yet
-acknowledged is in offline storage or comes again from the dead node's inbox.
+the new node continues it. If the holder died, the session lives on in its mirror
+(:mod:`xmppd.cluster.smmirror`): the node the client reconnected to claims the mirror
+and continues the session from it, or the survivor that cleaned up after the dead node
+adopted it already as a hibernated session and hands it over like any other.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import os
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from xmppd.stream.sm import Handover
+from xmppd.stream.sm import MOD, Handover
 
 if TYPE_CHECKING:
     from xmppd.cluster.keys import Keys
     from xmppd.cluster.records import Signer
     from xmppd.cluster.registry import ClusterSessions
+    from xmppd.cluster.smmirror import SmMirrors
     from xmppd.cluster.writer import RedisWriter
     from xmppd.jid import JID
 
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 
 HANDOVER_TIMEOUT: Final = 5.0
 """How long a node waits for the holder of a session to hand it over."""
+
+LIVENESS_CHECK: Final = 0.5
+"""While waiting, how often to look whether the holder died meanwhile."""
+
+CLAIM_TRIES: Final = 4
+"""Looks at who holds a session (a survivor may be adopting it right then)."""
+
+_HOLDER_DIED: Final = "holder-died"
 
 
 class ResumableStream(Protocol):
@@ -99,6 +109,10 @@ class Handovers:
         resumable: ResumableSessions,
         send: Callable[[str, dict[str, Any]], Any],
         registry: ClusterSessions,
+        *,
+        mirrors: SmMirrors | None = None,
+        is_dead: Callable[[str], bool] = lambda node: False,
+        is_live_now: Callable[[str], Any] | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -107,33 +121,89 @@ class Handovers:
         self._resumable = resumable
         self._send = send
         self._registry = registry
+        self._mirrors = mirrors
+        self._is_dead = is_dead
+        self._is_live_now = is_live_now
         self._waiting: dict[str, asyncio.Future[Handover | str]] = {}
         self.handed_over = 0
         self.taken_over = 0
 
     async def take_over(self, sm_id: str, bare: JID, h: int) -> Handover | str:
-        """The session ``sm_id`` from the node holding it (``item-not-found`` if none)."""
-        holder = await self._redis.get(self._keys.resumption(sm_id))
-        if holder is None:
+        """The session ``sm_id`` from the node holding it, or from its mirror when that
+        node died (``item-not-found`` if there is neither)."""
+        for attempt in range(CLAIM_TRIES):
+            if attempt:
+                await asyncio.sleep(0.3 * attempt)
+            holder = await self._redis.get(self._keys.resumption(sm_id))
+            node = "" if holder is None else _text(holder)
+            if node == self._node:
+                stream: ResumableStream | None = self._resumable._local.get(sm_id)
+                if stream is None:
+                    return "item-not-found"
+                return stream.hand_over(bare, h)  # adopted here meanwhile
+            if node and not await self._dead(node):
+                result = await self._ask(node, sm_id, bare, h)
+                if result != _HOLDER_DIED:
+                    return result
+            claimed = await self._claim(sm_id, node, bare, h)
+            if claimed is not None:
+                return claimed
+        return "item-not-found"
+
+    async def _dead(self, node: str) -> bool:
+        if self._is_dead(node):
+            return True
+        if self._is_live_now is None:
+            return False
+        return not await self._is_live_now(node)
+
+    async def _claim(self, sm_id: str, node: str, bare: JID, h: int) -> Handover | str | None:
+        """The session from the mirror its dead holder left (``None``: none now)."""
+        if self._mirrors is None:
             return "item-not-found"
-        node = holder.decode() if isinstance(holder, bytes) else str(holder)
-        if node == self._node:
-            return "item-not-found"
+        owner = await self._mirrors.owner(sm_id)
+        if not owner:
+            return None if node else "item-not-found"
+        if owner == self._node:
+            return None  # being adopted here: look again
+        if owner != node and not await self._dead(owner):
+            return None  # a live node holds it now: ask that one
+        handover = await self._mirrors.claim(sm_id, owner, str(bare))
+        if handover is None:
+            return None
+        log.info("cluster: session %s resumed from the mirror of dead node %s", sm_id, owner)
+        self.taken_over += 1
+        apply_client_h(handover, h)
+        return handover
+
+    async def _ask(self, node: str, sm_id: str, bare: JID, h: int) -> Handover | str:
+        """Ask the live holder for the session (``_HOLDER_DIED`` if it died meanwhile)."""
         request = os.urandom(8).hex()
         future: asyncio.Future[Handover | str] = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER_TIMEOUT
         try:
             self._send(
                 node,
                 {"o": "smt", "q": request, "n": self._node, "i": sm_id, "j": str(bare), "h": h},
             )
-            async with asyncio.timeout(HANDOVER_TIMEOUT):
-                result = await future
-        except TimeoutError:
-            log.info("cluster: node %s did not hand over session %s in time", node, sm_id)
-            return "item-not-found"
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    log.info("cluster: node %s did not hand over session %s in time", node, sm_id)
+                    return "item-not-found"
+                try:
+                    async with asyncio.timeout(min(left, LIVENESS_CHECK)):
+                        result = await asyncio.shield(future)
+                    break
+                except TimeoutError:
+                    if await self._dead(node):
+                        return _HOLDER_DIED
         finally:
             self._waiting.pop(request, None)
+            if not future.done():
+                future.cancel()
         if isinstance(result, Handover):
             self.taken_over += 1
             # The holder deleted its entry; this node holds the session now (the
@@ -183,6 +253,15 @@ class Handovers:
             future.set_result(handover if isinstance(handover, Handover) else "item-not-found")
         else:
             future.set_result(_text(fields("c")) or "item-not-found")
+
+
+def apply_client_h(handover: Handover, h: int) -> None:
+    """Apply the resuming client's ``h`` to a session taken from a mirror. An ``h``
+    beyond what the mirror knows (stanzas reached the client, the mirror's copy of
+    them died with the node) acknowledges everything."""
+    count = (h - handover.acked) % MOD
+    handover.unacked = handover.unacked[count:] if count <= len(handover.unacked) else []
+    handover.acked = h % MOD
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,7 @@ bounces to its sender).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,31 @@ Build = Callable[[Any], None]
 
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """What makes Redis count as unreachable."""
+
+
+class Tail:
+    """Commands that go right after every write submitted while it is open (in the
+    same pipeline): the stream-management count of the client stanza whose routing
+    made those writes, so Redis never holds the count without the routing."""
+
+    __slots__ = ("build", "open", "used")
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.open = True
+        self.used = False
+
+
+TAIL: contextvars.ContextVar[Tail | None] = contextvars.ContextVar("cluster_tail", default=None)
+"""The tail of the stanza being routed in this context (set by the c2s stream)."""
+
+
+def _with_tail(build: Build, tail: Build) -> Build:
+    def both(pipe: Any) -> None:
+        build(pipe)
+        tail(pipe)
+
+    return both
 
 
 @dataclass(slots=True)
@@ -82,6 +108,10 @@ class RedisWriter:
         gets the replies whenever they come, also after an outage."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
+        tail = TAIL.get()
+        if tail is not None and tail.open:
+            tail.used = True
+            build = _with_tail(build, tail.build)
         pending = _Pending(build, loop.time(), on_drop, future, on_result)
         if self.down:
             future.set_result([])

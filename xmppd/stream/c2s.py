@@ -13,9 +13,10 @@ import base64
 import binascii
 import logging
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, TypeVar, cast
 
 from lxml import etree
 
@@ -43,8 +44,9 @@ from xmppd.stanza import (
 from xmppd.stanza import summary as stanza_summary
 from xmppd.stream import sasl2
 from xmppd.stream import sm as sm_ns
+from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.machine import StreamMachine, StreamState, Transitions
-from xmppd.stream.sm import Handover, SmState
+from xmppd.stream.sm import Handover, SmMirrors, SmState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
     from xmppd.config import AuthSection, C2SSection
     from xmppd.sessions import SessionRegistry
     from xmppd.stream.services import StanzaRouter, StreamHost, TaskStarter
-    from xmppd.stream.transport import Transport
+    from xmppd.stream.transport import Framing, StreamInput, Transport
     from xmppd.tls import TlsContexts
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class C2SServices:
     resume_elsewhere: ResumeElsewhere | None = None
     """In a cluster: take over a resumable session another node holds (``None``: a
     single process)."""
+    sm_mirrors: SmMirrors | None = None
+    """In a cluster: where resumable sessions are mirrored for the other nodes."""
 
 
 T = TypeVar("T")
@@ -525,8 +529,17 @@ class C2SStream(StreamMachine):
             if el.tag.startswith(_SM_PREFIX):
                 self._on_sm(el)
                 return
-            if self.sm is not None and el.tag in STANZA_KINDS:
-                self.sm.handled_inbound()
+            sm = self.sm
+            if sm is not None and el.tag in STANZA_KINDS:
+                sm.handled_inbound()
+                mirror = sm.mirror
+                if mirror is not None:
+                    token = mirror.handling(sm.inbound)
+                    try:
+                        await self._on_stanza(el)
+                    finally:
+                        mirror.handled(token)
+                    return
             await self._on_stanza(el)
             return
         tag = el.tag
@@ -1034,8 +1047,26 @@ class C2SStream(StreamMachine):
         attrs = {}
         if resumable:
             self.services.resumable[sm.id] = self
+            self._mirror(sm)
             attrs = {"id": sm.id, "resume": "true", "max": str(int(cfg.resume_timeout))}
         return payload(sm_ns.NS, "enabled", attrs)
+
+    def _mirror(self, sm: SmState) -> None:
+        """In a cluster: keep a copy of the session where other nodes can take it
+        over if this one dies."""
+        mirrors = self.services.sm_mirrors
+        if mirrors is None or not sm.resumable:
+            return
+        sm.mirror = mirrors.start(
+            Handover(
+                jid=self._jid_str,
+                sm_id=sm.id,
+                inbound=sm.inbound,
+                acked=sm.acked,
+                unacked=list(sm.unacked),
+                mechanism=self._mechanism,
+            )
+        )
 
     def _request_ack(self, *, soon: bool) -> None:
         """Ask the client for an ack now (many unacked) or in a moment (a few)."""
@@ -1215,10 +1246,22 @@ class C2SStream(StreamMachine):
     def _adopt(self, handover: Handover, announce: bytes) -> None:
         """Continue a session handed over by another cluster node on this stream."""
         assert self._jid is not None
+        self._continue(handover)
+        assert self.sm is not None
+        self._write(announce)
+        for data in self.sm.unacked:
+            self._write(data)
+        if self.sm.unacked:
+            self._request_ack(soon=True)
+        log.debug("c2s %s: resumed (handed over by another node)", self.summary())
+
+    def _continue(self, handover: Handover) -> None:
+        """Make this stream the session ``handover`` describes, bound here."""
         self._jid = JID.parse(handover.jid)
         self._jid_str = handover.jid
         self.sm = handover.restore()
         self.services.resumable[self.sm.id] = self
+        self._mirror(self.sm)
         self._presence = handover.presence
         self.priority = handover.priority
         self.is_interested = handover.interested
@@ -1231,12 +1274,6 @@ class C2SStream(StreamMachine):
             sessions.set_presence(self, parse(handover.presence), handover.priority)
         if handover.interested:
             sessions.set_interested(self)
-        self._write(announce)
-        for data in self.sm.unacked:
-            self._write(data)
-        if self.sm.unacked:
-            self._request_ack(soon=True)
-        log.debug("c2s %s: resumed (handed over by another node)", self.summary())
 
     def resumed_element(self) -> Element:
         assert self.sm is not None
@@ -1288,6 +1325,9 @@ class C2SStream(StreamMachine):
         sm = self.sm
         if sm is not None and self.services.resumable.get(sm.id) is self:
             del self.services.resumable[sm.id]
+        if sm is not None and sm.mirror is not None:
+            sm.mirror.end()
+            sm.mirror = None
         if sm is not None and sm.stored:  # never acknowledged: offline messages now
             self._release(list(sm.stored.values()), acked=False)
             sm.stored.clear()
@@ -1318,6 +1358,69 @@ class C2SStream(StreamMachine):
         """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
         if self._unbound is not None:
             await asyncio.shield(self._unbound)
+
+
+def adopt_hibernated(services: C2SServices, handover: Handover) -> C2SStream | None:
+    """A session whose cluster node died, rebuilt from its mirror as a hibernated
+    stream of this node: its client resumes it here or on any node (which takes it
+    over), or it expires as any hibernated session does (``None``: not a served
+    domain)."""
+    try:
+        jid = JID.parse(handover.jid)
+    except InvalidJID:
+        return None
+    host = services.hosts.get(jid.domain)
+    if host is None:
+        return None
+    stream = C2SStream(services, _NoConnection(), offer_starttls=False)
+    stream.host = host
+    stream.stream_id = secrets.token_urlsafe(12)
+    stream._jid = jid
+    stream._jid_str = handover.jid
+    stream._enter(_AUTHENTICATED)
+    stream._continue(handover)
+    stream._hibernate()
+    return stream
+
+
+class _NoConnection:
+    """The connection of a session adopted from a dead node: none, until its client
+    resumes it (which brings its own)."""
+
+    NAME: ClassVar[str] = "tcp"
+    peer = ""
+    is_secure = True
+
+    @property
+    def framing(self) -> Framing:
+        return XML_STREAM
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def write_buffer_size(self) -> int:
+        return 0
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return None
+
+    async def start_tls(self) -> None:
+        pass
+
+    def attach(self, stream: StreamInput) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
 
 
 async def _run_release(host: StreamHost, event: hooks.HibernatedRelease) -> None:

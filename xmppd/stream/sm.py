@@ -5,11 +5,39 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 NS: Final = "urn:xmpp:sm:3"
 MOD: Final = 2**32
 """``h`` wraps around at 2^32 (XEP-0198 §4)."""
+
+
+class SmMirror(Protocol):
+    """A copy of one resumable session's counters and unacked queue kept where other
+    cluster nodes can take it over (``xmppd.cluster.smmirror``); ``None`` on one node."""
+
+    def sent(self, data: bytes) -> None:
+        """A stanza was queued for the client."""
+
+    def acked(self, count: int, acked: int) -> None:
+        """The client acknowledged ``count`` more stanzas (its ``h`` is ``acked``)."""
+
+    def handling(self, inbound: int) -> object:
+        """A client stanza (our ``h`` is now ``inbound``) is being routed: the count is
+        written with the writes its routing makes; a token for :meth:`handled`."""
+
+    def handled(self, token: object) -> None:
+        """The stanza's routing is done (writes the count if routing wrote nothing)."""
+
+    def end(self) -> None:
+        """The session ended here or moved on: forget the copy."""
+
+
+class SmMirrors(Protocol):
+    """Starts mirrors (a cluster node's ``xmppd.cluster.smmirror.SmMirrors``)."""
+
+    def start(self, handover: Handover) -> SmMirror:
+        """Mirror the session ``handover`` describes from now on."""
 
 
 class SmState:
@@ -20,6 +48,8 @@ class SmState:
         "acked",
         "id",
         "inbound",
+        "lenient",
+        "mirror",
         "released",
         "resumable",
         "sent",
@@ -42,6 +72,10 @@ class SmState:
         (``sent`` just after it was queued)."""
         self.released: list[str] = []
         """Tokens of stored stanzas the client acknowledged, to be released."""
+        self.mirror: SmMirror | None = None
+        self.lenient = False
+        """Restored from a mirror that may have missed the last stanzas sent: a client
+        ``h`` beyond what it knows acknowledges everything instead of failing."""
 
     def handled_inbound(self) -> None:
         self.inbound = (self.inbound + 1) % MOD
@@ -49,12 +83,17 @@ class SmState:
     def sent_stanza(self, data: bytes) -> None:
         self.unacked.append(data)
         self.sent = (self.sent + 1) % MOD
+        if self.mirror is not None:
+            self.mirror.sent(data)
 
     def ack(self, h: int) -> bool:
         """Apply the client's ``h``; ``False`` when it acknowledges more than was sent."""
         count = (h - self.acked) % MOD
         if count > len(self.unacked):
-            return False
+            if not self.lenient:
+                return False
+            count = len(self.unacked)  # the stanzas beyond reached it from a dead node
+            self.sent = h % MOD
         for i in range(1, count + 1):
             self.unacked.popleft()
             if self.stored:
@@ -63,6 +102,8 @@ class SmState:
                     self.released.append(token)
         self.acked = h % MOD
         self.ack_requested = False
+        if self.mirror is not None:
+            self.mirror.acked(count, self.acked)
         return True
 
     def pending(self) -> list[tuple[int, bytes]]:
@@ -98,9 +139,13 @@ class Handover:
     """Per-session state (``SessionKey`` name → value)."""
     mechanism: str = ""
 
+    lenient: bool = False
+    """Rebuilt from a mirror (its holder died): see :attr:`SmState.lenient`."""
+
     def restore(self, *, resumable: bool = True) -> SmState:
         """The stream-management state on the new node."""
         sm = SmState(resumable=resumable)
+        sm.lenient = self.lenient
         sm.id = self.sm_id
         sm.inbound = self.inbound
         sm.acked = self.acked
