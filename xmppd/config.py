@@ -688,6 +688,14 @@ class ClusterSection(Section):
         "clients resume elsewhere; others are asked to reconnect (see-other-host when "
         "another node has a public_address, else system-shutdown). 0: no drain.",
     )
+    sm_mirror: bool = Field(
+        True,
+        description="Keep a copy of every resumable stream-management session (counters "
+        "and unacknowledged stanzas) in Redis, so that its client resumes it on another "
+        "node after this one died (kill -9, machine lost). Costs about 3 Redis commands "
+        "and 400 bytes per message (docs/scaling.md). false: such sessions die with "
+        "their node and their clients log in again.",
+    )
     public_address: str = Field(
         "",
         max_length=300,

@@ -350,7 +350,11 @@ class Server:
             start_task=self.tasks.start_task,
             resumable=self.resumable,
             resume_elsewhere=self.cluster.handovers.take_over if self.cluster else None,
-            sm_mirrors=self.cluster.mirrors if self.cluster else None,
+            sm_mirrors=(
+                self.cluster.mirrors
+                if self.cluster is not None and self.config.cluster.sm_mirror
+                else None
+            ),
             secret=self.secret,
             fast_tokens=self.fast_tokens,
             tls=self.tls,

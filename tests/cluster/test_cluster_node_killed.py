@@ -106,7 +106,7 @@ class CountingClient:
         data = await client.read_until(rb"<resumed[^>]*>|</failed>|<failed[^>]*/>")
         match = re.search(rb"<resumed[^>]*>", data)
         if match is None:
-            return data
+            return bytes(data)
         h = re.search(rb"h=['\"](\d+)", match.group(0))
         assert h is not None
         self.resumed_h = int(h.group(1))
