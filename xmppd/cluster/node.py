@@ -348,6 +348,7 @@ class ClusterNode:
         await self.bus.open_inbox()
         self.feed.republish_all()
         self.resumable.republish()
+        self.mirrors.republish()
         self.components.republish()
         await self.feed.catch_up_or_reload()
         if self.components.stale:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -94,9 +95,30 @@ class SmMirrors:
 
     # ------------------------------------------------------------------ writing
 
-    def start(self, handover: Handover) -> MirrorHandle:
+    def start(
+        self, handover: Handover, snapshot: Callable[[], Handover] | None = None
+    ) -> MirrorHandle:
         """Mirror a session from now on (enabled, taken over, adopted): ``handover``
-        says what it is now."""
+        says what it is now, ``snapshot`` what it is later (to write it all again when
+        Redis lost it)."""
+        self._write(handover)
+        handle = MirrorHandle(
+            self,
+            handover.sm_id,
+            self._keys.sm_mirror(handover.sm_id),
+            self._keys.sm_queue(handover.sm_id),
+            snapshot,
+        )
+        self.handles[handover.sm_id] = handle
+        return handle
+
+    def republish(self) -> None:
+        """Write every mirror again (Redis came back empty)."""
+        for handle in list(self.handles.values()):
+            if handle.snapshot is not None:
+                self._write(handle.snapshot())
+
+    def _write(self, handover: Handover) -> None:
         sm_id = handover.sm_id
         record, queue = self._keys.sm_mirror(sm_id), self._keys.sm_queue(sm_id)
         index, ttl = self._keys.node_mirrors(self.node), self._ttl_ms
@@ -129,9 +151,6 @@ class SmMirrors:
             pipe.pexpire(index, ttl)
 
         _ = self._writer.submit(build)
-        handle = MirrorHandle(self, sm_id, record, queue)
-        self.handles[sm_id] = handle
-        return handle
 
     def submit(self, build: Any) -> None:
         _ = self._writer.submit(build)
@@ -231,13 +250,21 @@ class SmMirrors:
 class MirrorHandle:
     """One session's mirror (``SmState.mirror``): writes what changes."""
 
-    __slots__ = ("_mirrors", "queue", "record", "sm_id")
+    __slots__ = ("_mirrors", "queue", "record", "sm_id", "snapshot")
 
-    def __init__(self, mirrors: SmMirrors, sm_id: str, record: str, queue: str) -> None:
+    def __init__(
+        self,
+        mirrors: SmMirrors,
+        sm_id: str,
+        record: str,
+        queue: str,
+        snapshot: Callable[[], Handover] | None,
+    ) -> None:
         self._mirrors = mirrors
         self.sm_id = sm_id
         self.record = record
         self.queue = queue
+        self.snapshot = snapshot
 
     def sent(self, data: bytes) -> None:
         record, queue = self.record, self.queue

@@ -1057,15 +1057,17 @@ class C2SStream(StreamMachine):
         mirrors = self.services.sm_mirrors
         if mirrors is None or not sm.resumable:
             return
-        sm.mirror = mirrors.start(
-            Handover(
-                jid=self._jid_str,
-                sm_id=sm.id,
-                inbound=sm.inbound,
-                acked=sm.acked,
-                unacked=list(sm.unacked),
-                mechanism=self._mechanism,
-            )
+        sm.mirror = mirrors.start(self._sm_snapshot(sm), lambda: self._sm_snapshot(sm))
+
+    def _sm_snapshot(self, sm: SmState) -> Handover:
+        """What a mirror holds of the session now."""
+        return Handover(
+            jid=self._jid_str,
+            sm_id=sm.id,
+            inbound=sm.inbound,
+            acked=sm.acked,
+            unacked=list(sm.unacked),
+            mechanism=self._mechanism,
         )
 
     def _request_ack(self, *, soon: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -36,8 +37,9 @@ class SmMirror(Protocol):
 class SmMirrors(Protocol):
     """Starts mirrors (a cluster node's ``xmppd.cluster.smmirror.SmMirrors``)."""
 
-    def start(self, handover: Handover) -> SmMirror:
-        """Mirror the session ``handover`` describes from now on."""
+    def start(self, handover: Handover, snapshot: Callable[[], Handover] | None = None) -> SmMirror:
+        """Mirror the session ``handover`` describes from now on (``snapshot``: the
+        session as it is then, when it must be written again)."""
 
 
 class SmState:
