@@ -307,3 +307,53 @@ async def test_kill_9_loses_no_acknowledged_message(cluster: ClusterNodes) -> No
     finally:
         for client in clients:
             await client.stop()
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[ClusterNodes]:
+    with running_cluster(
+        tmp_path,
+        nodes=3,
+        modules={**DEFAULT_TEST_MODULES, "offline": {}},
+        extra="[c2s]\nresume_timeout = '60s'\n",
+    ) as nodes:
+        yield nodes
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_resume_on_a_node_that_did_not_clean_up(cluster3: ClusterNodes) -> None:
+    """Three nodes: the killed node's client resumes at once on another node, which
+    gets the session from the survivor that adopted it (or claims the session's mirror
+    itself when it saw the death first). What it had received counts as acknowledged
+    by its ``h`` (not sent again); what was sent while it was away follows, once."""
+    node1, node2, node3 = cluster3.nodes
+    for name in ("sender3", "away3"):
+        await register_account(node3, name, PW)
+    sender, away = CountingClient("sender3", "out"), CountingClient("away3", "in")
+    await sender.start(node3)
+    await away.start(node1)
+    try:
+        await asyncio.sleep(0.5)
+        for i in range(10):
+            sender.send(away.jid, f"before-{i}")
+        await asyncio.sleep(1.0)
+        assert sum(away.received.values()) == 10, away.received
+        node1.process.kill()
+        node1.process.wait()
+        await asyncio.wait_for(away.lost_connection.wait(), 15)
+        for i in range(5):
+            sender.send(away.jid, f"after-{i}")
+        answer = await away.resume(node2)
+        assert answer.startswith(b"<resumed"), answer
+        await asyncio.sleep(3)
+        expected = [f"before-{i}" for i in range(10)] + [f"after-{i}" for i in range(5)]
+        assert sorted(away.received) == sorted(expected), away.received
+        assert all(n == 1 for n in away.received.values()), away.received
+        assert sorted(sender.acknowledged()) == sorted(expected)
+    finally:
+        await sender.stop()
+        await away.stop()
+    for log in (node2.log_path, node3.log_path):
+        for line in log.read_text(errors="replace").splitlines():
+            if "mirror" in line or "resumed" in line:
+                print(f"{log.parent.name}: {line[24:200]}")
