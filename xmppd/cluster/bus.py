@@ -297,12 +297,16 @@ class StanzaBus:
             # such as the copies queued in stream-management mirrors.
             _ = self._writer.submit(_xdel(inbox, done))
 
-    async def reroute_inbox(self, node: str, queued: dict[str, str] | None = None) -> int:
+    async def reroute_inbox(
+        self, node: str, mirrored: dict[str, tuple[str, str]] | None = None
+    ) -> int:
         """Route again what a dead node left unread. The inbox is renamed first, in one
         step: from then on writers find no inbox and route their stanzas again
-        themselves, so nothing lands where nobody reads. ``queued``: full JID → the last
-        entry the dead node queued for that session in its mirror (the session lives
-        on from the mirror, with those: they are not routed again)."""
+        themselves, so nothing lands where nobody reads. ``mirrored``: full JID → (the
+        last entry the dead node queued for that session in its mirror, the node
+        holding the session now): the session lives on from the mirror with those (not
+        routed again), and what follows goes to that node (whatever this node's view
+        of the session says yet)."""
         inbox, reaped = self._keys.inbox(node), self._keys.reaped_inbox(node)
         try:
             await self._redis.rename(inbox, reaped)
@@ -311,10 +315,21 @@ class StanzaBus:
         entries = await self._redis.xrange(reaped, count=1_000_000)
         await self._redis.delete(reaped)
         skipped = 0
+        mirrored = mirrored or {}
         for entry_id, fields in entries:
-            if queued and self._already_queued(_text(entry_id), fields, queued):
-                skipped += 1
-                continue
+            get = _getter(fields)
+            where = mirrored.get(_text(get("f") or b"")) if _text(get("o")) == "dlv" else None
+            if where is not None:
+                last, holder = where
+                if not entry_after(_text(entry_id), last):
+                    skipped += 1
+                    continue
+                if holder and holder not in (node, self.node) and not self._is_dead(holder):
+                    # Claimed by the node its client resumed on: delivered there.
+                    data = get("d")
+                    moved = {"o": "dlv", "f": _text(get("f")), "s": "", "d": data, "h": 1}
+                    _ = self._send(holder, moved, parse(data) if data else None)
+                    continue
             try:
                 await self._reroute(fields)
             except Exception:
@@ -322,14 +337,6 @@ class StanzaBus:
         if skipped:
             log.info("cluster: %d entries of %s were in mirrored sessions already", skipped, node)
         return len(entries) - skipped
-
-    @staticmethod
-    def _already_queued(entry_id: str, fields: dict[Any, Any], queued: dict[str, str]) -> bool:
-        get = _getter(fields)
-        if _text(get("o")) != "dlv":
-            return False
-        last = queued.get(_text(get("f")))
-        return last is not None and not entry_after(entry_id, last)
 
     def _pass_fence(self, get: Callable[[str], Any]) -> None:
         self._fence_reached(_text(get("b")), _text(get("f")), _text(get("i")))

@@ -406,10 +406,11 @@ class ClusterNode:
             rerouted,
         )
 
-    async def _adopt_mirrored(self, node: str) -> dict[str, str]:
+    async def _adopt_mirrored(self, node: str) -> dict[str, tuple[str, str]]:
         """Take over the dead node's mirrored sessions as hibernated sessions of this
-        node (those a client resumed elsewhere already are left to it). Full JID → the
-        last entry of the dead node's inbox already in the session's queue."""
+        node (those a client resumed elsewhere already are left to it). Full JID → (the
+        last entry of the dead node's inbox already in the session's queue, the node
+        holding the session now)."""
         if self.adopt is None:
             return {}
         raw = await self.redis.smembers(self.keys.node_mirrors(node))
@@ -424,15 +425,12 @@ class ClusterNode:
                     adopted += 1
             except Exception:
                 log.exception("cluster: could not adopt session %s of %s", sm_id, node)
-        queued = await self.mirrors.last_entries(sm_ids, node)
-        for sm_id in sm_ids:  # every mirrored session lives on (here, or resumed)
-            full = await self.redis.hget(self.keys.sm_mirror(sm_id), "f")
-            if full:
-                queued.setdefault(full.decode() if isinstance(full, bytes) else str(full), "0-0")
+        # Every mirrored session lives on: here, or where its client resumed it.
+        left = await self.mirrors.left_by(sm_ids, node)
         await self.flush()
         if sm_ids:
             log.info("cluster: node %s: %d mirrored sessions adopted here", node, adopted)
-        return queued
+        return left
 
     def _record(self, value: bytes | None) -> SessionRecord | None:
         if not value:

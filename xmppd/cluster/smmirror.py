@@ -216,14 +216,16 @@ class SmMirrors:
         await self._add_published(static, owner)
         return static
 
-    async def last_entries(self, sm_ids: list[str], node: str) -> dict[str, str]:
-        """Full JID → the last entry of ``node``'s inbox already queued for it (in the
-        mirrors of ``sm_ids``, claimed or not)."""
-        found: dict[str, str] = {}
+    async def left_by(self, sm_ids: list[str], node: str) -> dict[str, tuple[str, str]]:
+        """Full JID → (the last entry of ``node``'s inbox already queued for it, the
+        node holding it now) for the mirrors of ``sm_ids``, claimed or not."""
+        found: dict[str, tuple[str, str]] = {}
         for sm_id in sm_ids:
-            jid, entry = await self._redis.hmget(self._keys.sm_mirror(sm_id), "f", f"x:{node}")
-            if jid and entry:
-                found[_text(jid)] = _text(entry)
+            jid, entry, holder = await self._redis.hmget(
+                self._keys.sm_mirror(sm_id), "f", f"x:{node}", "n"
+            )
+            if jid:
+                found[_text(jid)] = (_text(entry) or "0-0", _text(holder))
         return found
 
     async def _add_published(self, handover: Handover, owner: str) -> None:
