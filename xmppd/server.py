@@ -50,7 +50,7 @@ from xmppd.server_secret import load as load_secret
 from xmppd.sessions import SessionRegistry, make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
-from xmppd.stream.c2s import C2SServices, C2SStream, adopt_hibernated
+from xmppd.stream.c2s import C2SServices, C2SStream, adopt_hibernated, end_mirrored
 from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
 from xmppd.stream.s2s import S2SInStream, S2SServices, s2s_remote_of
 from xmppd.tasks import TaskOwner
@@ -363,6 +363,7 @@ class Server:
         if self.cluster is not None:
             services = self.c2s_services
             self.cluster.adopt = lambda handover: adopt_hibernated(services, handover) is not None
+            self.cluster.end_replaced = lambda handover: end_mirrored(services, handover)
         self.component_services = ComponentServices(
             limits=self.config.c2s,
             router=self.router,

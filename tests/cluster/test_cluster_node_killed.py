@@ -251,8 +251,11 @@ async def test_kill_9_clients_resume_on_the_survivor(cluster: ClusterNodes, away
 
 
 @pytest.mark.timeout(150)
-async def test_kill_9_loses_no_acknowledged_message(cluster: ClusterNodes) -> None:
-    """The killed node's clients do not resume: they log in again."""
+@pytest.mark.parametrize("after", [0.0, 4.0], ids=["at-once", "after-the-takeover"])
+async def test_kill_9_loses_no_acknowledged_message(cluster: ClusterNodes, after: float) -> None:
+    """The killed node's clients do not resume: they log in again, at once (the
+    survivor finds their JIDs bound again) or once the survivor took their sessions
+    over (the new login replaces the hibernated session)."""
     node1, node2 = cluster.nodes
     for name in ("s1", "s2", "r1", "r2"):
         await register_account(node2, name, PW)
@@ -279,7 +282,7 @@ async def test_kill_9_loses_no_acknowledged_message(cluster: ClusterNodes) -> No
         for client in (s1, r1):
             await asyncio.wait_for(client.lost_connection.wait(), 15)
             await client.stop()
-        await asyncio.sleep(4)  # the survivor notices the death (node_timeout 3 s)
+        await asyncio.sleep(after)  # the survivor notices the death (node_timeout 3 s)
         await r1.start(node2)  # initial presence: offline messages come
         await s1.start(node2)
         for i in range(PER_SENDER, PER_SENDER + 10):  # traffic goes on

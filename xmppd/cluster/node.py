@@ -125,6 +125,8 @@ class ClusterNode:
         self._mirror_refresh = max(1.0, sm_ttl / 3)
         self.adopt: Callable[[Handover], bool] | None = None
         """Continue a dead node's session here, hibernated (set by the server)."""
+        self.end_replaced: Callable[[Handover], None] = lambda handover: None
+        """End a dead node's session whose JID is bound again (set by the server)."""
         self.handovers = Handovers(
             self.redis,
             self.keys,
@@ -417,11 +419,14 @@ class ClusterNode:
         sm_ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
         adopted = 0
         for sm_id in sm_ids:
+            replaced = await self._bound_again(sm_id, node)
             handover = await self.mirrors.claim(sm_id, node)
             if handover is None:
                 continue
             try:
-                if self.adopt(handover):
+                if replaced:
+                    self.end_replaced(handover)
+                elif self.adopt(handover):
                     adopted += 1
             except Exception:
                 log.exception("cluster: could not adopt session %s of %s", sm_id, node)
@@ -431,6 +436,19 @@ class ClusterNode:
         if sm_ids:
             log.info("cluster: node %s: %d mirrored sessions adopted here", node, adopted)
         return left
+
+    async def _bound_again(self, sm_id: str, node: str) -> bool:
+        """Whether the full JID of a dead node's mirrored session is bound elsewhere
+        already (its client logged in again instead of resuming)."""
+        full = await self.redis.hget(self.keys.sm_mirror(sm_id), "f")
+        if not full:
+            return False
+        try:
+            jid = JID.parse(full.decode() if isinstance(full, bytes) else str(full))
+        except InvalidJID:
+            return False
+        current = self.registry.get(jid)
+        return current is not None and getattr(current, "node", None) != node
 
     def _record(self, value: bytes | None) -> SessionRecord | None:
         if not value:

@@ -1129,21 +1129,7 @@ class C2SStream(StreamMachine):
         storage). Not through the router: ``filter_packet`` already ran on them (they
         are archived, filtered, stamped), and running it twice would archive them twice."""
         await self.wait_closed()  # the session is gone: delivery will not pick it again
-        host = self.host
-        for data in pending:
-            stanza = parse(data)
-            kind, stype = stanza.tag, stanza.get("type")
-            if kind == "message" and stype not in ("error", "groupchat", "headline"):
-                try:
-                    to, from_ = JID.parse(stanza.get("to", "")), JID.parse(stanza.get("from", ""))
-                except InvalidJID:
-                    continue
-                if host is not None:
-                    await host.deliver(stanza, to, from_, None)
-            elif kind == "iq" and stype in ("get", "set"):
-                reply = error_reply(stanza, StanzaError("recipient-unavailable"))
-                if reply is not None and reply.get("to"):
-                    await self.services.router.route(reply, None)
+        await redeliver(self.services, self.host, pending)
 
     async def _resume(self, el: Element) -> None:
         """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
@@ -1360,6 +1346,39 @@ class C2SStream(StreamMachine):
         """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
         if self._unbound is not None:
             await asyncio.shield(self._unbound)
+
+
+async def redeliver(services: C2SServices, host: StreamHost | None, pending: list[bytes]) -> None:
+    """Unacknowledged stanzas of a session that ended: messages to the host again
+    (other resources, offline storage), requests answered with an error."""
+    for data in pending:
+        stanza = parse(data)
+        kind, stype = stanza.tag, stanza.get("type")
+        if kind == "message" and stype not in ("error", "groupchat", "headline"):
+            try:
+                to, from_ = JID.parse(stanza.get("to", "")), JID.parse(stanza.get("from", ""))
+            except InvalidJID:
+                continue
+            if host is not None:
+                await host.deliver(stanza, to, from_, None)
+        elif kind == "iq" and stype in ("get", "set"):
+            reply = error_reply(stanza, StanzaError("recipient-unavailable"))
+            if reply is not None and reply.get("to"):
+                await services.router.route(reply, None)
+
+
+def end_mirrored(services: C2SServices, handover: Handover) -> None:
+    """A dead node's session whose JID is in use again (its client logged in again
+    instead of resuming): what it never got acknowledged is delivered again as at the
+    end of a hibernation."""
+    try:
+        host = services.hosts.get(JID.parse(handover.jid).domain)
+    except InvalidJID:
+        return
+    if handover.unacked:
+        _ = services.start_task(
+            redeliver(services, host, list(handover.unacked)), name="sm-redeliver"
+        )
 
 
 def adopt_hibernated(services: C2SServices, handover: Handover) -> C2SStream | None:
