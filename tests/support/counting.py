@@ -2,9 +2,7 @@
 under traffic: the messages it received (by body), the ones it sent, and how many of
 those the server acknowledged (XEP-0198 ``<a h/>``). It can resume its session on
 another node (``<resume/>``) with the count of what it handled, as a real client does.
-
-(The same client as in ``tests/cluster/test_cluster_node_killed.py``, with
-resumption; that test should import it from here.)"""
+Used by the node-killed, drain and rolling-restart tests."""
 
 from __future__ import annotations
 
@@ -12,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import re
+import time
 from collections import Counter
 
 from tests.support.rawstream import RawClient
@@ -53,6 +52,15 @@ class CountingClient:
         self.lost_connection = asyncio.Event()
         self.closing = b""
         """What the server sent last before it closed the connection."""
+        self.resumed_h: int | None = None
+        """The server's ``h`` at the last resumption."""
+        self._acks: list[tuple[float, int]] = []
+        """When we told the server which ``h``."""
+        self._bodies_at: dict[str, int] = {}
+        self.unacked_at_loss: set[str] = set()
+        """Bodies received but not acknowledged (by an ack older than half a second,
+        which surely reached the server) when a connection was lost: a server may
+        deliver them again to a client that logs in afresh instead of resuming."""
 
     @property
     def jid(self) -> str:
@@ -74,12 +82,15 @@ class CountingClient:
         self.sm_id = match.group(1).decode()
         self._stanzas_out = 0
         self._handled = 0
+        self._acks = []
         self._begin(client, b"")
         self._send_stanza("<presence/>")
 
-    async def resume(self, node: XmppdServer) -> None:
+    async def resume(self, node: XmppdServer) -> bytes:
         """Resume the session on ``node`` (after a lost connection): SASL, then
-        ``<resume h/>`` with what this client handled."""
+        ``<resume h/>`` with what this client handled; the ``<resumed/>`` element.
+        Raises :class:`ResumeFailed` when the server answers ``<failed/>``."""
+        await self.stop()
         client = RawClient(node)
         await client.connect()
         await client.starttls()
@@ -98,7 +109,7 @@ class CountingClient:
             raise ResumeFailed(f"{self.name}: {data!r}")
         h = re.search(rb"h=['\"](\d+)", match.group(0))
         assert h, data
-        handled = int(h.group(1))
+        handled = self.resumed_h = int(h.group(1))
         self.acked_upto = max(self.acked_upto, handled)
         self.resumed += 1
         # What the server never read (written into the dying connection) is sent
@@ -110,6 +121,7 @@ class CountingClient:
         self._begin(client, data[match.end() :])
         for body in unacked:
             self.send(targets[body], body)
+        return match.group(0)
 
     def _begin(self, client: RawClient, buffered: bytes) -> None:
         self._client = client
@@ -155,11 +167,16 @@ class CountingClient:
             pass
         finally:
             self.closing = buffer[-2000:]
+            if not self.lost_connection.is_set():
+                settled = time.monotonic() - 0.5
+                acked = max((h for t, h in self._acks if t < settled), default=0)
+                self.unacked_at_loss |= {b for b, n in self._bodies_at.items() if n > acked}
             self.lost_connection.set()
 
     def _take(self, client: RawClient, item: bytes) -> None:
         if item.startswith(b"<r "):
             client.send(f"<a xmlns='{SM}' h='{self._handled}'/>")
+            self._acks.append((time.monotonic(), self._handled))
         elif item.startswith(b"<a "):
             h = re.search(rb"h=['\"](\d+)", item)
             if h:
@@ -169,6 +186,7 @@ class CountingClient:
             body = re.search(rb"<body>([^<]+)</body>", item)
             if body:
                 self.received[body.group(1).decode()] += 1
+                self._bodies_at[body.group(1).decode()] = self._handled
 
     async def stop(self) -> None:
         if self._reader is not None:
