@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_left
-from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
@@ -65,6 +65,7 @@ Samples = Iterable[tuple[Sequence[str], float]]
 """What a samples function returns: (label values, value) pairs."""
 
 M = TypeVar("M", Counter, Gauge, Histogram)
+K = TypeVar("K")
 
 
 def _check_name(name: str) -> None:
@@ -180,8 +181,15 @@ class StanzaTraffic:
     __slots__ = ("inbound", "outbound")
 
     def __init__(self) -> None:
-        self.inbound: Tally[str] = Tally()
-        self.outbound: Tally[int] = Tally()
+        self.inbound: defaultdict[str, int] = tally()
+        self.outbound: defaultdict[int, int] = tally()
+
+
+def tally() -> defaultdict[K, int]:
+    """A plain tally for the message path: ``t[key] += 1`` on a ``defaultdict(int)``
+    costs a third of what it costs on a ``collections.Counter``, whose Python-level
+    ``__delitem__`` sends every item assignment through a slot wrapper."""
+    return defaultdict(int)
 
 
 class Metrics:

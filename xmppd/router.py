@@ -10,7 +10,7 @@ the router knows which kind a destination is.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Final, Protocol, cast
@@ -20,7 +20,7 @@ from xmppd.errors import StanzaError
 from xmppd.events import Drop, EventBus
 from xmppd.hooks import RouteInfo
 from xmppd.jid import JID, InvalidJID
-from xmppd.metrics import LatencyHistogram
+from xmppd.metrics import LatencyHistogram, tally
 from xmppd.stanza import Addressed, Element, copy, error_reply, summary
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Router:
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._table: dict[str, Destination] = {}
-        self.routed: Counter[str] = Counter()  # by stanza kind, read by xmppd.observe
+        self.routed: defaultdict[str, int] = tally()  # by stanza kind, read by xmppd.observe
         self.latency = LatencyHistogram(LATENCY_BUCKETS)
         """Seconds :meth:`route` takes, hooks and delivery included (xmppd.observe)."""
         self.default: Destination = RemoteDomains(self)
