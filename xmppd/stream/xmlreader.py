@@ -184,6 +184,23 @@ class XmlReader:
             raise
 
     def _feed(self, data: bytes) -> list[Element]:
+        if self._at_boundary and self._parser is not None and not self._carry and not self.closed:
+            # The common case under load, checked first: between stanzas, a read that
+            # starts with a tag, ends with one and may go to the parser whole (the same
+            # conditions as :meth:`_whole_segment_end`, for a segment that is the read).
+            n = len(data)
+            if (
+                0 < n <= FEED_SLICE
+                and n <= self.max_stanza_size
+                and data[0] == 0x3C  # '<'
+                and data[n - 1] == 0x3E  # '>'
+                and b"<!" not in data
+                and b"<?" not in data
+            ):
+                stanzas: list[Element] = []
+                if not self._feed_piece(data, stanzas):
+                    self._locate_end(data, n)
+                return stanzas
         if self.closed:
             return []
         if self.header is None:
@@ -192,7 +209,7 @@ class XmlReader:
                 return []
         if self._carry:
             data, self._carry = self._carry + data, b""
-        stanzas: list[Element] = []
+        stanzas = []
         pos, n = 0, len(data)
         while pos < n:
             if self._at_boundary:
@@ -289,14 +306,18 @@ class XmlReader:
             self._parser = self._new_parser()
         if self._feed_piece(data, stanzas):
             return True
-        end = len(data.rstrip(b" \t\r\n"))
-        if self._depth == 0 and _COMPLETE_TAG.fullmatch(data, data.rfind(b"<", 0, end), end):
+        self._locate_end(data, len(data.rstrip(b" \t\r\n")))
+        return False
+
+    def _locate_end(self, data: bytes, end: int) -> None:
+        """After a whole-segment feed (``data[:end]`` ends with ``>``, whitespace may
+        follow): between stanzas, or inside one whose bytes so far are counted."""
+        if self._depth == 0 and _ends_with_whole_tag(data, end):
             # The chunk ends with a whole tag and every element is closed.
             self._at_boundary = True
             self._pending = 0
         else:
             self._settle(data)
-        return False
 
     def _settle(self, data: bytes) -> None:
         """After a whole-chunk feed that ended inside a stanza (or inside a tag): count
@@ -516,6 +537,15 @@ def _find_header_end(buf: bytes, limit: int) -> int | None:
     if n > limit:
         _too_long()
     return None
+
+
+def _ends_with_whole_tag(data: bytes, end: int) -> bool:
+    """``data[:end]`` ends with a whole end tag or empty-element tag (its last ``<``
+    starts one that its last byte closes)."""
+    lt = data.rfind(b"<", 0, end)
+    if lt >= 0 and data[lt + 1] == 0x2F and data[lt + 2 : end - 1].isalpha():
+        return True  # '</name>' with a plain ASCII name: the common case, without a regex
+    return _COMPLETE_TAG.fullmatch(data, lt, end) is not None
 
 
 def _too_long() -> NoReturn:
