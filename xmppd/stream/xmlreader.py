@@ -30,6 +30,7 @@ where the current top-level element may end (:meth:`XmlReader._piece_end`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Final, NoReturn, cast
@@ -178,29 +179,37 @@ class XmlReader:
         """Consume ``data``; returns completed stanzas. Raises :class:`StreamError`
         (and releases what was held) on malformed or oversized input."""
         try:
-            return self._feed(data)
-        except StreamError:
-            self._release()
-            raise
-
-    def _feed(self, data: bytes) -> list[Element]:
-        if self._at_boundary and self._parser is not None and not self._carry and not self.closed:
-            # The common case under load, checked first: between stanzas, a read that
-            # starts with a tag, ends with one and may go to the parser whole (the same
-            # conditions as :meth:`_whole_segment_end`, for a segment that is the read).
-            n = len(data)
             if (
-                0 < n <= FEED_SLICE
+                self._at_boundary
+                and self._parser is not None
+                and not self._carry
+                and not self.closed
+                and 0 < (n := len(data)) <= FEED_SLICE
                 and n <= self.max_stanza_size
                 and data[0] == 0x3C  # '<'
                 and data[n - 1] == 0x3E  # '>'
                 and b"<!" not in data
                 and b"<?" not in data
             ):
+                # The common case under load, checked first: between stanzas, a read
+                # that starts with a tag, ends with one and may go to the parser whole
+                # (what :meth:`_whole_segment_end` admits, for a segment that is the read).
                 stanzas: list[Element] = []
                 if not self._feed_piece(data, stanzas):
-                    self._locate_end(data, n)
+                    lt = data.rfind(b"<")
+                    if self._depth == 0 and data[lt + 1] == 0x2F and data[lt + 2 : n - 1].isalpha():
+                        # It ended with '</name>' and every element is closed.
+                        self._at_boundary = True
+                        self._pending = 0
+                    else:
+                        self._locate_end(data, n)
                 return stanzas
+            return self._feed(data)
+        except StreamError:
+            self._release()
+            raise
+
+    def _feed(self, data: bytes) -> list[Element]:
         if self.closed:
             return []
         if self.header is None:
@@ -209,7 +218,7 @@ class XmlReader:
                 return []
         if self._carry:
             data, self._carry = self._carry + data, b""
-        stanzas = []
+        stanzas: list[Element] = []
         pos, n = 0, len(data)
         while pos < n:
             if self._at_boundary:
@@ -389,16 +398,16 @@ class XmlReader:
         depth = self._depth
         max_depth = self.max_depth
         try:
-            for event, item in events:
-                if event == "start":
+            for kind, item in cast("Iterator[tuple[str, Element]]", events):
+                if kind == "start":
                     depth += 1
                     self._at_boundary = False
                     if depth > max_depth:
                         raise StreamError("policy-violation", "elements nested too deeply")
-                elif event == "end":
+                elif kind == "end":
                     depth -= 1
                     if depth == 0:
-                        el = cast(Element, item)
+                        el = item
                         root = el.getparent()
                         if root is not None:
                             root.remove(el)
