@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 
@@ -365,13 +365,20 @@ class MemorySessions(_JidMaps):
         resources = self._bare.get(bare)
         if not resources:
             return []
+        if len(resources) == 1:  # one resource (the common case): no ranking
+            (only,) = resources.values()
+            return [only] if only.is_available and only.priority >= 0 else []
         return _best_priority(list(resources.values()))
 
     def is_current(self, session: Session) -> bool:
         return self._full.get(session.jid) is session
 
-    async def deliver(self, session: Session, stanza: Element, data: bytes | None = None) -> None:
-        await cast(Endpoint, session).deliver(stanza, data)
+    def deliver(
+        self, session: Session, stanza: Element, data: bytes | None = None
+    ) -> Coroutine[Any, Any, None]:
+        # Not a coroutine of its own: the caller awaits the endpoint's (one frame less
+        # per delivered stanza).
+        return cast(Endpoint, session).deliver(stanza, data)
 
     def send_raw(self, session: Session, stanza: Element) -> None:
         cast(Endpoint, session).send_raw(stanza)
