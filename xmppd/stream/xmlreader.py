@@ -188,8 +188,10 @@ class XmlReader:
                 and n <= self.max_stanza_size
                 and data[0] == 0x3C  # '<'
                 and data[n - 1] == 0x3E  # '>'
-                and b"<!" not in data
-                and b"<?" not in data
+                # find(), not 'in': 'bytes in bytes' first tries the operand as an
+                # integer and raises (and clears) a TypeError, several times the scan.
+                and data.find(b"<!") < 0
+                and data.find(b"<?") < 0
             ):
                 # The common case under load, checked first: between stanzas, a read
                 # that starts with a tag, ends with one and may go to the parser whole
