@@ -139,3 +139,29 @@ def test_stanza_declaring_the_content_namespace_comes_out_neutral() -> None:
     assert inner is not None and inner.findtext("{jabber:client}body") == "in"
     text = etree.tostring(msg)
     assert text.startswith(b'<message to="a@b"') and b"ns0" not in text
+
+
+def where(r: XmlReader) -> tuple[bool, int]:
+    """Between stanzas or not, and the bytes pending (read afresh at each call)."""
+    return r.is_between_stanzas, r.pending
+
+
+def test_reads_of_whole_tags_leave_exactly_the_open_stanza_counted() -> None:
+    """The common case (a read between stanzas that starts and ends with a tag) goes to
+    the parser whole; where such a read stops inside a stanza, that stanza's bytes so
+    far are what is pending, whichever tag the read ends with."""
+    r = reader()
+    r.feed(HEADER)
+    whole = b"<message to='a@b'><body>one</body></message>"
+    assert [el.tag for el in r.feed(whole + b"<presence/>")] == ["message", "presence"]
+    assert where(r) == (True, 0)
+    opened = b"<message to='a@b'><body>two</body>"  # ends with an inner end tag
+    assert [el.findtext("body") for el in r.feed(whole + opened)] == ["one"]
+    assert where(r) == (False, len(opened))
+    (msg,) = r.feed(b"<thread>t</thread></message>")  # not at a boundary: read in pieces
+    assert msg.findtext("thread") == "t"
+    assert where(r) == (True, 0)
+    assert [
+        el.tag for el in r.feed(b"<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    ] == ["iq"]
+    assert where(r) == (True, 0)
