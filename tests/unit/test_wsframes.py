@@ -24,7 +24,7 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = 
         head = bytes((first, (0x80 if mask else 0) | 127)) + struct.pack("!Q", n)
     if not mask:
         return head + payload
-    key = os.urandom(4)
+    key = b"\x37\xfa\x21\x3d"  # RFC 6455 §5.7's example mask (fixed: test ids stay stable)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
