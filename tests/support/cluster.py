@@ -76,9 +76,9 @@ class TcpFront:
         """Send every new connection to this backend instead of taking turns."""
         self._thread.start()
 
-    def add(self, backends: list[int]) -> int:
-        """Listen on a free port; connection N goes to ``backends[N % len]`` (a shared
-        turn counter across ports)."""
+    def add(self, backends: list[tuple[str, int]]) -> int:
+        """Listen on a free port of 127.0.0.1; connection N goes to the (address, port)
+        ``backends[N % len]`` (a shared turn counter across ports)."""
         port = free_port()
 
         async def serve() -> asyncio.Server:
@@ -91,7 +91,10 @@ class TcpFront:
         return port
 
     async def _relay(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backends: list[int]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        backends: list[tuple[str, int]],
     ) -> None:
         index = self.pinned if self.pinned is not None else next(self._turn) % len(backends)
         self.connections.append(index)
@@ -100,7 +103,7 @@ class TcpFront:
         self._tasks.add(task)
         self._writers.add(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", backends[index])
+            up_reader, up_writer = await asyncio.open_connection(*backends[index])
         except OSError:
             writer.transport.abort()
             self._writers.discard(writer)
@@ -215,10 +218,14 @@ def running_cluster(
     cluster: dict[str, Any] | None = None,
     public_addresses: bool = False,
     node_extra: Callable[[int], str] | None = None,
+    own_addresses: bool = False,
 ) -> Iterator[ClusterNodes]:
     """Start ``nodes`` xmppd processes forming one cluster on a fresh PostgreSQL
     database and the shared Redis (a key prefix of their own), behind a TCP front.
-    ``node_extra(index)``: more configuration for one node (its own s2s listener)."""
+    ``node_extra(index)``: more configuration for one node (its own s2s listener).
+    ``own_addresses``: node N listens on 127.0.0.N (Linux routes all of 127/8 to lo),
+    as nodes on separate machines have addresses of their own; otherwise every node
+    listens on 127.0.0.1."""
     from tests.support.server import DEFAULT_TEST_MODULES
 
     redis_or_skip(redis_url)
@@ -235,6 +242,7 @@ def running_cluster(
                 data_dir = node_dir / "data"
                 if started:  # one certificate (the secret is the database's)
                     shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
+                address = f"127.0.0.{index + 1}" if own_addresses else "127.0.0.1"
                 p1, p2 = free_port(), free_port()
                 p4 = free_port() if http else None
                 p3 = free_port() if components else None
@@ -258,9 +266,9 @@ def running_cluster(
                         timeout=node_timeout,
                         options={
                             **(cluster or {}),
-                            **({"public_address": f"127.0.0.1:{p1}"} if public_addresses else {}),
+                            **({"public_address": f"{address}:{p1}"} if public_addresses else {}),
                             # the BOSH relay listener: loopback, a free port
-                            **({"http_address": "127.0.0.1"} if http else {}),
+                            **({"http_address": address} if http else {}),
                         },
                     ),
                     admins=admins,
@@ -269,6 +277,7 @@ def running_cluster(
                     server=server,
                     component_port=p3,
                     components=components,
+                    address=address,
                 )
                 log = log_path.open("ab")
                 logs.append(log)
@@ -282,8 +291,11 @@ def running_cluster(
                 )
                 srv.http_port = p4
                 srv.component_port = p3
+                srv.address = address
                 started.append(srv)
-                _wait_listening(proc, tuple(p for p in (p1, p2, p3, p4) if p), log_path)
+                _wait_listening(proc, tuple(p for p in (p1, p2, p4) if p), log_path, address)
+                if p3:  # (components connect to 127.0.0.1: the listener's default)
+                    _wait_listening(proc, (p3,), log_path)
             if (server or {}).get("log_level", "debug") in ("debug", "info"):
                 wait_live(started)  # (read from the logs)
             first = started[0]
@@ -291,15 +303,15 @@ def running_cluster(
                 first.process,
                 first.data_dir,
                 first.config_path,
-                relay.add([n.starttls_port for n in started]),
-                relay.add([n.direct_tls_port for n in started]),
+                relay.add([(n.address, n.starttls_port) for n in started]),
+                relay.add([(n.address, n.direct_tls_port) for n in started]),
                 domain,
                 "postgresql",
                 first.log_path,
                 url,
             )
             if http:
-                front.http_port = relay.add([n.http_port or 0 for n in started])
+                front.http_port = relay.add([(n.address, n.http_port or 0) for n in started])
             try:
                 yield ClusterNodes(
                     front, started, redis_url, prefix, relay, [n.log_path for n in started]
@@ -324,7 +336,7 @@ def start_node(node: XmppdServer) -> None:
             stderr=subprocess.STDOUT,
         )
     ports = (node.starttls_port, node.direct_tls_port, node.http_port)
-    _wait_listening(node.process, tuple(p for p in ports if p), node.log_path)
+    _wait_listening(node.process, tuple(p for p in ports if p), node.log_path, node.address)
 
 
 class RedisProcess:

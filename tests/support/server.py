@@ -21,7 +21,9 @@ import pytest
 PG_ADMIN_DSN = os.environ.get("XMPPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SESSION_REGISTRY = os.environ.get("XMPPD_TEST_SESSIONS", "memory")
 """The session registry the servers under test use (``[sessions] registry``): the
-suite's second pass sets ``serialised`` (see ``./dev test``)."""
+suite's second pass sets ``serialised``, the third ``cluster`` (see ``./dev test``)."""
+CLUSTER_NODES = int(os.environ.get("XMPPD_TEST_CLUSTER_NODES", "3"))
+"""Nodes of the cluster the cluster pass runs against."""
 FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
 
 
@@ -61,12 +63,14 @@ class XmppdServer:
     """The ``kind = "http"`` listener, when the server was started with ``http``."""
     http_tls: bool = False
     """That listener is HTTPS."""
+    address: str = "127.0.0.1"
+    """The loopback address it listens on (a cluster node may have one of its own)."""
 
     @property
     def http_url(self) -> str:
-        """``http://127.0.0.1:<port>`` (or https) of the HTTP listener."""
+        """``http://<address>:<port>`` (or https) of the HTTP listener."""
         assert self.http_port is not None, "started without http"
-        return f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.http_tls else 'http'}://{self.address}:{self.http_port}"
 
     @property
     def cafile(self) -> Path:
@@ -119,6 +123,7 @@ def write_config(
     http_port: int | None = None,
     http_tls: bool = False,
     server: dict[str, Any] | None = None,
+    address: str = "127.0.0.1",
 ) -> None:
     auth_options = {"failures_before_delay": 1000, **(auth or {})}
     server_options = {"log_level": "debug", **(server or {})}
@@ -135,11 +140,11 @@ def write_config(
         "[sessions]",
         f"registry = {_toml_value('memory' if SESSION_REGISTRY == 'cluster' else SESSION_REGISTRY)}",
         "[[listeners]]",
-        'address = "127.0.0.1"',
+        f"address = {_toml_value(address)}",
         f"port = {starttls_port}",
         'tls = "starttls"',
         "[[listeners]]",
-        'address = "127.0.0.1"',
+        f"address = {_toml_value(address)}",
         f"port = {direct_tls_port}",
         'tls = "direct"',
     ]
@@ -147,6 +152,7 @@ def write_config(
         lines += [
             "[[listeners]]",
             'kind = "http"',
+            *([f"address = {_toml_value(address)}"] if address != "127.0.0.1" else []),
             f"port = {http_port}",
             f"tls = {_toml_value('direct' if http_tls else 'none')}",
         ]
@@ -239,13 +245,15 @@ def running_server(
     is ``debug`` unless given)."""
     tmp.mkdir(parents=True, exist_ok=True)
     if SESSION_REGISTRY == "cluster" and not components and not http_tls:
-        # The suite's cluster pass: two nodes behind a round-robin front, so the two
-        # parties of a test land on different nodes.
+        # The suite's cluster pass: three nodes, each on a loopback address of its own
+        # (127.0.0.1-3), behind a round-robin front, so the two parties of a test land
+        # on different nodes.
         from tests.support.cluster import running_cluster
 
         with running_cluster(
             tmp,
-            nodes=2,
+            nodes=CLUSTER_NODES,
+            own_addresses=True,
             modules=modules,
             hooks=hooks,
             extra=extra,
@@ -347,7 +355,9 @@ def _storage(tmp: Path, backend: str) -> Iterator[str]:
         raise ValueError(backend)
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: Path) -> None:
+def _wait_listening(
+    proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: Path, address: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + 60
     pending = set(ports)
     while pending:
@@ -358,7 +368,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], ports: tuple[int, ...], log: 
         for port in list(pending):
             with socket.socket() as s:
                 s.settimeout(0.2)
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((address, port)) == 0:
                     pending.discard(port)
         if pending:
             time.sleep(0.05)
