@@ -25,12 +25,23 @@ proposal) addressed to an account with registrations:
 * with ``push_when_inactive``, the same for a session that told the server it is
   inactive (XEP-0352, mod_csi).
 
+The first two are decided where the message reaches the session
+(``user_receive_packet``, on the node that holds it, which knows its state exactly); the
+first where the message finds nobody to take it.
+
 A device whose session is connected and active is never pushed. Pushes are coalesced:
 at most one per registration every ``min_interval``; ``message-count`` is the number of
 such messages since the device last checked in (bound a session, or sent anything on
 it), and a message counted once (same sender and id, such as one re-routed when a
 hibernating session expires) is not counted or pushed again. Messages to an account
 with other devices online that take the message are not pushed to offline devices.
+
+**In a cluster** each account's pushes are counted and sent by one node: the owner of
+the account's key by rendezvous hashing over the live nodes (``ctx.cluster``), as rooms
+are placed. The nodes that decide a message is worth a push hand it to that node
+(``ctx.send_to_node``), and so do the nodes where a device checks in, so a message is
+counted and pushed once, with one count per device, whatever nodes its sender, its
+device and its re-routing went through.
 
 **The push** (XEP-0357 §7) is an IQ set from the account's bare JID to the app server,
 publishing a ``urn:xmpp:push:summary`` form (``message-count``,
@@ -80,6 +91,7 @@ from xmppd.api import (
     Scope,
     ServiceKey,
     Session,
+    SessionKey,
     StanzaError,
     Stop,
     hooks,
@@ -131,6 +143,11 @@ CACHE_SIZE: Final = 10_000
 """Accounts whose registrations are kept in memory."""
 SEEN_IDS: Final = 64
 """Message ids remembered per registration, so a message is counted once."""
+
+COUNTED: Final = SessionKey("push.counted", False)
+"""Set on a device's session (hibernating, or inactive) when a message for it was
+counted: the node holding the session reports the device's next stanza as a check-in.
+Shared, so that the node counting for the account can set it wherever the session is."""
 
 
 class PushOptions(Options):
@@ -405,8 +422,28 @@ class PushService:
             self._ctx.options.push_when_inactive and self._ctx.sessions.get_state(session, INACTIVE)
         )
 
+    # ------------------------------------------------------------------ the account's node
+
+    def _elsewhere(self, user: JID) -> str | None:
+        """The node that counts and pushes for ``user`` when it is not this one: in a
+        cluster, the owner of the account's key by rendezvous hashing over the live
+        nodes, so that a message is counted once however many nodes route it."""
+        cluster = self._ctx.cluster
+        if cluster is None:
+            return None
+        owner = cluster.owner_of(f"push\0{user}")
+        return None if owner == cluster.node else owner
+
     def checked_in(self, device: JID) -> None:
-        """The device ``user/resource`` is back: its pending count starts again."""
+        """The device ``user/resource`` is back: its pending count starts again (on
+        the node that counts for the account)."""
+        owner = self._elsewhere(device.bare)
+        if owner is not None:
+            self._ctx.send_to_node(owner, "checkin", str(device))
+            return
+        self._checked_in_here(device)
+
+    def _checked_in_here(self, device: JID) -> None:
         pending = self._pending.get(device.bare)
         if pending is None:
             return
@@ -416,30 +453,68 @@ class PushService:
         if not pending:
             del self._pending[device.bare]
 
-    def has_pending(self, user: JID) -> bool:
-        return user in self._pending
+    async def on_checkin(self, value: object) -> None:
+        """Another node's :meth:`checked_in` for an account this node counts for."""
+        try:
+            device = JID.parse(str(value))
+        except InvalidJID:
+            return
+        self._checked_in_here(device)
+
+    async def on_count(self, value: object) -> None:
+        """Another node's :meth:`note` for an account this node counts for: ``(user,
+        registration fields, sender, message id, body)``, as :meth:`note` sends it."""
+        assert isinstance(value, tuple), value
+        user, fields, sender, msg_id, body = value
+        service, node, resource, form, reg_id, created = fields
+        try:
+            reg = Registration(
+                JID.parse(service), str(node), str(resource), str(form), str(reg_id), created
+            )
+            self._count_here(JID.parse(user), reg, JID.parse(sender), str(msg_id), body)
+        except InvalidJID:
+            return
 
     # ------------------------------------------------------------------ pushes
 
-    def note(self, user: JID, reg: Registration, event: StanzaEvent) -> None:
-        """Count ``event``'s message for ``reg`` and make sure a push will report it."""
-        stanza = event.stanza
-        msg_id = stanza.get("id")
+    def note(self, user: JID, reg: Registration, stanza: Element, sender: JID) -> None:
+        """Count the message ``stanza`` from ``sender`` for ``reg`` and make sure a push
+        will report it, on the node that counts for the account."""
+        msg_id = stanza.get("id") or ""
+        body = child_text(stanza, "body")
+        body = body[:BODY_LIMIT] if body else None
+        owner = self._elsewhere(user)
+        if owner is None:
+            self._count_here(user, reg, sender, msg_id, body)
+            return
+        fields = (str(reg.service), reg.node, reg.resource, reg.form, reg.reg_id, reg.created)
+        self._ctx.send_to_node(owner, "count", (str(user), fields, str(sender), msg_id, body))
+
+    def _count_here(
+        self, user: JID, reg: Registration, sender: JID, msg_id: str, body: str | None
+    ) -> None:
+        if reg.reg_id in self._gone:
+            return  # disabled here (an app server's error) after the sender read it
         pending = self._pending.setdefault(user, {})
         state = pending.get(reg.key)
         if state is None:
             state = pending[reg.key] = _Pending(reg)
         state.reg = reg
         if msg_id:
-            seen = (str(event.from_), msg_id)
+            seen = (str(sender), msg_id)
             if seen in state.seen:
                 return
             state.seen.append(seen)
         state.count += 1
-        state.sender = str(event.from_.bare)
-        body = child_text(stanza, "body")
-        state.body = body[:BODY_LIMIT] if body else None
+        state.sender = str(sender.bare)
+        state.body = body
         state.dirty = True
+        # The device's session, if it has one (hibernating, inactive), checks in with
+        # its next stanza: its node learns from this mark that there is a count to end.
+        sessions = self._ctx.sessions
+        device = sessions.get(user.with_resource(reg.resource))
+        if device is not None and not sessions.get_state(device, COUNTED):
+            sessions.set_state(device, COUNTED, True)
         if not state.running:
             state.running = True
             self._ctx.spawn(self._push_task(user, reg.key, state), name="push")
@@ -451,21 +526,29 @@ class PushService:
     async def _push_task(self, user: JID, key: tuple[JID, str], state: _Pending) -> None:
         """Send pushes for one registration while there is something new, at most one
         per ``min_interval``. Nothing is awaited before the first push is routed, so
-        pushes go out in the order of the messages that caused them."""
+        pushes go out in the order of the messages that caused them.
+
+        The first push goes out on the word of the node that counted the message (it
+        found the device asleep or gone; in a cluster this node's view of the device's
+        session may be a few milliseconds older). Later ones, after a wait, look at the
+        device again: it may have come back meanwhile."""
         loop = asyncio.get_running_loop()
         ctx = self._ctx
+        waited = False
         try:
             while state.dirty and self._current(user, key, state):
                 wait = state.last_sent + ctx.options.min_interval - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                    waited = True
                     continue  # check again: the device may have come back meanwhile
                 # Disabling or enabling again replaces ``state``: ``_current`` is False.
                 reg = state.reg
                 device = ctx.sessions.get(user.with_resource(reg.resource))
-                if device is not None and self.is_awake(device):
-                    self.checked_in(device.jid)
+                if waited and device is not None and self.is_awake(device):
+                    self._checked_in_here(device.jid)
                     return
+                waited = True
                 state.dirty = False
                 state.last_sent = loop.time()
                 await self._publish(user, reg, state.count, state.sender, state.body)
@@ -605,7 +688,10 @@ def _owner_session(req: IqRequest) -> Session:
 
 @module.on_load
 async def start(ctx: Ctx) -> None:
-    ctx.provide(PUSH, PushService(ctx))
+    service = PushService(ctx)
+    ctx.provide(PUSH, service)
+    ctx.on_node_message("count", service.on_count)
+    ctx.on_node_message("checkin", service.on_checkin)
 
 
 @module.iq("set", NS_PUSH, "enable", to=Scope.BARE)
@@ -641,35 +727,30 @@ async def disable(ctx: Ctx, req: IqRequest) -> Element:
 # ----------------------------------------------------------------------------- triggers
 
 
-async def _to_sessions(ctx: Ctx, event: StanzaEvent, user: JID, receivers: list[Session]) -> None:
-    """The message goes to ``receivers``: push the devices among them that sleep."""
+# Just before mod_csi (LATE) may hold the stanza: a handler that drops it runs first,
+# and nothing that reaches the device's queue is missed. Here, on the node that holds
+# the session, its state (hibernating, inactive) is exact, not a view from elsewhere.
+@module.fold(hooks.USER_RECEIVE_PACKET, priority=Priority.LATE + 1)
+async def delivered(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
+    """A message reaches a session whose device sleeps: push that device. A room sends
+    groupchat to each occupant's full JID: a hibernating occupant is pushed too."""
+    if stanza.tag != "message":
+        return stanza
     push = ctx.service(PUSH)
-    sleeping = {s.jid.resource for s in receivers if not push.is_awake(s)}
-    if not sleeping:
-        return  # everyone is awake, or nobody takes it (offline_message runs then)
+    session = pctx.session
+    if push.is_awake(session):
+        return stanza
+    if not is_important(stanza, groupchat="/" in stanza.get("to", "")):
+        return stanza
+    try:
+        sender = JID.parse(stanza.get("from", ""))
+    except InvalidJID:
+        return stanza
+    user = session.jid.bare
     for reg in await push.registrations(user):
-        if reg.resource in sleeping:
-            push.note(user, reg, event)
-
-
-# Late: a module that takes the message over (STOP) runs first; then nobody gets it here.
-@module.on(hooks.MESSAGE_TO_BARE, priority=Priority.LATE)
-async def to_bare(ctx: Ctx, event: StanzaEvent) -> None:
-    if is_important(event.stanza):
-        await _to_sessions(ctx, event, event.to, ctx.sessions.message_targets(event.to))
-
-
-@module.on(hooks.MESSAGE_TO_FULL, priority=Priority.LATE)
-async def to_full(ctx: Ctx, event: StanzaEvent) -> None:
-    # A room sends groupchat to each occupant's full JID: a hibernating occupant is
-    # pushed like for a chat message (rooms never address a bare JID or an offline user).
-    if not is_important(event.stanza, groupchat=True):
-        return
-    user = event.to.bare
-    target = ctx.sessions.get(event.to)
-    # An unknown resource: the core delivers as to the bare JID (RFC 6121 §8.5.3.2.1).
-    receivers = [target] if target is not None else ctx.sessions.message_targets(user)
-    await _to_sessions(ctx, event, user, receivers)
+        if reg.resource == session.jid.resource:
+            push.note(user, reg, stanza, sender)
+    return stanza
 
 
 # Early: before mod_offline stores the message (and returns STOP).
@@ -684,7 +765,7 @@ async def offline(ctx: Ctx, event: StanzaEvent) -> Stop | None:
         if device is not None and push.is_awake(device):
             push.checked_in(device.jid)
             continue
-        push.note(user, reg, event)
+        push.note(user, reg, event.stanza, event.from_)
     return None  # storage still happens
 
 
@@ -696,22 +777,24 @@ async def logged_in(ctx: Ctx, event: SessionEvent) -> None:
     ctx.service(PUSH).checked_in(event.session.jid)
 
 
+def _active(ctx: Ctx, session: Session) -> None:
+    """The device sent something on ``session``: a check-in, if a message for it was
+    counted since the last one."""
+    if ctx.sessions.get_state(session, COUNTED):
+        ctx.sessions.set_state(session, COUNTED, False)
+        ctx.service(PUSH).checked_in(session.jid)
+
+
 @module.fold(hooks.USER_SEND_PACKET)
 async def sent_something(ctx: Ctx, stanza: Element, pctx: PacketContext) -> Element | Drop:
-    push = ctx.service(PUSH)
-    jid = pctx.session.jid
-    if push.has_pending(jid.bare):
-        push.checked_in(jid)
+    _active(ctx, pctx.session)
     return stanza
 
 
 # Early: mod_csi answers <active/> and <inactive/> with STOP.
 @module.on(hooks.C2S_STREAM_ELEMENT, priority=Priority.EARLY)
 async def nonza(ctx: Ctx, event: StreamElementEvent) -> None:
-    push = ctx.service(PUSH)
-    jid = event.session.jid
-    if push.has_pending(jid.bare):
-        push.checked_in(jid)
+    _active(ctx, event.session)
 
 
 @module.on(hooks.USER_REMOVED)

@@ -267,6 +267,7 @@ class ModuleContext(Generic[OptionsT]):
         self._served: list[tuple[str, Destination]] = []
         self._routes: list[tuple[str, str]] = []
         self._invalidation_handlers: list[tuple[str, Callable[[str], None]]] = []
+        self._node_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
         self._cluster_listeners: list[Callable[[], None]] = []
         self.domain: str = host.domain
         self.log = logging.LoggerAdapter(
@@ -393,6 +394,38 @@ class ModuleContext(Generic[OptionsT]):
         if cluster is not None:
             self._cluster_listeners.append(cluster.on_change(listener))
 
+    def send_to_node(self, node: str, topic: str, value: object) -> None:
+        """Hand ``value`` (picklable: plain data) to this module's handler of ``topic``
+        (:meth:`on_node_message`) on the cluster node ``node``, typically the owner of
+        something (``ctx.cluster.owner_of``). It travels in that node's inbox, in order
+        with the stanzas this node sends there; nobody waits for it. When ``node`` is
+        this node, has left or is known dead, the handler runs here (and a dead node's
+        unread messages run on the survivor that cleans up after it). Outside a cluster
+        the handler runs here, as a task."""
+        cluster = self.cluster
+        name = self._topic(topic)
+        if cluster is not None:
+            cluster.send(node, name, value)
+            return
+        handler = self._node_handlers.get(name)
+        if handler is not None:
+
+            async def run(handler: Callable[[Any], Awaitable[None]] = handler) -> None:
+                await handler(value)
+
+            self.spawn(run(), name=f"{self.name}-node-message")
+
+    def on_node_message(self, topic: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        """Run ``await handler(value)`` for each :meth:`send_to_node` of ``topic`` (from
+        any node, this one included) on this host, for as long as this module is
+        loaded. Messages from the inbox are handled one at a time, in order: keep the
+        handler short."""
+        name = self._topic(topic)
+        self._node_handlers[name] = handler
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.on_message(name, handler)
+
     def stop_serving(self) -> None:
         """Remove this context's domains from the routing table and its HTTP routes
         (done at unload)."""
@@ -409,6 +442,11 @@ class ModuleContext(Generic[OptionsT]):
         for topic, handler in self._invalidation_handlers:
             self._core.invalidations.unsubscribe(topic, handler)
         self._invalidation_handlers.clear()
+        cluster = self.cluster
+        for name in self._node_handlers:
+            if cluster is not None:
+                cluster.on_message(name, None)
+        self._node_handlers.clear()
 
     # -- caches in a cluster
     def invalidate(self, topic: str, key: str) -> Awaitable[object]:

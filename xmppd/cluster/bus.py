@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import ResponseError
@@ -92,6 +92,9 @@ class StanzaBus:
         """Stream-management handovers (ops ``smt``/``smg``), set by the node."""
         self.calls: Calls | None = None
         """Node-to-node calls (ops ``cll``/``clr``), set by the node."""
+        self.message_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
+        """Handlers of node messages (op ``msg``) by topic: what modules hand to the
+        node that holds something of theirs (``ctx.cluster.send``)."""
 
     # ------------------------------------------------------------------ out
 
@@ -184,6 +187,28 @@ class StanzaBus:
         fields = {"o": "dsp", "t": str(to), "r": str(from_), "d": serialize(stanza)}
         replies = await self._send(node, fields, stanza)
         return not (replies and replies[0] is None)
+
+    def send_message(self, node: str, topic: str, value: object) -> None:
+        """Hand ``value`` to ``node``'s handler of ``topic`` (in order with everything
+        else this node writes there). When ``node`` has no inbox (it left, or was
+        reaped) the handler runs here instead; a dead node's unread messages are
+        handled by the survivor that reaps it."""
+
+        def here() -> None:
+            _ = self._start_task(self._on_message(topic, value), name="cluster-message")
+
+        fields = {"o": "msg", "k": topic, "d": self._signer.dumps(value)}
+        if node == self.node or self._is_dead(node):
+            here()
+            return
+        _ = self._send(node, fields, no_inbox=here)
+
+    async def _on_message(self, topic: str, value: object) -> None:
+        handler = self.message_handlers.get(topic)
+        if handler is None:
+            log.debug("cluster: no handler for a message of %s", topic)
+            return
+        await handler(value)
 
     def send_op(self, node: str, fields: dict[str, Any]) -> None:
         """Write an operation to ``node``'s inbox (nobody waits for it)."""
@@ -354,6 +379,8 @@ class StanzaBus:
             await self._router.dispatch(
                 parse(data), JID.parse(_text(get("t"))), JID.parse(_text(get("r"))), None
             )
+        elif op == "msg" and data:
+            await self._on_message(_text(get("k")), self._signer.loads(data))
 
     async def _handle(self, fields: dict[Any, Any]) -> None:
         get = _getter(fields)
@@ -363,6 +390,9 @@ class StanzaBus:
             await self._router.dispatch(
                 parse(data), JID.parse(_text(get("t"))), JID.parse(_text(get("r"))), None
             )
+            return
+        if op == "msg":
+            await self._on_message(_text(get("k")), self._signer.loads(data))
             return
         if op in ("smt", "smg"):
             if self.handovers is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from xmppd import hooks
@@ -323,6 +323,17 @@ class ClusterNode:
     async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool:
         """Route ``stanza`` on ``node`` (:meth:`StanzaBus.dispatch_on`)."""
         return await self.bus.dispatch_on(node, stanza, to, from_)
+
+    def send_message(self, node: str, topic: str, value: object) -> None:
+        """Hand ``value`` to ``topic``'s handler on ``node`` (:meth:`StanzaBus.send_message`)."""
+        self.bus.send_message(node, topic, value)
+
+    def on_message(self, topic: str, handler: Callable[[Any], Awaitable[None]] | None) -> None:
+        """Handle messages of ``topic`` sent to this node with ``handler`` (``None``: stop)."""
+        if handler is None:
+            self.bus.message_handlers.pop(topic, None)
+        else:
+            self.bus.message_handlers[topic] = handler
 
     def on_live_change(self, listener: Callable[[tuple[str, ...]], None]) -> None:
         """Call ``listener(live nodes)`` when nodes join or die (placement moves)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xmppd.cluster.membership import rendezvous_owner
 from xmppd.cluster.writer import OUTAGE_ERRORS
@@ -71,6 +71,10 @@ class ClusterView(Protocol):
     def live(self) -> tuple[str, ...]: ...
 
     async def dispatch_on(self, node: str, stanza: Element, to: JID, from_: JID) -> bool: ...
+
+    def send_message(self, node: str, topic: str, value: object) -> None: ...
+
+    def on_message(self, topic: str, handler: Callable[[Any], Awaitable[None]] | None) -> None: ...
 
 
 class PlacedDestination:
@@ -211,6 +215,20 @@ class Placement:
     def is_mine(self, key: str) -> bool:
         """Whether this node holds ``key`` now."""
         return self._cluster.owner_of(key) == self._cluster.name
+
+    def send(self, node: str, topic: str, value: object) -> None:
+        """Hand ``value`` (picklable) to the handler of ``topic`` on ``node`` (the owner
+        of something, :meth:`owner_of`), in order with the other stanzas and
+        operations this node sends there; nobody waits for it. When ``node`` is this
+        node, has left, or is found dead, the handler runs on this node (a dead node's
+        unread messages run on the survivor that cleans up after it). Modules use
+        ``ModuleContext.send_to_node`` and ``on_node_message``."""
+        self._cluster.send_message(node, topic, value)
+
+    def on_message(self, topic: str, handler: Callable[[Any], Awaitable[None]] | None) -> None:
+        """Run ``await handler(value)`` for each message of ``topic`` sent to this node
+        (``None``: stop). Messages are handled one at a time, in inbox order."""
+        self._cluster.on_message(topic, handler)
 
     def place(self, inner: Destination, key_of: KeyOf) -> PlacedDestination:
         """``inner`` wrapped so that each stanza is handled on the owner of its key."""
