@@ -293,9 +293,12 @@ def running_cluster(
                 srv.component_port = p3
                 srv.address = address
                 started.append(srv)
-                _wait_listening(proc, tuple(p for p in (p1, p2, p4) if p), log_path, address)
-                if p3:  # (components connect to 127.0.0.1: the listener's default)
-                    _wait_listening(proc, (p3,), log_path)
+                if index == 0:
+                    # The first node makes the certificate, the schema and the secret;
+                    # the others start together once it listens.
+                    _wait_node(srv)
+            for srv in started[1:]:
+                _wait_node(srv)
             if (server or {}).get("log_level", "debug") in ("debug", "info"):
                 wait_live(started)  # (read from the logs)
             first = started[0]
@@ -310,6 +313,7 @@ def running_cluster(
                 first.log_path,
                 url,
             )
+            front.cluster_nodes = started
             if http:
                 front.http_port = relay.add([(n.address, n.http_port or 0) for n in started])
             try:
@@ -325,6 +329,14 @@ def running_cluster(
             log.close()
         with contextlib.suppress(Exception):  # a test may have stopped its own Redis
             delete_prefix(redis_url, prefix)
+
+
+def _wait_node(node: XmppdServer) -> None:
+    """Return once ``node`` listens on its ports."""
+    ports = (node.starttls_port, node.direct_tls_port, node.http_port)
+    _wait_listening(node.process, tuple(p for p in ports if p), node.log_path, node.address)
+    if node.component_port:  # (components connect to 127.0.0.1: the listener's default)
+        _wait_listening(node.process, (node.component_port,), node.log_path)
 
 
 def start_node(node: XmppdServer) -> None:
@@ -497,9 +509,12 @@ def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
             process.wait()
 
 
-def wait_live(nodes: list[XmppdServer], timeout: float = 15.0) -> None:
+def wait_live(
+    nodes: list[XmppdServer], timeout: float = 15.0, since: dict[Path, int] | None = None
+) -> None:
     """Wait until every node in ``nodes`` (all running) counts all of them as live (so
-    placement is the same everywhere): the last ``live nodes`` line of each log."""
+    placement is the same everywhere): the last ``live nodes`` line of each log (after
+    its first ``since[log]`` characters, for nodes started again)."""
     names = ", ".join(sorted(node.log_path.parent.name for node in nodes))
     wanted = f"cluster: live nodes: {names}"
     deadline = time.monotonic() + timeout
@@ -507,7 +522,9 @@ def wait_live(nodes: list[XmppdServer], timeout: float = 15.0) -> None:
         while True:
             lines = [
                 line
-                for line in node.log_path.read_text(errors="replace").splitlines()
+                for line in node.log_path.read_text(errors="replace")[
+                    (since or {}).get(node.log_path, 0) :
+                ].splitlines()
                 if "cluster: live nodes: " in line
             ]
             if lines and lines[-1].endswith(wanted):

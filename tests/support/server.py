@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class XmppdServer:
     """That listener is HTTPS."""
     address: str = "127.0.0.1"
     """The loopback address it listens on (a cluster node may have one of its own)."""
+    cluster_nodes: list[XmppdServer] | None = None
+    """When this is the front of a test cluster (the cluster pass): its nodes."""
 
     @property
     def http_url(self) -> str:
@@ -211,14 +214,27 @@ def postgres_database() -> Iterator[str]:
             await conn.close()
 
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        _run(admin(f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError) as exc:
         service_unavailable(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to completion from synchronous code, also when that code is called
+    from a test's running event loop (a test that starts a server of its own): then
+    in a thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 @contextmanager
@@ -320,7 +336,22 @@ def running_server(
 
 def restart(server: XmppdServer) -> None:
     """Stop the server (SIGTERM: a clean shutdown) and start it again with the same
-    configuration, ports and database; returns once it listens again."""
+    configuration, ports and database; returns once it listens again.
+
+    The front of a test cluster (the cluster pass): restarting "the server" means
+    every node, all stopped before any starts (what a test of a restart checks is
+    what the database keeps, not what another running node holds in memory)."""
+    if server.cluster_nodes is not None:
+        from tests.support.cluster import start_node, wait_live
+
+        for node in server.cluster_nodes:
+            _stop(node.process)
+        logged = {node.log_path: len(node.log_text()) for node in server.cluster_nodes}
+        for node in server.cluster_nodes:
+            start_node(node)
+        wait_live(server.cluster_nodes, since=logged)
+        server.process = server.cluster_nodes[0].process
+        return
     _stop(server.process)
     with server.log_path.open("ab") as log:
         server.process = subprocess.Popen(
