@@ -236,87 +236,91 @@ def running_cluster(
     relay = TcpFront()
     try:
         with postgres_database() as url:
-            for index in range(nodes):
-                node_dir = tmp / f"node{index + 1}"
-                node_dir.mkdir(parents=True, exist_ok=True)
-                data_dir = node_dir / "data"
-                if started:  # one certificate (the secret is the database's)
-                    shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
-                address = f"127.0.0.{index + 1}" if own_addresses else "127.0.0.1"
-                p1, p2 = free_port(), free_port()
-                p4 = free_port() if http else None
-                p3 = free_port() if components else None
-                config_path = node_dir / "xmppd.toml"
-                log_path = node_dir / "xmppd.log"
-                write_config(
-                    config_path,
-                    data_dir=data_dir,
-                    storage_url=url,
-                    starttls_port=p1,
-                    direct_tls_port=p2,
-                    domain=domain,
-                    modules=modules,
-                    hooks=hooks,
-                    extra=extra
-                    + (node_extra(index) if node_extra is not None else "")
-                    + cluster_extra(
-                        redis_url,
-                        prefix,
-                        f"node{index + 1}",
-                        timeout=node_timeout,
-                        options={
-                            **(cluster or {}),
-                            **({"public_address": f"{address}:{p1}"} if public_addresses else {}),
-                            # the BOSH relay listener: loopback, a free port
-                            **({"http_address": address} if http else {}),
-                        },
-                    ),
-                    admins=admins,
-                    auth=auth,
-                    http_port=p4,
-                    server=server,
-                    component_port=p3,
-                    components=components,
-                    address=address,
-                )
-                log = log_path.open("ab")
-                logs.append(log)
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                srv = XmppdServer(
-                    proc, data_dir, config_path, p1, p2, domain, "postgresql", log_path, url
-                )
-                srv.http_port = p4
-                srv.component_port = p3
-                srv.address = address
-                started.append(srv)
-                if index == 0:
-                    # The first node makes the certificate, the schema and the secret;
-                    # the others start together once it listens.
-                    _wait_node(srv)
-            for srv in started[1:]:
-                _wait_node(srv)
-            if (server or {}).get("log_level", "debug") in ("debug", "info"):
-                wait_live(started)  # (read from the logs)
-            first = started[0]
-            front = XmppdServer(
-                first.process,
-                first.data_dir,
-                first.config_path,
-                relay.add([(n.address, n.starttls_port) for n in started]),
-                relay.add([(n.address, n.direct_tls_port) for n in started]),
-                domain,
-                "postgresql",
-                first.log_path,
-                url,
-            )
-            front.cluster_nodes = started
-            if http:
-                front.http_port = relay.add([(n.address, n.http_port or 0) for n in started])
             try:
+                for index in range(nodes):
+                    node_dir = tmp / f"node{index + 1}"
+                    node_dir.mkdir(parents=True, exist_ok=True)
+                    data_dir = node_dir / "data"
+                    if started:  # one certificate (the secret is the database's)
+                        shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
+                    address = f"127.0.0.{index + 1}" if own_addresses else "127.0.0.1"
+                    p1, p2 = free_port(), free_port()
+                    p4 = free_port() if http else None
+                    p3 = free_port() if components else None
+                    config_path = node_dir / "xmppd.toml"
+                    log_path = node_dir / "xmppd.log"
+                    write_config(
+                        config_path,
+                        data_dir=data_dir,
+                        storage_url=url,
+                        starttls_port=p1,
+                        direct_tls_port=p2,
+                        domain=domain,
+                        modules=modules,
+                        hooks=hooks,
+                        extra=extra
+                        + (node_extra(index) if node_extra is not None else "")
+                        + cluster_extra(
+                            redis_url,
+                            prefix,
+                            f"node{index + 1}",
+                            timeout=node_timeout,
+                            options={
+                                **(cluster or {}),
+                                **(
+                                    {"public_address": f"{address}:{p1}"}
+                                    if public_addresses
+                                    else {}
+                                ),
+                                # the BOSH relay listener: loopback, a free port
+                                **({"http_address": address} if http else {}),
+                            },
+                        ),
+                        admins=admins,
+                        auth=auth,
+                        http_port=p4,
+                        server=server,
+                        component_port=p3,
+                        components=components,
+                        address=address,
+                    )
+                    log = log_path.open("ab")
+                    logs.append(log)
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "xmppd", "--config", str(config_path), "run"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                    srv = XmppdServer(
+                        proc, data_dir, config_path, p1, p2, domain, "postgresql", log_path, url
+                    )
+                    srv.http_port = p4
+                    srv.component_port = p3
+                    srv.address = address
+                    started.append(srv)
+                    if index == 0:
+                        # The first node makes the certificate, the schema and the secret;
+                        # the others start together once it listens.
+                        _wait_node(srv)
+                for srv in started[1:]:
+                    _wait_node(srv)
+                if (server or {}).get("log_level", "debug") in ("debug", "info"):
+                    wait_live(started)  # (read from the logs)
+                first = started[0]
+                front = XmppdServer(
+                    first.process,
+                    first.data_dir,
+                    first.config_path,
+                    relay.add([(n.address, n.starttls_port) for n in started]),
+                    relay.add([(n.address, n.direct_tls_port) for n in started]),
+                    domain,
+                    "postgresql",
+                    first.log_path,
+                    url,
+                )
+                front.cluster_nodes = started
+                if http:
+                    front.http_port = relay.add([(n.address, n.http_port or 0) for n in started])
                 yield ClusterNodes(
                     front, started, redis_url, prefix, relay, [n.log_path for n in started]
                 )
