@@ -38,6 +38,10 @@ from xmppd_modules.mod_muc.config import Limits, RoomConfig
 from xmppd_modules.mod_muc.room import Room, addressed_elsewhere, new_salt
 from xmppd_modules.mod_muc.store import RoomStore
 
+_OWNED: Final = "muc-owners"
+"""What a cluster node announces of the owners of the temporary rooms it holds (bare
+JIDs, space-separated), so that ``max_rooms_per_user`` counts them on every node."""
+
 
 class MucService:
     """One host's group chat service and the rooms it holds in memory."""
@@ -63,6 +67,7 @@ class MucService:
         self.released = 0
         """Rooms let go of because another node owns them now (cluster)."""
         self._announced: dict[str, str] = {}
+        self._owners_announced: dict[str, str] = {}
         """Temporary public rooms this node lists for the others (cluster): name → title."""
 
     # RoomHost
@@ -142,13 +147,26 @@ class MucService:
             and not room.config.persistent
         )
         title = room.config.name if listed else None
-        if self._announced.get(room.name) == title:
+        await self._announce(self._announced, LISTED, room, title)
+        held = self.rooms.get(room.name) is room and not room.gone
+        owners = " ".join(sorted(str(j) for j, a in room.affiliations.items() if a == "owner"))
+        temporary_owned = held and not room.config.persistent and bool(owners)
+        await self._announce(
+            self._owners_announced, _OWNED, room, owners if temporary_owned else None
+        )
+
+    async def _announce(
+        self, announced: dict[str, str], kind: str, room: Room, value: str | None
+    ) -> None:
+        """Announce ``value`` for ``room`` (``None``: no longer) unless it is so already."""
+        cluster = self._ctx.cluster
+        if cluster is None or announced.get(room.name) == value:
             return
-        if title is None:
-            self._announced.pop(room.name, None)
+        if value is None:
+            announced.pop(room.name, None)
         else:
-            self._announced[room.name] = title
-        await cluster.announce(LISTED, str(room.jid), title)
+            announced[room.name] = value
+        await cluster.announce(kind, str(room.jid), value)
 
     # ------------------------------------------------------------------ Destination
 
@@ -258,6 +276,12 @@ class MucService:
                 for name, room in self.rooms.items()
                 if room.affiliations.get(creator.bare) == "owner"
             }
+            cluster = ctx.cluster
+            if cluster is not None:  # temporary rooms held by the other nodes
+                for jid, owners in (await cluster.announced(_OWNED)).items():
+                    local, _, domain = jid.partition("@")
+                    if domain == self.domain and str(creator.bare) in owners.split():
+                        owned.add(local)
             if len(owned) >= limit:
                 raise errors.TOO_MANY_ROOMS()
 
