@@ -80,12 +80,16 @@ def _own_session(req: IqRequest) -> Session:
 @module.iq("set", NS_CARBONS, "enable", to=Scope.BARE)
 async def enable(ctx: Ctx, req: IqRequest) -> Element:
     ctx.sessions.set_state(_own_session(req), ENABLED, True)
+    # In a cluster the copies are made where the messages are routed: that node must
+    # know before the client, told it is done, expects copies.
+    await ctx.sessions.published()
     return req.result()
 
 
 @module.iq("set", NS_CARBONS, "disable", to=Scope.BARE)
 async def disable(ctx: Ctx, req: IqRequest) -> Element:
     ctx.sessions.set_state(_own_session(req), ENABLED, False)
+    await ctx.sessions.published()
     return req.result()
 
 

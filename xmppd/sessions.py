@@ -201,6 +201,14 @@ class SessionRegistry(Protocol):
 
     def set_state(self, session: Session, key: SessionKey[T], value: T) -> None: ...
 
+    async def published(self) -> None:
+        """Wait until the changes made so far to this node's sessions (state, presence)
+        are where the other nodes of a cluster read them (nothing to wait for in a
+        single process). A module that changes shared state on a client's request
+        awaits it before answering, so that the client's next stanza, or a contact's
+        through another node, finds the change (the other nodes follow within
+        milliseconds)."""
+
     def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
         """Record the session's last available presence broadcast (``None``: unavailable)
         and its priority; returns the session as it is now (a handle may be a snapshot)."""
@@ -391,6 +399,9 @@ class MemorySessions(_JidMaps):
     async def wait_closed(self, session: Session) -> None:
         await cast(Endpoint, session).wait_closed()
 
+    async def published(self) -> None:
+        return
+
     def get_state(self, session: Session, key: SessionKey[T]) -> T:
         return cast(Endpoint, session).get(key)
 
@@ -544,6 +555,9 @@ class SerialisedSessions(_JidMaps):
 
     async def wait_closed(self, session: Session) -> None:
         await self._endpoint(session).wait_closed()
+
+    async def published(self) -> None:
+        return
 
     # -- state
     def get_state(self, session: Session, key: SessionKey[T]) -> T:

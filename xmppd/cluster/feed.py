@@ -74,6 +74,9 @@ class SessionFeed:
         self._last_id = "0-0"
         self.applied = 0
         registry.on_change = self._schedule
+        registry.publish_now = self.publish_now
+        self._last_write: Any = None
+        """What the last publication's write returned (done once it is in Redis)."""
 
     # ------------------------------------------------------------------ out
 
@@ -106,7 +109,17 @@ class SessionFeed:
             for full, sid in removals:
                 self.remove_commands(pipe, node, full, sid)
 
-        _ = self._writer.submit(build)  # nobody waits: presence and state are not acks
+        # Nobody waits (presence and state are not acks), except a module that asks
+        # (``published``).
+        self._last_write = self._writer.submit(build)
+
+    def publish_now(self) -> Any:
+        """Publish what is waiting (rather than at the end of this loop turn); what to
+        await for it to be in Redis (``None``: nothing was ever published). The
+        writer keeps submission order, so the last write covers every earlier one."""
+        if self._scheduled:
+            self._publish()
+        return self._last_write
 
     def remove_commands(self, pipe: Any, node: str, full: JID, sid: str) -> None:
         """Commands that remove a session's record (if still ``sid``) and log it."""

@@ -13,6 +13,7 @@ turn).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast
 
 from xmppd.cluster.records import RemoteSession, SessionRecord
+from xmppd.cluster.writer import OUTAGE_ERRORS
 from xmppd.jid import JID
 from xmppd.sessions import MemorySessions, _best_priority
 from xmppd.stanza import serialize
@@ -42,6 +44,9 @@ MOVED_FOR: Final = 10.0
 node's record (it comes in milliseconds)."""
 
 T = TypeVar("T")
+
+PUBLISHED_WAIT = 1.0
+"""Seconds :meth:`ClusterSessions.published` waits at most (Redis unreachable)."""
 
 
 class RemoteOps(Protocol):
@@ -88,6 +93,7 @@ class ClusterSessions(MemorySessions):
         "on_abandoned",
         "on_change",
         "ops",
+        "publish_now",
         "start_task",
     )
 
@@ -132,6 +138,9 @@ class ClusterSessions(MemorySessions):
         the stanza bus)."""
         self.on_change: Callable[[], None] = lambda: None
         """Called when something is waiting to be published (the node schedules it)."""
+        self.publish_now: Callable[[], Awaitable[object] | None] = lambda: None
+        """Publish what is waiting now; what to await for it to be in Redis (set by
+        the session feed)."""
 
     # ------------------------------------------------------------------ lookups
 
@@ -392,6 +401,15 @@ class ClusterSessions(MemorySessions):
         if isinstance(session, RemoteSession):
             return  # the other node runs its teardown; its record goes when done
         await cast("Endpoint", session).wait_closed()
+
+    async def published(self) -> None:
+        done = self.publish_now()
+        if done is None:
+            return
+        # During a Redis outage the write waits; the client is not kept waiting long.
+        with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
+            async with asyncio.timeout(PUBLISHED_WAIT):
+                await asyncio.shield(done)
 
     def get_state(self, session: Session, key: SessionKey[T]) -> T:
         if isinstance(session, RemoteSession):
