@@ -244,8 +244,8 @@ def running_cluster(
                     if started:  # one certificate (the secret is the database's)
                         shutil.copytree(started[0].data_dir / "certs", data_dir / "certs")
                     address = f"127.0.0.{index + 1}" if own_addresses else "127.0.0.1"
-                    p1, p2 = free_port(), free_port()
-                    p4 = free_port() if http else None
+                    p1, p2 = free_port(address), free_port(address)
+                    p4 = free_port(address) if http else None
                     p3 = free_port() if components else None
                     config_path = node_dir / "xmppd.toml"
                     log_path = node_dir / "xmppd.log"

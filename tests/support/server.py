@@ -28,11 +28,13 @@ CLUSTER_NODES = int(os.environ.get("XMPPD_TEST_CLUSTER_NODES", "3"))
 FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
 
 
-def free_port() -> int:
-    """A free TCP port on loopback (never one of this machine's service ports)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A free TCP port on the loopback ``address`` (never one of this machine's service
+    ports). A port free on 127.0.0.1 may be taken on 127.0.0.2: a server listening on
+    another loopback address asks for a port of that address."""
     while True:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
             port = int(s.getsockname()[1])
         if port not in FORBIDDEN_PORTS:
             return port
