@@ -3,11 +3,17 @@ affiliations and roles with their ranks."""
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import base64
+import binascii
+import hashlib
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import Field
 
-from xmppd.api import AccessRule, Module, ModuleContext, Options, Size
+from xmppd.api import AccessRule, Module, ModuleContext, Options, Size, StanzaError
+
+if TYPE_CHECKING:
+    from xmppd.api.stanza import Element
 
 NS_MUC: Final = "http://jabber.org/protocol/muc"
 NS_MUC_USER: Final = "http://jabber.org/protocol/muc#user"
@@ -24,6 +30,7 @@ NS_MUC_REQUEST: Final = "http://jabber.org/protocol/muc#request"
 NS_MUC_REGISTER: Final = "http://jabber.org/protocol/muc#register"
 NS_CONFERENCE: Final = "jabber:x:conference"  # XEP-0249 direct invitations
 NS_VCARD: Final = "vcard-temp"
+NS_VCARD_UPDATE: Final = "vcard-temp:x:update"
 
 LISTED: Final = "muc-room"
 """What a cluster node announces of the temporary public rooms it holds."""
@@ -42,6 +49,23 @@ AFFILIATION_RANK: Final[dict[str, int]] = {
     "outcast": 0,
 }
 ROLE_RANK: Final[dict[str, int]] = {"moderator": 3, "participant": 2, "visitor": 1, "none": 0}
+
+
+def avatar_hashes(vcard: Element | None) -> tuple[str, ...]:
+    """SHA-1 (hex) of each ``PHOTO/BINVAL`` image of a vcard-temp, as XEP-0486 lists
+    them in ``muc#roominfo_avatarhash``. ``bad-request`` for a BINVAL that is not
+    base64."""
+    if vcard is None:
+        return ()
+    hashes: list[str] = []
+    for binval in vcard.iterfind(f"{{{NS_VCARD}}}PHOTO/{{{NS_VCARD}}}BINVAL"):
+        try:
+            image = base64.b64decode("".join((binval.text or "").split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise StanzaError("bad-request", "a PHOTO's BINVAL is not base64") from None
+        if image:
+            hashes.append(hashlib.sha1(image).hexdigest())  # XEP-0153 names SHA-1
+    return tuple(hashes)
 
 
 class Status:
@@ -106,6 +130,12 @@ class MucOptions(Options):
     message_burst: int = Field(
         20, ge=1, description="Messages an occupant may send at once before the rate applies."
     )
+    max_vcard_size: Size = Field(
+        131072,
+        ge=1024,
+        description="Largest room vCard (where owners publish the room's avatar, XEP-0486), "
+        "in bytes.",
+    )
     persistent_by_default: bool = Field(False, description="Whether new rooms are persistent.")
     public_by_default: bool = Field(
         True, description="Whether new rooms are listed in disco#items."
@@ -123,6 +153,7 @@ module: Final = Module(
         "XEP-0359 v0.7",
         "XEP-0421 v0.1",
         "XEP-0424 v0.4",
+        "XEP-0486 v0.1 (room avatars)",
         "XEP-0425 v0.3",
     ),
 )

@@ -316,8 +316,11 @@ def config_form(
     return form
 
 
-def info_form(config: RoomConfig, occupants: int, subject: str) -> Element:
-    """The ``muc#roominfo`` extension of the room's disco#info (§6.4)."""
+def info_form(
+    config: RoomConfig, occupants: int, subject: str, avatar: tuple[str, ...] = ()
+) -> Element:
+    """The ``muc#roominfo`` extension of the room's disco#info (§6.4), with the
+    avatar's hashes when the room has one (XEP-0486)."""
     form = payload(ns.DATA_FORMS, "x", {"type": "result"})
     _field(form, "FORM_TYPE", "hidden", "", [NS_ROOMINFO])
     _field(form, "muc#roominfo_description", "text-single", "Description", [config.description])
@@ -334,6 +337,8 @@ def info_form(config: RoomConfig, occupants: int, subject: str) -> Element:
         _field(form, "muc#roominfo_lang", "text-single", "Language", [config.lang])
     _field(form, "muc#roomconfig_allowinvites", "boolean", "", _bool(config.allow_invites))
     _field(form, "muc#roomconfig_allowpm", "list-single", "", [config.allow_pm])
+    if avatar:
+        _field(form, "muc#roominfo_avatarhash", "text-multi", "Avatar hash", list(avatar))
     return form
 
 

@@ -60,10 +60,12 @@ from xmppd_modules.mod_muc.common import (
     NS_MUC_USER,
     NS_OCCUPANT_ID,
     NS_VCARD,
+    NS_VCARD_UPDATE,
     ROLE_RANK,
     ROLES,
     Ctx,
     Status,
+    avatar_hashes,
 )
 from xmppd_modules.mod_muc.config import (
     Limits,
@@ -213,6 +215,10 @@ class Room:
     fresh: bool = False
     """Created by the join being handled: its self-presence carries 201."""
     gone: bool = False
+    avatar: tuple[str, ...] = ()
+    """SHA-1 hashes of the avatar images in the room's vCard (XEP-0486), hex."""
+    _vcard: bytes | None = None
+    """A temporary room's vCard (a persistent room's is read from storage)."""
     _forwarded: dict[str, _ForwardedIq] = field(default_factory=dict)
     _queue: deque[_Queued] = field(default_factory=deque)
     _busy: bool = False
@@ -444,6 +450,8 @@ class Room:
         for entry in await self._history_for(find_child(join, NS_MUC, "x")):
             await self._send(self._delayed(entry), session)
         await self._send(self._subject_message(), session)
+        if self.avatar:
+            await self._send(self._avatar_presence(), session)
 
     def _sees_jids(self, occupant: Occupant) -> bool:
         return self.config.non_anonymous or occupant.role == "moderator"
@@ -1015,7 +1023,52 @@ class Room:
             return await self._owner(stanza, query, itype, from_)
         if tag == f"{{{NS_MUC_ADMIN}}}query":
             return await self._admin(stanza, query, itype, from_)
+        if tag == f"{{{NS_VCARD}}}vCard":
+            return await self._vcard_iq(stanza, query, itype, from_)
         raise StanzaError("service-unavailable")
+
+    # ------------------------------------------------------------------ avatar (XEP-0486)
+
+    async def _vcard_iq(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
+        """The room's vcard-temp: anyone but an outcast reads it; owners set it (an
+        empty ``<vCard/>`` removes it). A change is announced with status 104 and, for
+        the clients that look for it there, a presence of the room's bare JID with the
+        avatar hash (``vcard-temp:x:update``)."""
+        if self.affiliation(from_) == "outcast":
+            raise errors.BANNED()
+        if itype == "get":
+            data = await self._stored_vcard()
+            return iq_result(stanza, parse(data) if data else payload(NS_VCARD, "vCard"))
+        if self.affiliation(from_) != "owner":
+            raise StanzaError("forbidden", "Only owners are allowed to set avatars.")
+        data = None if len(query) == 0 else serialize(query)
+        limit = self.host.ctx.options.max_vcard_size
+        if data is not None and len(data) > limit:
+            raise StanzaError("not-acceptable", f"the room's vCard may be {limit} bytes at most")
+        if self.config.persistent:
+            await self.host.store.save_vcard(self.name, None if data is None else data.decode())
+        else:
+            self._vcard = data
+        self.avatar = avatar_hashes(query)
+        notice = element("message", {"type": "groupchat", "from": str(self.jid)})
+        child(child(notice, "x", namespace=NS_MUC_USER), "status", {"code": Status.CONFIG_CHANGED})
+        await self._to_all(notice)
+        await self._to_all(self._avatar_presence())
+        return iq_result(stanza)
+
+    async def _stored_vcard(self) -> bytes | None:
+        if not self.config.persistent:
+            return self._vcard
+        text = await self.host.store.load_vcard(self.name)
+        return None if text is None else text.encode()
+
+    def _avatar_presence(self) -> Element:
+        """The room's bare-JID presence with its avatar hash (an empty ``<photo/>``: no
+        avatar), as vCard-based avatars (XEP-0153) announce one."""
+        presence = element("presence", {"from": str(self.jid)})
+        update = child(presence, "x", namespace=NS_VCARD_UPDATE)
+        child(update, "photo", text=self.avatar[0] if self.avatar else None)
+        return presence
 
     def _disco_items(self, query: Element, from_: JID) -> Element:
         """§6.5: the occupants (as occupant JIDs) of a non-anonymous room, to its
@@ -1055,12 +1108,12 @@ class Room:
             NS_SID,
             *feature_vars(self.config, self.locked),
         ]
-        features += [NS_RETRACT, NS_MODERATE]
+        features += [NS_RETRACT, NS_MODERATE, NS_VCARD]
         if self.archived:
             features.append(NS_MAM)
         for var in features:
             child(result, "feature", {"var": var})
-        result.append(info_form(self.config, len(self.occupants), self.subject))
+        result.append(info_form(self.config, len(self.occupants), self.subject, self.avatar))
         return result
 
     # ------------------------------------------------------------------ archive (XEP-0313)
@@ -1323,7 +1376,12 @@ class Room:
                 await self._set_affiliation(jid, affiliation, "", actor_nick=None, store=False)
         if new.persistent:
             await self.save()
+            if not old.persistent and self._vcard is not None:
+                await self.host.store.save_vcard(self.name, self._vcard.decode())
+                self._vcard = None
         elif old.persistent:
+            stored = await self.host.store.load_vcard(self.name)  # kept in memory from now on
+            self._vcard = None if stored is None else stored.encode()
             await self.host.store.delete(self.name)
         codes = [Status.CONFIG_CHANGED]
         was_archived = old.persistent and old.archive

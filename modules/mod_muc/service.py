@@ -29,11 +29,11 @@ from xmppd.api import (
     StanzaError,
     ns,
 )
-from xmppd.api.stanza import Element, child, error_reply, payload
+from xmppd.api.stanza import Element, child, error_reply, parse, payload
 from xmppd_modules.mod_muc import errors
 from xmppd_modules.mod_muc.admin import RoomAdmin
 from xmppd_modules.mod_muc.archive import RoomArchive
-from xmppd_modules.mod_muc.common import LISTED, NS_MUC, NS_MUC_UNIQUE, Ctx
+from xmppd_modules.mod_muc.common import LISTED, NS_MUC, NS_MUC_UNIQUE, NS_VCARD, Ctx, avatar_hashes
 from xmppd_modules.mod_muc.config import Limits, RoomConfig
 from xmppd_modules.mod_muc.room import Room, addressed_elsewhere, new_salt
 from xmppd_modules.mod_muc.store import RoomStore
@@ -59,6 +59,7 @@ class MucService:
         self.service = ServiceDomain(ctx, self.domain, name=options.name)
         self.service.identity("conference", "text", options.name)
         self.service.feature(NS_MUC)
+        self.service.feature(NS_VCARD)  # room avatars (XEP-0486)
         self.service.iq("get", ns.DISCO_ITEMS, "query")(self._disco_items)
         self.service.iq("get", NS_MUC_UNIQUE, "unique")(self._unique)
         self.entry: Destination = self
@@ -228,6 +229,7 @@ class MucService:
                     nicks=dict(stored.nicks),
                     subject=stored.subject,
                     subject_by=stored.subject_by,
+                    avatar=avatar_hashes(parse(stored.vcard.encode())) if stored.vcard else (),
                 )
             elif creator is not None:
                 await self._may_create(creator)

@@ -42,9 +42,17 @@ nicks_table: Final = module.table(
 )
 """Registered nicknames (XEP-0045 §7.10)."""
 
+vcards_table: Final = module.table(
+    "vcards",
+    Column("room", String(1023), primary_key=True),
+    Column("vcard", Text, nullable=False),  # the room's <vCard xmlns='vcard-temp'/>
+)
+"""Room vCards (XEP-0486: owners publish the room's avatar in it)."""
+
 _R: Final = rooms_table.c
 _A: Final = affiliations_table.c
 _N: Final = nicks_table.c
+_V: Final = vcards_table.c
 
 
 @dataclass(slots=True)
@@ -55,6 +63,8 @@ class StoredRoom:
     salt: str
     affiliations: dict[JID, tuple[str, str]] = field(default_factory=dict)
     nicks: dict[JID, str] = field(default_factory=dict)
+    vcard: str | None = None
+    """The room's vCard (XEP-0486 avatar), serialised."""
 
 
 def _jid(text: str) -> JID | None:
@@ -91,6 +101,7 @@ class RoomStore:
         ):
             if (jid := _jid(nrow.jid)) is not None:
                 room.nicks[jid] = nrow.nick
+        room.vcard = await self.load_vcard(name)
         return room
 
     async def save(
@@ -183,12 +194,31 @@ class RoomStore:
             ("host", "room", "jid"),
         )
 
+    async def load_vcard(self, name: str) -> str | None:
+        """The room's stored vCard (serialised XML), if an owner set one."""
+        value = await self.ctx.db.fetch_value(
+            select(_V.vcard).where(_V.host == self.host, _V.room == name)
+        )
+        return None if value is None else str(value)
+
+    async def save_vcard(self, name: str, vcard: str | None) -> None:
+        """Store the room's vCard; ``None`` removes it."""
+        if vcard is None:
+            await self.ctx.db.execute(
+                delete(vcards_table).where(_V.host == self.host, _V.room == name)
+            )
+            return
+        await self.ctx.db.upsert(
+            vcards_table, {"host": self.host, "room": name, "vcard": vcard}, ("host", "room")
+        )
+
     async def delete(self, name: str) -> None:
         async with self.ctx.db.transaction() as conn:
             for table, column in (
                 (rooms_table, _R.name),
                 (affiliations_table, _A.room),
                 (nicks_table, _N.room),
+                (vcards_table, _V.room),
             ):
                 await conn.execute(delete(table).where(table.c.host == self.host, column == name))
 
