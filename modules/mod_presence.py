@@ -99,6 +99,9 @@ async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> N
     except ValueError:
         priority = 0
     session = ctx.sessions.set_presence(session, stanza, priority)
+    # In a cluster: in Redis before anyone sees it (the user's own echo included), so
+    # that whoever answers finds this session from any node (``caught_up``).
+    await ctx.sessions.published()
     user = session.jid.bare
     roster = _roster(ctx)
     items = await roster.items(user)

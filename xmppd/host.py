@@ -158,6 +158,11 @@ class Host:
                     await sessions.deliver(session, stanza)
             return
         targets = sessions.message_targets(to.bare)
+        if not targets:
+            # Someone who came online on another node a moment ago is not offline.
+            await sessions.caught_up()
+            found = sessions.get(to) if target == "full" else None
+            targets = [found] if found is not None else sessions.message_targets(to.bare)
         if targets:
             for session in targets:
                 await sessions.deliver(session, stanza)
@@ -173,6 +178,9 @@ class Host:
         itype = stanza.get("type")
         if target == "full":
             session = self.sessions.get(to)
+            if session is None:
+                await self.sessions.caught_up()
+                session = self.sessions.get(to)
             if session is not None:
                 await self.sessions.deliver(session, stanza)
             else:

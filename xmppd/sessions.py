@@ -209,6 +209,13 @@ class SessionRegistry(Protocol):
         through another node, finds the change (the other nodes follow within
         milliseconds)."""
 
+    async def caught_up(self) -> None:
+        """Wait until this node's view holds every session change the other nodes of
+        a cluster published before now (nothing to wait for in a single process).
+        Asked before a user is taken for offline: a contact who has just come online
+        on another node (and seen their own presence, so their session is published)
+        is found, not sent to offline storage."""
+
     def set_presence(self, session: Session, presence: Element | None, priority: int) -> Session:
         """Record the session's last available presence broadcast (``None``: unavailable)
         and its priority; returns the session as it is now (a handle may be a snapshot)."""
@@ -402,6 +409,9 @@ class MemorySessions(_JidMaps):
     async def published(self) -> None:
         return
 
+    async def caught_up(self) -> None:
+        return
+
     def get_state(self, session: Session, key: SessionKey[T]) -> T:
         return cast(Endpoint, session).get(key)
 
@@ -557,6 +567,9 @@ class SerialisedSessions(_JidMaps):
         await self._endpoint(session).wait_closed()
 
     async def published(self) -> None:
+        return
+
+    async def caught_up(self) -> None:
         return
 
     # -- state

@@ -16,7 +16,7 @@ import pytest
 from tests.support.clients import register_account
 from tests.support.cluster import ClusterNodes, running_cluster
 from tests.support.counting import CountingClient
-from tests.support.server import DEFAULT_TEST_MODULES
+from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer
 
 PW = "kill-pw"
 PER_SENDER = 80
@@ -33,6 +33,36 @@ def cluster(tmp_path: Path) -> Iterator[ClusterNodes]:
         yield nodes
 
 
+async def counting_clients(node1: XmppdServer, node2: XmppdServer) -> list[CountingClient]:
+    """Senders s1, s2 and recipients r1, r2: s1 and r1 on ``node1``, the others on
+    ``node2``."""
+    for name in ("s1", "s2", "r1", "r2"):
+        await register_account(node2, name, PW)
+    s1, s2 = CountingClient("s1", "out", PW), CountingClient("s2", "out", PW)
+    r1, r2 = CountingClient("r1", "in", PW), CountingClient("r2", "in", PW)
+    for client, node in ((s1, node1), (r1, node1), (s2, node2), (r2, node2)):
+        await client.start(node)
+    return [s1, s2, r1, r2]
+
+
+async def send_and_kill(
+    victim: XmppdServer, senders: tuple[CountingClient, ...], recipients: tuple[CountingClient, ...]
+) -> None:
+    """Every sender sends every recipient ``PER_SENDER`` counted messages; ``victim``
+    is killed (``kill -9``) half-way."""
+    await asyncio.sleep(0.5)
+    for i in range(PER_SENDER):
+        for sender in senders:
+            if sender.lost_connection.is_set():
+                continue
+            for recipient in recipients:
+                sender.send(recipient.jid, f"{sender.name}-{recipient.name}-{i}")
+        if i == PER_SENDER // 2:
+            victim.process.kill()
+            victim.process.wait()
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("away", [0.0, 7.0], ids=["at-once", "after-the-takeover"])
 async def test_kill_9_clients_resume_on_the_survivor(cluster: ClusterNodes, away: float) -> None:
@@ -41,27 +71,9 @@ async def test_kill_9_clients_resume_on_the_survivor(cluster: ClusterNodes, away
     queued for them meanwhile): nothing the cluster acknowledged is lost, nothing
     comes twice."""
     node1, node2 = cluster.nodes
-    for name in ("s1", "s2", "r1", "r2"):
-        await register_account(node2, name, PW)
-    s1, s2 = CountingClient("s1", "out", PW), CountingClient("s2", "out", PW)
-    r1, r2 = CountingClient("r1", "in", PW), CountingClient("r2", "in", PW)
-    await s1.start(node1)
-    await r1.start(node1)
-    await s2.start(node2)
-    await r2.start(node2)
-    clients = (s1, s2, r1, r2)
+    s1, s2, r1, r2 = clients = await counting_clients(node1, node2)
     try:
-        await asyncio.sleep(0.5)
-        for i in range(PER_SENDER):
-            for sender in (s1, s2):
-                if sender.lost_connection.is_set():
-                    continue
-                for recipient in (r1, r2):
-                    sender.send(recipient.jid, f"{sender.name}-{recipient.name}-{i}")
-            if i == PER_SENDER // 2:
-                node1.process.kill()
-                node1.process.wait()
-            await asyncio.sleep(0.02)
+        await send_and_kill(node1, (s1, s2), (r1, r2))
         for client in (s1, r1):
             await asyncio.wait_for(client.lost_connection.wait(), 15)
         for i in range(PER_SENDER, PER_SENDER + 5):  # for the sessions away
@@ -104,27 +116,9 @@ async def test_kill_9_loses_no_acknowledged_message(cluster: ClusterNodes, after
     survivor finds their JIDs bound again) or once the survivor took their sessions
     over (the new login replaces the hibernated session)."""
     node1, node2 = cluster.nodes
-    for name in ("s1", "s2", "r1", "r2"):
-        await register_account(node2, name, PW)
-    s1, s2 = CountingClient("s1", "out", PW), CountingClient("s2", "out", PW)
-    r1, r2 = CountingClient("r1", "in", PW), CountingClient("r2", "in", PW)
-    await s1.start(node1)
-    await r1.start(node1)
-    await s2.start(node2)
-    await r2.start(node2)
-    clients = (s1, s2, r1, r2)
+    s1, s2, r1, r2 = clients = await counting_clients(node1, node2)
     try:
-        await asyncio.sleep(0.5)
-        for i in range(PER_SENDER):
-            for sender in (s1, s2):
-                if sender.lost_connection.is_set():
-                    continue
-                for recipient in (r1, r2):
-                    sender.send(recipient.jid, f"{sender.name}-{recipient.name}-{i}")
-            if i == PER_SENDER // 2:
-                node1.process.kill()
-                node1.process.wait()
-            await asyncio.sleep(0.02)
+        await send_and_kill(node1, (s1, s2), (r1, r2))
         # The killed node's clients notice and log in again on the other node.
         for client in (s1, r1):
             await asyncio.wait_for(client.lost_connection.wait(), 15)

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,9 +82,20 @@ def node_config(
         text = text.replace(old, new)
     text = text.replace(f'"{SHARED}/', f'"{shared}/')
     assert SHARED not in text
-    ports = {int(p): free_port() for p in re.findall(r"^port = (\d+)$", text, re.M)}
+    # The nodes listen on every address: ports free on all of them.
+    ports = {int(p): free_port("0.0.0.0") for p in re.findall(r"^port = (\d+)$", text, re.M)}
     text = re.sub(r"^port = (\d+)$", lambda m: f"port = {ports[int(m.group(1))]}", text, flags=re.M)
     return text, ports
+
+
+def up(proc: subprocess.Popen[bytes], node: dict[str, object], http_port: int) -> bool:
+    """The node passes its health check, or has exited."""
+    return proc.poll() is not None or healthy(node, http_port)
+
+
+def logs_of(logs: list[Path], service: str) -> str:
+    """The last log of ``service``'s node."""
+    return [p for p in logs if p.name.startswith(f"{service}-")][-1].read_text()
 
 
 def healthy(node: dict[str, object], http_port: int) -> bool:
@@ -150,10 +162,14 @@ def test_the_compose_cluster_runs_behind_its_haproxy(tmp_path: Path) -> None:
         create_xmppd_database(pg, password)
         ports: dict[str, dict[int, int]] = {}
         logs: list[Path] = []
-        for service, node in nodes.items():
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+
+        def start(service: str, node: dict[str, Any], attempt: int) -> None:
+            """Node ``service`` on fresh ports (its config and command as compose has
+            them)."""
             name = str(node["hostname"])
             data = tmp_path / service
-            data.mkdir()
+            data.mkdir(exist_ok=True)
             text, ports[name] = node_config(name, shared, data, pg.port, prefix)
             (tmp_path / f"{service}.toml").write_text(text)
             command = list(node["command"])
@@ -165,10 +181,22 @@ def test_the_compose_cluster_runs_behind_its_haproxy(tmp_path: Path) -> None:
                 "XMPPD_CONFIG": str(tmp_path / f"{service}.toml"),
                 "PGPASSWORD": password,
             }
-            logs.append(tmp_path / f"{service}.log")
-            stack.enter_context(process(command, logs[-1], env))
+            log = tmp_path / f"{service}-{attempt}.log"
+            logs.append(log)
+            procs[service] = stack.enter_context(process(command, log, env))
+
         for service, node in nodes.items():
-            port = ports[str(node["hostname"])][5280]
+            start(service, node, 0)
+        for service, node in nodes.items():
+            # A port found free can be taken by another test before the node binds it
+            # (the suite runs in parallel): then the node starts again on other ports.
+            for attempt in range(1, 4):
+                proc = procs[service]
+                port = ports[str(node["hostname"])][5280]
+                wait_for(f"{service} healthy", functools.partial(up, proc, node, port), logs)
+                if proc.poll() is None or "address already in use" not in logs_of(logs, service):
+                    break
+                start(service, node, attempt)
             wait_for(f"{service} healthy", functools.partial(healthy, node, port), logs)
         # every node uses the shared secret
         key = (shared / "server.key").read_bytes()

@@ -31,6 +31,9 @@ LOG_LENGTH: Final = 100_000
 """About how many changes the session log keeps (a node that falls further behind
 reads the hashes again)."""
 
+CATCH_UP_MAX: Final = 10_000
+"""At most how many log entries :meth:`SessionFeed.catch_up` reads at once."""
+
 DELETE_IF_SAME: Final = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '\\0' then
@@ -75,6 +78,7 @@ class SessionFeed:
         self.applied = 0
         registry.on_change = self._schedule
         registry.publish_now = self.publish_now
+        registry.catch_up = self.catch_up
         self._last_write: Any = None
         """What the last publication's write returned (done once it is in Redis)."""
 
@@ -187,12 +191,27 @@ class SessionFeed:
             except OUTAGE_ERRORS:
                 await asyncio.sleep(0.5)
                 continue
-            if not found:
+            for _name, entries in found or ():
+                self._apply_entries(entries)
+
+    async def catch_up(self) -> None:
+        """Apply now what the log holds beyond what this node applied: one round trip
+        (the tail usually has it all already; it may lag on a loaded node, or be
+        reconnecting)."""
+        entries = await self._redis.xrange(
+            self._keys.session_log(), min=f"({self._last_id}", count=CATCH_UP_MAX
+        )
+        self._apply_entries(entries)
+
+    def _apply_entries(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
+        """Apply log entries in order, skipping those already applied (the tail and
+        :meth:`catch_up` may both read one)."""
+        for entry_id, fields in entries:
+            entry = _text(entry_id)
+            if not _id_less(self._last_id, entry):
                 continue
-            for _name, entries in found:
-                for entry_id, fields in entries:
-                    self._last_id = _text(entry_id)
-                    self._apply_entry(fields)
+            self._last_id = entry
+            self._apply_entry(fields)
 
     async def catch_up_or_reload(self) -> None:
         """After an outage: reload when the log no longer reaches back to where this

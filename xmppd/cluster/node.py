@@ -68,7 +68,9 @@ class ClusterNode:
         self._hosts = hosts
         self._start_task = start_task
         self._health = health
-        self.redis: RedisClient = redis if redis is not None else connect(section)
+        self.redis: RedisClient = (
+            redis if redis is not None else connect(section, f"xmppd:{self.name}")
+        )
         self.keys = Keys(section.key_prefix)
         self.signer = Signer(derive(secret, "cluster-records"))
         self.writer = RedisWriter(

@@ -44,10 +44,13 @@ def sentinel_addresses(url: str) -> tuple[list[tuple[str, int]], int, str | None
     return hosts, int(path) if path else 0, password
 
 
-def connect(section: ClusterSection) -> Redis | RedisCluster:
-    """A client for the configured Redis (no connection is made until first use)."""
+def connect(section: ClusterSection, name: str = "xmppd") -> Redis | RedisCluster:
+    """A client for the configured Redis (no connection is made until first use); its
+    connections are named ``name`` (what Redis's ``CLIENT LIST`` shows: a node's are
+    ``xmppd:<node>``)."""
+    options = {**_TIMEOUTS, "client_name": name}
     if section.redis_mode == "cluster":
-        return RedisCluster.from_url(section.redis_url, **_TIMEOUTS)
+        return RedisCluster.from_url(section.redis_url, **options)
     if section.redis_mode == "sentinel":
         sentinels, db, password = sentinel_addresses(section.redis_url)
         sentinel = Sentinel(
@@ -55,8 +58,8 @@ def connect(section: ClusterSection) -> Redis | RedisCluster:
             sentinel_kwargs={"password": password, **_TIMEOUTS},
             password=password,
             db=db,
-            **_TIMEOUTS,
+            **options,
         )
         client: Redis = sentinel.master_for(section.sentinel_service)
         return client
-    return Redis.from_url(section.redis_url, **_TIMEOUTS)
+    return Redis.from_url(section.redis_url, **options)

@@ -89,6 +89,7 @@ class ClusterSessions(MemorySessions):
         "_remote_full",
         "_shared",
         "_waiting",
+        "catch_up",
         "node",
         "on_abandoned",
         "on_change",
@@ -141,6 +142,8 @@ class ClusterSessions(MemorySessions):
         self.publish_now: Callable[[], Awaitable[object] | None] = lambda: None
         """Publish what is waiting now; what to await for it to be in Redis (set by
         the session feed)."""
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
+        """Apply every change logged before now (set by the session feed)."""
 
     # ------------------------------------------------------------------ lookups
 
@@ -410,6 +413,14 @@ class ClusterSessions(MemorySessions):
         with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
             async with asyncio.timeout(PUBLISHED_WAIT):
                 await asyncio.shield(done)
+
+    async def caught_up(self) -> None:
+        if self.catch_up is None:
+            return
+        # During a Redis outage the view stays as it is; the sender is not kept waiting.
+        with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
+            async with asyncio.timeout(PUBLISHED_WAIT):
+                await self.catch_up()
 
     def get_state(self, session: Session, key: SessionKey[T]) -> T:
         if isinstance(session, RemoteSession):
