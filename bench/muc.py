@@ -12,7 +12,9 @@ ejabberd only) the server starts afresh with its MUC service at ``conference.<do
    join presence to self-presence is the **join time of the Nth occupant** (it receives
    the N - 1 occupants' presences first, and the N - 1 occupants get its presence).
 4. With the room quiet, the RSS again: **memory per occupant** is the difference divided
-   by N (the same N sessions, online outside the room before).
+   by N (the same N sessions, online outside the room before). Both readings come
+   after the sessions were idle for ``IDLE_SECONDS`` (as the idle reading of
+   ``sessions``).
 5. A sweep of offered **deliveries per second**: each step the first ``--muc-senders``
    occupants send ``deliveries / N`` stamped groupchat messages per second in all, and
    every occupant (senders included: the room reflects their message) times the copy it
@@ -30,6 +32,7 @@ from typing import Any
 from bench.common import GENERATOR_CPU, SERVER_CPU, cpu_busy_pct, cpu_sample, user_name
 from bench.generator import GeneratorPool, split, workers_for
 from bench.scenarios import (
+    IDLE_SECONDS,
     P99_LIMIT_MS,
     Log,
     Settings,
@@ -115,7 +118,10 @@ def _run_room(server: Server, settings: Settings, log: Log, n: int) -> dict[str,
                 raise RuntimeError(f"{login['failed']} logins failed: {login['errors'][:2]}")
             per_worker: list[int] = login["per_worker_ok"]
             _quiet(pool, 1.0, 30.0)
-            time.sleep(2.0)  # let the server settle (GC, buffers) before reading RSS
+            # Both readings after the same idle time, as `sessions` takes its idle one:
+            # parsers of idle clients released, the heap trimmed (with 2 s, a trim
+            # between the readings could make the difference negative).
+            time.sleep(IDLE_SECONDS)
             rss_outside = server.rss_kb()
 
             def join(first: list[int], count: list[int], concurrency: int) -> list[Any]:
@@ -157,7 +163,7 @@ def _run_room(server: Server, settings: Settings, log: Log, n: int) -> dict[str,
             last = join([per_worker[0] - 1, *zeros[1:]], [1, *zeros[1:]], 1)
             join_last = _durations(last)[0]
             _quiet(pool, 1.0, 60.0)
-            time.sleep(2.0)
+            time.sleep(IDLE_SECONDS)
             rss_inside = server.rss_kb()
             kb_per_occupant = round((rss_inside - rss_outside) / n, 2)
             log(

@@ -35,6 +35,7 @@ from collections import deque
 
 from bench.xmpp import (
     BIND_IQ,
+    PING_NS,
     SESSION_IQ,
     Connection,
     XmppError,
@@ -74,6 +75,8 @@ class StormConn(Connection):
 
     def data_received(self, data: bytes) -> None:
         if self.live:
+            if PING_NS in data:
+                self.answer_pings(data)
             self.session.on_data(self, data)
         else:
             super().data_received(data)

@@ -27,6 +27,9 @@ _NAME_RE = re.compile(rb"</?([^\s/>]+)")
 _ATTR_RE_CACHE: dict[bytes, re.Pattern[bytes]] = {}
 
 
+PING_NS = b"urn:xmpp:ping"
+
+
 class XmppError(Exception):
     """The server answered something the login dance did not expect."""
 
@@ -347,12 +350,17 @@ class Connection(asyncio.Protocol):
         self.seen: dict[tuple[int, bool], int] = {}
         #: group chat phase: recorder once this connection is an occupant
         self.muc_rec: MucRecorder | None = None
+        #: the end of the last read (a server ping cut between two reads)
+        self.ping_tail = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if PING_NS in data or PING_NS in self.ping_tail[-12:] + data[:12]:
+            self.answer_pings(data)
+        self.ping_tail = (self.ping_tail + data)[-256:] if len(data) < 256 else data[-256:]
         rec = self.recorder
         if rec is not None:
             self._chat_data(rec, data)
@@ -369,6 +377,24 @@ class Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def answer_pings(self, data: bytes) -> None:
+        """Answer the server's XEP-0199 pings, as every client does: a server that
+        checks idle connections (xmppd pings a client silent for 5 minutes) cuts one
+        that does not answer. ``data`` with the end of the previous read, so that a
+        ping cut between two reads is answered once."""
+        tail = self.ping_tail
+        buf = tail + data
+        pos = buf.find(PING_NS)
+        while pos >= 0:
+            if pos + len(PING_NS) > len(tail):  # not answered with the previous read
+                start = buf.rfind(b"<iq", 0, pos)
+                opening = buf[start : buf.find(b">", start) + 1] if start >= 0 else b""
+                iq_id, sender = attr(opening, b"id"), attr(opening, b"from")
+                if attr(opening, b"type") == b"get" and iq_id is not None:
+                    to = b" to='" + sender + b"'" if sender else b""
+                    self.send(b"<iq type='result' id='" + iq_id + b"'" + to + b"/>")
+            pos = buf.find(PING_NS, pos + 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.error = exc if exc is not None else StreamClosed("connection closed by server")

@@ -59,3 +59,36 @@ def test_error_copies_are_counted() -> None:
     )
     _, rec = _feed(data, 10)
     assert rec.errors == 1
+
+
+class _Wire:
+    """What a connection writes back."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_server_pings_are_answered_once_wherever_the_stream_is_cut() -> None:
+    """A server that pings idle clients (xmppd: after 5 minutes of silence) gets its
+    answer in every mode of the generator, so long runs keep their connections."""
+    ping = (
+        b"<iq type='get' id='p%d' from='bench.local' to='u1@bench.local/b0'>"
+        b"<ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    data = _stream(messages=3, presences=30) + ping % 1 + _stream(1, 5) + ping % 2
+    for size in (1, 5, 13, 64, 200, len(data)):
+        for mode in ("muc", "login"):
+            conn = Connection()
+            wire = _Wire()
+            conn.transport = wire  # type: ignore[assignment]
+            if mode == "muc":
+                conn.muc_rec = MucRecorder()
+            for i in range(0, len(data), size):
+                conn.data_received(data[i : i + size])
+            assert wire.written == [
+                b"<iq type='result' id='p1' to='bench.local'/>",
+                b"<iq type='result' id='p2' to='bench.local'/>",
+            ], (size, mode)
