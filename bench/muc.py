@@ -81,13 +81,16 @@ def run_muc(server: Server, settings: Settings, log: Log) -> list[dict[str, Any]
     return results
 
 
-def _quiet(pool: GeneratorPool, quiet: float, timeout: float) -> tuple[bool, float]:
-    """Wait until no generator process received anything for ``quiet`` s; returns
-    whether that happened within ``timeout`` and when the last data arrived
-    (``time.monotonic()``, the same clock in every process)."""
+def _quiet(
+    pool: GeneratorPool, quiet: float, timeout: float, since: float = 0.0
+) -> tuple[bool, float]:
+    """Wait until no generator process received anything for ``quiet`` s, counted
+    from ``since`` at the earliest; returns whether that happened within ``timeout``
+    and when the last data arrived (``time.monotonic()``, the same clock in every
+    process)."""
     replies = pool.call_all(
         "quiesce",
-        [{"quiet": quiet, "timeout": timeout, "keep": True}] * len(pool),
+        [{"quiet": quiet, "timeout": timeout, "keep": True, "since": since}] * len(pool),
         timeout=timeout + 60,
     )
     return all(r["quiet"] for r in replies), max(r["last_rx"] for r in replies)
@@ -257,7 +260,9 @@ def _muc_step(
     after = cpu_sample()
     server_pct, generator_pct = usage.percent()
     sent_replies = pool.gather("muc_step", timeout=duration + 60)
-    drained, _ = _quiet(pool, 0.5, DRAIN_LIMIT)
+    # Quiet counted from the last send: at a message or two per second, the previous
+    # arrival was long enough ago to look quiet while the last message is on its way.
+    drained, _ = _quiet(pool, 0.5, DRAIN_LIMIT, since=time.monotonic())
     collected = pool.call_all("muc_collect", [{"step": step}] * len(pool))
     lat = array("q")
     for r in collected:

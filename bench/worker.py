@@ -301,14 +301,19 @@ class Worker:
         await asyncio.gather(*(runner() for _ in range(max(1, concurrency))))
         return {"ok": ok, "failed": failed, "errors": errors, "seconds": time.monotonic() - t0}
 
-    async def quiesce(self, quiet: float, timeout: float, keep: bool = False) -> dict[str, Any]:
-        """Wait until nothing arrived for ``quiet`` s (at most ``timeout``); unless
-        ``keep``, forget the chat latencies of the late arrivals."""
+    async def quiesce(
+        self, quiet: float, timeout: float, keep: bool = False, since: float = 0.0
+    ) -> dict[str, Any]:
+        """Wait until nothing arrived for ``quiet`` s (at most ``timeout``), counted
+        from ``since`` (``time.monotonic()``) at the earliest: what was sent then may
+        not have started arriving; unless ``keep``, forget the chat latencies of the
+        late arrivals."""
         loop_deadline = time.monotonic() + timeout
         rec = self.recorder
         quiet_now = False
         while time.monotonic() < loop_deadline:
             last = max(rec.last_rx, self.presence.last_rx, self.muc.last_rx) / 1_000_000
+            last = max(last, since)
             if time.monotonic() - last >= quiet:
                 quiet_now = True
                 break

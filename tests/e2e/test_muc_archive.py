@@ -294,3 +294,54 @@ async def test_moderation_and_retraction_rewrite_the_archive(server: XmppdServer
             assert set(by_id) == {sids["spam"], sids["oops"]}
             spam = by_id[sids["spam"]].find(f".//{{{RETRACT}}}retracted/{{{MODERATE}}}moderated")
             assert spam is not None and spam.get("by") == f"{room}/owner"
+
+
+async def test_moderation_and_retraction_in_a_room_without_an_archive(
+    server: XmppdServer,
+) -> None:
+    """A temporary room keeps its history in memory only: a moderated (XEP-0425) and a
+    retracted (XEP-0424) message leave it, so a later joiner's history lacks them;
+    the occupants get the notices; an id the room never gave is item-not-found."""
+    owner, room, _ = await create_room(server)
+    bob, _, _ = await user_in_room(server, room, "bob")
+    async with closing(owner, bob):
+        sids: dict[str, str] = {}
+        for text_ in ("keep", "spam", "oops"):
+            await groupchat(bob, room, text_)
+            got = await next_groupchat(bob, room, text_)
+            sid = stanza_id(got, room)
+            assert sid is not None
+            sids[text_] = sid
+            await next_groupchat(owner, room, text_)
+        moderate = (
+            f"<moderate xmlns='{MODERATE}' id='{sids['spam']}'>"
+            f"<retract xmlns='{RETRACT}'/><reason>spam</reason></moderate>"
+        )
+        assert error_condition(await bob.iq("set", moderate, to=room)) == "forbidden"
+        reply = await owner.iq("set", moderate, to=room)
+        assert reply.get("type") == "result", etree.tostring(reply)
+        for client in (owner, bob):
+            notice = await client.expect(
+                lambda el: el.find(f"{{{RETRACT}}}retract") is not None and el.get("from") == room
+            )
+            retract = notice.find(f"{{{RETRACT}}}retract")
+            assert retract is not None and retract.get("id") == sids["spam"]
+            moderated = retract.find(f"{{{MODERATE}}}moderated")
+            assert moderated is not None and moderated.get("by") == f"{room}/owner"
+        unknown = moderate.replace(sids["spam"], "98765")
+        assert error_condition(await owner.iq("set", unknown, to=room)) == "item-not-found"
+        bob.send(
+            f"<message to='{room}' type='groupchat' id='r2'>"
+            f"<retract xmlns='{RETRACT}' id='{sids['oops']}'/><body>retracted</body></message>"
+        )
+        relayed = await owner.expect(lambda el: el.get("id") == "r2")
+        assert relayed.get("from") == f"{room}/bob"
+        late, joined, _ = await user_in_room(server, room, "late")
+        async with closing(late):
+            bodies = [body(m) for m in joined.history]
+            assert "keep" in bodies
+            assert "spam" not in bodies and "oops" not in bodies
+            # No archive on this room: its disco#info does not offer one.
+            info = await late.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=room)
+            features = {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+            assert MAM not in features
