@@ -228,7 +228,13 @@ def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
     into the others (a drain would wait drain_timeout for clients to move)."""
     with running_workers(tmp_path, workers=2, cluster='drain_timeout = "120s"\n') as running:
         pids = running.worker_pids()
-        sockets = sorted(p.name for p in running.server.data_dir.glob("*.ctl"))
+        # A worker joins the cluster before it opens its control socket: wait for both.
+        deadline = time.monotonic() + 30
+        while (sockets := sorted(p.name for p in running.server.data_dir.glob("*.ctl"))) != [
+            "xmppd-w0.ctl",
+            "xmppd-w1.ctl",
+        ] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert sockets == ["xmppd-w0.ctl", "xmppd-w1.ctl"]
         assert (running.server.data_dir / "xmppd.pid").read_text().strip() == str(
             running.server.process.pid

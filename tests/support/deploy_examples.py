@@ -120,3 +120,10 @@ def create_xmppd_database(pg: PrivatePostgres, password: str) -> None:
         "CREATE DATABASE xmppd OWNER xmppd",
     ):
         subprocess.run([*psql, "-U", "postgres", "-c", sql], check=True, capture_output=True)
+
+
+def lost_its_port(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """A node of an example exited because a port found free was taken before it bound
+    it (the examples listen on every address, and the suite runs in parallel): start
+    it again on other ports."""
+    return proc.poll() is not None and "address already in use" in log.read_text(errors="replace")
