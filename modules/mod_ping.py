@@ -8,6 +8,7 @@ import time
 from pydantic import Field
 
 from xmppd.api import (
+    JID,
     Duration,
     IqRequest,
     IqTimeout,
@@ -26,7 +27,8 @@ class PingOptions(Options):
     idle_interval: Duration = Field(
         300.0,
         ge=0,
-        description="Ping a client that sent nothing for this long; 0 disables "
+        description="Ping a client that sent nothing for this long (clients that fell "
+        "idle together are pinged one after another over up to 30 s more); 0 disables "
         "dead-connection detection.",
     )
     timeout: Duration = Field(
@@ -58,20 +60,42 @@ async def start_dead_peer_detection(ctx: Ctx) -> None:
         ctx.spawn(_sweep(ctx), name="ping-sweep")
 
 
+SWEEP_PERIOD = 30.0
+"""Seconds between two looks for idle clients (at most ``idle_interval``)."""
+
+
 async def _sweep(ctx: Ctx) -> None:
+    """Ping every client idle for ``idle_interval``, once at a time. Clients that
+    logged in together (a restart, a reconnect storm) fall due together: their pings
+    are spread over the period until the next look rather than sent at once, since
+    each answer wakes the session up (its XML parser, released while idle, is built
+    again) and thousands at once cost a burst of memory and latency for everyone."""
     interval = ctx.options.idle_interval
+    period = min(interval, SWEEP_PERIOD)
+    loop = asyncio.get_running_loop()
+    pinging: set[JID] = set()
+    """Full JIDs with a ping in flight (not pinged again meanwhile)."""
     while True:
-        await asyncio.sleep(min(interval, 30.0))
-        now = asyncio.get_running_loop().time()
-        for session in ctx.sessions:
-            if session.domain != ctx.domain or session.is_detached:
+        await asyncio.sleep(period)
+        started = now = loop.time()
+        due = [
+            session
+            for session in ctx.sessions
+            if session.domain == ctx.domain
+            and not session.is_detached
+            and session.jid not in pinging
+            and now - session.last_activity >= interval
+        ]
+        gap = period / len(due) if due else 0.0
+        for index, session in enumerate(due):
+            await asyncio.sleep(max(0.0, started + index * gap - loop.time()))
+            if not ctx.sessions.is_current(session) or session.jid in pinging:
                 continue
-            idle = now - session.last_activity
-            if idle >= interval:
-                ctx.spawn(_probe(ctx, session), name="ping-probe")
+            pinging.add(session.jid)
+            ctx.spawn(_probe(ctx, session, pinging), name="ping-probe")
 
 
-async def _probe(ctx: Ctx, session: Session) -> None:
+async def _probe(ctx: Ctx, session: Session, pinging: set[JID]) -> None:
     iq = element("iq", {"type": "get", "id": new_id(), "from": ctx.domain, "to": str(session.jid)})
     iq.append(payload(ns.PING, "ping"))
     started = time.monotonic()
@@ -82,3 +106,5 @@ async def _probe(ctx: Ctx, session: Session) -> None:
             "%s did not answer a ping in %.0fs; closing", session.jid, time.monotonic() - started
         )
         ctx.sessions.close(session, "connection-timeout")
+    finally:
+        pinging.discard(session.jid)

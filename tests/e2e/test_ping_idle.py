@@ -3,6 +3,8 @@ that does not answer, with a connection-timeout stream error, and keeps those th
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +46,32 @@ async def test_a_client_that_does_not_answer_pings_is_disconnected(
         await silent.close()
         await polite.close()
         await slix.stop()
+
+
+async def test_clients_that_fell_idle_together_are_pinged_one_after_another(
+    pinging_server: XmppdServer,
+) -> None:
+    """Sessions whose last input came at the same moment (a restart brings everyone
+    back at once) are not all pinged at the same moment: their pings are spread over
+    the sweep's period (2 s here), so a server of thousands does not wake them all in
+    one burst."""
+    clients = [
+        await XmlClient.login(
+            pinging_server, await new_account(pinging_server, f"herd{i}"), PASSWORD
+        )
+        for i in range(16)
+    ]
+    try:
+        for client in clients:
+            client.send(" ")  # the same last activity for all
+        together = time.monotonic()
+        deadline = together + 30
+        while not all(any(t > together for t in c.ping_times) for c in clients):
+            assert time.monotonic() < deadline, "not every client was pinged"
+            await asyncio.sleep(0.1)
+        firsts = sorted(min(t for t in c.ping_times if t > together) for c in clients)
+        assert firsts[-1] - firsts[0] >= 0.8, firsts
+        assert all(c.is_connected for c in clients)
+    finally:
+        for client in clients:
+            await client.close()

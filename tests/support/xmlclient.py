@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import time
 from collections.abc import Callable
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -82,6 +83,8 @@ class XmlClient:
         self.features: Element | None = None
         self.stream_error: str | None = None
         self.pings_received = 0
+        self.ping_times: list[float] = []
+        """When each server ping arrived (``time.monotonic()``)."""
         self._aborted = False
         self._reader = reader
         self._writer = writer
@@ -207,6 +210,7 @@ class XmlClient:
                 self.stream_error = etree.QName(cond[0]).localname if cond else "?"
             elif self._is_ping(el):
                 self.pings_received += 1
+                self.ping_times.append(time.monotonic())
                 self._changed.set()
                 if self.answer_pings:
                     self.send(f"<iq{attrs(type='result', id=el.get('id'), to=el.get('from'))}/>")
