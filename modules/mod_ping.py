@@ -80,7 +80,8 @@ async def _sweep(ctx: Ctx) -> None:
         started = now = loop.time()
         due = [
             session
-            for session in ctx.sessions
+            # This process's own sessions: in a cluster, each node pings its own.
+            for session in ctx.sessions.endpoints()
             if session.domain == ctx.domain
             and not session.is_detached
             and session.jid not in pinging

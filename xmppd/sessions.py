@@ -243,7 +243,8 @@ class SessionRegistry(Protocol):
         that publishes sessions publishes it again."""
 
     def endpoints(self) -> list[Endpoint]:
-        """Every local bound endpoint (server stop, idle-memory release)."""
+        """Every local bound endpoint (server stop, idle-memory release, the pings of
+        idle clients): in a cluster, this node's own sessions."""
 
     def endpoints_of(self, bare: JID) -> list[Endpoint]:
         """The local bound endpoints of an account (account removal)."""
