@@ -192,8 +192,17 @@ async def test_an_accounts_files_go_with_it(upload_server: XmppdServer) -> None:
             "set", "<query xmlns='jabber:iq:register'><remove/></query>", to=None
         )
         assert reply.get("type") == "result"
-    async with aiohttp.ClientSession() as http, http.get(get_url) as r:
-        assert r.status == 404
+    # The server answers before it deletes the account's data (the session goes with
+    # it): the file is gone once that is done, within moments.
+    deadline = asyncio.get_running_loop().time() + 15
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(get_url) as r:
+                if r.status == 404:
+                    break
+                assert r.status == 200
+            assert asyncio.get_running_loop().time() < deadline, "the file outlived its account"
+            await asyncio.sleep(0.1)
 
 
 def test_the_example_config_documents_the_module(tmp_path: Path) -> None:
