@@ -77,7 +77,7 @@ async def _sweep(ctx: Ctx) -> None:
     """Full JIDs with a ping in flight (not pinged again meanwhile)."""
     while True:
         await asyncio.sleep(period)
-        started = now = loop.time()
+        started = loop.time()
         due = [
             session
             # This process's own sessions: in a cluster, each node pings its own.
@@ -85,12 +85,12 @@ async def _sweep(ctx: Ctx) -> None:
             if session.domain == ctx.domain
             and not session.is_detached
             and session.jid not in pinging
-            and now - session.last_activity >= interval
+            and started - session.last_activity >= interval
         ]
         gap = period / len(due) if due else 0.0
         for index, session in enumerate(due):
             await asyncio.sleep(max(0.0, started + index * gap - loop.time()))
-            if not ctx.sessions.is_current(session) or session.jid in pinging:
+            if not ctx.sessions.is_current(session):  # gone while the others were pinged
                 continue
             pinging.add(session.jid)
             ctx.spawn(_probe(ctx, session, pinging), name="ping-probe")

@@ -206,21 +206,15 @@ async def message_at_once(cluster: ClusterNodes, body: str) -> None:
     """Bob comes online on node 2; Alice, on node 1, sends him ``body`` as soon as he
     has seen his own presence: he gets it."""
     alice, bob = await new_user(cluster.front), await new_user(cluster.front)
-    a = await XmlClient.login(on_node(cluster, 0), alice, PW, resource="a")
-    try:
+    async with await XmlClient.login(on_node(cluster, 0), alice, PW, resource="a") as a:
         await asyncio.sleep(0.6)  # a cut tail is current again before Bob comes
-        b = await XmlClient.login(on_node(cluster, 1), bob, PW, resource="b")
-        try:
+        async with await XmlClient.login(on_node(cluster, 1), bob, PW, resource="b") as b:
             b.send("<presence/>")
             await b.expect(lambda el: el.tag == PRESENCE and el.get("from") == b.jid)
             a.send(f"<message to='{bob}' type='chat'><body>{body}</body></message>")
             got = await b.expect(lambda el: el.findtext(BODY) == body)
             assert got.get("from") == a.jid
             assert a.pending(lambda el: el.tag == MESSAGE) == []
-        finally:
-            await b.close()
-    finally:
-        await a.close()
 
 
 async def test_a_contact_online_a_moment_ago_on_another_node_is_not_offline(

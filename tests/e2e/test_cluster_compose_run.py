@@ -29,7 +29,12 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import REDIS_URL, delete_prefix, redis_or_skip
-from tests.support.deploy_examples import compose, compose_nodes, create_xmppd_database
+from tests.support.deploy_examples import (
+    compose,
+    compose_nodes,
+    create_xmppd_database,
+    lost_its_port,
+)
 from tests.support.pgcluster import private_postgres
 from tests.support.server import free_port
 
@@ -91,11 +96,6 @@ def node_config(
 def up(proc: subprocess.Popen[bytes], node: dict[str, object], http_port: int) -> bool:
     """The node passes its health check, or has exited."""
     return proc.poll() is not None or healthy(node, http_port)
-
-
-def logs_of(logs: list[Path], service: str) -> str:
-    """The last log of ``service``'s node."""
-    return [p for p in logs if p.name.startswith(f"{service}-")][-1].read_text()
 
 
 def healthy(node: dict[str, object], http_port: int) -> bool:
@@ -162,7 +162,8 @@ def test_the_compose_cluster_runs_behind_its_haproxy(tmp_path: Path) -> None:
         create_xmppd_database(pg, password)
         ports: dict[str, dict[int, int]] = {}
         logs: list[Path] = []
-        procs: dict[str, subprocess.Popen[bytes]] = {}
+        procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        """Each service's node as last started, and its log."""
 
         def start(service: str, node: dict[str, Any], attempt: int) -> None:
             """Node ``service`` on fresh ports (its config and command as compose has
@@ -183,7 +184,7 @@ def test_the_compose_cluster_runs_behind_its_haproxy(tmp_path: Path) -> None:
             }
             log = tmp_path / f"{service}-{attempt}.log"
             logs.append(log)
-            procs[service] = stack.enter_context(process(command, log, env))
+            procs[service] = (stack.enter_context(process(command, log, env)), log)
 
         for service, node in nodes.items():
             start(service, node, 0)
@@ -191,12 +192,13 @@ def test_the_compose_cluster_runs_behind_its_haproxy(tmp_path: Path) -> None:
             # A port found free can be taken by another test before the node binds it
             # (the suite runs in parallel): then the node starts again on other ports.
             for attempt in range(1, 4):
-                proc = procs[service]
+                proc, log = procs[service]
                 port = ports[str(node["hostname"])][5280]
                 wait_for(f"{service} healthy", functools.partial(up, proc, node, port), logs)
-                if proc.poll() is None or "address already in use" not in logs_of(logs, service):
+                if not lost_its_port(proc, log):
                     break
                 start(service, node, attempt)
+            port = ports[str(node["hostname"])][5280]
             wait_for(f"{service} healthy", functools.partial(healthy, node, port), logs)
         # every node uses the shared secret
         key = (shared / "server.key").read_bytes()

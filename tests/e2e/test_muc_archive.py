@@ -231,35 +231,52 @@ RETRACT = "urn:xmpp:message-retract:1"
 MODERATE = "urn:xmpp:message-moderate:1"
 
 
+async def post_keep_spam_oops(bob: XmlClient, owner: XmlClient, room: str) -> dict[str, str]:
+    """Bob posts "keep", "spam" and "oops" (both see each); their room stanza ids."""
+    sids: dict[str, str] = {}
+    for text_ in ("keep", "spam", "oops"):
+        await groupchat(bob, room, text_)
+        got = await next_groupchat(bob, room, text_)
+        sid = stanza_id(got, room)
+        assert sid is not None
+        sids[text_] = sid
+        await next_groupchat(owner, room, text_)
+    return sids
+
+
+def moderation_of(sid: str) -> str:
+    """The XEP-0425 request that retracts message ``sid`` for spam."""
+    return (
+        f"<moderate xmlns='{MODERATE}' id='{sid}'>"
+        f"<retract xmlns='{RETRACT}'/><reason>spam</reason></moderate>"
+    )
+
+
+async def moderation_notice(client: XmlClient, room: str, sid: str) -> Element:
+    """The room's notice that the owner moderated ``sid``: its ``<retract/>``."""
+    notice = await client.expect(
+        lambda el: el.find(f"{{{RETRACT}}}retract") is not None and el.get("from") == room
+    )
+    retract = notice.find(f"{{{RETRACT}}}retract")
+    assert retract is not None and retract.get("id") == sid
+    moderated = retract.find(f"{{{MODERATE}}}moderated")
+    assert moderated is not None and moderated.get("by") == f"{room}/owner"
+    return retract
+
+
 async def test_moderation_and_retraction_rewrite_the_archive(server: XmppdServer) -> None:
     owner, room, _ = await create_room(server, fields=ARCHIVED)
     bob, _, _ = await user_in_room(server, room, "bob")
     carol, _, _ = await user_in_room(server, room, "carol")
     async with closing(owner, bob, carol):
-        sids: dict[str, str] = {}
-        for text_ in ("keep", "spam", "oops"):
-            await groupchat(bob, room, text_)
-            got = await next_groupchat(bob, room, text_)
-            sid = stanza_id(got, room)
-            assert sid is not None
-            sids[text_] = sid
-            await next_groupchat(owner, room, text_)
-        moderate = (
-            f"<moderate xmlns='{MODERATE}' id='{sids['spam']}'>"
-            f"<retract xmlns='{RETRACT}'/><reason>spam</reason></moderate>"
-        )
+        sids = await post_keep_spam_oops(bob, owner, room)
+        moderate = moderation_of(sids["spam"])
         # Only moderators moderate.
         assert error_condition(await carol.iq("set", moderate, to=room)) == "forbidden"
         reply = await owner.iq("set", moderate, to=room)
         assert reply.get("type") == "result", etree.tostring(reply)
         for client in (owner, bob, carol):
-            notice = await client.expect(
-                lambda el: el.find(f"{{{RETRACT}}}retract") is not None and el.get("from") == room
-            )
-            retract = notice.find(f"{{{RETRACT}}}retract")
-            assert retract is not None and retract.get("id") == sids["spam"]
-            moderated = retract.find(f"{{{MODERATE}}}moderated")
-            assert moderated is not None and moderated.get("by") == f"{room}/owner"
+            retract = await moderation_notice(client, room, sids["spam"])
             assert retract.findtext(f"{{{RETRACT}}}reason") == "spam"
         unknown = moderate.replace(sids["spam"], "1234")
         assert error_condition(await owner.iq("set", unknown, to=room)) == "item-not-found"
@@ -305,29 +322,13 @@ async def test_moderation_and_retraction_in_a_room_without_an_archive(
     owner, room, _ = await create_room(server)
     bob, _, _ = await user_in_room(server, room, "bob")
     async with closing(owner, bob):
-        sids: dict[str, str] = {}
-        for text_ in ("keep", "spam", "oops"):
-            await groupchat(bob, room, text_)
-            got = await next_groupchat(bob, room, text_)
-            sid = stanza_id(got, room)
-            assert sid is not None
-            sids[text_] = sid
-            await next_groupchat(owner, room, text_)
-        moderate = (
-            f"<moderate xmlns='{MODERATE}' id='{sids['spam']}'>"
-            f"<retract xmlns='{RETRACT}'/><reason>spam</reason></moderate>"
-        )
+        sids = await post_keep_spam_oops(bob, owner, room)
+        moderate = moderation_of(sids["spam"])
         assert error_condition(await bob.iq("set", moderate, to=room)) == "forbidden"
         reply = await owner.iq("set", moderate, to=room)
         assert reply.get("type") == "result", etree.tostring(reply)
         for client in (owner, bob):
-            notice = await client.expect(
-                lambda el: el.find(f"{{{RETRACT}}}retract") is not None and el.get("from") == room
-            )
-            retract = notice.find(f"{{{RETRACT}}}retract")
-            assert retract is not None and retract.get("id") == sids["spam"]
-            moderated = retract.find(f"{{{MODERATE}}}moderated")
-            assert moderated is not None and moderated.get("by") == f"{room}/owner"
+            await moderation_notice(client, room, sids["spam"])
         unknown = moderate.replace(sids["spam"], "98765")
         assert error_condition(await owner.iq("set", unknown, to=room)) == "item-not-found"
         bob.send(

@@ -409,18 +409,11 @@ class ClusterSessions(MemorySessions):
         done = self.publish_now()
         if done is None:
             return
-        # During a Redis outage the write waits; the client is not kept waiting long.
-        with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
-            async with asyncio.timeout(PUBLISHED_WAIT):
-                await asyncio.shield(done)
+        await _at_most_a_moment(asyncio.shield(done))  # the write waits out an outage
 
     async def caught_up(self) -> None:
-        if self.catch_up is None:
-            return
-        # During a Redis outage the view stays as it is; the sender is not kept waiting.
-        with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
-            async with asyncio.timeout(PUBLISHED_WAIT):
-                await self.catch_up()
+        if self.catch_up is not None:
+            await _at_most_a_moment(self.catch_up())  # the view stays as it is
 
     def get_state(self, session: Session, key: SessionKey[T]) -> T:
         if isinstance(session, RemoteSession):
@@ -578,6 +571,14 @@ class ClusterSessions(MemorySessions):
             if not resources:
                 del self._remote_bare[full.bare]
         return session
+
+
+async def _at_most_a_moment(step: Awaitable[object]) -> None:
+    """Await ``step`` for at most ``PUBLISHED_WAIT`` seconds: during a Redis outage a
+    client or sender is not kept waiting long."""
+    with contextlib.suppress(TimeoutError, *OUTAGE_ERRORS):
+        async with asyncio.timeout(PUBLISHED_WAIT):
+            await step
 
 
 def _loop_time() -> float:
