@@ -41,6 +41,11 @@ class WsClient:
         self._changed = asyncio.Event()
         self._ended = asyncio.Event()
         self.close_code: int | None = None
+        # Set once the connection underneath is gone. Closing a WebSocket only starts that
+        # (over TLS, a close_notify exchange follows); a test loop ending before it ends
+        # leaves an unclosed socket that the garbage collector reports in a later test.
+        protocol = ws._conn.protocol if ws._conn is not None else None
+        self._connection_lost = protocol.closed if protocol is not None else None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -144,6 +149,13 @@ class WsClient:
         await self.ws.close()
         await self.wait_closed()
         await self.session.close()
+        await self._connection_gone()
+
+    async def _connection_gone(self) -> None:
+        if self._connection_lost is not None:
+            # The outcome does not matter (a reset is as gone as a clean close).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._connection_lost), 5)
 
     async def close(self) -> None:
         if not self._ended.is_set():
@@ -156,6 +168,7 @@ class WsClient:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self.session.close()
+        await self._connection_gone()
 
     async def __aenter__(self) -> WsClient:
         return self
