@@ -463,8 +463,9 @@ class C2SSection(Section):
     idle_release: Duration = Field(
         5.0,
         ge=0,
-        description="Free the XML parser of a client idle this long (it is rebuilt on the "
-        "next byte): an idle connection then costs a few KB instead of ~30 KB. 0 disables.",
+        description="Free the XML parser and input task of a client idle this long (both "
+        "come back with its next byte): an idle connection then costs a few KB instead of "
+        "~30 KB. 0 disables.",
     )
 
 

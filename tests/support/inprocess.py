@@ -55,6 +55,7 @@ async def inprocess_server(
     domain: str = "localhost",
     storage_url: str | None = None,
     http: bool = False,
+    extra: str = "",
 ) -> AsyncIterator[InProcessServer]:
     """Start a server with ``backend`` storage (or ``storage_url`` as given), stop it after."""
     await asyncio.to_thread(tmp.mkdir, parents=True, exist_ok=True)
@@ -78,6 +79,7 @@ async def inprocess_server(
             domain=domain,
             modules=DEFAULT_TEST_MODULES if modules is None else modules,
             http_port=0 if http else None,
+            extra=extra,
         )
         server = Server(load_config(config_path))
         await server.start()

@@ -369,9 +369,11 @@ class C2SStream(StreamMachine):
             sm.released = []
 
     def release_idle_memory(self, now: float, idle_for: float) -> bool:
-        """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds."""
+        """Drop per-connection buffers of a bound client idle for ``idle_for`` seconds
+        (its parser, and the worker task that waits for its input)."""
         if not self.is_bound or self._queue or now - self.last_activity < idle_for:
             return False
+        self._stop_idle_worker()
         return self.reader.release_if_idle()
 
     def summary(self) -> str:
@@ -1093,6 +1095,7 @@ class C2SStream(StreamMachine):
         """The connection dropped: stay routable, keep what is sent, wait for a resume."""
         self._enter(_DETACHED)
         self._out.clear()
+        self._stop_idle_worker()  # no input until a resumption (which starts one)
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None

@@ -85,6 +85,11 @@ class StreamMachine:
     the ``_on_*`` hooks. Input arrives through :meth:`data_received` (synchronous:
     parse, queue); a single worker task handles the queue in order, so a slow handler
     delays the stanzas after it, never reorders them.
+
+    The worker outlives the queue it emptied: it waits for the next read on a future
+    (waking a waiting task costs far less than creating one per read), and ends when the
+    stream closes or when :meth:`_stop_idle_worker` says the stream has gone idle (an idle
+    stream holds no task).
     """
 
     __slots__ = (
@@ -93,6 +98,7 @@ class StreamMachine:
         "_queue",
         "_shaper",
         "_timeout",
+        "_wake",
         "_worker",
         "_write_limit",
         "end_reason",
@@ -132,6 +138,8 @@ class StreamMachine:
         self._queue: deque[Element | None] = deque()
         self._out: list[bytes] = []
         self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[bool] | None = None
+        """What a waiting worker waits on: True for "the queue has more", False for "stop"."""
         self._paused = False
         self._shaper = (
             Shaper(
@@ -218,15 +226,34 @@ class StreamMachine:
         queue.extend(elements)
         if reader.closed:
             queue.append(CLOSE_MARK)
-        if queue and self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if queue:
+            wake = self._wake
+            if wake is not None:
+                self._wake = None
+                wake.set_result(True)
+            elif self._worker is None:
+                self._worker = asyncio.get_running_loop().create_task(self._drain())
         if len(queue) > QUEUE_HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
 
     def _start_worker(self) -> None:
-        if self._queue and self._worker is None:
+        """Have the queue handled: wake the waiting worker, or start one."""
+        if not self._queue:
+            return
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set_result(True)
+        elif self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    def _stop_idle_worker(self) -> None:
+        """End a worker that waits for input (the stream is idle or closing)."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set_result(False)
 
     def _pause_input(self) -> None:
         """The shaper's pause starts (the stream's transport may change on resumption)."""
@@ -254,33 +281,41 @@ class StreamMachine:
     async def _drain(self) -> None:
         queue = self._queue
         try:
-            while queue and self.state is not _CLOSED:
-                item = queue.popleft()
-                if self._paused and len(queue) < QUEUE_HIGH_WATER // 2:
-                    self._paused = False
-                    if self._shaper is None or not self._shaper.holding:
-                        self.transport.resume_reading()
-                try:
-                    if item is None:
-                        await self._on_header()
-                    elif item is CLOSE_MARK:
-                        self._ending("closed-by-peer")
-                        self.close()
-                    else:
-                        await self._on_element(item)
-                except StreamError as err:
-                    self._fail(err)
-                except StanzaError as err:
-                    if item is not None and item is not CLOSE_MARK:
-                        self._answer_error(item, err)
-                except Exception:
-                    what = "stream header" if item is None else summary(item)
-                    if self.closed:  # closed under the handler (timeout, server stop)
-                        log.debug("%s: closed while handling %s", self.summary(), what)
-                    else:
-                        log.exception("%s: failed on %s", self.summary(), what)
-                        self._fail(StreamError("internal-server-error"))
+            while True:
+                while queue and self.state is not _CLOSED:
+                    item = queue.popleft()
+                    if self._paused and len(queue) < QUEUE_HIGH_WATER // 2:
+                        self._paused = False
+                        if self._shaper is None or not self._shaper.holding:
+                            self.transport.resume_reading()
+                    try:
+                        if item is None:
+                            await self._on_header()
+                        elif item is CLOSE_MARK:
+                            self._ending("closed-by-peer")
+                            self.close()
+                        else:
+                            await self._on_element(item)
+                    except StreamError as err:
+                        self._fail(err)
+                    except StanzaError as err:
+                        if item is not None and item is not CLOSE_MARK:
+                            self._answer_error(item, err)
+                    except Exception:
+                        what = "stream header" if item is None else summary(item)
+                        if self.closed:  # closed under the handler (timeout, server stop)
+                            log.debug("%s: closed while handling %s", self.summary(), what)
+                        else:
+                            log.exception("%s: failed on %s", self.summary(), what)
+                            self._fail(StreamError("internal-server-error"))
+                if self.state is _CLOSED:
+                    return
+                wake = self._wake = asyncio.get_running_loop().create_future()
+                # Told to stop: end, unless a read came between that and this wake-up.
+                if not await wake and not queue:
+                    return
         finally:
+            self._wake = None
             self._worker = None
 
     def _fail(self, err: StreamError) -> None:
@@ -343,6 +378,7 @@ class StreamMachine:
         if self._shaper is not None:
             self._shaper.cancel()
         self._queue.clear()
+        self._stop_idle_worker()
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
