@@ -23,7 +23,7 @@ from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.shaper import Shaper
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
-from xmppd.transports.tlslayer import TlsLayer, receive_buffer
+from xmppd.transports.tlslayer import TlsLayer
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
@@ -76,14 +76,15 @@ HANDSHAKE_TIMEOUT: Final = 30.0
 """Seconds a TLS handshake (direct TLS or STARTTLS) may take."""
 
 
-class C2SConnection(asyncio.BufferedProtocol):
+class C2SConnection(asyncio.Protocol):
     """asyncio glue: one per TCP connection; feeds a client stream.
 
     TLS (direct, or STARTTLS on a plaintext connection) is this object's own
     :class:`~xmppd.transports.tlslayer.TlsLayer` over the raw TCP transport, not the
-    event loop's TLS transport: the socket is read into one buffer shared by every
-    connection of the event loop (:func:`~xmppd.transports.tlslayer.receive_buffer`),
-    so an idle connection holds no read buffer of its own."""
+    event loop's TLS transport, so an idle connection holds no read buffer of its own:
+    uvloop reads every plain stream's socket into one buffer of the loop and hands the
+    bytes read to :meth:`data_received`. (A ``BufferedProtocol`` would save that copy
+    but costs two Python calls per read instead of one: more than the copy.)"""
 
     NAME: ClassVar[str] = "tcp"
 
@@ -135,7 +136,7 @@ class C2SConnection(asyncio.BufferedProtocol):
     def framing(self) -> Framing:
         return XML_STREAM
 
-    # asyncio.BufferedProtocol
+    # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self._transport.get_extra_info("peername")
@@ -157,18 +158,16 @@ class C2SConnection(asyncio.BufferedProtocol):
             self._counted = True
         self.stream = self._open(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return receive_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: bytes) -> None:
+        """Bytes read from the socket."""
         layer = self._layer
         if layer is None:
-            self.data_received(bytes(receive_buffer()[:nbytes]))
+            self._plain_received(data)
         elif self._linger is None:  # closing: what the peer still sends is dropped
-            self._tls_received(layer, receive_buffer()[:nbytes])
+            self._tls_received(layer, data)
 
-    def data_received(self, data: bytes) -> None:
-        """Bytes from the peer (decrypted if TLS is on)."""
+    def _plain_received(self, data: bytes) -> None:
+        """Bytes from the peer in the clear (decrypted if TLS is on): to the stream."""
         if self.stream is not None and self._linger is None:
             self.stream.data_received(data)
 
@@ -212,7 +211,7 @@ class C2SConnection(asyncio.BufferedProtocol):
         self._tls_timer = None
         self._tls_broken("handshake timed out", TimeoutError("TLS handshake timed out"))
 
-    def _tls_received(self, layer: TlsLayer, data: memoryview) -> None:
+    def _tls_received(self, layer: TlsLayer, data: bytes) -> None:
         try:
             plain = layer.receive(data)
         except ssl.SSLError as exc:
@@ -225,7 +224,7 @@ class C2SConnection(asyncio.BufferedProtocol):
         if layer.done and not self.is_secure:
             self._tls_ready(layer)
         if plain:
-            self.data_received(plain)
+            self._plain_received(plain)
         if layer.peer_closed:
             self.close()
 
@@ -469,7 +468,7 @@ class ShapedConnection(C2SConnection):
         self._shaper = Shaper(
             rate,
             rate,
-            deliver=super().data_received,
+            deliver=super()._plain_received,
             pause=self._shaper_pause,
             resume=self._shaper_resume,
             on_throttle=on_throttle,
@@ -478,6 +477,10 @@ class ShapedConnection(C2SConnection):
     def _shape(self, data: bytes) -> None:
         """Bytes read from the socket (after TLS): to the stream within the budget."""
         self._shaper.received(data, asyncio.get_running_loop().time())
+
+    def _plain_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._shape(data)
 
     def _shaper_pause(self) -> None:
         transport = self._transport
@@ -661,10 +664,6 @@ class OutgoingConnection(ShapedConnection):
         super().__init__(open_stream, "direct" if direct_tls else "starttls", rate, on_throttle)
         self._client_tls = client_tls
         self._server_hostname = server_hostname
-
-    def data_received(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._shape(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)

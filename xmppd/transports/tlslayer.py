@@ -5,9 +5,10 @@ Why: uvloop's TLS transport (``create_server(ssl=...)``, ``loop.start_tls``) kee
 256 KiB read buffer per connection (asyncio's own loop zero-fills one), of which an
 idle connection keeps ~11 KiB resident; together with OpenSSL's own state that made
 an idle TLS session cost ~29 KB more than a plaintext one. Here the socket is read
-into ONE receive buffer per event loop (thread), which the protocol hands to the
-incoming BIO at once, and decrypted bytes are read into one shared plaintext buffer:
-a connection owns only OpenSSL's state, the two BIOs and :class:`TlsLayer` itself.
+as a plain stream (uvloop reads every plain stream into one buffer of the loop), the
+bytes read go to the incoming BIO at once, and decrypted bytes are read into one
+shared plaintext buffer: a connection owns only OpenSSL's state, the two BIOs and
+:class:`TlsLayer` itself.
 
 A memory BIO keeps the capacity of the largest chunk it ever held, so bytes go in
 and out in slices of at most :data:`SLICE`: a connection that once received or sent
@@ -25,27 +26,18 @@ from typing import Any, Final, cast
 
 SLICE: Final = 4096
 """Most bytes written into a memory BIO before they are read out again."""
-RECEIVE_SIZE: Final = 65536
-"""Bytes one socket read may return (the shared receive buffer)."""
 _PLAIN_SIZE: Final = 65536
 
 
 class _Buffers(threading.local):
-    """The receive and plaintext buffers of the event loop running in this thread.
-    Each is used only within one synchronous call, so every connection shares them."""
+    """The plaintext buffer of the event loop running in this thread. It is used only
+    within one synchronous call, so every connection shares it."""
 
     def __init__(self) -> None:
-        self.receive = memoryview(bytearray(RECEIVE_SIZE))
         self.plain = memoryview(bytearray(_PLAIN_SIZE))
 
 
 _buffers = _Buffers()
-
-
-def receive_buffer() -> memoryview:
-    """The socket read buffer shared by this thread's connections
-    (:meth:`asyncio.BufferedProtocol.get_buffer`)."""
-    return _buffers.receive
 
 
 class TlsLayer:
@@ -88,17 +80,18 @@ class TlsLayer:
         self.done = True
         return True
 
-    def receive(self, data: memoryview) -> bytes:
+    def receive(self, data: bytes) -> bytes:
         """Feed network bytes; the plaintext they complete (``b""``: none yet).
         Raises :class:`ssl.SSLError` when the peer breaks TLS."""
         incoming = self._incoming
         total = len(data)
+        view = memoryview(data) if total > SLICE else data  # slices without copies
         start = 0
         chunks: list[bytes] = []
         plain = _buffers.plain
         got = 0
         while start < total and not self.peer_closed:
-            incoming.write(data[start : start + SLICE])
+            incoming.write(view[start : start + SLICE])
             start += SLICE
             if not self.done and not self._handshake():
                 continue
