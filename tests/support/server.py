@@ -321,10 +321,11 @@ def running_server(
                 ports = tuple(p for p in (p1, p2, p3, p4) if p is not None)
                 _wait_listening(proc, ports, log_path)
                 break
-            except RuntimeError:
+            except BaseException as exc:
+                # Also on a test timeout or an interrupt: no server is left running.
                 _stop(proc)
                 log.close()
-                if attempt == 2:
+                if attempt == 2 or not isinstance(exc, RuntimeError):
                     raise
         server = XmppdServer(
             proc, data_dir, config_path, p1, p2, domain, backend, log_path, url, p3, p4, http_tls
