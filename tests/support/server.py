@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,15 +29,23 @@ CLUSTER_NODES = int(os.environ.get("XMPPD_TEST_CLUSTER_NODES", "3"))
 FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=1024)
+"""Ports :func:`free_port` returned lately: the kernel may offer a port again before
+the server it was meant for has bound it (two listeners of one configuration were
+once given the same port)."""
+
+
 def free_port(address: str = "127.0.0.1") -> int:
     """A free TCP port on the loopback ``address`` (never one of this machine's service
-    ports). A port free on 127.0.0.1 may be taken on 127.0.0.2: a server listening on
-    another loopback address asks for a port of that address."""
+    ports, nor one this process handed out lately). A port free on 127.0.0.1 may be
+    taken on 127.0.0.2: a server listening on another loopback address asks for a port
+    of that address."""
     while True:
         with socket.socket() as s:
             s.bind((address, 0))
             port = int(s.getsockname()[1])
-        if port not in FORBIDDEN_PORTS:
+        if port not in FORBIDDEN_PORTS and port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
             return port
 
 

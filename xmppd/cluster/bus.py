@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from redis.exceptions import ResponseError
 
 from xmppd.cluster.smmirror import INBOX_ENTRY, entry_after
-from xmppd.cluster.writer import OUTAGE_ERRORS
+from xmppd.cluster.writer import OUTAGE_ERRORS, raise_if_cancelled
 from xmppd.errors import StanzaError
 from xmppd.jid import JID, InvalidJID
 from xmppd.sessions import SessionKey
@@ -298,9 +298,11 @@ class StanzaBus:
         inbox = self._keys.inbox(self.node)
         last = "0-0"
         while True:
+            raise_if_cancelled()
             try:
                 found = await self._redis.xread({inbox: last}, count=500, block=1000)
             except OUTAGE_ERRORS:
+                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
             if not found:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from xmppd.cluster.records import BadRecord, SessionRecord, Signer
-from xmppd.cluster.writer import OUTAGE_ERRORS
+from xmppd.cluster.writer import OUTAGE_ERRORS, raise_if_cancelled
 from xmppd.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
@@ -186,9 +186,11 @@ class SessionFeed:
         after losing track."""
         stream = self._keys.session_log()
         while True:
+            raise_if_cancelled()
             try:
                 found = await self._redis.xread({stream: self._last_id}, count=1000, block=1000)
             except OUTAGE_ERRORS:
+                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
             for _name, entries in found or ():

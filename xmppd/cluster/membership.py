@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from xmppd.cluster.writer import OUTAGE_ERRORS
+from xmppd.cluster.writer import OUTAGE_ERRORS, raise_if_cancelled
 
 if TYPE_CHECKING:
     from xmppd.cluster.keys import Keys
@@ -157,6 +157,7 @@ class Membership:
         """Heartbeat and watch the others, until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
+            raise_if_cancelled()
             if self.draining:
                 await asyncio.sleep(self._interval)
                 continue
@@ -171,6 +172,7 @@ class Membership:
                     self._healthy_since = loop.time()
                 await self._watch(loop.time())
             except OUTAGE_ERRORS as exc:
+                raise_if_cancelled()
                 if not self.down:
                     log.warning("cluster: cannot reach Redis for the heartbeat: %s", exc)
                     self.down = True

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
 from xmppd.cluster.bus import StanzaBus
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from xmppd.stanza import Element
 
 log = logging.getLogger(__name__)
+
+LEAVE_TIMEOUT: Final = 5.0
+"""Longest wait for each step of leaving the cluster at stop (Redis unreachable or slow)."""
 
 
 class ClusterStartError(RuntimeError):
@@ -257,20 +260,31 @@ class ClusterNode:
         for task in consume:
             task.cancel()
         try:
-            await self.membership.leave()
-            if len(self.membership.live) > 1:
-                await self.bus.reroute_inbox(self.name)
-            else:
-                await self.redis.delete(self.keys.inbox(self.name))
-            await self.redis.delete(
-                self.keys.node_sessions(self.name), self.keys.listing(self.name)
-            )
-        except OUTAGE_ERRORS as exc:
-            log.warning("cluster: could not leave cleanly: %s", exc)
+            # Bounded: a node that cannot leave in time is left by the others once its
+            # heartbeat expires, as if it had died; its stop must not hang.
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self.membership.leave()
+                if len(self.membership.live) > 1:
+                    await self.bus.reroute_inbox(self.name)
+                else:
+                    await self.redis.delete(self.keys.inbox(self.name))
+                await self.redis.delete(
+                    self.keys.node_sessions(self.name), self.keys.listing(self.name)
+                )
+        except (TimeoutError, *OUTAGE_ERRORS) as exc:
+            log.warning("cluster: could not leave cleanly: %s", exc or "timed out")
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.redis.aclose()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=LEAVE_TIMEOUT)
+            if pending:
+                names = ", ".join(sorted(t.get_name() for t in pending))
+                log.warning("cluster: tasks still running at stop: %s", names)
+        try:
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self.redis.aclose()
+        except TimeoutError:
+            log.warning("cluster: the Redis connections did not close in time")
 
     async def announce(self, **fields: object) -> None:
         """Add ``fields`` to what this node publishes about itself in the nodes hash

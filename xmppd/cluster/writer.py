@@ -37,6 +37,17 @@ OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """What makes Redis count as unreachable."""
 
 
+def raise_if_cancelled() -> None:
+    """For a loop that retries after an outage error: end if the task is being
+    cancelled. The Redis client can turn the cancellation of a blocked read into a
+    connection error, or into nothing at all, and a retry would then swallow it (a
+    node's stop waited forever on its session-log tail): call it in the retry branch
+    and at the top of the loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Tail:
     """Commands that go right after every write submitted while it is open (in the
     same pipeline): the stream-management count of the client stanza whose routing
@@ -130,6 +141,7 @@ class RedisWriter:
         """The writer loop (a task of the cluster node)."""
         loop = asyncio.get_running_loop()
         while True:
+            raise_if_cancelled()
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
@@ -143,6 +155,7 @@ class RedisWriter:
                 try:
                     replies = await pipe.execute(raise_on_error=False)
                 except OUTAGE_ERRORS as exc:
+                    raise_if_cancelled()
                     self._set_down(True, exc)
                     self._expire(loop.time())
                     await asyncio.sleep(0.5)
