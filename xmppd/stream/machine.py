@@ -310,6 +310,9 @@ class StreamMachine:
                             self._fail(StreamError("internal-server-error"))
                 if self.state is _CLOSED:
                     return
+                # Waiting holds no stanza: the last one would keep its parser's document
+                # (and so the parser's memory) alive after an idle release.
+                item = None
                 wake = self._wake = asyncio.get_running_loop().create_future()
                 # Told to stop: end, unless a read came between that and this wake-up.
                 if not await wake and not queue:
