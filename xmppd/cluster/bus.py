@@ -302,7 +302,6 @@ class StanzaBus:
             try:
                 found = await self._redis.xread({inbox: last}, count=500, block=1000)
             except OUTAGE_ERRORS:
-                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
             if not found:

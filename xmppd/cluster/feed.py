@@ -190,7 +190,6 @@ class SessionFeed:
             try:
                 found = await self._redis.xread({stream: self._last_id}, count=1000, block=1000)
             except OUTAGE_ERRORS:
-                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
             for _name, entries in found or ():

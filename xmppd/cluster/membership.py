@@ -172,7 +172,6 @@ class Membership:
                     self._healthy_since = loop.time()
                 await self._watch(loop.time())
             except OUTAGE_ERRORS as exc:
-                raise_if_cancelled()
                 if not self.down:
                     log.warning("cluster: cannot reach Redis for the heartbeat: %s", exc)
                     self.down = True

@@ -41,8 +41,8 @@ def raise_if_cancelled() -> None:
     """For a loop that retries after an outage error: end if the task is being
     cancelled. The Redis client can turn the cancellation of a blocked read into a
     connection error, or into nothing at all, and a retry would then swallow it (a
-    node's stop waited forever on its session-log tail): call it in the retry branch
-    and at the top of the loop."""
+    node's stop waited forever on its session-log tail): call it at the top of every
+    pass of a retrying loop."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -155,7 +155,7 @@ class RedisWriter:
                 try:
                     replies = await pipe.execute(raise_on_error=False)
                 except OUTAGE_ERRORS as exc:
-                    raise_if_cancelled()
+                    raise_if_cancelled()  # this inner loop retries on its own
                     self._set_down(True, exc)
                     self._expire(loop.time())
                     await asyncio.sleep(0.5)

@@ -226,13 +226,7 @@ class StreamMachine:
         queue.extend(elements)
         if reader.closed:
             queue.append(CLOSE_MARK)
-        if queue:
-            wake = self._wake
-            if wake is not None:
-                self._wake = None
-                wake.set_result(True)
-            elif self._worker is None:
-                self._worker = asyncio.get_running_loop().create_task(self._drain())
+        self._start_worker()
         if len(queue) > QUEUE_HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
