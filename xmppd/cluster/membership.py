@@ -91,6 +91,7 @@ class Membership:
         self._healthy_since = 0.0
         self.incarnation = os.urandom(8).hex()
         """Tells this run of the node from an earlier one with the same name."""
+        self._rejoin_again_at = 0.0
         self.info: dict[str, object] = {}
         """What else this node tells the others in its entry of the nodes hash (such
         as ``http``: where it takes HTTP requests passed on by other nodes)."""
@@ -107,8 +108,10 @@ class Membership:
         since is neither live nor dead yet: its inbox says whether it exists)."""
         return node in self.dead
 
-    async def beat(self) -> None:
-        """Renew the heartbeat and announce this node (also the first time)."""
+    async def beat(self) -> bool:
+        """Renew the heartbeat and announce this node (also the first time); whether
+        the heartbeat was still there (``False``: it had expired, so the others may
+        have taken this node for dead and cleaned up after it)."""
         info = json.dumps(
             {
                 **self.info,
@@ -124,9 +127,11 @@ class Membership:
             self._keys.heartbeat(self.node),
             f"{self.incarnation}:{time.time():.3f}",
             px=int(self._timeout * 1000),
+            get=True,
         )
         pipe.hset(self._keys.nodes(), self.node, info)
-        await pipe.execute()
+        previous, _ = await pipe.execute()
+        return previous is not None
 
     async def previous_life(self) -> bool:
         """An earlier run of this node name left state behind (it crashed, or was
@@ -162,14 +167,27 @@ class Membership:
                 await asyncio.sleep(self._interval)
                 continue
             try:
-                await self.beat()
+                alive = await self.beat()
                 if self.down:
                     self.down = False
                     self._healthy_since = loop.time()
                     self._on_outage(False)
-                    await self._on_rejoin()
+                    await self._rejoin()
                 elif not self._healthy_since:
                     self._healthy_since = loop.time()
+                elif not alive:
+                    # No error, but out of touch for longer than the timeout (the
+                    # process stalled, or the client's own retries hid a failover):
+                    # the others may have reaped this node, and could not beat either.
+                    log.warning(
+                        "cluster: this node's heartbeat had expired (out of touch for "
+                        "longer than node_timeout); publishing its sessions again"
+                    )
+                    self._healthy_since = loop.time()
+                    await self._rejoin()
+                elif self._rejoin_again_at and loop.time() >= self._rejoin_again_at:
+                    self._rejoin_again_at = 0.0
+                    await self._on_rejoin()
                 await self._watch(loop.time())
             except OUTAGE_ERRORS as exc:
                 if not self.down:
@@ -177,6 +195,13 @@ class Membership:
                     self.down = True
                     self._on_outage(True)
             await asyncio.sleep(self._interval)
+
+    async def _rejoin(self) -> None:
+        """Publish everything again now, and once more a timeout later (from
+        :meth:`run`): a survivor that took this node for dead may be cleaning up
+        after it right now, removing what this node publishes before it is done."""
+        self._rejoin_again_at = asyncio.get_running_loop().time() + self._timeout
+        await self._on_rejoin()
 
     async def refresh(self) -> None:
         """Read the live nodes now (at start, so that placement is right before the
