@@ -45,6 +45,21 @@ _CURRENT: Final = "current"
 _HMAC_SIZE: Final = 32
 
 
+_ONE_CLIENT: Final = (
+    fast_tokens.c.host == sa.bindparam("of_host"),
+    fast_tokens.c.username == sa.bindparam("of_user"),
+    fast_tokens.c.client_id == sa.bindparam("of_client"),
+)
+"""One client's rows (parameters not named after columns: UPDATE reserves those)."""
+# Built once (a statement costs more to build than to run): a FAST login runs the first,
+# and the first use of a new token the other two.
+_CLIENT_TOKENS: Final = sa.select(fast_tokens).where(*_ONE_CLIENT)
+_DROP_CURRENT: Final = sa.delete(fast_tokens).where(*_ONE_CLIENT, fast_tokens.c.slot == _CURRENT)
+_NEW_BECOMES_CURRENT: Final = (
+    sa.update(fast_tokens).where(*_ONE_CLIENT, fast_tokens.c.slot == _NEW).values(slot=_CURRENT)
+)
+
+
 def offered_mechanisms(tls: TlsChannel) -> list[str]:
     """The HT mechanisms usable on this TLS connection, channel-binding ones first."""
     return [
@@ -102,9 +117,8 @@ class FastTokens:
     ) -> Token | None:
         """The client's unexpired token for ``mechanism`` for which ``proves(token)``
         holds, ``new`` slot first; a matching ``new`` token becomes ``current``."""
-        rows = await self._db.fetch_all(
-            sa.select(fast_tokens).where(*_client(host, username, client_id))
-        )
+        params = {"of_host": host, "of_user": username, "of_client": client_id}
+        rows = await self._db.fetch_all(_CLIENT_TOKENS, params)
         now = time.time()
         for row in sorted(rows, key=lambda r: r.slot != _NEW):
             token = self._token(host, username, client_id, row.nonce)
@@ -117,14 +131,10 @@ class FastTokens:
         return None
 
     async def _promote(self, host: str, username: str, client_id: str) -> None:
+        params = {"of_host": host, "of_user": username, "of_client": client_id}
         async with self._db.transaction() as conn:
-            where = _client(host, username, client_id)
-            await conn.execute(sa.delete(fast_tokens).where(*where, fast_tokens.c.slot == _CURRENT))
-            await conn.execute(
-                sa.update(fast_tokens)
-                .where(*where, fast_tokens.c.slot == _NEW)
-                .values(slot=_CURRENT)
-            )
+            await conn.execute(_DROP_CURRENT, params)
+            await conn.execute(_NEW_BECOMES_CURRENT, params)
 
     def due_for_rotation(self, token: Token) -> bool:
         """Less than half of the token's lifetime is left."""
