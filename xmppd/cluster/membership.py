@@ -92,6 +92,9 @@ class Membership:
         self.incarnation = os.urandom(8).hex()
         """Tells this run of the node from an earlier one with the same name."""
         self._rejoin_again_at = 0.0
+        self._lapsed = False
+        """A heartbeat (this loop's or :meth:`ClusterNode.announce`'s) found the
+        previous one expired: :meth:`run` publishes everything again."""
         self.info: dict[str, object] = {}
         """What else this node tells the others in its entry of the nodes hash (such
         as ``http``: where it takes HTTP requests passed on by other nodes)."""
@@ -131,6 +134,8 @@ class Membership:
         )
         pipe.hset(self._keys.nodes(), self.node, info)
         previous, _ = await pipe.execute()
+        if previous is None and self._healthy_since:
+            self._lapsed = True
         return previous is not None
 
     async def previous_life(self) -> bool:
@@ -167,7 +172,8 @@ class Membership:
                 await asyncio.sleep(self._interval)
                 continue
             try:
-                alive = await self.beat()
+                await self.beat()
+                lapsed, self._lapsed = self._lapsed, False
                 if self.down:
                     self.down = False
                     self._healthy_since = loop.time()
@@ -175,7 +181,7 @@ class Membership:
                     await self._rejoin()
                 elif not self._healthy_since:
                     self._healthy_since = loop.time()
-                elif not alive:
+                elif lapsed:
                     # No error, but out of touch for longer than the timeout (the
                     # process stalled, or the client's own retries hid a failover):
                     # the others may have reaped this node, and could not beat either.
