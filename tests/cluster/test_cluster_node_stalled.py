@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Slix, register_account
-from tests.support.cluster import ClusterNodes, running_cluster
+from tests.support.cluster import ClusterNodes, chat_until_delivered, running_cluster, until
 
 PW = "stall-pw"
 _names = itertools.count()
@@ -26,14 +26,6 @@ _names = itertools.count()
 def cluster(tmp_path: Path) -> Iterator[ClusterNodes]:
     with running_cluster(tmp_path, nodes=2) as nodes:
         yield nodes
-
-
-async def _until(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(120)
@@ -54,7 +46,7 @@ async def test_a_node_taken_for_dead_while_stalled_is_reachable_again(
 
         os.kill(node1.process.pid, signal.SIGSTOP)
         try:
-            await _until(
+            await until(
                 lambda: "node node1 is dead" in node2.log_text(),
                 timeout=30,
                 what="node 2 never took the stalled node 1 for dead",
@@ -65,16 +57,7 @@ async def test_a_node_taken_for_dead_while_stalled_is_reachable_again(
         # Node 1 finds its heartbeat had expired and publishes alice's session again;
         # until then node 2 has no session of hers (a message would go offline, which
         # this server has no module for: it bounces). Keep trying for a while.
-        deadline = asyncio.get_running_loop().time() + 20
-        i = 0
-        while True:
-            assert asyncio.get_running_loop().time() < deadline, "alice is unreachable"
-            b.xmpp.send_message(mto=a.jid, mbody=f"after {i}", mtype="chat")
-            try:
-                await a.next_message(lambda m, i=i: m["body"] == f"after {i}", timeout=2)
-                break
-            except TimeoutError:
-                i += 1
+        await chat_until_delivered(b, a, within=20, each=2, what="alice is unreachable")
         a.xmpp.send_message(mto=b.jid, mbody="and back", mtype="chat")
         await b.next_message(lambda m: m["body"] == "and back", timeout=10)
         assert "heartbeat had expired" in node1.log_text()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.clients import Slix, register_account
-from tests.support.cluster import ClusterNodes, RedisProcess, own_redis, running_cluster
+from tests.support.cluster import ClusterNodes, RedisProcess, own_redis, running_cluster, until
 from tests.support.server import XmppdServer
 
 PW = "s3cret-pw"
@@ -49,14 +49,6 @@ def ready(node: XmppdServer) -> bool:
             return bool(reply.status == 200)
     except urllib.error.HTTPError:
         return False
-
-
-async def until(predicate: object, timeout: float = 20) -> None:
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.2)
 
 
 async def user(node: XmppdServer) -> str:

@@ -15,6 +15,7 @@ from tests.support.clients import Slix, register_account
 from tests.support.cluster import (
     ClusterNodes,
     SentinelSetup,
+    chat_until_delivered,
     redis_sentinel,
     running_cluster,
 )
@@ -57,17 +58,7 @@ async def test_nodes_follow_the_master_after_a_failover(
         sentinel.master.kill()
         sentinel.master.wait()
         # Sentinel notices (1 s), fails over; the nodes reconnect to the new master.
-        deadline = asyncio.get_running_loop().time() + 60
-        delivered = False
-        i = 0
-        while not delivered:
-            assert asyncio.get_running_loop().time() < deadline, "no chat after the failover"
-            a.xmpp.send_message(mto=b.jid, mbody=f"after {i}", mtype="chat")
-            try:
-                await b.next_message(lambda m, i=i: m["body"] == f"after {i}", timeout=3)
-                delivered = True
-            except TimeoutError:
-                i += 1
+        await chat_until_delivered(a, b, within=60, each=3, what="no chat after the failover")
         b.xmpp.send_message(mto=a.jid, mbody="and back", mtype="chat")
         await a.next_message(lambda m: m["body"] == "and back", timeout=15)
     for node in cluster.nodes:

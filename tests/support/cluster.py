@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support.server import (
     XmppdServer,
@@ -29,6 +29,9 @@ from tests.support.server import (
     service_unavailable,
     write_config,
 )
+
+if TYPE_CHECKING:
+    from tests.support.clients import Slix
 
 REDIS_URL = os.environ.get("XMPPD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -618,3 +621,31 @@ def redis_sentinel(tmp: Path) -> Iterator[SentinelSetup]:
         for process in processes:
             process.kill()
             process.wait()
+
+
+async def until(
+    predicate: Callable[[], object], timeout: float = 20, what: str = "timed out"
+) -> None:
+    """Poll ``predicate`` every 0.2 s until it holds; fail with ``what`` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def chat_until_delivered(
+    sender: Slix, recipient: Slix, *, within: float, each: float, what: str
+) -> None:
+    """Send ``after 0``, ``after 1``... from ``sender`` until one reaches ``recipient``
+    within ``each`` seconds: for a path between nodes that comes back after a failure
+    (fails with ``what`` after ``within`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + within
+    i = 0
+    while True:
+        assert asyncio.get_running_loop().time() < deadline, what
+        sender.xmpp.send_message(mto=recipient.jid, mbody=f"after {i}", mtype="chat")
+        try:
+            await recipient.next_message(lambda m, i=i: m["body"] == f"after {i}", timeout=each)
+            return
+        except TimeoutError:
+            i += 1

@@ -54,6 +54,7 @@ _ONE_CLIENT: Final = (
 # Built once (a statement costs more to build than to run): a FAST login runs the first,
 # and the first use of a new token the other two.
 _CLIENT_TOKENS: Final = sa.select(fast_tokens).where(*_ONE_CLIENT)
+_DROP_CLIENT: Final = sa.delete(fast_tokens).where(*_ONE_CLIENT)
 _DROP_CURRENT: Final = sa.delete(fast_tokens).where(*_ONE_CLIENT, fast_tokens.c.slot == _CURRENT)
 _NEW_BECOMES_CURRENT: Final = (
     sa.update(fast_tokens).where(*_ONE_CLIENT, fast_tokens.c.slot == _NEW).values(slot=_CURRENT)
@@ -117,8 +118,7 @@ class FastTokens:
     ) -> Token | None:
         """The client's unexpired token for ``mechanism`` for which ``proves(token)``
         holds, ``new`` slot first; a matching ``new`` token becomes ``current``."""
-        params = {"of_host": host, "of_user": username, "of_client": client_id}
-        rows = await self._db.fetch_all(_CLIENT_TOKENS, params)
+        rows = await self._db.fetch_all(_CLIENT_TOKENS, _one_client(host, username, client_id))
         now = time.time()
         for row in sorted(rows, key=lambda r: r.slot != _NEW):
             token = self._token(host, username, client_id, row.nonce)
@@ -131,7 +131,7 @@ class FastTokens:
         return None
 
     async def _promote(self, host: str, username: str, client_id: str) -> None:
-        params = {"of_host": host, "of_user": username, "of_client": client_id}
+        params = _one_client(host, username, client_id)
         async with self._db.transaction() as conn:
             await conn.execute(_DROP_CURRENT, params)
             await conn.execute(_NEW_BECOMES_CURRENT, params)
@@ -142,7 +142,7 @@ class FastTokens:
 
     async def invalidate(self, host: str, username: str, client_id: str) -> None:
         """Forget every token of one client (XEP-0484 §5 'invalidate')."""
-        await self._db.execute(sa.delete(fast_tokens).where(*_client(host, username, client_id)))
+        await self._db.execute(_DROP_CLIENT, _one_client(host, username, client_id))
 
     async def revoke_user(self, host: str, username: str) -> None:
         """Forget every token of an account (password changed, account removed)."""
@@ -153,12 +153,9 @@ class FastTokens:
         )
 
 
-def _client(host: str, username: str, client_id: str) -> tuple[sa.ColumnElement[bool], ...]:
-    return (
-        fast_tokens.c.host == host,
-        fast_tokens.c.username == username,
-        fast_tokens.c.client_id == client_id,
-    )
+def _one_client(host: str, username: str, client_id: str) -> dict[str, str]:
+    """The parameters of :data:`_ONE_CLIENT`."""
+    return {"of_host": host, "of_user": username, "of_client": client_id}
 
 
 class HashedTokenMechanism:

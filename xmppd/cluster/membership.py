@@ -111,10 +111,10 @@ class Membership:
         since is neither live nor dead yet: its inbox says whether it exists)."""
         return node in self.dead
 
-    async def beat(self) -> bool:
-        """Renew the heartbeat and announce this node (also the first time); whether
-        the heartbeat was still there (``False``: it had expired, so the others may
-        have taken this node for dead and cleaned up after it)."""
+    async def beat(self) -> None:
+        """Renew the heartbeat and announce this node (also the first time). Finding
+        the previous heartbeat expired (the others may have taken this node for dead
+        and cleaned up after it) sets :attr:`_lapsed` for :meth:`run`."""
         info = json.dumps(
             {
                 **self.info,
@@ -136,7 +136,6 @@ class Membership:
         previous, _ = await pipe.execute()
         if previous is None and self._healthy_since:
             self._lapsed = True
-        return previous is not None
 
     async def previous_life(self) -> bool:
         """An earlier run of this node name left state behind (it crashed, or was

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol, TypeVar
 
@@ -47,36 +47,24 @@ class Transaction(Protocol):
     async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]: ...
 
 
-class _InlineTransaction:
-    """A transaction on SQLite's one connection (statements run inline, timed)."""
+class _TimedTransaction:
+    """What :meth:`Database.transaction` yields: statements run through ``run`` (the
+    connection's own ``execute``, awaitable), each timed into ``latency``."""
 
-    __slots__ = ("_conn", "_latency")
+    __slots__ = ("_latency", "_run")
 
-    def __init__(self, conn: Connection, latency: LatencyHistogram) -> None:
-        self._conn = conn
+    def __init__(
+        self,
+        run: Callable[[sa.Executable, Any], Awaitable[CursorResult[Any]]],
+        latency: LatencyHistogram,
+    ) -> None:
+        self._run = run
         self._latency = latency
 
     async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]:
         started = time.perf_counter()
         try:
-            return self._conn.execute(stmt, params)
-        finally:
-            self._latency.observe(time.perf_counter() - started)
-
-
-class _PooledTransaction:
-    """A transaction on a pooled connection (PostgreSQL): statements timed."""
-
-    __slots__ = ("_conn", "_latency")
-
-    def __init__(self, conn: AsyncConnection, latency: LatencyHistogram) -> None:
-        self._conn = conn
-        self._latency = latency
-
-    async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]:
-        started = time.perf_counter()
-        try:
-            return await self._conn.execute(stmt, params)
+            return await self._run(stmt, params)
         finally:
             self._latency.observe(time.perf_counter() - started)
 
@@ -225,10 +213,14 @@ class Database:
         """A transaction, committed when the block ends without an exception."""
         if self._sync is not None:
             with self._sync.begin() as conn:
-                yield _InlineTransaction(conn, self.query_latency)
+
+                async def inline(stmt: sa.Executable, params: Any) -> CursorResult[Any]:
+                    return conn.execute(stmt, params)  # SQLite: on the loop's thread
+
+                yield _TimedTransaction(inline, self.query_latency)
         else:
             async with self._connection() as aconn, aconn.begin():
-                yield _PooledTransaction(aconn, self.query_latency)
+                yield _TimedTransaction(aconn.execute, self.query_latency)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
