@@ -265,7 +265,9 @@ class Membership:
         addresses = {}
         for member in live:
             try:
-                address = json.loads(infos[member]).get("address", "")
+                # This node may have no entry right now: a survivor that took it for
+                # dead removed it since its last beat (the next beat writes it again).
+                address = json.loads(infos.get(member, "")).get("address", "")
             except (ValueError, AttributeError):
                 address = ""
             if address:
