@@ -75,6 +75,7 @@ class Membership:
         self._on_change = on_change
         self._on_outage = on_outage
         self._on_rejoin = on_rejoin
+        self._failing = False  # the last step failed with an unexpected error (logged once)
         self.live: tuple[str, ...] = (node,)
         """Live nodes, sorted (this one included while it can reach Redis)."""
         self.dead: frozenset[str] = frozenset()
@@ -194,11 +195,21 @@ class Membership:
                     self._rejoin_again_at = 0.0
                     await self._on_rejoin()
                 await self._watch(loop.time())
+                if self._failing:
+                    self._failing = False
+                    log.warning("cluster: the heartbeat works again")
             except OUTAGE_ERRORS as exc:
                 if not self.down:
                     log.warning("cluster: cannot reach Redis for the heartbeat: %s", exc)
                     self.down = True
                     self._on_outage(True)
+            except Exception:
+                # Anything else (a key of the wrong type, a bug in a callback) must not
+                # end the heartbeat: a node that stops beating is taken for dead by the
+                # others while it still serves its users. Log it (once) and go on.
+                if not self._failing:
+                    self._failing = True
+                    log.exception("cluster: heartbeat step failed; trying again")
             await asyncio.sleep(self._interval)
 
     async def _rejoin(self) -> None:
