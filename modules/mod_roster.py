@@ -37,6 +37,7 @@ from xmppd.api.storage import (
     Text,
     bindparam,
     delete,
+    prepared,
     sa,
     select,
 )
@@ -165,7 +166,7 @@ def _load_all() -> sa.CompoundSelect[Any]:
     )
 
 
-_LOAD_ALL: Final = _load_all()
+_LOAD_ALL: Final = prepared(_load_all())
 
 
 class Roster:

@@ -270,7 +270,9 @@ C2S_STREAM_FEATURES: Final = FoldHook[tuple["Element", ...], FeaturesContext](
     "c2s_stream_features",
     "host",
     "The stream features about to be offered to a client; return the tuple with yours "
-    "added. The core adds STARTTLS, SASL mechanisms and bind itself.",
+    "added. The core adds STARTTLS, SASL mechanisms and bind itself; yours follow "
+    "them. Runs for every features element a client is sent (three per login): keep "
+    "it cheap.",
 )
 
 C2S_STREAM_ELEMENT: Final = EventHook[StreamElementEvent](

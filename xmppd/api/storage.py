@@ -1,5 +1,7 @@
 """Storage helpers for modules: declare tables with ``module.table(...)`` using these
-SQLAlchemy Core types, query through ``ctx.db`` (``fetch_all``, ``upsert``...)."""
+SQLAlchemy Core types, query through ``ctx.db`` (``fetch_all``, ``upsert``...). A read
+on a hot path: build it once with ``bindparam`` placeholders and mark it
+``prepared(...)`` (on SQLite it then skips SQLAlchemy's work per call)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from sqlalchemy import (
 
 from xmppd.storage.database import Database
 from xmppd.storage.keyval import KeyValueStore
+from xmppd.storage.prepared import prepared
 from xmppd.storage.retry import REFUSED_FOR_DATA, StorageUnavailable, WriteRetry
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "func",
     "insert",
     "or_",
+    "prepared",
     "sa",
     "select",
     "WriteRetry",

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from xmppd.auth.scram import SCRAM_HASHES, ScramCredentials, derive_credentials
 from xmppd.jid import JID
 from xmppd.storage.database import Database
+from xmppd.storage.prepared import prepared
 from xmppd.storage.schema import (
     accounts,
     api_user_tokens,
@@ -190,15 +191,17 @@ class HostCredentials:
         return await self._accounts.get_scram(self._domain, username, hash_name)
 
 
-_SELECT_SCRAM: Final = sa.select(
-    scram_credentials.c.salt,
-    scram_credentials.c.iterations,
-    scram_credentials.c.stored_key,
-    scram_credentials.c.server_key,
-).where(
-    scram_credentials.c.host == sa.bindparam("host"),
-    scram_credentials.c.username == sa.bindparam("username"),
-    scram_credentials.c.hash_name == sa.bindparam("hash_name"),
+_SELECT_SCRAM: Final = prepared(
+    sa.select(
+        scram_credentials.c.salt,
+        scram_credentials.c.iterations,
+        scram_credentials.c.stored_key,
+        scram_credentials.c.server_key,
+    ).where(
+        scram_credentials.c.host == sa.bindparam("host"),
+        scram_credentials.c.username == sa.bindparam("username"),
+        scram_credentials.c.hash_name == sa.bindparam("hash_name"),
+    )
 )
 """Built once: building a statement per login costs more than running it."""
 

@@ -31,6 +31,7 @@ from xmppd.auth.sasl import Failure, SaslStep, Success, TlsChannel, prepare_user
 from xmppd.jid import InvalidJID
 from xmppd.server_secret import derive
 from xmppd.storage.database import Database
+from xmppd.storage.prepared import prepared
 from xmppd.storage.schema import fast_tokens
 
 NS: Final = "urn:xmpp:fast:0"
@@ -53,7 +54,7 @@ _ONE_CLIENT: Final = (
 """One client's rows (parameters not named after columns: UPDATE reserves those)."""
 # Built once (a statement costs more to build than to run): a FAST login runs the first,
 # and the first use of a new token the other two.
-_CLIENT_TOKENS: Final = sa.select(fast_tokens).where(*_ONE_CLIENT)
+_CLIENT_TOKENS: Final = prepared(sa.select(fast_tokens).where(*_ONE_CLIENT))
 _DROP_CLIENT: Final = sa.delete(fast_tokens).where(*_ONE_CLIENT)
 _DROP_CURRENT: Final = sa.delete(fast_tokens).where(*_ONE_CLIENT, fast_tokens.c.slot == _CURRENT)
 _NEW_BECOMES_CURRENT: Final = (

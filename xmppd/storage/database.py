@@ -33,6 +33,7 @@ from sqlalchemy.pool import StaticPool
 
 from xmppd.metrics import LatencyHistogram
 from xmppd.storage import migrate
+from xmppd.storage.prepared import SqlitePlans
 from xmppd.storage.schema import METADATA, schema_versions
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,13 @@ class Database:
             )
             sa.event.listen(self._sync, "connect", _sqlite_pragmas)
             self.dialect = "sqlite"
+            self._plans: SqlitePlans | None = SqlitePlans(
+                self._sync.dialect, self._driver_connection
+            )
         else:
             self._async = create_async_engine(url, pool_size=pool_size)
             self.dialect = self._async.dialect.name
+            self._plans = None
         self.query_latency = LatencyHistogram(QUERY_BUCKETS)
         """Seconds each statement of :meth:`fetch_all`, :meth:`fetch_one` and
         :meth:`transaction` takes, as the server waits for it (metrics:
@@ -202,6 +207,19 @@ class Database:
             return f"cannot connect: {str(orig) or type(orig).__name__}"
         return None
 
+    def _planned(self, stmt: sa.Executable, params: Mapping[str, Any] | None) -> list[Any] | None:
+        """The rows of a statement marked :func:`~xmppd.storage.prepared.prepared`,
+        read through SQLite's driver; ``None`` when SQLAlchemy must run it."""
+        plans = self._plans
+        plan = None if plans is None else plans.plan(stmt)
+        return None if plans is None or plan is None else plans.fetch(plan, params)
+
+    def _driver_connection(self) -> Any:
+        """SQLite's own connection under the engine's single pooled one."""
+        assert self._sync is not None
+        with self._sync.connect() as conn:
+            return conn.connection.driver_connection
+
     async def close(self) -> None:
         if self._sync is not None:
             self._sync.dispose()
@@ -252,6 +270,9 @@ class Database:
         started = time.perf_counter()
         try:
             if self._sync is not None:
+                found = self._planned(stmt, params)
+                if found is not None:
+                    return found
                 with self._sync.connect() as conn:
                     return list(conn.execute(stmt, params).all())
             async with self._connection() as aconn:
@@ -265,6 +286,9 @@ class Database:
         started = time.perf_counter()
         try:
             if self._sync is not None:
+                found = self._planned(stmt, params)
+                if found is not None:
+                    return found[0] if found else None
                 with self._sync.connect() as conn:
                     row: sa.Row[Any] | None = conn.execute(stmt, params).first()
                     return row

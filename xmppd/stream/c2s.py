@@ -42,8 +42,9 @@ from xmppd.stanza import (
     serialize,
 )
 from xmppd.stanza import summary as stanza_summary
-from xmppd.stream import sasl2
+from xmppd.stream import c2sfeatures, sasl2
 from xmppd.stream import sm as sm_ns
+from xmppd.stream.c2sfeatures import CoreFeatures
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.machine import StreamMachine, StreamState, Transitions
 from xmppd.stream.sm import Handover, SmMirrors, SmState
@@ -424,68 +425,61 @@ class C2SStream(StreamMachine):
         return self.transport.framing.open(ns.CLIENT, attrs)
 
     async def _send_features(self) -> None:
-        self._write(etree.tostring(await self._features()))
+        self._write(await self._features())
 
-    async def _features(self, *, binding: bool = False) -> Element:
-        """The stream features for the stream's current stage (hooks add theirs);
-        ``binding``: the session is being bound (Bind 2), so bind is not offered."""
+    async def _features(self, *, binding: bool = False) -> bytes:
+        """The stream features for the stream's current stage (hooks add theirs),
+        serialised; ``binding``: the session is being bound (Bind 2), so bind is not
+        offered."""
         host = self.host
         assert host is not None
-        features = etree.Element(f"{{{ns.STREAMS}}}features", nsmap={"stream": ns.STREAMS})
-        require_tls = self.services.c2s.require_encryption
+        cfg = self.services.c2s
         if self.is_authenticated:
-            stage = "post-auth"
-            if not (self.is_bound or binding):
-                child(features, "bind", namespace=ns.BIND)
-                sess = child(features, "session", namespace=ns.SESSION)
-                child(sess, "optional")
-            if self.services.c2s.stream_management and self.sm is None:
-                child(features, "sm", namespace=sm_ns.NS)
+            core = CoreFeatures(
+                "post-auth",
+                offer_bind=not (self.is_bound or binding),
+                offer_sm=cfg.stream_management and self.sm is None,
+            )
         elif not self.is_secure and self.offer_starttls:
-            stage = "pre-tls"
-            tls = child(features, "starttls", namespace=ns.TLS)
-            if require_tls:
-                child(tls, "required")
-            else:
-                self._add_mechanisms(features, None)
+            core = CoreFeatures(
+                "pre-tls",
+                require_tls=cfg.require_encryption,
+                insecure_plain=self._insecure_plain(),
+            )
         else:
-            stage = "pre-auth"
             channel = self._tls_channel()
-            self._add_mechanisms(features, channel)
-            if channel is not None and self._sasl2_offered():
-                features.append(await self._sasl2_feature(channel))
+            sasl2_offered = channel is not None and self._sasl2_offered()
+            core = CoreFeatures(
+                "pre-auth",
+                insecure_plain=self._insecure_plain(),
+                bindings=CoreFeatures.channel_bindings(channel),
+                sasl2=sasl2_offered,
+                bind2_inline=await self._bind2_inline() if sasl2_offered else (),
+                resume=cfg.stream_management and cfg.resume_timeout > 0,
+                fast=self.services.fast_tokens is not None,
+            )
         extra = await host.bus.fold(
             hooks.C2S_STREAM_FEATURES,
             (),
-            FeaturesContext(self.services.sessions.view(self), stage),  # type: ignore[arg-type]
+            FeaturesContext(self.services.sessions.view(self), core.stage),  # type: ignore[arg-type]
         )
-        if not isinstance(extra, Drop):
-            for el in extra:
-                features.append(el)
-        return features
+        return c2sfeatures.serialise(core, () if isinstance(extra, Drop) else extra)
 
     def _sasl2_offered(self) -> bool:
         """SASL2 only over TLS (XEP-0388 §6), and only before authentication."""
         return self.services.auth.sasl2 and self.is_secure and not self.is_authenticated
 
-    async def _sasl2_feature(self, channel: sasl.TlsChannel) -> Element:
+    async def _bind2_inline(self) -> tuple[str, ...]:
+        """What a Bind 2 request may enable inline (stream management, and the hooks')."""
         host = self.host
         assert host is not None
-        cfg = self.services.c2s
-        inline: tuple[str, ...] = (sm_ns.NS,) if cfg.stream_management else ()
+        inline: tuple[str, ...] = (sm_ns.NS,) if self.services.c2s.stream_management else ()
         more = await host.bus.fold(
             hooks.BIND2_FEATURES,
             inline,
             FeaturesContext(self.services.sessions.view(self), "pre-auth"),
         )
-        return sasl2.authentication_feature(
-            self._offered_mechanisms(channel),
-            bind_features=inline if isinstance(more, Drop) else more,
-            resume=cfg.stream_management and cfg.resume_timeout > 0,
-            fast_mechanisms=(
-                fast.offered_mechanisms(channel) if self.services.fast_tokens is not None else ()
-            ),
-        )
+        return inline if isinstance(more, Drop) else tuple(more)
 
     def _tls_channel(self) -> sasl.TlsChannel | None:
         if not self.is_secure:
@@ -504,24 +498,12 @@ class C2SStream(StreamMachine):
         return self.services.auth.allow_insecure_plain
 
     def _offered_mechanisms(self, channel: sasl.TlsChannel | None) -> list[str]:
-        return sasl.offered_mechanisms(
-            tls=channel, allow_plain=True, insecure_plain=self._insecure_plain()
-        )
+        return c2sfeatures.offered_mechanisms(channel, insecure_plain=self._insecure_plain())
 
     def _advertised(self, channel: sasl.TlsChannel | None) -> sasl.Advertised:
         """What the features listed, for SCRAM downgrade protection (XEP-0474)."""
         bindings = tuple(channel.bindings) if channel is not None and channel.bindings else None
         return sasl.Advertised(tuple(self._offered_mechanisms(channel)), bindings)
-
-    def _add_mechanisms(self, features: Element, channel: sasl.TlsChannel | None) -> None:
-        mechs = child(features, "mechanisms", namespace=ns.SASL)
-        for name in self._offered_mechanisms(channel):
-            child(mechs, "mechanism", text=name)
-        if channel is not None and channel.bindings:
-            # XEP-0440: the channel-binding types a -PLUS mechanism can use here.
-            cb = child(features, "sasl-channel-binding", namespace=ns.SASL_CB)
-            for name in channel.bindings:
-                child(cb, "channel-binding", {"type": name})
 
     # ------------------------------------------------------------------ elements
 
@@ -787,7 +769,7 @@ class C2SStream(StreamMachine):
                 features = await self._features()
                 self.sm = None
                 announce = sasl2.success(old.jid, step.data, [*extra, resumed])
-                self._adopt(old, announce + etree.tostring(features))
+                self._adopt(old, announce + features)
                 return
             if not isinstance(old, str):
                 extra.append(old.resumed_element())
@@ -795,7 +777,7 @@ class C2SStream(StreamMachine):
                 # so neither is offered again (a client would try to resume twice).
                 features = await old._features()
                 announce = sasl2.success(str(old.jid), step.data, extra)
-                old._take_over(self, announce + etree.tostring(features))
+                old._take_over(self, announce + features)
                 return
             extra.append(_sm_failed_element(old))
         if request.bind is not None:
@@ -809,7 +791,7 @@ class C2SStream(StreamMachine):
         if request.bind is not None:
             self._go_live()
         self._write(sasl2.success(self._jid_str, step.data, extra))
-        self._write(etree.tostring(features))
+        self._write(features)
         if self.state is _BOUND:
             await host.bus.run(
                 hooks.RESOURCE_BOUND, hooks.SessionEvent(self.services.sessions.view(self))
