@@ -97,6 +97,44 @@ def test_reset_reads_a_new_header() -> None:
     assert r.header is not None
 
 
+def test_stanzas_after_restarts_read_as_on_a_new_stream() -> None:
+    r = reader()
+    r.feed(HEADER + b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AA==</auth>")
+    r.reset()
+    (iq,) = r.feed(HEADER + b"<iq type='set' id='b'><bind xmlns='urn:x'/></iq>")
+    assert iq.tag == "iq" and iq[0].tag == "{urn:x}bind"
+    # The next header declares one more prefix: stanzas may use it.
+    r.reset()
+    other = HEADER.replace(b" version='1.0'>", b" xmlns:db='jabber:server:dialback' version='1.0'>")
+    (verify,) = r.feed(other + b"<db:verify id='1'>k</db:verify>")
+    assert verify.tag == "{jabber:server:dialback}verify" and verify.text == "k"
+    # Back to the first header: the prefix is no longer bound to the namespace.
+    r.reset()
+    (unbound,) = r.feed(HEADER + b"<db:verify id='2'>k</db:verify>")
+    assert unbound.tag != "{jabber:server:dialback}verify"
+
+
+def test_a_restart_in_the_middle_of_a_stanza_forgets_it() -> None:
+    r = reader()
+    r.feed(HEADER + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message><bo")
+    r.reset()
+    (msg,) = r.feed(HEADER + b"<message to='a@b'><body>new</body></message>")
+    assert msg.findtext("body") == "new" and len(msg) == 1
+    r.feed(b"</stream:stream>")
+    assert r.closed
+
+
+def test_the_parser_kept_for_a_restart_is_released_while_idle() -> None:
+    r = reader()
+    r.feed(HEADER + b"<presence/>")
+    r.reset()
+    assert r.release_if_idle()  # waiting for the next header: nothing half-read
+    assert not r.release_if_idle()
+    r.feed(HEADER)
+    (msg,) = r.feed(b"<message><body>x</body></message>")
+    assert msg.findtext("body") == "x"
+
+
 def test_whitespace_keepalives_do_not_accumulate() -> None:
     r = reader(limit=2048)
     r.feed(HEADER)

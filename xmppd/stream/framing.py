@@ -4,6 +4,7 @@ end-of-stream marker of the input queue, batched output, and the RFC 6120 framin
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 from lxml import etree
@@ -19,6 +20,13 @@ CLOSE_MARK: Final = etree.Element("close-mark")
 """Queued after the last element when the peer closed its stream."""
 
 _STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
+_OPEN_START: Final = b"<?xml version='1.0'?><stream:stream xmlns=\""
+_OPEN_STREAMS: Final = b'" xmlns:stream="' + ns.STREAMS.encode() + b'"'
+_XML_LANG_CLARK: Final = f"{{{ns.XML}}}lang"
+_XML_LANG: Final = "xml:lang"
+_PLAIN: Final = re.compile(r"[ !#-%(-;=?-~]*\Z")
+"""Printable ASCII that needs no escaping in an attribute value."""
+_NAME: Final = re.compile(r"(?:xml:)?[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
 
 def stream_error(condition: str, text: str | None) -> bytes:
@@ -66,6 +74,18 @@ class XmlStreamFraming:
     def open(
         self, namespace: str, attrs: dict[str, str], prefixes: dict[str, str] | None = None
     ) -> bytes:
+        if not prefixes and _PLAIN.match(namespace):
+            # The common case, written directly: what lxml writes for the same
+            # element, several times faster (a login opens three streams).
+            parts = [_OPEN_START, namespace.encode(), _OPEN_STREAMS]
+            for name, value in attrs.items():
+                name = _XML_LANG if name == _XML_LANG_CLARK else name
+                if not (_PLAIN.match(value) and _NAME.match(name)):
+                    break
+                parts.append(f' {name}="{value}"'.encode())
+            else:
+                parts.append(b">")
+                return b"".join(parts)
         nsmap: dict[str | None, str] = {None: namespace, "stream": ns.STREAMS}
         if prefixes:
             nsmap.update(prefixes)

@@ -24,6 +24,15 @@ AUTHENTICATE: Final = f"{{{ns.SASL2}}}authenticate"
 RESPONSE: Final = f"{{{ns.SASL2}}}response"
 ABORT: Final = f"{{{ns.SASL2}}}abort"
 ELEMENTS: Final = frozenset({AUTHENTICATE, RESPONSE, ABORT})
+_INITIAL_RESPONSE: Final = f"{{{ns.SASL2}}}initial-response"
+_USER_AGENT: Final = f"{{{ns.SASL2}}}user-agent"
+_REQUEST_TOKEN: Final = f"{{{ns.FAST}}}request-token"
+_BIND: Final = f"{{{ns.BIND2}}}bind"
+_RESUME: Final = f"{{{sm_ns.NS}}}resume"
+_FAST: Final = f"{{{ns.FAST}}}fast"
+_AUTHENTICATE_CHILDREN: Final = frozenset(
+    {_INITIAL_RESPONSE, _USER_AGENT, _REQUEST_TOKEN, _BIND, _RESUME, _FAST}
+)
 _MAX_TAG_LENGTH: Final = 64
 _MAX_TEXT: Final = 256
 
@@ -86,19 +95,25 @@ def parse_authenticate(el: Element) -> AuthenticateRequest:
     mechanism = el.get("mechanism", "")
     if not mechanism:
         raise MalformedRequest("no mechanism")
-    initial = el.find(f"{{{ns.SASL2}}}initial-response")
-    agent = el.find(f"{{{ns.SASL2}}}user-agent")
-    token_request = el.find(f"{{{ns.FAST}}}request-token")
+    # One pass over the children (first of each kind wins, as find() would have it).
+    found: dict[str, Element] = {}
+    for item in el:
+        tag = item.tag
+        if tag in _AUTHENTICATE_CHILDREN and tag not in found:
+            found[tag] = item
+    initial = found.get(_INITIAL_RESPONSE)
+    agent = found.get(_USER_AGENT)
+    token_request = found.get(_REQUEST_TOKEN)
     return AuthenticateRequest(
         mechanism=mechanism,
         initial_response=None if initial is None else decode(initial.text),
         client_id=_client_id(agent.get("id") if agent is not None else None),
         software=_text(agent, "software"),
         device=_text(agent, "device"),
-        bind=el.find(f"{{{ns.BIND2}}}bind"),
-        resume=el.find(f"{{{sm_ns.NS}}}resume"),
+        bind=found.get(_BIND),
+        resume=found.get(_RESUME),
         request_token=None if token_request is None else token_request.get("mechanism", ""),
-        fast=el.find(f"{{{ns.FAST}}}fast"),
+        fast=found.get(_FAST),
     )
 
 

@@ -54,6 +54,10 @@ _XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
 _ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _NAME = re.compile(rb"[A-Za-z_][-A-Za-z0-9_.:]*")
 _WS_BYTES: Final = b" \t\r\n"
+_STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
+_STREAM_PREFIX_ONLY: Final = {"stream": ns.STREAMS}
+_STREAM_ROOT_ONLY: Final = b'<stream:stream xmlns:stream="' + ns.STREAMS.encode() + b'">'
+"""The synthetic root of a header that declares only the ``stream`` prefix."""
 _TAG: Final = re.compile(rb"<(/?)[^\s/>'\"]*(?:[^>'\"]|'[^']*'|\"[^\"]*\")*?(/?)>")
 """One tag, in a chunk where every ``<`` starts a tag: group 1 marks an end tag, group 2
 an empty-element tag. Quoted attribute values may hold ``>``."""
@@ -96,6 +100,7 @@ class XmlReader:
         "_depth",
         "_parser",
         "_pending",
+        "_spare",
         "_synthetic_root",
         "closed",
         "expected_namespace",
@@ -104,6 +109,8 @@ class XmlReader:
         "max_header_size",
         "max_stanza_size",
     )
+    _carry: bytes
+    _synthetic_root: bytes
 
     def __init__(
         self,
@@ -120,7 +127,18 @@ class XmlReader:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything read so far (stream restart after STARTTLS or SASL)."""
+        """Forget everything read so far (stream restart after STARTTLS or SASL).
+
+        A parser that stands between stanzas is kept for the next stream, whose
+        header usually declares the same prefixes: its stanzas then continue as
+        children of the same synthetic root (a new parser is a tenth of what a
+        stream header costs, and one dropped is garbage for the cycle collector)."""
+        parser = getattr(self, "_parser", None)
+        self._spare: tuple[etree.XMLPullParser, bytes] | None = (
+            (parser, self._synthetic_root)
+            if parser is not None and self.is_between_stanzas and not self._carry
+            else None
+        )
         self.header: StreamHeader | None = None
         self.closed = False
         self._buffer = b""
@@ -148,6 +166,9 @@ class XmlReader:
         Only when nothing is half-read; the next ``feed`` builds a fresh parser. Called
         for idle sessions, so an idle connection costs little more than its socket.
         """
+        if self._spare is not None:  # waiting for the header of a restarted stream
+            self._spare = None
+            return True
         if self._parser is None or self._depth != 0 or not self._at_boundary:
             return False
         self._parser = None
@@ -155,7 +176,7 @@ class XmlReader:
 
     def _release(self) -> None:
         """Drop everything held (after a stream error): the parser and its input."""
-        self._parser = None
+        self._parser = self._spare = None
         self._buffer = self._carry = b""
         self._pending = 0
 
@@ -494,9 +515,16 @@ class XmlReader:
             content_namespace=content_ns,
         )
         prefixes = {p: uri for p, uri in root.nsmap.items() if p is not None}
-        synthetic = etree.tostring(etree.Element(f"{{{ns.STREAMS}}}stream", nsmap=prefixes))
-        self._synthetic_root = synthetic[:-2] + b">"
-        self._parser = self._new_parser()
+        if prefixes == _STREAM_PREFIX_ONLY:
+            self._synthetic_root = _STREAM_ROOT_ONLY
+        else:
+            synthetic = etree.tostring(etree.Element(_STREAM_TAG, nsmap=prefixes))
+            self._synthetic_root = synthetic[:-2] + b">"
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[1] == self._synthetic_root:
+            self._parser = spare[0]
+        else:
+            self._parser = self._new_parser()
         self._depth = 0
         self._at_boundary = True
         self._pending = 0
