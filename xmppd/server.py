@@ -480,7 +480,7 @@ class Server:
                         released += 1
                 if released:
                     log.debug("released the parsers of %d idle sessions", released)
-                    note_freed(released)
+                    note_freed(released, cyclic=False)  # ended cleanly (xmlreader)
             trim_if_worthwhile()
 
     def check(self) -> None:

@@ -1,5 +1,7 @@
 """xmppd.heap: dropped parsers are collected (they sit in an lxml reference cycle) and
-the heap trimmed, once enough were dropped, no more often than its time share allows."""
+the heap trimmed, once enough were dropped, no more often than its time share allows;
+a parser the reader ends cleanly (between stanzas) is freed at once, and drops of
+those alone trim without a collection."""
 
 from __future__ import annotations
 
@@ -11,14 +13,20 @@ import pytest
 from lxml import etree
 
 from xmppd import heap
+from xmppd.stream.xmlreader import XmlReader
+
+HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>"
+)
 
 
 @pytest.fixture(autouse=True)
 def fresh_counts() -> Iterator[None]:
-    heap._freed.count = 0
+    heap._freed.count = heap._freed.cyclic = 0
     heap._freed.not_before = 0.0
     yield
-    heap._freed.count = 0
+    heap._freed.count = heap._freed.cyclic = 0
     heap._freed.not_before = 0.0
 
 
@@ -60,3 +68,38 @@ def test_the_next_one_waits_for_its_time_share() -> None:
     assert not heap.trim_if_worthwhile()
     heap._freed.not_before = 0.0
     assert heap.trim_if_worthwhile()
+
+
+def test_a_parser_released_between_stanzas_is_freed_without_the_collector() -> None:
+    gc.disable()
+    try:
+        reader = XmlReader(expected_namespace="jabber:client", max_stanza_size=10_000)
+        reader.feed(HEADER + b"<message><body>hi</body></message><presence/>")
+        gc.collect()
+        assert reader.release_if_idle()
+        assert gc.collect() == 0, "the released parser was left in a cycle"
+        # The reader still works: a new parser for the next stanza.
+        (msg,) = reader.feed(b"<message><body>again</body></message>")
+        assert msg.findtext("body") == "again"
+    finally:
+        gc.enable()
+
+
+def test_clean_drops_trim_without_collecting() -> None:
+    gc.disable()
+    try:
+        parser = _Parser(events=("start", "end"))
+        parser.feed(b"<root><a>")
+        list(parser.read_events())
+        in_a_cycle = weakref.ref(parser)
+        del parser
+        heap.note_freed(heap.TRIM_AFTER, cyclic=False)
+        assert heap.trim_if_worthwhile()  # trimmed...
+        assert in_a_cycle() is not None  # ...but not collected
+        heap._freed.not_before = 0.0  # its time share aside
+        heap.note_freed(heap.TRIM_AFTER)
+        assert heap.trim_if_worthwhile()
+        assert in_a_cycle() is None
+        assert heap._freed.cyclic == 0
+    finally:
+        gc.enable()

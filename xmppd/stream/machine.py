@@ -370,7 +370,11 @@ class StreamMachine:
         if previous is _CLOSED:
             return
         self._enter(_CLOSED)
-        note_freed()  # the reader's parser goes with the stream: worth a heap trim
+        # The reader's parser goes with the stream (ended cleanly when it stands between
+        # stanzas): worth a heap trim. Counted as cyclic all the same: what else the
+        # stream held may be, and a collection after many ended streams frees it.
+        self.reader.release_if_idle()
+        note_freed()
         self._timeout.cancel()
         if self._shaper is not None:
             self._shaper.cancel()

@@ -167,10 +167,12 @@ class XmlReader:
         for idle sessions, so an idle connection costs little more than its socket.
         """
         if self._spare is not None:  # waiting for the header of a restarted stream
+            _end(*self._spare)
             self._spare = None
             return True
         if self._parser is None or self._depth != 0 or not self._at_boundary:
             return False
+        _end(self._parser, self._synthetic_root)
         self._parser = None
         return True
 
@@ -524,10 +526,26 @@ class XmlReader:
         if spare is not None and spare[1] == self._synthetic_root:
             self._parser = spare[0]
         else:
+            if spare is not None:
+                _end(*spare)
             self._parser = self._new_parser()
         self._depth = 0
         self._at_boundary = True
         self._pending = 0
+
+
+def _end(parser: etree.XMLPullParser, synthetic_root: bytes) -> None:
+    """End a parser that stands between stanzas: its synthetic root closed and its
+    events read, nothing keeps it in a reference cycle (dropped mid-document, it would
+    wait for the cyclic garbage collector: :mod:`xmppd.heap`)."""
+    qname = synthetic_root[1 : synthetic_root.find(b" ")]
+    try:
+        parser.feed(b"</" + qname + b">")
+        parser.close()
+    except etree.XMLSyntaxError:
+        pass
+    for _ in parser.read_events():
+        pass
 
 
 def _find_header_end(buf: bytes, limit: int) -> int | None:

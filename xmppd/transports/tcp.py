@@ -130,7 +130,7 @@ class C2SConnection(asyncio.Protocol):
     def __del__(self) -> None:
         # Its TLS state (OpenSSL's ~17 KB) is freed with it: also after a TLS
         # handshake that never completed, when no stream was opened.
-        note_freed()
+        note_freed(cyclic=False)
 
     @property
     def framing(self) -> Framing:
