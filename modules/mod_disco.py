@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from typing import Final
 
 from xmppd.api import (
     Drop,
@@ -147,6 +149,23 @@ async def advertise_caps(
     """XEP-0115 §6.3: the server's own caps in stream features, after authentication."""
     if fctx.stage != "post-auth":
         return features
-    info = await build_info(ctx, DiscoQuery(ctx.jid, ctx.jid, None), Scope.HOST)
-    caps = payload(ns.CAPS, "c", {"hash": "sha-1", "node": CAPS_NODE, "ver": caps_hash(info)})
+    caps = payload(ns.CAPS, "c", {"hash": "sha-1", "node": CAPS_NODE, "ver": await _ver(ctx)})
     return (*features, caps)
+
+
+_VER_TTL: Final = 10.0
+"""Seconds the server's own caps hash is reused for stream features (every login
+computes it otherwise: the host's disco#info through every ``disco_info`` handler).
+A change of the host's features (a reload) shows in them at most this much later;
+disco#info queries are answered fresh."""
+_vers: dict[str, tuple[float, str]] = {}
+
+
+async def _ver(ctx: Ctx) -> str:
+    now = time.monotonic()
+    cached = _vers.get(ctx.domain)
+    if cached is not None and now < cached[0]:
+        return cached[1]
+    ver = caps_hash(await build_info(ctx, DiscoQuery(ctx.jid, ctx.jid, None), Scope.HOST))
+    _vers[ctx.domain] = (now + _VER_TTL, ver)
+    return ver
