@@ -92,14 +92,10 @@ class SqlitePlans:
 
     def plan(self, stmt: sa.Executable) -> Plan | None:
         """The plan of a marked statement; ``None`` for others (SQLAlchemy runs them)."""
-        try:
-            return self._plans[stmt]
-        except KeyError:
-            pass
-        except TypeError:  # not hashable: not one of ours
-            return None
         if not stmt.get_execution_options().get(OPTION):
             return None
+        if stmt in self._plans:
+            return self._plans[stmt]
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()  # statements marked but built per call: start again
         plan = self._plans[stmt] = _compile(stmt, self._dialect)
