@@ -1,5 +1,6 @@
 """CLI: ``python -m bench SCENARIO`` (all, sessions, tls, chat, archive, presence,
-archive-query, muc, storm, ws-sessions, ws-chat, upload, cluster, echo-ceiling).
+archive-query, muc, storm, ws-sessions, ws-chat, upload, cluster, soak, beside,
+echo-ceiling).
 
 Every server under test runs pinned to core 0 (``taskset -c 0``); this process and the
 generator workers run on core 1.  Results are printed as one JSON line per server and
@@ -25,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from bench.archive import run_archive, run_archive_query
+from bench.beside import beside_report, run_beside
 from bench.certs import CertFiles, make_certificate
 from bench.cluster import ClusterSettings, run_cluster
 from bench.cluster import quick as cluster_quick
@@ -77,8 +79,9 @@ SCENARIOS = ["sessions", "tls", "chat", "archive", "presence", "archive-query", 
 SCENARIOS += WEB_SCENARIOS  # ws-sessions, ws-chat, upload (bench/web.py)
 SCENARIOS += ["cluster"]  # xmppd only: two nodes and a Redis (bench/cluster.py)
 SCENARIOS += ["soak"]  # xmppd only, not part of ``all``: memory over time (bench/soak.py)
+SCENARIOS += ["beside"]  # not part of ``all``: chat beside a login storm (bench/beside.py)
 #: Scenarios ``all`` leaves out (long runs of their own).
-SEPARATE = ("soak",)
+SEPARATE = ("soak", "beside")
 #: Scenarios only xmppd has (the others have no such feature to compare).
 XMPPD_ONLY = {
     "archive-query": "archive-query is measured for xmppd only",
@@ -162,6 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-sessions", type=int, help="soak: TLS sessions online (10000)")
     parser.add_argument("--soak-rate", type=int, help="soak: chat messages/s in all (10000)")
     parser.add_argument("--soak-seconds", type=float, help="soak: chat duration (600)")
+    parser.add_argument("--beside-rates", type=_int_list, help="beside: chat rates, msg/s (5000)")
+    parser.add_argument(
+        "--beside-logins", type=int, help="beside: logins in the storm of each step (10000)"
+    )
     parser.add_argument("--storm-pairs", type=int, help="storm: chatting pairs among them (200)")
     parser.add_argument("--storm-rate", type=int, help="storm: their messages/s in all (1000)")
     parser.add_argument("--cluster-pairs", type=int, help="cluster: chat pairs (200)")
@@ -235,6 +242,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.soak_churn, s.soak_churn_warmup = 2_000, 200
         s.soak_sessions, s.soak_pairs, s.soak_rate = 1_000, 100, 2_000
         s.soak_seconds = 60.0
+        s.beside_pairs, s.beside_logins, s.beside_step_seconds = 100, 2_000, 5.0
+        s.beside_login_concurrency = 200
     overrides = {
         "tls_sessions": args.tls_sessions,
         "presence_users": args.presence_users,
@@ -258,6 +267,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "soak_sessions": args.soak_sessions,
         "soak_rate": args.soak_rate,
         "soak_seconds": args.soak_seconds,
+        "beside_rates": args.beside_rates,
+        "beside_logins": args.beside_logins,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -380,7 +391,7 @@ class Runner:
     def run(self) -> int:
         started = time.monotonic()
         try:
-            if any(s in self.scenarios for s in ("tls", "storm", "soak")):
+            if any(s in self.scenarios for s in ("tls", "storm", "soak", "beside")):
                 self.certs = make_certificate(self.workdir / "certs", DOMAIN)
             wants_echo = any(s in ECHO_SCENARIOS for s in self.scenarios)
             if wants_echo and (not self.args.no_echo or self.args.command == "echo-ceiling"):
@@ -497,6 +508,8 @@ class Runner:
             return run_storm(server, s, log)
         if scenario == "soak":
             return run_soak(server, s, log)
+        if scenario == "beside":
+            return run_beside(server, s, log)
         if scenario == "ws-sessions":
             return [run_ws_sessions(server, s, self.web, log)]
         if scenario == "ws-chat":
@@ -540,6 +553,7 @@ class Runner:
             "muc": lambda: muc_report(self.results["muc"]),
             "storm": lambda: storm_report(self.results["storm"]),
             "soak": lambda: soak_report(self.results["soak"]),
+            "beside": lambda: beside_report(self.results["beside"]),
             "ws-sessions": lambda: ws_sessions_report(
                 self.results["ws-sessions"], self.web.ws_sessions
             ),

@@ -109,6 +109,13 @@ class Settings:
     soak_rate: int = 10_000
     soak_seconds: float = 600.0
     soak_sample: float = 10.0
+    #: ``beside`` (bench/beside.py): chat pairs over TLS, their rates, each step alone
+    #: and beside a login storm of this many other accounts, so many in flight
+    beside_pairs: int = 500
+    beside_rates: list[int] = field(default_factory=lambda: [5000])
+    beside_step_seconds: float = 10.0
+    beside_logins: int = 10_000
+    beside_login_concurrency: int = 1000
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0
@@ -126,6 +133,8 @@ class Settings:
             need = max(need, self.storm_sessions)
         if "soak" in scenarios:
             need = max(need, self.soak_sessions)
+        if "beside" in scenarios:
+            need = max(need, 2 * self.beside_pairs + self.beside_logins)
         if "muc" in scenarios:
             need = max(need, *self.muc_sizes, *([5000] if self.muc_large else []))
         return need
