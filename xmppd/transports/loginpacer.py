@@ -10,9 +10,9 @@ chatting pairs (``python -m bench beside``), chat p99 went from 2.6 to 250 ms.
 A connection whose client stream is not bound yet asks :meth:`LoginPacer.admit` before
 each read is handled. Beyond ``per_turn`` such reads in one turn, the connection holds
 the bytes for a later turn (:meth:`wait`; its socket is paused only if more keeps
-coming); the turns after serve waiting connections first, in order. A bound session is never held, so its
-traffic waits for at most ``per_turn`` login steps; the logins still get every cycle the
-bound sessions leave. Nothing is dropped: a held read is handled as it came.
+coming); the turns after serve waiting connections first, in order. A bound session is
+never held, so its traffic waits for at most ``per_turn`` login steps; the logins still
+get every cycle the bound sessions leave. Nothing is dropped: a held read is handled as it came.
 Off unless ``c2s.login_reads_per_turn`` is set: it costs a login about 15 % more CPU in
 a pure login ramp (docs/benchmarks.md, "Login pacing, measured").
 """
