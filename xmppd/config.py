@@ -467,6 +467,15 @@ class C2SSection(Section):
         "come back with its next byte): an idle connection then costs a few KB instead of "
         "~30 KB. 0 disables.",
     )
+    login_reads_per_turn: int = Field(
+        0,
+        ge=0,
+        description="Reads of connections not yet logged in (TLS handshake, SASL, bind) "
+        "handled per turn of the event loop; more wait, nothing dropped, for the next "
+        "turns, so that logged-in users' messages do not queue behind a login storm "
+        "(8: chat p99 beside 10,000 logins 250 -> 23 ms, login CPU +15 %). 0 (the "
+        "default) disables.",
+    )
 
 
 class HttpSection(Section):

@@ -58,6 +58,7 @@ from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s
 from xmppd.transports.bosh import BODY_OVERHEAD
 from xmppd.transports.boshrelay import BoshRelay, relay_address
 from xmppd.transports.http import HttpFront
+from xmppd.transports.loginpacer import LoginPacer
 from xmppd.transports.peerlimit import ConnectionsPerAddress
 from xmppd.transports.peertls import PeerTlsContexts
 from xmppd.transports.tcp import StreamOpeners, start_listeners
@@ -261,6 +262,11 @@ class Server:
                     self.config.c2s.max_connections_per_ip, self.config.c2s.connection_limit_exempt
                 ),
                 reuse_port=self.worker is not None,
+                login_pacer=(
+                    LoginPacer(self.config.c2s.login_reads_per_turn)
+                    if self.config.c2s.login_reads_per_turn > 0
+                    else None
+                ),
             )
             self._listeners = await start_listeners(self.config.listeners, self.tls, openers)
             for listener, section in zip(self._listeners, self.config.listeners, strict=False):

@@ -22,6 +22,7 @@ from xmppd import ns
 from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.shaper import Shaper
+from xmppd.transports.loginpacer import LoginPacer
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
 from xmppd.transports.tlslayer import TlsLayer
 
@@ -61,6 +62,9 @@ class StreamOpeners:
     reuse_port: bool = False
     """Bind with SO_REUSEPORT: the workers of ``server.workers`` each bind every
     listener and the kernel spreads new connections over them."""
+    login_pacer: LoginPacer | None = None
+    """Login reads per event-loop turn, shared by every c2s listener (``None``: no
+    limit)."""
 
 
 LINGER: Final = 2.0
@@ -71,6 +75,10 @@ or misbehaving peer why it was closed. Reading on for a moment lets it arrive.""
 LINGER_MAX_UNSENT: Final = 256 * 1024
 """Above this much unsent output, closing aborts at once (the buffer is freed)."""
 
+
+HOLD_READS_BEFORE_PAUSE: Final = 4
+"""Reads a connection held by the login pacer may take before its socket is paused
+(uvloop reads at most 256 KiB at a time, so at most 1 MiB is held)."""
 
 HANDSHAKE_TIMEOUT: Final = 30.0
 """Seconds a TLS handshake (direct TLS or STARTTLS) may take."""
@@ -90,10 +98,14 @@ class C2SConnection(asyncio.Protocol):
 
     __slots__ = (
         "_counted",
+        "_held",
         "_layer",
         "_limit",
         "_linger",
         "_open",
+        "_pacer",
+        "_pacer_paused",
+        "_stream_paused",
         "_tls",
         "_tls_mode",
         "_tls_timer",
@@ -110,9 +122,15 @@ class C2SConnection(asyncio.Protocol):
         tls: TlsContexts | None,
         tls_mode: str,
         limit: ConnectionsPerAddress | None = None,
+        pacer: LoginPacer | None = None,
     ) -> None:
         self._open = open_stream
         self._limit = limit
+        self._pacer = pacer
+        self._held: list[bytes] | None = None
+        """Reads waiting for a later turn (:class:`LoginPacer`), in order."""
+        self._stream_paused = False
+        self._pacer_paused = False
         self._counted = False
         self._tls = tls
         self._tls_mode = tls_mode
@@ -160,6 +178,37 @@ class C2SConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes read from the socket."""
+        pacer = self._pacer
+        if pacer is not None:
+            held = self._held
+            if held is not None:
+                held.append(data)
+                if len(held) == HOLD_READS_BEFORE_PAUSE and self._transport is not None:
+                    self._pacer_paused = True  # a client that keeps sending
+                    self._transport.pause_reading()
+                return
+            stream = self.stream
+            if (stream is None or not getattr(stream, "is_bound", True)) and not pacer.admit():
+                # Login work beyond this turn's budget: wait for a later turn. A client
+                # logging in sends little until it is answered, so the socket is only
+                # paused if more keeps coming (each pause and resume is a system call).
+                self._held = [data]
+                pacer.wait(self._release_held)
+                return
+        self._handle(data)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        transport = self._transport
+        if held is None or transport is None or transport.is_closing():
+            return
+        if self._pacer_paused:
+            self._pacer_paused = False
+            if not self._stream_paused:
+                transport.resume_reading()
+        self._handle(held[0] if len(held) == 1 else b"".join(held))
+
+    def _handle(self, data: bytes) -> None:
         layer = self._layer
         if layer is None:
             self._plain_received(data)
@@ -308,11 +357,13 @@ class C2SConnection(asyncio.Protocol):
         self._linger = asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     def pause_reading(self) -> None:
+        self._stream_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None:
+        self._stream_paused = False
+        if self._transport is not None and not self._pacer_paused:
             self._transport.resume_reading()
 
     def write_buffer_size(self) -> int:
@@ -404,6 +455,7 @@ async def _listen(
     offer_starttls = section.tls == "starttls"
     opener = openers.c2s
     limit = openers.c2s_per_address if section.kind == "c2s" else None
+    pacer = openers.login_pacer if section.kind == "c2s" else None
     if section.kind == "s2s":
         if openers.s2s is None:
             raise ValueError(
@@ -436,7 +488,7 @@ async def _listen(
 
     # Direct TLS too is the connection's own (C2SConnection), not the loop's.
     srv = await loop.create_server(
-        lambda: C2SConnection(open_stream, tls, section.tls, limit),
+        lambda: C2SConnection(open_stream, tls, section.tls, limit, pacer),
         host=section.address,
         port=section.port,
         backlog=section.backlog,
@@ -454,7 +506,7 @@ class ShapedConnection(C2SConnection):
     one second's worth. Its stream's own pauses (a full queue) are kept apart from the
     shaper's: reading resumes when neither wants it paused."""
 
-    __slots__ = ("_shaper", "_stream_paused")
+    __slots__ = ("_shaper",)
 
     def __init__(
         self,
