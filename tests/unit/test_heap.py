@@ -34,15 +34,19 @@ class _Parser(etree.XMLPullParser):
     """A subclass, so that it can be weakly referenced."""
 
 
+def _dropped_in_a_cycle() -> weakref.ref[_Parser]:
+    """A fed pull parser, dropped mid-document: only the cycle collector frees it."""
+    parser = _Parser(events=("start", "end"))
+    parser.feed(b"<root><a>")
+    list(parser.read_events())
+    return weakref.ref(parser)
+
+
 def test_a_dropped_pull_parser_needs_the_cycle_collector() -> None:
     """Why the module exists: refcounting alone does not free a fed XMLPullParser."""
     gc.disable()
     try:
-        parser = _Parser(events=("start", "end"))
-        parser.feed(b"<root><a>")
-        list(parser.read_events())
-        gone = weakref.ref(parser)
-        del parser
+        gone = _dropped_in_a_cycle()
         assert gone() is not None
         heap.note_freed(heap.TRIM_AFTER)
         assert heap.trim_if_worthwhile()
@@ -88,11 +92,7 @@ def test_a_parser_released_between_stanzas_is_freed_without_the_collector() -> N
 def test_clean_drops_trim_without_collecting() -> None:
     gc.disable()
     try:
-        parser = _Parser(events=("start", "end"))
-        parser.feed(b"<root><a>")
-        list(parser.read_events())
-        in_a_cycle = weakref.ref(parser)
-        del parser
+        in_a_cycle = _dropped_in_a_cycle()
         heap.note_freed(heap.TRIM_AFTER, cyclic=False)
         assert heap.trim_if_worthwhile()  # trimmed...
         assert in_a_cycle() is not None  # ...but not collected

@@ -211,8 +211,10 @@ class Database:
         """The rows of a statement marked :func:`~xmppd.storage.prepared.prepared`,
         read through SQLite's driver; ``None`` when SQLAlchemy must run it."""
         plans = self._plans
-        plan = None if plans is None else plans.plan(stmt)
-        return None if plans is None or plan is None else plans.fetch(plan, params)
+        if plans is None:
+            return None
+        plan = plans.plan(stmt)
+        return None if plan is None else plans.fetch(plan, params)
 
     def _driver_connection(self) -> Any:
         """SQLite's own connection under the engine's single pooled one."""
