@@ -170,6 +170,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--beside-logins", type=int, help="beside: logins in the storm of each step (10000)"
     )
     parser.add_argument("--storm-pairs", type=int, help="storm: chatting pairs among them (200)")
+    parser.add_argument(
+        "--storms",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        help="storm: only these storms, drop/mode (cut/scram,cut/fast+resume,restart/fast...)",
+    )
+    parser.add_argument(
+        "--no-storm-tls-resume",
+        action="store_true",
+        help="storm: clients never offer their last TLS session's ticket",
+    )
     parser.add_argument("--storm-rate", type=int, help="storm: their messages/s in all (1000)")
     parser.add_argument("--cluster-pairs", type=int, help="cluster: chat pairs (200)")
     parser.add_argument("--cluster-rates", type=_int_list, help="cluster: rates, msg/s (2000,5000)")
@@ -263,6 +273,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "storm_sessions": args.storm_sessions,
         "storm_pairs": args.storm_pairs,
         "storm_rate": args.storm_rate,
+        "storm_only": args.storms,
+        "storm_tls_resume": False if args.no_storm_tls_resume else None,
         "soak_churn": args.soak_churn,
         "soak_sessions": args.soak_sessions,
         "soak_rate": args.soak_rate,

@@ -98,6 +98,12 @@ class Settings:
     storm_settle: float = 2.0
     storm_limit: float = 300.0
     storm_drain: float = 30.0
+    #: the clients offer their last TLS session's ticket when they reconnect, as
+    #: phones' TLS stacks do (only a server that issues tickets resumes)
+    storm_tls_resume: bool = True
+    #: run only these storms ("cut/scram", "restart/fast", "cut/fast+resume"...; None:
+    #: every storm of :func:`bench.storm.storm_plan`)
+    storm_only: list[str] | None = None
     #: ``soak`` (bench/soak.py): logins and logouts of one account (after a warm-up),
     #: logins in flight; then sessions online, chatting pairs among them, their
     #: messages/s in all, for how long, RSS read every ``soak_sample`` seconds

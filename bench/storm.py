@@ -8,7 +8,8 @@ each way of dropping and each way of coming back (see :func:`storm_plan`):
   network blip: the server keeps the sessions resumable);
 * ``restart``: the server is stopped (SIGTERM) and started again on the same data;
 
-and every client reconnects as a phone does (:class:`bench.storm_client.Backoff`: a
+and every client reconnects as a phone does, offering the ticket of its last TLS session
+(``--no-storm-tls-resume``: never) (:class:`bench.storm_client.Backoff`: a
 first wait drawn from ``[0, first)``, then exponential back-off with full jitter), at
 most ``concurrency`` logins in flight across the generator, with
 
@@ -49,12 +50,15 @@ class Storm:
         return self.mode + ("+resume" if self.resume else "")
 
 
-def storm_plan(server: str) -> list[Storm]:
+def storm_plan(server: str, only: list[str] | None = None) -> list[Storm]:
     """The storms run on ``server`` in order (FAST is xmppd's; resumption needs a
-    session the server kept, hence ``cut`` only)."""
+    session the server kept, hence ``cut`` only); ``only``: those named
+    ``drop/mode`` (``cut/fast+resume``) among them."""
     modes = ["scram", "fast"] if server == "xmppd" else ["scram"]
     plan = [Storm("cut", m, r) for m in modes for r in (False, True)]
     plan += [Storm("restart", m, False) for m in modes]
+    if only is not None:
+        plan = [p for p in plan if f"{p.drop}/{p.name}" in only]
     return plan
 
 
@@ -106,7 +110,7 @@ def _storms(server: Server, settings: Settings, log: Log) -> list[dict[str, Any]
                 errors = [e for r in replies for e in r["errors"]][:3]
                 raise RuntimeError(f"only {ok}/{n} sessions logged in: {errors}")
             chatters = [sum(1 for u in part if u[2] is not None) for part in parts]
-            for storm in storm_plan(server.name):
+            for storm in storm_plan(server.name, settings.storm_only):
                 res = _one_storm(server, pool, settings, log, storm, n, chatters)
                 res["pairs"] = pairs
                 res["generator_processes"] = workers
@@ -131,7 +135,8 @@ def _one_storm(
 ) -> dict[str, Any]:
     workers = len(pool)
     total_chatters = sum(chatters) or 1
-    pool.call_all("storm_mode", [{"mode": storm.mode, "resume": storm.resume}] * workers)
+    mode = {"mode": storm.mode, "resume": storm.resume, "tls_resume": settings.storm_tls_resume}
+    pool.call_all("storm_mode", [mode] * workers)
     pool.call_all(
         "storm_chat_start",
         [{"rate": settings.storm_rate * c / total_chatters} for c in chatters],
@@ -203,6 +208,7 @@ def _one_storm(
         "not_back": n - back,
         "errors": [e for r in replies for e in r["errors"]][:5],
         "resumed": sum(r["resumed"] for r in replies),
+        "tls_resumed": sum(r["tls_resumed"] for r in replies),
         "attempts": sum(r["attempts"] for r in replies),
         "all_back_seconds": round(all_back, 3),
         "relogin_rate": round(back / all_back, 1) if all_back > 0 else None,
@@ -232,11 +238,12 @@ def _one_storm(
         "backoff_s": settings.storm_backoff,
         "backoff_cap_s": settings.storm_backoff_cap,
         "concurrency": settings.concurrency,
+        "tls_resume_offered": settings.storm_tls_resume,
     }
     log(
         f"{server.name}: {storm.drop}/{storm.name}: {back}/{n} back in {all_back:.2f} s "
-        f"(resumed {result['resumed']}), p50 {fmt_ms(result['reconnect_p50_ms'])} "
-        f"p99 {fmt_ms(result['reconnect_p99_ms'])} ms, "
+        f"(resumed {result['resumed']}, TLS resumed {result['tls_resumed']}), "
+        f"p50 {fmt_ms(result['reconnect_p50_ms'])} p99 {fmt_ms(result['reconnect_p99_ms'])} ms, "
         f"{result['cpu_ms_per_relogin']} ms CPU/re-login; messages sent {result['sent']} "
         f"acked {result['acked']} lost {result['lost']} dup {result['duplicates']} "
         f"late {result['late']} (+{result['late_repeated']} repeated)"

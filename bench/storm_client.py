@@ -7,6 +7,9 @@ STARTTLS in one of three ways and keeps XEP-0198 stream management on:
 * ``fast``: XEP-0388 SASL2 with XEP-0386 Bind 2 and inline SM enable; the first login
   uses SCRAM-SHA-1 and asks for a XEP-0484 FAST token (``HT-SHA-256-NONE``), every
   later one uses the token alone (one round trip);
+* TLS: the session of the client's last connection is offered again (its ticket, as
+  phones' TLS stacks do; ``tls_resume``), so a server that issues tickets can skip the
+  certificate on a reconnect;
 * resumption (``resume=True``): the previous SM session is resumed (``<resume/>`` after
   SCRAM, or inline in SASL2 with the FAST token); when the server answers ``<failed/>``
   the client binds a fresh session instead.
@@ -33,6 +36,7 @@ import time
 import uuid
 from collections import deque
 
+from bench.certs import TLS_SESSION
 from bench.xmpp import (
     BIND_IQ,
     PING_NS,
@@ -126,6 +130,11 @@ class StormSession:
         self.tls = tls
         self.mode = mode
         self.resume = False
+        #: offer the TLS session of the last connection (its ticket), as phones do
+        self.tls_resume = True
+        self.tls_session: ssl.SSLSession | None = None
+        #: connections on which the server resumed the TLS session
+        self.tls_resumed = 0
         #: resend unacknowledged messages on a new (not resumed) session, as real clients do
         self.resend = resend
         self.agent_id = str(uuid.uuid4())
@@ -269,6 +278,7 @@ class StormSession:
     async def connect(self) -> bool:
         """Log in (or resume); returns whether the SM session was resumed."""
         loop = asyncio.get_running_loop()
+        TLS_SESSION.set(self.tls_session if self.tls_resume else None)
         _, conn = await loop.create_connection(lambda: StormConn(self), self.host, self.port)
         try:
             header = stream_header(self.domain)
@@ -279,6 +289,7 @@ class StormSession:
             conn.send(header)
             await conn.read_stream_header()
             features = await _features(conn)
+            self._keep_tls_session(conn)
             if self.mode == "fast":
                 resumed = await self._sasl2(conn, features)
             else:
@@ -296,6 +307,17 @@ class StormSession:
                 self.conn = None
             conn.cut()
             raise
+
+    def _keep_tls_session(self, conn: StormConn) -> None:
+        """Keep the connection's TLS session for the next one (a TLS 1.3 ticket comes
+        after the handshake, before the stream's features)."""
+        sslobj = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+        if sslobj is None:
+            return
+        if sslobj.session_reused:
+            self.tls_resumed += 1
+        session = sslobj.session
+        self.tls_session = session if session is not None and session.has_ticket else None
 
     async def _sasl1(self, conn: StormConn, header: bytes, features: bytes) -> bool:
         if b">SCRAM-SHA-1<" not in features:

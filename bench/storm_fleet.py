@@ -81,10 +81,11 @@ class Fleet:
             "seconds": time.monotonic() - started,
         }
 
-    def set_mode(self, mode: str, resume: bool) -> dict[str, Any]:
+    def set_mode(self, mode: str, resume: bool, tls_resume: bool = True) -> dict[str, Any]:
         for s in self.sessions:
             s.mode = mode
             s.resume = resume
+            s.tls_resume = tls_resume
         return {"sessions": len(self.sessions)}
 
     # ------------------------------------------------------------------ chat
@@ -149,6 +150,7 @@ class Fleet:
         attempts: list[int] = []
         errors: list[str] = []
         resumed0 = sum(s.resumed for s in self.sessions)
+        tls_resumed0 = sum(s.tls_resumed for s in self.sessions)
 
         async def one(s: StormSession) -> None:
             try:
@@ -172,6 +174,7 @@ class Fleet:
             "failed": len(self.sessions) - len(durations),
             "errors": errors[:5],
             "resumed": sum(s.resumed for s in self.sessions) - resumed0,
+            "tls_resumed": sum(s.tls_resumed for s in self.sessions) - tls_resumed0,
             "attempts": sum(attempts),
             "durations": array("d", durations).tobytes(),
         }

@@ -611,6 +611,12 @@ class _CertificatePair(Section):
 
 class TlsSection(_CertificatePair):
     min_version: Literal["1.2", "1.3"] = "1.2"
+    session_tickets: bool = Field(
+        True,
+        description="Issue stateless TLS session tickets to clients (no state kept on "
+        "the server): a client coming back resumes its TLS session without the "
+        "certificate's signature. The ticket key is new at each start.",
+    )
 
 
 class HostSection(_CertificatePair):

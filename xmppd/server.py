@@ -566,6 +566,7 @@ class Server:
                     section.key or tls.key,
                     data_dir,
                     min_version=tls.min_version,
+                    session_tickets=tls.session_tickets,
                 )
             return TlsContexts(certs)
 

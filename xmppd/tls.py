@@ -85,16 +85,34 @@ def end_point_hash(cert_pem: bytes) -> bytes:
     return hashlib.new(name, cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
-def server_context(cert_path: Path, key_path: Path, *, min_version: str = "1.2") -> ssl.SSLContext:
+def server_context(
+    cert_path: Path,
+    key_path: Path,
+    *,
+    min_version: str = "1.2",
+    session_tickets: bool = True,
+) -> ssl.SSLContext:
+    """The c2s/direct-TLS context of one certificate.
+
+    With ``session_tickets`` the server issues one *stateless* ticket per handshake
+    (RFC 8446 §4.6.1, RFC 5077 for TLS 1.2): the session is sealed with the context's
+    ticket key and kept by the client alone, so a client coming back resumes without
+    the certificate and its signature while the server stores nothing per session.
+    ``OP_NO_TICKET`` must stay off for that: in TLS 1.3 it means *stateful* tickets,
+    every session cached in the context (~1 KiB each, up to 20,480). The ticket key
+    lives as long as the context (a reload keeps it): after a restart, or at another
+    worker process, the client does a full handshake again. Without ``session_tickets``
+    no ticket is issued at all.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_path), str(key_path))
     ctx.set_alpn_protocols(["xmpp-client"])
-    # Tickets would let a resumed session skip the certificate; keep handshakes simple.
-    # In TLS 1.3 OP_NO_TICKET alone means *stateful* tickets: OpenSSL would cache every
-    # connection's session in the context (~1 KiB each, up to 20,480). No ticket at all.
-    ctx.options |= ssl.OP_NO_TICKET
-    ctx.num_tickets = 0
+    if session_tickets:
+        ctx.num_tickets = 1
+    else:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     return ctx
 
 
@@ -105,6 +123,7 @@ def load_host_certificate(
     data_dir: Path,
     *,
     min_version: str = "1.2",
+    session_tickets: bool = True,
 ) -> HostCertificate:
     """The configured certificate, or ``<data_dir>/certs/<domain>.pem`` (generated)."""
     if cert_path is None or key_path is None:
@@ -112,7 +131,9 @@ def load_host_certificate(
         key_path = data_dir / "certs" / f"{domain}.key"
         if not cert_path.exists() or not key_path.exists():
             generate_self_signed(domain, cert_path, key_path)
-    ctx = server_context(cert_path, key_path, min_version=min_version)
+    ctx = server_context(
+        cert_path, key_path, min_version=min_version, session_tickets=session_tickets
+    )
     pem = cert_path.read_bytes()
     return HostCertificate(domain, ctx, end_point_hash(pem), not_after(pem), pem)
 

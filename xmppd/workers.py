@@ -73,6 +73,7 @@ async def prepare(config: ServerConfig) -> None:
                 section.key or tls.key,
                 data_dir,
                 min_version=tls.min_version,
+                session_tickets=tls.session_tickets,
             )
 
     await asyncio.to_thread(certificates)

@@ -94,6 +94,9 @@ async def scenario(server: XmppdServer) -> None:
             assert result["lost"] == 0, (how, summary)
             assert result["duplicates"] == 0, (how, summary)
             assert result["error_stanzas"] == 0, (how, summary)
+            # A new process has a new ticket key: the tickets every client offered are
+            # refused and each does a full TLS handshake instead.
+            assert result["tls_resumed"] == 0, (how, summary)
     finally:
         for session in fleet.sessions:
             session.cut()
@@ -151,3 +154,5 @@ def test_fresh_login_over_a_hibernated_session_loses_no_acknowledged_message(
     assert result["acked"] > 0, summary
     assert result["lost"] == 0, summary
     assert result["duplicates"] == 0, summary
+    # The server kept running: every client resumed its TLS session with its ticket.
+    assert result["tls_resumed"] == CLIENTS, summary

@@ -488,7 +488,10 @@ class C2SStream(StreamMachine):
         bindings: dict[str, bytes] = {}
         if self.services.tls is not None and sslobj is not None:
             bindings["tls-server-end-point"] = self.services.tls.for_object(sslobj).end_point_hash
-            if sslobj.version() != "TLSv1.3":
+            # tls-unique is not defined for TLS 1.3 (RFC 9266), and on a resumed TLS 1.2
+            # session its Finished message can be steered into another connection's
+            # (the triple handshake attack, RFC 7627): offered on full handshakes only.
+            if sslobj.version() != "TLSv1.3" and not sslobj.session_reused:
                 unique = sslobj.get_channel_binding("tls-unique")
                 if unique:
                     bindings["tls-unique"] = unique
