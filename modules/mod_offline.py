@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from pydantic import Field
 
@@ -168,6 +168,15 @@ _COUNT: Final = (
     .select_from(messages)
     .where(messages.c.host == _HOST, messages.c.username == _USER)
 )
+_COUNTS: Final = (
+    select(messages.c.username, func.count().label("n"))
+    .where(
+        messages.c.host == _HOST,
+        messages.c.username.in_(bindparam("usernames", expanding=True)),
+    )
+    .group_by(messages.c.username)
+)
+_INSERT: Final = insert(messages)
 _STANZA_ID: Final = "{urn:xmpp:sid:0}stanza-id"
 _PAGE: Final = (
     select(messages.c.seq, messages.c.stanza)
@@ -244,6 +253,11 @@ def parse_stored(data: str) -> Element:
     return parse(data.encode("utf-8"))
 
 
+_Queued = tuple[dict[str, Any], "asyncio.Future[int | None]", bool]
+"""A row to store, the future its caller waits on (the row's ``seq`` or ``None``), and
+whether it is held back for a hibernated session once stored."""
+
+
 class OfflineStore:
     """The offline messages of one host (the ``OFFLINE`` service)."""
 
@@ -258,6 +272,9 @@ class OfflineStore:
         self.retry = WriteRetry(
             ctx.health.part(), ctx.log, "write offline messages", deadline=ctx.options.outage_wait
         )
+        self._batch: list[_Queued] = []
+        """Messages to store in the next transaction, with their callers' futures."""
+        self._writing = False
         self._held: set[int] = set()
         """Messages stored for a hibernated session (``sm_store``): kept back from
         every delivery while it may resume, as its own queue holds them. In memory
@@ -334,13 +351,10 @@ class OfflineStore:
         if decision is not Verdict.STORE:
             return None
         try:
-            seq = await self._insert(user, stanza, sender)
+            return await self._insert(user, stanza, sender, held=True)
         except StorageUnavailable:
             ctx.log.error("could not store a message for hibernated %s; kept in memory", user)
             return None
-        if seq is not None:
-            self._held.add(seq)
-        return seq
 
     async def release(self, user: JID, seqs: list[int], *, acked: bool) -> None:
         """Messages held for a hibernated session: acknowledged by the client (deleted),
@@ -358,40 +372,116 @@ class OfflineStore:
         if ready:
             await self.deliver(max(ready, key=lambda s: s.priority))
 
-    async def _insert(self, user: JID, stanza: Element, sender: JID) -> int | None:
-        """Store one message; retried while the database is unavailable (then
-        :class:`StorageUnavailable`). Its ``seq`` is chosen once, so a retry after a
-        commit whose answer was lost meets the row's key and stores no second copy."""
+    async def _insert(
+        self, user: JID, stanza: Element, sender: JID, *, held: bool = False
+    ) -> int | None:
+        """Store one message: its ``seq``, or ``None`` when ``user``'s storage is full.
+
+        Messages stored in the same turn of the event loop share one transaction
+        (group commit, :meth:`_write_batches`): during a reconnect storm every message
+        for a hibernated session is stored, and a transaction each cost several times
+        the message's own delivery. The caller learns the outcome once the transaction
+        committed; a ``held`` message is held back (:meth:`hold`) from the commit on,
+        before any delivery can read it. Raises :class:`StorageUnavailable` when the database stayed
+        unavailable past the retry deadline."""
         ctx = self._ctx
         now = time.time()
         data = serialize(_stamped(ctx, stanza, now)).decode("utf-8")
-        seq = self._next_seq()
         row = {
             "host": ctx.domain,
             "username": user.local,
-            "seq": seq,
+            "seq": self._next_seq(),
             "stamp": now,
             "sender": str(sender),
             "stanza": data,
         }
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._batch.append((row, done, held))
+        if not self._writing:
+            self._writing = True
+            ctx.spawn(self._write_batches(), name="offline-writer")
+        return await done
 
-        async def attempt() -> int | None:
-            try:
-                async with ctx.db.transaction() as tx:
-                    stored = (await tx.execute(_COUNT, self._params(user))).scalar()
-                    if int(stored or 0) >= ctx.options.max_messages:
-                        return None
-                    await tx.execute(insert(messages).values(**row))
-            except _REFUSED:
-                if not self.retry.failing:
-                    raise
-                ctx.log.debug("offline message %d was stored already", seq)
-            return seq
+    async def _write_batches(self) -> None:
+        """Write what is queued, one transaction per batch, until nothing is."""
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                if not await self._write(batch):  # a row the database refuses
+                    for one in batch:  # save the others
+                        await self._write([one])
+        finally:
+            self._writing = False
+            left, self._batch = self._batch, []  # only when cancelled at stop
+            for _, done, _ in left:
+                if not done.done():
+                    done.set_exception(StorageUnavailable("the server is stopping"))
 
-        stored = await self.retry.run(attempt)
-        if stored is not None:
-            self.waiting += 1
-            self.stored_count += 1
+    async def _write(self, batch: list[_Queued]) -> bool:
+        """Store ``batch`` and tell each caller the outcome; ``False`` (nobody told)
+        when the database refused a row of a batch of several."""
+        try:
+            outcome = await self.retry.run(lambda: self._write_batch(batch))
+        except Exception as exc:  # unavailable past the deadline, or refused
+            if isinstance(exc, _REFUSED) and len(batch) > 1:
+                return False
+            for _, done, _ in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return True
+        except BaseException:  # the server stops
+            for _, done, _ in batch:
+                if not done.done():
+                    done.set_exception(StorageUnavailable("the server is stopping"))
+            raise
+        for (row, done, held), stored in zip(batch, outcome, strict=True):
+            seq = int(row["seq"])
+            if stored:
+                self.waiting += 1
+                self.stored_count += 1
+                if held:
+                    self._held.add(seq)
+            if not done.done():
+                done.set_result(seq if stored else None)
+        return True
+
+    async def _write_batch(self, batch: list[_Queued]) -> list[bool]:
+        """One transaction: which rows were stored (the others' accounts are full).
+
+        Each row's ``seq`` was chosen before the first attempt, so a retry after a
+        commit whose answer was lost meets the rows' keys and stores no second copy."""
+        ctx = self._ctx
+        limit = ctx.options.max_messages
+        rows = [row for row, _, _ in batch]
+        users = sorted({str(row["username"]) for row in rows})
+        stored: list[bool] = []
+        try:
+            async with ctx.db.transaction() as tx:
+                counts = await tx.execute(_COUNTS, {"host": ctx.domain, "usernames": users})
+                waiting: dict[str, int] = {row.username: row.n for row in counts}
+                for row in rows:
+                    name = str(row["username"])
+                    room = waiting.get(name, 0) < limit
+                    if room:
+                        waiting[name] = waiting.get(name, 0) + 1
+                    stored.append(room)
+                kept = [row for row, ok in zip(rows, stored, strict=True) if ok]
+                if kept:
+                    await tx.execute(_INSERT, kept)
+        except _REFUSED:
+            if not self.retry.failing:
+                raise
+            # The attempt before committed although its answer was lost: what it
+            # stored is there now.
+            seqs = [int(row["seq"]) for row in rows]
+            there = await ctx.db.fetch_all(
+                select(messages.c.seq).where(
+                    messages.c.host == ctx.domain, messages.c.seq.in_(seqs)
+                )
+            )
+            found = {int(r.seq) for r in there}
+            ctx.log.debug("offline messages %s were stored already", sorted(found))
+            return [int(row["seq"]) in found for row in rows]
         return stored
 
     async def deliver(self, session: Session) -> int:

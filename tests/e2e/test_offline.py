@@ -209,6 +209,44 @@ async def test_a_full_store_refuses_with_service_unavailable(server: XmppdServer
         await alice.stop()
 
 
+async def test_messages_stored_together_keep_each_accounts_quota(server: XmppdServer) -> None:
+    """Messages from many senders at once are stored in shared transactions: each
+    account's quota still holds message by message, the rest come back refused."""
+    bob_jid = await new_account(server, "bob")
+    carol_jid = await new_account(server, "carol")
+    senders = [await raw_online(server, await new_account(server, "s")) for _ in range(8)]
+    try:
+        for i, client in enumerate(senders):  # written in one turn, read in one
+            client.send(
+                f"<message to='{bob_jid}' id='b{i}' type='chat'><body>b{i}</body></message>"
+            )
+            client.send(
+                f"<message to='{carol_jid}' id='c{i}' type='chat'><body>c{i}</body></message>"
+            )
+        for client in senders:
+            await client.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=server.domain)
+        await asyncio.sleep(0.3)
+        refused = {
+            str(m.get("id"))
+            for client in senders
+            for m in raw_messages(client)
+            if m.get("type") == "error"
+        }
+        assert len(refused) == 2 * (len(senders) - MAX_MESSAGES), refused
+        for jid, prefix in ((bob_jid, "b"), (carol_jid, "c")):
+            reader = await raw_online(server, jid)
+            try:
+                got = {m.findtext(tag("body")) for m in raw_messages(reader)}
+                assert len(got) == MAX_MESSAGES
+                everything = {f"{prefix}{i}" for i in range(len(senders))}
+                assert got == everything - refused
+            finally:
+                await reader.close()
+    finally:
+        for client in senders:
+            await client.close()
+
+
 async def test_nonexistent_user_gets_nothing_stored(server: XmppdServer) -> None:
     alice = await sender(server)
     nobody = f"nobody-here@{server.domain}"
