@@ -74,6 +74,7 @@ from xmppd.api.storage import (
     BigInteger,
     Column,
     Float,
+    GroupCommit,
     StorageUnavailable,
     String,
     Text,
@@ -253,9 +254,8 @@ def parse_stored(data: str) -> Element:
     return parse(data.encode("utf-8"))
 
 
-_Queued = tuple[dict[str, Any], "asyncio.Future[int | None]", bool]
-"""A row to store, the future its caller waits on (the row's ``seq`` or ``None``), and
-whether it is held back for a hibernated session once stored."""
+_Queued = tuple[dict[str, Any], bool]
+"""A row to store, and whether it is held back for a hibernated session once stored."""
 
 
 class OfflineStore:
@@ -272,9 +272,7 @@ class OfflineStore:
         self.retry = WriteRetry(
             ctx.health.part(), ctx.log, "write offline messages", deadline=ctx.options.outage_wait
         )
-        self._batch: list[_Queued] = []
-        """Messages to store in the next transaction, with their callers' futures."""
-        self._writing = False
+        self._writer = GroupCommit(self._write_batch)
         self._held: set[int] = set()
         """Messages stored for a hibernated session (``sm_store``): kept back from
         every delivery while it may resume, as its own queue holds them. In memory
@@ -378,12 +376,12 @@ class OfflineStore:
         """Store one message: its ``seq``, or ``None`` when ``user``'s storage is full.
 
         Messages stored in the same turn of the event loop share one transaction
-        (group commit, :meth:`_write_batches`): during a reconnect storm every message
-        for a hibernated session is stored, and a transaction each cost several times
-        the message's own delivery. The caller learns the outcome once the transaction
+        (:class:`GroupCommit`): during a reconnect storm every message for a
+        hibernated session is stored, and a transaction each cost several times the
+        message's own delivery. The caller learns the outcome once the transaction
         committed; a ``held`` message is held back (:meth:`hold`) from the commit on,
-        before any delivery can read it. Raises :class:`StorageUnavailable` when the database stayed
-        unavailable past the retry deadline."""
+        before any delivery can read it. Raises :class:`StorageUnavailable` when the
+        database stayed unavailable past the retry deadline."""
         ctx = self._ctx
         now = time.time()
         data = serialize(_stamped(ctx, stanza, now)).decode("utf-8")
@@ -395,64 +393,31 @@ class OfflineStore:
             "sender": str(sender),
             "stanza": data,
         }
-        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._batch.append((row, done, held))
-        if not self._writing:
-            self._writing = True
-            ctx.spawn(self._write_batches(), name="offline-writer")
-        return await done
+        return await self._writer.submit((row, held))
 
-    async def _write_batches(self) -> None:
-        """Write what is queued, one transaction per batch, until nothing is."""
-        try:
-            while self._batch:
-                batch, self._batch = self._batch, []
-                if not await self._write(batch):  # a row the database refuses
-                    for one in batch:  # save the others
-                        await self._write([one])
-        finally:
-            self._writing = False
-            left, self._batch = self._batch, []  # only when cancelled at stop
-            for _, done, _ in left:
-                if not done.done():
-                    done.set_exception(StorageUnavailable("the server is stopping"))
-
-    async def _write(self, batch: list[_Queued]) -> bool:
-        """Store ``batch`` and tell each caller the outcome; ``False`` (nobody told)
-        when the database refused a row of a batch of several."""
-        try:
-            outcome = await self.retry.run(lambda: self._write_batch(batch))
-        except Exception as exc:  # unavailable past the deadline, or refused
-            if isinstance(exc, _REFUSED) and len(batch) > 1:
-                return False
-            for _, done, _ in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            return True
-        except BaseException:  # the server stops
-            for _, done, _ in batch:
-                if not done.done():
-                    done.set_exception(StorageUnavailable("the server is stopping"))
-            raise
-        for (row, done, held), stored in zip(batch, outcome, strict=True):
+    async def _write_batch(self, batch: list[_Queued]) -> list[int | None]:
+        """Store ``batch`` (retried while the database is unavailable): each row's
+        ``seq``, or ``None`` when its account's storage is full."""
+        stored = await self.retry.run(lambda: self._transaction(batch))
+        seqs: list[int | None] = []
+        for (row, held), ok in zip(batch, stored, strict=True):
             seq = int(row["seq"])
-            if stored:
+            if ok:
                 self.waiting += 1
                 self.stored_count += 1
                 if held:
                     self._held.add(seq)
-            if not done.done():
-                done.set_result(seq if stored else None)
-        return True
+            seqs.append(seq if ok else None)
+        return seqs
 
-    async def _write_batch(self, batch: list[_Queued]) -> list[bool]:
+    async def _transaction(self, batch: list[_Queued]) -> list[bool]:
         """One transaction: which rows were stored (the others' accounts are full).
 
         Each row's ``seq`` was chosen before the first attempt, so a retry after a
         commit whose answer was lost meets the rows' keys and stores no second copy."""
         ctx = self._ctx
         limit = ctx.options.max_messages
-        rows = [row for row, _, _ in batch]
+        rows = [row for row, _ in batch]
         users = sorted({str(row["username"]) for row in rows})
         stored: list[bool] = []
         try:

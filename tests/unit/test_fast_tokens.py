@@ -5,6 +5,7 @@ formulas, independently of the server code."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -77,3 +78,22 @@ async def test_expired_tokens_do_not_authenticate(tokens: FastTokens) -> None:
     tokens.lifetime = -1.0  # issued already expired
     issued = await tokens.issue(HOST, "alice", CLIENT, NONE)
     assert await login(tokens, issued.token) is None
+
+
+async def test_first_uses_at_once_each_retire_their_clients_older_token(
+    tokens: FastTokens,
+) -> None:
+    """Tokens used at the same moment are moved to ``current`` in one transaction;
+    each client's older token is retired, no one else's."""
+    clients = [f"c{i}" for i in range(6)]
+    older = {c: await tokens.issue(HOST, "alice", c, NONE) for c in clients}
+    assert all([await login(tokens, t.token, client=c) for c, t in older.items()])
+    newer = {c: await tokens.issue(HOST, "alice", c, NONE) for c in clients}
+    used = clients[:4]
+    logins = await asyncio.gather(*(login(tokens, newer[c].token, client=c) for c in used))
+    assert all(t is not None for t in logins)
+    for c in used:
+        assert await login(tokens, older[c].token, client=c) is None
+        assert await login(tokens, newer[c].token, client=c) is not None
+    for c in clients[4:]:  # never used their newer token: the older one still works
+        assert await login(tokens, older[c].token, client=c) is not None

@@ -1,7 +1,8 @@
 """Storage helpers for modules: declare tables with ``module.table(...)`` using these
 SQLAlchemy Core types, query through ``ctx.db`` (``fetch_all``, ``upsert``...). A read
 on a hot path: build it once with ``bindparam`` placeholders and mark it
-``prepared(...)`` (on SQLite it then skips SQLAlchemy's work per call)."""
+``prepared(...)`` (on SQLite it then skips SQLAlchemy's work per call). Many small
+writes arriving together: :class:`GroupCommit` makes them in one transaction."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 
 from xmppd.storage.database import Database
+from xmppd.storage.groupcommit import GroupCommit
 from xmppd.storage.keyval import KeyValueStore
 from xmppd.storage.prepared import prepared
 from xmppd.storage.retry import REFUSED_FOR_DATA, StorageUnavailable, WriteRetry
@@ -39,6 +41,7 @@ __all__ = [
     "Column",
     "Database",
     "Float",
+    "GroupCommit",
     "Index",
     "Integer",
     "KeyValueStore",

@@ -31,6 +31,7 @@ from xmppd.auth.sasl import Failure, SaslStep, Success, TlsChannel, prepare_user
 from xmppd.jid import InvalidJID
 from xmppd.server_secret import derive
 from xmppd.storage.database import Database
+from xmppd.storage.groupcommit import GroupCommit
 from xmppd.storage.prepared import prepared
 from xmppd.storage.schema import fast_tokens
 
@@ -81,10 +82,20 @@ class Token:
 class FastTokens:
     """Issues, verifies and revokes FAST tokens of every host."""
 
-    def __init__(self, db: Database, secret: bytes, *, lifetime: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        secret: bytes,
+        *,
+        lifetime: float,
+    ) -> None:
         self._db = db
         self._secret = secret
         self.lifetime = lifetime
+        # A storm of FAST logins moves a token to ``current`` at each one (the first
+        # use of every token issued at the logins before): one transaction for all the
+        # moves of one turn of the event loop.
+        self._promotions: GroupCommit[dict[str, str], None] = GroupCommit(self._promote_all)
 
     def _token(self, host: str, username: str, client_id: str, nonce: str) -> str:
         raw = derive(self._secret, "fast-token", host, username, client_id, nonce)
@@ -127,15 +138,16 @@ class FastTokens:
                 continue
             if proves(token.encode()):
                 if row.slot == _NEW:
-                    await self._promote(host, username, client_id)
+                    await self._promotions.submit(_one_client(host, username, client_id))
                 return Token(token, float(row.expires_at), mechanism)
         return None
 
-    async def _promote(self, host: str, username: str, client_id: str) -> None:
-        params = _one_client(host, username, client_id)
+    async def _promote_all(self, clients: list[dict[str, str]]) -> list[None]:
+        """Each client's ``new`` token becomes its ``current`` one (one transaction)."""
         async with self._db.transaction() as conn:
-            await conn.execute(_DROP_CURRENT, params)
-            await conn.execute(_NEW_BECOMES_CURRENT, params)
+            await conn.execute(_DROP_CURRENT, clients)
+            await conn.execute(_NEW_BECOMES_CURRENT, clients)
+        return [None] * len(clients)
 
     def due_for_rotation(self, token: Token) -> bool:
         """Less than half of the token's lifetime is left."""

@@ -1,0 +1,101 @@
+"""GroupCommit on its own: what is submitted in one turn of the event loop reaches the
+write function as one batch, results go back to their callers in order, a row the
+database refuses fails alone, any other failure reaches every caller of its batch, and
+callers still waiting when the writer is cancelled hear that the server stops."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from xmppd.storage.groupcommit import GroupCommit
+from xmppd.storage.retry import StorageUnavailable
+
+
+class Recorder:
+    """A write function that records its batches (and fails on request)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.refuse: set[int] = set()
+        self.down = False
+
+    async def write(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(0)  # a database that yields, as PostgreSQL does
+        if self.down:
+            raise ConnectionError("database down")
+        if self.refuse & set(items):
+            raise sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+        return [i * 10 for i in items]
+
+
+async def test_one_turn_is_one_batch_and_results_go_back_in_order() -> None:
+    rec = Recorder()
+    commit = GroupCommit(rec.write)
+    assert await asyncio.gather(*(commit.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+    assert rec.batches == [[0, 1, 2, 3, 4]]
+    assert await commit.submit(7) == 70  # later: a batch of its own
+    assert rec.batches[-1] == [7]
+
+
+async def test_items_submitted_while_a_batch_is_written_form_the_next() -> None:
+    rec = Recorder()
+    commit = GroupCommit(rec.write)
+    first = asyncio.ensure_future(commit.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the writer has taken [1] and waits on the database
+    later = [asyncio.ensure_future(commit.submit(i)) for i in (2, 3)]
+    assert await asyncio.gather(first, *later) == [10, 20, 30]
+    assert rec.batches == [[1], [2, 3]]
+
+
+async def test_a_refused_row_fails_alone() -> None:
+    rec = Recorder()
+    rec.refuse = {2}
+    commit = GroupCommit(rec.write)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(4)), return_exceptions=True)
+    assert results[:2] == [0, 10] and results[3] == 30
+    assert isinstance(results[2], sa.exc.IntegrityError)
+    assert rec.batches == [[0, 1, 2, 3], [0], [1], [2], [3]]
+
+
+async def test_an_unavailable_database_fails_every_caller_of_the_batch() -> None:
+    rec = Recorder()
+    rec.down = True
+    commit = GroupCommit(rec.write)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    rec.down = False
+    assert await commit.submit(5) == 50  # the writer goes on
+
+
+async def test_callers_hear_when_the_writer_is_cancelled() -> None:
+    rec = Recorder()
+    commit = GroupCommit(rec.write)
+    waiting = [asyncio.ensure_future(commit.submit(i)) for i in range(3)]
+    await asyncio.sleep(0)  # queued; the writer is created, not started
+    writer = commit._task
+    assert writer is not None
+    writer.cancel()
+    for w in waiting:
+        with pytest.raises(StorageUnavailable):
+            await w
+
+
+async def test_callers_hear_when_the_writer_is_cancelled_while_writing() -> None:
+    rec = Recorder()
+    commit = GroupCommit(rec.write)
+    waiting = [asyncio.ensure_future(commit.submit(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the writer waits on the database with the batch
+    assert rec.batches == [[0, 1, 2]]
+    writer = commit._task
+    assert writer is not None
+    writer.cancel()
+    for w in waiting:
+        with pytest.raises(StorageUnavailable):
+            await w
+    assert await commit.submit(4) == 40  # a new writer for what comes next
