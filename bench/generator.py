@@ -11,7 +11,7 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any
 
-from bench.common import GENERATOR_CPU
+from bench.common import GENERATOR_CPU, cpu_seconds
 from bench.worker import worker_main
 
 #: Connections per worker process at most (the per-process fd limit here is 20,000).
@@ -56,6 +56,10 @@ class GeneratorPool:
         except BaseException:
             self.close()
             raise
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker processes used so far (all on the generator's core)."""
+        return sum(cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
 
     def __len__(self) -> int:
         return len(self.procs)

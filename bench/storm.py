@@ -160,6 +160,7 @@ def _one_storm(
     start_seconds: float | None = None
     start_cpu: float | None = None
     cpu_before = server.cpu_seconds()
+    generator_before = pool.cpu_seconds()
     dropped_at = time.monotonic()
     pool.send_all("storm_drop", [drop_args] * workers)
     cpu_used = 0.0
@@ -173,6 +174,8 @@ def _one_storm(
         cpu_before = start_cpu
     replies = pool.gather("storm_drop", timeout=settings.storm_limit + 120)
     all_back = max(r["finished"] for r in replies) - dropped_at
+    # How busy the generator's core was: near 100 % the storm's time is the clients'.
+    generator_cpu = pool.cpu_seconds() - generator_before
     cpu_used += server.cpu_seconds() - cpu_before
     window = time.monotonic() - dropped_at
     durations = array("d")
@@ -216,6 +219,8 @@ def _one_storm(
         "server_start_cpu_seconds": None if start_cpu is None else round(start_cpu, 3),
         "server_cpu_seconds": round(cpu_used, 3),
         "chat_cpu_pct": round(100 * chat_cpu_per_s, 1),
+        "generator_cpu_pct": round(100 * generator_cpu / window, 1) if window > 0 else None,
+        "server_cpu_pct": round(100 * cpu_used / window, 1) if window > 0 else None,
         "cpu_ms_per_relogin": round(1000 * relogin_cpu / back, 3) if back else None,
         "reconnect_p50_ms": percentile(micro, 50),
         "reconnect_p99_ms": percentile(micro, 99),
@@ -244,7 +249,9 @@ def _one_storm(
         f"{server.name}: {storm.drop}/{storm.name}: {back}/{n} back in {all_back:.2f} s "
         f"(resumed {result['resumed']}, TLS resumed {result['tls_resumed']}), "
         f"p50 {fmt_ms(result['reconnect_p50_ms'])} p99 {fmt_ms(result['reconnect_p99_ms'])} ms, "
-        f"{result['cpu_ms_per_relogin']} ms CPU/re-login; messages sent {result['sent']} "
+        f"{result['cpu_ms_per_relogin']} ms CPU/re-login (server core "
+        f"{result['server_cpu_pct']} % busy, generator's {result['generator_cpu_pct']} %); "
+        f"messages sent {result['sent']} "
         f"acked {result['acked']} lost {result['lost']} dup {result['duplicates']} "
         f"late {result['late']} (+{result['late_repeated']} repeated)"
         + (f"; server start {start_seconds} s" if start_seconds is not None else "")
