@@ -82,13 +82,7 @@ class Token:
 class FastTokens:
     """Issues, verifies and revokes FAST tokens of every host."""
 
-    def __init__(
-        self,
-        db: Database,
-        secret: bytes,
-        *,
-        lifetime: float,
-    ) -> None:
+    def __init__(self, db: Database, secret: bytes, *, lifetime: float) -> None:
         self._db = db
         self._secret = secret
         self.lifetime = lifetime
