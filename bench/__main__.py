@@ -249,6 +249,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.muc_step_seconds = 2.0
         s.storm_sessions, s.storm_pairs, s.storm_rate = 500, 50, 200
         s.storm_settle, s.storm_limit, s.storm_drain = 1.0, 120.0, 15.0
+        s.storm_chat_baseline = 2.0
         s.soak_churn, s.soak_churn_warmup = 2_000, 200
         s.soak_sessions, s.soak_pairs, s.soak_rate = 1_000, 100, 2_000
         s.soak_seconds = 60.0

@@ -96,6 +96,9 @@ class Settings:
     storm_backoff: float = 1.0
     storm_backoff_cap: float = 30.0
     storm_settle: float = 2.0
+    #: seconds of chat alone before each storm, read second by second (the median is
+    #: the chat's CPU, subtracted from the storm's)
+    storm_chat_baseline: float = 5.0
     storm_limit: float = 300.0
     storm_drain: float = 30.0
     #: the clients offer their last TLS session's ticket when they reconnect, as

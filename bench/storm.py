@@ -28,6 +28,7 @@ clients do; a copy received twice counts as a duplicate.
 
 from __future__ import annotations
 
+import statistics
 import time
 from array import array
 from dataclasses import dataclass
@@ -142,10 +143,7 @@ def _one_storm(
         [{"rate": settings.storm_rate * c / total_chatters} for c in chatters],
     )
     time.sleep(settings.storm_settle)
-    # What the chat alone costs the server, subtracted from the storm's CPU below.
-    c0, t0 = server.cpu_seconds(), time.monotonic()
-    time.sleep(settings.storm_settle)
-    chat_cpu_per_s = (server.cpu_seconds() - c0) / (time.monotonic() - t0)
+    chat_cpu_per_s = chat_cpu(server, settings.storm_chat_baseline)
     rss_before = server.rss_kb()
     drop_args = {
         "cut": storm.drop == "cut",
@@ -257,6 +255,18 @@ def _one_storm(
         + (f"; server start {start_seconds} s" if start_seconds is not None else "")
     )
     return result
+
+
+def chat_cpu(server: Server, seconds: float) -> float:
+    """What the chat alone costs the server (cores), subtracted from a storm's CPU:
+    the median of one-second readings, so that a stretch of the previous storm's
+    aftermath (a collection, hibernated sessions expiring) does not count as chat."""
+    readings = []
+    for _ in range(max(1, round(seconds))):
+        c0, t0 = server.cpu_seconds(), time.monotonic()
+        time.sleep(1.0)
+        readings.append((server.cpu_seconds() - c0) / (time.monotonic() - t0))
+    return float(statistics.median(readings))
 
 
 def fmt_ms(value: float | None) -> str:
