@@ -8,9 +8,9 @@ each way of dropping and each way of coming back (see :func:`storm_plan`):
   network blip: the server keeps the sessions resumable);
 * ``restart``: the server is stopped (SIGTERM) and started again on the same data;
 
-and every client reconnects as a phone does, offering the ticket of its last TLS session
-(``--no-storm-tls-resume``: never) (:class:`bench.storm_client.Backoff`: a
-first wait drawn from ``[0, first)``, then exponential back-off with full jitter), at
+and every client reconnects as a phone does (:class:`bench.storm_client.Backoff`: a
+first wait drawn from ``[0, first)``, then exponential back-off with full jitter),
+offering the ticket of its last TLS session (``--no-storm-tls-resume``: never), at
 most ``concurrency`` logins in flight across the generator, with
 
 * ``scram``: STARTTLS + SCRAM-SHA-1, bind, SM enable (every server);

@@ -72,26 +72,20 @@ async def test_an_unavailable_database_fails_every_caller_of_the_batch() -> None
     assert await commit.submit(5) == 50  # the writer goes on
 
 
-async def test_callers_hear_when_the_writer_is_cancelled() -> None:
+@pytest.mark.parametrize(
+    ("turns", "written"),
+    [(1, []), (2, [[0, 1, 2]])],
+    ids=["before-it-starts", "while-writing"],
+)
+async def test_callers_hear_when_the_writer_is_cancelled(
+    turns: int, written: list[list[int]]
+) -> None:
     rec = Recorder()
     commit = GroupCommit(rec.write)
     waiting = [asyncio.ensure_future(commit.submit(i)) for i in range(3)]
-    await asyncio.sleep(0)  # queued; the writer is created, not started
-    writer = commit._task
-    assert writer is not None
-    writer.cancel()
-    for w in waiting:
-        with pytest.raises(StorageUnavailable):
-            await w
-
-
-async def test_callers_hear_when_the_writer_is_cancelled_while_writing() -> None:
-    rec = Recorder()
-    commit = GroupCommit(rec.write)
-    waiting = [asyncio.ensure_future(commit.submit(i)) for i in range(3)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)  # the writer waits on the database with the batch
-    assert rec.batches == [[0, 1, 2]]
+    for _ in range(turns):  # 1: queued, the writer created; 2: it waits on the database
+        await asyncio.sleep(0)
+    assert rec.batches == written
     writer = commit._task
     assert writer is not None
     writer.cancel()

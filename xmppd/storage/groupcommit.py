@@ -20,10 +20,13 @@ item back: it is written with the others.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from xmppd.storage.retry import REFUSED_FOR_DATA, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,32 +49,37 @@ class GroupCommit(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Write ``item`` with whatever else is submitted meanwhile; its result."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[R] = loop.create_future()
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
         if self._task is None:
-            self._task = loop.create_task(self._run(), name="group-commit")
-            self._task.add_done_callback(self._ended)
+            self._start()
         return await done
 
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        self._task.add_done_callback(self._ended)
+
     async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                if not await self._batch(batch):  # a row refused: the others alone
-                    for one in batch:
-                        await self._batch([one])
-        finally:
-            self._task = None
-            left, self._queue = self._queue, []  # only when cancelled
-            _fail(left, StorageUnavailable("the server is stopping"))
+        while self._queue:
+            batch, self._queue = self._queue, []
+            if not await self._batch(batch):  # a row refused: the others alone
+                for one in batch:
+                    await self._batch([one])
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        """A writer cancelled before it started never ran :meth:`_run`'s cleanup."""
-        if self._task is task:
-            self._task = None
+        """The writer ended. Cancelled (even before it started): what it had not
+        written fails. Done: what was submitted after its last look gets a new one."""
+        self._task = None
+        failed = not task.cancelled() and task.exception() is not None
+        if failed:  # a write function that broke its contract (results per item)
+            log.error("group commit writer failed", exc_info=task.exception())
+        if not self._queue:
+            return
+        if task.cancelled() or failed:
             left, self._queue = self._queue, []
             _fail(left, StorageUnavailable("the server is stopping"))
+        else:
+            self._start()
 
     async def _batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> bool:
         """Write ``batch`` and tell its callers; ``False`` (nobody told) when the
