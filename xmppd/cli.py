@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import getpass
 import logging
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from xmppd import __version__
+from xmppd import __version__, gcpolicy
 from xmppd.auth.accounts import AccountExists, NoSuchAccount
 from xmppd.auth.passwords import password_problem
 from xmppd.config import ConfigError, ServerConfig, load_config
@@ -344,18 +343,6 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _tune_gc() -> None:
-    """Collect cyclic garbage less often, and never rescan start-up objects.
-
-    Routing allocates many short-lived objects that reference counting frees; with the
-    default threshold (700) the cyclic collector ran often enough to take ~8% of a
-    core under chat load (py-spy). Everything loaded at start-up is frozen out of it.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def _loopback_only(config: ServerConfig) -> ServerConfig:
     """``config`` with every listener bound to 127.0.0.1."""
     return config.on_loopback()
@@ -415,7 +402,7 @@ def _run(config: ServerConfig, *, loopback: bool = False, worker: int | None = N
         await server.start()
         if worker is not None:
             signal_ready()
-        _tune_gc()
+        gcpolicy.install()  # after start-up: what it loaded is frozen
         ports = ", ".join(f"{p} ({mode})" for mode, p in server.listening_ports)
         log.info("xmppd %s serving %s on %s", __version__, ", ".join(config.hosts), ports)
         if loopback:

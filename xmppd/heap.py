@@ -2,11 +2,11 @@
 
 A stream's XML parser (lxml's ``XMLPullParser``, ~20-30 KB of libxml2 state) sits in a
 reference cycle inside lxml (its root element's document points back to the parser),
-so dropping it frees nothing until the cyclic garbage collector runs, and the server
-runs that rarely (``gc.set_threshold(50_000, 20, 20)`` after ``gc.freeze()``, for
-throughput): after thousands of half-open streams ended, their parsers stayed in
-memory. And what the collector frees, glibc keeps in its heap between live objects,
-so the RSS does not shrink without ``malloc_trim``.
+so dropping it frees nothing until a full collection runs, and the server's automatic
+collections never reach objects that lived a while (:mod:`xmppd.gcpolicy` freezes
+them): after thousands of half-open streams ended, their parsers stayed in memory.
+And what the collector frees, glibc keeps in its heap between live objects, so the RSS
+does not shrink without ``malloc_trim``.
 
 A parser that stands between stanzas can be ended cleanly instead (the synthetic
 root closed, the parser closed, its events read: :meth:`XmlReader.release_if_idle`),
@@ -19,9 +19,11 @@ Whoever drops parsers calls :func:`note_freed` (a stream that ends, an idle sess
 that releases its parser), saying whether they were left in cycles; the server's
 memory task calls :func:`trim_if_worthwhile` every few seconds, which trims once at
 least :data:`TRIM_AFTER` were dropped since the last time (collecting first only when
-as many were left in cycles: a full collection walks every object of every session,
-hundreds of milliseconds at 10,000 sessions, while the trim alone takes a few), and no
-more often than keeps the time spent in it under :data:`MAX_SHARE` of the wall clock.
+as many were left in cycles, or when :func:`xmppd.gcpolicy.grown` says the frozen
+objects grew enough that their garbage is worth a collection: a full collection walks
+every object of every session, hundreds of milliseconds at 10,000 sessions, while the
+trim alone takes a few), and no more often than keeps the time spent in it under
+:data:`MAX_SHARE` of the wall clock.
 Measured with 2,700 half-open streams (a header, then a start tag that never ends;
 ``python -m xmppd run``): +41 MiB while held, and before this still +42 MiB after they
 closed; now +6.5 MiB. Process-wide, as the heap is.
@@ -30,11 +32,12 @@ closed; now +6.5 MiB. Process-wide, as the heap is.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import time
 from collections.abc import Callable
 from typing import Final
+
+from xmppd import gcpolicy
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +94,27 @@ def return_free_memory() -> None:
 
 def trim_if_worthwhile() -> bool:
     """Collect cyclic garbage and trim the heap when at least :data:`TRIM_AFTER`
-    parsers were dropped since the last time and :data:`MAX_SHARE` allows; whether it
-    did."""
+    parsers were dropped since the last time, or the frozen objects grew enough
+    (:func:`xmppd.gcpolicy.grown`), and :data:`MAX_SHARE` allows; whether it did."""
     freed = _freed
     now = time.monotonic()
-    if freed.count < TRIM_AFTER or now < freed.not_before:
+    if now < freed.not_before:
+        return False
+    grown = gcpolicy.grown()
+    if freed.count < TRIM_AFTER and not grown:
         return False
     dropped = freed.count
-    collect = freed.cyclic >= TRIM_AFTER
+    collect = grown or freed.cyclic >= TRIM_AFTER
     if collect:
         freed.cyclic = 0
-        gc.collect()
+        gcpolicy.collect_everything()
     return_free_memory()
     took = time.monotonic() - now
     freed.not_before = now + took / MAX_SHARE
     log.debug(
-        "%d parsers dropped: %s in %.1f ms",
+        "%d parsers dropped%s: %s in %.1f ms",
         dropped,
+        ", frozen objects grew" if grown else "",
         "collected and trimmed" if collect else "trimmed",
         took * 1000,
     )
