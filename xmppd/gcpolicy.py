@@ -87,9 +87,7 @@ def install() -> None:
     if not _state.installed:
         gc.callbacks.append(_freeze_survivors)
         _state.installed = True
-    _state.after_full = gc.get_freeze_count()
-    _state.since_full = 0
-    _state.full_at = time.monotonic()
+    _after_full()
 
 
 def uninstall() -> None:
@@ -102,9 +100,9 @@ def uninstall() -> None:
 
 
 def grown() -> bool:
-    """Whether the objects frozen since the last full collection are :data:`GROWTH`
-    - 1 of those frozen after it, and :data:`FULL_INTERVAL` has passed (with the policy
-    installed; without it CPython's own rule runs full collections)."""
+    """Whether the objects frozen since the last full collection are a quarter
+    (:data:`GROWTH` - 1) of those it left, and :data:`FULL_INTERVAL` has passed (with
+    the policy installed; without it CPython's own rule runs full collections)."""
     state = _state
     return (
         state.installed
@@ -125,6 +123,11 @@ def collect_everything() -> None:
         gc.freeze()
     finally:
         _state.collecting_everything = False
+    _after_full()
+
+
+def _after_full() -> None:
+    """A full collection just ended: the count of what grows starts again."""
     _state.after_full = gc.get_freeze_count()
     _state.since_full = 0
     _state.full_at = time.monotonic()

@@ -188,13 +188,17 @@ class C2SConnection(asyncio.Protocol):
                     self._transport.pause_reading()
                 return
             stream = self.stream
-            if (stream is None or not getattr(stream, "is_bound", True)) and not pacer.admit():
-                # Login work beyond this turn's budget: wait for a later turn. A client
-                # logging in sends little until it is answered, so the socket is only
-                # paused if more keeps coming (each pause and resume is a system call).
-                self._held = [data]
-                pacer.wait(self._release_held)
-                return
+            if stream is None or not getattr(stream, "is_bound", True):
+                if not pacer.admit():
+                    # Login work beyond this turn's budget: wait for a later turn. A
+                    # client logging in sends little until it is answered, so the socket
+                    # is only paused if more keeps coming (each pause and resume is a
+                    # system call).
+                    self._held = [data]
+                    pacer.wait(self._release_held)
+                    return
+            else:
+                self._pacer = None  # bound for good: its reads are never paced again
         # What _handle does, written out: one call less per read on the message path.
         layer = self._layer
         if layer is None:
