@@ -32,7 +32,7 @@ from xmppd.datarights import erasure_sweeper
 from xmppd.errors import StanzaError
 from xmppd.events import EventBus
 from xmppd.health import Health
-from xmppd.heap import note_freed, trim_if_worthwhile
+from xmppd.heap import release_idle, trim_if_worthwhile
 from xmppd.host import Host
 from xmppd.iqtracker import IqTimeout, IqTracker
 from xmppd.jid import JID
@@ -474,19 +474,10 @@ class Server:
         ``c2s.idle_release`` is 0), and give the heap back to the OS once enough
         parsers were freed, by them or by streams that ended (:mod:`xmppd.heap`)."""
         idle_for = self.config.c2s.idle_release
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(idle_for / 2 if idle_for > 0 else IDLE_CHECK)
             if idle_for > 0:
-                now = loop.time()
-                released = 0
-                for endpoint in self.sessions.endpoints():
-                    release = getattr(endpoint, "release_idle_memory", None)
-                    if release is not None and release(now, idle_for):
-                        released += 1
-                if released:
-                    log.debug("released the parsers of %d idle sessions", released)
-                    note_freed(released, cyclic=False)  # ended cleanly (xmlreader)
+                await release_idle(self.sessions.endpoints(), idle_for)
             trim_if_worthwhile()
 
     def check(self) -> None:

@@ -103,3 +103,46 @@ def test_clean_drops_trim_without_collecting() -> None:
         assert heap._freed.cyclic == 0
     finally:
         gc.enable()
+
+
+class _IdleStream:
+    """What the sweep sees of a client stream: a reader between stanzas, last active
+    at ``last_activity`` (event-loop time)."""
+
+    def __init__(self, last_activity: float) -> None:
+        self.reader = XmlReader(expected_namespace="jabber:client", max_stanza_size=10_000)
+        self.reader.feed(HEADER + b"<message to='a@example.org'><body>hi</body></message>")
+        self.last_activity = last_activity
+
+    def release_idle_memory(self, now: float, idle_for: float) -> bool:
+        if now - self.last_activity < idle_for:
+            return False
+        return self.reader.release_if_idle()
+
+
+async def test_idle_sessions_are_released_without_holding_the_loop() -> None:
+    """Thousands of sessions that fell idle together (after a login storm) free their
+    parsers over several turns of the event loop: others are served in between."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    base = loop.time()
+    idle = [_IdleStream(last_activity=base - 10.0) for _ in range(3000)]
+    busy = [_IdleStream(last_activity=base) for _ in range(10)]  # active a moment ago
+    turns = 0
+    sweeping = True
+
+    def other_work() -> None:
+        nonlocal turns
+        turns += 1
+        if sweeping:
+            loop.call_soon(other_work)
+
+    loop.call_soon(other_work)
+    released = await heap.release_idle([*idle, object(), *busy], idle_for=5.0)
+    sweeping = False
+    assert released == 3000
+    assert all(s.reader._parser is None for s in idle)
+    assert all(s.reader._parser is not None for s in busy)
+    assert heap._freed.count == 3000 and heap._freed.cyclic == 0  # ended cleanly
+    assert turns >= 2, "the sweep held the event loop from start to end"
