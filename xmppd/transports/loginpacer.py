@@ -13,9 +13,11 @@ the bytes for a later turn (:meth:`wait`; its socket is paused only if more keep
 coming); the turns after serve waiting connections first, in order. A bound session is
 never held, so its traffic waits for at most ``per_turn`` login steps; the logins still
 get every cycle the bound sessions leave. Nothing is dropped: a held read is handled as it came.
-``c2s.login_reads_per_turn``, 4 by default (0 turns it off). Session 10 measured a
-pure login ramp 15 % dearer per login with 8 per turn; with 4, the reconnect storms
-came back faster, not slower (docs/benchmarks.md, "Login pacing on by default").
+``c2s.login_reads_per_turn``, 1 by default (0 turns it off). Measured beside 10,000
+logins (docs/benchmarks.md, "One login read per turn"): chat p99 8-10 ms with 4 per
+turn, 3.3-4.0 ms with 1; a pure login ramp (nobody else to serve) runs 6 % slower with
+1, its turns being more. A budget of 4 that fell to 1 while bound sessions had traffic
+was tried and dropped: a ramp's own sessions, once bound, are such traffic.
 """
 
 from __future__ import annotations
