@@ -255,6 +255,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.soak_seconds = 60.0
         s.beside_pairs, s.beside_logins, s.beside_step_seconds = 100, 2_000, 5.0
         s.beside_login_concurrency = 200
+        s.beside_registrations = 100
     overrides = {
         "tls_sessions": args.tls_sessions,
         "presence_users": args.presence_users,

@@ -1,16 +1,18 @@
-"""The ``beside`` scenario (issue #16, goal 3): 1:1 chat latency while a login storm
-runs beside it.
+"""The ``beside`` scenario (issue #16, goal 3): 1:1 chat latency while a login storm,
+or a wave of registrations, runs beside it.
 
 Everything over STARTTLS with SCRAM-SHA-1, as phones connect: ``beside_pairs`` pairs
 log in and chat at each of ``beside_rates`` messages/s in all, for
-``beside_step_seconds`` per step, twice: once alone, then while a second generator
-process logs ``beside_logins`` other accounts in, ``beside_login_concurrency`` logins in
-flight, started with the step (they stay online until the step's end, then log out
-before the next one). The second process runs at a lower priority on the generator's
-core (``nice`` 10), so that the chat generator's timestamps stay as exact as in the
-step alone; the logins go as fast as the rest of that core allows. Reported per step:
-the chat's p50/p99/max and losses, the logins done during the step and their rate, and
-the server's CPU share.
+``beside_step_seconds`` per step, three times: once alone, then while a second
+generator process logs ``beside_logins`` other accounts in, ``beside_login_concurrency``
+logins in flight, started with the step (they stay online until the step's end, then
+log out before the next one), then while that process registers
+``beside_registrations`` new accounts in-band (XEP-0077, each on a connection of its
+own after STARTTLS, all at once), started with the step. The second process runs at a
+lower priority on the generator's core (``nice`` 10), so that the chat generator's
+timestamps stay as exact as in the step alone; the logins go as fast as the rest of
+that core allows. Reported per step: the chat's p50/p99/max and losses, the logins or
+registrations done during the step and their rate, and the server's CPU share.
 
     python -m bench beside --servers xmppd,prosody,ejabberd
     python -m bench beside --quick        # 100 pairs, 2,000 logins, 5 s steps
@@ -34,7 +36,7 @@ LOGIN_NICE = 10
 
 def run_beside(server: Server, settings: Settings, log: Log) -> list[dict[str, Any]]:
     background = background_load()
-    with server.using(Features(tls=True)):
+    with server.using(Features(tls=True, registration=True)):
         try:
             result = _beside(server, settings, log)
         except Exception as exc:
@@ -69,15 +71,27 @@ def _beside(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
         time.sleep(1.0)
         step = 0
         for rate in settings.beside_rates:
-            for storm in (False, True):
+            for beside in ("none", "logins", "registrations"):
+                storm = beside == "logins"
                 step += 1
                 chat_end = time.monotonic() + 0.3 + settings.beside_step_seconds
                 if storm:
                     logins.send_all("login", [_login_args(server, others, settings)])
+                elif beside == "registrations":
+                    new = [f"new{step}x{i}" for i in range(settings.beside_registrations)]
+                    logins.send_all("register", [_register_args(server, new, settings)])
                 res = _chat_step(
                     server, pool, step, rate, senders, settings, settings.beside_step_seconds
                 )
                 res["storm"] = storm
+                res["beside"] = beside
+                if beside == "registrations":
+                    done = logins.gather("register", timeout=settings.login_timeout + 600)[0]
+                    res["registrations_ok"] = done["ok"]
+                    res["registrations_failed"] = done["failed"]
+                    res["registration_errors"] = done["errors"]
+                    res["registration_seconds"] = round(done["finished"] - done["started"], 2)
+                    pool.call_all("quiesce", [{"quiet": 1.0, "timeout": 60.0}] * len(pool))
                 if storm:
                     done = logins.gather("login", timeout=settings.login_timeout + 600)[0]
                     res["storm_logins_ok"] = done["ok"]
@@ -90,12 +104,19 @@ def _beside(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
                     pool.call_all("quiesce", [{"quiet": 1.0, "timeout": 60.0}] * len(pool))
                 steps.append(res)
                 log(
-                    f"{server.name}: beside: {rate} msg/s {'with' if storm else 'without'} "
-                    f"logins: p99 {res['p99_ms']} ms, lost {res['lost']}, server CPU "
+                    f"{server.name}: beside: {rate} msg/s beside {beside}: "
+                    f"p99 {res['p99_ms']} ms, lost {res['lost']}, server CPU "
                     f"{res['server_cpu_pct']} %"
                     + (
                         f"; {res['storm_logins_ok']} logins in {res['storm_login_seconds']} s"
                         if storm
+                        else ""
+                    )
+                    + (
+                        f"; {res['registrations_ok']} registrations "
+                        f"({res['registrations_failed']} failed) in "
+                        f"{res['registration_seconds']} s"
+                        if beside == "registrations"
                         else ""
                     )
                 )
@@ -109,6 +130,7 @@ def _beside(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
         "login_failed": login["failed"],
         "logins_beside": settings.beside_logins,
         "login_concurrency": settings.beside_login_concurrency,
+        "registrations_beside": settings.beside_registrations,
         "step_seconds": settings.beside_step_seconds,
         "steps": steps,
         "server_alive_after": alive,
@@ -130,12 +152,25 @@ def _login_args(server: Server, users: list[str], settings: Settings) -> dict[st
     }
 
 
+def _register_args(server: Server, users: list[str], settings: Settings) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "domain": server.domain,
+        "users": users,
+        "password": PASSWORD,
+        "concurrency": len(users),
+        "timeout": settings.login_timeout,
+        "tls": True,
+    }
+
+
 def beside_report(results: list[dict[str, Any]]) -> str:
-    lines = ["== beside: 1:1 chat over TLS alone and beside a login storm =="]
+    lines = ["== beside: 1:1 chat over TLS alone, beside a login storm, beside registrations =="]
     header = (
-        f"{'server':<9} {'rate':>6} {'logins':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'lost':>5} {'srv cpu%':>8} {'gen lag ms':>10} {'logins ok':>9} {'login s':>8} "
-        f"{'logins/s':>8}"
+        f"{'server':<9} {'rate':>6} {'beside':>13} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'lost':>5} {'srv cpu%':>8} {'gen lag ms':>10} {'done ok':>9} {'seconds':>8} "
+        f"{'per s':>8}"
     )
     lines.append(header)
     lines.append("-" * len(header))
@@ -144,11 +179,14 @@ def beside_report(results: list[dict[str, Any]]) -> str:
             lines.append(f"{r['server']:<9} error: {r['error']}")
             continue
         for s in r["steps"]:
-            ok = s.get("storm_logins_ok")
-            seconds = s.get("storm_login_seconds")
+            beside = s.get("beside", "logins" if s["storm"] else "none")
+            ok = s.get("registrations_ok" if beside == "registrations" else "storm_logins_ok")
+            seconds = s.get(
+                "registration_seconds" if beside == "registrations" else "storm_login_seconds"
+            )
             per_s = f"{ok / seconds:,.0f}" if ok and seconds else "-"
             lines.append(
-                f"{r['server']:<9} {s['rate']:>6,} {'yes' if s['storm'] else 'no':>7} "
+                f"{r['server']:<9} {s['rate']:>6,} {beside:>13} "
                 f"{_ms(s['p50_ms'])} {_ms(s['p99_ms'])} {_ms(s['max_ms'])} {s['lost']:>5} "
                 f"{s['server_cpu_pct']:>8} {s['generator_max_lag_ms']:>10} "
                 f"{ok if ok is not None else '-':>9} "

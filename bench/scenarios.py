@@ -125,6 +125,7 @@ class Settings:
     beside_step_seconds: float = 10.0
     beside_logins: int = 10_000
     beside_login_concurrency: int = 1000
+    beside_registrations: int = 500
 
     def accounts_needed(self, scenarios: Sequence[str]) -> int:
         need = 0

@@ -22,6 +22,8 @@ Commands:
   groupchat messages per second in all (``<body>SENDER:STEP:MICROSECONDS</body>``).
 * ``muc_collect``: delivery latencies of a step (every occupant's copy) and counters.
 * ``mam_queries``: time XEP-0313 queries on the first session.
+* ``register``: create accounts for the given users by in-band registration (XEP-0077)
+  with bounded concurrency, each on a connection of its own, closed after.
 * ``churn``: ``count`` logins and logouts of one account, ``concurrency`` at a time,
   each with a resource of its own (the ``soak`` scenario).
 * ``quiesce``: wait until nothing was received for a while (lets a server work off a backlog).
@@ -43,7 +45,15 @@ from typing import Any
 from bench.certs import client_context
 from bench.storm_fleet import Fleet
 from bench.wsclient import WsClients
-from bench.xmpp import PLAIN, Connection, MucRecorder, PresenceRecorder, Recorder, login
+from bench.xmpp import (
+    PLAIN,
+    Connection,
+    MucRecorder,
+    PresenceRecorder,
+    Recorder,
+    login,
+    register,
+)
 
 MESSAGE_SUFFIX = b"</body></message>"
 
@@ -78,6 +88,8 @@ class Worker:
     async def dispatch(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         if command == "login":
             return await self.login(**args)
+        if command == "register":
+            return await self.register(**args)
         if command == "chat_step":
             return await self.chat_step(**args)
         if command == "quiesce":
@@ -185,6 +197,48 @@ class Worker:
             "started": started,
             "finished": finished,
             "durations": array("d", durations).tobytes(),
+        }
+
+    async def register(
+        self,
+        host: str,
+        port: int,
+        domain: str,
+        users: list[str],
+        password: str,
+        concurrency: int,
+        timeout: float,
+        tls: bool = False,
+    ) -> dict[str, Any]:
+        """Register ``users`` in-band, ``concurrency`` at a time."""
+        sem = asyncio.Semaphore(max(1, concurrency))
+        context = client_context() if tls else None
+        errors: list[str] = []
+        ok = 0
+
+        async def one(user: str) -> None:
+            nonlocal ok
+            async with sem:
+                try:
+                    await asyncio.wait_for(
+                        register(host, port, domain, user, password, tls=context), timeout
+                    )
+                except Exception as exc:
+                    if len(errors) < 1000:
+                        errors.append(f"{user}: {type(exc).__name__}: {exc}"[:400])
+                    return
+                ok += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(u) for u in users))
+        finished = time.monotonic()
+        return {
+            "ok": ok,
+            "failed": len(users) - ok,
+            "errors": errors[:5],
+            "error_count": len(errors),
+            "started": started,
+            "finished": finished,
         }
 
     async def chat_step(

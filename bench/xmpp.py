@@ -252,6 +252,10 @@ SESSION_IQ = (
 )
 ROSTER_IQ = b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>"
 PRESENCE_AND_PING = b"<presence/><iq type='get' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>"
+REGISTER_IQ = (
+    b"<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>"
+    b"<username>%s</username><password>%s</password></query></iq>"
+)
 MESSAGE_END = b"</message>"
 
 
@@ -678,6 +682,35 @@ async def bind_and_fetch_roster(conn: Connection, features: bytes, resource: str
         await conn.wait_iq(b"sess1")
     conn.send(ROSTER_IQ)
     await conn.wait_iq(b"roster1")
+
+
+async def register(
+    host: str,
+    port: int,
+    domain: str,
+    user: str,
+    password: str,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """XEP-0077 in-band registration of ``user``: [STARTTLS,] one IQ, then close.
+    Raises unless the server answered with a result."""
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(Connection, host, port)
+    try:
+        header = stream_header(domain)
+        conn.send(header)
+        await conn.read_stream_header()
+        features = await stream_features(conn)
+        if tls is not None:
+            await starttls(conn, features, tls, domain)
+            conn.send(header)
+            await conn.read_stream_header()
+            await stream_features(conn)
+        conn.send(REGISTER_IQ % (user.encode(), password.encode()))
+        await conn.wait_iq(b"reg1")
+    finally:
+        conn.close()
 
 
 async def login(

@@ -12,8 +12,13 @@ A parser that stands between stanzas can be ended cleanly instead (the synthetic
 root closed, the parser closed, its events read: :meth:`XmlReader.release_if_idle`),
 which leaves no cycle: reference counting frees it at once. Idle sessions release
 their parsers that way (a login burst's thousands of them need no collection), and so
-does a stream that ends between stanzas (counted as cyclic all the same: what else an
-ended stream held may be).
+does a stream that ends between stanzas or after the peer's ``</stream:stream>``
+(:meth:`XmlReader.release_at_end`). Only a stream that ends mid-stanza leaves its
+parser in the cycle; nothing else of an ended stream is (measured: no unreachable
+object after 200 sessions closed or dropped). Until 7 Dec 2026 every ended stream
+counted as cyclic, "what else it held may be", and a peer's ``</stream:stream>`` left
+the parser in its cycle: every 64 logouts made a full collection, 60-80 ms with 1,000
+sessions online, every 5 s through a login churn and in the middle of registrations.
 
 Idle sessions are looked at in slices (:func:`release_idle`): a login storm leaves
 thousands of sessions falling idle together, and releasing a thousand parsers in one

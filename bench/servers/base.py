@@ -52,6 +52,9 @@ class Features:
     """What a phone relies on (the ``storm`` scenario): XEP-0198 stream management with
     resumption, and offline storage (XEP-0160) for messages to accounts without a
     session."""
+    registration: bool = False
+    """In-band registration (XEP-0077) open to anyone, with no interval between two
+    registrations from one address (all of the bench's come from 127.0.0.1)."""
     web: bool = False
     """An HTTP listener on :attr:`Server.http_port` (loopback) with XMPP over WebSocket at
     :meth:`Server.ws_url` and HTTP File Upload (XEP-0363) at ``upload.<domain>``, files up

@@ -66,6 +66,10 @@ access_rules:
     allow: local
   c2s:
     allow: all
+  register:
+    allow: all
+# In-band registration, where a scenario opens it: no interval per address (600 s by default).
+registration_timeout: infinity
 shaper_rules:
   max_user_sessions: 10
   c2s_shaper: none
@@ -76,8 +80,13 @@ modules:
   mod_ping: {{}}
   mod_roster:
     versioning: false
-{mobile_modules}{archive_module}{muc_module}{upload_module}"""
+{mobile_modules}{archive_module}{muc_module}{upload_module}{register_module}"""
 
+#: In-band registration open to anyone (the ``beside`` scenario's registrations).
+REGISTER_MODULE = """  mod_register:
+    access: register
+    ip_access: all
+"""
 TLS_GLOBAL = """certfiles:
   - "{combined}"
 """
@@ -258,6 +267,7 @@ class EjabberdServer(Server):
                 sql=sql,
                 archive_module=ARCHIVE_MODULE if self.features.archive else "",
                 mobile_modules=MOBILE_MODULES if self.features.mobile else "",
+                register_module=REGISTER_MODULE if self.features.registration else "",
                 web_listener=(
                     WEB_LISTENER.format(http_port=self.http_port) if self.features.web else ""
                 ),

@@ -41,7 +41,8 @@ c2s_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 c2s_require_encryption = {require_encryption}
 allow_unencrypted_plain_auth = true
-allow_registration = false
+allow_registration = {allow_registration}
+min_seconds_between_registrations = 0
 
 authentication = "{authentication}"
 storage = {storage}
@@ -164,6 +165,8 @@ class ProsodyServer(Server):
         web = self.features.web
         if web:
             modules += ', "websocket"'
+        if self.features.registration:
+            modules += ', "register"'
         self.config_path.write_text(
             CONFIG_TEMPLATE.format(
                 web_settings=WEB_SETTINGS.format(http_port=self.http_port) if web else "",
@@ -181,6 +184,7 @@ class ProsodyServer(Server):
                 domain=self.domain,
                 authentication="internal_plain" if self.plain_storage else "internal_hashed",
                 require_encryption="true" if tls else "false",
+                allow_registration="true" if self.features.registration else "false",
                 storage=storage,
                 extra=extra,
                 modules=modules,

@@ -50,7 +50,7 @@ roster = {{}}
 presence = {{}}
 disco = {{}}
 ping = {{}}
-{mobile_module}{archive_module}{muc_module}{upload_module}"""
+{mobile_module}{archive_module}{muc_module}{upload_module}{register_module}"""
 
 TLS_SECTION = """
 [tls]
@@ -175,6 +175,12 @@ class XmppdServer(Server):
                 # The storm scenario: offline storage (stream management is on by
                 # default, resumable for 300 s; SASL2 and FAST too, over TLS).
                 mobile_module="offline = {}\n" if self.features.mobile else "",
+                # Open registration (127.0.0.1 is exempt from its interval by default).
+                register_module=(
+                    "register = { allow_registration = true, registration_interval = 0 }\n"
+                    if self.features.registration
+                    else ""
+                ),
                 web_listener=(
                     WEB_LISTENER.format(http_port=self.http_port) if self.features.web else ""
                 ),

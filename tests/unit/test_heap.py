@@ -89,6 +89,32 @@ def test_a_parser_released_between_stanzas_is_freed_without_the_collector() -> N
         gc.enable()
 
 
+@pytest.mark.parametrize(
+    ("rest", "left_in_a_cycle"),
+    [
+        (b"", False),  # dropped between stanzas
+        (b"</stream:stream>", False),  # closed by the peer
+        (b"<message><body>half", True),  # dropped mid-stanza
+    ],
+    ids=["between-stanzas", "closed-by-peer", "mid-stanza"],
+)
+def test_a_stream_that_ends_leaves_its_parser_in_a_cycle_only_mid_stanza(
+    rest: bytes, left_in_a_cycle: bool
+) -> None:
+    """What a stream's end counts towards: a full collection (a pause that walks every
+    session's objects) only when the parser stays in lxml's cycle."""
+    gc.disable()
+    try:
+        reader = XmlReader(expected_namespace="jabber:client", max_stanza_size=10_000)
+        reader.feed(HEADER + b"<message><body>hi</body></message>" + rest)
+        gc.collect()
+        assert reader.release_at_end() is left_in_a_cycle
+        del reader
+        assert (gc.collect() > 0) is left_in_a_cycle
+    finally:
+        gc.enable()
+
+
 def test_clean_drops_trim_without_collecting() -> None:
     gc.disable()
     try:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Final
 
 import sqlalchemy as sa
 
+from xmppd.auth.hashing import off_the_loop
 from xmppd.auth.scram import SCRAM_HASHES, ScramCredentials, derive_credentials
 from xmppd.jid import JID
 from xmppd.storage.database import Database
@@ -45,10 +45,10 @@ class Accounts:
         return row is not None
 
     async def _derive_all(self, password: str) -> list[ScramCredentials]:
-        return await asyncio.to_thread(
-            lambda: [
-                derive_credentials(password, h, iterations=self.iterations) for h in SCRAM_HASHES
-            ]
+        """Every SCRAM hash's credentials (all are offered), in a hashing thread."""
+        iterations = self.iterations
+        return await off_the_loop(
+            lambda: [derive_credentials(password, h, iterations=iterations) for h in SCRAM_HASHES]
         )
 
     async def create(self, jid: JID, password: str) -> None:

@@ -18,7 +18,6 @@ like a wrong password.  Passwords and SASL payloads are never logged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import enum
@@ -32,6 +31,7 @@ from typing import Final, Protocol, TypeAlias
 
 from precis_i18n import get_profile
 
+from xmppd.auth.hashing import off_the_loop
 from xmppd.auth.scram import (
     DEFAULT_ITERATIONS,
     SCRAM_HASHES,
@@ -509,8 +509,9 @@ async def verify_password(lookup: CredentialLookup, username: str, password: str
 
     ``username`` is prepared (SASLprep, then nodeprep) first, so both raw and
     already-prepared names work.  The SCRAM-SHA-256 credentials are preferred;
-    SHA-512 and then SHA-1 are used when those are missing.  PBKDF2 runs in a worker
-    thread, also for unknown users so that they take as long as wrong passwords.
+    SHA-512 and then SHA-1 are used when those are missing.  PBKDF2 runs in a hashing
+    thread (:mod:`xmppd.auth.hashing`: below the event loop's priority), also for
+    unknown users so that they take as long as wrong passwords.
     Exceptions raised by ``lookup`` propagate.
     """
     try:
@@ -522,7 +523,7 @@ async def verify_password(lookup: CredentialLookup, username: str, password: str
     known = creds is not None
     if creds is None:
         creds = _fake_credentials(user, "SHA-256")
-    salted = await asyncio.to_thread(
+    salted = await off_the_loop(
         salted_password, prepared, creds.hash_name, creds.salt, creds.iterations
     )
     _, stored_key, _ = keys_from_salted_password(creds.hash_name, salted)

@@ -114,7 +114,7 @@ def derive_credentials(
 
     ``hash_name`` is one of :data:`SCRAM_HASHES`; a random 16-octet salt is used
     unless one is given.  This runs PBKDF2 synchronously, so async callers should use
-    ``await asyncio.to_thread(derive_credentials, ...)``.  Raises :class:`ValueError`
+    ``await xmppd.auth.hashing.off_the_loop(derive_credentials, ...)``.  Raises :class:`ValueError`
     for an unknown hash, a non-positive iteration count, an empty salt or an invalid
     password.
     """

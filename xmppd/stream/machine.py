@@ -370,11 +370,13 @@ class StreamMachine:
         if previous is _CLOSED:
             return
         self._enter(_CLOSED)
-        # The reader's parser goes with the stream (ended cleanly when it stands between
-        # stanzas): worth a heap trim. Counted as cyclic all the same: what else the
-        # stream held may be, and a collection after many ended streams frees it.
-        self.reader.release_if_idle()
-        note_freed()
+        # The reader's parser goes with the stream: worth a heap trim. Ended cleanly
+        # (between stanzas or after the peer's </stream:stream>), it leaves no reference
+        # cycle, and neither does the rest of an ended stream (measured: nothing for
+        # the collector after 200 sessions closed or dropped); ended mid-stanza, lxml's
+        # cycle keeps it until a full collection (a pause that walks every session's
+        # objects), so only then does it count towards one.
+        note_freed(cyclic=self.reader.release_at_end())
         self._timeout.cancel()
         if self._shaper is not None:
             self._shaper.cancel()

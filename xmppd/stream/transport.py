@@ -46,6 +46,11 @@ class ElementReader(Protocol):
     def release_if_idle(self) -> bool:
         """Free the parser's memory if nothing is half-parsed; ``True`` if it did."""
 
+    def release_at_end(self) -> bool:
+        """The stream ended: free what can be freed at once; ``True`` if a parser is
+        left in a reference cycle (it was mid-element), which only a full collection
+        of the cycle collector frees."""
+
 
 class Framing(Protocol):
     """How stream headers, ends and readers look on one kind of transport."""

@@ -83,6 +83,9 @@ class FramedReader:
     def release_if_idle(self) -> bool:
         return self._inner.release_if_idle()
 
+    def release_at_end(self) -> bool:
+        return self._inner.release_at_end()
+
 
 def _header(el: Element) -> StreamHeader:
     return StreamHeader(

@@ -29,6 +29,7 @@ where the current top-level element may end (:meth:`XmlReader._piece_end`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from copy import deepcopy
@@ -170,11 +171,26 @@ class XmlReader:
             _end(*self._spare)
             self._spare = None
             return True
-        if self._parser is None or self._depth != 0 or not self._at_boundary:
+        parser = self._parser
+        if parser is None:
             return False
-        _end(self._parser, self._synthetic_root)
+        if self.closed:  # the peer's </stream:stream> ended the document: close it
+            self._parser = None
+            _close(parser)
+            return True
+        if self._depth != 0 or not self._at_boundary:
+            return False
+        _end(parser, self._synthetic_root)
         self._parser = None
         return True
+
+    def release_at_end(self) -> bool:
+        """The stream ended: free the parsers that can be ended cleanly (between
+        stanzas, or after the peer's ``</stream:stream>``); ``True`` if one is left in
+        lxml's reference cycle (it was mid-element: only a full collection frees it)."""
+        while self.release_if_idle():
+            pass
+        return self._parser is not None
 
     def _release(self) -> None:
         """Drop everything held (after a stream error): the parser and its input."""
@@ -539,11 +555,16 @@ def _end(parser: etree.XMLPullParser, synthetic_root: bytes) -> None:
     events read, nothing keeps it in a reference cycle (dropped mid-document, it would
     wait for the cyclic garbage collector: :mod:`xmppd.heap`)."""
     qname = synthetic_root[1 : synthetic_root.find(b" ")]
-    try:
+    with contextlib.suppress(etree.XMLSyntaxError):
         parser.feed(b"</" + qname + b">")
+    _close(parser)
+
+
+def _close(parser: etree.XMLPullParser) -> None:
+    """Close a parser whose document is complete and read its last events: nothing
+    keeps it in a reference cycle after."""
+    with contextlib.suppress(etree.XMLSyntaxError):
         parser.close()
-    except etree.XMLSyntaxError:
-        pass
     for _ in parser.read_events():
         pass
 

@@ -1,0 +1,89 @@
+"""Password hashing (PBKDF2) in threads that give the core back to the event loop.
+
+PBKDF2 is the dearest step of an in-band registration (SCRAM-SHA-1, -256 and -512
+credentials: three derivations of 4,096 rounds) and of a PLAIN login. ``hashlib``
+releases the GIL while it hashes, so it runs beside the event loop, but on the same
+core when the server has one, and at equal priority the kernel shares the core
+between the loop and every thread that hashes: measured with 100 registrations at once
+beside 500 chatting pairs (``python -m bench beside``, docs/benchmarks.md,
+"Registrations beside the chat"), the chat's p99 went from 0.8 to 174 ms while they
+ran, on asyncio's default pool of six threads.
+
+So hashing runs in a pool of its own, one thread per core the process may use (at most
+:data:`MAX_THREADS`), and each of its threads asks the kernel to run it only when
+nothing else of normal priority wants the core (Linux ``SCHED_IDLE``; elsewhere the
+lowest niceness): the event loop takes the core back the moment it has work, and the
+hashing gets every cycle the loop leaves, so no work is lost, only reordered. A
+registration or PLAIN login waits longer when the server is busy; logged-in users do
+not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_THREADS: Final = 4
+"""Hashing threads at most, whatever the number of cores."""
+
+
+def _threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cores))
+
+
+def _yield_to_the_loop() -> None:
+    """Run in each hashing thread as it starts: the lowest CPU priority there is."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError) as exc:
+        log.debug("password hashing runs at normal priority: %s", exc)
+
+
+class _Pool:
+    __slots__ = ("executor",)
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+
+    def get(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(
+                max_workers=_threads(),
+                thread_name_prefix="xmppd-hashing",
+                initializer=_yield_to_the_loop,
+            )
+        return self.executor
+
+    def forget(self) -> None:
+        """A forked child has none of its parent's threads: start afresh."""
+        self.executor = None
+
+
+_pool: Final = _Pool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.forget)
+
+
+async def off_the_loop(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a hashing thread (CPU-bound work that releases the GIL)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool.get(), functools.partial(fn, *args))
