@@ -6,7 +6,8 @@ log in and chat at each of ``beside_rates`` messages/s in all, for
 ``beside_step_seconds`` per step, three times: once alone, then while a second
 generator process logs ``beside_logins`` other accounts in, ``beside_login_concurrency``
 logins in flight, started with the step (they stay online until the step's end, then
-log out before the next one), then while that process registers
+log out before the next one, which waits ``SETTLE_SECONDS`` for the server to end
+them), then while that process registers
 ``beside_registrations`` new accounts in-band (XEP-0077, each on a connection of its
 own after STARTTLS, all at once), started with the step. The second process runs at a
 lower priority on the generator's core (``nice`` 10), so that the chat generator's
@@ -32,6 +33,8 @@ from bench.xmpp import SCRAM_SHA1
 
 LOGIN_NICE = 10
 """Niceness of the login generator (the chat generator's is the bench's own)."""
+SETTLE_SECONDS = 5.0
+"""Pause after the login storm's sessions logged out, before the next step."""
 
 
 def run_beside(server: Server, settings: Settings, log: Log) -> list[dict[str, Any]]:
@@ -102,6 +105,9 @@ def _beside(server: Server, settings: Settings, log: Log) -> dict[str, Any]:
                     res["storm_covers_step"] = done["finished"] >= chat_end
                     logins.call_all("close", [{}])
                     pool.call_all("quiesce", [{"quiet": 1.0, "timeout": 60.0}] * len(pool))
+                    # The storm's sessions all log out at once: let the server finish
+                    # with them before the next step measures something else.
+                    time.sleep(SETTLE_SECONDS)
                 steps.append(res)
                 log(
                     f"{server.name}: beside: {rate} msg/s beside {beside}: "
