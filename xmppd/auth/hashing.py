@@ -10,12 +10,14 @@ beside 500 chatting pairs (``python -m bench beside``, docs/benchmarks.md,
 ran, on asyncio's default pool of six threads.
 
 So hashing runs in a pool of its own, one thread per core the process may use (at most
-:data:`MAX_THREADS`), and each of its threads asks the kernel to run it only when
-nothing else of normal priority wants the core (Linux ``SCHED_IDLE``; elsewhere the
-lowest niceness): the event loop takes the core back the moment it has work, and the
-hashing gets every cycle the loop leaves, so no work is lost, only reordered. A
-registration or PLAIN login waits longer when the server is busy; logged-in users do
-not wait for it.
+:data:`MAX_THREADS`), and each of its threads lowers its own priority to the lowest
+niceness (:data:`NICENESS`; Linux keeps a niceness per thread): the kernel preempts it
+as soon as the event loop's thread has work, and the hashing gets every cycle the loop
+leaves, so no work is lost, only reordered. A registration or PLAIN login waits longer
+when the server is busy; logged-in users do not wait for it. Not ``SCHED_IDLE``, which
+would do the same for the loop but run the hashing only when the whole core is idle: on
+a host shared with other busy processes (a database, a test suite), registrations
+would wait for them too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import functools
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +38,9 @@ T = TypeVar("T")
 
 MAX_THREADS: Final = 4
 """Hashing threads at most, whatever the number of cores."""
+NICENESS: Final = 19
+"""Niceness of the hashing threads (the lowest priority: 1.5 % of the kernel's weight
+for a thread at 0, which it serves first)."""
 
 
 def _threads() -> int:
@@ -46,15 +52,13 @@ def _threads() -> int:
 
 
 def _yield_to_the_loop() -> None:
-    """Run in each hashing thread as it starts: the lowest CPU priority there is."""
+    """Run in each hashing thread as it starts: the lowest niceness, for this thread
+    only (on Linux; elsewhere the call may set it for the process, or fail)."""
+    if not sys.platform.startswith("linux"):
+        return  # a process-wide niceness would slow the event loop too
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
-        return
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError) as exc:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+    except OSError as exc:
         log.debug("password hashing runs at normal priority: %s", exc)
 
 
