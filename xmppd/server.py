@@ -16,7 +16,7 @@ from xmppd import hooks
 from xmppd.adminapi import AdminApi
 from xmppd.adminapi.rooms import ROOMS_CALL, RoomResource
 from xmppd.apitokens import ApiTokens
-from xmppd.auth import sasl
+from xmppd.auth import hashing, sasl
 from xmppd.auth.accounts import Accounts
 from xmppd.auth.fast import FastTokens
 from xmppd.auth.throttle import FailedLoginThrottle
@@ -116,6 +116,7 @@ class Server:
         self.iq_tracker = IqTracker()
         self.db = Database(config.storage_url(), pool_size=config.storage.pool_size)
         self.accounts = Accounts(self.db, iterations=config.auth.scram_iterations)
+        hashing.configure(niceness=config.auth.hashing_niceness)
         self.tasks = TaskOwner()
         self.core = Core(
             config=config,
