@@ -684,6 +684,20 @@ async def bind_and_fetch_roster(conn: Connection, features: bytes, resource: str
     await conn.wait_iq(b"roster1")
 
 
+async def open_stream(conn: Connection, domain: str, tls: ssl.SSLContext | None) -> bytes:
+    """Open the client stream, [STARTTLS and open it again]; the stream features."""
+    header = stream_header(domain)
+    conn.send(header)
+    await conn.read_stream_header()
+    features = await stream_features(conn)
+    if tls is not None:
+        await starttls(conn, features, tls, domain)
+        conn.send(header)
+        await conn.read_stream_header()
+        features = await stream_features(conn)
+    return features
+
+
 async def register(
     host: str,
     port: int,
@@ -698,15 +712,7 @@ async def register(
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(Connection, host, port)
     try:
-        header = stream_header(domain)
-        conn.send(header)
-        await conn.read_stream_header()
-        features = await stream_features(conn)
-        if tls is not None:
-            await starttls(conn, features, tls, domain)
-            conn.send(header)
-            await conn.read_stream_header()
-            await stream_features(conn)
+        await open_stream(conn, domain, tls)
         conn.send(REGISTER_IQ % (user.encode(), password.encode()))
         await conn.wait_iq(b"reg1")
     finally:
@@ -735,17 +741,9 @@ async def login(
     _, conn = await loop.create_connection(factory, host, port)
     conn.user = user.encode()
     try:
-        header = stream_header(domain)
-        conn.send(header)
-        await conn.read_stream_header()
-        features = await stream_features(conn)
-        if tls is not None:
-            await starttls(conn, features, tls, domain)
-            conn.send(header)
-            await conn.read_stream_header()
-            features = await stream_features(conn)
+        features = await open_stream(conn, domain, tls)
         await authenticate(conn, features, user, domain, password, mechanism)
-        conn.send(header)
+        conn.send(stream_header(domain))
         await conn.read_stream_header()
         await bind_and_fetch_roster(conn, await stream_features(conn), resource)
         conn.send(PRESENCE_AND_PING)
