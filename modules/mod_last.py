@@ -8,18 +8,20 @@ from typing import Final
 from pydantic import Field
 
 from xmppd.api import (
+    JID,
     IqRequest,
     Module,
     ModuleContext,
     Options,
     Scope,
+    ServiceKey,
     StanzaError,
     hooks,
     ns,
 )
 from xmppd.api.hooks import PresenceEvent, UserEvent
 from xmppd.api.stanza import Element, child_text, payload
-from xmppd.api.storage import Column, Float, String, Text, delete, select
+from xmppd.api.storage import Column, Float, GroupCommit, String, Text, delete, select
 from xmppd_modules.mod_roster import ROSTER
 
 
@@ -44,6 +46,36 @@ seen: Final = module.table(
     Column("at", Float, nullable=False),
     Column("status", Text, nullable=False, default=""),
 )
+
+
+class SeenWriter:
+    """Writes when users were last seen: the rows of one turn of the event loop (and of
+    the transaction before) in one transaction. When many users go offline together (a
+    network blip, a restart, sessions not resumed in time), a transaction each would
+    cost the database far more than the rows."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self._writer: GroupCommit[dict[str, object], None] = GroupCommit(self._write_all)
+
+    async def remember(self, user: JID, status: str) -> None:
+        """``user`` went offline now (with this status text); back once committed."""
+        row = {"host": self._ctx.domain, "username": user.local, "at": time.time()}
+        await self._writer.submit({**row, "status": status})
+
+    async def _write_all(self, rows: list[dict[str, object]]) -> list[None]:
+        db = self._ctx.db
+        async with db.transaction() as tx:
+            await db.upsert_all_in(tx, seen, rows, ("host", "username"))
+        return [None] * len(rows)
+
+
+SEEN: Final = ServiceKey[SeenWriter]("last-seen")
+
+
+@module.on_load
+async def start(ctx: Ctx) -> None:
+    ctx.provide(SEEN, SeenWriter(ctx))
 
 
 def _query(seconds: int, status: str = "") -> Element:
@@ -86,11 +118,7 @@ async def remember(ctx: Ctx, event: PresenceEvent) -> None:
     if ctx.sessions.available(user):
         return  # another resource is still online
     status = child_text(event.presence, "status") or "" if ctx.options.record_status else ""
-    await ctx.db.upsert(
-        seen,
-        {"host": ctx.domain, "username": user.local, "at": time.time(), "status": status},
-        ("host", "username"),
-    )
+    await ctx.service(SEEN).remember(user, status)
 
 
 @module.on(hooks.USER_REMOVED)

@@ -486,6 +486,15 @@ class C2SSection(Section):
         "(chat p99 beside 10,000 logins: 176-312 ms unpaced, 8-10 ms with 4, 3-4 ms "
         "with 1; a pure login ramp 6 % slower with 1 than with 4). 0 disables.",
     )
+    teardowns_per_turn: int = Field(
+        8,
+        ge=0,
+        description="Ended client sessions whose resource_unbound hooks (unavailable "
+        "presence to every contact, last activity, caches) start per turn of the event "
+        "loop; more wait, in order, for the next turns, so that when thousands of "
+        "connections end at once (a network blip, resumptions timing out together) "
+        "logged-in users' messages do not queue behind their teardown. 0 disables.",
+    )
 
 
 class HttpSection(Section):

@@ -313,7 +313,10 @@ RESOURCE_BOUND: Final = EventHook[SessionEvent](
 RESOURCE_UNBOUND: Final = EventHook[SessionEvent](
     "resource_unbound",
     "host",
-    "A bound session ended (closed, replaced or timed out); it is no longer routable.",
+    "A bound session ended (closed, replaced or timed out); it is no longer routable. "
+    "Runs in a task of its own; when many sessions end at once, a few start per turn of "
+    "the event loop (`c2s.teardowns_per_turn`), so handlers may run a little after "
+    "the end.",
 )
 
 USER_AVAILABLE: Final = EventHook[PresenceEvent](

@@ -53,15 +53,16 @@ from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2SServices, C2SStream, adopt_hibernated, end_mirrored
 from xmppd.stream.component import ComponentRegistry, ComponentServices, ComponentStream
 from xmppd.stream.s2s import S2SInStream, S2SServices, s2s_remote_of
+from xmppd.stream.teardowns import Teardowns
 from xmppd.tasks import TaskOwner
 from xmppd.tls import TlsContexts, certificate_paths, load_host_certificate, s2s_client_context
 from xmppd.transports.bosh import BODY_OVERHEAD
 from xmppd.transports.boshrelay import BoshRelay, relay_address
 from xmppd.transports.http import HttpFront
-from xmppd.transports.loginpacer import LoginPacer
 from xmppd.transports.peerlimit import ConnectionsPerAddress
 from xmppd.transports.peertls import PeerTlsContexts
 from xmppd.transports.tcp import StreamOpeners, start_listeners
+from xmppd.turnpacer import TurnPacer
 from xmppd.users import export_user, register_user, remove_user
 from xmppd.workermetrics import gather as gather_worker_metrics
 
@@ -264,7 +265,7 @@ class Server:
                 ),
                 reuse_port=self.worker is not None,
                 login_pacer=(
-                    LoginPacer(self.config.c2s.login_reads_per_turn)
+                    TurnPacer(self.config.c2s.login_reads_per_turn)
                     if self.config.c2s.login_reads_per_turn > 0
                     else None
                 ),
@@ -366,6 +367,11 @@ class Server:
             fast_tokens=self.fast_tokens,
             tls=self.tls,
             traffic=self.traffic,
+            teardowns=(
+                Teardowns(self.config.c2s.teardowns_per_turn)
+                if self.config.c2s.teardowns_per_turn > 0
+                else None
+            ),
         )
         if self.cluster is not None:
             services = self.c2s_services

@@ -3,6 +3,7 @@ seen (with the status they left), for those allowed to know."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -101,3 +102,37 @@ async def test_last_activity_is_only_for_subscribers(server: XmppdServer) -> Non
     finally:
         await stranger.stop()
         await bob.stop()
+
+
+async def test_everyone_cut_off_at_once_is_seen_going(server: XmppdServer) -> None:
+    """Contacts whose connections all drop in the same moment (a network blip): each
+    one's unavailable presence reaches the watcher and each one's last seen is
+    recorded, however many of their teardowns share a turn and a transaction."""
+    watcher = await online(server, await new_account(server, "blipwatch"))
+    jids = [await new_account(server, "blip") for _ in range(12)]
+    contacts = [await online(server, jid) for jid in jids]
+    last = watcher.xmpp.plugin["xep_0012"]
+    try:
+        for contact in contacts:
+            await subscribe(watcher, contact)
+        cut = time.monotonic()
+        for contact in contacts:  # no </stream:stream>, no unavailable presence
+            contact.xmpp.transport.abort()
+        for contact in contacts:
+            await take(watcher.presences, presence("unavailable", contact.xmpp.boundjid))
+        for jid in jids:
+            # Recorded after the broadcast (by the same teardown): ask until it is there.
+            for _ in range(50):
+                try:
+                    seen = await last.get_last_activity(jid)
+                    break
+                except IqError as exc:
+                    assert exc.iq["error"]["condition"] == "item-not-found"
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no last activity recorded for {jid}")
+            assert 0 <= seen["last_activity"]["seconds"] <= time.monotonic() - cut + 1
+    finally:
+        await watcher.stop()
+        for contact in contacts:
+            await contact.stop()

@@ -336,22 +336,31 @@ class Database:
         self, tx: Transaction, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
     ) -> None:
         """:meth:`upsert` inside a caller's transaction."""
-        updates = {k: v for k, v in values.items() if k not in keys}
-        if self.dialect == "postgresql":
-            pg = postgresql.insert(table).values(**values)
-            stmt: sa.Executable = (
-                pg.on_conflict_do_update(index_elements=list(keys), set_=updates)
-                if updates
-                else pg.on_conflict_do_nothing(index_elements=list(keys))
-            )
-        else:
-            lite = sqlite.insert(table).values(**values)
-            stmt = (
-                lite.on_conflict_do_update(index_elements=list(keys), set_=updates)
-                if updates
-                else lite.on_conflict_do_nothing(index_elements=list(keys))
-            )
-        await tx.execute(stmt)
+        await self.upsert_all_in(tx, table, [values], keys)
+
+    async def upsert_all_in(
+        self,
+        tx: Transaction,
+        table: sa.Table,
+        rows: Sequence[Mapping[str, Any]],
+        keys: Sequence[str],
+    ) -> None:
+        """:meth:`upsert_in` for several rows with the same columns: one statement, run
+        once per row by the driver (``executemany``). Of rows with the same ``keys``
+        only the last is written."""
+        if not rows:
+            return
+        if len(rows) > 1:
+            rows = list({tuple(row[k] for k in keys): row for row in rows}.values())
+        columns = list(rows[0])
+        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
+        updates = {c: insert.excluded[c] for c in columns if c not in keys}
+        stmt: sa.Executable = (
+            insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+            if updates
+            else insert.on_conflict_do_nothing(index_elements=list(keys))
+        )
+        await tx.execute(stmt, list(rows) if len(rows) > 1 else rows[0])
 
 
 def _create_missing_tables(conn: Connection) -> list[str]:

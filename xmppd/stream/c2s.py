@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from xmppd.config import AuthSection, C2SSection
     from xmppd.sessions import SessionRegistry
     from xmppd.stream.services import StanzaRouter, StreamHost, TaskStarter
+    from xmppd.stream.teardowns import Teardowns
     from xmppd.stream.transport import Framing, StreamInput, Transport
     from xmppd.tls import TlsContexts
 
@@ -93,6 +94,9 @@ class C2SServices:
     single process)."""
     sm_mirrors: SmMirrors | None = None
     """In a cluster: where resumable sessions are mirrored for the other nodes."""
+    teardowns: Teardowns | None = None
+    """Ended sessions' ``resource_unbound`` hooks, a few per event-loop turn
+    (``None``: all at once)."""
 
 
 T = TypeVar("T")
@@ -934,8 +938,12 @@ class C2SStream(StreamMachine):
             mechanism=self._mechanism,
             transport=self.transport.NAME,
         )
-        if replaced is not None and replaced is not self:
+        replacing = replaced is not None and replaced is not self
+        if replaced is not None and replacing:
             replaced.close("conflict", "replaced by a new connection")
+        teardowns = self.services.teardowns
+        if teardowns is not None:  # a predecessor's end is announced before we are
+            teardowns.going_live(self._jid_str, replaced=replacing)
 
     # ------------------------------------------------------------------ stanzas (hot path)
 
@@ -1326,6 +1334,9 @@ class C2SStream(StreamMachine):
     async def _announce_unbound(self, host: StreamHost) -> None:
         sessions = self.services.sessions
         try:
+            teardowns = self.services.teardowns
+            if teardowns is not None:
+                await teardowns.turn(self._jid_str)  # thousands ending at once: a few per turn
             await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(sessions.view(self)))
         finally:
             sessions.release(self)

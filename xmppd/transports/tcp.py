@@ -22,9 +22,9 @@ from xmppd import ns
 from xmppd.heap import note_freed
 from xmppd.stream.framing import XML_STREAM
 from xmppd.stream.shaper import Shaper
-from xmppd.transports.loginpacer import LoginPacer
 from xmppd.transports.peerlimit import ConnectionsPerAddress, refusal
 from xmppd.transports.tlslayer import TlsLayer
+from xmppd.turnpacer import TurnPacer
 
 if TYPE_CHECKING:
     from xmppd.config import ListenerSection
@@ -62,7 +62,7 @@ class StreamOpeners:
     reuse_port: bool = False
     """Bind with SO_REUSEPORT: the workers of ``server.workers`` each bind every
     listener and the kernel spreads new connections over them."""
-    login_pacer: LoginPacer | None = None
+    login_pacer: TurnPacer | None = None
     """Login reads per event-loop turn, shared by every c2s listener (``None``: no
     limit)."""
 
@@ -122,13 +122,13 @@ class C2SConnection(asyncio.Protocol):
         tls: TlsContexts | None,
         tls_mode: str,
         limit: ConnectionsPerAddress | None = None,
-        pacer: LoginPacer | None = None,
+        pacer: TurnPacer | None = None,
     ) -> None:
         self._open = open_stream
         self._limit = limit
         self._pacer = pacer
         self._held: list[bytes] | None = None
-        """Reads waiting for a later turn (:class:`LoginPacer`), in order."""
+        """Reads waiting for a later turn (:class:`TurnPacer`), in order."""
         self._stream_paused = False
         self._pacer_paused = False
         self._counted = False
