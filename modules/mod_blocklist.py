@@ -70,7 +70,7 @@ from xmppd.api import (
 )
 from xmppd.api.hooks import PacketContext, RouteInfo, SessionEvent, UserEvent
 from xmppd.api.stanza import Element, child, copy, element, error_reply, new_id, payload
-from xmppd.api.storage import Column, String, bindparam, delete, select
+from xmppd.api.storage import Column, String, bindparam, delete, prepared, select
 from xmppd_modules.mod_presence import DIRECTED
 from xmppd_modules.mod_roster import ROSTER, RosterItem
 
@@ -117,8 +117,10 @@ _OUTBOUND_ALWAYS: Final = frozenset({"error", "unavailable", "unsubscribe", "uns
 
 _HOST: Final = bindparam("host", type_=String)
 _USER: Final = bindparam("username", type_=String)
-_SELECT_ITEMS: Final = select(items_table.c.jid).where(
-    items_table.c.host == _HOST, items_table.c.username == _USER
+# Read at a login (the first presence broadcast needs the list): built once and run on
+# SQLite without SQLAlchemy's work per call (xmppd.storage.prepared).
+_SELECT_ITEMS: Final = prepared(
+    select(items_table.c.jid).where(items_table.c.host == _HOST, items_table.c.username == _USER)
 )
 _ANY_ITEM: Final = select(items_table.c.username).where(items_table.c.host == _HOST).limit(1)
 

@@ -83,6 +83,7 @@ from xmppd.api.storage import (
     delete,
     func,
     insert,
+    prepared,
     select,
 )
 
@@ -179,7 +180,9 @@ _COUNTS: Final = (
 )
 _INSERT: Final = insert(messages)
 _STANZA_ID: Final = "{urn:xmpp:sid:0}stanza-id"
-_PAGE: Final = (
+# Run at every login that sends initial presence, most often to find nothing: built
+# once and run on SQLite without SQLAlchemy's work per call (xmppd.storage.prepared).
+_PAGE: Final = prepared(
     select(messages.c.seq, messages.c.stanza)
     .where(messages.c.host == _HOST, messages.c.username == _USER, messages.c.seq > _AFTER)
     .order_by(messages.c.seq)

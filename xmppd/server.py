@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from xmppd import hooks
@@ -47,7 +47,7 @@ from xmppd.s2s.dialback import dialback_secret
 from xmppd.s2s.links import S2SLinks, S2SStats, register_metrics, verify_dialback
 from xmppd.server_secret import derive
 from xmppd.server_secret import load as load_secret
-from xmppd.sessions import SessionRegistry, make_registry
+from xmppd.sessions import Endpoint, SessionRegistry, make_registry
 from xmppd.stanza import Element, describe_payload, error_reply
 from xmppd.storage.database import Database
 from xmppd.stream.c2s import C2SServices, C2SStream, adopt_hibernated, end_mirrored
@@ -73,6 +73,20 @@ log = logging.getLogger(__name__)
 
 IDLE_CHECK: Final = 2.5
 """Seconds between heap checks when idle parsers are not released (``idle_release = 0``)."""
+SHUTDOWN_TEARDOWN_WAIT: Final = 10.0
+"""Seconds a stopping server waits for its sessions' teardown hooks to finish."""
+
+
+async def _all_closed(endpoints: Sequence[Endpoint], timeout: float) -> None:
+    """Wait (at most ``timeout``) until each endpoint's teardown hooks are done."""
+    waits = [asyncio.ensure_future(endpoint.wait_closed()) for endpoint in endpoints]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=timeout)
+    for wait in pending:
+        wait.cancel()
+    if pending:
+        log.warning("stopping: %d sessions' teardown did not finish in time", len(pending))
 
 
 def worker_node_name(configured: str, worker: int | None) -> str:
@@ -643,7 +657,10 @@ class Server:
         await self.bus.run(hooks.SERVER_STOPPING, hooks.ServerEvent(reason))
         for listener in self._listeners:
             listener.close()
-        for endpoint in self.sessions.endpoints():
+        endpoints = self.sessions.endpoints()
+        if self.c2s_services is not None and self.c2s_services.teardowns is not None:
+            self.c2s_services.teardowns.unpace()
+        for endpoint in endpoints:
             endpoint.close("system-shutdown")
         self.components.close_all("system-shutdown")
         if self.s2s is not None:
@@ -655,6 +672,9 @@ class Server:
         if self.bosh_relay is not None:
             await self.bosh_relay.stop()
         await self.control.stop()
+        # Every ended session's resource_unbound hooks (last activity, unavailable
+        # presence) finish before the modules unload and the tasks are cancelled.
+        await _all_closed(endpoints, SHUTDOWN_TEARDOWN_WAIT)
         if self.cluster is not None:
             for endpoint in self.sessions.endpoints():
                 await endpoint.wait_closed()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 
@@ -87,6 +88,13 @@ class TurnPacer:
     async def turn(self) -> None:
         """Return once this turn's budget admits the caller (:meth:`ticket`)."""
         await self.ticket()
+
+    def unlimit(self) -> None:
+        """No budget any more: everyone waiting goes in the next turn, and every later
+        item at once (the server stopping: nobody's messages left to protect)."""
+        self.per_turn = sys.maxsize
+        if self._waiting:
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._next_scheduled:

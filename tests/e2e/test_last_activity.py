@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from slixmpp.exceptions import IqError
@@ -18,8 +19,9 @@ from tests.support.e2e import (
     presence,
     subscribe,
     take,
+    user_rows,
 )
-from tests.support.server import XmppdServer
+from tests.support.server import XmppdServer, restart, running_server
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,3 +138,21 @@ async def test_everyone_cut_off_at_once_is_seen_going(server: XmppdServer) -> No
         await watcher.stop()
         for contact in contacts:
             await contact.stop()
+
+
+async def test_a_graceful_stop_records_everyone_last_seen(tmp_path: Path) -> None:
+    """Sessions still online when the server stops (SIGTERM) end in its shutdown: each
+    one's teardown (last activity) finishes before the modules unload, however slowly
+    they are paced (here one per turn)."""
+    pacing = "[c2s]\nteardowns_per_turn = 1\n"
+    with running_server(tmp_path, extra=pacing) as srv:
+        jids = [await new_account(srv, "stopped") for _ in range(30)]
+        clients = [await online(srv, jid) for jid in jids]
+        try:
+            restart(srv)  # SIGTERM, then the same configuration and database again
+        finally:
+            for client in clients:
+                await client.stop()
+        for jid in jids:
+            rows = await user_rows(srv, jid.split("@")[0], ["mod_last__seen"])
+            assert rows == {"mod_last__seen": 1}, jid

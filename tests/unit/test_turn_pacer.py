@@ -91,3 +91,15 @@ async def test_a_cancelled_ticket_does_not_hold_up_the_next() -> None:
     assert first.cancelled()
     assert second.done() and second.result() is None
     assert pacer.waiting == 0
+
+
+async def test_unlimited_everyone_waiting_goes_in_the_next_turn() -> None:
+    """The server stopping: the waiting go at once, and later items are not held."""
+    pacer = TurnPacer(1)
+    assert pacer.admit()
+    tickets = [pacer.ticket() for _ in range(20)]
+    pacer.unlimit()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert all(t.done() for t in tickets)
+    assert all(pacer.admit() for _ in range(50))

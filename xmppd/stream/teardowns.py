@@ -68,3 +68,7 @@ class Teardowns:
                 ticket.set_result(None)
         elif replaced:
             self._expedited.add(full_jid)
+
+    def unpace(self) -> None:
+        """The server stops: every waiting end is announced now, later ones at once."""
+        self._pacer.unlimit()
