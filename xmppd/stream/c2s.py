@@ -938,9 +938,10 @@ class C2SStream(StreamMachine):
             mechanism=self._mechanism,
             transport=self.transport.NAME,
         )
-        replacing = replaced is not None and replaced is not self
-        if replaced is not None and replacing:
+        replacing = False
+        if replaced is not None and replaced is not self:
             replaced.close("conflict", "replaced by a new connection")
+            replacing = True
         teardowns = self.services.teardowns
         if teardowns is not None:  # a predecessor's end is announced before we are
             teardowns.going_live(self._jid_str, replaced=replacing)
