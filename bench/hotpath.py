@@ -180,12 +180,9 @@ class Client:
         await self.until(b"id='p'", b'id="p"')
 
 
-async def measure(pairs: int, messages: int, rounds: int) -> list[float]:
-    """µs of process CPU per delivered message, once per round."""
-    from xmppd.config import load_config
-    from xmppd.jid import JID
-    from xmppd.server import Server
-
+def capture_listeners() -> list[Callable[[], asyncio.Protocol]]:
+    """The protocol factories of the listeners the server opens from now on in this
+    event loop, in order (``factories[0]()`` is a new c2s connection's protocol)."""
     loop = asyncio.get_running_loop()
     factories: list[Callable[[], asyncio.Protocol]] = []
     create_server = loop.create_server
@@ -195,6 +192,16 @@ async def measure(pairs: int, messages: int, rounds: int) -> list[float]:
         return await create_server(factory, *a, **kw)
 
     loop.create_server = capture  # type: ignore[method-assign,assignment]
+    return factories
+
+
+async def measure(pairs: int, messages: int, rounds: int) -> list[float]:
+    """µs of process CPU per delivered message, once per round."""
+    from xmppd.config import load_config
+    from xmppd.jid import JID
+    from xmppd.server import Server
+
+    factories = capture_listeners()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "xmppd.toml"
         # As the bench runs it: no input shaper (versions without one reject the key).

@@ -31,11 +31,10 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.hotpath import CONFIG, DOMAIN, PASSWORD, Client
+from bench.hotpath import CONFIG, DOMAIN, PASSWORD, Client, capture_listeners
 from bench.xmppd_data import copy_accounts
 
 LOGINS_AT_ONCE = 100
@@ -57,15 +56,7 @@ async def measure(sessions: int, contacts: int, per_turn: int | None) -> dict[st
     from xmppd.jid import JID
     from xmppd.server import Server
 
-    loop = asyncio.get_running_loop()
-    factories: list[Callable[[], asyncio.Protocol]] = []
-    create_server = loop.create_server
-
-    async def capture(factory: Callable[[], asyncio.Protocol], *a: Any, **kw: Any) -> Any:
-        factories.append(factory)
-        return await create_server(factory, *a, **kw)
-
-    loop.create_server = capture  # type: ignore[method-assign,assignment]
+    factories = capture_listeners()
     with tempfile.TemporaryDirectory() as tmp:
         c2s = "input_rate = 0" + ("" if per_turn is None else f"\nteardowns_per_turn = {per_turn}")
         text = CONFIG.format(dir=tmp, domain=DOMAIN, input_rate=c2s)

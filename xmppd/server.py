@@ -77,8 +77,9 @@ SHUTDOWN_TEARDOWN_WAIT: Final = 10.0
 """Seconds a stopping server waits for its sessions' teardown hooks to finish."""
 
 
-async def _all_closed(endpoints: Sequence[Endpoint], timeout: float) -> None:
-    """Wait (at most ``timeout``) until each endpoint's teardown hooks are done."""
+async def _all_closed(endpoints: Sequence[Endpoint], timeout: float | None) -> None:
+    """Wait (at most ``timeout``; ``None``: however long) until each endpoint's
+    teardown hooks are done."""
     waits = [asyncio.ensure_future(endpoint.wait_closed()) for endpoint in endpoints]
     if not waits:
         return
@@ -673,11 +674,10 @@ class Server:
             await self.bosh_relay.stop()
         await self.control.stop()
         # Every ended session's resource_unbound hooks (last activity, unavailable
-        # presence) finish before the modules unload and the tasks are cancelled.
-        await _all_closed(endpoints, SHUTDOWN_TEARDOWN_WAIT)
+        # presence) finish before the modules unload and the tasks are cancelled; a
+        # cluster node waits for all, whatever it takes, before it leaves the cluster.
+        await _all_closed(endpoints, None if self.cluster is not None else SHUTDOWN_TEARDOWN_WAIT)
         if self.cluster is not None:
-            for endpoint in self.sessions.endpoints():
-                await endpoint.wait_closed()
             await self.cluster.stop()
         await self.modules.unload_all()
         await self.tasks.cancel_all()

@@ -19,7 +19,7 @@ waits for the whole burst. Two such bursts come from a network blip:
 * **Ending sessions** (every connection of the blip closes at once, or their
   stream-management sessions time out together): each ended session's
   ``resource_unbound`` hooks (the unavailable presence to every contact, last
-  activity, caches) wait their turn (:meth:`turn`), ``c2s.teardowns_per_turn`` at a
+  activity, caches) wait their turn (:meth:`ticket`), ``c2s.teardowns_per_turn`` at a
   time.
 
 The turns after a full one serve those waiting first, in order; a bound session's
@@ -84,10 +84,6 @@ class TurnPacer:
 
         self.wait(admit_waiter)
         return admitted
-
-    async def turn(self) -> None:
-        """Return once this turn's budget admits the caller (:meth:`ticket`)."""
-        await self.ticket()
 
     def unlimit(self) -> None:
         """No budget any more: everyone waiting goes in the next turn, and every later

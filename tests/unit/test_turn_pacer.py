@@ -63,7 +63,7 @@ async def test_awaiting_a_turn_runs_a_few_per_turn_in_order() -> None:
     ran: list[tuple[int, int]] = []  # (teardown, the turn it ran in)
 
     async def teardown(i: int) -> None:
-        await pacer.turn()
+        await pacer.ticket()
         ran.append((i, turn))
 
     tasks = [asyncio.create_task(teardown(i)) for i in range(10)]
