@@ -108,9 +108,20 @@ class Membership:
         return node in self.live
 
     def is_dead(self, node: str) -> bool:
-        """Seen as a member without a heartbeat at the last look (a node that joined
-        since is neither live nor dead yet: its inbox says whether it exists)."""
+        """Seen as a member without a heartbeat at the last look, by a node whose own
+        view can be trusted (:meth:`_trusted`); a node that joined since is neither
+        live nor dead yet: its inbox says whether it exists."""
         return node in self.dead
+
+    def _trusted(self, now: float) -> bool:
+        """Whether an expired heartbeat means a dead node. Not until this node has been
+        in touch with Redis for a full timeout (since its start, an outage or a lapse):
+        after a failover every heartbeat may have expired, and the others need a
+        chance to renew theirs. Until then nobody is dead: stanzas go to the members'
+        inboxes, which their node reads when it beats again, or its reaper routes
+        again (taking a member for dead then sent a live user's messages to offline
+        storage)."""
+        return bool(self._healthy_since) and now - self._healthy_since >= self._timeout
 
     async def beat(self) -> None:
         """Renew the heartbeat and announce this node (also the first time). Finding
@@ -226,9 +237,7 @@ class Membership:
 
     async def _watch(self, now: float) -> None:
         dead = await self._read_live()
-        # A node that just came back from an outage waits a full timeout before it
-        # calls anyone dead: the others need a chance to renew their heartbeats too.
-        if now - self._healthy_since < self._timeout:
+        if not self._trusted(now):
             return
         for member in dead:
             if member == self.node:
@@ -244,7 +253,7 @@ class Membership:
 
     async def _read_live(self) -> list[str]:
         """Update :attr:`live` (and the addresses, ages, dead set) from the heartbeats;
-        the members whose heartbeat expired."""
+        the members whose heartbeat expired (dead or not, see :meth:`_trusted`)."""
         infos = {
             _text(k): _text(v) for k, v in (await self._redis.hgetall(self._keys.nodes())).items()
         }
@@ -285,7 +294,8 @@ class Membership:
                 addresses[member] = str(address)
         self.addresses = addresses
         self.heartbeat_age = ages
-        self.dead = frozenset(dead)
+        trusted = self._trusted(asyncio.get_running_loop().time())
+        self.dead = frozenset(dead) if trusted else frozenset()
         live_sorted = tuple(sorted(live))
         if live_sorted != self.live:
             log.info("cluster: live nodes: %s", ", ".join(live_sorted))
