@@ -156,6 +156,7 @@ def _one_storm(
     }
     log(f"{server.name}: storm {storm.drop}/{storm.name}: {n} sessions drop")
     start_seconds: float | None = None
+    stop_seconds: float | None = None
     start_cpu: float | None = None
     cpu_before = server.cpu_seconds()
     generator_before = pool.cpu_seconds()
@@ -164,7 +165,9 @@ def _one_storm(
     cpu_used = 0.0
     if storm.drop == "restart":
         cpu_used = server.cpu_seconds() - cpu_before
+        t_stop = time.monotonic()
         server.stop()
+        stop_seconds = round(time.monotonic() - t_stop, 2)
         t_start = time.monotonic()
         server.start()
         start_seconds = round(time.monotonic() - t_start, 2)
@@ -213,6 +216,7 @@ def _one_storm(
         "attempts": sum(r["attempts"] for r in replies),
         "all_back_seconds": round(all_back, 3),
         "relogin_rate": round(back / all_back, 1) if all_back > 0 else None,
+        "server_stop_seconds": stop_seconds,
         "server_start_seconds": start_seconds,
         "server_start_cpu_seconds": None if start_cpu is None else round(start_cpu, 3),
         "server_cpu_seconds": round(cpu_used, 3),
@@ -252,7 +256,11 @@ def _one_storm(
         f"messages sent {result['sent']} "
         f"acked {result['acked']} lost {result['lost']} dup {result['duplicates']} "
         f"late {result['late']} (+{result['late_repeated']} repeated)"
-        + (f"; server start {start_seconds} s" if start_seconds is not None else "")
+        + (
+            f"; server stop {stop_seconds} s, start {start_seconds} s"
+            if start_seconds is not None
+            else ""
+        )
     )
     return result
 

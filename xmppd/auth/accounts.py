@@ -37,11 +37,7 @@ class Accounts:
         self.iterations = iterations
 
     async def exists(self, jid: JID) -> bool:
-        row = await self._db.fetch_one(
-            sa.select(accounts.c.username).where(
-                accounts.c.host == jid.domain, accounts.c.username == jid.local
-            )
-        )
+        row = await self._db.fetch_one(_SELECT_ACCOUNT, {"host": jid.domain, "username": jid.local})
         return row is not None
 
     async def _derive_all(self, password: str) -> list[ScramCredentials]:
@@ -55,11 +51,7 @@ class Accounts:
         """Create ``jid``'s account. Raises :class:`AccountExists`."""
         creds = await self._derive_all(password)
         async with self._db.transaction() as conn:
-            found = await conn.execute(
-                sa.select(accounts.c.username).where(
-                    accounts.c.host == jid.domain, accounts.c.username == jid.local
-                )
-            )
+            found = await conn.execute(_SELECT_ACCOUNT, {"host": jid.domain, "username": jid.local})
             if found.first() is not None:
                 raise AccountExists(str(jid))
             await conn.execute(
@@ -190,6 +182,15 @@ class HostCredentials:
     async def get_scram(self, username: str, hash_name: str) -> ScramCredentials | None:
         return await self._accounts.get_scram(self._domain, username, hash_name)
 
+
+_SELECT_ACCOUNT: Final = prepared(
+    sa.select(accounts.c.username).where(
+        accounts.c.host == sa.bindparam("host"),
+        accounts.c.username == sa.bindparam("username"),
+    )
+)
+"""Built once: every message to an offline user asks whether the account exists (a
+storm's chat to users not back yet, a spammer's to made-up names)."""
 
 _SELECT_SCRAM: Final = prepared(
     sa.select(
