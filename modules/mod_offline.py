@@ -179,6 +179,12 @@ _COUNTS: Final = (
     .group_by(messages.c.username)
 )
 _INSERT: Final = insert(messages)
+_DELETE_SEQS: Final = delete(messages).where(
+    messages.c.host == _HOST,
+    messages.c.username == _USER,
+    messages.c.seq.in_(bindparam("seqs", expanding=True)),
+)
+"""Built once: every login with messages waiting deletes what it was sent."""
 _STANZA_ID: Final = "{urn:xmpp:sid:0}stanza-id"
 # Run at every login that sends initial presence, most often to find nothing: built
 # once and run on SQLite without SQLAlchemy's work per call (xmppd.storage.prepared).
@@ -517,11 +523,7 @@ class OfflineStore:
             return 0
         ctx = self._ctx
         deleted = await ctx.db.execute(
-            delete(messages).where(
-                messages.c.host == ctx.domain,
-                messages.c.username == user.local,
-                messages.c.seq.in_(seqs),
-            )
+            _DELETE_SEQS, {"host": ctx.domain, "username": user.local, "seqs": seqs}
         )
         self.waiting = max(0, self.waiting - deleted)
         return deleted

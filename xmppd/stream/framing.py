@@ -4,6 +4,7 @@ end-of-stream marker of the input queue, batched output, and the RFC 6120 framin
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Final
 
@@ -34,6 +35,19 @@ def stream_error(condition: str, text: str | None) -> bytes:
 
     For ``see-other-host`` the text is the other host (``host`` or ``host:port``,
     §4.9.3.19) and goes inside the condition element."""
+    if not text:
+        return _bare_stream_error(condition)
+    return _build_stream_error(condition, text)
+
+
+@functools.lru_cache(maxsize=64)
+def _bare_stream_error(condition: str) -> bytes:
+    """Without a text the bytes depend on the condition only (``conflict`` closes every
+    session replaced by a new login under its full JID: a storm's worth of them)."""
+    return _build_stream_error(condition, None)
+
+
+def _build_stream_error(condition: str, text: str | None) -> bytes:
     err = etree.Element(f"{{{ns.STREAMS}}}error", nsmap={"stream": ns.STREAMS})
     cond = child(err, condition, namespace=ns.STREAM_ERRORS)
     if condition == "see-other-host":

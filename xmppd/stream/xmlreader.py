@@ -66,6 +66,23 @@ _COMPLETE_TAG: Final = re.compile(
     rb"</[^\s>]+\s*>|<[^\s/>'\"]+(?:\s+[^\s='\"/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*\s*/>"
 )
 """A whole end tag or empty-element tag, nothing before or after it."""
+_PLAIN_VALUE: Final = rb"""(?:'([ !#-%(-;=?-~"]*)'|"([ !#-%'-;=?-~]*)")"""
+"""Printable ASCII but ``<``, ``&`` and the quote (``'`` is 0x27, ``"`` 0x22)."""
+_PLAIN_NAME: Final = rb"[A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.-]*)?"
+_PLAIN_ATTRIBUTE: Final = re.compile(
+    rb"[ \t\r\n]+(" + _PLAIN_NAME + rb")[ \t\r\n]*=[ \t\r\n]*" + _PLAIN_VALUE
+)
+_PLAIN_HEADER: Final = re.compile(
+    rb"<stream:stream((?:[ \t\r\n]+"
+    + _PLAIN_NAME
+    + rb"[ \t\r\n]*=[ \t\r\n]*"
+    + _PLAIN_VALUE
+    + rb")*)[ \t\r\n]*>"
+)
+"""A stream header with plain attributes only (see :func:`plain_header`)."""
+_STREAMS_BYTES: Final = ns.STREAMS.encode()
+_HEADER_BODY: Final = re.compile(rb"""(?:[^<>'"]++|'[^']*+'|"[^"]*+")*+""")
+"""What follows a header's ``<`` up to its end: quoted values may hold ``<`` and ``>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,34 +522,11 @@ class XmlReader:
             if enc is not None and enc.group(1).lower() not in (b"utf-8", b"utf8"):
                 raise StreamError("unsupported-encoding")
         open_at = head.rfind(b"<")
-        name_match = _NAME.match(head, open_at + 1)
-        if name_match is None:
-            raise StreamError("not-well-formed")
-        qname = name_match.group(0)
-        try:
-            root = etree.fromstring(head + b"</" + qname + b">", _HEADER_PARSER)
-        except etree.XMLSyntaxError:
-            raise StreamError("not-well-formed") from None
-        qn = etree.QName(root)
-        if qn.localname != "stream":
-            raise StreamError("invalid-namespace", "expected a stream header")
-        if qn.namespace != ns.STREAMS:
-            raise StreamError("invalid-namespace", "wrong stream namespace")
-        prefix = root.prefix
-        if prefix is None:
-            raise StreamError("bad-namespace-prefix")
-        content_ns = root.nsmap.get(None)
-        if content_ns != self.expected_namespace:
-            raise StreamError("invalid-namespace", "wrong content namespace")
-        self.header = StreamHeader(
-            to=root.get("to"),
-            from_=root.get("from"),
-            version=root.get("version"),
-            id=root.get("id"),
-            lang=root.get(f"{{{ns.XML}}}lang"),
-            content_namespace=content_ns,
-        )
-        prefixes = {p: uri for p, uri in root.nsmap.items() if p is not None}
+        header = plain_header(head, open_at, self.expected_namespace)
+        if header is not None:
+            self.header, prefixes = header, _STREAM_PREFIX_ONLY
+        else:
+            self.header, prefixes = parsed_header(head, open_at, self.expected_namespace)
         if prefixes == _STREAM_PREFIX_ONLY:
             self._synthetic_root = _STREAM_ROOT_ONLY
         else:
@@ -548,6 +542,77 @@ class XmlReader:
         self._depth = 0
         self._at_boundary = True
         self._pending = 0
+
+
+def parsed_header(
+    head: bytes, open_at: int, expected_namespace: str
+) -> tuple[StreamHeader, dict[str, str]]:
+    """The stream header that starts at ``head[open_at]`` read by lxml, and the
+    namespace prefixes it declares; :class:`StreamError` when it is not one."""
+    name_match = _NAME.match(head, open_at + 1)
+    if name_match is None:
+        raise StreamError("not-well-formed")
+    qname = name_match.group(0)
+    try:
+        root = etree.fromstring(head + b"</" + qname + b">", _HEADER_PARSER)
+    except etree.XMLSyntaxError:
+        raise StreamError("not-well-formed") from None
+    qn = etree.QName(root)
+    if qn.localname != "stream":
+        raise StreamError("invalid-namespace", "expected a stream header")
+    if qn.namespace != ns.STREAMS:
+        raise StreamError("invalid-namespace", "wrong stream namespace")
+    if root.prefix is None:
+        raise StreamError("bad-namespace-prefix")
+    content_ns = root.nsmap.get(None)
+    if content_ns != expected_namespace:
+        raise StreamError("invalid-namespace", "wrong content namespace")
+    header = StreamHeader(
+        to=root.get("to"),
+        from_=root.get("from"),
+        version=root.get("version"),
+        id=root.get("id"),
+        lang=root.get(f"{{{ns.XML}}}lang"),
+        content_namespace=content_ns,
+    )
+    return header, {p: uri for p, uri in root.nsmap.items() if p is not None}
+
+
+def plain_header(head: bytes, open_at: int, expected_namespace: str) -> StreamHeader | None:
+    """The header every client sends, read without lxml (a parse per stream restart,
+    three per login): ``<stream:stream`` with plain attributes (values of printable
+    ASCII without an entity, no prefix but ``xmlns:stream`` and ``xml:lang``, none
+    twice), the streams and the expected content namespace. ``None`` for anything
+    else, which :func:`parsed_header` reads (and refuses, if it must): whatever this
+    accepts, that would accept with the same result."""
+    tag = _PLAIN_HEADER.fullmatch(head, open_at)
+    if tag is None:
+        return None
+    fields: dict[bytes, bytes] = {}
+    for name, single, double in _PLAIN_ATTRIBUTE.findall(tag.group(1)):
+        if name in fields:
+            return None
+        fields[name] = single or double
+    if fields.pop(b"xmlns:stream", None) != _STREAMS_BYTES:
+        return None
+    content = fields.pop(b"xmlns", None)
+    if content is None or any(b":" in name and name != b"xml:lang" for name in fields):
+        return None
+    try:
+        text = {name: value.decode() for name, value in fields.items()}
+        content_ns = content.decode()
+    except UnicodeDecodeError:
+        return None
+    if content_ns != expected_namespace:
+        return None
+    return StreamHeader(
+        to=text.get(b"to"),
+        from_=text.get(b"from"),
+        version=text.get(b"version"),
+        id=text.get(b"id"),
+        lang=text.get(b"xml:lang"),
+        content_namespace=content_ns,
+    )
 
 
 def _end(parser: etree.XMLPullParser, synthetic_root: bytes) -> None:
@@ -596,22 +661,19 @@ def _find_header_end(buf: bytes, limit: int) -> int | None:
         raise StreamError("restricted-xml", "DTDs and comments are not allowed")
     if buf.startswith(b"<?", pos):
         raise StreamError("restricted-xml", "processing instructions are not allowed")
-    quote = 0
-    for i in range(pos + 1, n):
-        c = buf[i]
-        if quote:
-            if c == quote:
-                quote = 0
-        elif c in (0x22, 0x27):
-            quote = c
-        elif c == 0x3C:
-            raise StreamError("not-well-formed")
-        elif c == 0x3E:
-            if buf[i - 1] == 0x2F:  # '/>': a stream that closes at once
+    body = _HEADER_BODY.match(buf, pos + 1)
+    assert body is not None  # it matches the empty string
+    stop = body.end()  # a '<' or '>' outside quotes, a quote never closed, or the end
+    if stop - 1 > limit and stop - 1 > pos:
+        _too_long()
+    if stop < n:
+        c = buf[stop]
+        if c == 0x3E:
+            if buf[stop - 1] == 0x2F:  # '/>': a stream that closes at once
                 raise StreamError("not-well-formed", "empty stream")
-            return i + 1
-        if i > limit:
-            _too_long()
+            return stop + 1
+        if c == 0x3C:
+            raise StreamError("not-well-formed")
     if n > limit:
         _too_long()
     return None
