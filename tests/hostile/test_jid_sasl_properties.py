@@ -172,3 +172,34 @@ def _kept() -> list[tuple[str, Path]]:
 def test_kept_fuzz_crashers(target: str, path: Path) -> None:
     """Inputs that once broke a target (``python -m tests.hostile.fuzz`` keeps them)."""
     run_bytes(target, path.read_bytes())
+
+
+# ------------------------------------------------------------------ SASL usernames
+
+
+def _prepared_the_long_way(raw: str) -> str | None:
+    from xmppd.auth.sasl import _OPAQUE_PROFILE
+    from xmppd.jid import InvalidJID, nodeprep
+
+    try:
+        return nodeprep(_OPAQUE_PROFILE.enforce(raw))
+    except (UnicodeError, InvalidJID):
+        return None
+
+
+@SETTINGS
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12))
+@example(" ")
+@example("Juliet ")
+@example("jul\x7fiet")
+def test_an_ascii_username_is_prepared_as_saslprep_then_nodeprep_would(raw: str) -> None:
+    """The shortcut for printable ASCII (OpaqueString leaves it as it is) gives what
+    the whole profile gives, for every ASCII string."""
+    from xmppd.auth.sasl import prepare_username
+    from xmppd.jid import InvalidJID
+
+    try:
+        quick: str | None = prepare_username(raw)
+    except InvalidJID:
+        quick = None
+    assert quick == _prepared_the_long_way(raw)

@@ -234,6 +234,8 @@ def _malformed() -> _Abort:
 
 def prepare_username(raw: str) -> str:
     """SASLprep (as PRECIS OpaqueString) then nodeprep; raises InvalidJID."""
+    if raw and raw.isascii() and raw.isprintable():
+        return nodeprep(raw)  # OpaqueString leaves printable ASCII as it is
     try:
         mapped = _OPAQUE_PROFILE.enforce(raw)
     except UnicodeError:
