@@ -567,7 +567,7 @@ class C2SStream(StreamMachine):
 
     async def _starttls(self) -> None:
         self._enter(_TLS)  # input is ignored until the handshake is done
-        self._write(etree.tostring(payload(ns.TLS, "proceed")))
+        self._write(_PROCEED)
         self._flush()  # <proceed/> must go out in the clear, before the handshake
         self.reader.reset()
         # Whatever the client sent after <starttls/> in the clear is dropped, not
@@ -1023,7 +1023,7 @@ class C2SStream(StreamMachine):
         elif sm is None:
             self._write(_sm_failed("unexpected-request"))
         elif local == "r":
-            self._write(etree.tostring(payload(sm_ns.NS, "a", {"h": str(sm.inbound)})))
+            self._write(_ACK_ANSWER % sm.inbound)
         elif local == "a":
             h = el.get("h", "")
             if not h.isdigit() or not sm.ack(int(h)):
@@ -1083,7 +1083,7 @@ class C2SStream(StreamMachine):
         if sm is None or sm.ack_requested or not sm.unacked or self.state is not _BOUND:
             return
         sm.ack_requested = True
-        self._write(etree.tostring(payload(sm_ns.NS, "r")))
+        self._write(_ACK_REQUEST)
 
     def _hibernate(self) -> None:
         """The connection dropped: stay routable, keep what is sent, wait for a resume."""
@@ -1470,7 +1470,16 @@ def _drop_attr(el: Element, name: str) -> None:
 
 
 def _sasl_element(name: str, data: bytes) -> bytes:
-    el = payload(ns.SASL, name)
-    if data:
-        el.text = base64.b64encode(data).decode("ascii")
-    return etree.tostring(el)
+    """``<challenge/>`` or ``<success/>`` with ``data`` (bytes as lxml writes them)."""
+    tag = name.encode("ascii")
+    if not data:
+        return b"<" + tag + _SASL_XMLNS + b"/>"
+    return b"<" + tag + _SASL_XMLNS + b">" + base64.b64encode(data) + b"</" + tag + b">"
+
+
+_SASL_XMLNS: Final = b' xmlns="' + ns.SASL.encode() + b'"'
+_PROCEED: Final = etree.tostring(payload(ns.TLS, "proceed"))
+_ACK_REQUEST: Final = etree.tostring(payload(sm_ns.NS, "r"))
+_ACK_ANSWER: Final = b'<a xmlns="' + sm_ns.NS.encode() + b'" h="%d"/>'
+"""Written as they are: an element built per login (or per ack) costs more than the
+rest of writing it."""
