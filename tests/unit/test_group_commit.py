@@ -93,3 +93,24 @@ async def test_callers_hear_when_the_writer_is_cancelled(
         with pytest.raises(StorageUnavailable):
             await w
     assert await commit.submit(4) == 40  # a new writer for what comes next
+
+
+async def test_a_linger_gathers_a_burst_and_leaves_a_lone_write_alone() -> None:
+    """After a quiet spell a write goes at once; one that follows a batch closely (a
+    burst) waits the linger, and what is submitted meanwhile joins it."""
+    rec = Recorder()
+    commit = GroupCommit(rec.write, linger=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await commit.submit(1) == 10  # nothing before it: no wait
+    assert loop.time() - started < 0.25
+    second = asyncio.ensure_future(commit.submit(2))
+    await asyncio.sleep(0.05)
+    more = [asyncio.ensure_future(commit.submit(i)) for i in (3, 4)]
+    assert await asyncio.gather(second, *more) == [20, 30, 40]
+    assert rec.batches == [[1], [2, 3, 4]]
+    await asyncio.sleep(0.2)  # longer than the burst window: quiet again
+    started = loop.time()
+    assert await commit.submit(5) == 50
+    assert loop.time() - started < 0.25
+    assert rec.batches[-1] == [5]

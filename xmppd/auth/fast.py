@@ -63,6 +63,11 @@ _NEW_BECOMES_CURRENT: Final = (
 )
 
 
+PROMOTION_LINGER: Final = 0.01
+"""Seconds a token's promotion waits for others, in a burst of FAST logins only (a
+transaction each was a tenth of such a storm's CPU: one login per event-loop turn)."""
+
+
 def offered_mechanisms(tls: TlsChannel) -> list[str]:
     """The HT mechanisms usable on this TLS connection, channel-binding ones first."""
     return [
@@ -87,9 +92,11 @@ class FastTokens:
         self._secret = secret
         self.lifetime = lifetime
         # A storm of FAST logins moves a token to ``current`` at each one (the first
-        # use of every token issued at the logins before): one transaction for all the
-        # moves of one turn of the event loop.
-        self._promotions: GroupCommit[dict[str, str], None] = GroupCommit(self._promote_all)
+        # use of every token issued at the logins before): one transaction for the
+        # moves of several logins (a login waits up to PROMOTION_LINGER in a burst).
+        self._promotions: GroupCommit[dict[str, str], None] = GroupCommit(
+            self._promote_all, linger=PROMOTION_LINGER
+        )
 
     def _token(self, host: str, username: str, client_id: str, nonce: str) -> str:
         raw = derive(self._secret, "fast-token", host, username, client_id, nonce)

@@ -9,6 +9,14 @@ transaction per write makes the commits the cost. :class:`GroupCommit` queues th
 items submitted in one turn of the event loop (and, on a database that yields,
 during the transaction before), and hands them to its ``write`` function as one list.
 
+On SQLite, whose transactions do not yield, a batch is what one turn brings, and turns
+are short while logins are paced (one read each): in a storm of FAST logins nearly
+every batch held one item. With a ``linger``, a batch that starts within
+:data:`BURST_WINDOW` of the previous one's end first waits ``linger`` seconds for
+others to join it; a write after a quiet spell goes at once, so only a burst pays the
+wait. Use it where callers can wait a few milliseconds and nothing reads the items in
+between in a way their order matters.
+
 ``write`` runs everything in one transaction and returns one result per item, in
 order; it retries unavailability itself if it should (:class:`WriteRetry`). When it
 raises one of :data:`REFUSED_FOR_DATA` for a batch of several, each item is written
@@ -22,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from xmppd.storage.retry import REFUSED_FOR_DATA, StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+BURST_WINDOW: Final = 0.1
+"""Seconds after a batch within which the next one counts as part of a burst."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,10 +51,14 @@ class GroupCommit(Generic[T, R]):
     :class:`StorageUnavailable`.
     """
 
-    __slots__ = ("_queue", "_task", "_write")
+    __slots__ = ("_last_end", "_linger", "_queue", "_task", "_write")
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(
+        self, write: Callable[[list[T]], Awaitable[list[R]]], *, linger: float = 0.0
+    ) -> None:
         self._write = write
+        self._linger = linger
+        self._last_end = float("-inf")
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -60,11 +75,15 @@ class GroupCommit(Generic[T, R]):
         self._task.add_done_callback(self._ended)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._linger and loop.time() - self._last_end < BURST_WINDOW:
+            await asyncio.sleep(self._linger)
         while self._queue:
             batch, self._queue = self._queue, []
             if not await self._batch(batch):  # a row refused: the others alone
                 for one in batch:
                     await self._batch([one])
+        self._last_end = loop.time()
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The writer ended. Cancelled (even before it started): what it had not
