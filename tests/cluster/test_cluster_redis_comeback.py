@@ -42,7 +42,7 @@ def cluster(tmp_path: Path, own: RedisProcess) -> Iterator[ClusterNodes]:
 def restart_keeping_data(own: RedisProcess, down_for: float) -> None:
     """Stop Redis after writing its snapshot, stay down ``down_for`` s, start it again
     from the snapshot (keys carry absolute expiry times: the heartbeats are gone)."""
-    client = redis.Redis(port=own.port)
+    client = redis.Redis(host="127.0.0.1", port=own.port)
     try:
         client.shutdown(save=True)
     except redis.ConnectionError:
@@ -77,7 +77,7 @@ async def test_a_message_sent_while_the_other_node_reconnects_arrives_live(
         os.kill(node1.process.pid, signal.SIGSTOP)
         try:
             await asyncio.to_thread(restart_keeping_data, own, TIMEOUT + 1.0)
-            client = redis.Redis(port=own.port)
+            client = redis.Redis(host="127.0.0.1", port=own.port)
             try:
                 await until(
                     lambda: bool(client.exists(f"{cluster.prefix}:alive:node2")),

@@ -598,11 +598,8 @@ def plain_header(head: bytes, open_at: int, expected_namespace: str) -> StreamHe
     content = fields.pop(b"xmlns", None)
     if content is None or any(b":" in name and name != b"xml:lang" for name in fields):
         return None
-    try:
-        text = {name: value.decode() for name, value in fields.items()}
-        content_ns = content.decode()
-    except UnicodeDecodeError:
-        return None
+    text = {name: value.decode("ascii") for name, value in fields.items()}  # ASCII only
+    content_ns = content.decode("ascii")
     if content_ns != expected_namespace:
         return None
     return StreamHeader(
