@@ -1023,7 +1023,7 @@ class C2SStream(StreamMachine):
         elif sm is None:
             self._write(_sm_failed("unexpected-request"))
         elif local == "r":
-            self._write(_ACK_ANSWER % sm.inbound)
+            self._answer_ack_request(sm.inbound)
         elif local == "a":
             h = el.get("h", "")
             if not h.isdigit() or not sm.ack(int(h)):
@@ -1074,6 +1074,19 @@ class C2SStream(StreamMachine):
             self._ack_timer = asyncio.get_running_loop().call_later(
                 ACK_DELAY, self._send_ack_request
             )
+
+    def _answer_ack_request(self, h: int) -> None:
+        """``<a h/>`` for ``<r/>``, written after every write queued before it in this
+        turn of the event loop. The stanzas it counts were routed already, but a
+        recipient's copy may still wait for its connection's flush behind this one's
+        (this stream had output queued first): a crash between the two writes would
+        leave the sender told of a message nobody got."""
+
+        def answer() -> None:
+            if not self.closed:
+                self._write(_ACK_ANSWER % h)
+
+        asyncio.get_running_loop().call_soon(answer)
 
     def _send_ack_request(self) -> None:
         if self._ack_timer is not None:
