@@ -70,3 +70,31 @@ async def test_the_ack_is_written_after_the_recipients_copy(
         finally:
             await sender.close()
             await recipient.close()
+
+
+async def test_an_ack_request_right_before_the_stream_end_is_answered(tmp_path: Path) -> None:
+    """A client that asks ``<r/>`` and ends its stream in the same packet still learns
+    what the server handled before the server closes."""
+    async with inprocess_server(tmp_path) as srv:
+        a, b = f"alice@{srv.domain}", f"bob@{srv.domain}"
+        for jid in (a, b):
+            await srv.server.register_user(JID.parse(jid), PASSWORD)
+        server = cast(XmppdServer, srv)
+        sender = await XmlClient.login(server, a, PASSWORD, resource="desk")
+        recipient = await XmlClient.login(server, b, PASSWORD, resource="phone")
+        try:
+            sender.send(f"<enable xmlns='{SM}'/>")
+            await sender.expect(lambda el: el.tag == f"{{{SM}}}enabled")
+            sender.send(
+                f"<message to='{recipient.jid}' type='chat' id='last'><body>bye</body></message>"
+                f"<r xmlns='{SM}'/></stream:stream>"
+            )
+            assert await sender.wait_closed() is None
+            answers = sender.pending(lambda el: el.tag == f"{{{SM}}}a")
+            assert [el.get("h") for el in answers] == ["1"]
+            await recipient.expect(
+                lambda el: el.tag == "{jabber:client}message" and el.get("id") == "last"
+            )
+        finally:
+            await sender.close()
+            await recipient.close()

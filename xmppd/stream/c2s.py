@@ -150,6 +150,7 @@ class C2SStream(StreamMachine):
     # Slots: one of these exists per connected client; a __dict__ would cost ~1 KB each.
     __slots__ = (
         "_ack_timer",
+        "_acks_due",
         "_data",
         "_handed_over",
         "_hibernation",
@@ -202,6 +203,8 @@ class C2SStream(StreamMachine):
         self.sm: SmState | None = None
         self._hibernation: asyncio.TimerHandle | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks_due: list[bytes] | None = None
+        """Answers to ``<r/>`` waiting for this turn's earlier writes."""
         self._sasl: sasl.Mechanism | None = None
         self._sasl2: sasl2.AuthenticateRequest | None = None
         self._sasl_failures = 0
@@ -1080,13 +1083,23 @@ class C2SStream(StreamMachine):
         turn of the event loop. The stanzas it counts were routed already, but a
         recipient's copy may still wait for its connection's flush behind this one's
         (this stream had output queued first): a crash between the two writes would
-        leave the sender told of a message nobody got."""
+        leave the sender told of a message nobody got. A stream that closes first
+        still answers (:meth:`close`)."""
+        due = self._acks_due
+        if due is None:
+            due = self._acks_due = []
+            asyncio.get_running_loop().call_soon(self._write_acks_due)
+        due.append(_ACK_ANSWER % h)
 
-        def answer() -> None:
-            if not self.closed:
-                self._write(_ACK_ANSWER % h)
+    def _write_acks_due(self) -> None:
+        due, self._acks_due = self._acks_due, None
+        if due and not self.closed:
+            for answer in due:
+                self._write(answer)
 
-        asyncio.get_running_loop().call_soon(answer)
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        self._write_acks_due()  # an <r/> read just before the client's stream end
+        super().close(condition, text)
 
     def _send_ack_request(self) -> None:
         if self._ack_timer is not None:
