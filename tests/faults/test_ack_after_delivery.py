@@ -11,6 +11,8 @@ packet), the case where its flush came first."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +29,25 @@ PASSWORD = "ack-order-secret"
 ROUNDS = 20
 
 
+@asynccontextmanager
+async def sender_and_recipient(tmp_path: Path) -> AsyncIterator[tuple[XmlClient, XmlClient]]:
+    """A server in this process; a sender with stream management and a recipient."""
+    async with inprocess_server(tmp_path) as srv:
+        a, b = f"alice@{srv.domain}", f"bob@{srv.domain}"
+        for jid in (a, b):
+            await srv.server.register_user(JID.parse(jid), PASSWORD)
+        server = cast(XmppdServer, srv)
+        sender = await XmlClient.login(server, a, PASSWORD, resource="desk")
+        recipient = await XmlClient.login(server, b, PASSWORD, resource="phone")
+        try:
+            sender.send(f"<enable xmlns='{SM}'/>")
+            await sender.expect(lambda el: el.tag == f"{{{SM}}}enabled")
+            yield sender, recipient
+        finally:
+            await sender.close()
+            await recipient.close()
+
+
 async def test_the_ack_is_written_after_the_recipients_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -38,63 +59,39 @@ async def test_the_ack_is_written_after_the_recipients_copy(
         original(self, data)
 
     monkeypatch.setattr(tcp.C2SConnection, "write", recording)
-    async with inprocess_server(tmp_path) as srv:
-        a, b = f"alice@{srv.domain}", f"bob@{srv.domain}"
-        for jid in (a, b):
-            await srv.server.register_user(JID.parse(jid), PASSWORD)
-        server = cast(XmppdServer, srv)
-        sender = await XmlClient.login(server, a, PASSWORD, resource="desk")
-        recipient = await XmlClient.login(server, b, PASSWORD, resource="phone")
-        try:
-            sender.send(f"<enable xmlns='{SM}'/>")
-            await sender.expect(lambda el: el.tag == f"{{{SM}}}enabled")
-            overtaken = []
-            for n in range(1, ROUNDS + 1):
-                writes.clear()
-                sender.send(
-                    f"<iq type='get' id='ping{n}'><ping xmlns='urn:xmpp:ping'/></iq>"
-                    f"<message to='{recipient.jid}' type='chat' id='m{n}'>"
-                    f"<body>round-{n}</body></message><r xmlns='{SM}'/>"
-                )
-                await sender.expect(
-                    lambda el, n=n: el.tag == f"{{{SM}}}a" and el.get("h") == str(2 * n)
-                )
-                await recipient.expect(
-                    lambda el, n=n: el.tag == "{jabber:client}message" and el.get("id") == f"m{n}"
-                )
-                copy = next(i for i, w in enumerate(writes) if f"round-{n}<".encode() in w)
-                ack = next(i for i, w in enumerate(writes) if b'<a xmlns="urn:xmpp:sm:3"' in w)
-                if ack < copy:
-                    overtaken.append(n)
-            assert overtaken == [], f"the ack was written first in rounds {overtaken}"
-        finally:
-            await sender.close()
-            await recipient.close()
+    async with sender_and_recipient(tmp_path) as (sender, recipient):
+        overtaken = []
+        for n in range(1, ROUNDS + 1):
+            writes.clear()
+            sender.send(
+                f"<iq type='get' id='ping{n}'><ping xmlns='urn:xmpp:ping'/></iq>"
+                f"<message to='{recipient.jid}' type='chat' id='m{n}'>"
+                f"<body>round-{n}</body></message><r xmlns='{SM}'/>"
+            )
+            await sender.expect(
+                lambda el, n=n: el.tag == f"{{{SM}}}a" and el.get("h") == str(2 * n)
+            )
+            await recipient.expect(
+                lambda el, n=n: el.tag == "{jabber:client}message" and el.get("id") == f"m{n}"
+            )
+            copy = next(i for i, w in enumerate(writes) if f"round-{n}<".encode() in w)
+            ack = next(i for i, w in enumerate(writes) if b'<a xmlns="urn:xmpp:sm:3"' in w)
+            if ack < copy:
+                overtaken.append(n)
+        assert overtaken == [], f"the ack was written first in rounds {overtaken}"
 
 
 async def test_an_ack_request_right_before_the_stream_end_is_answered(tmp_path: Path) -> None:
     """A client that asks ``<r/>`` and ends its stream in the same packet still learns
     what the server handled before the server closes."""
-    async with inprocess_server(tmp_path) as srv:
-        a, b = f"alice@{srv.domain}", f"bob@{srv.domain}"
-        for jid in (a, b):
-            await srv.server.register_user(JID.parse(jid), PASSWORD)
-        server = cast(XmppdServer, srv)
-        sender = await XmlClient.login(server, a, PASSWORD, resource="desk")
-        recipient = await XmlClient.login(server, b, PASSWORD, resource="phone")
-        try:
-            sender.send(f"<enable xmlns='{SM}'/>")
-            await sender.expect(lambda el: el.tag == f"{{{SM}}}enabled")
-            sender.send(
-                f"<message to='{recipient.jid}' type='chat' id='last'><body>bye</body></message>"
-                f"<r xmlns='{SM}'/></stream:stream>"
-            )
-            assert await sender.wait_closed() is None
-            answers = sender.pending(lambda el: el.tag == f"{{{SM}}}a")
-            assert [el.get("h") for el in answers] == ["1"]
-            await recipient.expect(
-                lambda el: el.tag == "{jabber:client}message" and el.get("id") == "last"
-            )
-        finally:
-            await sender.close()
-            await recipient.close()
+    async with sender_and_recipient(tmp_path) as (sender, recipient):
+        sender.send(
+            f"<message to='{recipient.jid}' type='chat' id='last'><body>bye</body></message>"
+            f"<r xmlns='{SM}'/></stream:stream>"
+        )
+        assert await sender.wait_closed() is None
+        answers = sender.pending(lambda el: el.tag == f"{{{SM}}}a")
+        assert [el.get("h") for el in answers] == ["1"]
+        await recipient.expect(
+            lambda el: el.tag == "{jabber:client}message" and el.get("id") == "last"
+        )

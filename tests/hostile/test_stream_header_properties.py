@@ -7,6 +7,7 @@ every header the shortcut passes on)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
 from hypothesis import HealthCheck, example, given, settings
@@ -59,9 +60,11 @@ def _raise_too_long() -> NoReturn:
     raise StreamError("policy-violation", "stream header too long")
 
 
-def _outcome(find: object, buf: bytes, limit: int) -> tuple[str, object]:
+def _outcome(
+    find: Callable[[bytes, int], int | None], buf: bytes, limit: int
+) -> tuple[str, object]:
     try:
-        return "end", find(buf, limit)  # type: ignore[operator]
+        return "end", find(buf, limit)
     except StreamError as exc:
         return "error", exc.condition
 

@@ -73,11 +73,7 @@ _PLAIN_ATTRIBUTE: Final = re.compile(
     rb"[ \t\r\n]+(" + _PLAIN_NAME + rb")[ \t\r\n]*=[ \t\r\n]*" + _PLAIN_VALUE
 )
 _PLAIN_HEADER: Final = re.compile(
-    rb"<stream:stream((?:[ \t\r\n]+"
-    + _PLAIN_NAME
-    + rb"[ \t\r\n]*=[ \t\r\n]*"
-    + _PLAIN_VALUE
-    + rb")*)[ \t\r\n]*>"
+    rb"<stream:stream((?:" + _PLAIN_ATTRIBUTE.pattern + rb")*)[ \t\r\n]*>"
 )
 """A stream header with plain attributes only (see :func:`plain_header`)."""
 _STREAMS_BYTES: Final = ns.STREAMS.encode()
