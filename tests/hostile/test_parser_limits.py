@@ -125,3 +125,30 @@ async def test_keepalives_inside_a_session(hostile_server: XmppdServer, tmp_path
             assert b"type='result'" in reply or b'type="result"' in reply, reply
     finally:
         await client.close()
+
+
+async def test_an_unfinished_long_tag_does_not_hold_up_others(hostile_server: XmppdServer) -> None:
+    """One read that ends inside a long start tag (a '>' in a quoted value makes it look
+    finished) is read in one pass: another user's ping is answered at once. Before, the
+    reader's tag tokeniser tried every length of the 16,000-byte name (about 8 s of the
+    event loop, for every user on the process)."""
+    srv = hostile_server
+    for user in ("slowtag", "bystander"):
+        proc = srv.cli("adduser", f"{user}@{srv.domain}", input="secret-pw\n")
+        assert proc.returncode == 0, proc.stderr
+    attacker, bystander = RawClient(srv), RawClient(srv)
+    await attacker.connect()
+    await bystander.connect()
+    try:
+        await attacker.login("slowtag", "secret-pw")
+        await bystander.login("bystander", "secret-pw")
+        attacker.send(b"<presence/><" + b"m" * 16_000 + b" x='>")
+        await asyncio.sleep(0.05)  # the attacker's read first
+        bystander.send(b"<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
+        reply = await bystander.read_until(b"id=['\"]alive", timeout=2)
+        assert b"type='result'" in reply or b'type="result"' in reply, reply
+        attacker.send(b"'/>")  # the tag ends: an element the server does not route
+        assert stream_error(await attacker.read_to_close()) is not None
+    finally:
+        await attacker.close()
+        await bystander.close()

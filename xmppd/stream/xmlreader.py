@@ -25,6 +25,12 @@ case under load: many small stanzas per read); if it ends inside a stanza, that
 stanza's bytes so far are found by tokenising the tags, which is exact there because
 every ``<`` starts a tag. Everything else is fed piece by piece, each piece ending
 where the current top-level element may end (:meth:`XmlReader._piece_end`).
+
+Neither path hands lxml a tag cut by the end of a read: a tag left open there (up to
+``MAX_CARRY`` bytes, counted against the limit) waits for the next read. So the parser's
+depth is exact at every piece boundary, and a stanza of exactly the limit is accepted
+however its reads are cut (an end tag split between two reads, a ``>`` inside a quoted
+value of a start tag cut in two).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ MAX_DEPTH: Final = 64
 """Deepest element nesting a stanza may have (the stanza itself is depth 1); deeper
 gets ``policy-violation``. Real payloads (data forms, Atom entries, Jingle) stay
 below 15; libxml2's own cap (256) would only say ``not-well-formed``."""
+MAX_CARRY: Final = 4096
+"""Longest tag left open at the end of a read that waits for the next read rather than
+go to the parser in two parts (longer ones, only huge attribute values, go as they are:
+see :meth:`XmlReader._piece_end` for what that costs)."""
 _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 
 _XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
@@ -59,9 +69,11 @@ _STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
 _STREAM_PREFIX_ONLY: Final = {"stream": ns.STREAMS}
 _STREAM_ROOT_ONLY: Final = b'<stream:stream xmlns:stream="' + ns.STREAMS.encode() + b'">'
 """The synthetic root of a header that declares only the ``stream`` prefix."""
-_TAG: Final = re.compile(rb"<(/?)[^\s/>'\"]*(?:[^>'\"]|'[^']*'|\"[^\"]*\")*?(/?)>")
+_TAG: Final = re.compile(rb"""<(/?)[^\s/>'"]*+(?:[^>'"/]++|/(?!>)|'[^']*+'|"[^"]*+")*+(/?)>""")
 """One tag, in a chunk where every ``<`` starts a tag: group 1 marks an end tag, group 2
-an empty-element tag. Quoted attribute values may hold ``>``."""
+an empty-element tag. Quoted attribute values may hold ``>``. Possessive throughout, so
+a tag that never ends costs one pass, not one per byte of its name (a lazy form of this
+expression took 0.5 s on a 4 KB unfinished tag)."""
 _COMPLETE_TAG: Final = re.compile(
     rb"</[^\s>]+\s*>|<[^\s/>'\"]+(?:\s+[^\s='\"/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*\s*/>"
 )
@@ -77,6 +89,8 @@ _PLAIN_HEADER: Final = re.compile(
 )
 """A stream header with plain attributes only (see :func:`plain_header`)."""
 _STREAMS_BYTES: Final = ns.STREAMS.encode()
+_TAG_REST: Final = re.compile(rb"""[^>'"]*+(?:(?:'[^']*+'|"[^"]*+")[^>'"]*+)*+>""")
+"""What follows a tag's ``<`` up to its end: quoted values may hold ``>``."""
 _HEADER_BODY: Final = re.compile(rb"""(?:[^<>'"]++|'[^']*+'|"[^"]*+")*+""")
 """What follows a header's ``<`` up to its end: quoted values may hold ``<`` and ``>``."""
 
@@ -244,19 +258,25 @@ class XmlReader:
                 # integer and raises (and clears) a TypeError, several times the scan.
                 and data.find(b"<!") < 0
                 and data.find(b"<?") < 0
+                # The read ends with a whole end or empty-element tag (one test, which
+                # also says whether the stream is between stanzas after it), or at
+                # least not inside a tag ('>' may be in a quoted value).
+                and (
+                    (ends_whole := _ends_with_whole_tag(data, n))
+                    or _open_tag(data, data.rfind(b"<"), n) < 0
+                )
             ):
                 # The common case under load, checked first: between stanzas, a read
                 # that starts with a tag, ends with one and may go to the parser whole
                 # (what :meth:`_whole_segment_end` admits, for a segment that is the read).
                 stanzas: list[Element] = []
                 if not self._feed_piece(data, stanzas):
-                    lt = data.rfind(b"<")
-                    if self._depth == 0 and data[lt + 1] == 0x2F and data[lt + 2 : n - 1].isalpha():
-                        # It ended with '</name>' and every element is closed.
+                    if self._depth == 0 and ends_whole:
+                        # It ended with a whole tag and every element is closed.
                         self._at_boundary = True
                         self._pending = 0
                     else:
-                        self._locate_end(data, n)
+                        self._settle(data)
                 return stanzas
             return self._feed(data)
         except StreamError:
@@ -292,14 +312,17 @@ class XmlReader:
                     continue
                 self._at_boundary = False
                 self._pending = 0
-            end = self._piece_end(data, pos)
-            if end == n and data[n - 1] == 0x3C:
-                # A trailing '<' waits for the next read, so that the '</' the piece
-                # boundaries rely on is never split between two reads.
-                self._carry = b"<"
-                piece = data[pos : n - 1]
-            else:
-                piece = data[pos:end]
+            end = piece_end = self._piece_end(data, pos)
+            if end == n:
+                # A tag the read leaves open waits for the next read: the parser never
+                # stops inside a tag, so the depth the piece boundaries rely on is
+                # exact (an end tag cut in two would otherwise close the stanza in
+                # the next read's first piece, with the stanzas that follow it).
+                lt = _open_tag(data, pos, n)
+                if lt >= 0 and n - lt <= MAX_CARRY:
+                    self._carry = data[lt:]
+                    piece_end = lt
+            piece = data[pos:piece_end]
             pos = end
             if not piece:
                 continue
@@ -332,6 +355,9 @@ class XmlReader:
                         self._pending = len(rest)
                     else:
                         self._pending = 0
+        if self._carry and self._pending + len(self._carry) > self.max_stanza_size:
+            # The tag waiting for the next read is part of the stanza being read.
+            raise StreamError("policy-violation", "stanza too large")
         return stanzas
 
     def _whole_segment_end(self, data: bytes, pos: int) -> int:
@@ -359,6 +385,11 @@ class XmlReader:
                 return 0
         if data.find(b"<!", pos, end) >= 0 or data.find(b"<?", pos, end) >= 0:
             return 0
+        gt_end = end if data[end - 1] == 0x3E else len(data[:end].rstrip(b" \t\r\n"))
+        if not _ends_with_whole_tag(data, gt_end) and (lt := _open_tag(data, pos, gt_end)) >= 0:
+            # The last '>' is inside a quoted value: the tag it is in goes on after
+            # the segment, which stops before it (the slow path keeps it for later).
+            return lt if lt > pos else 0
         return end
 
     def _feed_whole(self, data: bytes, stanzas: list[Element]) -> bool:
@@ -408,30 +439,43 @@ class XmlReader:
         and never past the end of the current top-level element. Pieces end just before
         a ``<``; at depth ``d`` the top-level element cannot close before ``d`` more
         end tags (``</``, which only starts an end tag, or CDATA), so the piece runs to
-        the ``<`` after the d-th ``</``. A top-level element can thus only finish in the
+        the ``<`` after the d-th ``</``. At depth 0 the top-level start tag is read
+        whole (quoted values may hold ``>``): one ending in ``/>`` is the element, any
+        other needs an end tag too. A top-level element can thus only finish in the
         last tag of a piece: when it does, what follows it in the piece is character
-        data, and the next piece starts exactly between stanzas."""
+        data, and the next piece starts exactly between stanzas.
+
+        This relies on the parser never having stopped inside a tag, which
+        :meth:`_feed` sees to by keeping a tag open at the end of a read for the
+        next one; only a tag longer than ``MAX_CARRY`` (or than a slice) is fed in
+        parts, and then an end tag cut between two reads can let one piece run past
+        the stanza's end: its bytes count towards the next stanza too, which costs
+        precision (the limit is reached early), never memory."""
         limit = min(len(data), pos + FEED_SLICE)
         closes = self._depth
         if closes == 0:
-            # A top-level start tag that does not end in '/>' needs its end tag too
-            # (a '>' inside a quoted attribute value can fool this; then the stanza
-            # may end mid-piece, which costs precision, not safety: see _feed_piece).
-            gt = data.find(b">", pos, limit)
-            if gt < 0:
-                return limit
-            if data[gt - 1] == 0x2F:  # '/>'
-                nxt = data.find(b"<", gt, limit)
+            if data[pos] != 0x3C:
+                # Character data at stream level, or the rest of a start tag fed in
+                # parts: either way the next '<' starts the next tag.
+                nxt = data.find(b"<", pos + 1, limit)
+                return limit if nxt < 0 else nxt
+            tag = _TAG.match(data, pos, limit)
+            if tag is None:
+                return _before_open_tag(data, pos, limit)
+            if tag.group(1) or tag.group(2):  # an end tag (the stream's) or '<x/>'
+                nxt = data.find(b"<", tag.end(), limit)
                 return limit if nxt < 0 else nxt
             closes = 1
-        at = pos
+            at = tag.end()
+        else:
+            at = pos
         for _ in range(closes):
             found = data.find(b"</", at, limit)
             if found < 0:
-                return limit
+                return _before_open_tag(data, pos, limit)
             at = found + 2
         nxt = data.find(b"<", at, limit)
-        return limit if nxt < 0 else nxt
+        return _before_open_tag(data, pos, limit) if nxt < 0 else nxt
 
     def _feed_piece(self, piece: bytes, stanzas: list[Element]) -> bool:
         """Parse one piece; ``True`` when it held the end of the stream."""
@@ -679,6 +723,30 @@ def _ends_with_whole_tag(data: bytes, end: int) -> bool:
     if lt >= 0 and data[lt + 1] == 0x2F and data[lt + 2 : end - 1].isalpha():
         return True  # '</name>' with a plain ASCII name: the common case, without a regex
     return _COMPLETE_TAG.fullmatch(data, lt, end) is not None
+
+
+def _open_tag(data: bytes, pos: int, end: int) -> int:
+    """Where the last tag of ``data[pos:end]`` starts if ``end`` cuts it (its ``>``
+    not there yet, or only inside a quoted value), else -1."""
+    lt = data.rfind(b"<", pos, end)
+    if lt < 0:
+        return -1
+    gt = data.find(b">", lt, end)
+    if gt < 0:
+        return lt
+    if data.find(b"'", lt, gt) < 0 and data.find(b'"', lt, gt) < 0:
+        return -1  # nothing quoted before its first '>', which ends it
+    return -1 if _TAG_REST.match(data, lt + 1, end) is not None else lt
+
+
+def _before_open_tag(data: bytes, pos: int, limit: int) -> int:
+    """A piece that would end at ``limit``: before a tag ``limit`` cuts, unless that is
+    the end of the data (then :meth:`XmlReader._feed` keeps the tag for the next read)
+    or the tag starts the piece (a tag longer than a slice, fed in parts)."""
+    if limit == len(data):
+        return limit
+    lt = _open_tag(data, pos, limit)
+    return lt if lt > pos else limit
 
 
 def _too_long() -> NoReturn:
