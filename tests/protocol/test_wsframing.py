@@ -41,6 +41,11 @@ def test_open_is_the_header_and_close_the_end() -> None:
         (b"not xml", "not-well-formed"),
         (b"<message xmlns='jabber:client'>", "not-well-formed"),  # unfinished
         (
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='a>",
+            "not-well-formed",
+        ),  # in a tag
+        (b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'", "not-well-formed"),  # cut tag
+        (
             b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
             "not-well-formed",
         ),

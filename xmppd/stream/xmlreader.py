@@ -185,8 +185,9 @@ class XmlReader:
 
     @property
     def is_between_stanzas(self) -> bool:
-        """Everything fed so far is complete: no element or tag is half-read."""
-        return self._depth == 0 and self._at_boundary
+        """Everything fed so far is complete: no element or tag is half-read (nor a
+        tag waiting for the next read)."""
+        return self._depth == 0 and self._at_boundary and not self._carry
 
     def release_if_idle(self) -> bool:
         """Free the pull parser (several KB of libxml2 buffers) between stanzas.
