@@ -31,7 +31,7 @@ MAX_PART_BYTES: Final = 1023
 
 # Preparation never shrinks a part by anything near this factor, so longer input can
 # be rejected before running PRECIS on it (a guard against pathological input).
-_MAX_INPUT_CHARS: Final = 4 * MAX_PART_BYTES
+MAX_INPUT_CHARS: Final = 4 * MAX_PART_BYTES
 
 _USERNAME_PROFILE: Final = get_profile("UsernameCaseMapped")
 _OPAQUE_PROFILE: Final = get_profile("OpaqueString")
@@ -77,7 +77,7 @@ def nodeprep(local: str) -> str:
     Applies PRECIS UsernameCaseMapped, rejects the characters ``"&'/:<>@`` and
     enforces the 1..1023 octet length.  Raises :class:`InvalidJID` on failure.
     """
-    if len(local) > _MAX_INPUT_CHARS:
+    if len(local) > MAX_INPUT_CHARS:
         raise InvalidJID("localpart is too long")
     if _ASCII_LOCAL_RE.fullmatch(local) is not None:
         result = local.lower()
@@ -100,7 +100,7 @@ def resourceprep(resource: str) -> str:
     Applies PRECIS OpaqueString (no case mapping) and enforces the 1..1023 octet
     length.  Raises :class:`InvalidJID` on failure.
     """
-    if len(resource) > _MAX_INPUT_CHARS:
+    if len(resource) > MAX_INPUT_CHARS:
         raise InvalidJID("resourcepart is too long")
     if resource.isascii() and resource.isprintable() and resource:
         # OpaqueString leaves printable ASCII (including spaces) unchanged.
@@ -171,7 +171,7 @@ def domainprep(domain: str) -> str:
     then contain only letters, marks, digits and hyphens.  A-labels (``xn--``) are
     kept as they are, not converted to U-labels.  Raises :class:`InvalidJID` on failure.
     """
-    if len(domain) > _MAX_INPUT_CHARS:
+    if len(domain) > MAX_INPUT_CHARS:
         raise InvalidJID("domainpart is too long")
     if domain.isascii():
         result = domain.lower()

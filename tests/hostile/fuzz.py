@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import random
 import subprocess
 import sys
@@ -33,6 +34,8 @@ HERE: Final = Path(__file__).resolve().parent
 CORPUS: Final = HERE / "corpus"
 CRASHERS: Final = CORPUS / "crashers"
 TARGETS: Final = ("jid", "sasl", "sasl2", "stanzas")
+HYPOTHESIS_EXAMPLES: Final = 2000
+"""Examples per round of a property when atheris is not installed."""
 SEPARATOR: Final = b"\x00\xff"
 """Splits a ``sasl`` input into the client's messages."""
 
@@ -102,9 +105,10 @@ def _atheris_main(target: str, argv: list[str]) -> None:
 def _hypothesis(target: str, seconds: float) -> int:
     """Without atheris: the suite's properties with a large budget, repeated until the
     time is up; failing examples go to the hypothesis database under corpus/."""
-    from hypothesis import settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
-
+    # The properties read their budget and example database when first imported (a test
+    # that already carries settings cannot be given others: hypothesis refuses).
+    os.environ["XMPPD_FUZZ_EXAMPLES"] = str(HYPOTHESIS_EXAMPLES)
+    os.environ["XMPPD_FUZZ_DATABASE"] = str(CORPUS / "hypothesis")
     from tests.hostile import test_jid_sasl_properties as props
 
     tests = {
@@ -112,19 +116,17 @@ def _hypothesis(target: str, seconds: float) -> int:
         "sasl": props.test_sasl_exchanges_end_only_in_documented_failures,
         "sasl2": props.test_sasl2_authenticate_reader_raises_only_documented_errors,
     }
-    db = DirectoryBasedExampleDatabase(str(CORPUS / "hypothesis"))
     test = tests[target]
     deadline = time.monotonic() + seconds
     rounds = 0
     while time.monotonic() < deadline:
         rounds += 1
-        configured = settings(max_examples=2000, deadline=None, database=db)(test)
         try:
-            configured()
+            test()
         except Exception as exc:  # the falsifying example is printed and stored
             print(f"{target}: FAILED: {exc!r}", flush=True)
             return 1
-    print(f"{target}: {rounds} rounds of 2000 examples, no failure", flush=True)
+    print(f"{target}: {rounds} rounds of {HYPOTHESIS_EXAMPLES} examples, no failure", flush=True)
     return 0
 
 

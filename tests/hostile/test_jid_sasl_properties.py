@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from tests.hostile.fuzz import kept_crashers, run_bytes
 from tests.hostile.fuzz_targets import (
@@ -26,8 +27,13 @@ from tests.hostile.fuzz_targets import (
 )
 
 EXAMPLES = int(os.environ.get("XMPPD_FUZZ_EXAMPLES", "150"))
+_DATABASE = os.environ.get("XMPPD_FUZZ_DATABASE")
+"""Where the long campaign (tests/hostile/fuzz.py) keeps failing examples."""
 SETTINGS = settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    **({"database": DirectoryBasedExampleDatabase(_DATABASE)} if _DATABASE else {}),
 )
 
 # ----------------------------------------------------------------------------- JIDs

@@ -10,6 +10,7 @@ stanzas are the exception: accepted indefinitely, without growing memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,28 +128,56 @@ async def test_keepalives_inside_a_session(hostile_server: XmppdServer, tmp_path
         await client.close()
 
 
-async def test_an_unfinished_long_tag_does_not_hold_up_others(hostile_server: XmppdServer) -> None:
-    """One read that ends inside a long start tag (a '>' in a quoted value makes it look
-    finished) is read in one pass: another user's ping is answered at once. Before, the
-    reader's tag tokeniser tried every length of the 16,000-byte name (about 8 s of the
-    event loop, for every user on the process)."""
+SLOW_READS = {
+    # name: (one read sent by each attacking connection before login, stream error)
+    # A read ending inside a 16,000-byte start tag whose quoted '>' makes it look whole:
+    # the tag tokeniser tried every length of the name (about 8 s per read).
+    "unfinished long tag": (b"<presence/><" + b"m" * 16_000 + b" x='>", "policy-violation"),
+    # '<' repeated inside a quoted value: the tokeniser restarted at every '<' and
+    # scanned to the end of the read (0.6 s per 16 KB read).
+    "'<' in a quoted value": (b"<message a='" + b"<x" * 8_000 + b"'>", "not-well-formed"),
+    # An element with thousands of attributes (libxml2 2.10 and lxml cost the square
+    # of their number: 3.4 s for 24,000 in one stanza), its namespace spelled out so
+    # that the reader rebuilds it stream-neutral: now a tag too long.
+    "many attributes": (
+        b"<message xmlns='jabber:client' "
+        + b" ".join(b"a%d='1'" % i for i in range(20_000))
+        + b"/>",
+        "policy-violation",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(SLOW_READS))
+async def test_slow_reads_do_not_hold_up_others(hostile_server: XmppdServer, attack: str) -> None:
+    """Reads built to be expensive for the stream reader, from five connections at
+    once before login: each gets its stream error, and a logged-in user's ping is
+    answered meanwhile (before the fixes the event loop was held for seconds)."""
+    data, condition = SLOW_READS[attack]
     srv = hostile_server
-    for user in ("slowtag", "bystander"):
-        proc = srv.cli("adduser", f"{user}@{srv.domain}", input="secret-pw\n")
-        assert proc.returncode == 0, proc.stderr
-    attacker, bystander = RawClient(srv), RawClient(srv)
-    await attacker.connect()
+    user = "bystander" + attack.replace(" ", "").replace("'", "").replace("<", "")
+    proc = srv.cli("adduser", f"{user}@{srv.domain}", input="secret-pw\n")
+    assert proc.returncode == 0, proc.stderr
+    bystander = RawClient(srv)
     await bystander.connect()
+    attackers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        await attacker.login("slowtag", "secret-pw")
-        await bystander.login("bystander", "secret-pw")
-        attacker.send(b"<presence/><" + b"m" * 16_000 + b" x='>")
-        await asyncio.sleep(0.05)  # the attacker's read first
+        await bystander.login(user, "secret-pw")
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.starttls_port)
+            writer.write(HEADER + data)
+            attackers.append((reader, writer))
+        await asyncio.sleep(0.05)  # the attackers' reads first
         bystander.send(b"<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
         reply = await bystander.read_until(b"id=['\"]alive", timeout=2)
         assert b"type='result'" in reply or b'type="result"' in reply, reply
-        attacker.send(b"'/>")  # the tag ends: an element the server does not route
-        assert stream_error(await attacker.read_to_close()) is not None
+        for reader, writer in attackers:
+            # The quoted value's end: a tag still waiting for it is now whole.
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"'/>")
+            received = await asyncio.wait_for(reader.read(), timeout=10)
+            assert stream_error(received) == condition, received[-300:]
     finally:
-        await attacker.close()
         await bystander.close()
+        for _, writer in attackers:
+            writer.close()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from xmppd.errors import StreamError
-from xmppd.stream.xmlreader import FEED_SLICE, XmlReader
+from xmppd.stream.xmlreader import FEED_SLICE, MAX_ATTRIBUTES, MAX_TAG, XmlReader
 
 EXAMPLES = int(os.environ.get("XMPPD_FUZZ_EXAMPLES", "150"))
 LIMIT = 4096
@@ -91,6 +91,7 @@ def test_any_cutting_gives_the_same_stanzas(
 @example(junk=b"<a></", cuts=[4])
 @example(junk=b"<a><![CDATA[</b></c>]]></a>", cuts=[7, 12])
 @example(junk=b"<a x='>'/>  <b/>", cuts=[5])
+@example(junk=b"<message a='<<'>", cuts=[])  # a segment cut before its last '<' (IndexError)
 def test_arbitrary_bytes_give_only_stream_errors(junk: bytes, cuts: list[int]) -> None:
     with contextlib.suppress(StreamError):
         _feed_in_pieces(HEADER + junk, cuts)
@@ -225,3 +226,47 @@ def test_a_read_ending_inside_a_tag_counts_that_tag() -> None:
         assert err.condition == "policy-violation"
     else:
         raise AssertionError("an endless attribute value was held past the limit")
+
+
+def _reader() -> XmlReader:
+    reader = XmlReader(expected_namespace="jabber:client", max_stanza_size=1 << 20)
+    reader.feed(HEADER)
+    return reader
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["one read", "a byte per read"])
+def test_a_tag_of_max_tag_is_read_and_one_byte_more_refused(drip: bool) -> None:
+    """No tag reaches libxml2 in parts (it reparses an unfinished start tag at every feed
+    that brings a '>'): a tag of up to MAX_TAG bytes waits whole, a longer one is a
+    policy-violation, whether it comes in one read or a byte at a time."""
+
+    def tag(size: int) -> bytes:
+        head = b"<message to='"
+        return head + b">" * (size - len(head) - 2) + b"'>"
+
+    for size, accepted in ((MAX_TAG, True), (MAX_TAG + 1, False)):
+        reader = _reader()
+        data = tag(size) + b"</message>"
+        try:
+            if drip:
+                out = [el for i in range(len(data)) for el in reader.feed(data[i : i + 1])]
+            else:
+                out = reader.feed(data)
+        except StreamError as err:
+            assert not accepted, f"a tag of {size} bytes was refused"
+            assert err.condition == "policy-violation"
+        else:
+            assert accepted, f"a tag of {size} bytes was accepted"
+            assert [el.get("to") for el in out] == [">" * (size - 15)]
+
+
+def test_an_element_of_max_attributes_is_read_and_one_more_refused() -> None:
+    for count, accepted in ((MAX_ATTRIBUTES, True), (MAX_ATTRIBUTES + 1, False)):
+        stanza = b"<message" + b"".join(b" a%d='1'" % i for i in range(count)) + b"/>"
+        reader = _reader()
+        try:
+            out = reader.feed(stanza)
+        except StreamError as err:
+            assert not accepted and err.condition == "policy-violation"
+        else:
+            assert accepted and len(out[0].attrib) == count

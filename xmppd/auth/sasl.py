@@ -43,7 +43,7 @@ from xmppd.auth.scram import (
     prepare_password,
     salted_password,
 )
-from xmppd.jid import JID, InvalidJID, domainprep, nodeprep
+from xmppd.jid import JID, MAX_INPUT_CHARS, InvalidJID, domainprep, nodeprep
 
 __all__ = [
     "Advertised",
@@ -234,6 +234,8 @@ def _malformed() -> _Abort:
 
 def prepare_username(raw: str) -> str:
     """SASLprep (as PRECIS OpaqueString) then nodeprep; raises InvalidJID."""
+    if len(raw) > MAX_INPUT_CHARS:  # before PRECIS, whose cost grows with the length
+        raise InvalidJID("username too long")
     if raw and raw.isascii() and raw.isprintable():
         return nodeprep(raw)  # OpaqueString leaves printable ASCII as it is
     try:

@@ -26,11 +26,14 @@ stanza's bytes so far are found by tokenising the tags, which is exact there bec
 every ``<`` starts a tag. Everything else is fed piece by piece, each piece ending
 where the current top-level element may end (:meth:`XmlReader._piece_end`).
 
-Neither path hands lxml a tag cut by the end of a read: a tag left open there (up to
-``MAX_CARRY`` bytes, counted against the limit) waits for the next read. So the parser's
-depth is exact at every piece boundary, and a stanza of exactly the limit is accepted
-however its reads are cut (an end tag split between two reads, a ``>`` inside a quoted
-value of a start tag cut in two).
+Neither path hands lxml part of a tag: a tag left open at the end of a read waits for
+the next read (counted against the limit), and a tag longer than ``MAX_TAG`` is a
+``policy-violation``. So the parser's depth is exact at every piece boundary, a stanza
+of exactly the limit is accepted however its reads are cut (an end tag split between
+two reads, a ``>`` inside a quoted value of a start tag cut in two), and libxml2, which
+reparses an unfinished start tag at every feed that brings a ``>``, never sees one.
+An element with more than ``MAX_ATTRIBUTES`` attributes is a ``policy-violation`` too
+(lxml's and libxml2's costs grow with the square of an element's attributes).
 """
 
 from __future__ import annotations
@@ -55,13 +58,17 @@ MAX_DEPTH: Final = 64
 """Deepest element nesting a stanza may have (the stanza itself is depth 1); deeper
 gets ``policy-violation``. Real payloads (data forms, Atom entries, Jingle) stay
 below 15; libxml2's own cap (256) would only say ``not-well-formed``."""
-MAX_CARRY: Final = 4096
-"""Longest tag left open at the end of a read that waits for the next read rather than
-go to the parser in two parts (longer ones, only huge attribute values, go as they are:
-see :meth:`XmlReader._piece_end` for what that costs)."""
+MAX_TAG: Final = FEED_SLICE
+"""Longest tag, from its ``<`` to its ``>`` (a start tag's attributes included); a longer
+one is a ``policy-violation``. Real tags stay far below (a long URL in an attribute is a
+few KiB). The only markup exempt is what starts with ``<!`` (CDATA, which may be long;
+comments and DTDs, which are refused anyway)."""
+MAX_ATTRIBUTES: Final = 256
+"""Most attributes one element may have; more is a ``policy-violation``. XMPP elements
+carry a handful."""
 _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 
-_XML_DECL = re.compile(rb"<\?xml(\s[^?]*)?\?>")
+_XML_DECL = re.compile(rb"<\?xml(\s[^?]*+)?\?>")
 _ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _NAME = re.compile(rb"[A-Za-z_][-A-Za-z0-9_.:]*")
 _WS_BYTES: Final = b" \t\r\n"
@@ -69,11 +76,12 @@ _STREAM_TAG: Final = f"{{{ns.STREAMS}}}stream"
 _STREAM_PREFIX_ONLY: Final = {"stream": ns.STREAMS}
 _STREAM_ROOT_ONLY: Final = b'<stream:stream xmlns:stream="' + ns.STREAMS.encode() + b'">'
 """The synthetic root of a header that declares only the ``stream`` prefix."""
-_TAG: Final = re.compile(rb"""<(/?)[^\s/>'"]*+(?:[^>'"/]++|/(?!>)|'[^']*+'|"[^"]*+")*+(/?)>""")
+_TAG: Final = re.compile(rb"""<(/?)[^\s/>'"<]*+(?:[^>'"/<]++|/(?!>)|'[^'<]*+'|"[^"<]*+")*+(/?)>""")
 """One tag, in a chunk where every ``<`` starts a tag: group 1 marks an end tag, group 2
-an empty-element tag. Quoted attribute values may hold ``>``. Possessive throughout, so
-a tag that never ends costs one pass, not one per byte of its name (a lazy form of this
-expression took 0.5 s on a 4 KB unfinished tag)."""
+an empty-element tag. Quoted attribute values may hold ``>`` (not ``<``, which XML
+forbids there). Possessive throughout and stopping at the next ``<``, so a tag that never
+ends costs one pass over itself, not one per byte of its name (a lazy form took 0.5 s on
+a 4 KB unfinished tag) nor one per ``<`` to the end of the read (0.6 s on 16 KB)."""
 _COMPLETE_TAG: Final = re.compile(
     rb"</[^\s>]+\s*>|<[^\s/>'\"]+(?:\s+[^\s='\"/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*\s*/>"
 )
@@ -125,6 +133,7 @@ class XmlReader:
         "_at_boundary",
         "_buffer",
         "_carry",
+        "_carry_quote",
         "_depth",
         "_parser",
         "_pending",
@@ -171,6 +180,7 @@ class XmlReader:
         self.closed = False
         self._buffer = b""
         self._carry = b""
+        self._carry_quote = 0
         self._parser: etree.XMLPullParser | None = None
         self._synthetic_root = b""
         self._at_boundary = True
@@ -292,6 +302,18 @@ class XmlReader:
             if self._parser is None:
                 return []
         if self._carry:
+            # A tag waits for its end: only the new bytes are scanned for it (from the
+            # quote the carried part ended in), so a tag dripped a byte per read costs
+            # a pass over each byte, not over the whole tag at every read.
+            end, quote = _scan_tag(data, 0, self._carry_quote)
+            if end < 0:
+                self._carry += data
+                self._carry_quote = quote
+                if len(self._carry) > MAX_TAG:
+                    raise StreamError("policy-violation", "tag too long")
+                if self._pending + len(self._carry) > self.max_stanza_size:
+                    raise StreamError("policy-violation", "stanza too large")
+                return []
             data, self._carry = self._carry + data, b""
         stanzas: list[Element] = []
         pos, n = 0, len(data)
@@ -320,8 +342,11 @@ class XmlReader:
                 # exact (an end tag cut in two would otherwise close the stanza in
                 # the next read's first piece, with the stanzas that follow it).
                 lt = _open_tag(data, pos, n)
-                if lt >= 0 and n - lt <= MAX_CARRY:
+                if lt >= 0:
+                    if n - lt > MAX_TAG:
+                        raise StreamError("policy-violation", "tag too long")
                     self._carry = data[lt:]
+                    self._carry_quote = _scan_tag(data, lt + 1, 0)[1]
                     piece_end = lt
             piece = data[pos:piece_end]
             pos = end
@@ -448,10 +473,8 @@ class XmlReader:
 
         This relies on the parser never having stopped inside a tag, which
         :meth:`_feed` sees to by keeping a tag open at the end of a read for the
-        next one; only a tag longer than ``MAX_CARRY`` (or than a slice) is fed in
-        parts, and then an end tag cut between two reads can let one piece run past
-        the stanza's end: its bytes count towards the next stanza too, which costs
-        precision (the limit is reached early), never memory."""
+        next one, and this method by ending a piece before a tag the slice cuts (a
+        tag longer than a slice is refused: ``MAX_TAG``)."""
         limit = min(len(data), pos + FEED_SLICE)
         closes = self._depth
         if closes == 0:
@@ -496,6 +519,9 @@ class XmlReader:
             raise StreamError("not-well-formed") from None
         depth = self._depth
         max_depth = self.max_depth
+        # An element of more than MAX_ATTRIBUTES attributes takes more than 4 bytes
+        # each, and a tag reaches the parser whole: only a piece that long may hold one.
+        many_attributes_possible = len(piece) > 4 * MAX_ATTRIBUTES
         try:
             for kind, item in cast("Iterator[tuple[str, Element]]", events):
                 if kind == "start":
@@ -503,6 +529,8 @@ class XmlReader:
                     self._at_boundary = False
                     if depth > max_depth:
                         raise StreamError("policy-violation", "elements nested too deeply")
+                    if many_attributes_possible and len(item.attrib) > MAX_ATTRIBUTES:
+                        raise StreamError("policy-violation", "too many attributes")
                 elif kind == "end":
                     depth -= 1
                     if depth == 0:
@@ -545,7 +573,13 @@ class XmlReader:
 
     def _read_header(self, data: bytes) -> bytes:
         buf = self._buffer + data
-        end = _find_header_end(buf, self.max_header_size)
+        # The header ends at a '>': a read that brings none cannot end it, and is not
+        # scanned again (but the first one is, for the errors its first bytes show).
+        end = (
+            _find_header_end(buf, self.max_header_size)
+            if not self._buffer or data.find(b">") >= 0
+            else None
+        )
         if end is None:
             if len(buf) > self.max_header_size:  # whitespace before it counts too
                 _too_long()
@@ -672,12 +706,18 @@ def _close(parser: etree.XMLPullParser) -> None:
         pass
 
 
+def _skip_whitespace(buf: bytes, pos: int) -> int:
+    whitespace = _WHITESPACE.match(buf, pos)
+    assert whitespace is not None  # '*' always matches
+    return whitespace.end()
+
+
 def _find_header_end(buf: bytes, limit: int) -> int | None:
     """Index just past the stream header's closing ``>``; ``None`` if incomplete."""
-    pos = 0
     n = len(buf)
-    while pos < n and buf[pos] in b" \t\r\n":
-        pos += 1
+    # Regular expressions, not byte loops: a peer may send the header a byte at a time,
+    # and each read scans the buffer again (8 KiB of whitespace so: 3 s in a byte loop).
+    pos = _skip_whitespace(buf, 0)
     if buf.startswith(b"\xef\xbb\xbf", pos):
         pos += 3
     if pos < n and buf[pos] != 0x3C:  # not '<'
@@ -687,12 +727,10 @@ def _find_header_end(buf: bytes, limit: int) -> int | None:
     if buf.startswith(b"<?", pos):
         decl = _XML_DECL.match(buf, pos)
         if decl is None:
-            if b"?>" in buf[pos:] or len(buf) - pos > limit:
+            if buf.find(b"?>", pos) >= 0 or len(buf) - pos > limit:
                 raise StreamError("restricted-xml", "processing instructions are not allowed")
             return None
-        pos = decl.end()
-        while pos < n and buf[pos] in b" \t\r\n":
-            pos += 1
+        pos = _skip_whitespace(buf, decl.end())
     if n - pos < 2:
         return None if n < limit else _too_long()
     if buf.startswith(b"<!", pos):
@@ -721,16 +759,19 @@ def _ends_with_whole_tag(data: bytes, end: int) -> bool:
     """``data[:end]`` ends with a whole end tag or empty-element tag (its last ``<``
     starts one that its last byte closes)."""
     lt = data.rfind(b"<", 0, end)
-    if lt >= 0 and data[lt + 1] == 0x2F and data[lt + 2 : end - 1].isalpha():
+    if lt < 0 or lt + 1 >= end:
+        return False  # no tag, or a '<' that ends the data
+    if data[lt + 1] == 0x2F and data[lt + 2 : end - 1].isalpha():
         return True  # '</name>' with a plain ASCII name: the common case, without a regex
     return _COMPLETE_TAG.fullmatch(data, lt, end) is not None
 
 
 def _open_tag(data: bytes, pos: int, end: int) -> int:
     """Where the last tag of ``data[pos:end]`` starts if ``end`` cuts it (its ``>``
-    not there yet, or only inside a quoted value), else -1."""
+    not there yet, or only inside a quoted value), else -1. Markup that starts with
+    ``<!`` is not taken for a tag (CDATA runs to ``]]>``, whatever its length)."""
     lt = data.rfind(b"<", pos, end)
-    if lt < 0:
+    if lt < 0 or data.startswith(b"<!", lt):
         return -1
     gt = data.find(b">", lt, end)
     if gt < 0:
@@ -740,14 +781,45 @@ def _open_tag(data: bytes, pos: int, end: int) -> int:
     return -1 if _TAG_REST.match(data, lt + 1, end) is not None else lt
 
 
+_UNQUOTED_IN_TAG: Final = re.compile(rb"""[^'">]*+""")
+
+
+def _scan_tag(data: bytes, pos: int, quote: int) -> tuple[int, int]:
+    """Read on from ``pos`` inside a tag (``quote``: the quote character it is inside,
+    0 for none): ``(index after the tag's '>', 0)`` when it ends in ``data``, else
+    ``(-1, the quote the data ends inside, or 0)``. One pass over the bytes."""
+    n = len(data)
+    while pos < n:
+        if quote:
+            close = data.find(b"'" if quote == 0x27 else b'"', pos)
+            if close < 0:
+                return -1, quote
+            pos, quote = close + 1, 0
+            continue
+        unquoted = _UNQUOTED_IN_TAG.match(data, pos)
+        assert unquoted is not None  # '*' always matches
+        pos = unquoted.end()
+        if pos == n:
+            break
+        if data[pos] == 0x3E:  # '>'
+            return pos + 1, 0
+        quote = data[pos]
+        pos += 1
+    return -1, quote
+
+
 def _before_open_tag(data: bytes, pos: int, limit: int) -> int:
     """A piece that would end at ``limit``: before a tag ``limit`` cuts, unless that is
-    the end of the data (then :meth:`XmlReader._feed` keeps the tag for the next read)
-    or the tag starts the piece (a tag longer than a slice, fed in parts)."""
+    the end of the data (then :meth:`XmlReader._feed` keeps the tag for the next read).
+    A tag that the whole slice does not hold is longer than ``MAX_TAG``: refused."""
     if limit == len(data):
         return limit
     lt = _open_tag(data, pos, limit)
-    return lt if lt > pos else limit
+    if lt < 0:
+        return limit
+    if lt == pos:
+        raise StreamError("policy-violation", "tag too long")
+    return lt
 
 
 def _too_long() -> NoReturn:
