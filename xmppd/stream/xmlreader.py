@@ -32,8 +32,8 @@ the next read (counted against the limit), and a tag longer than ``MAX_TAG`` is 
 of exactly the limit is accepted however its reads are cut (an end tag split between
 two reads, a ``>`` inside a quoted value of a start tag cut in two), and libxml2, which
 reparses an unfinished start tag at every feed that brings a ``>``, never sees one.
-An element with more than ``MAX_ATTRIBUTES`` attributes is a ``policy-violation`` too
-(lxml's and libxml2's costs grow with the square of an element's attributes).
+A tag with more than ``MAX_ATTRIBUTES`` attributes is a ``policy-violation`` too, before
+libxml2 parses it (its cost and lxml's grow with the square of an element's attributes).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ one is a ``policy-violation``. Real tags stay far below (a long URL in an attrib
 few KiB). The only markup exempt is what starts with ``<!`` (CDATA, which may be long;
 comments and DTDs, which are refused anyway)."""
 MAX_ATTRIBUTES: Final = 256
-"""Most attributes one element may have; more is a ``policy-violation``. XMPP elements
-carry a handful."""
+"""Most attributes one tag may have, counted as its ``=`` signs (namespace declarations
+and an ``=`` inside a value count too); more is a ``policy-violation``, before libxml2
+parses the tag. XMPP elements carry a handful."""
 _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 
 _XML_DECL = re.compile(rb"<\?xml(\s[^?]*+)?\?>")
@@ -505,6 +506,9 @@ class XmlReader:
         """Parse one piece; ``True`` when it held the end of the stream."""
         parser = self._parser
         assert parser is not None
+        if piece.count(b"=") > MAX_ATTRIBUTES and _crowded_tag(piece):
+            # Refused before libxml2 parses it (the cost is in the parse itself).
+            raise StreamError("policy-violation", "too many attributes")
         try:
             parser.feed(piece)
             events = parser.read_events()
@@ -519,9 +523,6 @@ class XmlReader:
             raise StreamError("not-well-formed") from None
         depth = self._depth
         max_depth = self.max_depth
-        # An element of more than MAX_ATTRIBUTES attributes takes more than 4 bytes
-        # each, and a tag reaches the parser whole: only a piece that long may hold one.
-        many_attributes_possible = len(piece) > 4 * MAX_ATTRIBUTES
         try:
             for kind, item in cast("Iterator[tuple[str, Element]]", events):
                 if kind == "start":
@@ -529,8 +530,6 @@ class XmlReader:
                     self._at_boundary = False
                     if depth > max_depth:
                         raise StreamError("policy-violation", "elements nested too deeply")
-                    if many_attributes_possible and len(item.attrib) > MAX_ATTRIBUTES:
-                        raise StreamError("policy-violation", "too many attributes")
                 elif kind == "end":
                     depth -= 1
                     if depth == 0:
@@ -704,6 +703,13 @@ def _close(parser: etree.XMLPullParser) -> None:
         parser.close()
     for _ in parser.read_events():
         pass
+
+
+def _crowded_tag(piece: bytes) -> bool:
+    """A tag of ``piece`` holds more than ``MAX_ATTRIBUTES`` ``=`` (attributes, namespace
+    declarations, and any ``=`` inside their values). Tags reach the parser whole, so
+    the tokeniser sees each one entire."""
+    return any(tag.group(0).count(b"=") > MAX_ATTRIBUTES for tag in _TAG.finditer(piece))
 
 
 def _skip_whitespace(buf: bytes, pos: int) -> int:
