@@ -103,3 +103,15 @@ def test_server_frames_are_unmasked_with_the_shortest_length() -> None:
     assert wsframes.frame(wsframes.OP_TEXT, b"x" * 126) == b"\x81\x7e\x00\x7e"
     assert wsframes.frame(wsframes.OP_BINARY, b"x" * 70000)[:2] == b"\x82\x7f"
     assert wsframes.close_payload(1009, "too big") == b"\x03\xf1too big"
+
+
+def test_what_an_unfinished_frame_holds_is_counted() -> None:
+    """The bytes of a frame whose payload is still arriving count in ``pending`` (the
+    stream's limits are checked against it), a byte at a time as in one piece."""
+    data = client_frame(wsframes.OP_TEXT, b"<message/>" * 100)
+    reader = FrameReader(max_message=1 << 20)
+    for i in range(len(data) - 1):
+        assert reader.feed(data[i : i + 1]) == []
+        assert reader.pending == i + 1
+    assert reader.feed(data[-1:]) == [(wsframes.OP_TEXT, b"<message/>" * 100)]
+    assert reader.pending == 0

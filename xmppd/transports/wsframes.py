@@ -82,12 +82,27 @@ class FrameReader:
     from their fragments (opcode text or binary), control frames as they come
     (close, ping, pong)."""
 
-    __slots__ = ("_buffer", "_fragments", "_fragments_size", "_message_opcode", "max_message")
+    __slots__ = (
+        "_buffer",
+        "_fragments",
+        "_fragments_size",
+        "_held",
+        "_message_opcode",
+        "_need",
+        "_parts",
+        "max_message",
+    )
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self._buffer = b""
-        """An unfinished frame (header and as much payload as arrived)."""
+        """An unfinished frame header (at most 13 bytes)."""
+        self._parts: list[bytes] = []
+        """A frame whose header has arrived, and as much of its payload as arrived:
+        joined once ``_need`` bytes are held, not at every read (a frame of 250 KB
+        arriving a byte per read was 1.3 s of joining)."""
+        self._held = 0
+        self._need = 0
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._message_opcode = 0
@@ -95,11 +110,19 @@ class FrameReader:
     @property
     def pending(self) -> int:
         """Bytes held: an unfinished frame and the fragments of an unfinished message."""
-        return len(self._buffer) + self._fragments_size
+        return len(self._buffer) + self._held + self._fragments_size
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Read ``data``; raises :class:`ProtocolViolation` or :class:`MessageTooBig`."""
-        buf = self._buffer + data if self._buffer else data
+        if self._need:
+            self._parts.append(data)
+            self._held += len(data)
+            if self._held < self._need:
+                return []
+            buf = b"".join(self._parts)
+            self._parts, self._held, self._need = [], 0, 0
+        else:
+            buf = self._buffer + data if self._buffer else data
         out: list[tuple[int, bytes]] = []
         pos, end = 0, len(buf)
         while end - pos >= 2:
@@ -125,7 +148,9 @@ class FrameReader:
             elif self._fragments_size + length > self.max_message:
                 raise MessageTooBig()
             if end - pos < head + length:
-                break
+                self._parts, self._held, self._need = [buf[pos:]], end - pos, head + length
+                self._buffer = b""
+                return out
             mask = buf[pos + head - 4 : pos + head]
             start = pos + head
             pos = start + length
