@@ -374,6 +374,10 @@ async def check(client: XmlClient, case: Case, timeout: float = 10) -> str | Non
             return f"answered with type {reply.get('type')!r}"
         if error_condition(reply) == "internal-server-error":
             return "internal-server-error"
+    if removes_account(case) and client.stream_error in (None, "not-authorized"):
+        # XEP-0077 §3.2: the account is gone, and the stream may end with
+        # <not-authorized/>; the campaign registers it again.
+        return None
     # Still served?
     try:
         pong = await client.iq(
@@ -384,6 +388,15 @@ async def check(client: XmlClient, case: Case, timeout: float = 10) -> str | Non
     if pong.get("type") != "result":
         return "ping failed"
     return None
+
+
+def removes_account(case: Case) -> bool:
+    """An in-band unregistration (XEP-0077 §3.2), whatever else its query holds."""
+    el = etree.fromstring(case.xml)
+    if el.get("type") != "set":
+        return False
+    query = el.find("{jabber:iq:register}query")
+    return query is not None and query.find("{jabber:iq:register}remove") is not None
 
 
 async def _reply(client: XmlClient, stanza_id: str, timeout: float) -> etree._Element:
