@@ -480,8 +480,8 @@ class XmlReader:
         closes = self._depth
         if closes == 0:
             if data[pos] != 0x3C:
-                # Character data at stream level, or the rest of a start tag fed in
-                # parts: either way the next '<' starts the next tag.
+                # Character data at stream level (no tag is ever fed in parts): the
+                # next '<' starts the next tag.
                 nxt = data.find(b"<", pos + 1, limit)
                 return limit if nxt < 0 else nxt
             tag = _TAG.match(data, pos, limit)
