@@ -58,6 +58,9 @@ VOICE_REQUESTS_OFF: Final = MucError("forbidden", "this room does not take voice
 ARCHIVE_MEMBERS_ONLY: Final = MucError(
     "forbidden", "the archive of a members-only room is for its members"
 )
+ARCHIVE_PASSWORD: Final = MucError(
+    "forbidden", "the archive of a password-protected room is for its occupants"
+)
 NOT_MODERATOR: Final = MucError("forbidden", "only moderators may do this")
 NO_SUCH_MESSAGE: Final = MucError("item-not-found", "no such message in this room")
 NOT_YOUR_MESSAGE: Final = MucError("forbidden", "you may retract only your own messages")

@@ -1120,12 +1120,17 @@ class Room:
 
     def _may_read_archive(self, from_: JID) -> None:
         """Anyone may read the archive of an open room (as anyone may enter it and get
-        its history); a members-only room's archive is for its members; outcasts never."""
+        its history); a members-only room's archive is for its members; a password-
+        protected room's for its occupants (who gave the password) and those who enter
+        without it (admins, owners); outcasts never."""
         affiliation = self.affiliation(from_)
         if affiliation == "outcast":
             raise errors.BANNED()
-        if self.config.members_only and AFFILIATION_RANK[affiliation] < AFFILIATION_RANK["member"]:
+        rank = AFFILIATION_RANK[affiliation]
+        if self.config.members_only and rank < AFFILIATION_RANK["member"]:
             raise errors.ARCHIVE_MEMBERS_ONLY()
+        if self.config.password and rank < AFFILIATION_RANK["admin"] and from_ not in self.by_jid:
+            raise errors.ARCHIVE_PASSWORD()
 
     async def _mam(self, stanza: Element, query: Element, itype: str, from_: JID) -> Element:
         self._may_read_archive(from_)
@@ -1383,6 +1388,9 @@ class Room:
             stored = await self.host.store.load_vcard(self.name)  # kept in memory from now on
             self._vcard = None if stored is None else stored.encode()
             await self.host.store.delete(self.name)
+            # A temporary room keeps no archive, and once it vanishes its name is free:
+            # whoever creates a room of that name must not find this one's messages.
+            await self.host.archive.delete_room(self.name)
         codes = [Status.CONFIG_CHANGED]
         was_archived = old.persistent and old.archive
         if self.archived != was_archived:

@@ -178,6 +178,57 @@ async def test_members_only_archive_is_for_members(server: XmppdServer) -> None:
         assert [forwarded_body(r) for r in results] == ["secret"]
 
 
+async def test_password_protected_archive_is_for_those_inside(server: XmppdServer) -> None:
+    """XEP-0045 §7.2.6: a password-protected room's discussion is for those who give the
+    password; its archive too (it was readable by anyone who asked)."""
+    owner, room, _ = await create_room(
+        server,
+        fields={
+            **ARCHIVED,
+            "muc#roomconfig_passwordprotectedroom": "1",
+            "muc#roomconfig_roomsecret": "sesame",
+        },
+    )
+    outsider, _ = await login(server, "pwoutsider")
+    guest, _, _ = await user_in_room(server, room, "guest", password="sesame")
+    async with closing(owner, outsider, guest):
+        await groupchat(owner, room, "behind the password")
+        await next_groupchat(guest, room, "behind the password")
+        reply, results = await mam_query(outsider, room)
+        assert error_condition(reply) == "forbidden" and results == []
+        reply, results = await mam_query(guest, room, queryid="g")
+        assert [forwarded_body(r) for r in results] == ["behind the password"]
+        reply, results = await mam_query(owner, room, queryid="o")
+        assert [forwarded_body(r) for r in results] == ["behind the password"]
+
+
+async def test_a_room_made_temporary_leaves_no_archive_to_the_next_of_its_name(
+    server: XmppdServer,
+) -> None:
+    """A persistent room made temporary, then left empty, vanishes; whoever creates a
+    room of the same name and makes it persistent finds an empty archive (the old
+    messages stayed stored under the name and came back to the new owner)."""
+    owner, room, _ = await create_room(server, fields=ARCHIVED)
+    async with closing(owner):
+        await groupchat(owner, room, "before the room was made temporary")
+        await next_groupchat(owner, room, "before the room was made temporary")
+        reply = await submit_config(owner, room, {"muc#roomconfig_persistentroom": "0"})
+        assert reply.get("type") == "result"
+        owner.send(f"<presence to='{room}/owner' type='unavailable'/>")
+        await owner.expect(
+            lambda el: (
+                el.tag == tag("presence") and el.get("type") == "unavailable" and "110" in codes(el)
+            )
+        )
+    newcomer, joined, _ = await user_in_room(server, room, "newcomer")
+    async with closing(newcomer):
+        assert "201" in codes(joined.self_presence)  # a new room
+        reply = await submit_config(newcomer, room, ARCHIVED)
+        assert reply.get("type") == "result"
+        reply, results = await mam_query(newcomer, room)
+        assert reply.get("type") == "result" and results == []
+
+
 async def test_archiving_can_be_turned_off(server: XmppdServer) -> None:
     owner, room, _ = await create_room(
         server, fields={**ARCHIVED, "muc#roomconfig_enablearchiving": "0"}
