@@ -103,6 +103,7 @@ def test_arbitrary_bytes_give_only_stream_errors(junk: bytes, cuts: list[int]) -
     filler=st.sampled_from([b" ", b"a", b"\n\t", b" xmlns:p='u'", b"<b>", b"&amp;"]),
     cuts=st.lists(st.integers(0, 50_000), max_size=8),
 )
+@example(prefix=b"<a/>x", filler=b" ", cuts=[136])  # text after a stanza, in its piece
 def test_unfinished_input_stops_at_the_limit(prefix: bytes, filler: bytes, cuts: list[int]) -> None:
     data = HEADER + prefix + filler * (3 * LIMIT // len(filler) + 1)
     try:

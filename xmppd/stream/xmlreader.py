@@ -371,6 +371,8 @@ class XmlReader:
                     if rest.strip(b" \t\r\n"):
                         self._at_boundary = False
                         self._pending = len(rest)
+                        if self._pending > self.max_stanza_size:  # not a keepalive
+                            raise StreamError("policy-violation", "stanza too large")
                     else:
                         self._pending = 0
         if self._carry:
