@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,13 +65,47 @@ def presence_rosters(users: int, roster_size: int) -> dict[str, list[str]]:
 
 
 def free_port() -> int:
-    """A currently unused loopback TCP port that is none of the forbidden ones."""
-    while True:
+    """A currently unused loopback TCP port that is none of the forbidden ones, claimed
+    (:func:`claim_port`) against the other processes of a test run."""
+    for attempt in range(10_000):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port not in FORBIDDEN_PORTS and port > 1024:
+        if port in FORBIDDEN_PORTS or port <= 1024:
+            continue
+        if claim_port(port) or attempt > 5_000:  # the claims are a help, never a hang
             return port
+    raise RuntimeError("no free loopback port")
+
+
+_CLAIMS = Path(tempfile.gettempdir()) / "xmppd-test-ports"
+"""Where :func:`free_port` claims ports across the processes of one test run."""
+_CLAIM_SECONDS = 600.0
+"""How long a claimed port stays withheld from other processes (longer than a test
+that stops and restarts its server on the same ports; short enough that a whole run
+claims a few thousand of the kernel's ~28,000 ephemeral ports at a time)."""
+
+
+def claim_port(port: int) -> bool:
+    """Claim ``port`` for this process among the processes of a test run (the suite's
+    parallel workers): the kernel can offer the port another worker was just given,
+    before that worker's server binds it, and a server then started on it finds the
+    other one listening (a bench test once logged in to another worker's server and got
+    ``host-unknown``). A claim is a file made exclusively; one older than
+    :data:`_CLAIM_SECONDS` is stale and taken over."""
+    _CLAIMS.mkdir(exist_ok=True)
+    claim = _CLAIMS / str(port)
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - claim.stat().st_mtime < _CLAIM_SECONDS:
+                return False
+            os.utime(claim)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -84,15 +119,47 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def wait_port(
     port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "server"
 ) -> None:
-    """Block until something accepts TCP connections on ``port``."""
+    """Block until something accepts TCP connections on ``port``; given ``proc``, until
+    ``proc`` or one of its descendants does (another program listening on the port, such
+    as a parallel test's server given the same free port, does not count: ``proc`` then
+    fails to bind and exits, which is reported)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
-        if port_open(port):
+        if port_open(port) and (proc is None or listens_on(port, proc.pid)):
             return
         time.sleep(0.1)
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def listens_on(port: int, pid: int) -> bool:
+    """Whether a listening TCP socket on ``port`` is open in ``pid`` or a descendant
+    (the sockets of /proc/net/tcp{,6} in state LISTEN, matched by inode to the processes'
+    file descriptors)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    for member in process_tree(pid):
+        try:
+            fds = os.listdir(f"/proc/{member}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{member}/fd/{fd}") in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _children_map() -> dict[int, list[int]]:

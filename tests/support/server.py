@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from bench.common import claim_port
+
 PG_ADMIN_DSN = os.environ.get("XMPPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SESSION_REGISTRY = os.environ.get("XMPPD_TEST_SESSIONS", "memory")
 """The session registry the servers under test use (``[sessions] registry``): the
@@ -37,16 +39,19 @@ once given the same port)."""
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A free TCP port on the loopback ``address`` (never one of this machine's service
-    ports, nor one this process handed out lately). A port free on 127.0.0.1 may be
-    taken on 127.0.0.2: a server listening on another loopback address asks for a port
-    of that address."""
-    while True:
+    ports, nor one any test process on this machine handed out lately). A port free on
+    127.0.0.1 may be taken on 127.0.0.2: a server listening on another loopback address
+    asks for a port of that address."""
+    for attempt in range(10_000):
         with socket.socket() as s:
             s.bind((address, 0))
             port = int(s.getsockname()[1])
-        if port not in FORBIDDEN_PORTS and port not in _HANDED_OUT:
+        if port in FORBIDDEN_PORTS or port in _HANDED_OUT:
+            continue
+        if claim_port(port) or attempt > 5_000:  # the claims are a help, never a hang
             _HANDED_OUT.append(port)
             return port
+    raise RuntimeError("no free loopback port")
 
 
 def service_unavailable(reason: str) -> None:
