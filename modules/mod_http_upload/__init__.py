@@ -21,7 +21,8 @@ derived from the server secret, so any node sharing the secret can check it.
   authorised by its header, not by cookies), so browser clients can upload.
 - **Limits**: ``max_file_size`` (larger: ``not-acceptable`` with ``<file-too-large>``
   and the limit), a per-user ``quota`` of stored and reserved bytes
-  (``resource-constraint``), who may upload (``access``; others ``forbidden``).
+  (``resource-constraint``; one owner's slot requests take turns, on every node, so
+  requests at once cannot overrun it), who may upload (``access``; others ``forbidden``).
   Files older than ``expire_after`` are deleted; so are an account's files when the
   account is removed.
 - The service is listed in the host's disco#items; its disco#info has the
@@ -337,27 +338,35 @@ async def _slot(ctx: Ctx, req: IqRequest) -> Element:
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if len(ctype) > 255 or "/" not in ctype or any(c in ctype for c in "\r\n\0"):
         raise StanzaError("bad-request", "invalid content-type")
-    used = await ctx.db.fetch_value(
-        select(func.coalesce(func.sum(_F.size), 0)).where(
-            _F.host == ctx.domain, _F.owner == str(owner)
-        )
-    )
-    if int(used or 0) + size > opts.quota:
-        raise StanzaError("resource-constraint", "upload quota reached")
     slot = secrets.token_urlsafe(24)
     now = time.time()
-    await ctx.db.execute(
-        files_table.insert().values(
-            host=ctx.domain,
-            slot=slot,
-            owner=str(owner),
-            name=name,
-            size=size,
-            content_type=ctype,
-            created_at=now,
-            state="reserved",
-        )
-    )
+    async with ctx.db.transaction() as tx:
+        # The sum decides the insert: requests of one owner at once (several devices,
+        # several nodes) take turns, or each would find the quota free.
+        await tx.lock(f"upload-quota\0{ctx.domain}\0{owner}")
+        used = (
+            await tx.execute(
+                select(func.coalesce(func.sum(_F.size), 0)).where(
+                    _F.host == ctx.domain, _F.owner == str(owner)
+                )
+            )
+        ).scalar()
+        over_quota = int(used or 0) + size > opts.quota
+        if not over_quota:
+            await tx.execute(
+                files_table.insert().values(
+                    host=ctx.domain,
+                    slot=slot,
+                    owner=str(owner),
+                    name=name,
+                    size=size,
+                    content_type=ctype,
+                    created_at=now,
+                    state="reserved",
+                )
+            )
+    if over_quota:  # raised outside: an error inside discards a PostgreSQL connection
+        raise StanzaError("resource-constraint", "upload quota reached")
     expires = int(now + opts.slot_lifetime)
     token = _token(ctx.derived_key("slots"), slot, name, size, ctype, expires)
     url = f"{base}{PATH}{slot}/{quote(name)}"

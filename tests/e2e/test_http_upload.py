@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
+from tests.conftest import BACKENDS
 from tests.support.clients import Slix, register_account
 from tests.support.inprocess import inprocess_server
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
@@ -335,3 +336,36 @@ async def test_an_expired_slot_is_gone(tmp_path: Path) -> None:
                 headers={**headers, **late, "Authorization": headers["Authorization"]},
             ) as r:
                 assert r.status == 201
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def quota_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[XmppdServer]:
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": {"max_file_size": "6MiB", "quota": "12MiB"}}
+    tmp = tmp_path_factory.mktemp(f"quota-{request.param}")
+    with running_server(tmp, http=True, modules=modules, backend=request.param) as srv:
+        yield srv
+
+
+async def test_slot_requests_at_once_do_not_overrun_the_quota(quota_server: XmppdServer) -> None:
+    """Eight 5 MiB slots asked at the same moment from four devices of one account:
+    the 12 MiB quota grants two, whatever the order the server handles them in (the
+    quota was summed, checked and the slot stored in three steps, and requests in
+    between all saw the quota free)."""
+    await register_account(quota_server, "hoarder", "pw-hoard")
+    clients = [
+        await XmlClient.login(quota_server, "hoarder@localhost", "pw-hoard", resource=f"d{i}")
+        for i in range(4)
+    ]
+    try:
+        replies = await asyncio.gather(
+            *(request_slot(c, f"part{i}.bin", 5 * MiB) for c in clients for i in range(2))
+        )
+    finally:
+        for c in clients:
+            await c.close()
+    granted = [r for r in replies if r.get("type") == "result"]
+    refused = [error_condition(r) for r in replies if r.get("type") == "error"]
+    assert len(granted) == 2
+    assert refused == ["resource-constraint"] * 6

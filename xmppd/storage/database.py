@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -47,20 +48,46 @@ class Transaction(Protocol):
 
     async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]: ...
 
+    async def lock(self, name: str) -> None:
+        """Hold ``name`` until the transaction ends: transactions that lock the same
+        name run one after another, in every process sharing the database. For a read
+        that decides a write (a sum checked against a quota, then a row added), so two
+        requests at once cannot both pass the check."""
+        ...
+
+
+_ADVISORY_LOCK: Final = sa.text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def lock_key(name: str) -> int:
+    """``name`` as a PostgreSQL advisory lock key (a signed 64-bit integer)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8, person=b"xmppd-lk").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
 
 class _TimedTransaction:
     """What :meth:`Database.transaction` yields: statements run through ``run`` (the
-    connection's own ``execute``, awaitable), each timed into ``latency``."""
+    connection's own ``execute``, awaitable), each timed into ``latency``. ``shared``:
+    other processes use the database too (PostgreSQL), so :meth:`lock` takes an advisory
+    lock; SQLite serves one process, whose transaction blocks never yield to the loop,
+    so they already run one at a time."""
 
-    __slots__ = ("_latency", "_run")
+    __slots__ = ("_latency", "_run", "_shared")
 
     def __init__(
         self,
         run: Callable[[sa.Executable, Any], Awaitable[CursorResult[Any]]],
         latency: LatencyHistogram,
+        *,
+        shared: bool,
     ) -> None:
         self._run = run
         self._latency = latency
+        self._shared = shared
+
+    async def lock(self, name: str) -> None:
+        if self._shared:
+            await self.execute(_ADVISORY_LOCK, {"key": lock_key(name)})
 
     async def execute(self, stmt: sa.Executable, params: Any = None) -> CursorResult[Any]:
         started = time.perf_counter()
@@ -237,10 +264,10 @@ class Database:
                 async def inline(stmt: sa.Executable, params: Any) -> CursorResult[Any]:
                     return conn.execute(stmt, params)  # SQLite: on the loop's thread
 
-                yield _TimedTransaction(inline, self.query_latency)
+                yield _TimedTransaction(inline, self.query_latency, shared=False)
         else:
             async with self._connection() as aconn, aconn.begin():
-                yield _TimedTransaction(aconn.execute, self.query_latency)
+                yield _TimedTransaction(aconn.execute, self.query_latency, shared=True)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
