@@ -26,7 +26,7 @@ import contextlib
 import pickle
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 from lxml import etree
 
@@ -115,11 +115,21 @@ class Session(Protocol):
         """Event-loop time of the last bytes received from the client."""
 
 
+CONTINUED_ELSEWHERE: Final = "the session was resumed on another node"
+"""The ``conflict`` text that closes a session continued by another stream
+(:attr:`Endpoint.continues_session`)."""
+
+
 class Endpoint(Session, Protocol):
     """A live local connection (the c2s stream): what the registry drives."""
 
     priority: int  # writable on the live object
     is_interested: bool
+    continues_session: bool
+    """A stream management session resumed here that began elsewhere (handed over by
+    another cluster node, or taken from a dead node's mirror): what its client never
+    acknowledged came with it, so an older copy of the session, closed because of this
+    one, must not deliver that again."""
 
     @property
     def transport_name(self) -> str:
@@ -145,7 +155,9 @@ class Endpoint(Session, Protocol):
         """Write a stanza to the client as is (no hooks)."""
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
-        """Close the stream, with a stream error when ``condition`` is given."""
+        """Close the stream, with a stream error when ``condition`` is given (``text``
+        :data:`CONTINUED_ELSEWHERE`: the session goes on in another stream, with its
+        unacknowledged stanzas)."""
 
     async def wait_closed(self) -> None:
         """After ``close``: wait until the session's teardown hooks have run."""

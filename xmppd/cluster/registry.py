@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast
 from xmppd.cluster.records import RemoteSession, SessionRecord
 from xmppd.cluster.writer import OUTAGE_ERRORS
 from xmppd.jid import JID
-from xmppd.sessions import MemorySessions, _best_priority
+from xmppd.sessions import CONTINUED_ELSEWHERE, MemorySessions, _best_priority
 from xmppd.stanza import serialize
 
 if TYPE_CHECKING:
@@ -467,7 +467,8 @@ class ClusterSessions(MemorySessions):
         remote = self._remote_full.get(full)
         if remote is not None:  # the same full JID on another node: that one goes
             self._forget_remote(full, remote.stream_id)
-            self._ops().close(remote, "conflict", None)
+            text = CONTINUED_ELSEWHERE if endpoint.continues_session else None
+            self._ops().close(remote, "conflict", text)
             self._start_fence(full, remote.node, self.node)
         self._mark(endpoint)
         return replaced

@@ -29,7 +29,7 @@ from xmppd.iq import Scope
 from xmppd.jid import JID, InvalidJID, resourceprep
 from xmppd.metrics import StanzaTraffic
 from xmppd.server_secret import derive
-from xmppd.sessions import SessionKey
+from xmppd.sessions import CONTINUED_ELSEWHERE, SessionKey
 from xmppd.stanza import (
     IQ_TYPES,
     STANZA_KINDS,
@@ -151,6 +151,7 @@ class C2SStream(StreamMachine):
     __slots__ = (
         "_ack_timer",
         "_acks_due",
+        "_continued_elsewhere",
         "_data",
         "_handed_over",
         "_hibernation",
@@ -162,6 +163,7 @@ class C2SStream(StreamMachine):
         "_sasl2",
         "_sasl_failures",
         "_unbound",
+        "continues_session",
         "host",
         "is_interested",
         "offer_starttls",
@@ -200,6 +202,10 @@ class C2SStream(StreamMachine):
         self._unbound: asyncio.Task[None] | None = None
         self._handed_over = False
         """The session moved to another cluster node: it ends here without teardown."""
+        self.continues_session = False
+        self._continued_elsewhere = False
+        """Closed because another stream continues this session with its queue (a
+        resumption from the cluster mirror on another node): nothing to deliver again."""
         self.sm: SmState | None = None
         self._hibernation: asyncio.TimerHandle | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -302,6 +308,7 @@ class C2SStream(StreamMachine):
         sm = self.sm
         if sm is not None:
             if len(sm.unacked) >= self.services.c2s.max_unacked:
+                sm.sent_stanza(data)  # delivered again with the rest as the session ends
                 if self.state is _DETACHED:
                     self._expire()
                 else:
@@ -362,7 +369,7 @@ class C2SStream(StreamMachine):
                 continue
             if sm.is_pending(number) and not self.closed:
                 sm.stored[number] = token
-            else:  # acknowledged on resumption, or re-delivered at expiry meanwhile
+            else:  # acknowledged on resumption, or delivered again as the session ended
                 self._release([token], acked=True)
 
     def _release(self, tokens: list[str], *, acked: bool) -> None:
@@ -1099,6 +1106,8 @@ class C2SStream(StreamMachine):
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         self._write_acks_due()  # an <r/> read just before the client's stream end
+        if text == CONTINUED_ELSEWHERE:
+            self._continued_elsewhere = True
         super().close(condition, text)
 
     def _send_ack_request(self) -> None:
@@ -1128,31 +1137,12 @@ class C2SStream(StreamMachine):
         log.debug("c2s %s: connection lost; resumable", self.summary())
 
     def _expire(self) -> None:
-        """No resume in time: end the session, re-deliver what the client never acked."""
+        """No resume in time: end the session (what the client never acked is delivered
+        again, :meth:`_on_shutdown`)."""
         if self.closed:
             return
         self._ending("resumption-timeout")
-        pending: list[bytes] = []
-        stored: list[str] = []
-        sm = self.sm
-        if sm is not None:
-            for number, data in sm.pending():
-                token = sm.stored.pop(number, None)
-                if token is None:
-                    pending.append(data)
-                else:  # already durable: it becomes an offline message
-                    stored.append(token)
         self._shutdown()
-        self._release(stored, acked=False)
-        if pending:
-            _ = self.services.start_task(self._redeliver(pending), name="sm-redeliver")
-
-    async def _redeliver(self, pending: list[bytes]) -> None:
-        """Hand unacknowledged messages to the host again (other resources, offline
-        storage). Not through the router: ``filter_packet`` already ran on them (they
-        are archived, filtered, stamped), and running it twice would archive them twice."""
-        await self.wait_closed()  # the session is gone: delivery will not pick it again
-        await redeliver(self.services, self.host, pending)
 
     async def _resume(self, el: Element) -> None:
         """``<resume previd h/>`` on a newly authenticated stream (XEP-0198 §5)."""
@@ -1270,6 +1260,7 @@ class C2SStream(StreamMachine):
         """Make this stream the session ``handover`` describes, bound here."""
         self._jid = JID.parse(handover.jid)
         self._jid_str = handover.jid
+        self.continues_session = True
         self.sm = handover.restore()
         self.services.resumable[self.sm.id] = self
         self._mirror(self.sm)
@@ -1339,9 +1330,22 @@ class C2SStream(StreamMachine):
         if sm is not None and sm.mirror is not None:
             sm.mirror.end()
             sm.mirror = None
-        if sm is not None and sm.stored:  # never acknowledged: offline messages now
-            self._release(list(sm.stored.values()), acked=False)
-            sm.stored.clear()
+        # Never acknowledged (XEP-0198 §5: as if sent to an unavailable resource): the
+        # stored copies become offline messages, the rest is delivered again once the
+        # session is gone, however it ended (hibernation expired, a dead-peer timeout,
+        # a new login with this resource, a full write buffer, the server stopping).
+        # A session handed to another node took its queue along, and so did one whose
+        # client resumed from its mirror on another node (closed with
+        # CONTINUED_ELSEWHERE).
+        pending: list[bytes] = []
+        if sm is not None:
+            moved = self._continued_elsewhere  # the stanzas are in the other's queue
+            if not moved:
+                pending = [data for number, data in sm.pending() if number not in sm.stored]
+            sm.unacked.clear()
+            if sm.stored:
+                self._release(list(sm.stored.values()), acked=moved)
+                sm.stored.clear()
         if previous is _BOUND or previous is _DETACHED:
             oplog.session_ended(
                 address=self.peer,
@@ -1353,12 +1357,16 @@ class C2SStream(StreamMachine):
             host = self.host
             if host is not None and not self._handed_over:
                 self._unbound = self.services.start_task(
-                    self._announce_unbound(host), name="resource_unbound"
+                    self._announce_unbound(host, pending), name="resource_unbound"
                 )
                 return
         self.services.sessions.release(self)
 
-    async def _announce_unbound(self, host: StreamHost) -> None:
+    async def _announce_unbound(self, host: StreamHost, pending: list[bytes]) -> None:
+        """``resource_unbound``, then the unacknowledged stanzas to the host again (other
+        resources, offline storage). :meth:`wait_closed` waits for both: the server
+        stops only after them. Not through the router: ``filter_packet`` already ran on
+        them (archived, filtered, stamped), and running it twice would archive them twice."""
         sessions = self.services.sessions
         try:
             teardowns = self.services.teardowns
@@ -1366,7 +1374,9 @@ class C2SStream(StreamMachine):
                 await teardowns.turn(self._jid_str)  # thousands ending at once: a few per turn
             await host.bus.run(hooks.RESOURCE_UNBOUND, hooks.SessionEvent(sessions.view(self)))
         finally:
-            sessions.release(self)
+            sessions.release(self)  # the session is gone: delivery will not pick it again
+        if pending:
+            await redeliver(self.services, host, pending)
 
     async def wait_closed(self) -> None:
         """Wait until a closed session's teardown hooks (``resource_unbound``) are done."""
