@@ -75,6 +75,21 @@ IDLE_CHECK: Final = 2.5
 """Seconds between heap checks when idle parsers are not released (``idle_release = 0``)."""
 SHUTDOWN_TEARDOWN_WAIT: Final = 10.0
 """Seconds a stopping server waits for its sessions' teardown hooks to finish."""
+SHUTDOWN_ACK_WAIT: Final = 1.0
+"""Seconds a stopping server waits for stream management clients to acknowledge what
+they have before it closes their sessions (and delivers the rest again)."""
+
+
+async def _collect_acks(endpoints: Sequence[Endpoint], timeout: float) -> None:
+    """Ask every stream management client with unacknowledged stanzas for an ack and
+    wait (at most ``timeout``) for their answers: what a session never acknowledged is
+    delivered again when it ends, and a client that got it would get it twice."""
+    waiting = [e for e in endpoints if isinstance(e, C2SStream) and e.ask_for_acks()]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while waiting and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        waiting = [e for e in waiting if e.awaiting_acks]
 
 
 async def _all_closed(endpoints: Sequence[Endpoint], timeout: float | None) -> None:
@@ -659,6 +674,7 @@ class Server:
         for listener in self._listeners:
             listener.close()
         endpoints = self.sessions.endpoints()
+        await _collect_acks(endpoints, SHUTDOWN_ACK_WAIT)
         if self.c2s_services is not None and self.c2s_services.teardowns is not None:
             self.c2s_services.teardowns.unpace()
         for endpoint in endpoints:

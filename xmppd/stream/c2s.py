@@ -1110,6 +1110,19 @@ class C2SStream(StreamMachine):
             self._continued_elsewhere = True
         super().close(condition, text)
 
+    def ask_for_acks(self) -> bool:
+        """The server is about to stop: ask the client to acknowledge what it has
+        (XEP-0198 ``<r/>``), so that only what it really lacks is delivered again when
+        the session ends. Whether anything is still unacknowledged."""
+        self._send_ack_request()
+        return self.awaiting_acks
+
+    @property
+    def awaiting_acks(self) -> bool:
+        """A live stream management session with stanzas its client has not acknowledged."""
+        sm = self.sm
+        return sm is not None and bool(sm.unacked) and self.state is _BOUND
+
     def _send_ack_request(self) -> None:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
