@@ -11,6 +11,7 @@ room's concern.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -229,24 +230,50 @@ class Room:
         """Take a stanza addressed to the room or one of its occupants. Stanzas are
         processed one at a time, in order; a stanza that arrives while the room is busy
         (from another session, or caused by the room's own sending) waits its turn."""
-        self._queue.append(_Queued(stanza, to, from_))
-        if self._busy:
-            return
+        mine = _Queued(stanza, to, from_)
+        self._queue.append(mine)
+        if not self._busy:
+            await self._work(mine)
+
+    async def _work(self, mine: _Queued | None) -> None:
+        """Process the queue until it is empty, in this task: the caller's own stanza
+        (``mine``) inline. A stanza another session queued meanwhile was acknowledged to
+        its sender already, and this task may be cancelled (its session closing): it
+        runs in a task of its own, which a cancellation here leaves to finish, and the
+        queue goes on behind it in a task of the server (:meth:`_resume_after`)."""
         self._busy = True
+        handed_on = False
         try:
             while self._queue:
                 item = self._queue.popleft()
-                await self._process(item.stanza, item.to, item.from_)
+                if mine is None or item is mine:
+                    await self._process(item.stanza, item.to, item.from_)
+                    continue
+                step = asyncio.ensure_future(self._process(item.stanza, item.to, item.from_))
+                try:
+                    await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    if not step.done():
+                        handed_on = True
+                        self.ctx.spawn(self._resume_after(step), name=f"muc room {self.jid}")
+                    raise
         finally:
-            self._busy = False
-            if self._queue:
-                # The draining task was cancelled (its session closed): hand the rest on.
-                self.ctx.spawn(self._drain(), name=f"muc room {self.jid}")
+            if not handed_on:
+                self._busy = False
+                if self._queue:
+                    # Cancelled or failed with stanzas waiting: a task of the server goes on.
+                    self._busy = True
+                    self.ctx.spawn(self._resume_after(None), name=f"muc room {self.jid}")
 
-    async def _drain(self) -> None:
-        if self._queue and not self._busy:
-            item = self._queue.popleft()
-            await self.handle(item.stanza, item.to, item.from_)
+    async def _resume_after(self, step: asyncio.Future[None] | None) -> None:
+        """Let ``step`` finish (the room stays busy: nothing overtakes it), then go on
+        with the queue."""
+        if step is not None:
+            try:
+                await step
+            except Exception:
+                self.ctx.log.exception("%s: a queued stanza failed", self.jid)
+        await self._work(None)
 
     @property
     def ctx(self) -> Ctx:

@@ -264,7 +264,9 @@ class ClusterNode:
             # heartbeat expires, as if it had died; its stop must not hang.
             async with asyncio.timeout(LEAVE_TIMEOUT):
                 await self.membership.leave()
-                if len(self.membership.live) > 1:
+                # Another node alive (this one may no longer count itself among the
+                # live once it drained or left): what is left in the inbox goes there.
+                if self.can_drain():
                     await self.bus.reroute_inbox(self.name)
                 else:
                     await self.redis.delete(self.keys.inbox(self.name))
