@@ -113,6 +113,14 @@ class MucOptions(Options):
     max_occupants: int = Field(
         1000, ge=1, le=1_000_000, description="Occupants a room may hold at most."
     )
+    max_affiliations: int = Field(
+        20_000,
+        ge=10,
+        description="Accounts a room may list with an affiliation (members, admins, owners, "
+        "outcasts), and nicknames registered in it: past it, adding one is refused "
+        "(resource-constraint). Anyone may register in an open room (which makes them a "
+        "member), so without a limit a remote server could grow any room without bound.",
+    )
     max_history: int = Field(
         100,
         ge=0,

@@ -46,6 +46,9 @@ GROUPCHAT_TO_OCCUPANT: Final = MucError(
     "bad-request", "a groupchat message goes to the room, not to an occupant"
 )
 RATE_LIMITED: Final = MucError("resource-constraint", "you are sending too fast")
+ROOM_LISTS_FULL: Final = MucError(
+    "resource-constraint", "this room lists as many accounts as it may (max_affiliations)"
+)
 TOO_LARGE: Final = MucError("policy-violation", "this message is too large for the room")
 NOT_OWNER: Final = MucError("forbidden", "only an owner may do this")
 BAD_FORM: Final = MucError("bad-request", "the configuration form is malformed")

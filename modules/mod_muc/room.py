@@ -707,6 +707,7 @@ class Room:
         """A members-only room makes an invited account a member (§7.8.1 allows it), so
         that the invitation can be accepted."""
         if self.config.members_only and self.affiliation(invitee) == "none":
+            self._check_room_for(invitee.bare)
             await self._set_affiliation(invitee.bare, "member", "", actor_nick=occupant.nick)
 
     async def _invite(self, x_user: Element, occupant: Occupant | None, from_: JID) -> None:
@@ -1335,6 +1336,8 @@ class Room:
         in_use = self.occupants.get(nick)
         if (owner is not None and owner != bare) or (in_use is not None and in_use.bare != bare):
             raise errors.NICK_CONFLICT()
+        if bare not in self.nicks:
+            self._check_room_for(bare, nick=True)
         self.nicks[bare] = nick
         if self.config.persistent:
             await self.host.store.set_nick(self.name, bare, nick)
@@ -1521,6 +1524,9 @@ class Room:
                 owners.discard(jid)
         if not owners:
             raise StanzaError("conflict", "a room keeps at least one owner")
+        added = {j for j, a, _ in affiliations if a != "none" and j not in self.affiliations}
+        if len(self.affiliations) + len(added) > self.ctx.options.max_affiliations:
+            raise errors.ROOM_LISTS_FULL()
         actor_nick = actor.nick if actor is not None else None
         for jid, affiliation, reason in affiliations:
             await self._set_affiliation(jid, affiliation, reason, actor_nick=actor_nick)
@@ -1614,6 +1620,15 @@ class Room:
                 "role",
             ),
         )
+
+    def _check_room_for(self, jid: JID, *, nick: bool = False) -> None:
+        """Refuse a new account on the room's lists (or a new registered nickname, with
+        ``nick``) when they hold ``max_affiliations`` already."""
+        limit = self.ctx.options.max_affiliations
+        if nick and len(self.nicks) >= limit:
+            raise errors.ROOM_LISTS_FULL()
+        if jid not in self.affiliations and len(self.affiliations) >= limit:
+            raise errors.ROOM_LISTS_FULL()
 
     async def _set_affiliation(
         self, jid: JID, affiliation: str, reason: str, *, actor_nick: str | None, store: bool = True
