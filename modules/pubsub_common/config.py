@@ -104,6 +104,17 @@ def _choice(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+MAX_TITLE: Final = 1024
+"""Longest node title, in characters: titles are kept with the node (in memory while it
+is cached) and sent in every disco#info and configuration form."""
+
+
+def _title(value: str) -> str:
+    if len(value) > MAX_TITLE:
+        raise ValueError(value)
+    return value
+
+
 _PARSERS: Final[dict[str, tuple[str, Any]]] = {
     "pubsub#access_model": ("access_model", None),  # depends on the service: parse_fields
     "pubsub#max_items": ("max_items", None),  # depends on the limit: see parse_fields
@@ -113,7 +124,7 @@ _PARSERS: Final[dict[str, tuple[str, Any]]] = {
     "pubsub#deliver_payloads": ("deliver_payloads", _boolean),
     "pubsub#notify_retract": ("notify_retract", _boolean),
     "pubsub#notify_delete": ("notify_delete", _boolean),
-    "pubsub#title": ("title", str),
+    "pubsub#title": ("title", _title),
 }
 
 

@@ -213,6 +213,10 @@ async def test_create_publish_and_retrieve(ps_server: XmppdServer) -> None:
         assert values["pubsub#max_items"] == ["3"]
         assert values["pubsub#title"] == ["Three"]
         assert values["pubsub#access_model"] == ["whitelist"]
+        # A title is bounded (it is kept with the node and sent in every disco#info).
+        too_long = slix_form(client, NODE_CONFIG, {"pubsub#title": "t" * 1025})
+        refused = pubsub.set_node_config(service, configured, too_long, timeout=20)
+        assert (await slix_error(refused))[0] == "not-acceptable"
         # Reconfigure: the form goes back with new values.
         reopened = slix_form(client, NODE_CONFIG, {"pubsub#access_model": "open"})
         await pubsub.set_node_config(service, configured, reopened, timeout=20)
