@@ -30,6 +30,9 @@ MAX_NODE: Final = 1023
 MAX_FEATURES: Final = 2000
 """A disco#info answer with more features than this is not trusted (nor cached)."""
 MAX_FEATURE: Final = 1023
+MAX_INTEREST_CHARS: Final = 16 * 1024
+"""The ``+notify`` features of one answer, in characters: more is not trusted (real
+clients list a few dozen; each verified set is cached, ``caps_cache_size`` of them)."""
 
 _LANG: Final = f"{{{ns.XML}}}lang"
 _IDENTITY: Final = f"{{{ns.DISCO_INFO}}}identity"
@@ -136,6 +139,8 @@ def verified_interests(query: Element, caps: Caps) -> frozenset[str] | None:
         for feature in features
         if (var := feature.get("var", "")).endswith(NOTIFY) and len(var) <= MAX_FEATURE
     )
+    if sum(len(var) for var in interests) > MAX_INTEREST_CHARS:
+        return None
     return interests
 
 

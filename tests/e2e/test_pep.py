@@ -59,7 +59,7 @@ from tests.support.pep import (
     texts,
 )
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
-from xmppd_modules.mod_pep.caps import compute_ver
+from xmppd_modules.mod_pep.caps import Caps, compute_ver, verified_interests
 
 PUBSUB_PLUGINS = (*ALL_PLUGINS, "xep_0004", "xep_0060")
 TUNE_PLUGINS = (*PUBSUB_PLUGINS, "xep_0115", "xep_0163", "xep_0118")
@@ -153,6 +153,23 @@ def test_caps_hash_matches_the_xep_0115_examples() -> None:
         f"<query xmlns='{DISCO_INFO}'><feature var='a'/><feature var='a'/></query>"
     )
     assert compute_ver(duplicated, "sha-1") is None  # §5.4: ill-formed, never trusted
+
+
+def test_caps_with_an_oversized_notify_list_are_not_trusted() -> None:
+    """Each verified set of ``+notify`` features is cached: one that says too much (over
+    16 KiB) is not taken, however well its hash matches."""
+
+    def answer(count: int) -> tuple[etree._Element, Caps]:
+        features = "".join(
+            f"<feature var='urn:x:{i:04d}:{'n' * 990}+notify'/>" for i in range(count)
+        )
+        query = etree.fromstring(f"<query xmlns='{DISCO_INFO}'>{features}</query>")
+        ver = compute_ver(query, "sha-1")
+        assert ver is not None
+        return query, Caps("https://client.example", ver, "sha-1")
+
+    assert len(verified_interests(*answer(10)) or ()) == 10
+    assert verified_interests(*answer(20)) is None
 
 
 # ----------------------------------------------------------------------------- owner
