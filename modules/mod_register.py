@@ -21,6 +21,7 @@ from xmppd.api import (
     StanzaError,
     hooks,
     ns,
+    source_key,
 )
 from xmppd.api.stanza import Element, child, child_text, find_child, payload
 
@@ -116,7 +117,7 @@ async def register(ctx: Ctx, req: IqRequest) -> Element:
     except InvalidJID:
         raise StanzaError("jid-malformed", "invalid username") from None
     peer = req.origin.peer if req.origin is not None else ""
-    key = (ctx.domain, peer)
+    key = (ctx.domain, source_key(peer))  # an IPv6 /64 is one source
     now = time.monotonic()
     limited = peer not in ctx.options.interval_exempt
     previous = _last_registration.get(key)

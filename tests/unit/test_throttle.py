@@ -42,3 +42,15 @@ def test_memory_is_bounded() -> None:
     for i in range(1000):
         throttle.failed(f"10.0.{i // 256}.{i % 256}")
     assert len(throttle._sources) == 100
+
+
+def test_an_ipv6_64_is_one_source() -> None:
+    """A host given a /64 cannot step past the throttle by changing its low 64 bits;
+    another /64 is another source, and an IPv4-mapped address is its IPv4 address."""
+    throttle = FailedLoginThrottle(free_failures=1, max_delay=1.0)
+    waits = [throttle.failed(f"2001:db8:1:2::{i:x}") for i in range(1, 4)]
+    assert waits[0] == 0.0 and waits[1] > 0 and waits[2] > waits[1]
+    assert throttle.failures("2001:db8:1:2:ffff:ffff:ffff:ffff") == 3
+    assert throttle.failed("2001:db8:1:3::1") == 0.0
+    throttle.failed("::ffff:192.0.2.9")
+    assert throttle.failures("192.0.2.9") == 1

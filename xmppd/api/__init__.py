@@ -31,6 +31,7 @@ from xmppd.module import (
     ServiceKey,
 )
 from xmppd.owniq import KeyedLocks, OwnIqWatch
+from xmppd.peeraddress import source_key
 from xmppd.router import Destination
 from xmppd.service import ServiceDomain
 from xmppd.sessions import Session, SessionKey, SessionRegistry
@@ -88,4 +89,5 @@ __all__ = [
     "client_of",
     "hooks",
     "ns",
+    "source_key",
 ]

@@ -26,6 +26,8 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from xmppd.peeraddress import source_key
+
 
 @dataclass(slots=True)
 class _Source:
@@ -56,7 +58,9 @@ class FailedLoginThrottle:
 
     def failures(self, address: str, account: str | None = None) -> int:
         """Failures counted against ``address`` (or ``account`` when given) in the window."""
-        src = self._live(f"account:{account}" if account else f"ip:{address}", time.monotonic())
+        src = self._live(
+            f"account:{account}" if account else f"ip:{source_key(address)}", time.monotonic()
+        )
         return 0 if src is None else src.count
 
     def _live(self, key: str, now: float) -> _Source | None:
@@ -76,7 +80,7 @@ class FailedLoginThrottle:
         self.outcomes[mechanism, False] += 1
         now = time.monotonic()
         answer_at = now
-        keys = [f"ip:{address}"] + ([f"account:{account}"] if account else [])
+        keys = [f"ip:{source_key(address)}"] + ([f"account:{account}"] if account else [])
         for key in keys:
             src = self._live(key, now)
             if src is None:
