@@ -63,6 +63,26 @@ _NEW_BECOMES_CURRENT: Final = (
 )
 
 
+MAX_CLIENTS: Final = 100
+"""Clients (``client_id``) of one account that hold FAST tokens: a new one beyond this
+drops the tokens of the account's least recently renewed clients (each login may name a
+new client id, and expired rows are only replaced, so the table grew with every one)."""
+_OF_ACCOUNT: Final = (
+    fast_tokens.c.host == sa.bindparam("of_host"),
+    fast_tokens.c.username == sa.bindparam("of_user"),
+)
+_KEPT_CLIENTS: Final = (
+    sa.select(fast_tokens.c.client_id)
+    .where(*_OF_ACCOUNT)
+    .group_by(fast_tokens.c.client_id)
+    .order_by(sa.func.max(fast_tokens.c.expires_at).desc())
+    .limit(MAX_CLIENTS)
+)
+_DROP_OLD_CLIENTS: Final = sa.delete(fast_tokens).where(
+    *_OF_ACCOUNT, fast_tokens.c.client_id.not_in(_KEPT_CLIENTS)
+)
+
+
 PROMOTION_LINGER: Final = 0.01
 """Seconds a token's promotion waits for others, in a burst of FAST logins only (a
 transaction each was a tenth of such a storm's CPU: one login per event-loop turn)."""
@@ -119,6 +139,7 @@ class FastTokens:
             },
             keys=("host", "username", "client_id", "slot"),
         )
+        await self._db.execute(_DROP_OLD_CLIENTS, {"of_host": host, "of_user": username})
         return Token(self._token(host, username, client_id, nonce), expires_at, mechanism)
 
     async def verify(
