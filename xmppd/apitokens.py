@@ -129,6 +129,12 @@ class UserToken:
     expires_at: float | None
 
 
+MAX_USER_TOKENS: Final = 100
+"""User tokens one account holds at most: a new one beyond replaces the oldest (each is
+a row; a script that asks for a token at every run would otherwise add rows for ever).
+Expired tokens are deleted when the account asks for a new one."""
+
+
 class UserTokens:
     """Create, list, revoke and check user-scoped tokens (table
     ``xmppd_api_user_tokens``; the account's removal and password change delete them,
@@ -146,6 +152,19 @@ class UserTokens:
             raise ValueError(f"a token name has at most {MAX_NAME} characters")
         account = account.bare
         now = time.time()
+        t = api_user_tokens.c
+        mine = (t.host == account.domain, t.username == account.local)
+        newest = (
+            sa.select(t.token_id)
+            .where(*mine)
+            .order_by(t.created_at.desc())
+            .limit(MAX_USER_TOKENS - 1)
+        )
+        await self._db.execute(
+            sa.delete(api_user_tokens).where(
+                *mine, sa.or_(t.expires_at <= now, t.token_id.not_in(newest))
+            )
+        )
         token = UserToken(
             secrets.token_hex(8),
             name,

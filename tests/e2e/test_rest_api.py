@@ -24,7 +24,7 @@ from tests.support.server import DEFAULT_TEST_MODULES
 from tests.support.wsclient import WsClient
 from xmppd.adminapi import all_routes
 from xmppd.adminapi.base import ApiContext
-from xmppd.apitokens import ApiTokens
+from xmppd.apitokens import MAX_USER_TOKENS, ApiTokens, UserTokens
 from xmppd.jid import JID
 from xmppd.stanza import Element
 
@@ -339,6 +339,33 @@ async def test_roster_changes_are_pushed_to_online_resources(
     status, roster = await api("GET", "/users/alice@localhost/roster")
     assert roster["items"] == []
     await alice.close()
+
+
+async def test_an_account_holds_a_bounded_number_of_user_tokens(
+    srv: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    """Each token is a row: past MAX_USER_TOKENS, a new token replaces the oldest, and
+    expired ones go when a new one is asked for; every kept token still works."""
+    core = srv.server.core
+    carol = JID.parse("carol@localhost")
+    await core.accounts.create(carol, "pw-carol")
+    tokens = UserTokens(core.db)
+    await tokens.create(carol, "short-lived", lifetime=0.01)
+    issued = [await tokens.create(carol, f"t{i}") for i in range(MAX_USER_TOKENS)]
+    anon = Api(http, srv.http_url, None)
+    request = {"jid": "carol@localhost", "password": "pw-carol", "name": "one more"}
+    status, newest = await anon("POST", "/auth/token", request)
+    assert status == 201, newest
+    held = await tokens.list(carol)
+    assert len(held) == MAX_USER_TOKENS
+    names = {t.name for t in held}
+    assert "short-lived" not in names and "t0" not in names and "t1" in names
+    assert "one more" in names
+    for text in (newest["token"], issued[-1][1]):
+        status, me = await Api(http, srv.http_url, text)("GET", "/me")
+        assert (status, me) == (200, {"jid": "carol@localhost"})
+    status, _ = await Api(http, srv.http_url, issued[0][1])("GET", "/me")
+    assert status == 401
 
 
 async def test_user_tokens_and_the_me_endpoints(
