@@ -4,7 +4,7 @@ matters (a message with a body, an IQ, an error) flushes them and goes out at on
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Final
 
 from pydantic import Field
@@ -19,6 +19,7 @@ from xmppd.api import (
     Priority,
     Session,
     SessionKey,
+    Size,
     Stop,
     hooks,
 )
@@ -33,6 +34,14 @@ class CsiOptions(Options):
     max_held: int = Field(
         500, ge=1, description="Held stanzas per session before they are flushed anyway."
     )
+    max_held_bytes: Size = Field(
+        256 * 1024,
+        ge=1024,
+        description="Bytes of held stanzas (serialized) per session before they are flushed "
+        "anyway. Anyone may send presence to a user's bare JID, so this, not the count, "
+        "is what bounds the memory an inactive session holds (at most this plus one "
+        "stanza); real presences are a few hundred bytes.",
+    )
 
 
 module = Module(
@@ -41,10 +50,29 @@ module = Module(
 Ctx = ModuleContext[CsiOptions]
 
 INACTIVE: SessionKey[bool] = SessionKey("csi.inactive", False)
-HELD: SessionKey[OrderedDict[str, bytes] | None] = SessionKey("csi.held", None, shared=False)
-"""Held stanzas, serialized (an element would keep its parser alive), keyed so that a
-newer presence from the same sender replaces the older one. Only the session's own
-node reads them (its delivery hook), so a cluster does not publish them."""
+
+
+@dataclass(slots=True)
+class Held:
+    """Held stanzas, serialized (an element would keep its parser alive), keyed so that a
+    newer presence from the same sender replaces the older one, and their total size."""
+
+    stanzas: dict[str, bytes] = field(default_factory=dict)
+    size: int = 0
+
+    def put(self, key: str, data: bytes) -> None:
+        """Hold ``data``, replacing (and moving to the end) what ``key`` held before."""
+        old = self.stanzas.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        self.stanzas[key] = data
+        self.size += len(data)
+
+
+HELD: SessionKey[Held | None] = SessionKey("csi.held", None, shared=False)
+"""What an inactive session holds. Only the session's own node reads it (its delivery
+hook), so a cluster does not publish it; it is changed in place and set again (a copy
+per held stanza would make holding quadratic)."""
 
 _CHAT_STATE: Final = f"{{{CHAT_STATES}}}"
 
@@ -110,11 +138,10 @@ async def hold_while_inactive(ctx: Ctx, stanza: Element, pctx: PacketContext) ->
     if key is None:
         flush(ctx, session)
         return stanza
-    held = OrderedDict(ctx.sessions.get_state(session, HELD) or ())
-    held.pop(key, None)
-    held[key] = serialize(stanza)
+    held = ctx.sessions.get_state(session, HELD) or Held()
+    held.put(key, serialize(stanza))
     ctx.sessions.set_state(session, HELD, held)
-    if len(held) >= ctx.options.max_held:
+    if len(held.stanzas) >= ctx.options.max_held or held.size >= ctx.options.max_held_bytes:
         flush(ctx, session)
     return DROP
 
@@ -125,5 +152,5 @@ def flush(ctx: Ctx, session: Session) -> None:
     if not held:
         return
     ctx.sessions.set_state(session, HELD, None)
-    for data in held.values():
+    for data in held.stanzas.values():
         ctx.sessions.send_raw(session, parse(data))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import replace
+from typing import Final
+
+from pydantic import Field
 
 from xmppd.api import (
     JID,
     STOP,
     Module,
     ModuleContext,
-    NoOptions,
+    Options,
     Session,
     SessionKey,
+    StanzaError,
     Stop,
     hooks,
 )
@@ -19,16 +24,53 @@ from xmppd.api.hooks import PresenceEvent, SessionEvent, StanzaEvent
 from xmppd.api.stanza import Element, child_text, copy, element
 from xmppd_modules.mod_roster import ROSTER, Roster, RosterItem, Subscription
 
-module: Module[NoOptions] = Module(
+
+class PresenceOptions(Options):
+    max_directed: int = Field(
+        1000,
+        ge=1,
+        description="Entities (outside the roster's subscribers) one session may have sent "
+        "directed available presence to and not yet unavailable (RFC 6121 §4.6). Beyond "
+        "it a directed presence to a new entity is refused with resource-constraint: the "
+        "server could not otherwise send it unavailable when the session ends.",
+    )
+    max_pending_subscriptions: int = Field(
+        100,
+        ge=1,
+        description="Inbound subscription requests an account keeps waiting for the user's "
+        "answer. Beyond it a request from a new entity is ignored, without an answer (the "
+        "sender cannot tell a full queue from a user who has not answered yet); a request "
+        "from an entity already waiting still updates its status.",
+    )
+    max_subscription_status: int = Field(
+        1024,
+        ge=0,
+        description="Characters of a subscription request's `<status/>` text that are stored "
+        "with it (and sent again at each login); the rest is cut off.",
+    )
+
+
+module = Module(
     "presence",
     "RFC 6121: Presence and subscriptions",
+    options=PresenceOptions,
     depends=("roster",),
     protocols=("RFC 6121 §3", "RFC 6121 §4"),
 )
-Ctx = ModuleContext[NoOptions]
+Ctx = ModuleContext[PresenceOptions]
 
-DIRECTED: SessionKey[frozenset[JID]] = SessionKey("presence.directed", frozenset())
-"""Entities this session sent directed available presence to (RFC 6121 §4.6)."""
+DIRECTED: SessionKey[Set[JID]] = SessionKey("presence.directed", frozenset())
+"""Entities this session sent directed available presence to (RFC 6121 §4.6). Once the
+first is added the value is a ``set`` changed in place and set again (a copy per
+directed presence made a long series of them quadratic); it stays shared, as the
+blocklist reads it for the user's sessions on other nodes of a cluster. Readers only
+iterate it, never across an ``await``."""
+
+# The refusals of this module (condition, text), declared once.
+ROSTER_FULL: Final = ("not-allowed", "roster is full")
+"""A new roster item would pass the roster's ``max_items`` (as a roster set is answered)."""
+TOO_MANY_DIRECTED: Final = ("resource-constraint", "too many entities have your directed presence")
+"""A directed presence to a new entity beyond ``max_directed``."""
 
 SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 
@@ -81,14 +123,39 @@ async def outbound(ctx: Ctx, event: StanzaEvent) -> Stop | None:
     if ptype is None:
         item = await _roster(ctx).item(user, target)
         if item is None or not item.has_from:
-            ctx.sessions.set_state(
-                session, DIRECTED, ctx.sessions.get_state(session, DIRECTED) | {target}
-            )
+            _track_directed(ctx, session, target)
     elif ptype == "unavailable":
-        ctx.sessions.set_state(
-            session, DIRECTED, ctx.sessions.get_state(session, DIRECTED) - {target}
-        )
+        _untrack_directed(ctx, session, target)
     return None  # the core routes directed presence as is
+
+
+def _track_directed(ctx: Ctx, session: Session, target: JID) -> None:
+    """Remember ``target`` for the unavailable broadcast; refuse (before it is routed)
+    a directed presence to a new target beyond ``max_directed``."""
+    current = ctx.sessions.get_state(session, DIRECTED)
+    if target in current:
+        return
+    if len(current) >= ctx.options.max_directed:
+        raise StanzaError(*TOO_MANY_DIRECTED)
+    targets = current if isinstance(current, set) else set(current)
+    targets.add(target)
+    ctx.sessions.set_state(session, DIRECTED, targets)  # in a cluster: published
+
+
+def _untrack_directed(ctx: Ctx, session: Session, target: JID) -> None:
+    current = ctx.sessions.get_state(session, DIRECTED)
+    if target not in current:
+        return
+    targets = current if isinstance(current, set) else set(current)
+    targets.discard(target)
+    ctx.sessions.set_state(session, DIRECTED, targets)
+
+
+async def _has_room(ctx: Ctx, user: JID, item: RosterItem | None) -> None:
+    """Raise :data:`ROSTER_FULL` when saving a new item would pass ``max_items``."""
+    roster = _roster(ctx)
+    if item is None and len(await roster.items(user)) >= roster.max_items:
+        raise StanzaError(*ROSTER_FULL)
 
 
 async def _broadcast_available(ctx: Ctx, session: Session, stanza: Element) -> None:
@@ -151,10 +218,12 @@ async def _broadcast_unavailable(
         if item.has_from:
             sent.add(item.contact)
             await ctx.send(_addressed(stanza, item.contact))
-    for target in ctx.sessions.get_state(session, DIRECTED):
+    # Taken and reset before the sends below yield: nothing changes it under the loop.
+    directed = ctx.sessions.get_state(session, DIRECTED)
+    ctx.sessions.set_state(session, DIRECTED, frozenset())
+    for target in directed:
         if target not in sent:
             await ctx.send(_addressed(stanza, target))
-    ctx.sessions.set_state(session, DIRECTED, frozenset())
     for other in ctx.sessions.available(user):
         await ctx.sessions.deliver(other, _addressed(stanza, other.jid))
     if echo:
@@ -179,6 +248,7 @@ async def _outbound_subscription(
     item = await roster.item(user, contact)
     out = _addressed(stanza, contact, user)
     if ptype == "subscribe":
+        await _has_room(ctx, user, item)
         if item is None:
             item = RosterItem(contact)
         if not item.has_to and not item.ask:
@@ -186,6 +256,7 @@ async def _outbound_subscription(
         await ctx.send(out)
     elif ptype == "subscribed":
         if await roster.is_pending(user, contact):
+            await _has_room(ctx, user, item)
             base = item or RosterItem(contact)
             sub: Subscription = "both" if base.has_to else "from"
             await roster.save(user, replace(base, subscription=sub, approved=False))
@@ -197,6 +268,7 @@ async def _outbound_subscription(
                 await ctx.send(_addressed(session_presence, contact, session.jid))
         elif item is None or not item.has_from:
             # Pre-approval (RFC 6121 §3.4).
+            await _has_room(ctx, user, item)
             await roster.save(user, replace(item or RosterItem(contact), approved=True))
     elif ptype == "unsubscribe":
         if item is not None and (item.has_to or item.ask):
@@ -284,7 +356,8 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
                     continue
                 await ctx.send(_addressed(session_presence, contact, session.jid))
             return
-        await roster.add_pending(user, contact, child_text(stanza, "status") or "")
+        if not await _store_request(ctx, user, contact, stanza):
+            return
         request = _addressed(stanza, user, contact)
         for session in ctx.sessions.available(user):
             if session.priority >= 0:
@@ -311,3 +384,20 @@ async def _inbound_bare(ctx: Ctx, event: StanzaEvent, user: JID) -> None:
                 off = element("presence", {"type": "unavailable", "from": str(contact)})
                 await ctx.sessions.deliver(session, _addressed(off, session.jid))
         return
+
+
+async def _store_request(ctx: Ctx, user: JID, contact: JID, stanza: Element) -> bool:
+    """Keep an inbound subscription request for the user's answer (RFC 6121 §3.1.3);
+    ``False`` when it is ignored, the account having ``max_pending_subscriptions``
+    requests from others waiting already. Not answered: an error or ``unsubscribed``
+    would tell anyone who asks how full the queue is, or speak for the user."""
+    roster = _roster(ctx)
+    if (
+        not await roster.is_pending(user, contact)
+        and await roster.count_pending(user) >= ctx.options.max_pending_subscriptions
+    ):
+        ctx.log.debug("pending subscription requests of %s full: ignored one", user)
+        return False
+    status = (child_text(stanza, "status") or "")[: ctx.options.max_subscription_status]
+    await roster.add_pending(user, contact, status)
+    return True

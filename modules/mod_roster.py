@@ -308,6 +308,9 @@ class Roster:
     async def pending(self, user: JID) -> list[tuple[JID, str]]:
         return list((await self._load(user)).pending.items())
 
+    async def count_pending(self, user: JID) -> int:
+        return len((await self._load(user)).pending)
+
     async def is_pending(self, user: JID, contact: JID) -> bool:
         return contact.bare in (await self._load(user)).pending
 
