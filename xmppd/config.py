@@ -363,6 +363,20 @@ class S2SSection(Section):
         description="Authenticated incoming connections at once per remote domain; more "
         "are refused (resource-constraint).",
     )
+    max_connections_per_ip: int = Field(
+        32,
+        ge=1,
+        description="Incoming s2s connections (authenticated or not) one source address "
+        "may have open at once, and connections to a component listener; the next one "
+        "gets the stream error policy-violation and is closed (a direct-TLS one is "
+        "dropped before its handshake). Several remote servers may share an address, "
+        "hundreds should not.",
+    )
+    connection_limit_exempt: tuple[IPvAnyNetwork, ...] = Field(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        description="Networks (CIDR) s2s.max_connections_per_ip does not apply to: "
+        "loopback by default (components, a local relay).",
+    )
     bidi: bool = Field(
         True,
         description="Bidirectional streams (XEP-0288): offered to remotes and asked of "
@@ -469,6 +483,13 @@ class C2SSection(Section):
     )
     max_unacked: int = Field(
         5000, ge=10, description="Unacknowledged stanzas kept per session before giving up."
+    )
+    max_unacked_bytes: Size = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of unacknowledged stanzas kept per session before giving up "
+        "(a hibernated session writes nothing, so its write buffer limit does not bound "
+        "what others send it while it waits).",
     )
     idle_release: Duration = Field(
         5.0,

@@ -44,7 +44,13 @@ from xmppd.reload import ReloadReport, reload_server
 from xmppd.router import Router
 from xmppd.s2s.certs import TrustStore
 from xmppd.s2s.dialback import dialback_secret
-from xmppd.s2s.links import S2SLinks, S2SStats, register_metrics, verify_dialback
+from xmppd.s2s.links import (
+    S2SLinks,
+    S2SStats,
+    configured_domains,
+    register_metrics,
+    verify_dialback,
+)
 from xmppd.server_secret import derive
 from xmppd.server_secret import load as load_secret
 from xmppd.sessions import Endpoint, SessionRegistry, make_registry
@@ -196,7 +202,7 @@ class Server:
         self.s2s: S2SLinks | None = None
         """Outgoing federation, the router's default route (``None``: not federating)."""
         self.s2s_incoming: set[S2SInStream] = set()
-        self.s2s_stats = S2SStats()
+        self.s2s_stats = S2SStats(known=configured_domains(config.s2s))
         self._listeners: list[asyncio.Server] = []
         self.http: HttpFront | None = None
         """The HTTP front, when a ``kind = "http"`` listener is configured."""
@@ -292,6 +298,12 @@ class Server:
                 s2s_on_throttle=self._s2s_throttled,
                 c2s_per_address=ConnectionsPerAddress(
                     self.config.c2s.max_connections_per_ip, self.config.c2s.connection_limit_exempt
+                ),
+                s2s_per_address=ConnectionsPerAddress(
+                    self.config.s2s.max_connections_per_ip, self.config.s2s.connection_limit_exempt
+                ),
+                component_per_address=ConnectionsPerAddress(
+                    self.config.s2s.max_connections_per_ip, self.config.s2s.connection_limit_exempt
                 ),
                 reuse_port=self.worker is not None,
                 login_pacer=(
@@ -450,10 +462,11 @@ class Server:
         stats = self.s2s_stats
 
         def authenticated(direction: str, remote: str) -> None:
-            stats.authenticated[(direction, remote)] += 1
+            stats.authenticated_as(direction, remote)
 
         def refused(remote: str, reason: str) -> None:
-            stats.refused[(remote, reason)] += 1
+            # ``remote`` is only claimed: a made-up name gets no series of its own.
+            stats.refused[(stats.label(remote), reason)] += 1
 
         async def verify(local: str, remote: str, stream_id: str, key: str) -> bool:
             return await verify_dialback(links, local, remote, stream_id, key)
@@ -489,7 +502,7 @@ class Server:
     def _s2s_throttled(self, stream: object) -> None:
         remote = s2s_remote_of(stream)
         log.info("s2s-in %s: sends faster than [s2s] incoming_rate; slowed down", remote)
-        self.s2s_stats.throttled[("in", remote)] += 1
+        self.s2s_stats.throttled[("in", self.s2s_stats.label(remote))] += 1
 
     def open_s2s(self, transport: Transport, offer_starttls: bool) -> S2SInStream:
         """An incoming server-to-server stream on a new connection (federation on)."""

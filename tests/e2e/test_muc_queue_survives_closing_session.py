@@ -18,7 +18,7 @@ import pytest
 from tests.support.muc import create_room, groupchat, next_groupchat, user_in_room
 from tests.support.server import DEFAULT_TEST_MODULES, XmppdServer, running_server
 
-SLOW_MODULE = '''
+SLOW_MODULE = """
 import asyncio
 
 from xmppd.api import Element, Module, ModuleContext, Options
@@ -32,7 +32,7 @@ async def slow(ctx: ModuleContext[Options], stanza: Element, room: GroupchatCont
     if (stanza.findtext("body") or "").startswith("slow"):
         await asyncio.sleep(1.0)
     return stanza
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ session (XEP-0198 §5: treated as sent to an unavailable resource: offline stora
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import Iterator
@@ -116,3 +117,39 @@ async def test_a_server_restart(tmp_path: Path) -> None:
         finally:
             await phone.close()
         await _next_login_gets(server, name, "before the restart", "phone")
+
+
+async def test_a_hibernated_session_holds_a_bounded_number_of_bytes(tmp_path: Path) -> None:
+    """Others can send a waiting (hibernated) session as much as they like, and nothing
+    is written while it waits: past ``max_unacked_bytes`` the session ends and what it
+    held goes to offline storage, delivered at the next login."""
+    extra = "[c2s]\nresume_timeout = '60s'\nmax_unacked_bytes = '64KiB'\n"
+    with running_server(tmp_path, modules=MODULES, extra=extra) as server:
+        name, sender = await _users(server)
+        phone = await RawClient(server).connect()
+        jid = await phone.login(name, PASSWORD, resource="phone")
+        phone.send(f"<enable xmlns='{SM}' resume='true'/><presence/>")
+        await phone.read_until(b"<enabled[^>]*>")
+        assert phone.writer is not None
+        phone.writer.transport.abort()  # hibernates
+        chunk = "x" * 20_000
+        async with Slix(server, f"{sender}@localhost", PASSWORD) as slix:
+            for i in range(6):  # 120 KB for a session allowed 64 KiB
+                slix.xmpp.send_message(mto=jid, mbody=f"big {i} {chunk}", mtype="chat")
+            await slix.xmpp.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        for _ in range(100):
+            if "reason=resumption-timeout" in server.log_path.read_text():
+                break
+            await asyncio.sleep(0.1)
+        assert "reason=resumption-timeout" in server.log_path.read_text()  # long before 60 s
+        later = _Recording(server)
+        await later.connect()
+        try:
+            await later.login(name, PASSWORD, resource="laptop")
+            later.send("<presence/>")
+            if b"big 5 " not in later.seen:
+                await later.read_until("big 5 ", timeout=20)
+            for i in range(6):
+                assert later.seen.count(f"big {i} ".encode()) == 1
+        finally:
+            await later.close()

@@ -49,3 +49,13 @@ def test_refusal_is_a_stream_with_policy_violation() -> None:
     assert data.startswith(b"<?xml version='1.0'?><stream:stream")
     assert b'<policy-violation xmlns="urn:ietf:params:xml:ns:xmpp-streams"/>' in data
     assert data.endswith(b"</stream:stream>")
+
+
+def test_an_ipv6_64_counts_as_one_source() -> None:
+    limits = ConnectionsPerAddress(2)
+    assert limits.acquire("2001:db8:7:7::1") and limits.acquire("2001:db8:7:7::2")
+    assert not limits.acquire("2001:db8:7:7:ffff::3")  # same /64: refused
+    assert limits.acquire("2001:db8:7:8::1")  # another /64
+    limits.release("2001:db8:7:7::2")
+    assert limits.open_from("2001:db8:7:7::99") == 1
+    assert limits.acquire("2001:db8:7:7::3")

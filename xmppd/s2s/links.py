@@ -14,7 +14,15 @@ closes its stream; the next stanza opens a new one.
 After a failure the domain is *backing off*: for ``s2s.retry_initial`` (doubling with
 each further failure, up to ``s2s.retry_max``) stanzas to it bounce at once with the
 last reason instead of redialling for every stanza; the first stanza after that tries
-again. A link that authenticates clears the back-off.
+again. A link that authenticates clears the back-off. Back-off entries hold only the
+reason in words and the times; one is forgotten once ``s2s.retry_max`` has passed
+after its wait ended, and at most :data:`MAX_BACKOFF` are kept (oldest dropped first):
+a local user writing to thousands of made-up domains leaves nothing behind.
+
+The metrics' ``domain`` label is bounded too (:meth:`S2SStats.label`): only configured
+domains and domains that authenticated get a label of their own; any other (a name
+claimed by an unauthenticated remote, a domain that could not be reached) is counted
+as :data:`OTHER_DOMAIN`.
 
 An incoming stream that asked for XEP-0288 (bidirectional s2s) and authenticated a
 remote domain is registered too: while we have no link of our own to that domain,
@@ -30,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter, deque
-from collections.abc import Callable, Sized
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Final
 
 from xmppd.errors import StanzaError
@@ -55,13 +63,43 @@ log = logging.getLogger(__name__)
 
 _FAILURE_CONDITION: Final = {"timeout": "remote-server-timeout"}
 
+OTHER_DOMAIN: Final = "other"
+"""The ``domain`` label of every remote domain without a label of its own."""
+MAX_DOMAIN_LABELS: Final = 1000
+"""Authenticated remote domains that get a ``domain`` label of their own (configured
+domains always do); later ones count as :data:`OTHER_DOMAIN`."""
+MAX_BACKOFF: Final = 10_000
+"""Remote domains whose back-off is remembered at once (the oldest is dropped first)."""
+DOMAIN_LABEL_HELP: Final = (
+    "; domain: a configured domain ([s2s] pins, policies, allow, deny) or one that "
+    f"authenticated (the first {MAX_DOMAIN_LABELS}), any other is counted as "
+    f"{OTHER_DOMAIN}"
+)
+
+
+def configured_domains(config: S2SSection) -> set[str]:
+    """Remote domains the configuration names (their metrics keep their own label)."""
+    return {*config.pins, *config.policies, *config.allow, *config.deny}
+
 
 class S2SStats:
-    """Plain counters per remote domain, read by the metrics registry at scrape time."""
+    """Plain counters per remote domain, read by the metrics registry at scrape time.
+    Their domain is a :meth:`label`: never a free-form name from the network."""
 
-    __slots__ = ("authenticated", "failures", "refused", "stanzas_out", "throttled")
+    __slots__ = (
+        "_known",
+        "_labelled",
+        "authenticated",
+        "failures",
+        "refused",
+        "stanzas_out",
+        "throttled",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        self._known = frozenset(known)
+        self._labelled: set[str] = set()
+        """Domains that authenticated (at most :data:`MAX_DOMAIN_LABELS`)."""
         self.authenticated: Counter[tuple[str, str]] = Counter()
         """(direction, remote domain) → streams authenticated."""
         self.failures: Counter[tuple[str, str]] = Counter()
@@ -72,6 +110,21 @@ class S2SStats:
         """(remote domain, reason) → incoming authentications refused."""
         self.throttled: Counter[tuple[str, str]] = Counter()
         """(direction, remote domain) → times a connection was slowed down (its rate)."""
+
+    def label(self, domain: str) -> str:
+        """``domain`` as a metric label: itself when configured or authenticated
+        (:meth:`authenticated_as`), else :data:`OTHER_DOMAIN`. Labels made from names
+        an unauthenticated peer or a made-up address chose would be unbounded."""
+        if domain in self._known or domain in self._labelled:
+            return domain
+        return OTHER_DOMAIN
+
+    def authenticated_as(self, direction: str, domain: str) -> None:
+        """A stream authenticated ``domain``: it earns a label of its own (while fewer
+        than :data:`MAX_DOMAIN_LABELS` have) and the stream is counted."""
+        if domain not in self._known and len(self._labelled) < MAX_DOMAIN_LABELS:
+            self._labelled.add(domain)
+        self.authenticated[(direction, self.label(domain))] += 1
 
 
 class S2SLinks:
@@ -106,7 +159,8 @@ class S2SLinks:
         self.stats = stats
         self._resolver = make_resolver(config.resolver, config.dns_timeout)
         self._links: dict[str, OutgoingLink] = {}
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff: OrderedDict[str, _Backoff] = OrderedDict()
+        """Domains backing off, oldest failure first (at most :data:`MAX_BACKOFF`)."""
         self._bidi: dict[str, S2SInStream] = {}
         self.services: S2SServices | None = None
         """Set by the server once assembled (the streams' services)."""
@@ -127,24 +181,24 @@ class S2SLinks:
                 del self._bidi[remote]
             elif back is not None and back.can_send(remote, from_.domain):
                 # XEP-0288: the remote's own stream carries our stanzas back.
-                self.stats.stanzas_out[remote] += 1
+                self.stats.stanzas_out[self.stats.label(remote)] += 1
                 back.send(stanza)
                 return
         if link is None:
+            self._sweep_backoff()
             backoff = self._backoff.get(remote)
             if backoff is not None and backoff.waiting():
-                failure = backoff.failure
                 log.debug("s2s %s: backing off; bouncing %s", remote, stanza.tag)
                 await _bounce(
                     self._router,
                     stanza,
-                    _FAILURE_CONDITION.get(failure.reason, "remote-server-not-found"),
-                    f"{failure.reason}: {failure.detail} (next attempt in "
+                    _FAILURE_CONDITION.get(backoff.reason, "remote-server-not-found"),
+                    f"{backoff.reason}: {backoff.detail} (next attempt in "
                     f"{backoff.remaining():.0f}s)",
                 )
                 return
             link = self._links[remote] = OutgoingLink(self, remote)
-        self.stats.stanzas_out[remote] += 1
+        self.stats.stanzas_out[self.stats.label(remote)] += 1
         await link.send(stanza, from_.domain)
 
     def bidi_ready(self, stream: S2SInStream, remote: str) -> None:
@@ -154,23 +208,52 @@ class S2SLinks:
 
     def _count_throttle(self, remote: str) -> None:
         log.info("s2s-out %s: the remote sends faster than incoming_rate; slowed down", remote)
-        self.stats.throttled[("out", remote)] += 1
+        self.stats.throttled[("out", self.stats.label(remote))] += 1
 
     def queue_lengths(self) -> list[tuple[str, int]]:
-        return [(d, len(link.queue)) for d, link in self._links.items()]
+        """Stanzas waiting per remote domain label (see :meth:`S2SStats.label`)."""
+        lengths: Counter[str] = Counter()
+        for domain, link in self._links.items():
+            lengths[self.stats.label(domain)] += len(link.queue)
+        return list(lengths.items())
 
     def connected(self) -> list[str]:
         return [d for d, link in self._links.items() if link.stream is not None]
 
     def failed(self, domain: str, failure: LinkFailure) -> float:
         """Start (or lengthen) ``domain``'s back-off; returns the wait in seconds."""
-        previous = self._backoff.get(domain)
+        self._sweep_backoff()
+        previous = self._backoff.pop(domain, None)
         config = self.config
         delay = (
             config.retry_initial if previous is None else min(previous.delay * 2, config.retry_max)
         )
-        self._backoff[domain] = _Backoff(failure, delay)
+        # The reason in words, not the exception: its traceback holds the failed
+        # attempt's frames (its stream, parser and transport), ~23 KB a domain.
+        self._backoff[domain] = _Backoff(failure.reason, failure.detail, delay)
+        while len(self._backoff) > MAX_BACKOFF:
+            self._backoff.popitem(last=False)
         return delay
+
+    def _sweep_backoff(self) -> None:
+        """Forget the oldest entries whose wait ended ``retry_max`` ago or more (a
+        later failure of theirs starts at ``retry_initial`` again). Entries are in
+        the order of their last failure, so the sweep stops at the first one still
+        needed (an older one behind it goes at a later sweep, or by MAX_BACKOFF)."""
+        backoff = self._backoff
+        if not backoff:
+            return
+        now = asyncio.get_running_loop().time()
+        grace = self.config.retry_max
+        while backoff:
+            domain, entry = next(iter(backoff.items()))
+            if entry.until + grace > now:
+                return
+            del backoff[domain]
+
+    def backing_off(self) -> int:
+        """Remote domains whose back-off is remembered."""
+        return len(self._backoff)
 
     def succeeded(self, domain: str) -> None:
         self._backoff.pop(domain, None)
@@ -292,12 +375,14 @@ class S2SLinks:
 
 
 class _Backoff:
-    """A domain that could not be reached: why, and until when we do not try again."""
+    """A domain that could not be reached: why (a failure reason and its words), and
+    until when we do not try again."""
 
-    __slots__ = ("delay", "failure", "until")
+    __slots__ = ("delay", "detail", "reason", "until")
 
-    def __init__(self, failure: LinkFailure, delay: float) -> None:
-        self.failure = failure
+    def __init__(self, reason: str, detail: str, delay: float) -> None:
+        self.reason = reason
+        self.detail = detail
         self.delay = delay
         self.until = asyncio.get_running_loop().time() + delay
 
@@ -408,7 +493,7 @@ class OutgoingLink:
 
     async def _failed(self, failure: LinkFailure) -> None:
         links = self._links
-        links.stats.failures[(self.domain, failure.reason)] += 1
+        links.stats.failures[(links.stats.label(self.domain), failure.reason)] += 1
         delay = links.failed(self.domain, failure)
         log.warning(
             "s2s %s: cannot federate (%s): %s; %d queued stanza(s) bounce; next attempt "
@@ -487,7 +572,8 @@ def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None
     metrics.samples_function(
         "counter",
         "s2s_streams_authenticated",
-        "Server-to-server streams authenticated, by direction and remote domain",
+        "Server-to-server streams authenticated, by direction and remote domain"
+        + DOMAIN_LABEL_HELP,
         ("direction", "domain"),
         lambda: [((d, r), n) for (d, r), n in stats.authenticated.items()],
     )
@@ -495,7 +581,8 @@ def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None
         "counter",
         "s2s_failures",
         "Outgoing links that could not be established, by remote domain and reason "
-        "(dns, connect, tls, certificate, auth, policy, timeout, stream, closed)",
+        "(dns, connect, tls, certificate, auth, policy, timeout, stream, closed)"
+        + DOMAIN_LABEL_HELP,
         ("domain", "reason"),
         lambda: [((d, r), n) for (d, r), n in stats.failures.items()],
     )
@@ -503,7 +590,7 @@ def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None
         "counter",
         "s2s_refused",
         "Incoming authentications refused, by remote domain and reason (certificate, "
-        "policy, limit, dialback)",
+        "policy, limit, dialback), the domain being the one the remote claimed" + DOMAIN_LABEL_HELP,
         ("domain", "reason"),
         lambda: [((d, r), n) for (d, r), n in stats.refused.items()],
     )
@@ -511,23 +598,30 @@ def register_metrics(metrics: Metrics, links: S2SLinks, incoming: Sized) -> None
         "counter",
         "s2s_throttled",
         "Times an s2s connection was slowed down to [s2s] incoming_rate, by direction "
-        "(in; out: what a remote sends back on our connection) and remote domain",
+        "(in; out: what a remote sends back on our connection) and remote domain"
+        + DOMAIN_LABEL_HELP,
         ("direction", "domain"),
         lambda: [((d, r), n) for (d, r), n in stats.throttled.items()],
     )
     metrics.samples_function(
         "counter",
         "s2s_stanzas_out",
-        "Stanzas handed to an outgoing link, by remote domain",
+        "Stanzas handed to an outgoing link, by remote domain" + DOMAIN_LABEL_HELP,
         ("domain",),
         lambda: [((d,), n) for d, n in stats.stanzas_out.items()],
     )
     metrics.samples_function(
         "gauge",
         "s2s_queued",
-        "Stanzas waiting for an outgoing link to come up, by remote domain",
+        "Stanzas waiting for an outgoing link to come up, by remote domain" + DOMAIN_LABEL_HELP,
         ("domain",),
         lambda: [((d,), n) for d, n in links.queue_lengths()],
+    )
+    metrics.gauge_function(
+        "s2s_backing_off",
+        "Remote domains that could not be reached whose back-off is remembered "
+        f"(at most {MAX_BACKOFF})",
+        links.backing_off,
     )
     metrics.gauge_function(
         "s2s_outgoing_links", "Authenticated outgoing links", lambda: len(links.connected())

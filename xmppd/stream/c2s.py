@@ -307,12 +307,16 @@ class C2SStream(StreamMachine):
         """Write a stanza; with stream management, keep it until the client acks it."""
         sm = self.sm
         if sm is not None:
-            if len(sm.unacked) >= self.services.c2s.max_unacked:
+            limits = self.services.c2s
+            if (
+                len(sm.unacked) >= limits.max_unacked
+                or sm.unacked_bytes + len(data) > limits.max_unacked_bytes
+            ):
                 sm.sent_stanza(data)  # delivered again with the rest as the session ends
                 if self.state is _DETACHED:
                     self._expire()
                 else:
-                    self.close("policy-violation", "too many unacknowledged stanzas")
+                    self.close("policy-violation", "too much unacknowledged")
                 return
             sm.sent_stanza(data)
         self.services.traffic.outbound[data[1]] += 1
@@ -349,11 +353,14 @@ class C2SStream(StreamMachine):
         if sm is not None and self.state is not _CLOSED:
             before = sm.sent
             self._send_stanza(data)
-            queued = sm.sent != before and not self.closed
-            if queued:
+            queued = sm.sent != before
+            if queued and not self.closed:
                 sm.stored[sm.sent] = token
-        if not queued:
-            self._release([token], acked=False)
+                return
+        # Queued and the session ended at once (its queue was full): it is delivered
+        # again with the rest of the queue, so the copy goes; never queued: the copy is
+        # an offline message now.
+        self._release([token], acked=queued)
 
     async def _store_unacked(self) -> None:
         """On hibernation: store durable copies of the stanzas already queued (sent on
@@ -1228,7 +1235,7 @@ class C2SStream(StreamMachine):
             mechanism=self._mechanism,
         )
         sm.stored.clear()  # they move with the session: not offline messages here
-        sm.unacked.clear()
+        sm.clear_unacked()
         self._handed_over = True
         self._ending("moved-to-another-node")
         if self.state is _BOUND:
@@ -1355,7 +1362,7 @@ class C2SStream(StreamMachine):
             moved = self._continued_elsewhere  # the stanzas are in the other's queue
             if not moved:
                 pending = [data for number, data in sm.pending() if number not in sm.stored]
-            sm.unacked.clear()
+            sm.clear_unacked()
             if sm.stored:
                 self._release(list(sm.stored.values()), acked=moved)
                 sm.stored.clear()

@@ -87,6 +87,14 @@ _SASL_SUCCESS: Final = f"{{{ns.SASL}}}success"
 _SASL_FAILURE: Final = f"{{{ns.SASL}}}failure"
 _DB_NSMAP: Final = {"db": NS_DIALBACK}
 
+MAX_AUTH_FAILURES: Final = 3
+"""Refused authentication attempts (dialback requests answered with an error, SASL
+failures) one incoming stream may make; the last is followed by the stream error
+``policy-violation`` (RFC 6120 §6.4.5 asks for "at least 2 and no more than 5" retries
+and this condition). It bounds what one unauthenticated connection can make us do:
+the refusals' log lines and metric increments, and the dialback verifications it asks
+of other servers."""
+
 FailureReason = Literal[
     "dns", "connect", "tls", "certificate", "auth", "policy", "timeout", "stream", "closed"
 ]
@@ -159,6 +167,7 @@ class S2SInStream(StreamMachine):
     """A connection from a remote server, from stream header to close."""
 
     __slots__ = (
+        "_failures",
         "authenticated",
         "bidi",
         "cert_check",
@@ -194,6 +203,8 @@ class S2SInStream(StreamMachine):
         """The remote's certificate checked for ``remote_header`` (after TLS)."""
         self.bidi = False
         """The remote asked for a bidirectional stream (XEP-0288)."""
+        self._failures = 0
+        """Authentication attempts refused on this stream (:data:`MAX_AUTH_FAILURES`)."""
         services.incoming.add(self)
 
     def summary(self) -> str:
@@ -313,6 +324,19 @@ class S2SInStream(StreamMachine):
         child(failure, condition, namespace=ns.SASL)
         child(failure, "text", namespace=ns.SASL, text=text)
         self._write(etree.tostring(failure))
+        self._count_failure()
+
+    def _count_failure(self) -> None:
+        """One more refused attempt (its answer is written); the stream closes with
+        ``policy-violation`` at :data:`MAX_AUTH_FAILURES`."""
+        self._failures += 1
+        if self._failures >= MAX_AUTH_FAILURES:
+            log.warning(
+                "%s: %d refused authentication attempts; closing",
+                self.summary(),
+                self._failures,
+            )
+            raise StreamError("policy-violation", "too many failed authentication attempts")
 
     def _on_sasl_auth(self, el: Element) -> None:
         """SASL EXTERNAL (RFC 6120 §6.4, XEP-0178): the remote is who its certificate
@@ -456,6 +480,7 @@ class S2SInStream(StreamMachine):
         child(error, condition, namespace=ns.STANZA_ERRORS)
         child(error, "text", namespace=ns.STANZA_ERRORS, text=text)
         self._write(etree.tostring(reply))
+        self._count_failure()
 
     def _authenticated(self, remote: str, local: str, method: str) -> None:
         first = not self.authenticated

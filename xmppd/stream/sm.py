@@ -57,6 +57,7 @@ class SmState:
         "sent",
         "stored",
         "unacked",
+        "unacked_bytes",
     )
 
     def __init__(self, *, resumable: bool) -> None:
@@ -68,6 +69,8 @@ class SmState:
         self.acked = 0
         """The client's last ``h``: stanzas it confirmed."""
         self.unacked: deque[bytes] = deque()
+        self.unacked_bytes = 0
+        """What :attr:`unacked` holds, in bytes (``c2s.max_unacked_bytes``)."""
         self.ack_requested = False
         self.stored: dict[int, str] = {}
         """Durable copies of queued stanzas (``sm_store`` tokens), by the stanza's number
@@ -84,6 +87,7 @@ class SmState:
 
     def sent_stanza(self, data: bytes) -> None:
         self.unacked.append(data)
+        self.unacked_bytes += len(data)
         self.sent = (self.sent + 1) % MOD
         if self.mirror is not None:
             self.mirror.sent(data)
@@ -97,7 +101,7 @@ class SmState:
             count = len(self.unacked)  # the stanzas beyond reached it from a dead node
             self.sent = h % MOD
         for i in range(1, count + 1):
-            self.unacked.popleft()
+            self.unacked_bytes -= len(self.unacked.popleft())
             if self.stored:
                 token = self.stored.pop((self.acked + i) % MOD, None)
                 if token is not None:
@@ -107,6 +111,11 @@ class SmState:
         if self.mirror is not None:
             self.mirror.acked(count, self.acked)
         return True
+
+    def clear_unacked(self) -> None:
+        """Forget the queue (it was handed on, or delivered again elsewhere)."""
+        self.unacked.clear()
+        self.unacked_bytes = 0
 
     def pending(self) -> list[tuple[int, bytes]]:
         """The unacknowledged stanzas with their numbers, oldest first."""
@@ -152,6 +161,7 @@ class Handover:
         sm.inbound = self.inbound
         sm.acked = self.acked
         sm.unacked = deque(self.unacked)
+        sm.unacked_bytes = sum(len(data) for data in self.unacked)
         sm.sent = (self.acked + len(self.unacked)) % MOD
         sm.stored = dict(self.stored)
         return sm

@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Final
 
+from xmppd.peeraddress import source_key
 from xmppd.stream.framing import XML_STREAM, stream_error
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -14,7 +15,8 @@ REFUSAL_TEXT: Final = "too many connections from your address"
 
 
 class ConnectionsPerAddress:
-    """Counts open connections per peer address; :meth:`acquire` refuses one more than
+    """Counts open connections per source (an address; an IPv6 /64,
+    :func:`~xmppd.peeraddress.source_key`); :meth:`acquire` refuses one more than
     ``limit`` (addresses in ``exempt`` are not counted)."""
 
     __slots__ = ("_exempt", "_open", "limit")
@@ -36,22 +38,24 @@ class ConnectionsPerAddress:
         already has ``limit`` open."""
         if self.is_exempt(address):
             return True
-        count = self._open.get(address, 0)
+        key = source_key(address)  # an IPv6 /64 is one source
+        count = self._open.get(key, 0)
         if count >= self.limit:
             return False
-        self._open[address] = count + 1
+        self._open[key] = count + 1
         return True
 
     def release(self, address: str) -> None:
         """A connection :meth:`acquire` counted has closed."""
-        count = self._open.get(address, 0)
+        key = source_key(address)
+        count = self._open.get(key, 0)
         if count <= 1:
-            self._open.pop(address, None)
+            self._open.pop(key, None)
         else:
-            self._open[address] = count - 1
+            self._open[key] = count - 1
 
     def open_from(self, address: str) -> int:
-        return self._open.get(address, 0)
+        return self._open.get(source_key(address), 0)
 
 
 def refusal(namespace: str) -> bytes:

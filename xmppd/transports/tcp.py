@@ -59,6 +59,10 @@ class StreamOpeners:
     """Called with the stream when an incoming s2s connection starts being slowed down."""
     c2s_per_address: ConnectionsPerAddress | None = None
     """Open client connections per source address, shared by every c2s listener."""
+    s2s_per_address: ConnectionsPerAddress | None = None
+    """Open incoming s2s connections per source address, shared by every s2s listener."""
+    component_per_address: ConnectionsPerAddress | None = None
+    """Open component connections per source address (every component listener)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT: the workers of ``server.workers`` each bind every
     listener and the kernel spreads new connections over them."""
@@ -167,14 +171,28 @@ class C2SConnection(asyncio.Protocol):
 
     def _open_stream(self) -> None:
         assert self._transport is not None
-        if self._limit is not None:
-            if not self._limit.acquire(self.peer):
-                log.warning("c2s %s: too many connections from this address", self.peer)
-                self.write(refusal(ns.CLIENT))
-                self.close()
-                return
+        if self._admit("c2s", ns.CLIENT):
+            self.stream = self._open(self)
+
+    def _admit(self, kind: str, namespace: str | None) -> bool:
+        """Count this connection against its address's limit (if any); over it, the
+        connection is refused: with our stream header, ``<policy-violation/>`` and the
+        end of the stream in ``namespace``, or (``None``: nothing can be said yet, e.g.
+        before a TLS handshake) dropped at once."""
+        limit = self._limit
+        if limit is None:
+            return True
+        if limit.acquire(self.peer):
             self._counted = True
-        self.stream = self._open(self)
+            return True
+        log.warning("%s %s: too many connections from this address", kind, self.peer)
+        if namespace is None:
+            if self._transport is not None:
+                self._transport.abort()
+            return False
+        self.write(refusal(namespace))
+        self.close()
+        return False
 
     def data_received(self, data: bytes) -> None:
         """Bytes read from the socket."""
@@ -410,13 +428,19 @@ class ComponentConnection(C2SConnection):
 
     __slots__ = ()
 
-    def __init__(self, open_stream: Callable[[Transport], StreamInput]) -> None:
-        super().__init__(open_stream, None, "none")
+    def __init__(
+        self,
+        open_stream: Callable[[Transport], StreamInput],
+        limit: ConnectionsPerAddress | None = None,
+    ) -> None:
+        super().__init__(open_stream, None, "none", limit)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
+        if not self._admit("component", ns.COMPONENT):
+            return
         _enable_keepalive(self._transport.get_extra_info("socket"))
         self.stream = self._open(self)
 
@@ -481,9 +505,15 @@ async def _listen(
     if section.kind == "s2s" and peer_tls is not None:
         direct = section.tls == "direct"
         rate, on_throttle = openers.s2s_rate, openers.s2s_on_throttle
+        s2s_limit = openers.s2s_per_address
         srv = await loop.create_server(
             lambda: S2SInConnection(
-                open_stream, peer_tls, direct=direct, rate=rate, on_throttle=on_throttle
+                open_stream,
+                peer_tls,
+                direct=direct,
+                rate=rate,
+                on_throttle=on_throttle,
+                limit=s2s_limit,
             ),
             host=section.address,
             port=section.port,
@@ -523,8 +553,9 @@ class ShapedConnection(C2SConnection):
         tls_mode: str,
         rate: int,
         on_throttle: Callable[[], None] | None,
+        limit: ConnectionsPerAddress | None = None,
     ) -> None:
-        super().__init__(open_stream, None, tls_mode)
+        super().__init__(open_stream, None, tls_mode, limit)
         self._shaper = Shaper(
             rate,
             rate,
@@ -577,12 +608,14 @@ class S2SInConnection(ShapedConnection):
         direct: bool,
         rate: int,
         on_throttle: Callable[[StreamInput | None], None] | None = None,
+        limit: ConnectionsPerAddress | None = None,
     ) -> None:
         super().__init__(
             open_stream,
             "direct" if direct else "starttls",
             rate,
             None if on_throttle is None else lambda: on_throttle(self.stream),
+            limit,
         )
         self.is_secure = False  # until the handshake is done
         self._peer_tls = peer_tls
@@ -594,7 +627,12 @@ class S2SInConnection(ShapedConnection):
         self._transport = cast(asyncio.Transport, transport)
         peer = self._transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
-        if self._tls_mode != "direct":
+        # Counted from the connect, before any TLS: a handshake that never completes
+        # holds its share too. A direct-TLS one over the limit cannot be told why.
+        direct = self._tls_mode == "direct"
+        if not self._admit("s2s-in", None if direct else ns.SERVER):
+            return
+        if not direct:
             self.stream = self._open(self)
             return
         # Direct TLS (XEP-0368): the stream opens once the handshake is done (in
@@ -787,8 +825,9 @@ async def _listen_components(
     loop: asyncio.AbstractEventLoop, section: ListenerSection, openers: StreamOpeners
 ) -> asyncio.Server:
     open_component = openers.component
+    limit = openers.component_per_address
     srv = await loop.create_server(
-        lambda: ComponentConnection(open_component),
+        lambda: ComponentConnection(open_component, limit),
         host=section.address,
         port=section.port,
         backlog=section.backlog,
