@@ -687,6 +687,10 @@ class Server:
         for listener in self._listeners:
             listener.close()
         endpoints = self.sessions.endpoints()
+        if self.s2s is not None:  # while the senders are still connected to hear it
+            bounced = await self.s2s.bounce_waiting("the server is stopping")
+            if bounced:
+                log.info("stopping: %d stanzas waiting for remote servers bounced", bounced)
         await _collect_acks(endpoints, SHUTDOWN_ACK_WAIT)
         if self.c2s_services is not None and self.c2s_services.teardowns is not None:
             self.c2s_services.teardowns.unpace()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -133,6 +134,35 @@ async def test_the_queue_of_a_link_that_is_coming_up_is_bounded(tmp_path: Path) 
                     bounce = await alice.expect(lambda el, n=n: el.get("id") == f"m{n}")  # type: ignore[misc]
                     assert error_condition(bounce) == "remote-server-not-found"
                     assert error_text(bounce).startswith("closed:")
+    finally:
+        listener.close()
+
+
+async def test_stanzas_waiting_for_a_link_bounce_when_the_server_stops(tmp_path: Path) -> None:
+    """RFC 6120 §8.3: a message accepted for a remote server that is still being
+    reached is answered with an error, not dropped, when the server stops meanwhile
+    (it was acknowledged to its sender; the queue lived in memory only)."""
+
+    async def silent(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(60)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", free_port())
+    silent_port = listener.sockets[0].getsockname()[1]
+    extra = s2s_extra(free_port(), {"silent.example": f"127.0.0.1:{silent_port}"})
+    try:
+        with running_server(tmp_path / "x", domain="x.example", extra=extra) as server:
+            jid = await new_account(server, "alice")
+            alice = await XmlClient.login(server, jid, PASSWORD)
+            try:
+                alice.send("<message to='u@silent.example' id='w1'><body>1</body></message>")
+                pong = await alice.iq("get", f"<ping xmlns='{PING}'/>", to=server.domain)
+                assert pong.get("type") == "result"  # the message was taken before this
+                server.process.send_signal(signal.SIGTERM)
+                bounce = await alice.expect(lambda el: el.get("id") == "w1", timeout=15)
+                assert error_condition(bounce) == "remote-server-timeout"
+                assert error_text(bounce) == "the server is stopping"
+            finally:
+                await alice.close()
     finally:
         listener.close()
 

@@ -140,6 +140,7 @@ class S2SLinks:
         "config",
         "services",
         "stats",
+        "stopping",
         "trust",
     )
 
@@ -164,6 +165,9 @@ class S2SLinks:
         self._bidi: dict[str, S2SInStream] = {}
         self.services: S2SServices | None = None
         """Set by the server once assembled (the streams' services)."""
+        self.stopping = False
+        """The server is stopping (:meth:`bounce_waiting`): a stanza that would have to
+        wait for a link bounces at once."""
 
     # ------------------------------------------------------------------ Destination
 
@@ -273,6 +277,25 @@ class S2SLinks:
                 link.stream.close()
                 closed += 1
         return closed
+
+    async def bounce_waiting(self, text: str) -> int:
+        """Answer every stanza still waiting for a remote server (a link being set up,
+        a new local domain being authenticated by dialback) with
+        ``remote-server-timeout``: the server is stopping, and its senders are still
+        connected to hear it (RFC 6120 §8.3.3.18). Returns how many were waiting."""
+        self.stopping = True
+        waiting: list[Element] = []
+        for link in self._links.values():
+            waiting.extend(stanza for stanza, _local in link.queue)
+            link.queue.clear()
+            stream = link.stream
+            if stream is not None:
+                for stanzas in stream.pending.values():
+                    waiting.extend(stanzas)
+                stream.pending.clear()
+        for stanza in waiting:
+            await _bounce(self._router, stanza, "remote-server-timeout", text)
+        return len(waiting)
 
     def close_all(self) -> None:
         for link in list(self._links.values()):
@@ -465,6 +488,11 @@ class OutgoingLink:
             stream.send(stanza, local)
             return
         config = self._links.config
+        if self._links.stopping:
+            await _bounce(
+                self._links._router, stanza, "remote-server-timeout", "the server is stopping"
+            )
+            return
         if len(self.queue) >= config.max_queue:
             log.warning("s2s %s: queue full (%d); bouncing", self.domain, config.max_queue)
             await _bounce(
