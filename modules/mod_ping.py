@@ -32,7 +32,11 @@ class PingOptions(Options):
         "dead-connection detection.",
     )
     timeout: Duration = Field(
-        60.0, gt=0, description="A client that does not answer a ping in this time is cut off."
+        60.0,
+        gt=0,
+        description="A client that does not answer a ping in this time is cut off: its "
+        "session ends with connection-timeout, or, when it may resume (XEP-0198), it "
+        "waits for the client to resume as after a dropped connection.",
     )
 
 

@@ -7,6 +7,7 @@ session (XEP-0198 §5: treated as sent to an unavailable resource: offline stora
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
 from collections.abc import Iterator
@@ -50,13 +51,18 @@ async def _users(server: XmppdServer) -> tuple[str, str]:
     return names
 
 
-async def _phone_with_unacked(server: XmppdServer, name: str, sender: str, body: str) -> RawClient:
-    """``name`` on a raw stream with stream management, holding ``body`` from ``sender``
-    received and never acknowledged."""
+async def _phone_with_unacked(
+    server: XmppdServer, name: str, sender: str, body: str, *, resume: bool = True
+) -> RawClient:
+    """``name`` on a raw stream with stream management (resumable unless ``resume`` is
+    false), holding ``body`` from ``sender`` received and never acknowledged; the
+    stream management id is in ``phone.sm_id``."""
     phone = await RawClient(server).connect()
     jid = await phone.login(name, PASSWORD, resource="phone")
-    phone.send(f"<enable xmlns='{SM}' resume='true'/><presence/>")
-    await phone.read_until(b"<enabled[^>]*>")
+    phone.send(f"<enable xmlns='{SM}' resume='{str(resume).lower()}'/><presence/>")
+    enabled = await phone.read_until(b"<enabled[^>]*>")
+    found = re.search(rb'id="([^"]+)"', enabled)
+    phone.sm_id = found.group(1).decode() if found else ""  # type: ignore[attr-defined]
     async with Slix(server, f"{sender}@localhost", PASSWORD) as slix:
         slix.xmpp.send_message(mto=jid, mbody=body, mtype="chat")
         await phone.read_until(re.escape(body))
@@ -97,15 +103,50 @@ async def test_a_clean_stream_close_without_acks(pinging_server: XmppdServer) ->
     await _next_login_gets(pinging_server, name, "before the close", "laptop")
 
 
-async def test_the_dead_peer_ping_timeout(pinging_server: XmppdServer) -> None:
+async def test_the_dead_peer_ping_timeout_without_resumption(
+    pinging_server: XmppdServer,
+) -> None:
     name, sender = await _users(pinging_server)
-    phone = await _phone_with_unacked(pinging_server, name, sender, "before the silence")
+    phone = await _phone_with_unacked(
+        pinging_server, name, sender, "before the silence", resume=False
+    )
     try:
         # The phone answers nothing (no pong, no ack): the server's ping times out.
         assert b"connection-timeout" in await phone.read_to_close(timeout=30)
     finally:
         await phone.close()
     await _next_login_gets(pinging_server, name, "before the silence", "laptop")
+
+
+async def test_the_dead_peer_ping_timeout_of_a_resumable_session(
+    pinging_server: XmppdServer,
+) -> None:
+    """A resumable session whose client stops answering is treated as one whose
+    connection dropped: it waits for a resumption, which brings what was never
+    acknowledged (a phone that lost its network quietly resumes, not logs in anew)."""
+    name, sender = await _users(pinging_server)
+    phone = await _phone_with_unacked(pinging_server, name, sender, "before the quiet")
+    try:
+        closing = await phone.read_to_close(timeout=30)
+        assert b"connection-timeout" not in closing  # no stream error: the session waits
+    finally:
+        await phone.close()
+    resumed = _Recording(pinging_server)
+    await resumed.connect()
+    try:
+        await resumed.starttls()
+        await resumed.open_stream()
+        token = base64.b64encode(f"\0{name}\0{PASSWORD}".encode()).decode()
+        resumed.send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        )
+        await resumed.read_until(b"<success")
+        await resumed.open_stream()
+        resumed.send(f"<resume xmlns='{SM}' previd='{phone.sm_id}' h='0'/>")  # type: ignore[attr-defined]
+        await resumed.read_until(b"before the quiet")
+        assert b"<resumed" in resumed.seen
+    finally:
+        await resumed.close()
 
 
 async def test_a_server_restart(tmp_path: Path) -> None:

@@ -1115,6 +1115,21 @@ class C2SStream(StreamMachine):
         self._write_acks_due()  # an <r/> read just before the client's stream end
         if text == CONTINUED_ELSEWHERE:
             self._continued_elsewhere = True
+        sm = self.sm
+        if (
+            condition == "connection-timeout"
+            and self.state is _BOUND
+            and sm is not None
+            and sm.resumable
+        ):
+            # A dead-peer check went unanswered (mod_ping): as when the connection drops,
+            # the session waits for its client to resume it (XEP-0198) instead of ending:
+            # a phone whose network went away quietly resumes rather than logs in anew.
+            log.info("c2s %s: no answer; treated as a lost connection", self.summary())
+            self.transport.detach()
+            self.transport.close()
+            self.connection_lost()
+            return
         super().close(condition, text)
 
     def ask_for_acks(self) -> bool:
