@@ -127,6 +127,12 @@ class UploadOptions(Options):
         description="Bytes one user may have stored (and reserved by open slots); then "
         "resource-constraint until old files expire.",
     )
+    max_files: int = Field(
+        10_000,
+        ge=1,
+        description="Files one user may have stored (and reserved by open slots), however "
+        "small; then resource-constraint until old files expire.",
+    )
     expire_after: Duration = Field(
         30 * 86400.0, gt=0, description="Uploaded files are deleted this long after upload."
     )
@@ -344,14 +350,16 @@ async def _slot(ctx: Ctx, req: IqRequest) -> Element:
         # The sum decides the insert: requests of one owner at once (several devices,
         # several nodes) take turns, or each would find the quota free.
         await tx.lock(f"upload-quota\0{ctx.domain}\0{owner}")
-        used = (
+        held = (
             await tx.execute(
-                select(func.coalesce(func.sum(_F.size), 0)).where(
-                    _F.host == ctx.domain, _F.owner == str(owner)
-                )
+                select(
+                    func.coalesce(func.sum(_F.size), 0).label("used"),
+                    func.count().label("files"),
+                ).where(_F.host == ctx.domain, _F.owner == str(owner))
             )
-        ).scalar()
-        over_quota = int(used or 0) + size > opts.quota
+        ).one()
+        used, files = int(held.used or 0), int(held.files)
+        over_quota = used + size > opts.quota or files >= opts.max_files
         if not over_quota:
             await tx.execute(
                 files_table.insert().values(

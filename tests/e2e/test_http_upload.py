@@ -342,7 +342,8 @@ async def test_an_expired_slot_is_gone(tmp_path: Path) -> None:
 def quota_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[XmppdServer]:
-    modules = {**DEFAULT_TEST_MODULES, "http_upload": {"max_file_size": "6MiB", "quota": "12MiB"}}
+    upload = {"max_file_size": "6MiB", "quota": "12MiB", "max_files": 5}
+    modules = {**DEFAULT_TEST_MODULES, "http_upload": upload}
     tmp = tmp_path_factory.mktemp(f"quota-{request.param}")
     with running_server(tmp, http=True, modules=modules, backend=request.param) as srv:
         yield srv
@@ -369,3 +370,13 @@ async def test_slot_requests_at_once_do_not_overrun_the_quota(quota_server: Xmpp
     refused = [error_condition(r) for r in replies if r.get("type") == "error"]
     assert len(granted) == 2
     assert refused == ["resource-constraint"] * 6
+
+
+async def test_tiny_files_are_counted_too(quota_server: XmppdServer) -> None:
+    """The byte quota alone would allow a million one-byte files, a row each."""
+    await register_account(quota_server, "tiny", "pw-tiny")
+    async with await XmlClient.login(quota_server, "tiny@localhost", "pw-tiny") as client:
+        for i in range(5):
+            assert (await request_slot(client, f"b{i}.bin", 1)).get("type") == "result"
+        reply = await request_slot(client, "b5.bin", 1)
+        assert error_condition(reply) == "resource-constraint"
