@@ -143,8 +143,10 @@ async def test_stanzas_waiting_for_a_link_bounce_when_the_server_stops(tmp_path:
     reached is answered with an error, not dropped, when the server stops meanwhile
     (it was acknowledged to its sender; the queue lived in memory only)."""
 
+    accepted: list[asyncio.StreamWriter] = []
+
     async def silent(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(60)
+        accepted.append(writer)  # never answers; closed at the end
 
     listener = await asyncio.start_server(silent, "127.0.0.1", free_port())
     silent_port = listener.sockets[0].getsockname()[1]
@@ -165,6 +167,9 @@ async def test_stanzas_waiting_for_a_link_bounce_when_the_server_stops(tmp_path:
                 await alice.close()
     finally:
         listener.close()
+        for writer in accepted:
+            writer.close()
+        await listener.wait_closed()
 
 
 async def test_a_claimed_from_that_was_not_authenticated_closes_with_invalid_from(

@@ -99,7 +99,10 @@ async def test_a_clean_stream_close_without_acks(pinging_server: XmppdServer) ->
     name, sender = await _users(pinging_server)
     phone = await _phone_with_unacked(pinging_server, name, sender, "before the close")
     phone.send("</stream:stream>")
-    await phone.read_to_close()
+    try:
+        await phone.read_to_close()
+    finally:
+        await phone.close()
     await _next_login_gets(pinging_server, name, "before the close", "laptop")
 
 
