@@ -13,6 +13,7 @@ XEP-0421 occupant ids are added to everything a room sends on an occupant's beha
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from xmppd.api import INVALIDATE_ALL, JID, Drop, InvalidJID, Priority, by_bare_jid, ns
@@ -37,6 +38,8 @@ async def start(ctx: Ctx) -> None:
         service.domain, service, name=service.name, placed_by=by_bare_jid
     )
     ctx.on_cluster_change(service.rebalance)
+    if ctx.options.unload_idle_after > 0:
+        ctx.spawn(_unload_idle_rooms(ctx, service), name="muc idle rooms")
 
     def forgotten(key: str) -> None:
         # ALL (this node lost track of invalidations): rooms hold no cache of other
@@ -52,6 +55,15 @@ async def start(ctx: Ctx) -> None:
         "Occupants of the rooms in memory.",
         lambda: sum(len(room.occupants) for room in list(rooms.values())),
     )
+
+
+async def _unload_idle_rooms(ctx: Ctx, service: MucService) -> None:
+    """Every so often (a tenth of ``unload_idle_after``, between 1 s and a minute),
+    unload the persistent rooms idle that long."""
+    idle_for = ctx.options.unload_idle_after
+    while True:
+        await asyncio.sleep(min(60.0, max(1.0, idle_for / 10)))
+        service.unload_idle(idle_for)
 
 
 @module.on(core_hooks.SERVER_STOPPING)

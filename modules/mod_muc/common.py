@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import Field
 
-from xmppd.api import AccessRule, Module, ModuleContext, Options, Size, StanzaError
+from xmppd.api import AccessRule, Duration, Module, ModuleContext, Options, Size, StanzaError
 
 if TYPE_CHECKING:
     from xmppd.api.stanza import Element
@@ -120,6 +120,14 @@ class MucOptions(Options):
         "outcasts), and nicknames registered in it: past it, adding one is refused "
         "(resource-constraint). Anyone may register in an open room (which makes them a "
         "member), so without a limit a remote server could grow any room without bound.",
+    )
+    unload_idle_after: Duration = Field(
+        600.0,
+        ge=0,
+        description="A persistent room with nobody in it and no stanza for this long is "
+        "unloaded from memory (its state is stored; the next stanza loads it again), so "
+        "that rooms once looked at do not stay loaded for ever. A room whose archive is "
+        "off keeps its in-memory history loaded. 0: never.",
     )
     max_history: int = Field(
         100,

@@ -223,6 +223,8 @@ class Room:
     _forwarded: dict[str, _ForwardedIq] = field(default_factory=dict)
     _queue: deque[_Queued] = field(default_factory=deque)
     _busy: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    """When the room last took a stanza (``time.monotonic``): idle rooms are unloaded."""
 
     # ------------------------------------------------------------------ the interface
 
@@ -232,6 +234,7 @@ class Room:
         (from another session, or caused by the room's own sending) waits its turn."""
         mine = _Queued(stanza, to, from_)
         self._queue.append(mine)
+        self.last_used = time.monotonic()
         if not self._busy:
             await self._work(mine)
 
@@ -286,6 +289,20 @@ class Room:
     @property
     def is_empty(self) -> bool:
         return not self.occupants
+
+    def may_unload(self, idle_for: float, now: float) -> bool:
+        """Whether the room can leave memory now: persistent (its state is stored),
+        nobody in it, nothing queued or being handled, no history that lives in memory
+        only, and no stanza for ``idle_for`` seconds."""
+        return (
+            self.config.persistent
+            and not self.occupants
+            and not self._busy
+            and not self._queue
+            and not self._forwarded
+            and (self.archived or not self.history)
+            and now - self.last_used >= idle_for
+        )
 
     @property
     def archived(self) -> bool:

@@ -16,6 +16,7 @@ service itself (disco, unique names) are answered by the node they reach.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Final
 
 from xmppd.api import (
@@ -128,6 +129,19 @@ class MucService:
         self._ctx.log.info("room %s moved to another node", room.jid)
         await self._list(room)
         await room.shutdown()
+
+    def unload_idle(self, idle_for: float) -> int:
+        """Let go of the persistent rooms idle for ``idle_for`` seconds with nobody in
+        them (:meth:`Room.may_unload`); the next stanza for one loads it from storage
+        again. Returns how many went."""
+        now = time.monotonic()
+        idle = [room for room in self.rooms.values() if room.may_unload(idle_for, now)]
+        for room in idle:
+            self.forget(room)
+            room.gone = True  # a stanza that reached it meanwhile is routed again
+        if idle:
+            self._ctx.log.debug("unloaded %d idle rooms", len(idle))
+        return len(idle)
 
     async def relist(self, room: Room) -> None:
         """A room changed outside a stanza (the REST API): list it for the other nodes
