@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Container
 from pathlib import Path
 
 #: XMPP domain served by every server under test.
@@ -20,7 +21,7 @@ SCRAM_ITERATIONS = 4096
 SERVER_CPU = 0
 GENERATOR_CPU = 1
 #: Ports that belong to other services on this machine or to the XMPP defaults.
-FORBIDDEN_PORTS = frozenset({1883, 3306, 4222, 4369, 5222, 5269, 5280, 5432, 5672, 6379})
+FORBIDDEN_PORTS = frozenset({1883, 3306, 4222, 4369, 5222, 5223, 5269, 5280, 5432, 5672, 6379})
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -64,14 +65,15 @@ def presence_rosters(users: int, roster_size: int) -> dict[str, list[str]]:
     }
 
 
-def free_port() -> int:
-    """A currently unused loopback TCP port that is none of the forbidden ones, claimed
-    (:func:`claim_port`) against the other processes of a test run."""
+def free_port(address: str = "127.0.0.1", avoid: Container[int] = ()) -> int:
+    """A currently unused TCP port of the loopback ``address`` that is none of the
+    forbidden ones nor in ``avoid``, claimed (:func:`claim_port`) against the other
+    processes of a test run."""
     for attempt in range(10_000):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((address, 0))
             port = int(sock.getsockname()[1])
-        if port in FORBIDDEN_PORTS or port <= 1024:
+        if port in FORBIDDEN_PORTS or port <= 1024 or port in avoid:
             continue
         if claim_port(port) or attempt > 5_000:  # the claims are a help, never a hang
             return port

@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -55,6 +55,13 @@ _SIZE_UNITS = {
 
 
 _PairT = TypeVar("_PairT", bound="_CertificatePair")
+
+
+LOOPBACK: Final[tuple[IPvAnyNetwork, ...]] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+"""The networks exempt from the per-address connection limits by default."""
 
 
 class ConfigError(Exception):
@@ -373,7 +380,7 @@ class S2SSection(Section):
         "hundreds should not.",
     )
     connection_limit_exempt: tuple[IPvAnyNetwork, ...] = Field(
-        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        LOOPBACK,
         description="Networks (CIDR) s2s.max_connections_per_ip does not apply to: "
         "loopback by default (components, a local relay).",
     )
@@ -468,7 +475,7 @@ class C2SSection(Section):
         "is closed. WebSocket and BOSH are limited by http.max_connections_per_ip.",
     )
     connection_limit_exempt: tuple[IPvAnyNetwork, ...] = Field(
-        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        LOOPBACK,
         description="Networks (CIDR) max_connections_per_ip does not apply to: loopback "
         "by default (a local proxy or gateway); add a NAT gateway you trust.",
     )

@@ -88,6 +88,14 @@ async def component_ping(component: RawComponent) -> None:
     await component.expect(lambda el: el.tag == ctag("iq") and el.get("id") == ping_id)
 
 
+def subscribe_from(component: RawComponent, sender: str, to: str, status: str) -> None:
+    """A subscription request to ``to`` from ``sender``, a JID the component makes up."""
+    component.send(
+        f"<presence{attrs(type='subscribe', to=to, **{'from': sender})}>"
+        f"<status>{status}</status></presence>"
+    )
+
+
 async def online(server: XmppdServer, jid: str) -> XmlClient:
     """A raw client that sent initial presence and saw it reflected."""
     client = await XmlClient.login(server, jid, PASSWORD, resource="r")
@@ -136,10 +144,7 @@ async def test_pending_subscription_requests_are_capped_per_account(
     try:
         senders = [f"fan{i}@{COMPONENT}" for i in range(MAX_PENDING + 2)]
         for sender in senders:
-            component.send(
-                f"<presence{attrs(type='subscribe', to=user, **{'from': sender})}>"
-                f"<status>{'long status ' * 400}</status></presence>"
-            )
+            subscribe_from(component, sender, user, "long status " * 400)
         await component_ping(component)
     finally:
         await component.close()
@@ -164,10 +169,7 @@ async def test_a_request_already_waiting_is_still_updated_when_full(
         senders = [f"re{i}@{COMPONENT}" for i in range(MAX_PENDING)]
         for status in ("first", "second"):
             for sender in senders:
-                component.send(
-                    f"<presence{attrs(type='subscribe', to=user, **{'from': sender})}>"
-                    f"<status>{status}</status></presence>"
-                )
+                subscribe_from(component, sender, user, status)
         await component_ping(component)
     finally:
         await component.close()

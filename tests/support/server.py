@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench.common import claim_port
+from bench.common import free_port as bench_free_port
 
 PG_ADMIN_DSN = os.environ.get("XMPPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SESSION_REGISTRY = os.environ.get("XMPPD_TEST_SESSIONS", "memory")
@@ -28,7 +28,6 @@ SESSION_REGISTRY = os.environ.get("XMPPD_TEST_SESSIONS", "memory")
 suite's second pass sets ``serialised``, the third ``cluster`` (see ``./dev test``)."""
 CLUSTER_NODES = int(os.environ.get("XMPPD_TEST_CLUSTER_NODES", "3"))
 """Nodes of the cluster the cluster pass runs against."""
-FORBIDDEN_PORTS = {5432, 6379, 3306, 5672, 1883, 4222, 4369, 5222, 5223, 5269, 5280}
 
 
 _HANDED_OUT: deque[int] = deque(maxlen=1024)
@@ -42,16 +41,9 @@ def free_port(address: str = "127.0.0.1") -> int:
     ports, nor one any test process on this machine handed out lately). A port free on
     127.0.0.1 may be taken on 127.0.0.2: a server listening on another loopback address
     asks for a port of that address."""
-    for attempt in range(10_000):
-        with socket.socket() as s:
-            s.bind((address, 0))
-            port = int(s.getsockname()[1])
-        if port in FORBIDDEN_PORTS or port in _HANDED_OUT:
-            continue
-        if claim_port(port) or attempt > 5_000:  # the claims are a help, never a hang
-            _HANDED_OUT.append(port)
-            return port
-    raise RuntimeError("no free loopback port")
+    port = bench_free_port(address, avoid=_HANDED_OUT)
+    _HANDED_OUT.append(port)
+    return port
 
 
 def service_unavailable(reason: str) -> None:

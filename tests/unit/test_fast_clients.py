@@ -4,25 +4,14 @@ table grew by a row per id."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
 
-from tests.support.server import postgres_database
 from xmppd.auth.fast import MAX_CLIENTS, FastTokens
 from xmppd.storage.database import Database
 from xmppd.storage.schema import fast_tokens
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/fast.sqlite3"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 @pytest.fixture

@@ -32,22 +32,24 @@ async def _hold(db: Database, name: str, events: list[str], tag: str, seconds: f
         events.append(f"{tag} out")
 
 
-async def test_one_name_is_held_by_one_transaction_at_a_time(pg: Database) -> None:
+@pytest.mark.parametrize(
+    ("second", "order"),
+    [
+        # One name: the second transaction waits until the first commits.
+        ("quota\0a", ["first in", "first out", "second in", "second out"]),
+        # Another name does not wait.
+        ("quota\0b", ["first in", "second in", "second out", "first out"]),
+    ],
+)
+async def test_a_name_is_held_by_one_transaction_at_a_time(
+    pg: Database, second: str, order: list[str]
+) -> None:
     events: list[str] = []
     first = asyncio.create_task(_hold(pg, "quota\0a", events, "first", 0.5))
     await asyncio.sleep(0.2)
-    await _hold(pg, "quota\0a", events, "second", 0)
+    await _hold(pg, second, events, "second", 0)
     await first
-    assert events == ["first in", "first out", "second in", "second out"]
-
-
-async def test_other_names_do_not_wait(pg: Database) -> None:
-    events: list[str] = []
-    first = asyncio.create_task(_hold(pg, "quota\0a", events, "first", 0.5))
-    await asyncio.sleep(0.2)
-    await _hold(pg, "quota\0b", events, "other", 0)
-    await first
-    assert events == ["first in", "other in", "other out", "first out"]
+    assert events == order
 
 
 async def test_sqlite_lock_is_free(tmp_path: Path) -> None:

@@ -4,13 +4,11 @@ Database.upsert does (the statement both share)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
 
-from tests.support.server import postgres_database
 from xmppd.storage.database import Database
 
 _METADATA = sa.MetaData()
@@ -24,15 +22,6 @@ SEEN = sa.Table(
 )
 KEYS = ("host", "username")
 NAMES = sa.Table("upsert_all_names", _METADATA, sa.Column("name", sa.String(50), primary_key=True))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/upsert.sqlite3"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 @pytest.fixture

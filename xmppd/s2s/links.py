@@ -165,9 +165,9 @@ class S2SLinks:
         self._bidi: dict[str, S2SInStream] = {}
         self.services: S2SServices | None = None
         """Set by the server once assembled (the streams' services)."""
-        self.stopping = False
-        """The server is stopping (:meth:`bounce_waiting`): a stanza that would have to
-        wait for a link bounces at once."""
+        self.stopping = ""
+        """Why stanzas no longer wait for a link (:meth:`bounce_waiting`: the server is
+        stopping); a stanza that would have to wait bounces at once, with this text."""
 
     # ------------------------------------------------------------------ Destination
 
@@ -283,7 +283,7 @@ class S2SLinks:
         a new local domain being authenticated by dialback) with
         ``remote-server-timeout``: the server is stopping, and its senders are still
         connected to hear it (RFC 6120 §8.3.3.18). Returns how many were waiting."""
-        self.stopping = True
+        self.stopping = text
         waiting: list[Element] = []
         for link in self._links.values():
             waiting.extend(stanza for stanza, _local in link.queue)
@@ -490,7 +490,7 @@ class OutgoingLink:
         config = self._links.config
         if self._links.stopping:
             await _bounce(
-                self._links._router, stanza, "remote-server-timeout", "the server is stopping"
+                self._links._router, stanza, "remote-server-timeout", self._links.stopping
             )
             return
         if len(self.queue) >= config.max_queue:

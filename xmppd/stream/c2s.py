@@ -316,7 +316,7 @@ class C2SStream(StreamMachine):
                 if self.state is _DETACHED:
                     self._expire()
                 else:
-                    self.close("policy-violation", "too much unacknowledged")
+                    self.close("policy-violation", "too many unacknowledged stanzas or bytes")
                 return
             sm.sent_stanza(data)
         self.services.traffic.outbound[data[1]] += 1
